@@ -1,0 +1,161 @@
+"""Prompts and dataset builders for the three tasks, and the `prepare` stage.
+
+Each task is a conversational prompt-completion dataset as TRL reads it: ``prompt`` is a list of
+chat messages (system, then the dialogue so far), ``completion`` the one assistant message to
+learn. Every row carries a stable ``id`` (dialogue id + turn index) and the gold ``strategy`` and
+``reply`` so that later stages can shard, resume and join predictions to gold.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import asdict
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from .. import __version__
+from ..config import DataConfig
+from ..io import COMPLETED, mark_completed, sha256_file, staged_dir, write_manifest
+from ..strategies import DESCRIPTIONS, STRATEGIES, format_tagged
+from .esconv import SEEKER, Message, Turn, iter_turns, load_esconv
+from .splits import SPLITS, load_split_file, seeded_split
+
+TASKS = ("vanilla", "planner", "generator")
+
+_STRATEGY_LIST = ", ".join(f"[{s}]" for s in STRATEGIES)
+
+VANILLA_SYSTEM = (
+    "You are a warm, attentive emotional-support counsellor. Reply to the help-seeker's last "
+    "message. Begin with the support strategy you are using in square brackets, then the reply. "
+    f"Strategies: {_STRATEGY_LIST}."
+)
+PLANNER_SYSTEM = (
+    "You plan the next move of an emotional-support counsellor. Read the conversation and answer "
+    "with the single support strategy the counsellor should use next, by its name only: "
+    + "; ".join(STRATEGIES) + "."
+)
+GENERATOR_SYSTEM = (
+    "You are a warm, attentive emotional-support counsellor. Reply to the help-seeker's last "
+    "message using this support strategy: {strategy} ({description}). Write the reply only."
+)
+
+
+def _history_messages(history: Sequence[Message], tagged: bool,
+                      max_history: int | None) -> list[dict]:
+    msgs = list(history)
+    if max_history is not None:
+        msgs = msgs[-max_history:] if max_history > 0 else []
+    out = []
+    for m in msgs:
+        if m.role == SEEKER:
+            out.append({"role": "user", "content": m.text})
+        else:
+            text = format_tagged(m.strategy, m.text) if tagged else m.text
+            out.append({"role": "assistant", "content": text})
+    return out
+
+
+def vanilla_prompt(history: Sequence[Message], max_history: int | None = None) -> list[dict]:
+    return [{"role": "system", "content": VANILLA_SYSTEM}] + _history_messages(
+        history, True, max_history)
+
+
+def planner_prompt(history: Sequence[Message], max_history: int | None = None) -> list[dict]:
+    return [{"role": "system", "content": PLANNER_SYSTEM}] + _history_messages(
+        history, True, max_history)
+
+
+def generator_prompt(history: Sequence[Message], strategy: str,
+                     max_history: int | None = None) -> list[dict]:
+    system = GENERATOR_SYSTEM.format(strategy=strategy, description=DESCRIPTIONS[strategy])
+    return [{"role": "system", "content": system}] + _history_messages(history, False, max_history)
+
+
+def task_example(turn: Turn, task: str, max_history: int | None = None) -> dict:
+    if task == "vanilla":
+        prompt, target = vanilla_prompt(turn.history, max_history), format_tagged(
+            turn.strategy, turn.reply)
+    elif task == "planner":
+        prompt, target = planner_prompt(turn.history, max_history), turn.strategy
+    elif task == "generator":
+        prompt, target = generator_prompt(turn.history, turn.strategy, max_history), turn.reply
+    else:
+        raise ValueError(f"unknown task {task!r} (expected one of {TASKS})")
+    return {
+        "id": turn.id,
+        "dialogue_id": turn.dialogue_id,
+        "turn_index": turn.turn_index,
+        "strategy": turn.strategy,
+        "reply": turn.reply,
+        "prompt": prompt,
+        "completion": [{"role": "assistant", "content": target}],
+    }
+
+
+def build_task(turns_by_split: dict[str, list[Turn]], task: str, max_history: int | None = None):
+    """A ``datasets.DatasetDict`` of one task, one split per key of ``turns_by_split``."""
+    from datasets import Dataset, DatasetDict
+
+    return DatasetDict({
+        split: Dataset.from_list([task_example(t, task, max_history) for t in turns])
+        for split, turns in turns_by_split.items()
+    })
+
+
+def _strategy_counts(turns: Iterable[Turn]) -> dict[str, int]:
+    c = Counter(t.strategy for t in turns)
+    return {s: c.get(s, 0) for s in STRATEGIES}
+
+
+def select_splits(cfg: DataConfig) -> tuple[list, dict[str, list[int]]]:
+    """Load the corpus and the dialogue indices of each split, after ``max_dialogues``."""
+    convs = load_esconv(cfg.esconv)
+    if cfg.split == "seeded":
+        split = seeded_split(len(convs), cfg.split_fractions, cfg.split_seed)
+    else:
+        split = load_split_file(cfg.split, len(convs))
+    for name in SPLITS:
+        limit = cfg.max_dialogues.get(name)
+        if limit is not None:
+            split[name] = split[name][:limit]
+    return convs, split
+
+
+def prepare(cfg: DataConfig, out: str | Path) -> dict:
+    """Write the three task datasets and a manifest to ``out``; returns the manifest."""
+    t0 = time.time()
+    convs, split = select_splits(cfg)
+    turns = {name: list(iter_turns([convs[i] for i in idx])) for name, idx in split.items()}
+    manifest = {
+        "stage": "prepare",
+        "esc_dist_version": __version__,
+        "config": asdict(cfg),
+        "inputs": {
+            "esconv": {"path": str(cfg.esconv), "sha256": sha256_file(cfg.esconv)},
+            "split": {"path": str(cfg.split), "sha256": None if cfg.split == "seeded"
+                      else sha256_file(cfg.split)},
+        },
+        "tasks": list(TASKS),
+        "counts": {name: {"dialogues": len(split[name]), "turns": len(turns[name]),
+                          "strategies": _strategy_counts(turns[name])} for name in SPLITS},
+        "dialogues": split,
+    }
+    with staged_dir(out) as tmp:
+        for task in TASKS:
+            build_task(turns, task, cfg.max_history_messages).save_to_disk(str(tmp / task))
+        manifest["seconds"] = round(time.time() - t0, 2)
+        write_manifest(tmp, manifest)
+        mark_completed(tmp)
+    return manifest
+
+
+def load_task(data_dir: str | Path, task: str):
+    """Load one task's ``DatasetDict`` written by :func:`prepare`."""
+    from datasets import load_from_disk
+
+    data_dir = Path(data_dir)
+    if not (data_dir / COMPLETED).is_file():
+        raise FileNotFoundError(f"{data_dir}: not a completed `esc-dist prepare` output "
+                                f"(no {COMPLETED} marker)")
+    return load_from_disk(str(data_dir / task))

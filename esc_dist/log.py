@@ -1,0 +1,44 @@
+"""Console logging shared by every stage: rank-aware, quiet third-party progress bars."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def get_logger(name: str = "esc_dist") -> logging.Logger:
+    logger = logging.getLogger(name)
+    if not logging.getLogger("esc_dist").handlers:
+        h = logging.StreamHandler(sys.stderr)
+        h.setFormatter(logging.Formatter(
+            f"%(asctime)s [esc-dist r{rank()}] %(levelname)s %(message)s", "%H:%M:%S"))
+        root = logging.getLogger("esc_dist")
+        root.addHandler(h)
+        root.setLevel(logging.INFO)
+        root.propagate = False
+    return logger
+
+
+def quiet_libraries() -> None:
+    """Silence progress bars and chatter of datasets/transformers that would flood multi-rank logs."""
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    try:
+        import datasets
+
+        datasets.disable_progress_bars()
+        datasets.logging.set_verbosity_error()
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        import transformers
+
+        transformers.utils.logging.disable_progress_bar()
+        transformers.utils.logging.set_verbosity_error()
+    except ImportError:  # pragma: no cover
+        pass

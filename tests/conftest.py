@@ -1,0 +1,36 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ESCONV_DIR = Path(os.environ.get("ESC_DIST_ESCONV_DIR", ROOT.parent / "shared" / "data" / "esconv"))
+TEST_DATA = ROOT / "tests" / "data"
+VENV_BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="session")
+def esconv_dir() -> Path:
+    if not (ESCONV_DIR / "esconv.json").is_file():
+        pytest.fail(f"ESConv data not found at {ESCONV_DIR}: the tests read the shared data folder "
+                    "(set ESC_DIST_ESCONV_DIR to point elsewhere)")
+    return ESCONV_DIR
+
+
+@pytest.fixture(scope="session")
+def esconv(esconv_dir):
+    from esc_dist.data.esconv import load_esconv
+
+    return load_esconv(esconv_dir / "esconv.json")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, esconv_dir) -> Path:
+    """The default tiny model, built once per test session."""
+    from esc_dist.config import TinyModelConfig
+    from esc_dist.models.tiny import build_tiny_model
+
+    out = tmp_path_factory.mktemp("tiny") / "model"
+    build_tiny_model(TinyModelConfig(), esconv_dir / "esconv.json", out)
+    return out

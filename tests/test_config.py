@@ -1,0 +1,81 @@
+import dataclasses
+
+import pytest
+
+from esc_dist.config import ConfigError, Recipe, dump_recipe, load_recipe, redact
+from tests.conftest import ROOT
+
+
+def test_tiny_cpu_recipe_spells_out_the_defaults():
+    assert load_recipe(ROOT / "configs" / "tiny-cpu.yaml") == Recipe()
+
+
+def test_every_recipe_in_configs_loads():
+    for path in sorted((ROOT / "configs").glob("*.yaml")):
+        load_recipe(path)
+
+
+def test_dotted_overrides_are_typed():
+    r = load_recipe(None, ["data.max_history_messages=8", "tiny_model.hidden_size=64",
+                           "data.split_fractions=[0.5, 0.25, 0.25]", "run.name=x",
+                           "data.max_dialogues.train=10", "wandb.mode=offline"])
+    assert r.data.max_history_messages == 8 and r.tiny_model.hidden_size == 64
+    assert r.data.split_fractions == [0.5, 0.25, 0.25] and r.run.name == "x"
+    assert r.data.max_dialogues == {"train": 10, "validation": None, "test": None}
+    assert r.wandb.mode == "offline"
+
+
+def test_float_written_like_yaml_1_1_string(tmp_path):
+    p = tmp_path / "r.yaml"
+    p.write_text("data:\n  split_fractions: [8e-1, 1e-1, 1e-1]\n")
+    assert load_recipe(p).data.split_fractions == [0.8, 0.1, 0.1]
+
+
+@pytest.mark.parametrize("yaml_text,message", [
+    ("dta:\n  esconv: x\n", "unknown key 'dta'; did you mean 'data'?"),
+    ("data:\n  esconvv: x\n", "unknown key 'data.esconvv'; did you mean 'data.esconv'?"),
+    ("tiny_model:\n  hidden_size: big\n", "'tiny_model.hidden_size' must be int, got 'big'"),
+    ("tiny_model:\n  hidden_size: 1.5\n", "'tiny_model.hidden_size' must be int"),
+    ("model:\n  trust_remote_code: yes please\n", "'model.trust_remote_code' must be bool"),
+    ("wandb:\n  mode: loud\n", "choose one of 'auto', 'online', 'offline', 'disabled'"),
+    ("data:\n  split_fractions: [0.5, 0.5, 0.5]\n", "summing to 1"),
+    ("data:\n  max_dialogues: {training: 3}\n", "unknown split(s) ['training']"),
+    ("data: 3\n", "'data' must be a mapping"),
+    ("- a\n- b\n", "a recipe must be a mapping"),
+    ("data: [\n", "invalid YAML"),
+])
+def test_bad_recipes_name_file_and_key(tmp_path, yaml_text, message):
+    p = tmp_path / "bad.yaml"
+    p.write_text(yaml_text)
+    with pytest.raises(ConfigError) as e:
+        load_recipe(p)
+    assert str(p) in str(e.value) and message in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize("override,message", [
+    ("data.esconvv=x", "unknown key 'data.esconvv'"),
+    ("nope=1", "unknown key 'nope'"),
+    ("run.name.extra=1", "'run.name' is not a section"),
+    ("tiny_model.num_layers=two", "'tiny_model.num_layers' must be int"),
+    ("no_equals_sign", "expected key.path=value"),
+])
+def test_bad_overrides(override, message):
+    with pytest.raises(ConfigError) as e:
+        load_recipe(None, [override])
+    assert message in str(e.value) and override in str(e.value), str(e.value)
+
+
+def test_redact_hides_secrets():
+    d = {"wandb": {"api_key": "abc123", "project": "p"}, "judge": [{"token": "t"}],
+         "empty_token": None}
+    assert redact(d) == {"wandb": {"api_key": "***", "project": "p"}, "judge": [{"token": "***"}],
+                         "empty_token": None}
+    assert "abc123" not in dump_recipe(Recipe())
+
+
+def test_recipe_round_trips_through_yaml(tmp_path):
+    r = load_recipe(None, ["run.name=rt", "data.max_history_messages=6"])
+    p = tmp_path / "saved.yaml"
+    p.write_text(dump_recipe(r))
+    assert load_recipe(p) == r
+    assert dataclasses.asdict(r)["run"]["name"] == "rt"

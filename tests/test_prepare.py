@@ -1,0 +1,115 @@
+import json
+import subprocess
+import sys
+
+import pytest
+from datasets import load_from_disk
+
+from esc_dist.config import DataConfig
+from esc_dist.data.esconv import iter_turns, load_chat
+from esc_dist.data.tasks import TASKS, prepare
+from esc_dist.strategies import STRATEGIES, parse_tagged
+from tests.conftest import TEST_DATA
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory, esconv_dir):
+    """`esc-dist prepare` through the CLI, as the issue's acceptance command runs it."""
+    out = tmp_path_factory.mktemp("prep") / "data"
+    r = subprocess.run([sys.executable, "-m", "esc_dist", "prepare",
+                        "--esconv", str(esconv_dir / "esconv.json"),
+                        "--split", str(esconv_dir / "splits" / "decoupledesc_split.json"),
+                        "--out", str(out)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def test_prepare_test_split_equals_paper_file(prepared, esconv_dir):
+    paper = list(iter_turns(load_chat(esconv_dir / "decoupledesc" / "ESC_sft_test.json")))
+    for task in TASKS:
+        test = load_from_disk(str(prepared / task))["test"]
+        assert len(test) == 1792
+        assert test["strategy"] == [t.strategy for t in paper]
+        assert [" ".join(r.split()) for r in test["reply"]] == [" ".join(t.reply.split())
+                                                                for t in paper]
+
+
+def test_manifest(prepared, esconv_dir):
+    m = json.loads((prepared / "manifest.json").read_text())
+    assert (prepared / "COMPLETED").is_file()
+    assert {k: (v["dialogues"], v["turns"]) for k, v in m["counts"].items()} == {
+        "train": (1040, 14763), "validation": (130, 1821), "test": (130, 1792)}
+    # strategy counts of the data README for the DecoupledESC test split
+    assert list(m["counts"]["test"]["strategies"].values()) == [365, 125, 154, 157, 283, 276, 98, 334]
+    import hashlib
+    assert m["inputs"]["esconv"]["sha256"] == hashlib.sha256(
+        (esconv_dir / "esconv.json").read_bytes()).hexdigest()
+    assert m["config"]["split"].endswith("decoupledesc_split.json")
+
+
+def test_task_formats(prepared):
+    v = load_from_disk(str(prepared / "vanilla"))["test"][3]
+    p = load_from_disk(str(prepared / "planner"))["test"][3]
+    g = load_from_disk(str(prepared / "generator"))["test"][3]
+    assert v["id"] == p["id"] == g["id"]
+    assert parse_tagged(v["completion"][0]["content"]) == (v["strategy"], v["reply"])
+    assert p["completion"][0]["content"] == p["strategy"] in STRATEGIES
+    assert g["completion"][0]["content"] == g["reply"]
+    assert g["strategy"] in g["prompt"][0]["content"]
+    for row in (v, p, g):
+        assert row["prompt"][0]["role"] == "system"
+        assert row["prompt"][-1]["role"] == "user"  # the seeker speaks last before every turn
+        assert row["completion"][0]["role"] == "assistant"
+    # vanilla and planner histories show earlier strategies, the generator's does not
+    earlier = [m["content"] for m in v["prompt"] if m["role"] == "assistant"]
+    assert earlier and all(parse_tagged(t)[0] for t in earlier)
+    assert all(parse_tagged(m["content"])[0] is None
+               for m in g["prompt"] if m["role"] == "assistant")
+
+
+def test_ids_are_unique_and_stable(prepared):
+    ds = load_from_disk(str(prepared / "planner"))
+    ids = [i for split in ds.values() for i in split["id"]]
+    assert len(ids) == len(set(ids))
+    row = ds["test"][0]
+    assert row["id"] == f"{row['dialogue_id']}-t{row['turn_index']:03d}"
+
+
+def test_max_history_and_max_dialogues(tmp_path, esconv_dir):
+    cfg = DataConfig(esconv=str(esconv_dir / "esconv.json"),
+                     split=str(esconv_dir / "splits" / "decoupledesc_split.json"),
+                     max_dialogues={"train": 5, "validation": 2, "test": None},
+                     max_history_messages=3)
+    m = prepare(cfg, tmp_path / "d")
+    assert [m["counts"][k]["dialogues"] for k in ("train", "validation", "test")] == [5, 2, 130]
+    ds = load_from_disk(str(tmp_path / "d" / "generator"))
+    assert max(len(r) for r in ds["train"]["prompt"]) == 1 + 3
+
+
+def test_seeded_prepare(tmp_path):
+    cfg = DataConfig(esconv=str(TEST_DATA / "tiny_esconv.json"), split="seeded",
+                     split_fractions=[0.34, 0.33, 0.33], split_seed=1)
+    m = prepare(cfg, tmp_path / "d")
+    assert sum(v["dialogues"] for v in m["counts"].values()) == 3
+    assert m["inputs"]["split"]["sha256"] is None
+
+
+def test_failed_prepare_keeps_previous_output(tmp_path):
+    cfg = DataConfig(esconv=str(TEST_DATA / "tiny_esconv.json"), split="seeded",
+                     split_fractions=[0.34, 0.33, 0.33])
+    prepare(cfg, tmp_path / "d")
+    before = (tmp_path / "d" / "manifest.json").read_text()
+    bad = DataConfig(esconv=str(TEST_DATA / "malformed" / "truncated.json"), split="seeded")
+    with pytest.raises(Exception):
+        prepare(bad, tmp_path / "d")
+    assert (tmp_path / "d" / "manifest.json").read_text() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]  # no partial directory left
+
+
+def test_cli_reports_bad_data_with_location(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "esc_dist", "prepare", "--esconv",
+                        str(TEST_DATA / "malformed" / "unknown_speaker.json"), "--split", "seeded",
+                        "--out", str(tmp_path / "o")], capture_output=True, text=True)
+    assert r.returncode == 2
+    assert "unknown_speaker.json, dialogue 1, utterance 2: unknown speaker 'helper'" in r.stderr
+    assert not (tmp_path / "o").exists()

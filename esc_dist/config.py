@@ -91,12 +91,117 @@ class ModelConfig:
 
 
 @dataclass
+class LoraConfig:
+    enabled: bool = False  # full-parameter training is the default
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+
+
+@dataclass
+class TrainConfig:
+    """Settings shared by the SFT and DPO stages."""
+
+    # A DeepSpeed JSON config ("auto" values are filled by the HF integration); null trains
+    # without DeepSpeed (plain DDP or one process).
+    deepspeed: str | None = "ds_configs/zero3.json"
+    learning_rate: float = 1e-3
+    lr_scheduler_type: str = "cosine"
+    warmup_ratio: float = 0.05
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    num_train_epochs: float = 1.0
+    max_steps: int = -1  # > 0 overrides num_train_epochs
+    per_device_train_batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    max_length: int = 512
+    gradient_checkpointing: bool = False
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    logging_steps: int = 5
+    save_steps: int = 50
+    save_total_limit: int = 2
+    resume: str = "auto"  # auto (newest complete checkpoint, else fresh) | never | a checkpoint path
+    dataloader_num_workers: int = 0
+    lora: LoraConfig = field(default_factory=LoraConfig)
+
+
+@dataclass
+class SftConfig(TrainConfig):
+    # Concatenate several examples per row (no padding); else batches are grouped by length.
+    packing: bool = False
+
+
+@dataclass
+class DpoConfig(TrainConfig):
+    learning_rate: float = 5e-5
+    beta: float = 0.1
+    loss_type: str = "sigmoid"  # any TRL DPO loss: sigmoid, ipo, hinge, robust, ...
+    sft_weight: float = 0.0  # adds weight * NLL of the chosen reply (RPO-style mixing)
+    reference: Literal["precomputed", "live"] = "precomputed"
+    reference_offload: bool = False  # live reference under ZeRO-3: offload its params to CPU
+
+
+@dataclass
+class MineConfig:
+    n_samples: int = 1
+    temperature: float = 0.7
+    top_p: float = 0.95
+    max_new_tokens: int = 64
+    batch_size: int = 16
+    chunk_size: int = 64  # turns per atomic commit of a shard file
+    backend: Literal["hf", "vllm"] = "hf"
+    max_turns: int | None = None  # mine only the first N training turns (by id order)
+
+
+@dataclass
+class JudgeConfig:
+    backend: Literal["offline", "openai"] = "offline"
+    model: str = "gpt-4o-mini"
+    base_url: str = "https://api.openai.com/v1"
+    api_key_env: str = "OPENAI_API_KEY"  # the key is read from this variable, never from a file
+    concurrency: int = 8
+    max_retries: int = 6
+    timeout: float = 60.0
+
+
+@dataclass
+class InferConfig:
+    split: str = "test"
+    batch_size: int = 32
+    max_new_tokens: int = 64
+    do_sample: bool = False
+    temperature: float = 0.7
+    top_p: float = 0.95
+    chunk_size: int = 128
+
+
+@dataclass
+class EvalConfig:
+    llm_judge: bool = False  # also score replies 0-5 with the judge endpoint of `judge`
+
+
+@dataclass
+class PipelineConfig:
+    launcher: Literal["deepspeed", "torchrun", "accelerate"] = "torchrun"
+    nproc: int = 2
+    master_port: int = 29511
+
+
+@dataclass
 class Recipe:
     run: RunConfig = field(default_factory=RunConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
     data: DataConfig = field(default_factory=DataConfig)
     tiny_model: TinyModelConfig = field(default_factory=TinyModelConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    sft: SftConfig = field(default_factory=SftConfig)
+    mine: MineConfig = field(default_factory=MineConfig)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    dpo: DpoConfig = field(default_factory=DpoConfig)
+    infer: InferConfig = field(default_factory=InferConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -281,7 +386,8 @@ def dump_recipe(recipe: Recipe) -> str:
     return yaml.safe_dump(redact(recipe.to_dict()), sort_keys=False)
 
 
-_SECRET = re.compile(r"(api[_-]?key|token|secret|password|passwd|authorization)", re.I)
+_SECRET = re.compile(r"(^|[_\-])(api[_\-]?key|key|token|secret|password|passwd|authorization)$",
+                     re.I)
 
 
 def redact(obj: Any) -> Any:

@@ -67,9 +67,12 @@ def test_bad_overrides(override, message):
 
 def test_redact_hides_secrets():
     d = {"wandb": {"api_key": "abc123", "project": "p"}, "judge": [{"token": "t"}],
-         "empty_token": None}
+         "empty_token": None, "max_new_tokens": 64, "api_key_env": "OPENAI_API_KEY",
+         "HUB_TOKEN": "h", "client_secret": "s"}
     assert redact(d) == {"wandb": {"api_key": "***", "project": "p"}, "judge": [{"token": "***"}],
-                         "empty_token": None}
+                         "empty_token": None, "max_new_tokens": 64,
+                         "api_key_env": "OPENAI_API_KEY", "HUB_TOKEN": "***",
+                         "client_secret": "***"}
     assert "abc123" not in dump_recipe(Recipe())
 
 

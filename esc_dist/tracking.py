@@ -1,0 +1,84 @@
+"""Weights & Biases: one run per stage invocation, on rank 0 only, secrets never logged.
+
+Runs of one pipeline share a W&B *group* (the recipe's run name unless ``wandb.group`` is set) and
+carry a ``job_type`` such as ``sft-planner``. The run id is derived from the output directory, so a
+resumed or requeued stage continues the same W&B run. Without an API key the run is offline (the
+files land under ``<output>/wandb``; ``wandb sync`` uploads them later).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import netrc
+import os
+from pathlib import Path
+from typing import Any
+
+from .config import Recipe, WandbConfig, redact
+from .log import get_logger, rank
+
+log = get_logger(__name__)
+
+
+def _has_credentials() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        rc = netrc.netrc(os.environ.get("NETRC", str(Path.home() / ".netrc")))
+        return rc.authenticators("api.wandb.ai") is not None
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+
+
+def resolve_mode(cfg: WandbConfig) -> str:
+    """online/offline/disabled. ``WANDB_MODE`` in the environment wins over the recipe."""
+    env = os.environ.get("WANDB_MODE")
+    if env in ("online", "offline", "disabled"):
+        return env
+    if os.environ.get("WANDB_DISABLED", "").lower() in ("1", "true", "yes"):
+        return "disabled"
+    if cfg.mode != "auto":
+        return cfg.mode
+    return "online" if _has_credentials() else "offline"
+
+
+def run_id(output_dir: str | Path, job_type: str) -> str:
+    key = f"{Path(output_dir).resolve()}::{job_type}"
+    return hashlib.sha1(key.encode()).hexdigest()[:16]
+
+
+def start_run(recipe: Recipe, job_type: str, output_dir: str | Path,
+              config: dict[str, Any] | None = None):
+    """Start (or resume) this stage's W&B run on rank 0; returns the run, or None elsewhere."""
+    mode = resolve_mode(recipe.wandb)
+    if rank() != 0 or mode == "disabled":
+        return None
+    import wandb
+
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    # The HF integration reads these when it logs through the run we start here.
+    os.environ["WANDB_PROJECT"] = recipe.wandb.project
+    os.environ.setdefault("WANDB_LOG_MODEL", "false")
+    payload = redact({"recipe": recipe.to_dict(), **(config or {})})
+    run = wandb.init(
+        project=recipe.wandb.project,
+        entity=recipe.wandb.entity,
+        group=recipe.wandb.group or recipe.run.name,
+        job_type=job_type,
+        name=f"{recipe.run.name}/{job_type}",
+        tags=list(recipe.wandb.tags) or None,
+        id=run_id(output_dir, job_type),
+        resume="allow",
+        dir=str(output_dir),
+        mode=mode,
+        config=payload,
+        settings=wandb.Settings(silent=True, x_disable_stats=mode == "offline"),
+    )
+    log.info("W&B %s run %s (%s) in %s", mode, run.id, job_type, output_dir / "wandb")
+    return run
+
+
+def finish(run) -> None:
+    if run is not None:
+        run.finish()

@@ -1,0 +1,1 @@
+"""Inferential Preference Mining (IPM): sampling, judging and the IPM-PrefDial dataset."""

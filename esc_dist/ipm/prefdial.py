@@ -1,0 +1,323 @@
+"""IPM-PrefDial: judge mined pairs and keep those whose rejected side shows a psychological error.
+
+:func:`build_prefdial` reads the mining stage's pairs file (JSON Lines, one record per (turn,
+sample)), judges every pair (:func:`esc_dist.ipm.judge.judge_pairs`) and writes, atomically:
+
+``judged.jsonl``   every pair with its ``verdict``
+``pairs.jsonl``    the kept pairs
+``dataset/``       the kept pairs as a ``datasets.Dataset`` in TRL's conversational DPO format
+                   (``prompt`` messages, ``chosen``/``rejected`` one assistant message each, and
+                   ``id``, ``turn_id``, ``role``, ``gold_strategy``, ``sampled_strategy``)
+``stats.json``     counts, kept ratio, error counts per side, parse errors, strategy confusion
+``manifest.json``  input hash, redacted judge config, counts
+``COMPLETED``      written last
+
+The directory is built beside ``out_dir`` and moved into place only when complete, so a crash
+leaves the previous output as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+from .. import __version__
+from ..config import JudgeConfig, Recipe, redact
+from ..data.esconv import DataError
+from ..io import atomic_write_json, mark_completed, sha256_file, staged_dir, write_manifest
+from ..log import get_logger
+from ..strategies import STRATEGIES, normalize_strategy
+from .judge import ERRORS, ROLES, judge_pairs
+
+log = get_logger(__name__)
+
+UNPARSEABLE = "unparseable"
+PAIR_KEYS: tuple[str, ...] = ("id", "turn_id", "role", "prompt", "history", "gold_strategy",
+                              "gold_reply", "chosen", "rejected", "sampled_strategy",
+                              "sampled_reply", "parse_error")
+_PROMPT_ROLES = {"system", "user", "assistant"}
+_HISTORY_ROLES = {"seeker", "supporter"}
+
+
+class PairsError(DataError):
+    """A bad record in a pairs file; the message names the file and the line."""
+
+    def __init__(self, path: str | Path, line: int | None, problem: str):
+        where = f"{path}, line {line}" if line is not None else str(path)
+        ValueError.__init__(self, f"{where}: {problem}")
+        self.path, self.line, self.problem = str(path), line, problem
+        self.dialogue = self.utterance = None
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading and validating pairs
+
+
+def _check_pair(rec: Any, path: Path, line: int, role: str | None) -> dict:
+    def bad(problem: str) -> PairsError:
+        return PairsError(path, line, problem)
+
+    if not isinstance(rec, dict):
+        raise bad(f"a pair must be a JSON object, got {type(rec).__name__}")
+    missing = [k for k in PAIR_KEYS if k not in rec]
+    if missing:
+        raise bad(f"missing key(s) {', '.join(missing)}")
+    extra = sorted(set(rec) - set(PAIR_KEYS))
+    if extra:
+        raise bad(f"unexpected key(s) {', '.join(extra)}")
+    for k in ("id", "turn_id", "chosen", "rejected", "gold_reply"):
+        if not isinstance(rec[k], str):
+            raise bad(f"'{k}' must be a string, got {type(rec[k]).__name__}")
+    for k in ("id", "turn_id", "chosen"):
+        if not rec[k].strip():
+            raise bad(f"'{k}' is empty")
+    if rec["role"] not in ROLES:
+        raise bad(f"unknown role {rec['role']!r} (expected one of {', '.join(ROLES)})")
+    if role is not None and rec["role"] != role:
+        raise bad(f"role {rec['role']!r} in a {role} pairs file")
+    if normalize_strategy(rec["gold_strategy"]) != rec["gold_strategy"]:
+        raise bad(f"'gold_strategy' {rec['gold_strategy']!r} is not one of the 8 strategies")
+    s = rec["sampled_strategy"]
+    if s is not None and normalize_strategy(s) != s:
+        raise bad(f"'sampled_strategy' {s!r} is neither null nor one of the 8 strategies")
+    for k in ("sampled_reply", "parse_error"):
+        if rec[k] is not None and not isinstance(rec[k], str):
+            raise bad(f"'{k}' must be a string or null, got {type(rec[k]).__name__}")
+    prompt = rec["prompt"]
+    if not isinstance(prompt, list) or not prompt:
+        raise bad("'prompt' must be a non-empty list of messages")
+    for j, m in enumerate(prompt):
+        if not (isinstance(m, dict) and m.get("role") in _PROMPT_ROLES
+                and isinstance(m.get("content"), str)):
+            raise bad(f"prompt[{j}] must be {{'role': system|user|assistant, 'content': str}}")
+    history = rec["history"]
+    if not isinstance(history, list):
+        raise bad("'history' must be a list")
+    for j, m in enumerate(history):
+        if not (isinstance(m, dict) and m.get("role") in _HISTORY_ROLES
+                and isinstance(m.get("text"), str)
+                and (m.get("strategy") is None or isinstance(m.get("strategy"), str))):
+            raise bad(f"history[{j}] must be {{'role': seeker|supporter, 'text': str, "
+                      "'strategy': str|null}")
+    return rec
+
+
+def iter_pairs(path: str | Path, role: str | None = None) -> Iterator[tuple[int, dict]]:
+    """Yield (line number, pair) from a pairs file, validating each record."""
+    path = Path(path)
+    try:
+        f = open(path, encoding="utf-8")
+    except FileNotFoundError:
+        raise PairsError(path, None, "file not found") from None
+    seen: dict[str, int] = {}
+    with f:
+        lineno = 0
+        while True:
+            try:
+                line = f.readline()
+            except UnicodeDecodeError as e:
+                raise PairsError(path, lineno + 1, f"not UTF-8 text ({e.reason})") from None
+            if not line:
+                break
+            lineno += 1
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                # An unfinished last line (no newline) is most likely a file cut short.
+                problem = "invalid JSON" if line.endswith("\n") else "truncated JSON"
+                raise PairsError(path, lineno, f"{problem} ({e.msg} at column {e.colno})") from None
+            pair = _check_pair(rec, path, lineno, role)
+            if pair["id"] in seen:
+                raise PairsError(path, lineno, f"duplicate id {pair['id']!r} (first on line "
+                                               f"{seen[pair['id']]})")
+            seen[pair["id"]] = lineno
+            yield lineno, pair
+
+
+def read_pairs(path: str | Path, role: str | None = None) -> list[dict]:
+    """All pairs of a pairs file; raises :class:`PairsError` naming the file and line."""
+    return [p for _, p in iter_pairs(path, role)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Statistics
+
+
+def _confusion(pairs: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, int]]:
+    cols = list(STRATEGIES) + [UNPARSEABLE]
+    table = {g: dict.fromkeys(cols, 0) for g in STRATEGIES}
+    for p in pairs:
+        table[p["gold_strategy"]][p["sampled_strategy"] or UNPARSEABLE] += 1
+    return table
+
+
+def drop_category(verdict: Mapping[str, Any]) -> str:
+    """Why a pair was dropped, as a short category for counting."""
+    if verdict["chosen_errors"]:
+        return "chosen_has_error"
+    if verdict["reason"].startswith("dropped:"):
+        return "rejected_has_no_error"
+    return verdict["reason"]  # unparseable_sample, identical, judge_parse_error, ...
+
+
+def compute_stats(pairs: Sequence[Mapping[str, Any]], verdicts: Sequence[Mapping[str, Any]],
+                  judge_counters: Mapping[str, int] | None = None) -> dict:
+    """The numbers of ``stats.json`` for pairs and their verdicts (same order)."""
+    n = len(pairs)
+    kept = [p for p, v in zip(pairs, verdicts) if v["keep"]]
+    chosen_err = Counter(e for v in verdicts for e in v["chosen_errors"])
+    rejected_err = Counter(e for v in verdicts for e in v["rejected_errors"])
+    kept_err = Counter(e for v in verdicts if v["keep"] for e in v["rejected_errors"])
+    reasons = Counter(drop_category(v) for v in verdicts if not v["keep"])
+    mining_errors = Counter(p["parse_error"] for p in pairs if p["parse_error"])
+    return {
+        "pairs_in": n,
+        "kept": len(kept),
+        "dropped": n - len(kept),
+        "kept_ratio": round(len(kept) / n, 4) if n else 0.0,
+        "roles": dict(Counter(p["role"] for p in pairs)),
+        "errors": {
+            "chosen": {e: chosen_err.get(e, 0) for e in ERRORS},
+            "rejected": {e: rejected_err.get(e, 0) for e in ERRORS},
+            "rejected_kept": {e: kept_err.get(e, 0) for e in ERRORS},
+        },
+        "drop_reasons": dict(sorted(reasons.items())),
+        "mining": {
+            "parse_errors": sum(mining_errors.values()),
+            "parse_error_reasons": dict(mining_errors.most_common()),
+            "unparseable_strategy": sum(1 for p in pairs if p["sampled_strategy"] is None),
+        },
+        "judge": {
+            "parse_errors": sum(1 for v in verdicts if v["reason"] == "judge_parse_error"),
+            "request_errors": sum(1 for v in verdicts if v["reason"] == "judge_request_error"),
+            **({"client": dict(judge_counters)} if judge_counters else {}),
+        },
+        "confusion": _confusion(pairs),
+        "confusion_kept": _confusion(kept),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Output
+
+
+def dpo_row(pair: Mapping[str, Any]) -> dict:
+    """One row of the DPO dataset (TRL's conversational preference format)."""
+    return {
+        "id": pair["id"],
+        "turn_id": pair["turn_id"],
+        "role": pair["role"],
+        "prompt": [{"role": m["role"], "content": m["content"]} for m in pair["prompt"]],
+        "chosen": [{"role": "assistant", "content": pair["chosen"]}],
+        "rejected": [{"role": "assistant", "content": pair["rejected"]}],
+        "gold_strategy": pair["gold_strategy"],
+        "sampled_strategy": pair["sampled_strategy"],
+    }
+
+
+def _features():
+    from datasets import Features, List, Value
+
+    msg = List({"role": Value("string"), "content": Value("string")})
+    return Features({"id": Value("string"), "turn_id": Value("string"), "role": Value("string"),
+                     "prompt": msg, "chosen": msg, "rejected": msg,
+                     "gold_strategy": Value("string"), "sampled_strategy": Value("string")})
+
+
+def save_dataset(pairs: Sequence[Mapping[str, Any]], path: Path) -> None:
+    from datasets import Dataset
+
+    features = _features()
+    rows = [dpo_row(p) for p in pairs]
+    columns = {k: [r[k] for r in rows] for k in features}  # keeps the columns when empty
+    # datasets writes no shard at all for an empty dataset unless told to write one.
+    Dataset.from_dict(columns, features=features).save_to_disk(
+        str(path), num_shards=1 if not rows else None)
+
+
+def _write_jsonl(path: Path, rows) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        f.flush()
+
+
+def _log_wandb(run, stats: dict) -> None:
+    import wandb
+
+    flat = {"judge/pairs_in": stats["pairs_in"], "judge/kept": stats["kept"],
+            "judge/kept_ratio": stats["kept_ratio"],
+            "judge/mining_parse_errors": stats["mining"]["parse_errors"],
+            "judge/unparseable_strategy": stats["mining"]["unparseable_strategy"],
+            "judge/judge_parse_errors": stats["judge"]["parse_errors"],
+            "judge/judge_request_errors": stats["judge"]["request_errors"]}
+    for side in ("chosen", "rejected", "rejected_kept"):
+        for e, c in stats["errors"][side].items():
+            flat[f"judge/errors/{side}/{e}"] = c
+    cols = list(STRATEGIES) + [UNPARSEABLE]
+    table = wandb.Table(columns=["gold_strategy"] + cols,
+                        data=[[g] + [stats["confusion"][g][c] for c in cols] for g in STRATEGIES])
+    run.log({**flat, "judge/confusion": table})
+    run.summary.update(flat)
+
+
+def default_cache_dir(out_dir: str | Path) -> Path:
+    """Where the LLM judge's answers are cached: beside the output, shared by all roles."""
+    return Path(out_dir).resolve().parent / "judge_cache"
+
+
+def build_prefdial(pairs_jsonl: str | Path, out_dir: str | Path, cfg: JudgeConfig,
+                   recipe: Recipe | None = None, *, run=None, role: str | None = None,
+                   cache_dir: str | Path | None = None, client=None) -> dict:
+    """Judge a pairs file and write the IPM-PrefDial output to ``out_dir``; returns the manifest.
+
+    ``role`` (optional) requires every pair to have that role. ``run`` is a W&B run to log the
+    statistics to. ``cache_dir`` is where the LLM judge caches its answers (default:
+    :func:`default_cache_dir`); ``client`` replaces the LLM client built from ``cfg``.
+    """
+    t0 = time.time()
+    pairs_jsonl, out_dir = Path(pairs_jsonl), Path(out_dir)
+    pairs = read_pairs(pairs_jsonl, role)
+    input_sha = sha256_file(pairs_jsonl)
+    if cfg.backend == "openai" and client is None and cache_dir is None:
+        cache_dir = default_cache_dir(out_dir)
+    if cfg.backend == "openai" and client is None:
+        from ..llm_client import LLMClient
+        from .judge import PROMPT_VERSION
+
+        client = LLMClient.from_config(cfg, cache_dir, PROMPT_VERSION)
+    verdicts = judge_pairs(pairs, cfg, cache_dir, client=client)
+    counters = client.stats() if client is not None else None
+    stats = compute_stats(pairs, verdicts, counters)
+    kept = [p for p, v in zip(pairs, verdicts) if v["keep"]]
+    manifest = {
+        "stage": "judge",
+        "esc_dist_version": __version__,
+        "role": role or (pairs[0]["role"] if pairs and len(stats["roles"]) == 1 else None),
+        "inputs": {"pairs": {"path": str(pairs_jsonl), "sha256": input_sha}},
+        "judge": redact(asdict(cfg)),
+        "judge_name": "offline" if cfg.backend == "offline" else f"openai:{cfg.model}",
+        "counts": {"pairs_in": stats["pairs_in"], "kept": stats["kept"],
+                   "dropped": stats["dropped"], "kept_ratio": stats["kept_ratio"]},
+    }
+    if recipe is not None:
+        manifest["recipe"] = redact(recipe.to_dict())
+    with staged_dir(out_dir) as tmp:
+        _write_jsonl(tmp / "judged.jsonl", ({**p, "verdict": v} for p, v in zip(pairs, verdicts)))
+        _write_jsonl(tmp / "pairs.jsonl", kept)
+        save_dataset(kept, tmp / "dataset")
+        atomic_write_json(tmp / "stats.json", stats)
+        manifest["seconds"] = round(time.time() - t0, 2)
+        write_manifest(tmp, manifest)
+        mark_completed(tmp)
+    if run is not None:
+        _log_wandb(run, stats)
+    log.info("judged %d pairs from %s: kept %d (%.1f%%) -> %s", stats["pairs_in"], pairs_jsonl,
+             stats["kept"], 100 * stats["kept_ratio"], out_dir)
+    return manifest

@@ -1,0 +1,417 @@
+"""The OpenAI-compatible client, the LLM judge and the LLM reply scores, against a local server.
+
+The server is a stdlib ``http.server`` on 127.0.0.1 (random port) that the tests script: each
+request is answered by ``server.respond(body)``, which by default plays a fake judge model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+import time
+import traceback
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from esc_dist.config import JudgeConfig
+from esc_dist.eval.llm_scores import DIMENSIONS, score_predictions
+from esc_dist.ipm.judge import judge_pairs
+from esc_dist.llm_client import LLMClient, LLMError, parse_json_answer, JSONAnswerError
+
+KEY_ENV = "ESC_DIST_TEST_JUDGE_KEY"
+SECRET = "sk-test-0123456789-do-not-leak"
+
+
+class Reply:
+    def __init__(self, status=200, content=None, raw=None, headers=None, delay=0.0):
+        self.status, self.content, self.raw = status, content, raw
+        self.headers, self.delay = headers or {}, delay
+
+
+def completion(content: str) -> bytes:
+    return json.dumps({"id": "x", "object": "chat.completion",
+                       "choices": [{"index": 0, "message": {"role": "assistant",
+                                                             "content": content}}]}).encode()
+
+
+def fake_model(body: dict) -> Reply:
+    """A stand-in judge: a candidate containing "BAD" makes a Template Response; the reply
+    scorer gives 4 everywhere, or 1 for empathy when the reply contains "BAD"."""
+    system, user = body["messages"][0]["content"], body["messages"][-1]["content"]
+    if "MALFORMED" in user:
+        return Reply(content="Sure! Here is my verdict: A is fine")
+    if "fluency" in system:
+        bad = "BAD" in user.split("The supporter's reply to rate:")[-1]
+        return Reply(content=json.dumps({"fluency": 4, "professionalism": 4,
+                                         "empathy": 1 if bad else 4, "helpfulness": 4}))
+    cands = dict(re.findall(r"^([AB]): (.*)$", user, re.M))
+    verdict = {f"{k}_errors": (["Template Response"] if "BAD" in v else []) for k, v in
+               cands.items()}
+    return Reply(content="```json\n" + json.dumps(verdict) + "\n```")
+
+
+class FakeServer:
+    def __init__(self):
+        self.requests: list[dict] = []
+        self.script: list[Reply] = []  # played first, one per request
+        self.respond = fake_model
+        self.lock = threading.Lock()
+        self.inflight = self.max_inflight = 0
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # keep the test output clean
+                pass
+
+            def do_POST(self):
+                n = int(self.headers.get("Content-Length", 0))
+                body = json.loads(self.rfile.read(n))
+                with server.lock:
+                    server.requests.append({"path": self.path, "headers": dict(self.headers),
+                                            "body": body})
+                    server.inflight += 1
+                    server.max_inflight = max(server.max_inflight, server.inflight)
+                    reply = server.script.pop(0) if server.script else None
+                try:
+                    reply = reply or server.respond(body)
+                    time.sleep(reply.delay)
+                    data = reply.raw if reply.raw is not None else completion(reply.content or "")
+                    self.send_response(reply.status)
+                    for k, v in reply.headers.items():
+                        self.send_header(k, v)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client timed out and left
+                finally:
+                    with server.lock:
+                        server.inflight -= 1
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,),
+                                       daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def server():
+    s = FakeServer()
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def key(monkeypatch):
+    monkeypatch.setenv(KEY_ENV, SECRET)
+    return SECRET
+
+
+def client(server, tmp_path=None, **kw) -> LLMClient:
+    opts = dict(api_key_env=KEY_ENV, concurrency=4, max_retries=3, timeout=5.0,
+                cache_dir=(tmp_path / "cache") if tmp_path else None, base_delay=0.001,
+                max_delay=0.01)
+    opts.update(kw)
+    return LLMClient(server.url, "fake-judge", **opts)
+
+
+def cfg_for(server, **kw) -> JudgeConfig:
+    return JudgeConfig(backend="openai", model="fake-judge", base_url=server.url,
+                       api_key_env=KEY_ENV, **kw)
+
+
+def ask(text="hello"):
+    return [{"role": "system", "content": "Answer in JSON."}, {"role": "user", "content": text}]
+
+
+SAD = [{"role": "seeker", "text": "Hi", "strategy": None},
+       {"role": "supporter", "text": "Hello, how are you?", "strategy": "Question"},
+       {"role": "seeker", "text": "I feel sad since my friend moved away.", "strategy": None}]
+
+
+def pair(pid, chosen, rejected, role="generator"):
+    return {"id": pid, "turn_id": pid.split("#")[0], "role": role,
+            "prompt": [{"role": "system", "content": "s"}], "history": SAD,
+            "gold_strategy": "Reflection of feelings", "gold_reply": chosen, "chosen": chosen,
+            "rejected": rejected, "sampled_strategy": "Reflection of feelings",
+            "sampled_reply": rejected, "parse_error": None}
+
+
+# ---------------------------------------------------------------------------------------------
+# Parsing
+
+
+def test_parse_json_answer():
+    assert parse_json_answer('{"a": 1}') == {"a": 1}
+    assert parse_json_answer('```json\n{"a": [1, 2]}\n```') == {"a": [1, 2]}
+    assert parse_json_answer("```\n{\"a\": 1}\n```") == {"a": 1}
+    for bad in ('Here you go: {"a": 1}', "[1, 2]", '{"a": 1', "", "```json\n{]\n```"):
+        with pytest.raises(JSONAnswerError):
+            parse_json_answer(bad)
+
+
+# ---------------------------------------------------------------------------------------------
+# Requests
+
+
+def test_well_formed_answers_and_request_shape(server, key):
+    c = client(server)
+    res = c.chat_json(ask("A: fine\nB: BAD"))
+    assert res.ok and res.data == {"A_errors": [], "B_errors": ["Template Response"]}
+    req = server.requests[0]
+    assert req["path"] == "/v1/chat/completions"
+    assert req["body"]["model"] == "fake-judge"
+    assert req["body"]["messages"] == ask("A: fine\nB: BAD")
+    assert c.stats()["requests"] == 1 and c.stats()["retries"] == 0
+
+
+def test_judge_pairs_openai(server, key, tmp_path):
+    pairs = [pair("a#s0", "Losing a friend nearby is hard.", "BAD reply"),
+             pair("b#s0", "That sounds lonely.", "I hear you, that is sad."),
+             pair("c#s0", "BAD chosen", "BAD rejected"),
+             pair("d#s0", "Moving apart hurts.", "MALFORMED please")]
+    verdicts = judge_pairs(pairs, cfg_for(server), tmp_path / "cache",
+                           client=client(server, tmp_path))
+    by = {v["id"]: v for v in verdicts}
+    assert [v["id"] for v in verdicts] == ["a#s0", "b#s0", "c#s0", "d#s0"]
+    assert by["a#s0"]["keep"] and by["a#s0"]["rejected_errors"] == ["Template Response"]
+    assert by["a#s0"]["chosen_errors"] == [] and by["a#s0"]["judge"] == "openai:fake-judge"
+    assert not by["b#s0"]["keep"] and by["b#s0"]["rejected_errors"] == []
+    assert not by["c#s0"]["keep"] and by["c#s0"]["chosen_errors"] == ["Template Response"]
+    assert not by["d#s0"]["keep"] and by["d#s0"]["reason"] == "judge_parse_error"
+
+
+def test_malformed_answers_are_counted_not_raised(server, key):
+    server.script = [Reply(content="not json at all"),
+                     Reply(content='{"A_errors": ["Rudeness"], "B_errors": []}'),
+                     Reply(raw=b"<html>oops</html>")]
+    pairs = [pair("x#s0", "fine", "fine too"), pair("y#s0", "ok", "also ok"),
+             pair("z#s0", "one", "two")]
+    c = client(server, concurrency=1)
+    verdicts = judge_pairs(pairs, cfg_for(server), None, client=c)
+    # Not JSON, and JSON naming an unknown error: parse errors; a body that is no chat
+    # completion at all: a failed request.
+    assert [v["reason"] for v in verdicts] == ["judge_parse_error", "judge_parse_error",
+                                               "judge_request_error"]
+    assert not any(v["keep"] for v in verdicts)
+    assert c.stats()["parse_failures"] == 2 and c.stats()["request_failures"] == 1
+
+
+def test_parse_failure_counter(server, key):
+    c = client(server, concurrency=1)
+    server.script = [Reply(content="nope"), Reply(content="[1]")]
+    results = c.map_json([ask("one"), ask("two"), ask("A: x\nB: y")])
+    assert [r.ok for r in results] == [False, False, True]
+    assert results[0].parse_failed and results[1].parse_failed
+    assert c.stats()["parse_failures"] == 2
+
+
+def test_429_and_500_are_retried(server, key):
+    c = client(server, max_retries=3)
+    server.script = [Reply(status=429, raw=b"{}"), Reply(status=500, raw=b"{}"),
+                     Reply(status=503, raw=b"{}")]
+    res = c.chat_json(ask("A: x\nB: y"))
+    assert res.ok
+    s = c.stats()
+    assert s["retries"] == 3 and s["requests"] == 4 and s["request_failures"] == 0
+
+
+def test_retries_are_bounded(server, key):
+    c = client(server, max_retries=2)
+    server.script = [Reply(status=500, raw=b"{}") for _ in range(5)]
+    res = c.chat_json(ask())
+    assert not res.ok and "gave up after 3 attempts" in res.error
+    assert c.stats()["requests"] == 3 and c.stats()["retries"] == 2
+    assert c.stats()["request_failures"] == 1
+
+
+def test_retry_after_is_honoured(server, key):
+    c = client(server, max_retries=2, base_delay=0.0, max_delay=5.0)
+    server.script = [Reply(status=429, raw=b"{}", headers={"Retry-After": "0.4"})]
+    t0 = time.monotonic()
+    assert c.chat_json(ask("A: x\nB: y")).ok
+    assert time.monotonic() - t0 >= 0.4
+
+
+def test_client_errors_are_not_retried(server, key):
+    c = client(server)
+    server.script = [Reply(status=400, raw=b'{"error": "bad"}')]
+    res = c.chat_json(ask())
+    assert not res.ok and res.error.startswith("request: HTTP 400")
+    assert c.stats()["requests"] == 1 and c.stats()["retries"] == 0
+
+
+def test_slow_response_times_out_then_retries(server, key):
+    c = client(server, timeout=0.3, max_retries=2)
+    server.script = [Reply(content="{}", delay=1.0)]
+    res = c.chat_json(ask("A: x\nB: y"))
+    assert res.ok and res.data == {"A_errors": [], "B_errors": []}
+    s = c.stats()
+    assert s["timeouts"] == 1 and s["retries"] == 1 and s["requests"] == 2
+
+
+def test_always_slow_fails_after_retries(server, key):
+    c = client(server, timeout=0.2, max_retries=1)
+    server.respond = lambda body: Reply(content="{}", delay=0.6)
+    t0 = time.monotonic()
+    res = c.chat_json(ask())
+    assert not res.ok and "timeout" in res.error and "2 attempts" in res.error
+    assert c.stats()["timeouts"] == 2 and c.stats()["request_failures"] == 1
+    assert time.monotonic() - t0 < 2.0
+
+
+def test_concurrency_limit(server, key):
+    c = client(server, concurrency=2)
+    server.respond = lambda body: Reply(content="{}", delay=0.1)
+    results = c.map_json([ask(f"q{i}") for i in range(6)])
+    assert all(r.ok for r in results)
+    assert server.max_inflight <= 2
+    assert c.stats()["requests"] == 6
+
+
+def test_identical_prompts_are_asked_once(server, key):
+    c = client(server)
+    results = c.map_json([ask("A: x\nB: y")] * 3)
+    assert all(r.ok for r in results) and len(server.requests) == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Cache
+
+
+def test_cache_makes_a_rerun_free(server, key, tmp_path):
+    prompts = [ask(f"A: item {i}\nB: BAD {i}") for i in range(5)]
+    first = client(server, tmp_path).map_json(prompts)
+    assert len(server.requests) == 5
+    c2 = client(server, tmp_path)
+    second = c2.map_json(prompts)
+    assert len(server.requests) == 5  # zero new requests
+    assert c2.stats()["cache_hits"] == 5 and c2.stats()["requests"] == 0
+    assert [r.data for r in first] == [r.data for r in second] and all(r.cached for r in second)
+    # The key includes the model and the prompt version.
+    c3 = client(server, tmp_path, prompt_version="v2")
+    c3.map_json(prompts[:1])
+    assert len(server.requests) == 6
+
+
+def test_cache_survives_a_failed_batch(server, key, tmp_path):
+    """Answers received before a failure are on disk; the rerun asks only for the rest."""
+    prompts = [ask(f"A: item {i}\nB: y") for i in range(4)]
+
+    def flaky(body):
+        if "item 2" in body["messages"][-1]["content"]:
+            return Reply(status=500, raw=b"{}")
+        return fake_model(body)
+
+    server.respond = flaky
+    res = client(server, tmp_path, max_retries=1).map_json(prompts)
+    assert [r.ok for r in res] == [True, True, False, True]
+    assert len(list((tmp_path / "cache").rglob("*.json"))) == 3
+    server.respond = fake_model
+    n = len(server.requests)
+    c = client(server, tmp_path)
+    assert all(r.ok for r in c.map_json(prompts))
+    assert len(server.requests) == n + 1 and c.stats()["cache_hits"] == 3
+    assert not list((tmp_path / "cache").rglob("*.tmp"))
+
+
+def test_judge_rerun_uses_cache(server, key, tmp_path):
+    pairs = [pair(f"p{i}#s0", f"That is sad {i}.", f"BAD {i}") for i in range(3)]
+    cfg = cfg_for(server)
+    a = judge_pairs(pairs, cfg, tmp_path / "cache", client=client(server, tmp_path))
+    n = len(server.requests)
+    c = client(server, tmp_path)
+    b = judge_pairs(pairs, cfg, tmp_path / "cache", client=c)
+    assert a == b and len(server.requests) == n and c.stats()["cache_hits"] == 3
+
+
+# ---------------------------------------------------------------------------------------------
+# The API key
+
+
+class _Capture(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record):
+        self.lines.append(self.format(record))
+
+
+def test_api_key_is_sent_but_never_leaked(server, key, tmp_path):
+    cap = _Capture()
+    logger = logging.getLogger("esc_dist")
+    old_level = logger.level
+    logger.addHandler(cap)
+    logger.setLevel(logging.DEBUG)
+    try:
+        c = client(server, tmp_path, max_retries=1)
+        server.script = [Reply(status=500, raw=b"{}")]
+        assert c.chat_json(ask("A: x\nB: y")).ok  # one retry: logged at debug level
+        server.script = [Reply(status=500, raw=b"{}"), Reply(status=500, raw=b"{}")]
+        failed = c.chat_json(ask("other"))
+        assert not failed.ok
+        server.script = [Reply(status=401, raw=b'{"error": "invalid key"}')]
+        with pytest.raises(LLMError) as exc:
+            c.chat_json(ask("third"))
+    finally:
+        logger.removeHandler(cap)
+        logger.setLevel(old_level)
+    assert server.requests[0]["headers"]["Authorization"] == f"Bearer {SECRET}"
+    assert cap.lines, "expected debug lines about the retry"
+    assert not any(SECRET in line for line in cap.lines)
+    for f in (tmp_path / "cache").rglob("*"):
+        if f.is_file():
+            assert SECRET not in f.read_text(encoding="utf-8")
+    text = "".join(traceback.format_exception(exc.value)) + repr(exc.value) + str(failed)
+    assert SECRET not in text and KEY_ENV in str(exc.value)
+    assert SECRET not in repr(c) and SECRET not in str(vars(c))
+
+
+def test_missing_key(monkeypatch, server):
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    with pytest.raises(LLMError, match=KEY_ENV):
+        LLMClient("https://api.example.com/v1", "m", api_key_env=KEY_ENV)
+    # A local server (e.g. vLLM) may run without a key; no Authorization header is sent then.
+    c = client(server)
+    assert c.chat_json(ask("A: x\nB: y")).ok
+    assert "Authorization" not in server.requests[0]["headers"]
+
+
+# ---------------------------------------------------------------------------------------------
+# LLM reply scores
+
+
+def test_score_predictions(server, key, tmp_path):
+    records = [{"id": "t1", "gold_strategy": "Question", "gold_reply": "g",
+                "pred_strategy": "Question", "pred_reply": "How did that feel?"},
+               {"id": "t2", "gold_strategy": "Question", "gold_reply": "g",
+                "pred_strategy": "Others", "pred_reply": "BAD reply"},
+               {"id": "t3", "gold_strategy": "Question", "gold_reply": "g",
+                "pred_strategy": "Others", "pred_reply": "MALFORMED"}]
+    cfg = cfg_for(server)
+    out = score_predictions(records, cfg, tmp_path / "cache", {"t1": "Seeker: I lost my keys"},
+                            client=client(server, tmp_path), keep_per_item=True)
+    assert out["n"] == 3 and out["scored"] == 2 and out["parse_failures"] == 1
+    assert out["means"] == {"fluency": 4.0, "professionalism": 4.0, "empathy": 2.5,
+                            "helpfulness": 4.0}
+    assert out["counts"] == dict.fromkeys(DIMENSIONS, 2) and out["items"]["t3"] is None
+    assert any("Seeker: I lost my keys" in r["body"]["messages"][-1]["content"]
+               for r in server.requests)
+    # Out-of-range scores are malformed too; the rerun of the rest comes from the cache.
+    server.script = [Reply(content=json.dumps(dict.fromkeys(DIMENSIONS, 9)))]
+    c = client(server, tmp_path)
+    out2 = score_predictions(records + [{"id": "t4", "pred_reply": "new one"}], cfg, None,
+                             {"t1": "Seeker: I lost my keys"}, client=c)
+    assert out2["parse_failures"] == 2 and out2["scored"] == 2
+    assert c.stats()["cache_hits"] == 3 and c.stats()["requests"] == 1

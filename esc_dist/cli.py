@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from typing import Callable
 
@@ -49,11 +50,39 @@ def cmd_tiny_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sft(args: argparse.Namespace) -> int:
+    from .train.sft import train_sft
+
+    recipe = _recipe(args, [f"sft.deepspeed={args.deepspeed}"] if args.deepspeed else [])
+    m = train_sft(recipe, args.role, data_dir=args.data, model_dir=args.model, out=args.out)
+    if m is not None and _is_main():
+        print(f"sft {args.role}: {m['global_step']} steps, final loss {m['final_loss']:.4f}, "
+              f"exported to {m['export_dir']}")
+    return 0
+
+
+def _is_main() -> bool:
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
+
+
+_OVERRIDE_WORD = re.compile(r"^[A-Za-z_]\w*\.[\w.\-]+=")
+
+
+def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Separate ``section.key=value`` recipe overrides from the other words, wherever they are."""
+    rest, overrides = [], []
+    for word in argv:
+        (overrides if _OVERRIDE_WORD.match(word) else rest).append(word)
+    return rest, overrides
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="RECIPE", default=None,
                    help="YAML recipe (default: the built-in tiny CPU recipe, configs/tiny-cpu.yaml)")
-    p.add_argument("overrides", nargs="*", metavar="key.path=value",
-                   help="override recipe keys, e.g. data.max_history_messages=8")
+    p.epilog = ("Recipe keys can be overridden anywhere on the command line with "
+                "section.key=value words, e.g. sft.learning_rate=2e-5 run.output_dir=runs/x.")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Distributed SFT, preference mining (IPM) and DPO for decoupled "
                     "emotional-support conversation models.")
     parser.add_argument("--version", action="version", version=f"esc-dist {__version__}")
+    # The deepspeed launcher passes --local_rank=N; LOCAL_RANK in the environment says the same.
+    parser.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def add(name: str, fn: Callable, help: str, description: str) -> argparse.ArgumentParser:
@@ -84,12 +115,32 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: data.esconv)")
     p.add_argument("--out", help="output directory (default: RUN_DIR/models/tiny)")
     _add_common(p)
+
+    p = add("sft", cmd_sft, "supervised fine-tuning of one role (DeepSpeed ZeRO)",
+            "Full-parameter SFT of the planner, generator or vanilla model on its prepared "
+            "dataset, under any launcher (deepspeed, torchrun, accelerate launch, srun) or as one "
+            "process; checkpoints with resume, then one exported HF directory.")
+    p.add_argument("--role", required=True, choices=["planner", "generator", "vanilla"])
+    p.add_argument("--data", help="`prepare` output directory (default: RUN_DIR/data)")
+    p.add_argument("--model", help="HF model directory to start from (default: model.base, "
+                   "else RUN_DIR/models/tiny)")
+    p.add_argument("--out", help="export directory (default: RUN_DIR/models/sft-ROLE)")
+    p.add_argument("--deepspeed", metavar="JSON", help="DeepSpeed config (sft.deepspeed)")
+    _add_common(p)
+
+    from .eval.cli import register as register_eval
+    from .ipm.judge_cli import register as register_judge
+
+    register_judge(sub, _add_common)
+    register_eval(sub, _add_common)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    words, overrides = split_overrides(sys.argv[1:] if argv is None else list(argv))
+    args = parser.parse_args(words)
+    args.overrides = overrides
     from .log import quiet_libraries
 
     quiet_libraries()

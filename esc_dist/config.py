@@ -33,6 +33,7 @@ class RunConfig:
     name: str = "tiny-cpu"
     output_dir: str = "runs/tiny-cpu"
     seed: int = 42
+    dist_timeout_s: int = 1800  # collective timeout: a hung rank fails the job after this
 
 
 @dataclass
@@ -88,6 +89,8 @@ class ModelConfig:
     # An HF model directory or hub name to start SFT from; null builds the tiny model.
     base: str | None = None
     trust_remote_code: bool = False
+    # e.g. flash_attention_2 on GPUs that have it (needed for sft.packing); null = sdpa
+    attn_implementation: str | None = None
 
 
 @dataclass

@@ -26,6 +26,11 @@ def get_logger(name: str = "esc_dist") -> logging.Logger:
 
 def quiet_libraries() -> None:
     """Silence progress bars and chatter of datasets/transformers that would flood multi-rank logs."""
+    import warnings
+
+    # DeepSpeed still calls collectives that torch marks deprecated, once per call.
+    warnings.filterwarnings("ignore", message=r".*torch\.distributed\..* is deprecated",
+                            category=FutureWarning)
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     try:

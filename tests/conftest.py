@@ -10,6 +10,12 @@ TEST_DATA = ROOT / "tests" / "data"
 VENV_BIN = Path(sys.executable).parent
 
 
+def pytest_configure(config):
+    from esc_dist.log import quiet_libraries
+
+    quiet_libraries()
+
+
 @pytest.fixture(scope="session")
 def esconv_dir() -> Path:
     if not (ESCONV_DIR / "esconv.json").is_file():

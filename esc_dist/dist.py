@@ -1,0 +1,169 @@
+"""Distributed setup: the only module that talks to torch.distributed directly.
+
+Every stage runs unchanged under `deepspeed`, `torchrun`, `accelerate launch`, `srun` (one task
+per GPU; Slurm variables are mapped to torch's) or as a plain single process. On GPUs it uses
+NCCL; without CUDA it applies, in one place, the workarounds DeepSpeed and accelerate need on CPU
+(gloo backend, no JIT-built shared-memory op, accelerate told about the process group).
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import re
+import socket
+import sys
+from typing import Any, Iterable, Sequence
+
+_CPU_PATCHED = False
+
+
+def has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launcher_env() -> None:
+    """Fill torch's rendezvous variables when a launcher did not.
+
+    Under `srun` without torchrun, Slurm's task variables give rank and world size; a bare
+    `python`/`esc-dist` process becomes a world of one on a free local port.
+    """
+    if "RANK" not in os.environ and "SLURM_PROCID" in os.environ and "SLURM_NTASKS" in os.environ:
+        os.environ["RANK"] = os.environ["SLURM_PROCID"]
+        os.environ["WORLD_SIZE"] = os.environ["SLURM_NTASKS"]
+        os.environ["LOCAL_RANK"] = os.environ.get("SLURM_LOCALID", "0")
+        if "MASTER_ADDR" not in os.environ:
+            nodes = os.environ.get("SLURM_JOB_NODELIST", "127.0.0.1")
+            os.environ["MASTER_ADDR"] = _first_host(nodes)
+        os.environ.setdefault("MASTER_PORT", str(29500 + int(os.environ.get("SLURM_JOB_ID", "0"))
+                                                 % 1000))
+    os.environ.setdefault("RANK", "0")
+    os.environ.setdefault("LOCAL_RANK", "0")
+    os.environ.setdefault("WORLD_SIZE", "1")
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    if "MASTER_PORT" not in os.environ:
+        if world_size() > 1:
+            raise RuntimeError("WORLD_SIZE > 1 but MASTER_PORT is not set: start several processes "
+                               "with a launcher (torchrun, deepspeed, accelerate launch, srun)")
+        os.environ["MASTER_PORT"] = str(_free_port())
+
+
+def _first_host(nodelist: str) -> str:
+    """First host of a Slurm node list such as ``gpu[01-04,07],cpu1`` (no scontrol needed)."""
+    m = re.match(r"([^,\[]+)(?:\[([^\]]+)\])?", nodelist)
+    if not m:
+        return nodelist
+    prefix, ranges = m.group(1), m.group(2)
+    return prefix + ranges.split(",")[0].split("-")[0] if ranges else prefix
+
+
+def patch_cpu_deepspeed() -> None:
+    """CPU only: skip DeepSpeed's JIT-compiled shared-memory all-reduce (30-60 s of g++ per
+    process, needed only by CPU inference kernels) and pick its CPU accelerator quietly."""
+    global _CPU_PATCHED
+    if _CPU_PATCHED or has_cuda():
+        return
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    import deepspeed.comm.torch  # noqa: F401  (module must be imported before patching)
+
+    sys.modules["deepspeed.comm.torch"].build_shm_op = lambda: None
+    _CPU_PATCHED = True
+
+
+def init(timeout_s: int = 1800, deepspeed: bool = False) -> None:
+    """Create the process group (NCCL on GPU, gloo on CPU) and tell accelerate about it.
+
+    Idempotent. Must run before any trainer config is built: without it, accelerate sees a
+    world of one on every CPU rank and the DeepSpeed batch-size check fails. ``deepspeed``
+    says whether a trainer will use a DeepSpeed config (accelerate must know before its state
+    is created).
+    """
+    import torch
+    import torch.distributed as td
+
+    launcher_env()
+    if has_cuda():
+        torch.cuda.set_device(local_rank())
+    else:
+        patch_cpu_deepspeed()
+        os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1)
+                                                         // max(1, world_size()))))
+    if td.is_available() and not td.is_initialized():
+        from accelerate import PartialState
+
+        if deepspeed:
+            os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
+        backend = "nccl" if has_cuda() else "gloo"
+        PartialState(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
+
+
+def barrier() -> None:
+    import torch.distributed as td
+
+    if td.is_available() and td.is_initialized():
+        td.barrier()
+
+
+def all_gather_object(obj: Any) -> list[Any]:
+    import torch.distributed as td
+
+    if not (td.is_available() and td.is_initialized()) or td.get_world_size() == 1:
+        return [obj]
+    out: list[Any] = [None] * td.get_world_size()
+    td.all_gather_object(out, obj)
+    return out
+
+
+def all_reduce_sum(values: Sequence[float]) -> list[float]:
+    """Sum a few numbers over ranks (on the device the backend needs)."""
+    import torch
+    import torch.distributed as td
+
+    if not (td.is_available() and td.is_initialized()) or td.get_world_size() == 1:
+        return list(values)
+    device = torch.device("cuda", torch.cuda.current_device()) if has_cuda() else "cpu"
+    t = torch.tensor(list(values), dtype=torch.float64, device=device)
+    td.all_reduce(t)
+    return t.tolist()
+
+
+def shard_balanced(items: Iterable[tuple[str, int]], world: int, rank_: int) -> list[str]:
+    """Deterministic shard of ``(id, cost)`` items for one rank, balanced by cost.
+
+    Items are sorted by id, then dealt greedily by decreasing cost to the least-loaded rank, so the
+    assignment depends only on the items and the world size.
+    """
+    items = sorted(items)
+    order = sorted(range(len(items)), key=lambda i: (-items[i][1], items[i][0]))
+    load = [0] * world
+    mine = []
+    for i in order:
+        r = min(range(world), key=lambda k: (load[k], k))
+        load[r] += items[i][1] + 1
+        if r == rank_:
+            mine.append(items[i][0])
+    return sorted(mine)

@@ -55,10 +55,17 @@ def cmd_sft(args: argparse.Namespace) -> int:
 
     recipe = _recipe(args, [f"sft.deepspeed={args.deepspeed}"] if args.deepspeed else [])
     m = train_sft(recipe, args.role, data_dir=args.data, model_dir=args.model, out=args.out)
-    if m is not None and _is_main():
+    if m is None:
+        return PREEMPTED_EXIT
+    if _is_main():
         print(f"sft {args.role}: {m['global_step']} steps, final loss {m['final_loss']:.4f}, "
               f"exported to {m['export_dir']}")
     return 0
+
+
+# Exit status of a training stage stopped by a preemption signal after saving a checkpoint:
+# the Slurm templates requeue the job on it.
+PREEMPTED_EXIT = 75
 
 
 def _is_main() -> bool:

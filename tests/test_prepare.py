@@ -67,6 +67,17 @@ def test_task_formats(prepared):
                for m in g["prompt"] if m["role"] == "assistant")
 
 
+def test_turns_dataset_keeps_raw_history(prepared, esconv_dir):
+    from esc_dist.data.tasks import history_messages, vanilla_prompt
+
+    turns = load_from_disk(str(prepared / "turns"))["test"]
+    vanilla = load_from_disk(str(prepared / "vanilla"))["test"]
+    assert turns["id"] == vanilla["id"]
+    row = turns[5]
+    assert vanilla_prompt(history_messages(row["history"])) == vanilla[5]["prompt"]
+    assert {m["role"] for m in row["history"]} <= {"seeker", "supporter"}
+
+
 def test_ids_are_unique_and_stable(prepared):
     ds = load_from_disk(str(prepared / "planner"))
     ids = [i for split in ds.values() for i in split["id"]]

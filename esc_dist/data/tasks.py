@@ -103,6 +103,25 @@ def build_task(turns_by_split: dict[str, list[Turn]], task: str, max_history: in
     })
 
 
+def turn_record(turn: Turn) -> dict:
+    """The raw turn (history as seeker/supporter messages) for stages that judge or rebuild
+    prompts: mining, judging, inference."""
+    return {
+        "id": turn.id,
+        "dialogue_id": turn.dialogue_id,
+        "turn_index": turn.turn_index,
+        "strategy": turn.strategy,
+        "reply": turn.reply,
+        "history": [{"role": m.role, "text": m.text, "strategy": m.strategy}
+                    for m in turn.history],
+    }
+
+
+def history_messages(history: Iterable[dict]) -> list[Message]:
+    """Messages back from the ``history`` column of the turns dataset."""
+    return [Message(m["role"], m["text"], m["strategy"]) for m in history]
+
+
 def _strategy_counts(turns: Iterable[Turn]) -> dict[str, int]:
     c = Counter(t.strategy for t in turns)
     return {s: c.get(s, 0) for s in STRATEGIES}
@@ -141,9 +160,13 @@ def prepare(cfg: DataConfig, out: str | Path) -> dict:
                           "strategies": _strategy_counts(turns[name])} for name in SPLITS},
         "dialogues": split,
     }
+    from datasets import Dataset, DatasetDict
+
     with staged_dir(out) as tmp:
         for task in TASKS:
             build_task(turns, task, cfg.max_history_messages).save_to_disk(str(tmp / task))
+        DatasetDict({split: Dataset.from_list([turn_record(t) for t in ts])
+                     for split, ts in turns.items()}).save_to_disk(str(tmp / "turns"))
         manifest["seconds"] = round(time.time() - t0, 2)
         write_manifest(tmp, manifest)
         mark_completed(tmp)
@@ -151,7 +174,7 @@ def prepare(cfg: DataConfig, out: str | Path) -> dict:
 
 
 def load_task(data_dir: str | Path, task: str):
-    """Load one task's ``DatasetDict`` written by :func:`prepare`."""
+    """Load one task's ``DatasetDict`` (or ``"turns"``, the raw turns) written by :func:`prepare`."""
     from datasets import load_from_disk
 
     data_dir = Path(data_dir)

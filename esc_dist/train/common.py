@@ -262,6 +262,53 @@ def checkpoint_callback():
     return CheckpointMarker()
 
 
+PREEMPT_SIGNALS = ("SIGUSR1",)
+
+
+def preemption_callback():
+    """Checkpoint and stop at the end of the current step when the job is told to go away.
+
+    Slurm sends SIGUSR1 ahead of a time limit or preemption (``--signal=B:USR1@120`` in our
+    templates, forwarded to every task). All ranks agree on the stop through a tiny all-reduce
+    per step, so they save the same step; the caller then exits without exporting and the job
+    requeues itself and resumes (``resume: auto``).
+    """
+    import signal
+
+    from transformers import TrainerCallback
+
+    class Preemption(TrainerCallback):
+        def __init__(self):
+            self.requested = False
+            self.preempted = False
+            for name in PREEMPT_SIGNALS:
+                signal.signal(getattr(signal, name), self._on_signal)
+
+        def _on_signal(self, signum, frame):
+            self.requested = True
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if dist.all_reduce_sum([float(self.requested)])[0] > 0 and not self.preempted:
+                log.warning("preemption signal: saving a checkpoint at step %d and stopping",
+                            state.global_step)
+                self.preempted = True
+                control.should_save = True
+                control.should_training_stop = True
+            return control
+
+    return Preemption()
+
+
+def was_preempted(trainer) -> bool:
+    """True when training stopped on a preemption signal (a checkpoint was saved)."""
+    cb = next((c for c in trainer.callback_handler.callbacks if hasattr(c, "preempted")), None)
+    if cb is not None and cb.preempted:
+        log.warning("stopped early at step %d on a preemption signal; the checkpoint is "
+                    "saved and the next run resumes from it", trainer.state.global_step)
+        return True
+    return False
+
+
 def _step(p: Path) -> int:
     try:
         return int(p.name.rsplit("-", 1)[1])

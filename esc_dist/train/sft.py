@@ -19,8 +19,8 @@ from ..io import atomic_write_json, read_json, read_manifest, sha256_json, stage
 from ..log import get_logger
 from .common import (ROLES, TrainerExtras, base_manifest, checkpoint_callback, deepspeed_config,
                      default_base_model, export_model, find_resume_checkpoint, load_policy,
-                     load_tokenizer, prepare_resume, stage_paths, summarize_history,
-                     trainer_arguments)
+                     load_tokenizer, preemption_callback, prepare_resume, stage_paths,
+                     summarize_history, trainer_arguments, was_preempted)
 
 log = get_logger(__name__)
 
@@ -186,7 +186,8 @@ def build_sft_trainer(recipe: Recipe, role: str, data_dir: str, model_dir: str, 
              role, stats["examples"], stats["history_trimmed"], stats["dropped_too_long"])
     model = load_policy(model_dir, recipe, cfg)  # after args: ZeRO-3 partitions while loading
     trainer = _sft_trainer_class()(model=model, args=args, train_dataset=train,
-                                   processing_class=tokenizer, callbacks=[checkpoint_callback()])
+                                   processing_class=tokenizer,
+                                   callbacks=[checkpoint_callback(), preemption_callback()])
     return trainer, tokenizer, stats
 
 
@@ -213,6 +214,9 @@ def train_sft(recipe: Recipe, role: str, data_dir: str | None = None,
     if ckpt is not None:
         log.info("resuming from %s", ckpt)
     trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
+    if was_preempted(trainer):
+        tracking.finish(run)
+        return None
 
     data_manifest = read_manifest(data_dir) or {}
     manifest = base_manifest("sft", role, recipe, cfg, {

@@ -63,6 +63,19 @@ def cmd_sft(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dpo(args: argparse.Namespace) -> int:
+    from .train.dpo import train_dpo
+
+    recipe = _recipe(args, [f"dpo.deepspeed={args.deepspeed}"] if args.deepspeed else [])
+    m = train_dpo(recipe, args.role, pairs_dir=args.pairs, model_dir=args.model, out=args.out)
+    if m is None:
+        return PREEMPTED_EXIT
+    if _is_main():
+        print(f"dpo {args.role}: {m['global_step']} steps, final loss {m['final_loss']:.4f}, "
+              f"reward accuracy {m['final_reward_accuracy']}, exported to {m['export_dir']}")
+    return 0
+
+
 # Exit status of a training stage stopped by a preemption signal after saving a checkpoint:
 # the Slurm templates requeue the job on it.
 PREEMPTED_EXIT = 75
@@ -133,6 +146,19 @@ def build_parser() -> argparse.ArgumentParser:
                    "else RUN_DIR/models/tiny)")
     p.add_argument("--out", help="export directory (default: RUN_DIR/models/sft-ROLE)")
     p.add_argument("--deepspeed", metavar="JSON", help="DeepSpeed config (sft.deepspeed)")
+    _add_common(p)
+
+    p = add("dpo", cmd_dpo, "DPO of one role on its IPM-PrefDial pairs (DeepSpeed ZeRO)",
+            "Full-parameter DPO of the planner, generator or vanilla model, starting from its SFT "
+            "export, on the pairs kept by `esc-dist judge`; reference log-probs precomputed "
+            "(default) or a live reference model; same launchers, checkpoints, resume and export "
+            "as sft.")
+    p.add_argument("--role", required=True, choices=["planner", "generator", "vanilla"])
+    p.add_argument("--pairs", help="`judge` output directory of this role "
+                   "(default: RUN_DIR/prefdial/ROLE)")
+    p.add_argument("--model", help="SFT export to start from (default: RUN_DIR/models/sft-ROLE)")
+    p.add_argument("--out", help="export directory (default: RUN_DIR/models/dpo-ROLE)")
+    p.add_argument("--deepspeed", metavar="JSON", help="DeepSpeed config (dpo.deepspeed)")
     _add_common(p)
 
     from .eval.cli import register as register_eval

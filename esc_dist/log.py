@@ -32,6 +32,8 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=r".*torch\.distributed\..* is deprecated",
                             category=FutureWarning)
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    if not sys.stderr.isatty():  # progress bars in a batch log are noise, one per rank
+        os.environ.setdefault("TQDM_DISABLE", "1")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     try:
         import datasets

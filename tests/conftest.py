@@ -40,3 +40,22 @@ def tiny_model_dir(tmp_path_factory, esconv_dir) -> Path:
     out = tmp_path_factory.mktemp("tiny") / "model"
     build_tiny_model(TinyModelConfig(), esconv_dir / "esconv.json", out)
     return out
+
+
+@pytest.fixture(scope="session")
+def small_setup(tmp_path_factory, esconv_dir) -> Path:
+    """A small prepared dataset (6/2/2 dialogues, 6 history messages) and a ~0.2M-parameter
+    model, shared by the distributed training tests."""
+    from esc_dist.config import DataConfig, TinyModelConfig
+    from esc_dist.data.tasks import prepare
+    from esc_dist.models.tiny import build_tiny_model
+
+    root = tmp_path_factory.mktemp("small")
+    prepare(DataConfig(esconv=str(esconv_dir / "esconv.json"),
+                       split=str(esconv_dir / "splits" / "decoupledesc_split.json"),
+                       max_dialogues={"train": 6, "validation": 2, "test": 2},
+                       max_history_messages=6), root / "data")
+    build_tiny_model(TinyModelConfig(vocab_size=2048, hidden_size=64, num_layers=2,
+                                     intermediate_size=176), esconv_dir / "esconv.json",
+                     root / "tiny")
+    return root

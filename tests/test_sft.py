@@ -1,22 +1,16 @@
 """SFT under DeepSpeed ZeRO on 2 CPU ranks (gloo) with the tiny model."""
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 
-import psutil
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from esc_dist.config import DataConfig, TinyModelConfig
-from esc_dist.data.tasks import prepare
-from esc_dist.models.tiny import build_tiny_model
 from tests.conftest import ROOT, VENV_BIN
-from tests.launch import free_port, launch, launch_env
+from tests.launch import (assert_close_weights, export_weights, free_port, kill_rank_when, launch,
+                          launch_env, log_history)
 from tests.wandb_offline import wait_for_offline_runs
 
 pytestmark = pytest.mark.distributed
@@ -27,15 +21,11 @@ WEIGHT_TOL = 1e-4
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory, esconv_dir):
+def setup(small_setup, tmp_path_factory):
+    """Per-module run directory with the shared data and model linked in."""
     root = tmp_path_factory.mktemp("sft")
-    prepare(DataConfig(esconv=str(esconv_dir / "esconv.json"),
-                       split=str(esconv_dir / "splits" / "decoupledesc_split.json"),
-                       max_dialogues={"train": 6, "validation": 2, "test": 2},
-                       max_history_messages=6), root / "data")
-    build_tiny_model(TinyModelConfig(vocab_size=2048, hidden_size=64, num_layers=2,
-                                     intermediate_size=176), esconv_dir / "esconv.json",
-                     root / "tiny")
+    for name in ("data", "tiny"):
+        (root / name).symlink_to(small_setup / name)
     return root
 
 
@@ -49,29 +39,15 @@ def sft_args(setup, out, zero=3, grad_acc=1, role="planner", extra=()):
 
 
 def losses(out):
-    state = json.loads((out.with_name(out.name + ".work") / "checkpoints" / f"checkpoint-{STEPS}"
-                        / "trainer_state.json").read_text())
-    return [h["loss"] for h in state["log_history"] if "loss" in h]
+    return [h["loss"] for h in log_history(out, STEPS)]
 
 
 def grad_norms(out):
-    state = json.loads((out.with_name(out.name + ".work") / "checkpoints" / f"checkpoint-{STEPS}"
-                        / "trainer_state.json").read_text())
-    return [h["grad_norm"] for h in state["log_history"] if "loss" in h]
+    return [h["grad_norm"] for h in log_history(out, STEPS)]
 
 
 def weights(out):
-    return load_file(str(out / "model.safetensors"))
-
-
-def assert_close_weights(a, b, tol=WEIGHT_TOL):
-    # A ZeRO-3 export may also list the tied lm_head; it must equal the embedding then.
-    for w in (a, b):
-        if "lm_head.weight" in w:
-            assert torch.equal(w.pop("lm_head.weight"), w["model.embed_tokens.weight"])
-    assert a.keys() == b.keys()
-    worst = max((a[k] - b[k]).abs().max().item() for k in a)
-    assert worst <= tol, f"max weight difference {worst}"
+    return export_weights(out)
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +81,7 @@ def test_zero_losses_equal_one_process(setup, reference, zero3_run, zero):
     diffs = [abs(a - b) for a, b in zip(ref, got)]
     print(f"zero{zero}: reference losses {ref}, max difference {max(diffs):.2e}")
     assert max(diffs) <= LOSS_TOL, (ref, got)
-    assert_close_weights(weights(reference), weights(out))
+    assert_close_weights(weights(reference), weights(out), WEIGHT_TOL)
 
 
 def test_export_manifest_and_checkpoints(zero3_run):
@@ -155,34 +131,11 @@ def test_wandb_offline_run_has_metrics_and_no_secret(zero3_run):
                 assert secret not in path.read_bytes(), f"secret leaked into {path}"
 
 
-def _rank_pid(launcher: psutil.Process, rank: str) -> int | None:
-    for p in launcher.children(recursive=True):
-        try:
-            if p.environ().get("RANK") == rank and "esc_dist" in " ".join(p.cmdline()):
-                return p.pid
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    return None
-
-
 def test_sigkill_one_rank_then_resume_matches_uninterrupted(setup, zero3_run):
     out = setup / "killed" / "sft-planner"
     ckpts = out.with_name("sft-planner.work") / "checkpoints"
     args = sft_args(setup, out, zero=3)
-    proc = launch(args, background=True, log=setup / "killed-1.log")
-    deadline = time.time() + 300
-    try:
-        while not (ckpts / "checkpoint-2" / "COMPLETED").is_file():
-            assert proc.poll() is None, (setup / "killed-1.log").read_text()[-4000:]
-            assert time.time() < deadline
-            time.sleep(0.05)
-        pid = _rank_pid(psutil.Process(proc.pid), "1")
-        assert pid is not None
-        os.kill(pid, signal.SIGKILL)
-        assert proc.wait(timeout=120) != 0
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+    kill_rank_when(args, ckpts / "checkpoint-2" / "COMPLETED", setup / "killed-1.log")
     assert not (out / "COMPLETED").exists()
     done = sorted(p.name for p in ckpts.glob("checkpoint-*") if (p / "COMPLETED").is_file())
     assert "checkpoint-2" in done and f"checkpoint-{STEPS}" not in done

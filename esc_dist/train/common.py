@@ -213,7 +213,7 @@ class TrainerExtras:
         return GlobalBatchLengthSampler(lengths, global_batch, a.data_seed or a.seed)
 
     def example_lengths(self, ds) -> list[int] | None:
-        if "input_ids" not in ds.column_names or self.args.packing:
+        if "input_ids" not in ds.column_names or getattr(self.args, "packing", False):
             return None
         return [len(x) for x in ds["input_ids"]]
 

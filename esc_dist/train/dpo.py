@@ -1,0 +1,170 @@
+"""Full-parameter DPO of the planner, generator or vanilla model on IPM-PrefDial pairs.
+
+Shares SFT's glue (arguments, DeepSpeed, checkpoints and ``resume: auto``, preemption, export,
+W&B). The pairs are tokenized here with the same prompt fitting as SFT (oldest history dropped
+until the prompt and the longer of chosen/rejected fit ``max_length``).
+
+Reference model:
+- ``precomputed`` (default): reference log-probs of every pair in one pass before training,
+  sharded over the ranks, cached beside the tokenized pairs and keyed by the data fingerprint and
+  a hash of the reference weights (a resumed or repeated run reads them back);
+- ``live``: a second model scored every step — partitioned under ZeRO-3, a replica under ZeRO-2,
+  its parameters optionally offloaded to CPU (``dpo.reference_offload``, ZeRO-3).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+
+from .. import dist, tracking
+from ..config import Recipe
+from ..io import COMPLETED, read_manifest, sha256_json
+from ..log import get_logger
+from .common import (ROLES, TrainerExtras, base_manifest, checkpoint_callback, deepspeed_config,
+                     export_model, find_resume_checkpoint, load_policy, load_tokenizer,
+                     preemption_callback, prepare_resume, stage_paths, summarize_history,
+                     trainer_arguments, was_preempted, zero_stage)
+from .tokens import PromptFitter, tokenized_cached
+
+log = get_logger(__name__)
+
+
+def dpo_row(ex: dict, fit: PromptFitter) -> dict | None:
+    r = fit(ex["prompt"], [ex["chosen"], ex["rejected"]])
+    if r is None:
+        return None
+    p, (chosen, rejected), dropped = r
+    return {"id": ex["id"], "prompt_ids": p, "chosen_ids": chosen, "rejected_ids": rejected,
+            "trimmed": dropped}
+
+
+def load_pairs(pairs_dir: str | Path):
+    from datasets import load_from_disk
+
+    pairs_dir = Path(pairs_dir)
+    if not (pairs_dir / COMPLETED).is_file():
+        raise FileNotFoundError(f"{pairs_dir}: not a completed `esc-dist judge` output (no "
+                                f"{COMPLETED} marker)")
+    ds = load_from_disk(str(pairs_dir / "dataset"))
+    if len(ds) == 0:
+        raise ValueError(f"{pairs_dir}: the preference dataset is empty (the judge kept no pair)")
+    return ds
+
+
+def _dpo_trainer_class():
+    from trl import DPOTrainer
+
+    class EscDPOTrainer(TrainerExtras, DPOTrainer):
+        def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+            if "prompt_ids" in dataset.column_names:
+                return dataset  # tokenized and fitted by us
+            return super()._prepare_dataset(dataset, processing_class, args, dataset_name)
+
+        def example_lengths(self, ds):
+            cols = ds.column_names
+            if not {"prompt_ids", "chosen_ids", "rejected_ids"} <= set(cols):
+                return None
+            return [len(p) + max(len(c), len(r)) for p, c, r in
+                    zip(ds["prompt_ids"], ds["chosen_ids"], ds["rejected_ids"])]
+
+    return EscDPOTrainer
+
+
+@contextmanager
+def _offloaded_reference(enabled: bool):
+    """While the DPO trainer builds its live reference engine, add CPU parameter offload to the
+    DeepSpeed config that TRL copies for it; the policy's engine, built later, is unaffected."""
+    if not enabled:
+        yield
+        return
+    import trl.trainer.dpo_trainer as trl_dpo
+
+    original = trl_dpo.prepare_deepspeed
+
+    def prepare_offloaded(model, accelerator):
+        zero = accelerator.state.deepspeed_plugin.deepspeed_config["zero_optimization"]
+        zero["offload_param"] = {"device": "cpu", "pin_memory": dist.has_cuda()}
+        try:
+            return original(model, accelerator)
+        finally:
+            zero.pop("offload_param", None)
+
+    trl_dpo.prepare_deepspeed = prepare_offloaded
+    try:
+        yield
+    finally:
+        trl_dpo.prepare_deepspeed = original
+
+
+def build_dpo_trainer(recipe: Recipe, role: str, pairs_dir: str, model_dir: str, paths,
+                      ds_cfg: dict | None, report_wandb: bool):
+    """The configured DPO trainer for one role, and the tokenization stats of its pairs."""
+    from trl import DPOConfig
+
+    cfg = recipe.dpo
+    losses, weights = [cfg.loss_type], [1.0]
+    if cfg.sft_weight > 0:
+        losses.append("sft")
+        weights.append(cfg.sft_weight)
+    args = DPOConfig(**trainer_arguments(cfg, recipe, paths, f"dpo-{role}", report_wandb, ds_cfg),
+                     beta=cfg.beta, loss_type=losses, loss_weights=weights,
+                     precompute_ref_log_probs=cfg.reference == "precomputed",
+                     precompute_ref_batch_size=cfg.per_device_train_batch_size)
+    tokenizer = load_tokenizer(model_dir, recipe.model.trust_remote_code)
+    pairs = load_pairs(pairs_dir)
+    train, stats = tokenized_cached(pairs, tokenizer, cfg.max_length, paths.work / "tokenized",
+                                    f"{role}-pairs", dpo_row,
+                                    ("id", "prompt_ids", "chosen_ids", "rejected_ids"))
+    log.info("dpo %s: %d pairs (%d with history trimmed, %d too long dropped)", role,
+             stats["examples"], stats["history_trimmed"], stats["dropped_too_long"])
+    model = load_policy(model_dir, recipe, cfg)
+    offload = cfg.reference == "live" and cfg.reference_offload and zero_stage(ds_cfg) == 3
+    with _offloaded_reference(offload):
+        trainer = _dpo_trainer_class()(model=model, args=args, train_dataset=train,
+                                       processing_class=tokenizer,
+                                       callbacks=[checkpoint_callback(), preemption_callback()])
+    return trainer, tokenizer, stats
+
+
+def train_dpo(recipe: Recipe, role: str, pairs_dir: str | None = None,
+              model_dir: str | None = None, out: str | None = None) -> dict | None:
+    """DPO of one role from its SFT export; returns the export manifest (None if preempted)."""
+    if role not in ROLES:
+        raise ValueError(f"unknown role {role!r}; expected one of {ROLES}")
+    cfg = recipe.dpo
+    dist.init(recipe.run.dist_timeout_s, deepspeed=bool(cfg.deepspeed))
+    run_dir = Path(recipe.run.output_dir)
+    pairs_dir = pairs_dir or str(run_dir / "prefdial" / role)
+    model_dir = model_dir or str(run_dir / "models" / f"sft-{role}")
+    paths = stage_paths(recipe, "dpo", role, out)
+
+    ckpt = find_resume_checkpoint(paths.checkpoints, cfg.resume)
+    ds_cfg = deepspeed_config(cfg, universal=prepare_resume(ckpt))
+    run = tracking.start_run(recipe, f"dpo-{role}", paths.work, config={"stage": "dpo", "role": role})
+    trainer, tokenizer, tok_stats = build_dpo_trainer(recipe, role, pairs_dir, model_dir, paths,
+                                                      ds_cfg, run is not None)
+    if ckpt is not None:
+        log.info("resuming from %s", ckpt)
+    trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
+    if was_preempted(trainer):
+        tracking.finish(run)
+        return None
+
+    hist = trainer.state.log_history
+    manifest = base_manifest("dpo", role, recipe, cfg, {
+        "pairs": {"path": str(pairs_dir), "sha256": sha256_json(read_manifest(pairs_dir) or {})},
+        "model": {"path": str(model_dir)},
+    }, model_dir)
+    manifest.update(summarize_history(trainer), tokenization=tok_stats,
+                    resumed_from=str(ckpt) if ckpt else None, export_dir=str(paths.export),
+                    final_reward_accuracy=next((h["rewards/accuracies"] for h in reversed(hist)
+                                                if "rewards/accuracies" in h), None),
+                    final_reward_margin=next((h["rewards/margins"] for h in reversed(hist)
+                                              if "rewards/margins" in h), None))
+    export_model(trainer, tokenizer, paths.export, manifest)
+    if run is not None:
+        run.summary.update({k: manifest[k] for k in ("final_loss", "global_step",
+                                                     "final_reward_accuracy", "final_reward_margin")})
+    tracking.finish(run)
+    return manifest

@@ -1,0 +1,128 @@
+"""DPO under DeepSpeed ZeRO on 2 CPU ranks (gloo) with the tiny model and synthetic pairs."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from datasets import load_from_disk
+
+from esc_dist.io import mark_completed
+from esc_dist.ipm.prefdial import save_dataset
+from tests.conftest import ROOT
+from tests.launch import (assert_close_weights, export_weights, kill_rank_when, launch, launch_env,
+                          log_history, work_dir)
+
+pytestmark = pytest.mark.distributed
+
+STEPS = 8
+LOSS_TOL = 1e-5  # absolute, on losses of about 0.4-0.7
+
+
+@pytest.fixture(scope="module")
+def setup(small_setup, tmp_path_factory):
+    """64 synthetic planner pairs: chosen = the gold strategy, rejected = its name reversed."""
+    root = tmp_path_factory.mktemp("dpo")
+    rows = load_from_disk(str(small_setup / "data" / "planner"))["train"].select(range(64))
+    pairs = [{"id": r["id"] + "#s0", "turn_id": r["id"], "role": "planner", "prompt": r["prompt"],
+              "chosen": r["strategy"], "rejected": r["strategy"][::-1].lower(),
+              "gold_strategy": r["strategy"], "sampled_strategy": None} for r in rows]
+    save_dataset(pairs, root / "pairs" / "dataset")
+    mark_completed(root / "pairs")
+    (root / "tiny").symlink_to(small_setup / "tiny")
+    return root
+
+
+def dpo_args(setup, out, zero=3, grad_acc=1, extra=()):
+    ds = f"dpo.deepspeed={ROOT}/ds_configs/zero{zero}.json" if zero else "dpo.deepspeed=null"
+    return ["dpo", "--role", "planner", "--pairs", str(setup / "pairs"), "--model",
+            str(setup / "tiny"), "--out", str(out), f"run.output_dir={setup}", ds,
+            f"dpo.max_steps={STEPS}", "dpo.save_steps=2", "dpo.logging_steps=1",
+            "dpo.per_device_train_batch_size=4", f"dpo.gradient_accumulation_steps={grad_acc}",
+            "dpo.learning_rate=2e-3", "dpo.warmup_ratio=0", "run.dist_timeout_s=120", *extra]
+
+
+def losses(out):
+    return [h["loss"] for h in log_history(out, STEPS)]
+
+
+@pytest.fixture(scope="module")
+def reference(setup):
+    """One process, no DeepSpeed, global batch 8 (4 x 2 accumulation)."""
+    out = setup / "ref" / "dpo-planner"
+    launch(dpo_args(setup, out, zero=0, grad_acc=2), nproc=1, launcher="python",
+           log=setup / "ref.log")
+    return out
+
+
+@pytest.fixture(scope="module")
+def zero3_run(setup):
+    out = setup / "z3" / "dpo-planner"
+    launch(dpo_args(setup, out, zero=3), log=setup / "z3.log")
+    return out
+
+
+def test_reward_accuracy_rises_and_margin_grows(reference):
+    hist = log_history(reference, STEPS)
+    acc = [h["rewards/accuracies"] for h in hist]
+    margins = [h["rewards/margins"] for h in hist]
+    assert acc[0] == 0 and margins[0] == 0  # policy == reference at the first step
+    assert min(acc[-3:]) > 0.9, acc
+    assert margins[-1] > 3 * margins[1] > 0, margins
+    assert all(k in hist[-1] for k in ("rewards/chosen", "rewards/rejected", "logps/chosen",
+                                       "logps/rejected"))
+
+
+@pytest.mark.parametrize("zero", [2, 3])
+def test_zero_losses_equal_one_process(setup, reference, zero3_run, zero):
+    if zero == 3:
+        out = zero3_run
+    else:
+        out = setup / "z2" / "dpo-planner"
+        launch(dpo_args(setup, out, zero=2), log=setup / "z2.log")
+    ref, got = losses(reference), losses(out)
+    assert len(ref) == len(got) == STEPS
+    assert max(abs(a - b) for a, b in zip(ref, got)) <= LOSS_TOL, (ref, got)
+    assert_close_weights(export_weights(reference), export_weights(out), 1e-4)
+
+
+def test_live_reference_equals_precomputed(setup, zero3_run):
+    """A live reference model (ZeRO-3 partitioned, parameters offloaded to CPU) gives the same
+    losses as the precomputed reference log-probs, at every step, not only the first."""
+    out = setup / "live" / "dpo-planner"
+    launch(dpo_args(setup, out, zero=3, extra=["dpo.reference=live",
+                                               "dpo.reference_offload=true"]),
+           log=setup / "live.log")
+    pre, live = losses(zero3_run), losses(out)
+    assert pre[0] == pytest.approx(0.6931, abs=1e-3)
+    assert max(abs(a - b) for a, b in zip(pre, live)) <= LOSS_TOL, (pre, live)
+
+
+def test_sigkill_then_resume_matches_uninterrupted(setup, zero3_run):
+    out = setup / "killed" / "dpo-planner"
+    ckpts = work_dir(out) / "checkpoints"
+    args = dpo_args(setup, out, zero=3)
+    kill_rank_when(args, ckpts / "checkpoint-2" / "COMPLETED", setup / "killed-1.log")
+    assert not (out / "COMPLETED").exists()
+    launch(args, log=setup / "killed-2.log")
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["resumed_from"] and m["global_step"] == STEPS
+    assert_close_weights(export_weights(zero3_run), export_weights(out), 1e-6)
+    # the reference log-probs were computed once and read back on resume
+    assert "Computing reference log probs" in (setup / "killed-1.log").read_text()
+
+
+def test_export_loads_without_deepspeed(zero3_run):
+    m = json.loads((zero3_run / "manifest.json").read_text())
+    assert m["stage"] == "dpo" and m["final_reward_accuracy"] is not None
+    code = (
+        "import sys; sys.modules['deepspeed'] = None\n"
+        "from transformers import AutoModelForCausalLM, AutoTokenizer\n"
+        f"d = {str(zero3_run)!r}\n"
+        "tok = AutoTokenizer.from_pretrained(d); m = AutoModelForCausalLM.from_pretrained(d)\n"
+        "enc = tok.apply_chat_template([{'role': 'user', 'content': 'hi'}], "
+        "add_generation_prompt=True, return_tensors='pt', return_dict=True)\n"
+        "print(m.generate(**enc, max_new_tokens=4, do_sample=False).shape)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env=launch_env(), timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]

@@ -118,7 +118,17 @@ def init(timeout_s: int = 1800, deepspeed: bool = False) -> None:
         if deepspeed:
             os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
         backend = "nccl" if has_cuda() else "gloo"
-        PartialState(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
+        # Without DeepSpeed, cpu=True makes accelerate treat a multi-process CPU run as
+        # MULTI_CPU (DDP-wrapped); otherwise its ranks would train unsynchronised. With
+        # DeepSpeed it must stay False or accelerate does not see the DeepSpeed state.
+        PartialState(cpu=not has_cuda() and not deepspeed, backend=backend,
+                     timeout=datetime.timedelta(seconds=timeout_s))
+        if rank() == 0:
+            from .log import get_logger
+
+            get_logger(__name__).info("process group: %s, world size %d%s", td.get_backend(),
+                                      td.get_world_size(),
+                                      f", {torch.cuda.get_device_name()}" if has_cuda() else "")
 
 
 def barrier() -> None:

@@ -104,12 +104,14 @@ def test_sigkill_then_resume_matches_uninterrupted(setup, zero3_run):
     args = dpo_args(setup, out, zero=3)
     kill_rank_when(args, ckpts / "checkpoint-2" / "COMPLETED", setup / "killed-1.log")
     assert not (out / "COMPLETED").exists()
+    cached = {p: p.stat().st_mtime_ns for p in (work_dir(out) / "tokenized").rglob("cache-*.arrow")}
+    assert cached, "reference log-probs were not cached on disk"
     launch(args, log=setup / "killed-2.log")
     m = json.loads((out / "manifest.json").read_text())
     assert m["resumed_from"] and m["global_step"] == STEPS
     assert_close_weights(export_weights(zero3_run), export_weights(out), 1e-6)
-    # the reference log-probs were computed once and read back on resume
-    assert "Computing reference log probs" in (setup / "killed-1.log").read_text()
+    # the resumed run read the cached reference log-probs back instead of recomputing them
+    assert {p: p.stat().st_mtime_ns for p in cached} == cached
 
 
 def test_export_loads_without_deepspeed(zero3_run):

@@ -68,13 +68,14 @@ def zero3_run(setup):
     return out
 
 
-@pytest.mark.parametrize("zero", [2, 3])
+@pytest.mark.parametrize("zero", [0, 2, 3])
 def test_zero_losses_equal_one_process(setup, reference, zero3_run, zero):
+    """2 ranks with plain DDP (no DeepSpeed), ZeRO-2 and ZeRO-3 against one process."""
     if zero == 3:
         out = zero3_run
     else:
-        out = setup / "z2" / "sft-planner"
-        launch(sft_args(setup, out, zero=2), log=setup / "z2.log")
+        out = setup / f"z{zero}" / "sft-planner"
+        launch(sft_args(setup, out, zero=zero), log=setup / f"z{zero}.log")
     ref, got = losses(reference), losses(out)
     assert len(ref) == len(got) == STEPS
     assert ref[0] > ref[-1]  # it learns

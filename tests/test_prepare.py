@@ -37,8 +37,12 @@ def test_prepare_test_split_equals_paper_file(prepared, esconv_dir):
 def test_manifest(prepared, esconv_dir):
     m = json.loads((prepared / "manifest.json").read_text())
     assert (prepared / "COMPLETED").is_file()
+    # the default recipe trains on the first 80 training dialogues and keeps validation and
+    # test whole
     assert {k: (v["dialogues"], v["turns"]) for k, v in m["counts"].items()} == {
-        "train": (1040, 14763), "validation": (130, 1821), "test": (130, 1792)}
+        "train": (80, m["counts"]["train"]["turns"]), "validation": (130, 1821),
+        "test": (130, 1792)}
+    assert 900 < m["counts"]["train"]["turns"] < 1400
     # strategy counts of the data README for the DecoupledESC test split
     assert list(m["counts"]["test"]["strategies"].values()) == [365, 125, 154, 157, 283, 276, 98, 334]
     import hashlib
@@ -73,8 +77,9 @@ def test_turns_dataset_keeps_raw_history(prepared, esconv_dir):
     turns = load_from_disk(str(prepared / "turns"))["test"]
     vanilla = load_from_disk(str(prepared / "vanilla"))["test"]
     assert turns["id"] == vanilla["id"]
-    row = turns[5]
-    assert vanilla_prompt(history_messages(row["history"])) == vanilla[5]["prompt"]
+    row = turns[40]
+    assert vanilla_prompt(history_messages(row["history"]), 8) == vanilla[40]["prompt"]
+    assert len(row["history"]) > 8  # the raw history is kept whole
     assert {m["role"] for m in row["history"]} <= {"seeker", "supporter"}
 
 
@@ -124,3 +129,12 @@ def test_cli_reports_bad_data_with_location(tmp_path):
     assert r.returncode == 2
     assert "unknown_speaker.json, dialogue 1, utterance 2: unknown speaker 'helper'" in r.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_full_split_counts(tmp_path, esconv_dir):
+    cfg = DataConfig(esconv=str(esconv_dir / "esconv.json"),
+                     split=str(esconv_dir / "splits" / "decoupledesc_split.json"),
+                     max_dialogues={"train": None, "validation": None, "test": None})
+    m = prepare(cfg, tmp_path / "full")
+    assert {k: (v["dialogues"], v["turns"]) for k, v in m["counts"].items()} == {
+        "train": (1040, 14763), "validation": (130, 1821), "test": (130, 1792)}

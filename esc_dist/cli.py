@@ -76,6 +76,19 @@ def cmd_dpo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pipeline(args: argparse.Namespace) -> int:
+    from .pipeline import run_pipeline
+
+    recipe = _recipe(args)
+    only = [s.strip() for s in args.only.split(",")] if args.only else None
+    try:
+        run_pipeline(recipe, only=only, force=args.force)
+    except (RuntimeError, ValueError) as e:
+        print(f"esc-dist pipeline: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
 # Exit status of a training stage stopped by a preemption signal after saving a checkpoint:
 # the Slurm templates requeue the job on it.
 PREEMPTED_EXIT = 75
@@ -161,11 +174,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--deepspeed", metavar="JSON", help="DeepSpeed config (dpo.deepspeed)")
     _add_common(p)
 
+    p = add("pipeline", cmd_pipeline, "run every stage of a recipe, skipping finished ones",
+            "prepare -> tiny model -> SFT x3 -> mine x3 -> judge x3 -> DPO x3 -> infer "
+            "(Vanilla-SFT/DPO, Decoupled-SFT/DPO) -> eval x4 -> compare, into run.output_dir; "
+            "training, mining and inference on pipeline.nproc ranks with pipeline.launcher. "
+            "A stage whose output is complete and whose inputs and settings are unchanged is "
+            "skipped; a failed stage stops the run and names its log.")
+    p.add_argument("--only", metavar="STAGE,...", help="run only these stages (e.g. sft-planner)")
+    p.add_argument("--force", action="store_true", help="rerun stages even when up to date")
+    _add_common(p)
+
     from .eval.cli import register as register_eval
+    from .infer_cli import register as register_infer
     from .ipm.judge_cli import register as register_judge
+    from .ipm.mine_cli import register as register_mine
 
     register_judge(sub, _add_common)
     register_eval(sub, _add_common)
+    register_mine(sub, _add_common)  # mine, merge
+    register_infer(sub, _add_common)
     return parser
 
 

@@ -54,10 +54,11 @@ class DataConfig:
     split_fractions: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
     split_seed: int = 13
     # Keep at most this many dialogues per split (first ones in split order); null keeps all.
+    # The tiny default trains on 80 dialogues and evaluates on the whole test split.
     max_dialogues: dict[str, int | None] = field(
-        default_factory=lambda: {"train": None, "validation": None, "test": None})
+        default_factory=lambda: {"train": 80, "validation": None, "test": None})
     # Keep only the last N messages of the history in prompts; null keeps the whole dialogue.
-    max_history_messages: int | None = None
+    max_history_messages: int | None = 8
 
     def validate(self, source: str) -> None:
         f = self.split_fractions
@@ -155,6 +156,8 @@ class MineConfig:
     chunk_size: int = 64  # turns per atomic commit of a shard file
     backend: Literal["hf", "vllm"] = "hf"
     max_turns: int | None = None  # mine only the first N training turns (by id order)
+    top_k: int = 0  # 0: no top-k filter
+    planner_max_new_tokens: int | None = None  # planner samples are short; null: max_new_tokens
 
 
 @dataclass
@@ -177,6 +180,9 @@ class InferConfig:
     temperature: float = 0.7
     top_p: float = 0.95
     chunk_size: int = 128
+    top_k: int = 0  # 0: no top-k filter (with do_sample)
+    planner_max_new_tokens: int | None = None  # decoupled phase 1; null: max_new_tokens
+    max_dialogues: int | None = None  # predict only the first N dialogues (by id); null: all
 
 
 @dataclass

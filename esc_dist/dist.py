@@ -94,6 +94,21 @@ def patch_cpu_deepspeed() -> None:
     _CPU_PATCHED = True
 
 
+def _cpu_threads() -> None:
+    """One share of the cores per local rank. torchrun sets OMP_NUM_THREADS=1, the deepspeed
+    launcher sets nothing, and torch sized its pool at import: two ranks of two threads on two
+    cores run several times slower than one thread each."""
+    import torch
+
+    n = os.environ.get("OMP_NUM_THREADS", "")
+    if not n.isdigit() or int(n) < 1:
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", world_size()))
+        n = str(max(1, (os.cpu_count() or 1) // max(1, local)))
+        os.environ["OMP_NUM_THREADS"] = n
+    if int(n) != torch.get_num_threads():
+        torch.set_num_threads(int(n))
+
+
 def init(timeout_s: int = 1800, deepspeed: bool = False) -> None:
     """Create the process group (NCCL on GPU, gloo on CPU) and tell accelerate about it.
 
@@ -110,8 +125,7 @@ def init(timeout_s: int = 1800, deepspeed: bool = False) -> None:
         torch.cuda.set_device(local_rank())
     else:
         patch_cpu_deepspeed()
-        os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1)
-                                                         // max(1, world_size()))))
+        _cpu_threads()
     if td.is_available() and not td.is_initialized():
         from accelerate import PartialState
 

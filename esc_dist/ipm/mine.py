@@ -1,0 +1,319 @@
+"""Inferential Preference Mining: sample the SFT model on every training turn and build pairs.
+
+:func:`mine` samples ``mine.n_samples`` completions per gold supporter turn of the training split
+(the gold history as context, the role's own prompt) through the sharded engine of
+:mod:`esc_dist.generation`, then turns each sample into at most one preference pair:
+
+* **planner** -- chosen = the gold strategy name, rejected = the sample. A pair only when the
+  parsed sampled strategy differs from the gold one; a sample that names no strategy is kept as a
+  rejection with ``parse_error`` giving the reason.
+* **generator** -- the prompt is the generator prompt under the gold strategy; chosen = the gold
+  reply, rejected = the sampled reply (``sampled_strategy`` is the gold strategy it was
+  conditioned on). No pair when the sample repeats the gold reply.
+* **vanilla** -- chosen = "[gold strategy] gold reply", rejected = the joint sample, parsed with
+  :func:`esc_dist.strategies.parse_tagged` into ``sampled_strategy`` / ``sampled_reply``. No pair
+  when both parts equal the gold ones.
+
+Output directory: ``chunks/`` (the engine's resumable chunk files and plan), ``pairs.jsonl`` (one
+record per pair, sorted by id, the schema :func:`esc_dist.ipm.prefdial.read_pairs` reads),
+``stats.json`` (turns, samples, pairs, same-as-gold, unparseable with reasons, finish reasons,
+strategy confusion gold x sampled), ``manifest.json`` and ``COMPLETED`` (last). A killed run
+resumes from its chunk files; a completed one with the same inputs is skipped.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from .. import __version__, dist, tracking
+from ..config import ConfigError, MineConfig, Recipe
+from ..generation import (EngineConfig, Sampling, WorkItem, claim_output, generate,
+                          items_fingerprint, merge, model_fingerprint, throughput_summary,
+                          write_jsonl)
+from ..io import (atomic_write_json, mark_completed, read_json, read_manifest, sha256_file,
+                  sha256_json, write_manifest)
+from ..log import get_logger
+from ..strategies import STRATEGIES, format_tagged, parse_strategy, parse_tagged
+
+log = get_logger(__name__)
+
+ROLES = ("planner", "generator", "vanilla")
+UNPARSEABLE = "unparseable"
+CHUNKS = "chunks"
+
+
+# ---------------------------------------------------------------------------------------------
+# Work items
+
+
+def mine_sampling(cfg: MineConfig, role: str) -> Sampling:
+    max_new = cfg.max_new_tokens
+    if role == "planner" and cfg.planner_max_new_tokens is not None:
+        max_new = cfg.planner_max_new_tokens
+    return Sampling(max_new_tokens=max_new, do_sample=cfg.temperature > 0,
+                    temperature=cfg.temperature if cfg.temperature > 0 else 1.0,
+                    top_p=cfg.top_p, top_k=cfg.top_k)
+
+
+def mine_items(data_dir: str | Path, role: str, cfg: MineConfig) -> list[WorkItem]:
+    """One work item per (training turn, sample): the role's prompt, the turn's gold data."""
+    from ..data.tasks import load_task
+
+    if role not in ROLES:
+        raise ConfigError(f"unknown role {role!r} (expected one of {', '.join(ROLES)})")
+    if cfg.n_samples < 1:
+        raise ConfigError(f"mine.n_samples must be >= 1, got {cfg.n_samples}")
+    rows = sorted(load_task(data_dir, role)["train"], key=lambda r: r["id"])
+    if cfg.max_turns is not None:
+        rows = rows[:cfg.max_turns]
+    history = {t["id"]: t["history"] for t in load_task(data_dir, "turns")["train"]}
+    sampling = mine_sampling(cfg, role)
+    items = []
+    for row in rows:
+        if row["id"] not in history:
+            raise ValueError(f"{data_dir}: turn {row['id']} of the {role} dataset is missing "
+                             "from the turns dataset")
+        meta = {"turn_id": row["id"], "role": role, "history": history[row["id"]],
+                "gold_strategy": row["strategy"], "gold_reply": row["reply"]}
+        prompt = [{"role": m["role"], "content": m["content"]} for m in row["prompt"]]
+        for k in range(cfg.n_samples):
+            items.append(WorkItem(id=f"{row['id']}#s{k}", messages=prompt, sampling=sampling,
+                                  key=row["id"], sample=k, meta=meta))
+    return items
+
+
+# ---------------------------------------------------------------------------------------------
+# Pairs
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.split())
+
+
+def parse_sample(role: str, text: str, gold_strategy: str) -> tuple[str | None, str | None,
+                                                                    str | None]:
+    """(sampled strategy, sampled reply, parse error reason or None) of one sample."""
+    text = text.strip()
+    if role == "planner":
+        if not text:
+            return None, None, "empty_output"
+        s = parse_strategy(text)
+        return (s, None, None) if s else (None, None, "not_a_strategy")
+    if role == "generator":
+        return gold_strategy, text, None if text else "empty_output"
+    if not text:
+        return None, None, "empty_output"
+    s, reply = parse_tagged(text)
+    if s is None:
+        reason = "unknown_strategy_tag" if text.startswith("[") and "]" in text \
+            else "no_strategy_tag"
+        return None, reply, reason
+    return s, reply, None
+
+
+def build_pair(role: str, pair_id: str, turn_id: str, prompt: list[dict], history: list[dict],
+               gold_strategy: str, gold_reply: str, text: str) -> tuple[dict | None, dict]:
+    """The pair of one sample (None when it matches the gold turn) and what was found.
+
+    ``info`` holds ``status`` ("pair" or "same_as_gold"), ``sampled_strategy`` and
+    ``parse_error``, for the statistics.
+    """
+    sampled, reply, error = parse_sample(role, text, gold_strategy)
+    raw = text.strip()
+    if role == "planner":
+        chosen = gold_strategy
+        same = error is None and sampled == gold_strategy
+    elif role == "generator":
+        chosen = gold_reply
+        same = error is None and _norm(raw) == _norm(gold_reply)
+    else:
+        chosen = format_tagged(gold_strategy, gold_reply)
+        same = error is None and sampled == gold_strategy and _norm(reply) == _norm(gold_reply)
+    info = {"status": "same_as_gold" if same else "pair", "sampled_strategy": sampled,
+            "parse_error": error}
+    if same:
+        return None, info
+    pair = {"id": pair_id, "turn_id": turn_id, "role": role, "prompt": prompt,
+            "history": history, "gold_strategy": gold_strategy, "gold_reply": gold_reply,
+            "chosen": chosen, "rejected": raw, "sampled_strategy": sampled,
+            "sampled_reply": reply, "parse_error": error}
+    return pair, info
+
+
+def pairs_from_records(records: Iterable[Mapping[str, Any]]) -> tuple[list[dict], dict]:
+    """Pairs (sorted by id) and mining statistics from the engine's merged records."""
+    records = sorted(records, key=lambda r: r["id"])
+    pairs, infos = [], []
+    for r in records:
+        m = r["meta"]
+        pair, info = build_pair(m["role"], r["id"], m["turn_id"], r["messages"], m["history"],
+                                m["gold_strategy"], m["gold_reply"], r["text"])
+        info.update(turn_id=m["turn_id"], gold_strategy=m["gold_strategy"],
+                    finish_reason=r.get("finish_reason"), new_tokens=r.get("new_tokens", 0))
+        infos.append(info)
+        if pair is not None:
+            pairs.append(pair)
+    return pairs, mining_stats(infos, records[0]["meta"]["role"] if records else None)
+
+
+def mining_stats(infos: Sequence[Mapping[str, Any]], role: str | None) -> dict:
+    cols = list(STRATEGIES) + [UNPARSEABLE]
+    confusion = {g: dict.fromkeys(cols, 0) for g in STRATEGIES}
+    for i in infos:
+        confusion[i["gold_strategy"]][i["sampled_strategy"] or UNPARSEABLE] += 1
+    turns = Counter(i["turn_id"] for i in infos)
+    with_pair = {i["turn_id"] for i in infos if i["status"] == "pair"}
+    reasons = Counter(i["parse_error"] for i in infos if i["parse_error"])
+    n = len(infos)
+    return {
+        "role": role,
+        "turns": len(turns),
+        "samples": n,
+        "pairs": sum(1 for i in infos if i["status"] == "pair"),
+        "same_as_gold": sum(1 for i in infos if i["status"] == "same_as_gold"),
+        "turns_without_pair": len(turns) - len(with_pair),
+        "unparseable": sum(reasons.values()),
+        "unparseable_reasons": dict(sorted(reasons.items())),
+        "finish_reasons": dict(sorted(Counter(i["finish_reason"] for i in infos).items())),
+        "mean_new_tokens": round(sum(i["new_tokens"] for i in infos) / n, 3) if n else 0.0,
+        "confusion": confusion,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Output
+
+
+def finalize(out: str | Path, job: dict, generation: dict | None = None,
+             t0: float | None = None) -> dict:
+    """Merge and verify the chunk files of ``out``, write pairs, stats, manifest and COMPLETED.
+
+    Used at the end of :func:`mine` (rank 0) and alone by ``esc-dist merge``.
+    """
+    out = Path(out)
+    records = merge(out / CHUNKS)
+    pairs, stats = pairs_from_records(records)
+    write_jsonl(out / "pairs.jsonl", pairs)
+    atomic_write_json(out / "stats.json", stats)
+    manifest = {
+        "stage": "mine",
+        "role": job["role"],
+        "esc_dist_version": __version__,
+        "fingerprint": job["fingerprint"],
+        "inputs": job["inputs"],
+        "config": job["config"],
+        "outputs": {"pairs": {"path": "pairs.jsonl", "sha256": sha256_file(out / "pairs.jsonl")}},
+        "counts": {k: stats[k] for k in ("turns", "samples", "pairs", "same_as_gold",
+                                         "turns_without_pair", "unparseable")},
+    }
+    if generation is not None:
+        manifest["generation"] = generation
+        manifest["world_size"] = generation["world_size"]
+    else:
+        prev = read_manifest(out) or {}
+        manifest["generation"] = prev.get("generation")
+        manifest["world_size"] = prev.get("world_size")
+        manifest["merged_alone"] = True
+    if t0 is not None:
+        manifest["seconds"] = round(time.time() - t0, 3)
+    write_manifest(out, manifest)
+    mark_completed(out)
+    return manifest
+
+
+def _log_wandb(run, stats: dict, generation: dict) -> None:
+    if run is None:
+        return
+    flat = {f"mine/{k}": stats[k] for k in ("turns", "samples", "pairs", "same_as_gold",
+                                            "turns_without_pair", "unparseable",
+                                            "mean_new_tokens")}
+    for reason, c in stats["unparseable_reasons"].items():
+        flat[f"mine/unparseable/{reason}"] = c
+    for k in ("items_per_s", "tokens_per_s", "chunks_computed", "chunks_reused",
+              "world_size", "generation_seconds"):
+        if generation.get(k) is not None:
+            flat[f"mine/{k}"] = generation[k]
+    run.summary.update(flat)
+
+
+def mine(recipe: Recipe, role: str, model_dir: str | Path | None = None,
+         data_dir: str | Path | None = None, out: str | Path | None = None) -> dict:
+    """Mine one role's pairs under any launcher (every rank calls this); returns the manifest.
+
+    A completed output with the same inputs is returned as is; one completed for other inputs is
+    an error (choose another ``out`` or remove it).
+    """
+    t0 = time.time()
+    cfg = recipe.mine
+    if cfg.backend != "hf":
+        raise ConfigError(f"mine.backend={cfg.backend!r} is not available in this version; "
+                          "use 'hf' (batched Transformers replicas per rank)")
+    dist.init(recipe.run.dist_timeout_s)
+    run_dir = Path(recipe.run.output_dir)
+    data_dir = Path(data_dir or run_dir / "data")
+    model_dir = Path(model_dir or run_dir / "models" / f"sft-{role}")
+    out = Path(out or run_dir / "ipm" / f"mine-{role}")
+    try:
+        items = mine_items(data_dir, role, cfg)
+        engine = EngineConfig(batch_size=cfg.batch_size, chunk_size=cfg.chunk_size,
+                              seed=recipe.run.seed, stream=f"mine-{role}",
+                              trust_remote_code=recipe.model.trust_remote_code,
+                              attn_implementation=recipe.model.attn_implementation)
+    except ValueError as e:  # bad sampling or batch settings
+        if isinstance(e, ConfigError):
+            raise
+        raise ConfigError(f"mine: {e}") from None
+    model_fp = model_fingerprint(model_dir)
+    config = {"mine": asdict(cfg), "seed": recipe.run.seed,
+              "model": {"trust_remote_code": recipe.model.trust_remote_code,
+                        "attn_implementation": recipe.model.attn_implementation}}
+    job = {
+        "stage": "mine", "role": role,
+        "inputs": {"data": {"path": str(data_dir),
+                            "sha256": sha256_json(read_manifest(data_dir) or {})},
+                   "model": {"path": str(model_dir), "fingerprint": model_fp}},
+        "config": config,
+        # What the result depends on (paths and timings left out: the items carry the data).
+        "fingerprint": sha256_json({"stage": "mine", "role": role, "model": model_fp,
+                                    "config": config, "items": items_fingerprint(items)}),
+    }
+    done = claim_output(out, job, f"mine {role}")
+    if done is not None:
+        return done
+    run = tracking.start_run(recipe, f"mine-{role}", out,
+                             config={"stage": "mine", "role": role, "items": len(items)})
+    try:
+        generation = generate(items, model_dir, out / CHUNKS, engine, label=f"mine-{role}")
+        log.info("%s", throughput_summary(generation))
+        manifest, error = None, None
+        if dist.is_main():
+            try:
+                manifest = finalize(out, job, generation, t0)
+                _log_wandb(run, read_json(out / "stats.json"), generation)
+            except Exception as e:  # tell the other ranks, then raise everywhere
+                error = f"{type(e).__name__}: {e}"
+                raise
+            finally:
+                _share(error)
+        else:
+            _share(None)
+            manifest = read_manifest(out)
+    finally:
+        tracking.finish(run)
+    if dist.is_main():
+        c = manifest["counts"]
+        log.info("mine %s: %d turns, %d samples -> %d pairs (%d same as gold, %d unparseable) "
+                 "in %s", role, c["turns"], c["samples"], c["pairs"], c["same_as_gold"],
+                 c["unparseable"], out)
+    return manifest
+
+
+def _share(error: str | None) -> None:
+    errors = [e for e in dist.all_gather_object(error) if e]
+    if errors and not dist.is_main():
+        raise RuntimeError(f"rank 0 failed to merge: {errors[0]}")
+

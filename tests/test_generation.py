@@ -1,0 +1,186 @@
+"""The batched generation engine in one process: token choice, decoding, chunks, plan, merge."""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from esc_dist.generation import (EngineConfig, MergeError, PlanMismatch, Replica, Sampling,
+                                  WorkItem, choose_tokens, generate, load_tokenizer, merge,
+                                  prompt_ids, row_seed)
+from tests.gen_helpers import gen_setup
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, esconv_dir):
+    return gen_setup(tmp_path_factory, esconv_dir)
+
+
+@pytest.fixture(autouse=True)
+def one_process(monkeypatch):
+    for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(k, raising=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the machine is shared: no OpenMP spinning against other jobs
+    yield
+    torch.set_num_threads(threads)
+
+
+def _choose(logits, do_sample, temperature, top_p, top_k, u):
+    n = logits.shape[0]
+    return choose_tokens(logits, torch.tensor(do_sample), torch.full((n,), temperature),
+                         torch.full((n,), top_p), torch.full((n,), top_k, dtype=torch.long),
+                         torch.tensor(u, dtype=torch.float32))
+
+
+def test_choose_tokens_filters_and_row_independence():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(4, 50, generator=g)
+    argmax = logits.argmax(-1)
+    # greedy rows and top_k=1 rows give the argmax whatever u is
+    assert torch.equal(_choose(logits, [False] * 4, 1.0, 1.0, 0, [0.3] * 4), argmax)
+    assert torch.equal(_choose(logits, [True] * 4, 0.7, 1.0, 1, [0.99, 0.5, 0.01, 0.7]), argmax)
+    # a row's token depends only on its own logits and u
+    full = _choose(logits, [True] * 4, 0.7, 0.9, 0, [0.1, 0.5, 0.9, 0.42])
+    for r in range(4):
+        alone = _choose(logits[r:r + 1], [True], 0.7, 0.9, 0, [[0.1, 0.5, 0.9, 0.42][r]])
+        assert alone.item() == full[r].item()
+    # top-p: only the nucleus is ever drawn; top-k: only the k best
+    row = torch.tensor([[4.0, 3.0, 2.0, 0.0, -1.0, -2.0]])
+    probs = torch.softmax(row, -1)[0]
+    nucleus = int((probs.cumsum(0) - probs < 0.8).sum())
+    us = [i / 1000 for i in range(1000)]
+    drawn = {_choose(row, [True], 1.0, 0.8, 0, [u]).item() for u in us}
+    assert drawn == set(range(nucleus))
+    assert {_choose(row, [True], 1.0, 1.0, 2, [u]).item() for u in us} == {0, 1}
+    assert {_choose(row, [True], 1.0, 1.0, 0, [u]).item() for u in us} == set(range(6))
+
+
+def test_row_seed_is_stable_and_distinct():
+    assert row_seed(42, "mine-planner", "t1", 0) == row_seed(42, "mine-planner", "t1", 0)
+    seeds = {row_seed(42, s, k, i) for s in ("a", "b") for k in ("t1", "t2") for i in (0, 1)}
+    assert len(seeds) == 8 and all(0 <= s < 2 ** 63 for s in seeds)
+
+
+def _prompts(setup, n):
+    from esc_dist.data.tasks import load_task
+
+    rows = list(load_task(setup / "data", "vanilla")["train"])[:n]
+    return [(r["id"], r["prompt"]) for r in rows]
+
+
+@pytest.mark.parametrize("prefill", ["batched", "per_row"])
+def test_greedy_batch_equals_transformers_generate(setup, prefill):
+    """The KV-cache loop gives what HF generate gives on the left-padded batch, row by row,
+    whether the prompts are prefilled as one padded batch (GPU default) or one by one and
+    stacked (CPU default)."""
+    tok = load_tokenizer(setup / "tiny")
+    rep = Replica(setup / "tiny", tok, prefill=prefill)
+    with torch.no_grad():  # a sharper model than the random init, so greedy paths vary
+        for p in rep.model.parameters():
+            p.mul_(3.0)
+    prompts = _prompts(setup, 8)[::2]
+    items = [WorkItem(i, m, Sampling(max_new_tokens=10)) for i, m in prompts]
+    ids = [prompt_ids(tok, it.messages) for it in items]
+    assert len({len(x) for x in ids}) > 1  # the batch is padded
+    if prefill == "per_row":  # the stacked-cache path is taken, not the fallback
+        with torch.inference_mode():
+            assert rep._prefill_per_row(ids, max(map(len, ids))) is not None
+    ours = rep.generate_batch(items, ids, [0] * len(items))
+    enc = tok.pad({"input_ids": ids}, return_tensors="pt")
+    ref = rep.model.generate(**enc, max_new_tokens=10, do_sample=False)
+    for r, row in zip(ours, ref):
+        assert r["text"] == tok.decode(row[enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert len({r["text"] for r in ours}) == len(ours)
+
+
+def test_sampled_row_does_not_depend_on_its_batch_partners(setup):
+    tok = load_tokenizer(setup / "tiny")
+    rep = Replica(setup / "tiny", tok)
+    (_, msgs), = _prompts(setup, 1)
+    s = Sampling(max_new_tokens=12, do_sample=True, temperature=0.7, top_p=0.95)
+    a, b, c = (WorkItem(k, msgs, s, key="t", sample=i) for i, k in enumerate("abc"))
+    ids = [prompt_ids(tok, msgs)] * 2
+    seeds = [row_seed(1, "x", it.seed_key, it.sample) for it in (a, b, c)]
+    ab = rep.generate_batch([a, b], ids, seeds[:2])
+    ac = rep.generate_batch([a, c], ids, [seeds[0], seeds[2]])
+    assert ab[0] == ac[0]  # same prompt, same seed: same sample, whoever shares the batch
+    assert ab[1]["text"] != ac[1]["text"]  # other sample index: other draw
+
+
+def _items(setup, n=10, seed_stream="t"):
+    s = Sampling(max_new_tokens=6, do_sample=True, temperature=0.7, top_p=0.95)
+    return [WorkItem(f"{i}#s0", m, s, key=i, meta={"k": i}) for i, m in _prompts(setup, n)]
+
+
+def test_generate_chunks_resume_and_merge_errors(setup, tmp_path):
+    work = tmp_path / "chunks"
+    items = _items(setup)
+    cfg = EngineConfig(batch_size=2, chunk_size=4, seed=7, stream="t")
+    stats = generate(items, setup / "tiny", work, cfg)
+    assert stats["chunks"] == 3 and stats["chunks_computed"] == 3 and stats["world_size"] == 1
+    assert stats["per_rank"][0]["items"] == 10 and stats["tokens_per_s"] > 0
+    records = merge(work)
+    assert [r["id"] for r in records] == sorted(it.id for it in items)
+    assert all(r["meta"] == {"k": r["key"]} and r["finish_reason"] in ("stop", "length")
+               for r in records)
+    # a rerun computes nothing; other settings over the same directory are refused
+    again = generate(items, setup / "tiny", work, cfg)
+    assert again["chunks_reused"] == 3 and again["chunks_computed"] == 0
+    with pytest.raises(PlanMismatch, match="other inputs"):
+        generate(items, setup / "tiny", work, EngineConfig(2, 4, seed=8, stream="t"))
+
+    # a chunk lost after the fact: recomputed identically
+    (work / "chunk-000001.jsonl").unlink()
+    generate(items, setup / "tiny", work, cfg)
+    assert merge(work) == records
+
+    broken = tmp_path / "broken"
+    shutil.copytree(work, broken)
+    (broken / "chunk-000002.jsonl").unlink()
+    with pytest.raises(MergeError, match=r"missing chunk chunk-000002\.jsonl"):
+        merge(broken)
+
+    shutil.copytree(work, broken, dirs_exist_ok=True)
+    first = (broken / "chunk-000000.jsonl").read_text().splitlines()[0]
+    dup_id = json.loads(first)["id"]
+    with open(broken / "chunk-000001.jsonl", "a") as f:
+        f.write(first + "\n")
+    with pytest.raises(MergeError, match=rf"duplicated id '{dup_id}'.*chunk-000000.*chunk-000001"):
+        merge(broken)
+
+    shutil.rmtree(broken)
+    shutil.copytree(work, broken)
+    stranger = json.dumps({**json.loads(first), "id": "nobody#s0"})
+    with open(broken / "chunk-000001.jsonl", "a") as f:
+        f.write(stranger + "\n")
+    with pytest.raises(MergeError, match=r"unknown id 'nobody#s0' in chunk-000001\.jsonl"):
+        merge(broken)
+
+    shutil.rmtree(broken)
+    shutil.copytree(work, broken)
+    lines = (broken / "chunk-000002.jsonl").read_text().splitlines()
+    (broken / "chunk-000002.jsonl").write_text("\n".join(lines[1:]) + "\n")
+    lost = json.loads(lines[0])["id"]
+    with pytest.raises(MergeError, match=rf"id '{lost}' is missing \(planned in chunk-000002"):
+        merge(broken)
+
+
+
+def test_claim_output_refuses_other_inputs(tmp_path):
+    from esc_dist.config import ConfigError
+    from esc_dist.generation import claim_output
+    from esc_dist.io import mark_completed, write_manifest
+
+    out = tmp_path / "out"
+    assert claim_output(out, {"fingerprint": "a", "stage": "mine"}, "mine") is None
+    assert json.loads((out / "job.json").read_text())["fingerprint"] == "a"
+    assert claim_output(out, {"fingerprint": "a", "stage": "mine"}, "mine") is None  # resume
+    with pytest.raises(ConfigError, match="unfinished run for other inputs"):
+        claim_output(out, {"fingerprint": "b"}, "mine")
+    write_manifest(out, {"stage": "mine", "fingerprint": "a", "counts": {}})
+    mark_completed(out)
+    assert claim_output(out, {"fingerprint": "a"}, "mine")["stage"] == "mine"  # nothing to do
+    with pytest.raises(ConfigError, match="completed mine output for other inputs"):
+        claim_output(out, {"fingerprint": "b"}, "mine")

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from ..config import TinyModelConfig
-from ..io import atomic_write_json, staged_dir
+from ..io import mark_completed, staged_dir, write_manifest
 
 BOS, EOS, PAD = "<|endoftext|>", "<|im_end|>", "<|pad|>"
 IM_START = "<|im_start|>"
@@ -126,5 +126,7 @@ def build_tiny_model(cfg: TinyModelConfig, corpus: str | Path, out: str | Path) 
     with staged_dir(out) as tmp:
         model.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
-        atomic_write_json(tmp / "tiny_model.json", {"config": cfg.__dict__, **info})
+        write_manifest(tmp, {"stage": "tiny-model", "config": cfg.__dict__,
+                             "corpus": str(corpus), **info})
+        mark_completed(tmp)
     return info

@@ -1,0 +1,206 @@
+"""`esc-dist pipeline`: every stage of a run, in order, each launched as its own job.
+
+prepare → tiny model (unless ``model.base``) → SFT ×3 → mine ×3 → judge ×3 → DPO ×3 →
+infer (Vanilla-SFT, Vanilla-DPO, Decoupled-SFT, Decoupled-DPO) → eval ×4 → compare,
+into one run directory (``run.output_dir``). Training, mining and inference run on
+``pipeline.nproc`` ranks with ``pipeline.launcher``; the others run as one process.
+
+The resolved recipe is written to ``RUN/recipe.yaml`` and every stage reads it, so all W&B runs of
+the pipeline share one group. A stage is skipped when its output is complete and carries the key
+of its inputs: a hash of the recipe sections it reads and of the manifests of the outputs it
+consumes (``pipeline.json`` beside its output). A failed stage stops the run and names its log.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .config import Recipe, dump_recipe
+from .io import COMPLETED, atomic_write_json, atomic_write_text, read_json, sha256_json
+from .log import get_logger
+
+log = get_logger(__name__)
+
+ROLES = ("planner", "generator", "vanilla")
+SYSTEMS = {  # name → (mode, stage of the models)
+    "vanilla-sft": ("vanilla", "sft"),
+    "vanilla-dpo": ("vanilla", "dpo"),
+    "decoupled-sft": ("decoupled", "sft"),
+    "decoupled-dpo": ("decoupled", "dpo"),
+}
+SYSTEM_TITLES = {"vanilla-sft": "Vanilla-SFT", "vanilla-dpo": "Vanilla-DPO",
+                 "decoupled-sft": "Decoupled-SFT", "decoupled-dpo": "Decoupled-DPO"}
+
+
+@dataclass
+class Stage:
+    name: str
+    args: list[str]  # esc-dist subcommand and its flags
+    out: Path  # the directory whose COMPLETED marks it done
+    sections: tuple[str, ...]  # recipe sections it reads
+    inputs: list[Path] = field(default_factory=list)  # outputs of earlier stages it consumes
+    distributed: bool = False
+
+
+def plan(recipe: Recipe) -> list[Stage]:
+    run = Path(recipe.run.output_dir)
+    data, models = run / "data", run / "models"
+    stages = [Stage("prepare", ["prepare", "--out", str(data)], data, ("data",))]
+    base = recipe.model.base
+    if base is None:
+        base_dir = models / "tiny"
+        # the tokenizer learns from the training split only
+        stages.append(Stage("tiny-model", ["tiny-model", "--corpus", str(data),
+                                           "--out", str(base_dir)], base_dir, ("tiny_model",),
+                            [data]))
+        base_inputs = [base_dir]
+    else:
+        base_dir, base_inputs = Path(base), []
+    for role in ROLES:
+        stages.append(Stage(f"sft-{role}", ["sft", "--role", role, "--data", str(data),
+                                            "--model", str(base_dir),
+                                            "--out", str(models / f"sft-{role}")],
+                            models / f"sft-{role}", ("sft", "model"), [data, *base_inputs],
+                            distributed=True))
+    for role in ROLES:
+        mined = run / "ipm" / f"mine-{role}"
+        stages.append(Stage(f"mine-{role}", ["mine", "--role", role, "--data", str(data),
+                                             "--model", str(models / f"sft-{role}"),
+                                             "--out", str(mined)],
+                            mined, ("mine", "model"), [data, models / f"sft-{role}"],
+                            distributed=True))
+    for role in ROLES:
+        mined, kept = run / "ipm" / f"mine-{role}", run / "prefdial" / role
+        stages.append(Stage(f"judge-{role}", ["judge", "--role", role, "--pairs",
+                                              str(mined / "pairs.jsonl"), "--out", str(kept)],
+                            kept, ("judge",), [mined]))
+    for role in ROLES:
+        stages.append(Stage(f"dpo-{role}", ["dpo", "--role", role,
+                                            "--pairs", str(run / "prefdial" / role),
+                                            "--model", str(models / f"sft-{role}"),
+                                            "--out", str(models / f"dpo-{role}")],
+                            models / f"dpo-{role}", ("dpo", "model"),
+                            [run / "prefdial" / role, models / f"sft-{role}"], distributed=True))
+    for system, (mode, stage) in SYSTEMS.items():
+        pred = run / "predictions" / system
+        if mode == "vanilla":
+            model_args = ["--model", str(models / f"{stage}-vanilla")]
+            inputs = [models / f"{stage}-vanilla"]
+        else:
+            model_args = ["--planner", str(models / f"{stage}-planner"),
+                          "--generator", str(models / f"{stage}-generator")]
+            inputs = [models / f"{stage}-planner", models / f"{stage}-generator"]
+        stages.append(Stage(f"infer-{system}", ["infer", "--mode", mode, *model_args,
+                                                 "--data", str(data), "--split",
+                                                 recipe.infer.split, "--out", str(pred)],
+                            pred, ("infer", "model"), [data, *inputs], distributed=True))
+    for system in SYSTEMS:
+        pred, report = run / "predictions" / system, run / "reports" / system
+        stages.append(Stage(f"eval-{system}", ["eval", str(pred / "predictions.jsonl"),
+                                                "--out", str(report), "--name", system],
+                            report, ("eval",), [pred]))
+    reports = [str(run / "reports" / s) for s in SYSTEMS]
+    comparison = run / "reports" / "comparison"
+    stages.append(Stage("compare", ["compare", *reports, "--names",
+                                    ",".join(SYSTEM_TITLES[s] for s in SYSTEMS),
+                                    "--out", str(comparison)],
+                        comparison, ("eval",), [run / "reports" / s for s in SYSTEMS]))
+    return stages
+
+
+def _done_marker(out: Path) -> Path:
+    """Where a stage's completion shows: eval and compare write reports, not markers."""
+    for name in (COMPLETED, "report.json", "comparison.json"):
+        if (out / name).is_file():
+            return out / name
+    return out / COMPLETED
+
+
+def stage_key(stage: Stage, recipe: Recipe) -> str:
+    cfg = dataclasses.asdict(recipe)
+    inputs = []
+    for path in stage.inputs:
+        marker = path / "manifest.json"
+        if not marker.is_file():
+            marker = _done_marker(path)
+        inputs.append([str(path), sha256_json(read_json(marker)) if marker.suffix == ".json"
+                       and marker.is_file() else str(marker.is_file())])
+    return sha256_json({"args": stage.args, "config": {s: cfg[s] for s in stage.sections},
+                        "run_seed": recipe.run.seed, "inputs": inputs})
+
+
+def is_current(stage: Stage, key: str) -> bool:
+    state = stage.out / "pipeline.json"
+    return _done_marker(stage.out).is_file() and state.is_file() and \
+        read_json(state).get("key") == key
+
+
+def launcher_cmd(recipe: Recipe, port: int, distributed: bool) -> list[str]:
+    bin_dir = Path(sys.executable).parent
+    n = recipe.pipeline.nproc
+    if not distributed:
+        return [sys.executable, "-m", "esc_dist"]
+    if recipe.pipeline.launcher == "torchrun":
+        return [str(bin_dir / "torchrun"), f"--nproc_per_node={n}", f"--master_port={port}",
+                "-m", "esc_dist"]
+    if recipe.pipeline.launcher == "deepspeed":
+        return [str(bin_dir / "deepspeed"), f"--num_gpus={n}", f"--master_port={port}",
+                "--module", "esc_dist"]
+    return [str(bin_dir / "accelerate"), "launch", f"--num_processes={n}",
+            f"--main_process_port={port}", "-m", "esc_dist"]
+
+
+def run_pipeline(recipe: Recipe, only: list[str] | None = None, force: bool = False) -> Path:
+    """Run (or resume) every stage; returns the comparison directory."""
+    run = Path(recipe.run.output_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    recipe_file = run / "recipe.yaml"
+    atomic_write_text(recipe_file, dump_recipe(recipe))
+    stages = plan(recipe)
+    if only:
+        unknown = set(only) - {s.name for s in stages}
+        if unknown:
+            raise ValueError(f"unknown stage(s) {sorted(unknown)}; stages are "
+                             f"{[s.name for s in stages]}")
+    logs = run / "logs"
+    logs.mkdir(exist_ok=True)
+    t_all = time.time()
+    for i, stage in enumerate(stages, 1):
+        if only and stage.name not in only:
+            continue
+        head = f"[{i:2d}/{len(stages)}] {stage.name:<20}"
+        key = stage_key(stage, recipe)
+        if not force and is_current(stage, key):
+            print(f"{head} up to date, skipped", flush=True)
+            continue
+        port = recipe.pipeline.master_port + i
+        cmd = launcher_cmd(recipe, port, stage.distributed) + stage.args + [
+            "--config", str(recipe_file)]
+        log_path = logs / f"{stage.name}.log"
+        where = f"{recipe.pipeline.nproc} ranks" if stage.distributed else "1 process"
+        print(f"{head} running on {where} ...", end="", flush=True)
+        t0 = time.time()
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        with open(log_path, "w") as f:
+            f.write(" ".join(cmd) + "\n")
+            f.flush()
+            r = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
+        if r.returncode != 0 or not _done_marker(stage.out).is_file():
+            print(f" FAILED after {time.time() - t0:.0f}s (exit {r.returncode})", flush=True)
+            tail = log_path.read_text(errors="replace").splitlines()[-15:]
+            print("\n".join("    " + line for line in tail), file=sys.stderr)
+            raise RuntimeError(f"stage {stage.name} failed; full log: {log_path}")
+        atomic_write_json(stage.out / "pipeline.json", {"key": key, "stage": stage.name,
+                                                        "seconds": round(time.time() - t0, 1)})
+        print(f" done in {time.time() - t0:.0f}s", flush=True)
+    comparison = run / "reports" / "comparison"
+    print(f"pipeline finished in {time.time() - t_all:.0f}s; comparison: "
+          f"{comparison / 'comparison.md'}", flush=True)
+    return comparison

@@ -1,0 +1,70 @@
+"""The pipeline driver: stage plan, skipping of up-to-date stages, invalidation, failures."""
+
+import json
+import subprocess
+import sys
+
+from esc_dist.config import load_recipe
+from esc_dist.pipeline import SYSTEMS, plan
+from tests.conftest import ROOT, TEST_DATA
+from tests.launch import launch_env
+
+
+def test_plan_covers_every_stage_in_order():
+    names = [s.name for s in plan(load_recipe(None))]
+    assert names[:2] == ["prepare", "tiny-model"]
+    for stage in ("sft", "mine", "judge", "dpo"):
+        assert [n for n in names if n.startswith(stage + "-")] == [
+            f"{stage}-{r}" for r in ("planner", "generator", "vanilla")]
+    assert names.index("judge-vanilla") < names.index("dpo-planner")
+    assert [n for n in names if n.startswith("infer-")] == [f"infer-{s}" for s in SYSTEMS]
+    assert names[-1] == "compare"
+    # a real model skips the tiny-model stage and trains from model.base
+    real = plan(load_recipe(None, ["model.base=/models/qwen"]))
+    assert "tiny-model" not in [s.name for s in real]
+    assert "/models/qwen" in next(s for s in real if s.name == "sft-planner").args
+
+
+def _pipeline(tmp_path, *extra):
+    return subprocess.run(
+        [sys.executable, "-m", "esc_dist", "pipeline", "--config",
+         str(ROOT / "configs" / "tiny-cpu.yaml"), f"run.output_dir={tmp_path / 'run'}",
+         f"data.esconv={TEST_DATA / 'tiny_esconv.json'}", "data.split=seeded",
+         "data.split_fractions=[0.34,0.33,0.33]", "tiny_model.vocab_size=600", *extra],
+        capture_output=True, text=True, env=launch_env(), timeout=300, cwd=ROOT)
+
+
+def test_up_to_date_stages_are_skipped_and_changes_rerun(tmp_path):
+    r = _pipeline(tmp_path, "--only", "prepare,tiny-model")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "prepare" in r.stdout and r.stdout.count("done in") == 2
+    run = tmp_path / "run"
+    assert json.loads((run / "data" / "pipeline.json").read_text())["stage"] == "prepare"
+    r = _pipeline(tmp_path, "--only", "prepare,tiny-model")
+    assert r.stdout.count("up to date, skipped") == 2, r.stdout
+    # a tiny-model setting changes: only that stage runs again
+    r = _pipeline(tmp_path, "--only", "prepare,tiny-model", "tiny_model.seed=3")
+    lines = r.stdout.splitlines()
+    assert "skipped" in next(x for x in lines if "prepare" in x)
+    assert "done in" in next(x for x in lines if "tiny-model" in x)
+    # new data makes everything downstream stale
+    r = _pipeline(tmp_path, "--only", "prepare,tiny-model", "tiny_model.seed=3",
+                  "data.split_seed=5")
+    assert r.stdout.count("done in") == 2, r.stdout
+    # the resolved recipe every stage reads, secrets redacted
+    assert "split_seed: 5" in (run / "recipe.yaml").read_text()
+
+
+def test_failed_stage_stops_and_names_its_log(tmp_path):
+    r = _pipeline(tmp_path, "--only", "prepare,tiny-model,sft-planner",
+                  "sft.deepspeed=/nonexistent/zero3.json")
+    assert r.returncode == 1
+    log = tmp_path / "run" / "logs" / "sft-planner.log"
+    assert f"full log: {log}" in r.stderr
+    assert "FAILED" in r.stdout and "DeepSpeed config not found" in log.read_text()
+    assert "mine-planner" not in r.stdout
+
+
+def test_unknown_stage_is_an_error(tmp_path):
+    r = _pipeline(tmp_path, "--only", "sft-plannerr")
+    assert r.returncode != 0 and "unknown stage" in r.stderr

@@ -66,7 +66,7 @@ def check_engine(tiny: Path, prompts, work: Path) -> dict:
              for i, m in enumerate(prompts) for k in range(2)]
     cfg = EngineConfig(batch_size=8, chunk_size=16, seed=1, stream="gpu")
     a = generate(items, tiny, work / "a", cfg)
-    b = generate(items, tiny, work / "b", cfg)
+    generate(items, tiny, work / "b", cfg)
     ra, rb = merge(work / "a"), merge(work / "b")
     (work / "b" / "chunk-000001.jsonl").unlink()
     c = generate(items, tiny, work / "b", cfg)

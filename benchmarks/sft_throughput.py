@@ -26,6 +26,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from timing import TrainerMeter  # noqa: E402
 
 SIZES = {  # Llama-architecture shapes, random init; vocabulary = the ESConv tokenizer's
     "tiny": dict(hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=2,
@@ -38,46 +41,9 @@ SIZES = {  # Llama-architecture shapes, random init; vocabulary = the ESConv tok
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense, SXM
 
 
-class Meter:
-    """A TrainerCallback-like timer of non-pad tokens over the measured steps."""
-
-    def __init__(self, warmup: int):
-        self.warmup, self.tokens, self.padded, self.t0, self.t1 = warmup, 0, 0, None, None
-
-
 def run(kind: str, recipe, data_dir: Path, model_dir: Path, work: Path, steps: int, warmup: int):
-    import torch
-    from transformers import TrainerCallback
-
     from esc_dist.train.common import stage_paths
     from esc_dist.train.sft import build_sft_trainer
-
-    meter = Meter(warmup)
-
-    class Count(TrainerCallback):
-        def on_step_begin(self, args, state, control, **kw):
-            if state.global_step == warmup:
-                if torch.cuda.is_available():
-                    torch.cuda.synchronize()
-                meter.t0 = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kw):
-            if state.global_step == warmup + steps:
-                if torch.cuda.is_available():
-                    torch.cuda.synchronize()
-                meter.t1 = time.perf_counter()
-
-    def counting(trainer):
-        inner = trainer.training_step
-
-        def step(model, inputs, *a, **k):
-            if trainer.state.global_step >= warmup:
-                m = inputs["attention_mask"]
-                meter.tokens += int(m.sum())
-                meter.padded += int(m.numel())
-            return inner(model, inputs, *a, **k)
-
-        trainer.training_step = step
 
     paths = stage_paths(recipe, "sft", f"bench-{kind}", str(work / kind))
     if kind == "esc-dist":
@@ -95,14 +61,9 @@ def run(kind: str, recipe, data_dir: Path, model_dir: Path, work: Path, steps: i
         train = load_task(data_dir, "vanilla")["train"]
         trainer = SFTTrainer(model=load_policy(str(model_dir), recipe, cfg), args=args,
                              train_dataset=train, processing_class=tok)
-    trainer.add_callback(Count())
-    counting(trainer)
+    meter = TrainerMeter(trainer, warmup, steps)
     trainer.train()
-    seconds = meter.t1 - meter.t0
-    n_params = sum(p.numel() for p in trainer.model.parameters())
-    return {"non_pad_tokens_per_s": meter.tokens / seconds, "non_pad_fraction":
-            meter.tokens / meter.padded, "seconds": seconds, "steps": steps,
-            "parameters": n_params}
+    return {**meter.result(), "parameters": sum(p.numel() for p in trainer.model.parameters())}
 
 
 def main() -> int:

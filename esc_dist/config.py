@@ -194,7 +194,7 @@ class EvalConfig:
 class PipelineConfig:
     launcher: Literal["deepspeed", "torchrun", "accelerate"] = "torchrun"
     nproc: int = 2
-    master_port: int = 29511
+    master_port: int = 0  # 0: a free port per stage; else this + the stage's number
 
 
 @dataclass

@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from . import dist
-from .io import atomic_write_json, atomic_write_text, read_json, sha256_json
+from .io import atomic_write_json, atomic_write_text, model_fingerprint, read_json, sha256_json
 from .log import get_logger
 
 log = get_logger(__name__)
@@ -143,28 +143,6 @@ def messages_sha(messages: Sequence[dict]) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # Fingerprints
-
-
-def model_fingerprint(model_dir: str | Path) -> str:
-    """Identity of a model directory without reading whole weight files: the small files (config,
-    tokenizer, manifest) in full, each weight file by name, size and its first and last MiB."""
-    model_dir = Path(model_dir)
-    if not model_dir.is_dir():
-        raise FileNotFoundError(f"model directory not found: {model_dir}")
-    h = hashlib.sha256()
-    for p in sorted(model_dir.iterdir()):
-        if not p.is_file() or p.name.startswith("."):
-            continue
-        size = p.stat().st_size
-        h.update(f"{p.name}\x1f{size}\x1f".encode())
-        with open(p, "rb") as f:
-            if size <= 4 << 20:
-                h.update(f.read())
-            else:
-                h.update(f.read(1 << 20))
-                f.seek(-(1 << 20), os.SEEK_END)
-                h.update(f.read())
-    return h.hexdigest()
 
 
 def items_fingerprint(items: Sequence[WorkItem]) -> str:

@@ -27,6 +27,28 @@ def sha256_json(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
+def model_fingerprint(model_dir: str | Path) -> str:
+    """Identity of a model directory without reading whole weight files: the small files (config,
+    tokenizer, manifest) in full, each weight file by name, size and its first and last MiB."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise FileNotFoundError(f"model directory not found: {model_dir}")
+    h = hashlib.sha256()
+    for p in sorted(model_dir.iterdir()):
+        if not p.is_file() or p.name.startswith("."):
+            continue
+        size = p.stat().st_size
+        h.update(f"{p.name}\x1f{size}\x1f".encode())
+        with open(p, "rb") as f:
+            if size <= 4 << 20:
+                h.update(f.read())
+            else:
+                h.update(f.read(1 << 20))
+                f.seek(-(1 << 20), os.SEEK_END)
+                h.update(f.read())
+    return h.hexdigest()
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to ``path`` so that readers see the old file or the whole new one."""
     path = Path(path)

@@ -14,8 +14,9 @@ consumes (``pipeline.json`` beside its output). A failed stage stops the run and
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
+import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -115,7 +116,7 @@ def plan(recipe: Recipe) -> list[Stage]:
     return stages
 
 
-def _done_marker(out: Path) -> Path:
+def done_marker(out: Path) -> Path:
     """Where a stage's completion shows: eval and compare write reports, not markers."""
     for name in (COMPLETED, "report.json", "comparison.json"):
         if (out / name).is_file():
@@ -129,17 +130,38 @@ def stage_key(stage: Stage, recipe: Recipe) -> str:
     for path in stage.inputs:
         marker = path / "manifest.json"
         if not marker.is_file():
-            marker = _done_marker(path)
+            marker = done_marker(path)
         inputs.append([str(path), sha256_json(read_json(marker)) if marker.suffix == ".json"
                        and marker.is_file() else str(marker.is_file())])
     return sha256_json({"args": stage.args, "config": {s: cfg[s] for s in stage.sections},
                         "run_seed": recipe.run.seed, "inputs": inputs})
 
 
+def clear_stale(stage: Stage, key: str, run: Path) -> None:
+    """Remove the outputs (and training work directory) that a stage left for other inputs or
+    settings, so that it starts clean; an interrupted attempt with the same key is kept, so that
+    the stage resumes from its checkpoints or chunks."""
+    attempt = run / ".pipeline" / f"{stage.name}.json"
+    keys = [read_json(p).get("key") for p in (attempt, stage.out / "pipeline.json")
+            if p.is_file()]
+    if any(k != key for k in keys):
+        for path in (stage.out, stage.out.with_name(stage.out.name + ".work")):
+            if path.exists():
+                log.info("%s: inputs or settings changed, removing %s", stage.name, path)
+                shutil.rmtree(path)
+    atomic_write_json(attempt, {"key": key, "stage": stage.name})
+
+
 def is_current(stage: Stage, key: str) -> bool:
     state = stage.out / "pipeline.json"
-    return _done_marker(stage.out).is_file() and state.is_file() and \
+    return done_marker(stage.out).is_file() and state.is_file() and \
         read_json(state).get("key") == key
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def launcher_cmd(recipe: Recipe, port: int, distributed: bool) -> list[str]:
@@ -180,7 +202,8 @@ def run_pipeline(recipe: Recipe, only: list[str] | None = None, force: bool = Fa
         if not force and is_current(stage, key):
             print(f"{head} up to date, skipped", flush=True)
             continue
-        port = recipe.pipeline.master_port + i
+        clear_stale(stage, key, run)
+        port = recipe.pipeline.master_port + i if recipe.pipeline.master_port else free_port()
         cmd = launcher_cmd(recipe, port, stage.distributed) + stage.args + [
             "--config", str(recipe_file)]
         log_path = logs / f"{stage.name}.log"
@@ -192,7 +215,7 @@ def run_pipeline(recipe: Recipe, only: list[str] | None = None, force: bool = Fa
             f.write(" ".join(cmd) + "\n")
             f.flush()
             r = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
-        if r.returncode != 0 or not _done_marker(stage.out).is_file():
+        if r.returncode != 0 or not done_marker(stage.out).is_file():
             print(f" FAILED after {time.time() - t0:.0f}s (exit {r.returncode})", flush=True)
             tail = log_path.read_text(errors="replace").splitlines()[-15:]
             print("\n".join("    " + line for line in tail), file=sys.stderr)

@@ -11,7 +11,6 @@ import pytest
 from PIL import Image
 
 from esc_dist.config import Recipe
-from esc_dist.eval.cli import register
 from esc_dist.eval.predictions import PredictionsError, load_predictions
 from esc_dist.eval.report import (compare, confusion_with_unparseable, evaluate, load_report,
                                    log_comparison, log_report)

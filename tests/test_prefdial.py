@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import argparse
 import json
-import time
 from pathlib import Path
 
 import pytest

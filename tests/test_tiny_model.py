@@ -1,6 +1,5 @@
 import hashlib
 
-import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__, dist
-from ..config import Recipe, TrainConfig, redact
-from ..io import COMPLETED, atomic_write_json, mark_completed, read_json, staged_dir
+from ..config import ConfigError, Recipe, TrainConfig, redact
+from ..io import COMPLETED, atomic_write_json, mark_completed, read_json, sha256_json, staged_dir
 from ..log import get_logger
 
 log = get_logger(__name__)
@@ -243,18 +243,35 @@ class TrainerExtras:
 # Checkpoints
 
 
-def checkpoint_callback():
+# Settings that do not change what is trained: a checkpoint stays resumable when only they change.
+_NOT_IN_KEY = ("resume", "save_steps", "save_total_limit", "logging_steps",
+               "dataloader_num_workers")
+
+
+def training_key(stage: str, role: str, recipe: Recipe, cfg: TrainConfig, inputs: dict) -> str:
+    """What a training run's checkpoints belong to: its settings, seed and inputs. The batch
+    enters as the global batch, so a run may resume on another number of ranks."""
+    train = {k: v for k, v in asdict(cfg).items() if k not in _NOT_IN_KEY}
+    train["global_batch"] = (train.pop("per_device_train_batch_size")
+                             * train.pop("gradient_accumulation_steps") * dist.world_size())
+    return sha256_json({"stage": stage, "role": role, "train": train, "seed": recipe.run.seed,
+                        "model": asdict(recipe.model), "inputs": inputs})
+
+
+def checkpoint_callback(key: str):
     from transformers import TrainerCallback
 
     class CheckpointMarker(TrainerCallback):
-        """Writes ``COMPLETED`` (with the world size) into a checkpoint once every rank saved."""
+        """Writes ``COMPLETED`` (with the world size and the run's key) into a checkpoint once
+        every rank has saved it."""
 
         def on_save(self, args, state, control, **kwargs):
             dist.barrier()
             if state.is_world_process_zero:
                 ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
                 atomic_write_json(ckpt / "esc_dist.json", {
-                    "world_size": dist.world_size(), "global_step": state.global_step})
+                    "world_size": dist.world_size(), "global_step": state.global_step,
+                    "key": key})
                 mark_completed(ckpt)
             dist.barrier()
             return control
@@ -316,18 +333,44 @@ def _step(p: Path) -> int:
         return -1
 
 
-def find_resume_checkpoint(checkpoints: Path, resume: str) -> Path | None:
-    """The checkpoint to resume from: ``auto`` → newest complete one (or None), ``never`` →
-    None, else the given path (which must be complete)."""
-    if resume == "never":
-        return None
-    if resume != "auto":
+def _key_of(ckpt: Path) -> str | None:
+    meta = ckpt / "esc_dist.json"
+    return read_json(meta).get("key") if meta.is_file() else None
+
+
+def find_resume_checkpoint(checkpoints: Path, resume: str, key: str) -> Path | None:
+    """The checkpoint to resume from.
+
+    ``auto``: the newest complete checkpoint written for the same settings and inputs (``key``);
+    checkpoints of another configuration are moved aside (``checkpoints-stale-N``) and training
+    starts fresh. ``never``: start fresh (existing checkpoints moved aside). A path: that
+    checkpoint, which must be complete.
+    """
+    checkpoints = Path(checkpoints)
+    if resume not in ("auto", "never"):
         p = Path(resume)
         if not (p / COMPLETED).is_file():
             raise FileNotFoundError(f"resume={resume}: not a complete checkpoint (no {COMPLETED})")
+        if _key_of(p) not in (None, key):
+            log.warning("resume=%s: this checkpoint was written with other settings or inputs", p)
         return p
-    complete = [p for p in Path(checkpoints).glob("checkpoint-*") if (p / COMPLETED).is_file()]
-    return max(complete, key=_step) if complete else None
+    existing = list(checkpoints.glob("checkpoint-*"))
+    mine = [p for p in existing if (p / COMPLETED).is_file() and _key_of(p) == key]
+    if resume == "auto" and mine:
+        return max(mine, key=_step)
+    if existing:
+        stale = checkpoints.with_name(f"{checkpoints.name}-stale-1")
+        n = 1
+        while stale.exists():
+            n += 1
+            stale = checkpoints.with_name(f"{checkpoints.name}-stale-{n}")
+        if dist.is_main():
+            log.warning("%s holds checkpoints of %s; moving them to %s and starting fresh",
+                        checkpoints, "another configuration" if resume == "auto" else
+                        "an earlier run (resume=never)", stale)
+            os.replace(checkpoints, stale)
+        dist.barrier()
+    return None
 
 
 def prepare_resume(ckpt: Path | None) -> bool:
@@ -432,6 +475,19 @@ def base_manifest(stage: str, role: str, recipe: Recipe, cfg: TrainConfig, input
                           "model": asdict(recipe.model)}),
         "world_size": dist.world_size(),
     }
+
+
+def require_one_global_batch(n: int, cfg: TrainConfig, stage: str, role: str, what: str) -> None:
+    """Refuse a dataset smaller than one global batch (ZeRO-3 ranks left without data hang or
+    crash), with the settings to change."""
+    world = dist.world_size()
+    global_batch = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * world
+    if n < global_batch:
+        raise ConfigError(
+            f"{stage} {role}: {n} {what}, fewer than one global batch "
+            f"({cfg.per_device_train_batch_size} per device x {cfg.gradient_accumulation_steps} "
+            f"accumulation x {world} ranks = {global_batch}); lower "
+            f"{stage}.per_device_train_batch_size or provide more data")
 
 
 def summarize_history(trainer) -> dict:

@@ -19,12 +19,13 @@ from pathlib import Path
 
 from .. import dist, tracking
 from ..config import Recipe
-from ..io import COMPLETED, read_manifest, sha256_json
+from ..io import COMPLETED, model_fingerprint, read_manifest, sha256_json
 from ..log import get_logger
 from .common import (ROLES, TrainerExtras, base_manifest, checkpoint_callback, deepspeed_config,
                      export_model, find_resume_checkpoint, load_policy, load_tokenizer,
                      preemption_callback, prepare_resume, stage_paths, summarize_history,
-                     trainer_arguments, was_preempted, zero_stage)
+                     require_one_global_batch, trainer_arguments, training_key, was_preempted,
+                     zero_stage)
 from .tokens import PromptFitter, tokenized_cached
 
 log = get_logger(__name__)
@@ -98,7 +99,7 @@ def _offloaded_reference(enabled: bool):
 
 
 def build_dpo_trainer(recipe: Recipe, role: str, pairs_dir: str, model_dir: str, paths,
-                      ds_cfg: dict | None, report_wandb: bool):
+                      ds_cfg: dict | None, report_wandb: bool, key: str = ""):
     """The configured DPO trainer for one role, and the tokenization stats of its pairs."""
     from trl import DPOConfig
 
@@ -118,12 +119,13 @@ def build_dpo_trainer(recipe: Recipe, role: str, pairs_dir: str, model_dir: str,
                                     ("id", "prompt_ids", "chosen_ids", "rejected_ids"))
     log.info("dpo %s: %d pairs (%d with history trimmed, %d too long dropped)", role,
              stats["examples"], stats["history_trimmed"], stats["dropped_too_long"])
+    require_one_global_batch(len(train), cfg, "dpo", role, "preference pairs")
     model = load_policy(model_dir, recipe, cfg)
     offload = cfg.reference == "live" and cfg.reference_offload and zero_stage(ds_cfg) == 3
     with _offloaded_reference(offload):
         trainer = _dpo_trainer_class()(model=model, args=args, train_dataset=train,
                                        processing_class=tokenizer,
-                                       callbacks=[checkpoint_callback(), preemption_callback()])
+                                       callbacks=[checkpoint_callback(key), preemption_callback()])
     return trainer, tokenizer, stats
 
 
@@ -139,11 +141,15 @@ def train_dpo(recipe: Recipe, role: str, pairs_dir: str | None = None,
     model_dir = model_dir or str(run_dir / "models" / f"sft-{role}")
     paths = stage_paths(recipe, "dpo", role, out)
 
-    ckpt = find_resume_checkpoint(paths.checkpoints, cfg.resume)
+    inputs = {"pairs": {"path": str(pairs_dir),
+                        "sha256": sha256_json(read_manifest(pairs_dir) or {})},
+              "model": {"path": str(model_dir), "fingerprint": model_fingerprint(model_dir)}}
+    key = training_key("dpo", role, recipe, cfg, inputs)
+    ckpt = find_resume_checkpoint(paths.checkpoints, cfg.resume, key)
     ds_cfg = deepspeed_config(cfg, universal=prepare_resume(ckpt))
     run = tracking.start_run(recipe, f"dpo-{role}", paths.work, config={"stage": "dpo", "role": role})
     trainer, tokenizer, tok_stats = build_dpo_trainer(recipe, role, pairs_dir, model_dir, paths,
-                                                      ds_cfg, run is not None)
+                                                      ds_cfg, run is not None, key)
     if ckpt is not None:
         log.info("resuming from %s", ckpt)
     trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
@@ -152,10 +158,7 @@ def train_dpo(recipe: Recipe, role: str, pairs_dir: str | None = None,
         return None
 
     hist = trainer.state.log_history
-    manifest = base_manifest("dpo", role, recipe, cfg, {
-        "pairs": {"path": str(pairs_dir), "sha256": sha256_json(read_manifest(pairs_dir) or {})},
-        "model": {"path": str(model_dir)},
-    }, model_dir)
+    manifest = base_manifest("dpo", role, recipe, cfg, inputs, model_dir)
     manifest.update(summarize_history(trainer), tokenization=tok_stats,
                     resumed_from=str(ckpt) if ckpt else None, export_dir=str(paths.export),
                     final_reward_accuracy=next((h["rewards/accuracies"] for h in reversed(hist)

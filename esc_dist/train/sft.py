@@ -13,12 +13,13 @@ from pathlib import Path
 from .. import dist, tracking
 from ..config import Recipe
 from ..data.tasks import load_task
-from ..io import read_manifest, sha256_json
+from ..io import model_fingerprint, read_manifest, sha256_json
 from ..log import get_logger
 from .common import (ROLES, TrainerExtras, base_manifest, checkpoint_callback, deepspeed_config,
                      default_base_model, export_model, find_resume_checkpoint, load_policy,
                      load_tokenizer, preemption_callback, prepare_resume, stage_paths,
-                     summarize_history, trainer_arguments, was_preempted)
+                     require_one_global_batch, summarize_history, trainer_arguments,
+                     training_key, was_preempted)
 from .tokens import PromptFitter, tokenized_cached
 
 log = get_logger(__name__)
@@ -45,7 +46,7 @@ def _sft_trainer_class():
 
 
 def build_sft_trainer(recipe: Recipe, role: str, data_dir: str, model_dir: str, paths,
-                      ds_cfg: dict | None, report_wandb: bool):
+                      ds_cfg: dict | None, report_wandb: bool, key: str = ""):
     """The configured trainer for one role, and the tokenization stats of its data."""
     from trl import SFTConfig
 
@@ -59,10 +60,11 @@ def build_sft_trainer(recipe: Recipe, role: str, data_dir: str, model_dir: str, 
                                     ("id", "input_ids", "labels"))
     log.info("sft %s: %d training examples (%d with history trimmed, %d too long dropped)",
              role, stats["examples"], stats["history_trimmed"], stats["dropped_too_long"])
+    require_one_global_batch(len(train), cfg, "sft", role, "training examples")
     model = load_policy(model_dir, recipe, cfg)  # after args: ZeRO-3 partitions while loading
     trainer = _sft_trainer_class()(model=model, args=args, train_dataset=train,
                                    processing_class=tokenizer,
-                                   callbacks=[checkpoint_callback(), preemption_callback()])
+                                   callbacks=[checkpoint_callback(key), preemption_callback()])
     return trainer, tokenizer, stats
 
 
@@ -81,11 +83,14 @@ def train_sft(recipe: Recipe, role: str, data_dir: str | None = None,
                          "model.attn_implementation=flash_attention_2 (GPU); without it, "
                          "length-grouped batches are used")
 
-    ckpt = find_resume_checkpoint(paths.checkpoints, cfg.resume)
+    inputs = {"data": {"path": str(data_dir), "sha256": sha256_json(read_manifest(data_dir) or {})},
+              "model": {"path": str(model_dir), "fingerprint": model_fingerprint(model_dir)}}
+    key = training_key("sft", role, recipe, cfg, inputs)
+    ckpt = find_resume_checkpoint(paths.checkpoints, cfg.resume, key)
     ds_cfg = deepspeed_config(cfg, universal=prepare_resume(ckpt))
     run = tracking.start_run(recipe, f"sft-{role}", paths.work, config={"stage": "sft", "role": role})
     trainer, tokenizer, tok_stats = build_sft_trainer(recipe, role, data_dir, model_dir, paths,
-                                                      ds_cfg, run is not None)
+                                                      ds_cfg, run is not None, key)
     if ckpt is not None:
         log.info("resuming from %s", ckpt)
     trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
@@ -93,11 +98,7 @@ def train_sft(recipe: Recipe, role: str, data_dir: str | None = None,
         tracking.finish(run)
         return None
 
-    data_manifest = read_manifest(data_dir) or {}
-    manifest = base_manifest("sft", role, recipe, cfg, {
-        "data": {"path": str(data_dir), "sha256": sha256_json(data_manifest)},
-        "model": {"path": str(model_dir)},
-    }, model_dir)
+    manifest = base_manifest("sft", role, recipe, cfg, inputs, model_dir)
     manifest.update(summarize_history(trainer), tokenization=tok_stats,
                     resumed_from=str(ckpt) if ckpt else None, export_dir=str(paths.export))
     export_model(trainer, tokenizer, paths.export, manifest)

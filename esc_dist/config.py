@@ -169,6 +169,8 @@ class JudgeConfig:
     concurrency: int = 8
     max_retries: int = 6
     timeout: float = 60.0
+    # Keep planner pairs whose sample is not a strategy name (a format error) without judging.
+    keep_unparseable: bool = True
 
 
 @dataclass

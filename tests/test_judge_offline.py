@@ -225,7 +225,9 @@ def test_planner_pairs():
     assert v["keep"] and v["rejected_errors"] == [EARLY_SHIFT]
     unparseable = pair("planner", STRESSED, "Reflection of feelings", "I think maybe",
                        sampled=None)
-    v = judge_pair_offline(unparseable)
+    v = judge_pair_offline(unparseable)  # a malformed sample: kept as a rejection, not judged
+    assert v["keep"] and v["rejected_errors"] == [] and "unparseable_sample" in v["reason"]
+    v = judge_pair_offline(unparseable, keep_unparseable=False)
     assert not v["keep"] and v["reason"] == "unparseable_sample"
     same = pair("planner", STRESSED, "Question", "Question", gold="Question", sampled="Question")
     assert judge_pair_offline(same)["reason"] == "identical"

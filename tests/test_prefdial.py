@@ -131,11 +131,11 @@ def test_planner_stats_and_confusion(tmp_path):
     out = tmp_path / "planner"
     build_prefdial(write_pairs(tmp_path / "p.jsonl", PLANNER), out, JudgeConfig(), role="planner")
     stats = read_json(out / "stats.json")
-    assert (stats["pairs_in"], stats["kept"], stats["kept_ratio"]) == (4, 1, 0.25)
+    # kept: one judged pair and the unparseable sample (a format error, kept without judging)
+    assert (stats["pairs_in"], stats["kept"], stats["kept_ratio"]) == (4, 2, 0.5)
     assert stats["errors"]["rejected"][EARLY_SHIFT] == 1
     assert stats["errors"]["chosen"][EARLY_SHIFT] == 1
-    assert stats["drop_reasons"] == {"chosen_has_error": 1, "rejected_has_no_error": 1,
-                                     "unparseable_sample": 1}
+    assert stats["drop_reasons"] == {"chosen_has_error": 1, "rejected_has_no_error": 1}
     assert stats["mining"] == {"parse_errors": 1,
                                "parse_error_reasons": {"not a strategy name": 1},
                                "unparseable_strategy": 1}
@@ -147,7 +147,7 @@ def test_planner_stats_and_confusion(tmp_path):
     assert conf["Question"]["Affirmation and Reassurance"] == 1
     assert conf["Information"]["Others"] == 1
     assert sum(sum(r.values()) for r in conf.values()) == 4
-    assert sum(sum(r.values()) for r in stats["confusion_kept"].values()) == 1
+    assert sum(sum(r.values()) for r in stats["confusion_kept"].values()) == 2
     from datasets import load_from_disk
 
     ds = load_from_disk(str(out / "dataset"))
@@ -288,9 +288,9 @@ def test_wandb_logging(tmp_path):
     build_prefdial(write_pairs(tmp_path / "p.jsonl", PLANNER), tmp_path / "out", JudgeConfig(),
                    run=run)
     (row,) = run.logged
-    assert row["judge/pairs_in"] == 4 and row["judge/kept"] == 1
+    assert row["judge/pairs_in"] == 4 and row["judge/kept"] == 2
     assert row["judge/errors/rejected/Early Emotion Shift"] == 1
-    assert run.summary["judge/kept_ratio"] == 0.25
+    assert run.summary["judge/kept_ratio"] == 0.5
     table = row["judge/confusion"]
     assert isinstance(table, wandb.Table)
     assert table.columns == ["gold_strategy", *STRATEGIES, "unparseable"]

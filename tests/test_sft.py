@@ -260,3 +260,35 @@ def test_lora_option_exports_a_merged_model(setup):
     assert base.keys() == tuned.keys()
     changed = [k for k in base if not torch.equal(base[k], tuned[k])]
     assert changed and all("proj" in k for k in changed)  # only the LoRA-targeted layers moved
+
+
+def test_plain_cpu_loss_equals_trl_fused_loss(setup, tmp_path, monkeypatch):
+    """The CPU loss path gives the same loss and gradients as TRL's fused LM head (the GPU path)."""
+    from transformers import Trainer
+    from trl import SFTTrainer
+
+    from esc_dist import dist
+    from esc_dist.config import load_recipe
+    from esc_dist.train.common import stage_paths
+    from esc_dist.train.sft import build_sft_trainer
+
+    for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(k, raising=False)
+    recipe = load_recipe(None, [f"run.output_dir={tmp_path}", "sft.deepspeed=null",
+                                "sft.per_device_train_batch_size=4", "wandb.mode=disabled"])
+    dist.init(60)
+    trainer, _, _ = build_sft_trainer(recipe, "generator", str(setup / "data"),
+                                      str(setup / "tiny"), stage_paths(recipe, "sft", "generator"),
+                                      None, False)
+    batch = next(iter(trainer.get_train_dataloader()))
+    n = int((batch["labels"][:, 1:] != -100).sum())
+    results = []
+    for impl in (SFTTrainer.compute_loss, Trainer.compute_loss):
+        trainer.model.zero_grad()
+        loss = impl(trainer, trainer.model, dict(batch), num_items_in_batch=torch.tensor(n))
+        loss.backward()
+        grads = torch.cat([p.grad.flatten() for p in trainer.model.parameters()])
+        results.append((loss.item(), grads))
+    (fused, g_fused), (plain, g_plain) = results
+    assert abs(fused - plain) < 1e-5 * abs(plain), (fused, plain)
+    assert torch.allclose(g_fused, g_plain, atol=1e-6)

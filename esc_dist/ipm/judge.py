@@ -103,8 +103,10 @@ Rules for a strategy (planner pairs), judged as the next move in the context:
   pattern rather than a response to what the seeker just said); or Others right after a fresh
   seeker message with emotion.
 
-A pair whose rejected side cannot be judged is dropped without judging: a planner sample that is
-not a strategy ("unparseable_sample"), or a rejected side identical to the chosen one
+A pair whose rejected side cannot be judged is settled without judging: a planner sample that is
+not a strategy name at all is *kept* (reason ``unparseable_sample``: the gold strategy against a
+malformed answer is a sound preference whatever the judge would say; ``judge.keep_unparseable:
+false`` drops them instead), and a rejected side identical to the chosen one is dropped
 ("identical").
 """
 
@@ -522,12 +524,22 @@ def _reply_texts(pair: Mapping[str, Any]) -> tuple[str, str]:
     return pair["chosen"], pair.get("sampled_reply") or pair["rejected"]
 
 
-def judge_pair_offline(pair: Mapping[str, Any]) -> dict:
+def _settled(pair: Mapping[str, Any], keep_unparseable: bool, judge: str) -> dict | None:
+    """The verdict of a pair that is not judged (see the module docstring), or None."""
+    skip = _pre_check(pair)
+    if skip == "unparseable_sample" and keep_unparseable:
+        return {"id": pair["id"], "chosen_errors": [], "rejected_errors": [], "keep": True,
+                "reason": "kept: unparseable_sample (the sample is not a strategy name)",
+                "judge": judge}
+    return _drop(pair["id"], skip, judge) if skip else None
+
+
+def judge_pair_offline(pair: Mapping[str, Any], keep_unparseable: bool = True) -> dict:
     """The offline verdict on one mined pair."""
     judge = "offline"
-    skip = _pre_check(pair)
-    if skip:
-        return _drop(pair["id"], skip, judge)
+    settled = _settled(pair, keep_unparseable, judge)
+    if settled:
+        return settled
     ctx = Context.of(pair["history"])
     if pair["role"] == "planner":
         chosen = strategy_findings((), normalize_strategy(pair["chosen"]) or pair["chosen"], ctx)
@@ -629,10 +641,8 @@ def _judge_openai(pairs: Sequence[Mapping[str, Any]], cfg: JudgeConfig,
     verdicts: list[dict | None] = [None] * len(pairs)
     todo = []
     for i, p in enumerate(pairs):
-        skip = _pre_check(p)
-        if skip:
-            verdicts[i] = _drop(p["id"], skip, name)
-        else:
+        verdicts[i] = _settled(p, cfg.keep_unparseable, name)
+        if verdicts[i] is None:
             todo.append(i)
     results = client.map_json([judge_messages(pairs[i]) for i in todo])
     for i, res in zip(todo, results):
@@ -678,7 +688,7 @@ def judge_pairs(pairs: Sequence[Mapping[str, Any]], cfg: JudgeConfig,
         if p.get("role") not in ROLES:
             raise ValueError(f"pair {p.get('id')!r}: unknown role {p.get('role')!r}")
     if cfg.backend == "offline":
-        return [judge_pair_offline(p) for p in pairs]
+        return [judge_pair_offline(p, cfg.keep_unparseable) for p in pairs]
     if cfg.backend == "openai":
         return _judge_openai(pairs, cfg, cache_dir, client)
     raise ValueError(f"unknown judge backend {cfg.backend!r} (expected offline or openai)")

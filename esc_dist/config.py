@@ -54,11 +54,11 @@ class DataConfig:
     split_fractions: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
     split_seed: int = 13
     # Keep at most this many dialogues per split (first ones in split order); null keeps all.
-    # The tiny default trains on 80 dialogues and evaluates on the whole test split.
+    # The tiny default trains on 32 dialogues; validation and test stay whole.
     max_dialogues: dict[str, int | None] = field(
-        default_factory=lambda: {"train": 80, "validation": None, "test": None})
+        default_factory=lambda: {"train": 32, "validation": None, "test": None})
     # Keep only the last N messages of the history in prompts; null keeps the whole dialogue.
-    max_history_messages: int | None = 8
+    max_history_messages: int | None = 4
 
     def validate(self, source: str) -> None:
         f = self.split_fractions
@@ -132,6 +132,8 @@ class TrainConfig:
 
 @dataclass
 class SftConfig(TrainConfig):
+    learning_rate: float = 3e-3
+    num_train_epochs: float = 2.0
     # Concatenate several examples per row (no padding); else batches are grouped by length.
     packing: bool = False
 
@@ -139,6 +141,7 @@ class SftConfig(TrainConfig):
 @dataclass
 class DpoConfig(TrainConfig):
     learning_rate: float = 5e-5
+    per_device_train_batch_size: int = 4
     beta: float = 0.1
     loss_type: str = "sigmoid"  # any TRL DPO loss: sigmoid, ipo, hinge, robust, ...
     sft_weight: float = 0.0  # adds weight * NLL of the chosen reply (RPO-style mixing)
@@ -151,13 +154,14 @@ class MineConfig:
     n_samples: int = 1
     temperature: float = 0.7
     top_p: float = 0.95
-    max_new_tokens: int = 64
+    max_new_tokens: int = 32
     batch_size: int = 16
     chunk_size: int = 64  # turns per atomic commit of a shard file
     backend: Literal["hf", "vllm"] = "hf"
-    max_turns: int | None = None  # mine only the first N training turns (by id order)
+    max_turns: int | None = None  # mine only the first N training turns (by id order); null: all
     top_k: int = 0  # 0: no top-k filter
-    planner_max_new_tokens: int | None = None  # planner samples are short; null: max_new_tokens
+    planner_max_new_tokens: int | None = 8  # planner samples are short; null: max_new_tokens
+    min_new_tokens: int = 1  # no stop token before this many new tokens (no empty samples)
 
 
 @dataclass
@@ -177,14 +181,15 @@ class JudgeConfig:
 class InferConfig:
     split: str = "test"
     batch_size: int = 32
-    max_new_tokens: int = 64
+    max_new_tokens: int = 32
     do_sample: bool = False
     temperature: float = 0.7
     top_p: float = 0.95
     chunk_size: int = 128
     top_k: int = 0  # 0: no top-k filter (with do_sample)
-    planner_max_new_tokens: int | None = None  # decoupled phase 1; null: max_new_tokens
-    max_dialogues: int | None = None  # predict only the first N dialogues (by id); null: all
+    planner_max_new_tokens: int | None = 8  # decoupled phase 1; null: max_new_tokens
+    max_dialogues: int | None = 12  # predict only the first N dialogues (by id); null: all
+    min_new_tokens: int = 1  # no stop token before this many new tokens (no empty predictions)
 
 
 @dataclass

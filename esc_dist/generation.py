@@ -79,17 +79,22 @@ class PlanMismatch(ValueError):
 
 @dataclass(frozen=True)
 class Sampling:
-    """How one item is decoded. ``top_k`` 0 and ``top_p`` 1.0 switch those filters off."""
+    """How one item is decoded. ``top_k`` 0 and ``top_p`` 1.0 switch those filters off; the stop
+    tokens are barred from the first ``min_new_tokens`` positions (as HF's ``min_new_tokens``)."""
 
     max_new_tokens: int
     do_sample: bool = False
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
+    min_new_tokens: int = 0
 
     def __post_init__(self):
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if not 0 <= self.min_new_tokens <= self.max_new_tokens:
+            raise ValueError(f"min_new_tokens must be in [0, max_new_tokens], got "
+                             f"{self.min_new_tokens}")
         if self.do_sample:
             if not self.temperature > 0:
                 raise ValueError(f"temperature must be > 0 when sampling, got {self.temperature}")
@@ -353,6 +358,8 @@ class Replica:
         top_p = torch.tensor([x.top_p for x in s], dtype=torch.float32, device=dev)
         top_k = torch.tensor([x.top_k for x in s], dtype=torch.long, device=dev)
         limit = torch.tensor(max_new, device=dev)
+        min_new = torch.tensor([x.min_new_tokens for x in s], device=dev)
+        stop_vocab = None
 
         ids, mask = ids.to(dev), mask.to(dev)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
@@ -363,6 +370,12 @@ class Replica:
         finished = torch.zeros(n, dtype=torch.bool, device=dev)
         out_tokens = []
         for step in range(steps):
+            if step < int(min_new.max()):  # too early to stop: bar the stop tokens
+                if stop_vocab is None:
+                    stop_vocab = torch.zeros(logits.shape[-1], dtype=torch.bool, device=dev)
+                    stop_vocab[self.stop_ids[self.stop_ids < logits.shape[-1]]] = True
+                bar = (min_new > step).unsqueeze(1) & stop_vocab.unsqueeze(0)
+                logits = logits.masked_fill(bar, float("-inf"))
             tok = choose_tokens(logits, do_sample, temperature, top_p, top_k, u[:, step])
             tok = torch.where(finished, torch.full_like(tok, self.pad_id), tok)
             out_tokens.append(tok)

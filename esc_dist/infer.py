@@ -53,7 +53,8 @@ def infer_sampling(cfg: InferConfig, phase: str) -> Sampling:
     if phase == "planner" and cfg.planner_max_new_tokens is not None:
         max_new = cfg.planner_max_new_tokens
     return Sampling(max_new_tokens=max_new, do_sample=cfg.do_sample,
-                    temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k)
+                    temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
+                    min_new_tokens=min(cfg.min_new_tokens, max_new))
 
 
 def load_turns(data_dir: str | Path, split: str, max_dialogues: int | None = None) -> list[dict]:

@@ -102,11 +102,14 @@ def plan(recipe: Recipe) -> list[Stage]:
                                                  "--data", str(data), "--split",
                                                  recipe.infer.split, "--out", str(pred)],
                             pred, ("infer", "model"), [data, *inputs], distributed=True))
+    # LLM-judge scores depend on the judge endpoint and the histories; plain metrics do not
+    eval_keys = ("eval", "judge") if recipe.eval.llm_judge else ("eval",)
     for system in SYSTEMS:
         pred, report = run / "predictions" / system, run / "reports" / system
         stages.append(Stage(f"eval-{system}", ["eval", str(pred / "predictions.jsonl"),
-                                                "--out", str(report), "--name", system],
-                            report, ("eval",), [pred]))
+                                                "--out", str(report), "--name", system,
+                                                "--data", str(data)],
+                            report, eval_keys, [pred, data] if recipe.eval.llm_judge else [pred]))
     reports = [str(run / "reports" / s) for s in SYSTEMS]
     comparison = run / "reports" / "comparison"
     stages.append(Stage("compare", ["compare", *reports, "--names",

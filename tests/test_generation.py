@@ -95,6 +95,33 @@ def test_greedy_batch_equals_transformers_generate(setup, prefill):
     assert len({r["text"] for r in ours}) == len(ours)
 
 
+def test_min_new_tokens_bars_stop_tokens_like_transformers(setup):
+    """With a model that wants to stop at once, min_new_tokens keeps every row going for that
+    many tokens, exactly as HF generate's min_new_tokens does."""
+    tok = load_tokenizer(setup / "tiny")
+    rep = Replica(setup / "tiny", tok)
+    def favour_eos(module, args, out):  # make the end-of-text token the favourite everywhere
+        out = out.clone()
+        out[..., tok.eos_token_id] += 100.0
+        return out
+
+    rep.model.get_output_embeddings().register_forward_hook(favour_eos)
+    prompts = _prompts(setup, 6)
+    ids = [prompt_ids(tok, m) for _, m in prompts]
+    eager = rep.generate_batch([WorkItem(i, m, Sampling(max_new_tokens=6)) for i, m in prompts],
+                               ids, [0] * len(ids))
+    assert all(r["new_tokens"] == 0 and r["finish_reason"] == "stop" for r in eager)
+    items = [WorkItem(i, m, Sampling(max_new_tokens=6, min_new_tokens=3)) for i, m in prompts]
+    ours = rep.generate_batch(items, ids, [0] * len(ids))
+    enc = tok.pad({"input_ids": ids}, return_tensors="pt")
+    ref = rep.model.generate(**enc, max_new_tokens=6, min_new_tokens=3, do_sample=False)
+    for r, row in zip(ours, ref):
+        assert r["new_tokens"] >= 3
+        assert r["text"] == tok.decode(row[enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    with pytest.raises(ValueError, match="min_new_tokens"):
+        Sampling(max_new_tokens=2, min_new_tokens=3)
+
+
 def test_sampled_row_does_not_depend_on_its_batch_partners(setup):
     tok = load_tokenizer(setup / "tiny")
     rep = Replica(setup / "tiny", tok)

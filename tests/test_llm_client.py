@@ -415,3 +415,40 @@ def test_score_predictions(server, key, tmp_path):
                              {"t1": "Seeker: I lost my keys"}, client=c)
     assert out2["parse_failures"] == 2 and out2["scored"] == 2
     assert c.stats()["cache_hits"] == 3 and c.stats()["requests"] == 1
+
+
+def test_eval_llm_judge_scores(server, key, small_setup, tmp_path, capsys):
+    """`esc-dist eval` with eval.llm_judge=true: every reply scored with its dialogue history, the
+    means in report.json, the key in no file written."""
+    from datasets import load_from_disk
+
+    from esc_dist.cli import main
+
+    turns = load_from_disk(str(small_setup / "data" / "turns"))["test"]
+    pred = tmp_path / "predictions.jsonl"
+    rows = [{"id": t["id"], "dialogue_id": t["dialogue_id"], "turn_index": t["turn_index"],
+             "gold_strategy": t["strategy"], "gold_reply": t["reply"],
+             "pred_strategy": t["strategy"], "pred_strategy_raw": t["strategy"],
+             "pred_reply": "BAD reply" if i == 0 else t["reply"], "mode": "decoupled"}
+            for i, t in enumerate(turns)]
+    pred.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "report"
+    common = [str(pred), "--out", str(out), "eval.llm_judge=true", "judge.backend=openai",
+              f"judge.base_url={server.url}", "judge.model=fake-judge",
+              f"judge.api_key_env={KEY_ENV}", "wandb.mode=disabled"]
+    assert main(["eval", *common]) == 2
+    assert "eval.llm_judge needs --data DIR" in capsys.readouterr().err
+    assert main(["eval", *common, "--data", str(small_setup / "data")]) == 0
+    report = json.loads((out / "report.json").read_text())
+    scores = report["llm_scores"]
+    n = len(rows)
+    assert scores["n"] == scores["scored"] == n and scores["parse_failures"] == 0
+    assert scores["means"]["empathy"] == pytest.approx(round((4 * (n - 1) + 1) / n, 4))
+    assert scores["means"]["fluency"] == 4.0
+    # each request carries the history of its own turn
+    last = turns[n - 1]["history"][-1]["text"].strip()
+    assert any(last in r["body"]["messages"][-1]["content"] for r in server.requests)
+    assert len(server.requests) == n
+    for f in out.rglob("*"):
+        if f.is_file():
+            assert SECRET not in f.read_text(errors="ignore"), f

@@ -37,12 +37,12 @@ def test_prepare_test_split_equals_paper_file(prepared, esconv_dir):
 def test_manifest(prepared, esconv_dir):
     m = json.loads((prepared / "manifest.json").read_text())
     assert (prepared / "COMPLETED").is_file()
-    # the default recipe trains on the first 80 training dialogues and keeps validation and
+    # the default recipe trains on the first 32 training dialogues and keeps validation and
     # test whole
     assert {k: (v["dialogues"], v["turns"]) for k, v in m["counts"].items()} == {
-        "train": (80, m["counts"]["train"]["turns"]), "validation": (130, 1821),
+        "train": (32, m["counts"]["train"]["turns"]), "validation": (130, 1821),
         "test": (130, 1792)}
-    assert 900 < m["counts"]["train"]["turns"] < 1400
+    assert 350 < m["counts"]["train"]["turns"] < 650
     # strategy counts of the data README for the DecoupledESC test split
     assert list(m["counts"]["test"]["strategies"].values()) == [365, 125, 154, 157, 283, 276, 98, 334]
     import hashlib
@@ -78,8 +78,9 @@ def test_turns_dataset_keeps_raw_history(prepared, esconv_dir):
     vanilla = load_from_disk(str(prepared / "vanilla"))["test"]
     assert turns["id"] == vanilla["id"]
     row = turns[40]
-    assert vanilla_prompt(history_messages(row["history"]), 8) == vanilla[40]["prompt"]
-    assert len(row["history"]) > 8  # the raw history is kept whole
+    keep = DataConfig().max_history_messages  # the default recipe's
+    assert vanilla_prompt(history_messages(row["history"]), keep) == vanilla[40]["prompt"]
+    assert len(row["history"]) > keep  # the raw history is kept whole
     assert {m["role"] for m in row["history"]} <= {"seeker", "supporter"}
 
 

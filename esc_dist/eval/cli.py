@@ -42,6 +42,31 @@ def _print_headline(report: dict, out: Path) -> None:
     print(f"wrote report.json, report.md, confusion.png, preferences.png to {out}")
 
 
+def _llm_judge_scores(pred: Path, data: str | None, recipe, out: Path) -> dict:
+    """Fluency, professionalism, empathy and helpfulness (0-5) of every predicted reply, from the
+    judge endpoint of the recipe; the dialogue histories come from the prepared data."""
+    from ..infer import load_turns
+    from ..ipm.judge import render_history
+    from .llm_scores import score_predictions
+    from .predictions import load_predictions
+
+    if not data:
+        raise ConfigError("eval.llm_judge needs --data DIR (the prepared data, for the dialogue "
+                          "histories the judge reads)")
+    records = load_predictions(pred)  # validated before any request is made
+    histories = {t["id"]: render_history(t["history"])
+                 for t in load_turns(data, recipe.infer.split)}
+    missing = [r.id for r in records if r.id not in histories]
+    if missing:
+        raise ConfigError(f"{pred}: {len(missing)} prediction id(s) are not turns of split "
+                          f"{recipe.infer.split!r} in {data} (first: {missing[0]})")
+    scores = score_predictions(records, recipe.judge, out / "llm_cache", histories)
+    print(f"LLM judge {scores['model']}: {scores['scored']}/{scores['n']} replies scored, "
+          + "  ".join(f"{k} {v:.2f}" if v is not None else f"{k} –"
+                      for k, v in scores["means"].items()))
+    return scores
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from ..tracking import finish, start_run
     from .report import evaluate, log_report
@@ -58,6 +83,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
             raise ConfigError(f"--llm-scores {args.llm_scores}: cannot read JSON ({e})") from None
         if not isinstance(llm_scores, dict):
             raise ConfigError(f"--llm-scores {args.llm_scores}: expected a JSON object")
+    if recipe.eval.llm_judge:
+        if llm_scores is not None:
+            raise ConfigError("give either --llm-scores or eval.llm_judge=true, not both")
+        llm_scores = _llm_judge_scores(pred, args.data, recipe, out)
     report = evaluate(pred, out, name=name, llm_scores=llm_scores)
     _print_headline(report, out)
     run = start_run(recipe, f"eval-{name}", out, config={"eval": {
@@ -108,6 +137,11 @@ def register(sub, add_common: Callable[[argparse.ArgumentParser], None]) -> None
                                   "(default: the predictions file's stem)")
     p.add_argument("--llm-scores", metavar="JSON",
                    help="JSON object of LLM-judge scores to include in the report")
+    p.add_argument("--data", metavar="DIR",
+                   help="prepared data (esc-dist prepare); needed with eval.llm_judge=true, "
+                        "which scores every reply 0-5 for fluency, professionalism, empathy and "
+                        "helpfulness with the judge endpoint of the recipe (judge.base_url, "
+                        "judge.model, key from judge.api_key_env)")
     add_common(p)
 
     p = sub.add_parser(

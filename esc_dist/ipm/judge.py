@@ -572,7 +572,7 @@ JUDGE_SYSTEM = (
 )
 
 
-def _render_history(history: Iterable[Message | Mapping[str, Any]]) -> str:
+def render_history(history: Iterable[Message | Mapping[str, Any]]) -> str:
     lines = []
     for m in as_messages(history):
         if not m.text.strip():
@@ -600,7 +600,7 @@ def judge_messages(pair: Mapping[str, Any]) -> list[dict]:
     kind = ("the supporter's next strategy" if pair["role"] == "planner"
             else "the supporter's next reply")
     a_side, b_side = ("chosen", "rejected") if _a_is_chosen(pair["id"]) else ("rejected", "chosen")
-    user = (f"Conversation so far:\n{_render_history(pair['history'])}\n\n"
+    user = (f"Conversation so far:\n{render_history(pair['history'])}\n\n"
             f"Two candidates for {kind}:\n"
             f"A: {_candidate(pair, a_side)}\n"
             f"B: {_candidate(pair, b_side)}\n\n"

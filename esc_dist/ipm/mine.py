@@ -56,7 +56,8 @@ def mine_sampling(cfg: MineConfig, role: str) -> Sampling:
         max_new = cfg.planner_max_new_tokens
     return Sampling(max_new_tokens=max_new, do_sample=cfg.temperature > 0,
                     temperature=cfg.temperature if cfg.temperature > 0 else 1.0,
-                    top_p=cfg.top_p, top_k=cfg.top_k)
+                    top_p=cfg.top_p, top_k=cfg.top_k,
+                    min_new_tokens=min(cfg.min_new_tokens, max_new))
 
 
 def mine_items(data_dir: str | Path, role: str, cfg: MineConfig) -> list[WorkItem]:

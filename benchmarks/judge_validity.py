@@ -74,6 +74,26 @@ def pairs_of(turns: list) -> tuple[list[dict], list[dict]]:
     return replies, strategies
 
 
+def dialogue_auc(gold: list[dict], failed: list[dict]) -> float | None:
+    """Area under the ROC curve of the per-dialogue share of flagged turns as a detector of
+    failed conversations (0.5: no better than chance)."""
+    from sklearn.metrics import roc_auc_score
+
+    def shares(verdicts):
+        per = {}
+        for v in verdicts:
+            if v["reason"].startswith(("judge_", "identical")):
+                continue
+            d = v["id"].rsplit("-t", 1)[0]
+            per.setdefault(d, []).append(bool(v["chosen_errors"]))
+        return [sum(x) / len(x) for x in per.values()]
+
+    g, f = shares(gold), shares(failed)
+    if not g or not f:
+        return None
+    return float(roc_auc_score([0] * len(g) + [1] * len(f), g + f))
+
+
 def rates(verdicts: list[dict]) -> dict:
     judged = [v for v in verdicts if not v["reason"].startswith(("judge_", "identical"))]
     n = len(judged)
@@ -101,15 +121,19 @@ def main() -> None:
                       api_key_env=args.api_key_env)
     results = {"backend": args.backend, "model": args.model if args.backend == "openai" else None,
                "machine": platform.platform(), "date": time.strftime("%Y-%m-%d"), "sets": {}}
+    verdicts = {}
     for name, turns in load_sets(args.esconv_dir).items():
         if args.max_turns is not None and len(turns) > args.max_turns:
             turns = random.Random(0).sample(turns, args.max_turns)
         replies, strategies = pairs_of(turns)
         t0 = time.time()
-        results["sets"][name] = {
-            "reply": rates(judge_pairs(replies, cfg, args.cache)),
-            "strategy": rates(judge_pairs(strategies, cfg, args.cache)),
-            "seconds": round(time.time() - t0, 1)}
+        verdicts[name] = {"reply": judge_pairs(replies, cfg, args.cache),
+                          "strategy": judge_pairs(strategies, cfg, args.cache)}
+        results["sets"][name] = {check: rates(v) for check, v in verdicts[name].items()}
+        results["sets"][name]["seconds"] = round(time.time() - t0, 1)
+    results["dialogue_auc"] = {
+        check: dialogue_auc(verdicts["esconv_gold"][check], verdicts["failed_esconv"][check])
+        for check in ("reply", "strategy")}
     g, f = results["sets"]["esconv_gold"], results["sets"]["failed_esconv"]
     results["ratio_failed_over_gold"] = {
         check: {k: (f[check][k] / g[check][k] if g[check][k] else None)
@@ -127,6 +151,9 @@ def main() -> None:
         ratio = results["ratio_failed_over_gold"][check]
         cells = " | ".join(f"{ratio[k]:.2f}x" if ratio[k] else "–" for k in [*ERRORS, "any"])
         print(f"| {check} | failed / gold | | {cells} |")
+    print("dialogue-level AUC (share of flagged turns, failed vs gold): " + ", ".join(
+        f"{check} {auc:.3f}" if auc is not None else f"{check} –"
+        for check, auc in results["dialogue_auc"].items()))
 
 
 if __name__ == "__main__":

@@ -91,6 +91,12 @@ def trainer_arguments(cfg: TrainConfig, recipe: Recipe, paths: StagePaths, job: 
     if not 0 <= cfg.warmup_ratio < 1:
         raise ValueError(f"warmup_ratio must be in [0, 1), got {cfg.warmup_ratio}")
     precision = resolve_precision(cfg)
+    if dist.is_main():
+        log.info("%s: %s, %s, world size %d, global batch %d (%d per device x %d accumulation)",
+                 job, f"DeepSpeed ZeRO-{zero_stage(ds)}" if ds else "no DeepSpeed", precision,
+                 dist.world_size(), cfg.per_device_train_batch_size
+                 * cfg.gradient_accumulation_steps * dist.world_size(),
+                 cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps)
     return dict(
         output_dir=str(paths.checkpoints),
         run_name=f"{recipe.run.name}/{job}",

@@ -149,6 +149,19 @@ class DpoConfig(TrainConfig):
     reference_offload: bool = False  # live reference under ZeRO-3: offload its params to CPU
 
 
+def _check_lengths(section: str, cfg, source: str) -> None:
+    """Token budgets of a generation section (mine, infer) are consistent."""
+    budgets = [("max_new_tokens", cfg.max_new_tokens)]
+    if cfg.planner_max_new_tokens is not None:
+        budgets.append(("planner_max_new_tokens", cfg.planner_max_new_tokens))
+    for key, v in budgets:
+        if v < 1:
+            raise ConfigError(f"{source}: '{section}.{key}' must be >= 1, got {v}")
+    if cfg.min_new_tokens < 0:
+        raise ConfigError(f"{source}: '{section}.min_new_tokens' must be >= 0, got "
+                          f"{cfg.min_new_tokens}")
+
+
 @dataclass
 class MineConfig:
     n_samples: int = 1
@@ -162,6 +175,9 @@ class MineConfig:
     top_k: int = 0  # 0: no top-k filter
     planner_max_new_tokens: int | None = 8  # planner samples are short; null: max_new_tokens
     min_new_tokens: int = 1  # no stop token before this many new tokens (no empty samples)
+
+    def validate(self, source: str) -> None:
+        _check_lengths("mine", self, source)
 
 
 @dataclass
@@ -190,6 +206,9 @@ class InferConfig:
     planner_max_new_tokens: int | None = 8  # decoupled phase 1; null: max_new_tokens
     max_dialogues: int | None = 12  # predict only the first N dialogues (by id); null: all
     min_new_tokens: int = 1  # no stop token before this many new tokens (no empty predictions)
+
+    def validate(self, source: str) -> None:
+        _check_lengths("infer", self, source)
 
 
 @dataclass

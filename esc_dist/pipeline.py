@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import Recipe, dump_recipe
+from .ipm.judge import judge_version
 from .io import COMPLETED, atomic_write_json, atomic_write_text, read_json, sha256_json
 from .log import get_logger
 
@@ -48,6 +49,7 @@ class Stage:
     sections: tuple[str, ...]  # recipe sections it reads
     inputs: list[Path] = field(default_factory=list)  # outputs of earlier stages it consumes
     distributed: bool = False
+    code: str | None = None  # a version of the stage's own logic (judge rules), part of its key
 
 
 def plan(recipe: Recipe) -> list[Stage]:
@@ -81,7 +83,7 @@ def plan(recipe: Recipe) -> list[Stage]:
         mined, kept = run / "ipm" / f"mine-{role}", run / "prefdial" / role
         stages.append(Stage(f"judge-{role}", ["judge", "--role", role, "--pairs",
                                               str(mined / "pairs.jsonl"), "--out", str(kept)],
-                            kept, ("judge",), [mined]))
+                            kept, ("judge",), [mined], code=judge_version(recipe.judge)))
     for role in ROLES:
         stages.append(Stage(f"dpo-{role}", ["dpo", "--role", role,
                                             "--pairs", str(run / "prefdial" / role),
@@ -136,8 +138,11 @@ def stage_key(stage: Stage, recipe: Recipe) -> str:
             marker = done_marker(path)
         inputs.append([str(path), sha256_json(read_json(marker)) if marker.suffix == ".json"
                        and marker.is_file() else str(marker.is_file())])
-    return sha256_json({"args": stage.args, "config": {s: cfg[s] for s in stage.sections},
-                        "run_seed": recipe.run.seed, "inputs": inputs})
+    key = {"args": stage.args, "config": {s: cfg[s] for s in stage.sections},
+           "run_seed": recipe.run.seed, "inputs": inputs}
+    if stage.code is not None:
+        key["code"] = stage.code
+    return sha256_json(key)
 
 
 def clear_stale(stage: Stage, key: str, run: Path) -> None:

@@ -1,4 +1,5 @@
 import dataclasses
+import re
 
 import pytest
 
@@ -82,3 +83,13 @@ def test_recipe_round_trips_through_yaml(tmp_path):
     p.write_text(dump_recipe(r))
     assert load_recipe(p) == r
     assert dataclasses.asdict(r)["run"]["name"] == "rt"
+
+
+@pytest.mark.parametrize("override, message", [
+    ("mine.min_new_tokens=-1", "'mine.min_new_tokens' must be >= 0"),
+    ("infer.max_new_tokens=0", "'infer.max_new_tokens' must be >= 1"),
+    ("infer.planner_max_new_tokens=0", "'infer.planner_max_new_tokens' must be >= 1"),
+])
+def test_generation_budgets_are_checked(override, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_recipe(None, [override])

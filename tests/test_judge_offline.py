@@ -143,6 +143,15 @@ def test_tr3_content_free_reply():
     assert rules(dialogue(*OPEN, "yes"), "Ok.") == []  # a short message may get a short answer
 
 
+def test_tr4_perfunctory_reply():
+    h = dialogue(*OPEN, "My landlord raised the rent again and my roommate is moving out soon.")
+    assert rules(h, "That is good news.") == ["TR4"]  # five words, no question, no empathy
+    assert rules(h, "Is the roommate moving far?") == []  # a question engages
+    assert rules(h, "That sounds really hard.") == []  # an acknowledgement engages
+    assert rules(h, "Rent rises hit many tenants hard, and losing a roommate doubles it.") == []
+    assert rules(dialogue(*OPEN, "yes"), "That is good news.") == []  # still the opening phase
+
+
 # ---------------------------------------------------------------------------------------------
 # Strategy (planner) rules
 

@@ -25,6 +25,25 @@ def test_plan_covers_every_stage_in_order():
     assert "/models/qwen" in next(s for s in real if s.name == "sft-planner").args
 
 
+def test_judge_stage_key_follows_the_judge_rules(monkeypatch, tmp_path):
+    """New offline rules (a version bump) or another LLM judge make the judge stages stale;
+    other stages keep their keys."""
+    from esc_dist import pipeline
+    from esc_dist.ipm import judge
+
+    recipe = load_recipe(None, [f"run.output_dir={tmp_path}"])
+    keys = lambda r: {s.name: pipeline.stage_key(s, r) for s in plan(r)}  # noqa: E731
+    before = keys(recipe)
+    monkeypatch.setattr(judge, "OFFLINE_RULES_VERSION", "offline-rules-test")
+    after = keys(recipe)
+    assert {n for n in before if before[n] != after[n]} == {
+        "judge-planner", "judge-generator", "judge-vanilla"}
+    llm = load_recipe(None, [f"run.output_dir={tmp_path}", "judge.backend=openai"])
+    other = load_recipe(None, [f"run.output_dir={tmp_path}", "judge.backend=openai",
+                               "judge.model=another-model"])
+    assert keys(llm)["judge-planner"] != keys(other)["judge-planner"]
+
+
 def _pipeline(tmp_path, *extra):
     return subprocess.run(
         [sys.executable, "-m", "esc_dist", "pipeline", "--config",

@@ -91,6 +91,11 @@ Rules for a reply (generator pairs; vanilla pairs after removing the "[Strategy]
   fresh seeker message with at least three content words, the reply has no content word once
   backchannels ("I see", "ok", "yes", "great", "I understand", ...) are removed: "Why?", "Ok.",
   "Hello", "I see.".
+* **TR4 perfunctory reply** -> Template Response (body phase, unless TR1-TR3 fired): a reply of
+  at most five words that is neither a question nor an acknowledgement ("That's good.", "Yes I
+  did.", "Okay, I see that."): a token answer that could follow almost any message. (Added after
+  measuring the judge on FailedESConv: it flags about 2% of ESConv gold turns and 9% of the
+  turns of failed conversations; see ``benchmarks/judge_validity.py``.)
 
 Rules for a strategy (planner pairs), judged as the next move in the context:
 
@@ -132,6 +137,8 @@ ERRORS: tuple[str, ...] = (LACK_EMPATHY, EARLY_SHIFT, TEMPLATE)
 ROLES: tuple[str, ...] = ("planner", "generator", "vanilla")
 
 PROMPT_VERSION = "ipm-judge-v1"
+# Bump when an offline rule changes: outputs judged by other rules are then judged again.
+OFFLINE_RULES_VERSION = "offline-rules-v2"
 
 
 @dataclass(frozen=True)
@@ -418,7 +425,7 @@ def _repeats(reply: str, earlier: Sequence[Message]) -> str | None:
 
 def reply_findings(history: Iterable[Message | Mapping[str, Any]], reply: str,
                    context: Context | None = None) -> list[Finding]:
-    """The offline rules LE1, LE2, ES1, TR1-TR3 on one supporter reply (see the module doc)."""
+    """The offline rules LE1, LE2, ES1, TR1-TR4 on one supporter reply (see the module doc)."""
     ctx = context or Context.of(history)
     text = _norm(reply)
     words = content_words(reply)
@@ -456,6 +463,8 @@ def reply_findings(history: Iterable[Message | Mapping[str, Any]], reply: str,
         elif ctx.fresh and not content_words(_BACKCHANNEL.sub(" ", text)) and \
                 len(content_words(ctx.last_seeker)) >= 3:
             found.append(Finding(TEMPLATE, "TR3", "a content-free reply to a substantive message"))
+        elif len(text.split()) <= 5 and "?" not in text and not acknowledges(text):
+            found.append(Finding(TEMPLATE, "TR4", "a perfunctory reply of at most five words"))
     return found
 
 
@@ -675,6 +684,13 @@ def _judge_openai(pairs: Sequence[Mapping[str, Any]], cfg: JudgeConfig,
 
 # ---------------------------------------------------------------------------------------------
 # Entry point
+
+
+def judge_version(cfg: JudgeConfig) -> str:
+    """What the verdicts depend on besides the pairs: the rules, or the prompt and model."""
+    if cfg.backend == "offline":
+        return OFFLINE_RULES_VERSION
+    return f"{PROMPT_VERSION}:{cfg.model}"
 
 
 def judge_pairs(pairs: Sequence[Mapping[str, Any]], cfg: JudgeConfig,

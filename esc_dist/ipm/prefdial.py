@@ -31,7 +31,7 @@ from ..data.esconv import DataError
 from ..io import atomic_write_json, mark_completed, sha256_file, staged_dir, write_manifest
 from ..log import get_logger
 from ..strategies import STRATEGIES, normalize_strategy
-from .judge import ERRORS, ROLES, judge_pairs
+from .judge import ERRORS, ROLES, judge_pairs, judge_version
 
 log = get_logger(__name__)
 
@@ -303,6 +303,7 @@ def build_prefdial(pairs_jsonl: str | Path, out_dir: str | Path, cfg: JudgeConfi
         "inputs": {"pairs": {"path": str(pairs_jsonl), "sha256": input_sha}},
         "judge": redact(asdict(cfg)),
         "judge_name": "offline" if cfg.backend == "offline" else f"openai:{cfg.model}",
+        "judge_version": judge_version(cfg),
         "counts": {"pairs_in": stats["pairs_in"], "kept": stats["kept"],
                    "dropped": stats["dropped"], "kept_ratio": stats["kept_ratio"]},
     }

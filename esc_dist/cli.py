@@ -204,8 +204,14 @@ def main(argv: list[str] | None = None) -> int:
     from .log import quiet_libraries
 
     quiet_libraries()
+    from . import dist
+
+    rc = 1
     try:
-        return args.func(args)
+        rc = args.func(args)
     except (ConfigError, DataError) as e:
         print(f"esc-dist {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        rc = 2
+    finally:
+        dist.shutdown(ok=rc == 0)
+    return rc

@@ -152,6 +152,22 @@ def barrier() -> None:
         td.barrier()
 
 
+def shutdown(ok: bool = True) -> None:
+    """Tear the process group down before the interpreter exits: after a last barrier when the
+    command succeeded (no rank leaves while another still talks to the rendezvous store), then
+    ``destroy_process_group``. Left to interpreter exit, the teardown races with gloo's and the
+    store's threads and can abort a finished rank ("terminate called without an active
+    exception")."""
+    td = sys.modules.get("torch.distributed")  # never imported: nothing to tear down
+    if td is None or not (td.is_available() and td.is_initialized()):
+        return
+    try:
+        if ok and td.get_world_size() > 1:
+            td.barrier()
+    finally:
+        td.destroy_process_group()
+
+
 def all_gather_object(obj: Any) -> list[Any]:
     import torch.distributed as td
 

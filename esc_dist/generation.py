@@ -49,10 +49,11 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from . import dist
-from .io import atomic_write_json, atomic_write_text, model_fingerprint, read_json, sha256_json
+from .io import (atomic_write_json, atomic_write_text, model_fingerprint, read_json,
+                 read_manifest, sha256_json)
 from .log import get_logger
 
 log = get_logger(__name__)
@@ -359,7 +360,7 @@ class Replica:
         top_k = torch.tensor([x.top_k for x in s], dtype=torch.long, device=dev)
         limit = torch.tensor(max_new, device=dev)
         min_new = torch.tensor([x.min_new_tokens for x in s], device=dev)
-        stop_vocab = None
+        bar_steps = max(x.min_new_tokens for x in s)  # steps at which some row may not stop
 
         ids, mask = ids.to(dev), mask.to(dev)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
@@ -368,12 +369,12 @@ class Replica:
                                                                      first=True)
         next_pos = pos[:, -1:] + 1
         finished = torch.zeros(n, dtype=torch.bool, device=dev)
+        if bar_steps:
+            stop_vocab = torch.zeros(logits.shape[-1], dtype=torch.bool, device=dev)
+            stop_vocab[self.stop_ids[self.stop_ids < logits.shape[-1]]] = True
         out_tokens = []
         for step in range(steps):
-            if step < int(min_new.max()):  # too early to stop: bar the stop tokens
-                if stop_vocab is None:
-                    stop_vocab = torch.zeros(logits.shape[-1], dtype=torch.bool, device=dev)
-                    stop_vocab[self.stop_ids[self.stop_ids < logits.shape[-1]]] = True
+            if step < bar_steps:  # too early to stop: bar the stop tokens
                 bar = (min_new > step).unsqueeze(1) & stop_vocab.unsqueeze(0)
                 logits = logits.masked_fill(bar, float("-inf"))
             tok = choose_tokens(logits, do_sample, temperature, top_p, top_k, u[:, step])
@@ -701,6 +702,28 @@ def merge(work_dir: str | Path) -> list[dict]:
                          f"{expected[lost[0]]}.jsonl){f' and {len(lost) - 1} more' if len(lost) > 1 else ''}")
     records.sort(key=lambda r: r["id"])
     return records
+
+
+def finalize_on_main(out: str | Path, finalize: Callable[[], dict]) -> dict:
+    """Run ``finalize`` (merge the chunk files, write the output and its manifest) on rank 0
+    only and return the manifest on every rank; a failure on rank 0 is raised on every rank."""
+    error = None
+    if not dist.is_main():
+        _share_error(None)
+        return read_manifest(out)
+    try:
+        return finalize()
+    except Exception as e:  # tell the other ranks, then raise everywhere
+        error = f"{type(e).__name__}: {e}"
+        raise
+    finally:
+        _share_error(error)
+
+
+def _share_error(error: str | None) -> None:
+    errors = [e for e in dist.all_gather_object(error) if e]
+    if errors and not dist.is_main():
+        raise RuntimeError(f"rank 0 failed to merge: {errors[0]}")
 
 
 def claim_output(out: str | Path, job: dict, name: str) -> dict | None:

@@ -29,7 +29,8 @@ from typing import Any, Iterable, Mapping
 
 from . import __version__, dist, tracking
 from .config import ConfigError, InferConfig, Recipe
-from .generation import (EngineConfig, Sampling, WorkItem, claim_output, generate,
+from .generation import (EngineConfig, Sampling, WorkItem, claim_output, finalize_on_main,
+                         generate,
                          items_fingerprint, merge, model_fingerprint, throughput_summary,
                          write_jsonl)
 from .io import mark_completed, read_manifest, sha256_file, sha256_json, write_manifest
@@ -255,24 +256,18 @@ def infer(recipe: Recipe, mode: str, data_dir: str | Path | None = None,
         generation[phase] = generate(items, models[phase], out / "chunks" / phase,
                                      engine(phase), label=f"infer-{mode}-{phase}")
         log.info("%s", throughput_summary(generation[phase]))
-        error, manifest = None, None
-        if dist.is_main():
-            try:
-                manifest = finalize(out, job, generation, t0)
-                if run is not None:
-                    run.summary.update({f"infer/{k}": v for k, v in manifest["counts"].items()})
-                    for name, g in generation.items():
-                        for k in ("items_per_s", "tokens_per_s", "chunks_computed"):
-                            if g.get(k) is not None:
-                                run.summary[f"infer/{name}/{k}"] = g[k]
-            except Exception as e:
-                error = f"{type(e).__name__}: {e}"
-                raise
-            finally:
-                _share(error)
-        else:
-            _share(None)
-            manifest = read_manifest(out)
+
+        def write_output() -> dict:
+            manifest = finalize(out, job, generation, t0)
+            if run is not None:
+                run.summary.update({f"infer/{k}": v for k, v in manifest["counts"].items()})
+                for name, g in generation.items():
+                    for k in ("items_per_s", "tokens_per_s", "chunks_computed"):
+                        if g.get(k) is not None:
+                            run.summary[f"infer/{name}/{k}"] = g[k]
+            return manifest
+
+        manifest = finalize_on_main(out, write_output)
     finally:
         tracking.finish(run)
     if dist.is_main():
@@ -281,9 +276,3 @@ def infer(recipe: Recipe, mode: str, data_dir: str | Path | None = None,
                  mode, split, c["turns"], c["strategy_accuracy"], c["unparseable"],
                  out / "predictions.jsonl")
     return manifest
-
-
-def _share(error: str | None) -> None:
-    errors = [e for e in dist.all_gather_object(error) if e]
-    if errors and not dist.is_main():
-        raise RuntimeError(f"rank 0 failed to merge: {errors[0]}")

@@ -23,3 +23,13 @@ recipe_get() {  # recipe_get EXPR: a Python expression over `r`, the loaded reci
   python -c "import sys; from esc_dist.config import load_recipe; r = load_recipe(sys.argv[1], sys.argv[2:]); print($1)" "$recipe" "${overrides[@]}"
 }
 run_dir="$(recipe_get r.run.output_dir)"
+
+# launch_after STAGES SUBCOMMAND: run STAGES (plus tiny-model when no model.base is set) through
+# `esc-dist pipeline --only`, which skips finished ones, then SUBCOMMAND --role ROLE under the
+# launcher with the run's resolved recipe.
+launch_after() {
+  local needs="$1"
+  [[ "$(recipe_get r.model.base)" == "None" ]] && needs="$needs,tiny-model"
+  esc-dist pipeline --only "$needs" --config "$recipe" "${overrides[@]}"
+  exec "${launch[@]}" "$2" --role "$role" --config "$run_dir/recipe.yaml"
+}

@@ -5,7 +5,4 @@
 # through `esc-dist pipeline --only`, which skips finished ones).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_stage.sh"
-needs="prepare,sft-$role,mine-$role,judge-$role"
-[[ "$(recipe_get r.model.base)" == "None" ]] && needs="$needs,tiny-model"
-esc-dist pipeline --only "$needs" --config "$recipe" "${overrides[@]}"
-exec "${launch[@]}" dpo --role "$role" --config "$run_dir/recipe.yaml"
+launch_after "prepare,sft-$role,mine-$role,judge-$role" dpo

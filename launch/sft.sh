@@ -5,7 +5,4 @@
 # ones). LAUNCHER=torchrun|accelerate and NPROC override the launcher and process count.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_stage.sh"
-needs="prepare"
-[[ "$(recipe_get r.model.base)" == "None" ]] && needs="$needs,tiny-model"
-esc-dist pipeline --only "$needs" --config "$recipe" "${overrides[@]}"
-exec "${launch[@]}" sft --role "$role" --config "$run_dir/recipe.yaml"
+launch_after prepare sft

@@ -191,8 +191,9 @@ def test_zero3_loading_partitions_the_model(setup, tmp_path):
     assert sum(rep["local"] for rep in reports) >= full
 
 
-def test_labels_masked_outside_completion(setup, tmp_path, monkeypatch):
-    """The batches the trainer feeds the model: loss only on completion tokens, never on pads."""
+def in_process_trainer(setup, tmp_path, monkeypatch, role):
+    """An SFT trainer built in this process (one rank, no DeepSpeed, batch 4), not trained."""
+    from esc_dist import dist
     from esc_dist.config import load_recipe
     from esc_dist.train.common import stage_paths
     from esc_dist.train.sft import build_sft_trainer
@@ -201,12 +202,14 @@ def test_labels_masked_outside_completion(setup, tmp_path, monkeypatch):
         monkeypatch.delenv(k, raising=False)
     recipe = load_recipe(None, [f"run.output_dir={tmp_path}", "sft.deepspeed=null",
                                 "sft.per_device_train_batch_size=4", "wandb.mode=disabled"])
-    from esc_dist import dist
-
     dist.init(60)
-    trainer, tok, stats = build_sft_trainer(recipe, "vanilla", str(setup / "data"),
-                                            str(setup / "tiny"),
-                                            stage_paths(recipe, "sft", "vanilla"), None, False)
+    return build_sft_trainer(recipe, role, str(setup / "data"), str(setup / "tiny"),
+                             stage_paths(recipe, "sft", role), None, False)
+
+
+def test_labels_masked_outside_completion(setup, tmp_path, monkeypatch):
+    """The batches the trainer feeds the model: loss only on completion tokens, never on pads."""
+    trainer, tok, stats = in_process_trainer(setup, tmp_path, monkeypatch, "vanilla")
     assert stats["examples"] == 108 and stats["dropped_too_long"] == 0
     batch = next(iter(trainer.get_train_dataloader()))
     ids, labels, mask = batch["input_ids"], batch["labels"], batch["attention_mask"]
@@ -268,19 +271,7 @@ def test_plain_cpu_loss_equals_trl_fused_loss(setup, tmp_path, monkeypatch):
     from transformers import Trainer
     from trl import SFTTrainer
 
-    from esc_dist import dist
-    from esc_dist.config import load_recipe
-    from esc_dist.train.common import stage_paths
-    from esc_dist.train.sft import build_sft_trainer
-
-    for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        monkeypatch.delenv(k, raising=False)
-    recipe = load_recipe(None, [f"run.output_dir={tmp_path}", "sft.deepspeed=null",
-                                "sft.per_device_train_batch_size=4", "wandb.mode=disabled"])
-    dist.init(60)
-    trainer, _, _ = build_sft_trainer(recipe, "generator", str(setup / "data"),
-                                      str(setup / "tiny"), stage_paths(recipe, "sft", "generator"),
-                                      None, False)
+    trainer, _, _ = in_process_trainer(setup, tmp_path, monkeypatch, "generator")
     batch = next(iter(trainer.get_train_dataloader()))
     n = int((batch["labels"][:, 1:] != -100).sum())
     results = []

@@ -31,7 +31,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from .. import __version__, dist, tracking
 from ..config import ConfigError, MineConfig, Recipe
-from ..generation import (EngineConfig, Sampling, WorkItem, claim_output, generate,
+from ..generation import (EngineConfig, Sampling, WorkItem, claim_output, finalize_on_main,
+                          generate,
                           items_fingerprint, merge, model_fingerprint, throughput_summary,
                           write_jsonl)
 from ..io import (atomic_write_json, mark_completed, read_json, read_manifest, sha256_file,
@@ -290,19 +291,13 @@ def mine(recipe: Recipe, role: str, model_dir: str | Path | None = None,
     try:
         generation = generate(items, model_dir, out / CHUNKS, engine, label=f"mine-{role}")
         log.info("%s", throughput_summary(generation))
-        manifest, error = None, None
-        if dist.is_main():
-            try:
-                manifest = finalize(out, job, generation, t0)
-                _log_wandb(run, read_json(out / "stats.json"), generation)
-            except Exception as e:  # tell the other ranks, then raise everywhere
-                error = f"{type(e).__name__}: {e}"
-                raise
-            finally:
-                _share(error)
-        else:
-            _share(None)
-            manifest = read_manifest(out)
+
+        def write_output() -> dict:
+            manifest = finalize(out, job, generation, t0)
+            _log_wandb(run, read_json(out / "stats.json"), generation)
+            return manifest
+
+        manifest = finalize_on_main(out, write_output)
     finally:
         tracking.finish(run)
     if dist.is_main():
@@ -311,10 +306,4 @@ def mine(recipe: Recipe, role: str, model_dir: str | Path | None = None,
                  "in %s", role, c["turns"], c["samples"], c["pairs"], c["same_as_gold"],
                  c["unparseable"], out)
     return manifest
-
-
-def _share(error: str | None) -> None:
-    errors = [e for e in dist.all_gather_object(error) if e]
-    if errors and not dist.is_main():
-        raise RuntimeError(f"rank 0 failed to merge: {errors[0]}")
 

@@ -266,21 +266,32 @@ def test_lora_option_exports_a_merged_model(setup):
     assert changed and all("proj" in k for k in changed)  # only the LoRA-targeted layers moved
 
 
-def test_plain_cpu_loss_equals_trl_fused_loss(setup, tmp_path, monkeypatch):
-    """The CPU loss path gives the same loss and gradients as TRL's fused LM head (the GPU path)."""
+@pytest.mark.parametrize("role", ["planner", "generator"])
+def test_cpu_completion_loss_equals_trl_fused_and_full_logits_loss(setup, tmp_path, monkeypatch,
+                                                                    role):
+    """The CPU loss path (LM head on completion positions only) gives the same loss and
+    gradients as TRL's fused LM head (the GPU path) and as the plain full-logits loss."""
     from transformers import Trainer
     from trl import SFTTrainer
 
-    trainer, _, _ = in_process_trainer(setup, tmp_path, monkeypatch, "generator")
+    from esc_dist.train.sft import completion_loss
+
+    trainer, _, _ = in_process_trainer(setup, tmp_path, monkeypatch, role)
     batch = next(iter(trainer.get_train_dataloader()))
     n = int((batch["labels"][:, 1:] != -100).sum())
     results = []
-    for impl in (SFTTrainer.compute_loss, Trainer.compute_loss):
+    for impl in (SFTTrainer.compute_loss, Trainer.compute_loss, completion_loss,
+                 type(trainer).compute_loss):
         trainer.model.zero_grad()
         loss = impl(trainer, trainer.model, dict(batch), num_items_in_batch=torch.tensor(n))
         loss.backward()
         grads = torch.cat([p.grad.flatten() for p in trainer.model.parameters()])
         results.append((loss.item(), grads))
-    (fused, g_fused), (plain, g_plain) = results
-    assert abs(fused - plain) < 1e-5 * abs(plain), (fused, plain)
-    assert torch.allclose(g_fused, g_plain, atol=1e-6)
+    fused, g_fused = results[0]
+    for plain, g_plain in results[1:]:
+        assert abs(fused - plain) < 1e-5 * abs(plain), (fused, plain)
+        assert torch.allclose(g_fused, g_plain, atol=1e-6)
+    # without num_items_in_batch: the mean over this batch's completion tokens
+    trainer.model.zero_grad()
+    mean = completion_loss(trainer, trainer.model, dict(batch)).item()
+    assert abs(mean - fused) < 1e-5 * abs(fused), (mean, fused)

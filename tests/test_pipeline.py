@@ -44,13 +44,13 @@ def test_judge_stage_key_follows_the_judge_rules(monkeypatch, tmp_path):
     assert keys(llm)["judge-planner"] != keys(other)["judge-planner"]
 
 
-def _pipeline(tmp_path, *extra):
+def _pipeline(tmp_path, *extra, out=None, cwd=ROOT):
     return subprocess.run(
         [sys.executable, "-m", "esc_dist", "pipeline", "--config",
-         str(ROOT / "configs" / "tiny-cpu.yaml"), f"run.output_dir={tmp_path / 'run'}",
+         str(ROOT / "configs" / "tiny-cpu.yaml"), f"run.output_dir={out or tmp_path / 'run'}",
          f"data.esconv={TEST_DATA / 'tiny_esconv.json'}", "data.split=seeded",
          "data.split_fractions=[0.34,0.33,0.33]", "tiny_model.vocab_size=600", *extra],
-        capture_output=True, text=True, env=launch_env(), timeout=300, cwd=ROOT)
+        capture_output=True, text=True, env=launch_env(), timeout=300, cwd=cwd)
 
 
 def test_up_to_date_stages_are_skipped_and_changes_rerun(tmp_path):
@@ -72,6 +72,19 @@ def test_up_to_date_stages_are_skipped_and_changes_rerun(tmp_path):
     assert r.stdout.count("done in") == 2, r.stdout
     # the resolved recipe every stage reads, secrets redacted
     assert "split_seed: 5" in (run / "recipe.yaml").read_text()
+
+
+def test_the_run_directory_spelling_does_not_make_stages_stale(tmp_path):
+    """runs/x, ./runs/x and $PWD/runs/x are one run: nothing reruns and nothing is removed."""
+    r = _pipeline(tmp_path, "--only", "prepare,tiny-model", out="runs/x", cwd=tmp_path)
+    assert r.returncode == 0 and r.stdout.count("done in") == 2, r.stdout + r.stderr
+    model = tmp_path / "runs" / "x" / "models" / "tiny" / "model.safetensors"
+    mtime = model.stat().st_mtime_ns
+    for spelling in ("./runs/x", str(tmp_path / "runs" / "x"), "runs/../runs/x"):
+        r = _pipeline(tmp_path, "--only", "prepare,tiny-model", out=spelling, cwd=tmp_path)
+        assert r.returncode == 0 and r.stdout.count("up to date, skipped") == 2, \
+            (spelling, r.stdout + r.stderr)
+    assert model.stat().st_mtime_ns == mtime
 
 
 def test_failed_stage_stops_and_names_its_log(tmp_path):

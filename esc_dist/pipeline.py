@@ -129,6 +129,22 @@ def done_marker(out: Path) -> Path:
     return out / COMPLETED
 
 
+# facts of how a stage ran, not of what it produced: a rerun that gives the same output (a
+# deterministic stage run again, a resumed one) leaves the stages after it current
+RUN_FACTS = frozenset({"seconds", "generation_seconds", "load_seconds", "train_runtime_s",
+                       "items_per_s", "tokens_per_s", "per_rank", "git_commit", "resumed_from",
+                       "chunks_reused", "chunks_computed", "items_computed"})
+
+
+def content_of(manifest):
+    """A manifest without its run facts (recursively), for the keys of the stages it feeds."""
+    if isinstance(manifest, dict):
+        return {k: content_of(v) for k, v in manifest.items() if k not in RUN_FACTS}
+    if isinstance(manifest, list):
+        return [content_of(v) for v in manifest]
+    return manifest
+
+
 def stage_key(stage: Stage, recipe: Recipe) -> str:
     cfg = dataclasses.asdict(recipe)
     inputs = []
@@ -136,8 +152,9 @@ def stage_key(stage: Stage, recipe: Recipe) -> str:
         marker = path / "manifest.json"
         if not marker.is_file():
             marker = done_marker(path)
-        inputs.append([str(path), sha256_json(read_json(marker)) if marker.suffix == ".json"
-                       and marker.is_file() else str(marker.is_file())])
+        inputs.append([str(path), sha256_json(content_of(read_json(marker)))
+                       if marker.suffix == ".json" and marker.is_file()
+                       else str(marker.is_file())])
     key = {"args": stage.args, "config": {s: cfg[s] for s in stage.sections},
            "run_seed": recipe.run.seed, "inputs": inputs}
     if stage.code is not None:

@@ -87,6 +87,24 @@ def test_the_run_directory_spelling_does_not_make_stages_stale(tmp_path):
     assert model.stat().st_mtime_ns == mtime
 
 
+def test_a_rerun_with_the_same_output_leaves_later_stages_current(tmp_path):
+    """A stage run again that writes the same output with other run facts (time taken, git
+    commit) leaves the stages it feeds up to date; a change of its content does not."""
+    r = _pipeline(tmp_path, "--only", "prepare,tiny-model")
+    assert r.returncode == 0 and r.stdout.count("done in") == 2, r.stdout + r.stderr
+    manifest = tmp_path / "run" / "data" / "manifest.json"
+    data = json.loads(manifest.read_text())
+    manifest.write_text(json.dumps({**data, "seconds": data["seconds"] + 7.5,
+                                    "git_commit": "0" * 40}))
+    r = _pipeline(tmp_path, "--only", "prepare,tiny-model")
+    assert r.stdout.count("up to date, skipped") == 2, r.stdout
+    manifest.write_text(json.dumps({**data, "tasks": data["tasks"][:1]}))
+    r = _pipeline(tmp_path, "--only", "prepare,tiny-model")
+    lines = r.stdout.splitlines()
+    assert "skipped" in next(x for x in lines if "prepare" in x)
+    assert "done in" in next(x for x in lines if "tiny-model" in x), r.stdout
+
+
 def test_failed_stage_stops_and_names_its_log(tmp_path):
     r = _pipeline(tmp_path, "--only", "prepare,tiny-model,sft-planner",
                   "sft.deepspeed=/nonexistent/zero3.json")

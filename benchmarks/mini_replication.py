@@ -231,10 +231,10 @@ def render(results: dict) -> str:
     names = {"Q": "Q (macro-F1 %)", "weighted_f1": "weighted-F1 %", "accuracy": "accuracy %",
              "B": "B", "bleu_2": "BLEU-2 %", "rouge_l": "ROUGE-L %", "distinct_2": "Distinct-2 %",
              "unparseable": "unparseable"}
-    lines = [START, f"## Mini-replication on CPU ({len(seeds)} seed{'s' * (len(seeds) > 1)}): does Decoupled-DPO lower "
-             "preference bias?", "",
+    lines = [START, "## Mini-replication on CPU: does Decoupled-DPO lower preference bias?", "",
              f"Produced by `python benchmarks/mini_replication.py` on {results['date']}, "
-             f"{results['machine']}; recipe `configs/mini-cpu.yaml` (seeds {', '.join(seeds)}; "
+             f"{results['machine']}; recipe `configs/mini-cpu.yaml`, {len(seeds)} seed{'s' * (len(seeds) > 1)} "
+             f"({', '.join(seeds)}; "
              f"`run.seed` and `tiny_model.seed` both set to the seed). Test split of "
              f"DecoupledESC, {results['test_turns']} supporter turns; mean ± sample std over "
              "seeds. Strategy metrics count an unparseable prediction as *Others*. Every "

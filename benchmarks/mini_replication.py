@@ -18,13 +18,13 @@ Writes ``benchmarks/results/mini_replication.json`` (every number, per seed), th
 preference plots ``benchmarks/results/mini_replication/*.png``, and the section between the
 ``mini-replication`` markers of ``benchmarks/RESULTS.md``.
 
-Usage: python benchmarks/mini_replication.py [--seeds 0,1,2] [--sweep] [--skip-seeds] [--report-only]
+Usage: python benchmarks/mini_replication.py [--seeds 0,1,2] [--sweep] [--skip-seeds]
+       [--report-only]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import re
@@ -41,9 +41,10 @@ sys.path.insert(0, str(ROOT))
 from esc_dist.config import load_recipe  # noqa: E402
 from esc_dist.data.tasks import load_task  # noqa: E402
 from esc_dist.eval.plots import plot_preferences  # noqa: E402
-from esc_dist.eval.report import evaluate  # noqa: E402
+from esc_dist.eval.predictions import load_predictions  # noqa: E402
+from esc_dist.eval.report import evaluate, load_report  # noqa: E402
 from esc_dist.eval.strategy import strategy_metrics  # noqa: E402
-from esc_dist.io import COMPLETED, atomic_write_json, atomic_write_text  # noqa: E402
+from esc_dist.io import COMPLETED, atomic_write_json, atomic_write_text, read_json  # noqa: E402
 from esc_dist.pipeline import SYSTEM_TITLES, SYSTEMS, free_port, launcher_cmd, plan  # noqa: E402
 from esc_dist.strategies import STRATEGIES  # noqa: E402
 
@@ -67,13 +68,12 @@ def seed_overrides(seed: int, runs: Path) -> list[str]:
             f"run.output_dir={runs / f'seed-{seed}'}", f"run.name=mini-cpu-seed-{seed}"]
 
 
-def run_seed(config: Path, seed: int, runs: Path) -> dict:
-    """Run (or resume) one seed's pipeline; returns each stage's recorded seconds."""
-    overrides = seed_overrides(seed, runs)
-    cmd = [sys.executable, "-m", "esc_dist", "pipeline", "--config", str(config), *overrides]
+def run_seed(config: Path, seed: int, runs: Path) -> None:
+    """Run (or resume) one seed's pipeline."""
+    cmd = [sys.executable, "-m", "esc_dist", "pipeline", "--config", str(config),
+           *seed_overrides(seed, runs)]
     print(f"seed {seed}: {' '.join(cmd[3:])}", flush=True)
     subprocess.run(cmd, check=True, cwd=ROOT)
-    return stage_seconds(load_recipe(config, overrides))
 
 
 def stage_seconds(recipe) -> dict:
@@ -81,7 +81,7 @@ def stage_seconds(recipe) -> dict:
     for stage in plan(recipe):
         state = Path(stage.out) / "pipeline.json"
         if state.is_file():
-            out[stage.name] = json.loads(state.read_text()).get("seconds")
+            out[stage.name] = read_json(state).get("seconds")
     return out
 
 
@@ -132,9 +132,9 @@ def seed_results(runs: Path, seed: int) -> dict | None:
     reports = {s: run / "reports" / s / "report.json" for s in SYSTEMS}
     if not all(p.is_file() for p in reports.values()):
         return None
-    out = {s: scores_of_report(json.loads(p.read_text())) for s, p in reports.items()}
+    out = {s: scores_of_report(load_report(p)) for s, p in reports.items()}
     predicted = run / "predictions" / "decoupled-sft" / "predictions.jsonl"
-    ids = {json.loads(line)["id"] for line in predicted.read_text().splitlines() if line}
+    ids = {p.id for p in load_predictions(predicted)}
     out.update(baselines(run / "data", seed, ids))
     return out
 
@@ -172,7 +172,7 @@ def sweep(config: Path, runs: Path, seed: int, points) -> list[dict]:
                             "--out", str(out / "predictions"), "--config", str(config),
                             *overrides], out / "infer.log")
         report = evaluate(out / "predictions" / "predictions.jsonl", out / "report", name=tag)
-        manifest = json.loads((out / "planner" / "manifest.json").read_text())
+        manifest = read_json(out / "planner" / "manifest.json")
         results.append({"beta": beta, "learning_rate": lr, "sft_weight": sft_weight,
                         "steps": manifest.get("global_step"),
                         "final_reward_accuracy": manifest.get("final_reward_accuracy"),
@@ -188,7 +188,7 @@ def mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
     return float(np.mean(v)), (float(np.std(v, ddof=1)) if len(v) > 1 else None)
 
 
-def aggregate(per_seed: dict[int, dict]) -> dict:
+def aggregate(per_seed: dict[str, dict]) -> dict:
     systems = [*SYSTEMS, *BASELINES]
     agg = {}
     for s in systems:
@@ -233,8 +233,8 @@ def render(results: dict) -> str:
              "unparseable": "unparseable"}
     lines = [START, "## Mini-replication on CPU: does Decoupled-DPO lower preference bias?", "",
              f"Produced by `python benchmarks/mini_replication.py` on {results['date']}, "
-             f"{results['machine']}; recipe `configs/mini-cpu.yaml`, {len(seeds)} seed{'s' * (len(seeds) > 1)} "
-             f"({', '.join(seeds)}; "
+             f"{results['machine']}; recipe `configs/mini-cpu.yaml`, "
+             f"{len(seeds)} seed{'s' * (len(seeds) > 1)} ({', '.join(seeds)}; "
              f"`run.seed` and `tiny_model.seed` both set to the seed). Test split of "
              f"DecoupledESC, {results['test_turns']} supporter turns; mean ± sample std over "
              "seeds. Strategy metrics count an unparseable prediction as *Others*. Every "
@@ -297,7 +297,7 @@ def main() -> None:
     args = ap.parse_args()
     os.chdir(ROOT)  # the pipeline's stage keys hold the run paths as written
     seeds = [int(s) for s in args.seeds.split(",")]
-    previous = json.loads(OUT_JSON.read_text()) if OUT_JSON.is_file() else {}
+    previous = read_json(OUT_JSON) if OUT_JSON.is_file() else {}
     seconds = {}
     for seed in seeds:
         if not (args.report_only or args.skip_seeds):

@@ -30,8 +30,7 @@ from typing import Any, Iterable, Mapping
 from . import __version__, dist, tracking
 from .config import ConfigError, InferConfig, Recipe
 from .generation import (EngineConfig, Sampling, WorkItem, claim_output, finalize_on_main,
-                         generate,
-                         items_fingerprint, merge, model_fingerprint, throughput_summary,
+                         generate, items_fingerprint, merge, model_fingerprint, throughput_summary,
                          write_jsonl)
 from .io import mark_completed, read_manifest, sha256_file, sha256_json, write_manifest
 from .log import get_logger

@@ -32,8 +32,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from .. import __version__, dist, tracking
 from ..config import ConfigError, MineConfig, Recipe
 from ..generation import (EngineConfig, Sampling, WorkItem, claim_output, finalize_on_main,
-                          generate,
-                          items_fingerprint, merge, model_fingerprint, throughput_summary,
+                          generate, items_fingerprint, merge, model_fingerprint, throughput_summary,
                           write_jsonl)
 from ..io import (atomic_write_json, mark_completed, read_json, read_manifest, sha256_file,
                   sha256_json, write_manifest)

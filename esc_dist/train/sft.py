@@ -8,6 +8,8 @@ batch (see ``GlobalBatchLengthSampler``) or packed padding-free when flash atten
 
 from __future__ import annotations
 
+import functools
+import inspect
 from pathlib import Path
 
 from .. import dist, tracking
@@ -37,10 +39,13 @@ def sft_row(ex: dict, fit: PromptFitter) -> dict | None:
 
 
 def _accepts_logits_to_keep(model) -> bool:
-    import inspect
-
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "logits_to_keep" in inspect.signature(base.forward).parameters
+    return _forward_takes_logits_to_keep(type(base))
+
+
+@functools.cache
+def _forward_takes_logits_to_keep(cls) -> bool:  # once per model class, not once per step
+    return "logits_to_keep" in inspect.signature(cls.forward).parameters
 
 
 def completion_loss(trainer, model, inputs, return_outputs=False, num_items_in_batch=None):

@@ -258,10 +258,11 @@ def render(results: dict) -> str:
                   "generator; one run per point). The first row is the SFT planner itself.", "",
                   "| beta | lr | sft_weight | steps | reward acc. | Q % | weighted-F1 % | B | "
                   "accuracy % | unparseable |", "|---|---|---|---|---|---|---|---|---|---|"]
-        sft = results["per_seed"][str(results["sweep_seed"])]["decoupled-sft"]
-        lines.append("| – | – | – | 0 | – | " + " | ".join(
-            fmt(k, (sft[k], None)) for k in ("Q", "weighted_f1", "B", "accuracy",
-                                             "unparseable")) + " |")
+        sft = results["per_seed"].get(str(results["sweep_seed"]), {}).get("decoupled-sft")
+        if sft:
+            lines.append("| – | – | – | 0 | – | " + " | ".join(
+                fmt(k, (sft[k], None)) for k in ("Q", "weighted_f1", "B", "accuracy",
+                                                 "unparseable")) + " |")
         for r in results["sweep"]:
             acc = r["final_reward_accuracy"]
             lines.append(f"| {r['beta']:g} | {r['learning_rate']:g} | {r['sft_weight']:g} | "
@@ -309,9 +310,10 @@ def main() -> None:
     per_seed = {str(k): r for k in seeds if (r := seed_results(args.runs, k)) is not None}
     if not per_seed:
         raise SystemExit("no seed has finished all four reports yet")
-    sweep_rows = previous.get("sweep", [])
+    # a sweep not run now is carried over with the seed it was run on
+    sweep_rows, sweep_seed = previous.get("sweep", []), previous.get("sweep_seed", seeds[0])
     if args.sweep and not args.report_only:
-        sweep_rows = sweep(args.config, args.runs, seeds[0], SWEEP)
+        sweep_rows, sweep_seed = sweep(args.config, args.runs, seeds[0], SWEEP), seeds[0]
     results = {"date": time.strftime("%Y-%m-%d"),
                "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, "
                           f"{platform.system()}, Python {platform.python_version()}",
@@ -320,7 +322,7 @@ def main() -> None:
                "test_turns": next(iter(per_seed.values()))["decoupled-sft"]["turns"],
                "per_seed": per_seed, "aggregate": aggregate(per_seed),
                "seconds_per_seed": {k: v for k, v in seconds.items() if k in per_seed},
-               "sweep": sweep_rows, "sweep_seed": seeds[0]}
+               "sweep": sweep_rows, "sweep_seed": sweep_seed}
     OUT_JSON.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(OUT_JSON, results)
     plot_all(per_seed, results["aggregate"])

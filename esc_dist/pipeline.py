@@ -212,10 +212,15 @@ def canonical_output_dir(path: str) -> str:
     return os.path.relpath(full, cwd) if full.startswith(cwd.rstrip(os.sep) + os.sep) else full
 
 
+def resolve(recipe: Recipe) -> Recipe:
+    """The recipe as every stage and its key see it (one spelling of the run directory)."""
+    return dataclasses.replace(recipe, run=dataclasses.replace(
+        recipe.run, output_dir=canonical_output_dir(recipe.run.output_dir)))
+
+
 def run_pipeline(recipe: Recipe, only: list[str] | None = None, force: bool = False) -> Path:
     """Run (or resume) every stage; returns the comparison directory."""
-    recipe = dataclasses.replace(recipe, run=dataclasses.replace(
-        recipe.run, output_dir=canonical_output_dir(recipe.run.output_dir)))
+    recipe = resolve(recipe)
     run = Path(recipe.run.output_dir)
     run.mkdir(parents=True, exist_ok=True)
     recipe_file = run / "recipe.yaml"

@@ -26,10 +26,20 @@ run_dir="$(recipe_get r.run.output_dir)"
 
 # launch_after STAGES SUBCOMMAND: run STAGES (plus tiny-model when no model.base is set) through
 # `esc-dist pipeline --only`, which skips finished ones, then SUBCOMMAND --role ROLE under the
-# launcher with the run's resolved recipe.
+# launcher with the run's resolved recipe, recorded as done the way the pipeline records a stage
+# (slurm/stages.py), so that a later pipeline or launcher run finds it up to date and does not
+# train it again. An up-to-date stage is skipped unless FORCE=1.
 launch_after() {
-  local needs="$1"
+  local needs="$1" stage="$2-$role" stages=(python "$root/slurm/stages.py")
   [[ "$(recipe_get r.model.base)" == "None" ]] && needs="$needs,tiny-model"
   esc-dist pipeline --only "$needs" --config "$recipe" "${overrides[@]}"
-  exec "${launch[@]}" "$2" --role "$role" --config "$run_dir/recipe.yaml"
+  eval "$("${stages[@]}" show "$stage" "$recipe" "${overrides[@]}")"
+  if [[ $ESC_STAGE_CURRENT == 1 && -z ${FORCE:-} ]]; then
+    echo "$stage is up to date ($ESC_STAGE_OUT); FORCE=1 runs it again"
+    return 0
+  fi
+  "${stages[@]}" start "$stage" "$recipe" "${overrides[@]}"
+  local t0=$SECONDS
+  "${launch[@]}" "$2" --role "$role" --config "$run_dir/recipe.yaml"
+  "${stages[@]}" done "$stage" "$recipe" "${overrides[@]}" --seconds "$((SECONDS - t0))"
 }

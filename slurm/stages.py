@@ -47,7 +47,7 @@ def load(words: list[str]) -> Recipe:
         path = rest.pop(0)
     if rest:
         raise ConfigError(f"expected [RECIPE.yaml] [section.key=value ...], got {rest}")
-    return load_recipe(path, overrides)
+    return pipeline.resolve(load_recipe(path, overrides))
 
 
 def recipe_file(recipe: Recipe) -> Path:

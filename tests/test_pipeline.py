@@ -105,6 +105,31 @@ def test_a_rerun_with_the_same_output_leaves_later_stages_current(tmp_path):
     assert "done in" in next(x for x in lines if "tiny-model" in x), r.stdout
 
 
+def test_a_stage_trained_by_its_launch_script_is_current_for_the_pipeline(tmp_path):
+    """launch/sft.sh trains under the launcher and records the stage as `esc-dist pipeline`
+    does: a second launch/sft.sh, and the dependency run that launch/dpo.sh starts with, find
+    it up to date instead of training it again."""
+    short = ["sft.max_steps=3", "sft.per_device_train_batch_size=1"]
+    over = [f"run.output_dir={tmp_path / 'run'}", f"data.esconv={TEST_DATA / 'tiny_esconv.json'}",
+            "data.split=seeded", "data.split_fractions=[0.34,0.33,0.33]",
+            "tiny_model.vocab_size=600", *short]
+    sft = lambda: subprocess.run(  # noqa: E731
+        ["bash", str(ROOT / "launch" / "sft.sh"), "planner", "configs/tiny-cpu.yaml", *over],
+        capture_output=True, text=True, cwd=ROOT, timeout=300,
+        env=launch_env(LAUNCHER="torchrun", NPROC="2"))
+    r = sft()
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    out = tmp_path / "run" / "models" / "sft-planner"
+    assert json.loads((out / "pipeline.json").read_text())["stage"] == "sft-planner"
+    weights = out / "model.safetensors"
+    mtime = weights.stat().st_mtime_ns
+    r = sft()
+    assert r.returncode == 0 and "sft-planner is up to date" in r.stdout, r.stdout + r.stderr
+    r = _pipeline(tmp_path, "--only", "prepare,tiny-model,sft-planner", *short)
+    assert r.returncode == 0 and r.stdout.count("up to date, skipped") == 3, r.stdout + r.stderr
+    assert weights.stat().st_mtime_ns == mtime
+
+
 def test_failed_stage_stops_and_names_its_log(tmp_path):
     r = _pipeline(tmp_path, "--only", "prepare,tiny-model,sft-planner",
                   "sft.deepspeed=/nonexistent/zero3.json")

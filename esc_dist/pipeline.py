@@ -183,6 +183,13 @@ def is_current(stage: Stage, key: str) -> bool:
         read_json(state).get("key") == key
 
 
+def mark_current(stage: Stage, key: str, seconds: float | None) -> None:
+    """Record a finished stage as done for ``key`` (what ``is_current`` checks)."""
+    atomic_write_json(stage.out / "pipeline.json", {
+        "key": key, "stage": stage.name,
+        "seconds": round(seconds, 1) if seconds is not None else None})
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -260,8 +267,7 @@ def run_pipeline(recipe: Recipe, only: list[str] | None = None, force: bool = Fa
             tail = log_path.read_text(errors="replace").splitlines()[-15:]
             print("\n".join("    " + line for line in tail), file=sys.stderr)
             raise RuntimeError(f"stage {stage.name} failed; full log: {log_path}")
-        atomic_write_json(stage.out / "pipeline.json", {"key": key, "stage": stage.name,
-                                                        "seconds": round(time.time() - t0, 1)})
+        mark_current(stage, key, time.time() - t0)
         print(f" done in {time.time() - t0:.0f}s", flush=True)
     comparison = run / "reports" / "comparison"
     print(f"pipeline finished in {time.time() - t_all:.0f}s; comparison: "

@@ -33,7 +33,7 @@ if str(ROOT) not in sys.path:  # usable from a checkout without an installed pac
 
 from esc_dist.cli import split_overrides  # noqa: E402
 from esc_dist.config import ConfigError, Recipe, dump_recipe, load_recipe  # noqa: E402
-from esc_dist.io import atomic_write_json, atomic_write_text  # noqa: E402
+from esc_dist.io import atomic_write_text  # noqa: E402
 from esc_dist import pipeline  # noqa: E402
 
 TRAINING = ("sft", "dpo")  # stages that checkpoint on SIGUSR1 and resume from the checkpoint
@@ -173,9 +173,7 @@ def cmd_done(name: str, words: list[str], seconds: float | None) -> int:
         print(f"stages.py: stage {name} exited 0 but {stage.out} is not complete "
               f"(no {marker.name})", file=sys.stderr)
         return 1
-    atomic_write_json(stage.out / "pipeline.json", {
-        "key": pipeline.stage_key(stage, recipe), "stage": name,
-        "seconds": round(seconds, 1) if seconds is not None else None})
+    pipeline.mark_current(stage, pipeline.stage_key(stage, recipe), seconds)
     return 0
 
 

@@ -19,9 +19,7 @@ from typing import Any, Literal
 
 import yaml
 
-
-class ConfigError(ValueError):
-    pass
+from .errors import ConfigError
 
 
 # ---------------------------------------------------------------------------------------------

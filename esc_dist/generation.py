@@ -43,17 +43,17 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-import json
 import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 from . import dist
-from .io import (atomic_write_json, atomic_write_text, model_fingerprint, read_json,
-                 read_manifest, sha256_json)
+from .errors import ConfigError, MergeError, PlanMismatch
+from .io import (atomic_write_json, atomic_write_text, iter_jsonl, jsonl_line, model_fingerprint,
+                 read_json, read_manifest, sha256_json)
 from .log import get_logger
 
 log = get_logger(__name__)
@@ -64,14 +64,6 @@ CHUNK_PREFIX = "chunk-"
 # Test/debug knob: seconds to sleep after each written chunk (makes a run slow enough to be
 # interrupted at a known point). Not part of any result.
 _DELAY_ENV = "ESC_DIST_CHUNK_DELAY_S"
-
-
-class MergeError(ValueError):
-    """Chunk files that do not add up to the planned items; the message names the culprit."""
-
-
-class PlanMismatch(ValueError):
-    """A work directory that was planned for other inputs."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -472,10 +464,6 @@ def _record(item: WorkItem, result: dict) -> dict:
             "messages": item.messages, "meta": item.meta, **result}
 
 
-def _dumps(rec: dict) -> str:
-    return json.dumps(rec, ensure_ascii=False)
-
-
 def existing_chunks(work_dir: Path) -> set[str]:
     return {p.name[:-len(".jsonl")] for p in Path(work_dir).glob(f"{CHUNK_PREFIX}*.jsonl")}
 
@@ -613,7 +601,7 @@ def generate(items: Sequence[WorkItem], model_dir: str | Path, work_dir: str | P
                 seeds = [row_seed(cfg.seed, cfg.stream, it.seed_key, it.sample) for it in batch]
                 results = replica.generate_batch(batch, [plist[i] for i in b], seeds)
                 for it, res in zip(batch, results):
-                    lines.append(_dumps(_record(it, res)))
+                    lines.append(jsonl_line(_record(it, res)))
                     stats["prompt_tokens"] += res["prompt_tokens"]
                     stats["new_tokens"] += res["new_tokens"]
             atomic_write_text(chunk_path(work_dir, c.name), "\n".join(lines) + "\n")
@@ -676,26 +664,22 @@ def merge(work_dir: str | Path) -> list[dict]:
     seen: dict[str, str] = {}
     records = []
     for path in sorted(work_dir.glob(f"{CHUNK_PREFIX}*.jsonl")):
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                where = f"{path.name} line {n}"
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise MergeError(f"{work_dir}: {where}: invalid JSON ({e.msg})") from None
-                rid = rec.get("id") if isinstance(rec, dict) else None
-                if not isinstance(rid, str):
-                    raise MergeError(f"{work_dir}: {where}: a record without a string 'id'")
-                if rid not in expected:
-                    raise MergeError(f"{work_dir}: unknown id {rid!r} in {where} (not one of "
-                                     f"the {len(expected)} planned items)")
-                if rid in seen:
-                    raise MergeError(f"{work_dir}: duplicated id {rid!r}: in {seen[rid]} and "
-                                     f"{where}")
-                seen[rid] = where
-                records.append(rec)
+        def bad(line: int | None, problem: str, path: Path = path) -> MergeError:
+            return MergeError(problem, path=path, line=line)
+
+        for n, rec in iter_jsonl(path, bad):
+            where = f"{path.name} line {n}"
+            rid = rec.get("id") if isinstance(rec, dict) else None
+            if not isinstance(rid, str):
+                raise bad(n, "a record without a string 'id'")
+            if rid not in expected:
+                raise MergeError(f"{work_dir}: unknown id {rid!r} in {where} (not one of "
+                                 f"the {len(expected)} planned items)")
+            if rid in seen:
+                raise MergeError(f"{work_dir}: duplicated id {rid!r}: in {seen[rid]} and "
+                                 f"{where}")
+            seen[rid] = where
+            records.append(rec)
     lost = [i for i in expected if i not in seen]
     if lost:
         raise MergeError(f"{work_dir}: id {lost[0]!r} is missing (planned in "
@@ -735,7 +719,6 @@ def claim_output(out: str | Path, job: dict, name: str) -> dict | None:
     records the job in ``out/job.json`` (what ``esc-dist merge`` reads) and None is returned.
     Every rank calls this and reaches the same answer.
     """
-    from .config import ConfigError
     from .io import is_completed, read_manifest
 
     out = Path(out)
@@ -757,15 +740,6 @@ def claim_output(out: str | Path, job: dict, name: str) -> dict | None:
     return None
 
 
-def write_jsonl(path: str | Path, rows: Iterable[dict]) -> None:
-    """Atomically write JSON Lines (one compact object a line, key order kept)."""
-    atomic_write_text(path, "".join(_dumps(r) + "\n" for r in rows))
-
-
-def read_plan(work_dir: str | Path) -> dict:
-    return read_json(Path(work_dir) / PLAN)
-
-
 def throughput_summary(stats: dict) -> str:
     ips, tps = stats.get("items_per_s"), stats.get("tokens_per_s")
     if not stats.get("items_computed"):
@@ -776,7 +750,7 @@ def throughput_summary(stats: dict) -> str:
 
 
 __all__ = ["Sampling", "WorkItem", "EngineConfig", "MergeError", "PlanMismatch", "generate",
-           "merge", "write_jsonl", "choose_tokens", "row_seed", "model_fingerprint",
+           "merge", "choose_tokens", "row_seed", "model_fingerprint",
            "items_fingerprint", "plan_layout", "Replica", "load_tokenizer", "prompt_ids",
-           "read_plan", "throughput_summary", "resolve_prefill", "deterministic_cuda",
+           "throughput_summary", "resolve_prefill", "deterministic_cuda",
            "claim_output"]

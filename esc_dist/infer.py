@@ -28,17 +28,18 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from . import __version__, dist, tracking
-from .config import ConfigError, InferConfig, Recipe
+from .config import InferConfig, Recipe
+from .constants import MODES
+from .errors import ConfigError
 from .generation import (EngineConfig, Sampling, WorkItem, claim_output, finalize_on_main,
-                         generate, items_fingerprint, merge, model_fingerprint, throughput_summary,
-                         write_jsonl)
-from .io import mark_completed, read_manifest, sha256_file, sha256_json, write_manifest
+                         generate, items_fingerprint, merge, model_fingerprint, throughput_summary)
+from .io import (mark_completed, read_manifest, sha256_file, sha256_json, write_jsonl,
+                 write_manifest)
 from .log import get_logger
 from .strategies import parse_strategy, parse_tagged
 
 log = get_logger(__name__)
 
-MODES = ("decoupled", "vanilla")
 FALLBACK_STRATEGY = "Others"  # what the generator is conditioned on when the planner's is unparseable
 PREDICTION_KEYS = ("id", "dialogue_id", "turn_index", "gold_strategy", "gold_reply",
                    "pred_strategy", "pred_strategy_raw", "pred_reply", "mode")

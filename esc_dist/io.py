@@ -9,7 +9,9 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import IO, Any, Callable, Iterable, Iterator
+
+from .errors import DataError
 
 MANIFEST = "manifest.json"
 COMPLETED = "COMPLETED"
@@ -49,20 +51,28 @@ def model_fingerprint(model_dir: str | Path) -> str:
     return h.hexdigest()
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see the old file or the whole new one."""
+@contextmanager
+def atomic_writer(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
+    """A file opened for writing beside ``path`` that replaces ``path`` only when the block
+    succeeds, so readers see the old file or the whole new one (``mode`` "w" or "wb")."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` so that readers see the old file or the whole new one."""
+    with atomic_writer(path) as f:
+        f.write(text)
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
@@ -72,6 +82,61 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
 def read_json(path: str | os.PathLike) -> Any:
     with open(path, encoding="utf-8") as f:
         return json.load(f)
+
+
+def jsonl_line(rec: Any) -> str:
+    """One JSON Lines record, without the newline."""
+    return json.dumps(rec, ensure_ascii=False)
+
+
+def write_jsonl(path: str | os.PathLike, rows: Iterable[Any]) -> None:
+    """Write ``rows`` as JSON Lines, atomically."""
+    with atomic_writer(path) as f:
+        for rec in rows:
+            f.write(jsonl_line(rec) + "\n")
+
+
+def iter_jsonl(path: str | os.PathLike,
+               error: Callable[[int | None, str], Exception] | None = None
+               ) -> Iterator[tuple[int, Any]]:
+    """Yield ``(line number, record)`` for every non-blank line of a JSON Lines file.
+
+    A missing file, bytes that are not UTF-8, a line that is not JSON (``truncated JSON`` when
+    the last line has no newline: a file cut short) or nested too deeply raise
+    ``error(line, problem)``, by default a :class:`DataError` naming the file and the line.
+    """
+    path = Path(path)
+    if error is None:
+        def error(line: int | None, problem: str) -> Exception:
+            return DataError(path, problem, line=line)
+    try:
+        f = open(path, encoding="utf-8")
+    except FileNotFoundError:
+        raise error(None, "file not found") from None
+    except IsADirectoryError:
+        raise error(None, "is a directory, not a file") from None
+    except OSError as e:
+        raise error(None, f"cannot read ({e.strerror})") from None
+    with f:
+        lineno = 0
+        while True:
+            try:
+                line = f.readline()
+            except UnicodeDecodeError as e:
+                raise error(lineno + 1, f"not UTF-8 text ({e.reason})") from None
+            if not line:
+                return
+            lineno += 1
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                problem = "invalid JSON" if line.endswith("\n") else "truncated JSON"
+                raise error(lineno, f"{problem} ({e.msg} at column {e.colno})") from None
+            except RecursionError:
+                raise error(lineno, "JSON nested too deeply") from None
+            yield lineno, rec
 
 
 @contextmanager

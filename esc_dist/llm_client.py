@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from .errors import LLMError
 from .io import atomic_write_json
 from .log import get_logger
 
@@ -50,10 +51,6 @@ Messages = Sequence[dict]
 
 _LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "0.0.0.0"}
 _FATAL_STATUS = {401, 403, 404}
-
-
-class LLMError(RuntimeError):
-    """A configuration or protocol error that makes the whole batch pointless."""
 
 
 class JSONAnswerError(ValueError):

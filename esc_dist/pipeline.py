@@ -24,21 +24,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import Recipe, dump_recipe
+from .constants import ROLES, SYSTEM_TITLES, SYSTEMS
 from .ipm.judge import judge_version
 from .io import COMPLETED, atomic_write_json, atomic_write_text, read_json, sha256_json
 from .log import get_logger
 
 log = get_logger(__name__)
 
-ROLES = ("planner", "generator", "vanilla")
-SYSTEMS = {  # name → (mode, stage of the models)
-    "vanilla-sft": ("vanilla", "sft"),
-    "vanilla-dpo": ("vanilla", "dpo"),
-    "decoupled-sft": ("decoupled", "sft"),
-    "decoupled-dpo": ("decoupled", "dpo"),
-}
-SYSTEM_TITLES = {"vanilla-sft": "Vanilla-SFT", "vanilla-dpo": "Vanilla-DPO",
-                 "decoupled-sft": "Decoupled-SFT", "decoupled-dpo": "Decoupled-DPO"}
 
 
 @dataclass

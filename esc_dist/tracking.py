@@ -11,8 +11,9 @@ from __future__ import annotations
 import hashlib
 import netrc
 import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from .config import Recipe, WandbConfig, redact
 from .log import get_logger, rank
@@ -79,6 +80,21 @@ def start_run(recipe: Recipe, job_type: str, output_dir: str | Path,
     return run
 
 
-def finish(run) -> None:
+def finish(run, exit_code: int = 0) -> None:
     if run is not None:
-        run.finish()
+        run.finish(exit_code=exit_code)
+
+
+@contextmanager
+def stage_run(recipe: Recipe, job_type: str, output_dir: str | Path,
+              config: dict[str, Any] | None = None) -> Iterator[Any]:
+    """The W&B run of one stage invocation, the one way every stage opens and closes it: started
+    on rank 0 (None elsewhere or when disabled), finished when the block ends, marked failed
+    (exit code 1) when it ends with an exception."""
+    run = start_run(recipe, job_type, output_dir, config)
+    try:
+        yield run
+    except BaseException:
+        finish(run, exit_code=1)
+        raise
+    finish(run)

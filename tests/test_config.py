@@ -3,7 +3,8 @@ import re
 
 import pytest
 
-from esc_dist.config import ConfigError, Recipe, dump_recipe, load_recipe, redact
+from esc_dist.errors import ConfigError
+from esc_dist.config import Recipe, dump_recipe, load_recipe, redact
 from tests.conftest import ROOT
 
 

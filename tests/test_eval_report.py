@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from esc_dist.config import Recipe
-from esc_dist.eval.predictions import PredictionsError, load_predictions
+from esc_dist.errors import PredictionsError
+from esc_dist.eval.predictions import load_predictions
 from esc_dist.eval.report import (compare, confusion_with_unparseable, evaluate, load_report,
                                    log_comparison, log_report)
 from esc_dist.strategies import STRATEGIES

@@ -196,7 +196,7 @@ def test_generate_chunks_resume_and_merge_errors(setup, tmp_path):
 
 
 def test_claim_output_refuses_other_inputs(tmp_path):
-    from esc_dist.config import ConfigError
+    from esc_dist.errors import ConfigError
     from esc_dist.generation import claim_output
     from esc_dist.io import mark_completed, write_manifest
 

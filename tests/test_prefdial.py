@@ -11,7 +11,8 @@ from esc_dist.config import JudgeConfig
 from esc_dist.io import COMPLETED, read_json, sha256_file
 from esc_dist.ipm import prefdial
 from esc_dist.ipm.judge import EARLY_SHIFT, LACK_EMPATHY, TEMPLATE
-from esc_dist.ipm.prefdial import PairsError, build_prefdial, read_pairs
+from esc_dist.errors import PairsError
+from esc_dist.ipm.prefdial import build_prefdial, read_pairs
 from esc_dist.llm_client import ChatResult
 from esc_dist.strategies import STRATEGIES
 

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from esc_dist.data.esconv import DataError
+from esc_dist.errors import DataError
 from esc_dist.data.splits import load_split_file, seeded_split
 
 

@@ -13,26 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from ..errors import DataError
 from ..strategies import STRATEGIES, normalize_strategy, parse_tagged
 
 SEEKER, SUPPORTER = "seeker", "supporter"
 BLANK_SEEKER = " "  # inserted between two consecutive supporter utterances
 OPENING_SEEKER = "Hi"  # inserted when the supporter speaks first
-
-
-class DataError(ValueError):
-    """Bad input data; the message names the file, dialogue and utterance."""
-
-    def __init__(self, path: str | Path, problem: str, dialogue: int | None = None,
-                 utterance: int | None = None):
-        where = [str(path)]
-        if dialogue is not None:
-            where.append(f"dialogue {dialogue}")
-        if utterance is not None:
-            where.append(f"utterance {utterance}")
-        super().__init__(": ".join([", ".join(where), problem]) if len(where) > 1
-                         else f"{path}: {problem}")
-        self.path, self.dialogue, self.utterance, self.problem = str(path), dialogue, utterance, problem
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ import json
 import random
 from pathlib import Path
 
-from .esconv import DataError
+from ..errors import DataError
 
 SPLITS = ("train", "validation", "test")
 _KEY_ALIASES = {

@@ -11,26 +11,16 @@ Anything else is an error that names the file and the 1-based line number.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..data.esconv import DataError
+from ..constants import MODES
+from ..errors import PredictionsError
+from ..io import iter_jsonl
 from ..strategies import STRATEGIES
 
-MODES = ("decoupled", "vanilla")
 REQUIRED_KEYS = ("id", "dialogue_id", "turn_index", "gold_strategy", "gold_reply",
                  "pred_strategy", "pred_strategy_raw", "pred_reply", "mode")
-
-
-class PredictionsError(DataError):
-    """A bad predictions file; the message is ``PATH, line N: problem``."""
-
-    def __init__(self, path: str | Path, problem: str, line: int | None = None):
-        ValueError.__init__(self, f"{path}, line {line}: {problem}" if line is not None
-                            else f"{path}: {problem}")
-        self.path, self.line, self.problem = str(path), line, problem
-        self.dialogue = self.utterance = None
 
 
 @dataclass(frozen=True)
@@ -80,21 +70,9 @@ def load_predictions(path: str | Path) -> list[Prediction]:
     key, a gold strategy that is not one of the 8, or a value of the wrong type is an error.
     """
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise PredictionsError(path, "file not found") from None
-    except UnicodeDecodeError as e:
-        raise PredictionsError(path, f"not UTF-8 text ({e})") from None
     out: list[Prediction] = []
     seen: dict[str, int] = {}
-    for n, raw in enumerate(text.splitlines(), start=1):
-        if not raw.strip():
-            continue
-        try:
-            obj = json.loads(raw)
-        except json.JSONDecodeError as e:
-            raise PredictionsError(path, f"invalid JSON ({e.msg} at column {e.colno})", n) from None
+    for n, obj in iter_jsonl(path, lambda line, problem: PredictionsError(path, problem, line)):
         p = _check(obj, path, n)
         if p.id in seen:
             raise PredictionsError(path, f"duplicate id {p.id!r} (first on line {seen[p.id]})", n)

@@ -23,7 +23,8 @@ from ..io import atomic_write_json, atomic_write_text, read_json, sha256_file, s
 from ..strategies import STRATEGIES
 from .plots import plot_confusion, plot_preferences
 from .predictions import Prediction, load_predictions
-from .strategy import VARIANTS, strategy_metrics
+from ..constants import VARIANTS
+from .strategy import strategy_metrics
 from .text import MAX_BLEU, MAX_DISTINCT, text_metrics
 
 REPORT_JSON, REPORT_MD = "report.json", "report.md"

@@ -26,7 +26,6 @@ from sklearn.metrics import f1_score, precision_recall_fscore_support
 from ..strategies import STRATEGIES
 from .preference import fit_preferences
 
-VARIANTS = ("as_others", "excluded")
 OTHERS = "Others"
 
 

@@ -124,6 +124,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from ..config import JudgeConfig
+from ..constants import ROLES
 from ..data.esconv import SEEKER, SUPPORTER, Message
 from ..log import get_logger
 from ..strategies import DESCRIPTIONS, normalize_strategy, parse_tagged
@@ -134,7 +135,6 @@ LACK_EMPATHY = "Lack Empathy"
 EARLY_SHIFT = "Early Emotion Shift"
 TEMPLATE = "Template Response"
 ERRORS: tuple[str, ...] = (LACK_EMPATHY, EARLY_SHIFT, TEMPLATE)
-ROLES: tuple[str, ...] = ("planner", "generator", "vanilla")
 
 PROMPT_VERSION = "ipm-judge-v1"
 # Bump when an offline rule changes: outputs judged by other rules are then judged again.

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from .judge import ROLES
+from ..constants import ROLES
 
 
 def cmd_judge(args: argparse.Namespace) -> int:

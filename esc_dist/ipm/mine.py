@@ -30,19 +30,18 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from .. import __version__, dist, tracking
-from ..config import ConfigError, MineConfig, Recipe
+from ..config import MineConfig, Recipe
+from ..constants import ROLES, UNPARSEABLE
+from ..errors import ConfigError
 from ..generation import (EngineConfig, Sampling, WorkItem, claim_output, finalize_on_main,
-                          generate, items_fingerprint, merge, model_fingerprint, throughput_summary,
-                          write_jsonl)
+                          generate, items_fingerprint, merge, model_fingerprint, throughput_summary)
 from ..io import (atomic_write_json, mark_completed, read_json, read_manifest, sha256_file,
-                  sha256_json, write_manifest)
+                  sha256_json, write_jsonl, write_manifest)
 from ..log import get_logger
 from ..strategies import STRATEGIES, format_tagged, parse_strategy, parse_tagged
 
 log = get_logger(__name__)
 
-ROLES = ("planner", "generator", "vanilla")
-UNPARSEABLE = "unparseable"
 CHUNKS = "chunks"
 
 

@@ -18,7 +18,6 @@ leaves the previous output as it was.
 
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter
 from dataclasses import asdict
@@ -27,30 +26,20 @@ from typing import Any, Iterator, Mapping, Sequence
 
 from .. import __version__
 from ..config import JudgeConfig, Recipe, redact
-from ..data.esconv import DataError
-from ..io import atomic_write_json, mark_completed, sha256_file, staged_dir, write_manifest
+from ..constants import ROLES, UNPARSEABLE
+from ..errors import PairsError
+from ..io import iter_jsonl, write_jsonl, atomic_write_json, mark_completed, sha256_file, staged_dir, write_manifest
 from ..log import get_logger
 from ..strategies import STRATEGIES, normalize_strategy
-from .judge import ERRORS, ROLES, judge_pairs, judge_version
+from .judge import ERRORS, judge_pairs, judge_version
 
 log = get_logger(__name__)
 
-UNPARSEABLE = "unparseable"
 PAIR_KEYS: tuple[str, ...] = ("id", "turn_id", "role", "prompt", "history", "gold_strategy",
                               "gold_reply", "chosen", "rejected", "sampled_strategy",
                               "sampled_reply", "parse_error")
 _PROMPT_ROLES = {"system", "user", "assistant"}
 _HISTORY_ROLES = {"seeker", "supporter"}
-
-
-class PairsError(DataError):
-    """A bad record in a pairs file; the message names the file and the line."""
-
-    def __init__(self, path: str | Path, line: int | None, problem: str):
-        where = f"{path}, line {line}" if line is not None else str(path)
-        ValueError.__init__(self, f"{where}: {problem}")
-        self.path, self.line, self.problem = str(path), line, problem
-        self.dialogue = self.utterance = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -109,35 +98,14 @@ def _check_pair(rec: Any, path: Path, line: int, role: str | None) -> dict:
 def iter_pairs(path: str | Path, role: str | None = None) -> Iterator[tuple[int, dict]]:
     """Yield (line number, pair) from a pairs file, validating each record."""
     path = Path(path)
-    try:
-        f = open(path, encoding="utf-8")
-    except FileNotFoundError:
-        raise PairsError(path, None, "file not found") from None
     seen: dict[str, int] = {}
-    with f:
-        lineno = 0
-        while True:
-            try:
-                line = f.readline()
-            except UnicodeDecodeError as e:
-                raise PairsError(path, lineno + 1, f"not UTF-8 text ({e.reason})") from None
-            if not line:
-                break
-            lineno += 1
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                # An unfinished last line (no newline) is most likely a file cut short.
-                problem = "invalid JSON" if line.endswith("\n") else "truncated JSON"
-                raise PairsError(path, lineno, f"{problem} ({e.msg} at column {e.colno})") from None
-            pair = _check_pair(rec, path, lineno, role)
-            if pair["id"] in seen:
-                raise PairsError(path, lineno, f"duplicate id {pair['id']!r} (first on line "
-                                               f"{seen[pair['id']]})")
-            seen[pair["id"]] = lineno
-            yield lineno, pair
+    for lineno, rec in iter_jsonl(path, lambda line, problem: PairsError(path, line, problem)):
+        pair = _check_pair(rec, path, lineno, role)
+        if pair["id"] in seen:
+            raise PairsError(path, lineno, f"duplicate id {pair['id']!r} (first on line "
+                                           f"{seen[pair['id']]})")
+        seen[pair["id"]] = lineno
+        yield lineno, pair
 
 
 def read_pairs(path: str | Path, role: str | None = None) -> list[dict]:
@@ -241,13 +209,6 @@ def save_dataset(pairs: Sequence[Mapping[str, Any]], path: Path) -> None:
         str(path), num_shards=1 if not rows else None)
 
 
-def _write_jsonl(path: Path, rows) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-        f.flush()
-
-
 def _log_wandb(run, stats: dict) -> None:
     import wandb
 
@@ -310,8 +271,8 @@ def build_prefdial(pairs_jsonl: str | Path, out_dir: str | Path, cfg: JudgeConfi
     if recipe is not None:
         manifest["recipe"] = redact(recipe.to_dict())
     with staged_dir(out_dir) as tmp:
-        _write_jsonl(tmp / "judged.jsonl", ({**p, "verdict": v} for p, v in zip(pairs, verdicts)))
-        _write_jsonl(tmp / "pairs.jsonl", kept)
+        write_jsonl(tmp / "judged.jsonl", ({**p, "verdict": v} for p, v in zip(pairs, verdicts)))
+        write_jsonl(tmp / "pairs.jsonl", kept)
         save_dataset(kept, tmp / "dataset")
         atomic_write_json(tmp / "stats.json", stats)
         manifest["seconds"] = round(time.time() - t0, 2)

@@ -21,13 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__, dist
-from ..config import ConfigError, Recipe, TrainConfig, redact
+from ..config import Recipe, TrainConfig, redact
+from ..errors import ConfigError
 from ..io import COMPLETED, atomic_write_json, mark_completed, read_json, sha256_json, staged_dir
 from ..log import get_logger
 
 log = get_logger(__name__)
 
-ROLES = ("planner", "generator", "vanilla")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -21,7 +21,8 @@ from .. import dist, tracking
 from ..config import Recipe
 from ..io import COMPLETED, model_fingerprint, read_manifest, sha256_json
 from ..log import get_logger
-from .common import (ROLES, TrainerExtras, base_manifest, checkpoint_callback, deepspeed_config,
+from ..constants import ROLES
+from .common import (TrainerExtras, base_manifest, checkpoint_callback, deepspeed_config,
                      export_model, find_resume_checkpoint, load_policy, load_tokenizer,
                      preemption_callback, prepare_resume, stage_paths, summarize_history,
                      require_one_global_batch, trainer_arguments, training_key, was_preempted,

@@ -17,7 +17,8 @@ from ..config import Recipe
 from ..data.tasks import load_task
 from ..io import model_fingerprint, read_manifest, sha256_json
 from ..log import get_logger
-from .common import (ROLES, TrainerExtras, base_manifest, checkpoint_callback, deepspeed_config,
+from ..constants import ROLES
+from .common import (TrainerExtras, base_manifest, checkpoint_callback, deepspeed_config,
                      default_base_model, export_model, find_resume_checkpoint, load_policy,
                      load_tokenizer, preemption_callback, prepare_resume, stage_paths,
                      require_one_global_batch, summarize_history, trainer_arguments,

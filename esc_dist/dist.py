@@ -40,10 +40,19 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port that is free on this host now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def slurm_master_port(job_id: str | int | None = None) -> int:
+    """The rendezvous port of a Slurm job (``slurm/common.sh`` asks for it too): a base plus the
+    job id, so that jobs sharing a node do not collide."""
+    if job_id is None:
+        job_id = os.environ.get("SLURM_JOB_ID", "0")
+    return 29500 + int(job_id) % 2000
 
 
 def launcher_env() -> None:
@@ -59,8 +68,7 @@ def launcher_env() -> None:
         if "MASTER_ADDR" not in os.environ:
             nodes = os.environ.get("SLURM_JOB_NODELIST", "127.0.0.1")
             os.environ["MASTER_ADDR"] = _first_host(nodes)
-        os.environ.setdefault("MASTER_PORT", str(29500 + int(os.environ.get("SLURM_JOB_ID", "0"))
-                                                 % 1000))
+        os.environ.setdefault("MASTER_PORT", str(slurm_master_port()))
     os.environ.setdefault("RANK", "0")
     os.environ.setdefault("LOCAL_RANK", "0")
     os.environ.setdefault("WORLD_SIZE", "1")
@@ -69,7 +77,7 @@ def launcher_env() -> None:
         if world_size() > 1:
             raise RuntimeError("WORLD_SIZE > 1 but MASTER_PORT is not set: start several processes "
                                "with a launcher (torchrun, deepspeed, accelerate launch, srun)")
-        os.environ["MASTER_PORT"] = str(_free_port())
+        os.environ["MASTER_PORT"] = str(free_port())
 
 
 def _first_host(nodelist: str) -> str:

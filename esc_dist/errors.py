@@ -66,6 +66,10 @@ class PredictionsError(DataError):
         super().__init__(path, problem, line=line)
 
 
+class MissingInput(EscError, FileNotFoundError):
+    """An input (file, directory, model, finished stage) that is not where it was named."""
+
+
 class MergeError(EscError, ValueError):
     """Chunk files of a generation stage that do not add up to the planned items."""
 

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Callable, Iterable, Iterator
 
-from .errors import DataError
+from .errors import DataError, MissingInput
 
 MANIFEST = "manifest.json"
 COMPLETED = "COMPLETED"
@@ -34,7 +34,7 @@ def model_fingerprint(model_dir: str | Path) -> str:
     tokenizer, manifest) in full, each weight file by name, size and its first and last MiB."""
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
-        raise FileNotFoundError(f"model directory not found: {model_dir}")
+        raise MissingInput("model directory not found", path=model_dir)
     h = hashlib.sha256()
     for p in sorted(model_dir.iterdir()):
         if not p.is_file() or p.name.startswith("."):

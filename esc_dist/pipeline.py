@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,8 @@ from pathlib import Path
 
 from .config import Recipe, dump_recipe
 from .constants import ROLES, SYSTEM_TITLES, SYSTEMS
+from .dist import free_port
+from .errors import ConfigError, StageError
 from .ipm.judge import judge_version
 from .io import COMPLETED, atomic_write_json, atomic_write_text, read_json, sha256_json
 from .log import get_logger
@@ -182,25 +183,33 @@ def mark_current(stage: Stage, key: str, seconds: float | None) -> None:
         "seconds": round(seconds, 1) if seconds is not None else None})
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def launcher_cmd(recipe: Recipe, port: int, distributed: bool) -> list[str]:
+def launcher_cmd(launcher: str, nproc: int, port: int, cpu: bool = False) -> list[str]:
+    """The command that starts ``python -m esc_dist`` on ``nproc`` ranks with ``launcher``
+    (deepspeed, torchrun, accelerate; "python" is one plain process); arguments follow it.
+    ``cpu`` asks accelerate for CPU ranks even where a GPU is visible."""
     bin_dir = Path(sys.executable).parent
-    n = recipe.pipeline.nproc
-    if not distributed:
+    if launcher == "python":
         return [sys.executable, "-m", "esc_dist"]
-    if recipe.pipeline.launcher == "torchrun":
-        return [str(bin_dir / "torchrun"), f"--nproc_per_node={n}", f"--master_port={port}",
+    if launcher == "torchrun":
+        return [str(bin_dir / "torchrun"), f"--nproc_per_node={nproc}", f"--master_port={port}",
                 "-m", "esc_dist"]
-    if recipe.pipeline.launcher == "deepspeed":
-        return [str(bin_dir / "deepspeed"), f"--num_gpus={n}", f"--master_port={port}",
+    if launcher == "deepspeed":
+        return [str(bin_dir / "deepspeed"), f"--num_gpus={nproc}", f"--master_port={port}",
                 "--module", "esc_dist"]
-    return [str(bin_dir / "accelerate"), "launch", f"--num_processes={n}",
-            f"--main_process_port={port}", "-m", "esc_dist"]
+    if launcher == "accelerate":
+        return [str(bin_dir / "accelerate"), "launch", *(["--cpu"] if cpu else []),
+                f"--num_processes={nproc}", f"--main_process_port={port}", "-m", "esc_dist"]
+    raise ConfigError(f"unknown launcher {launcher!r} (deepspeed, torchrun, accelerate, python)")
+
+
+def stage_cmd(recipe: Recipe, stage: Stage, index: int) -> list[str]:
+    """The whole command of a stage, exactly as the pipeline runs it (``index``: its number,
+    which picks its port when ``pipeline.master_port`` is set)."""
+    p = recipe.pipeline
+    port = p.master_port + index if p.master_port else free_port()
+    launcher = p.launcher if stage.distributed else "python"
+    return launcher_cmd(launcher, p.nproc, port) + stage.args + [
+        "--config", str(recipe_file(recipe))]
 
 
 def canonical_output_dir(path: str) -> str:
@@ -217,19 +226,64 @@ def resolve(recipe: Recipe) -> Recipe:
         recipe.run, output_dir=canonical_output_dir(recipe.run.output_dir)))
 
 
+def recipe_file(recipe: Recipe) -> Path:
+    return Path(recipe.run.output_dir) / "recipe.yaml"
+
+
+def write_recipe(recipe: Recipe) -> Path:
+    """The resolved recipe that every stage command reads (``RUN/recipe.yaml``)."""
+    path = recipe_file(recipe)
+    atomic_write_text(path, dump_recipe(recipe))
+    return path
+
+
+def find_stage(recipe: Recipe, name: str) -> tuple[int, Stage]:
+    """(number from 1, stage) of the stage called ``name``."""
+    stages = plan(recipe)
+    for i, s in enumerate(stages, 1):
+        if s.name == name:
+            return i, s
+    raise ConfigError(f"unknown stage {name!r}; the stages of this recipe are "
+                      f"{', '.join(s.name for s in stages)}")
+
+
+def run_stage(recipe: Recipe, stage: Stage, index: int, log_path: Path | None = None) -> float:
+    """Run one stage as the pipeline does: clear what it left for other inputs, run its command
+    (output to ``log_path``, else to this terminal), check that its output is complete and record
+    it as current. Returns the seconds it took; raises :class:`StageError` when it fails."""
+    key = stage_key(stage, recipe)
+    clear_stale(stage, key, Path(recipe.run.output_dir))
+    cmd = stage_cmd(recipe, stage, index)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    t0 = time.time()
+    if log_path is None:
+        rc = subprocess.run(cmd, env=env).returncode
+    else:
+        with open(log_path, "w") as f:
+            f.write(" ".join(cmd) + "\n")
+            f.flush()
+            rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env).returncode
+    seconds = time.time() - t0
+    if rc != 0 or not done_marker(stage.out).is_file():
+        why = f"exit {rc}" if rc != 0 else f"exit 0 but no {done_marker(stage.out).name}"
+        raise StageError(f"stage {stage.name} failed after {seconds:.0f}s ({why})"
+                         + (f"; full log: {log_path}" if log_path else ""))
+    mark_current(stage, key, seconds)
+    return seconds
+
+
 def run_pipeline(recipe: Recipe, only: list[str] | None = None, force: bool = False) -> Path:
     """Run (or resume) every stage; returns the comparison directory."""
     recipe = resolve(recipe)
     run = Path(recipe.run.output_dir)
     run.mkdir(parents=True, exist_ok=True)
-    recipe_file = run / "recipe.yaml"
-    atomic_write_text(recipe_file, dump_recipe(recipe))
+    write_recipe(recipe)
     stages = plan(recipe)
     if only:
         unknown = set(only) - {s.name for s in stages}
         if unknown:
-            raise ValueError(f"unknown stage(s) {sorted(unknown)}; stages are "
-                             f"{[s.name for s in stages]}")
+            raise ConfigError(f"unknown stage(s) {sorted(unknown)}; stages are "
+                              f"{[s.name for s in stages]}")
     logs = run / "logs"
     logs.mkdir(exist_ok=True)
     t_all = time.time()
@@ -237,31 +291,69 @@ def run_pipeline(recipe: Recipe, only: list[str] | None = None, force: bool = Fa
         if only and stage.name not in only:
             continue
         head = f"[{i:2d}/{len(stages)}] {stage.name:<20}"
-        key = stage_key(stage, recipe)
-        if not force and is_current(stage, key):
+        if not force and is_current(stage, stage_key(stage, recipe)):
             print(f"{head} up to date, skipped", flush=True)
             continue
-        clear_stale(stage, key, run)
-        port = recipe.pipeline.master_port + i if recipe.pipeline.master_port else free_port()
-        cmd = launcher_cmd(recipe, port, stage.distributed) + stage.args + [
-            "--config", str(recipe_file)]
         log_path = logs / f"{stage.name}.log"
         where = f"{recipe.pipeline.nproc} ranks" if stage.distributed else "1 process"
         print(f"{head} running on {where} ...", end="", flush=True)
         t0 = time.time()
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        with open(log_path, "w") as f:
-            f.write(" ".join(cmd) + "\n")
-            f.flush()
-            r = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
-        if r.returncode != 0 or not done_marker(stage.out).is_file():
-            print(f" FAILED after {time.time() - t0:.0f}s (exit {r.returncode})", flush=True)
+        try:
+            seconds = run_stage(recipe, stage, i, log_path)
+        except StageError:
+            print(f" FAILED after {time.time() - t0:.0f}s", flush=True)
             tail = log_path.read_text(errors="replace").splitlines()[-15:]
             print("\n".join("    " + line for line in tail), file=sys.stderr)
-            raise RuntimeError(f"stage {stage.name} failed; full log: {log_path}")
-        mark_current(stage, key, time.time() - t0)
-        print(f" done in {time.time() - t0:.0f}s", flush=True)
+            raise
+        print(f" done in {seconds:.0f}s", flush=True)
     comparison = run / "reports" / "comparison"
     print(f"pipeline finished in {time.time() - t_all:.0f}s; comparison: "
           f"{comparison / 'comparison.md'}", flush=True)
     return comparison
+
+
+# ---------------------------------------------------------------------------------------------
+# The pipeline as Slurm jobs (`esc-dist stage jobs`, read by slurm/submit_pipeline.sh)
+
+TRAINING = ("sft", "dpo")  # stages that checkpoint on SIGUSR1 and resume from the checkpoint
+
+
+@dataclass
+class Job:
+    name: str
+    template: str  # slurm/<template>.sbatch
+    env: dict[str, str]
+    stages: list[str] = field(default_factory=list)
+    deps: set[str] = field(default_factory=set)
+
+
+def job_of(stage: Stage) -> tuple[str, str, dict[str, str]]:
+    """(job name, template, environment) of the Slurm job that runs ``stage``."""
+    name = stage.name
+    kind, _, rest = name.partition("-")
+    if name in ("prepare", "tiny-model"):
+        return "prepare", "single", {}
+    if kind in TRAINING and stage.distributed:
+        return name, "train", {"STAGE": kind, "ROLE": rest}
+    if kind == "mine" and stage.distributed:
+        return name, "mine", {"ROLE": rest}
+    if kind in ("infer", "eval") and rest in SYSTEMS:
+        return f"infer-{rest}", "infer_eval", {"SYSTEM": rest}
+    # anything else (judge, compare, stages added later): one job per stage
+    return name, ("stage" if stage.distributed else "single"), {}
+
+
+def slurm_jobs(recipe: Recipe) -> list[Job]:
+    """The jobs of a whole pipeline in dependency order, each with the jobs it waits for."""
+    jobs: dict[str, Job] = {}
+    producer: dict[Path, str] = {}
+    for s in plan(recipe):
+        name, template, env = job_of(s)
+        job = jobs.setdefault(name, Job(name, template, env))
+        job.stages.append(s.name)
+        job.deps |= {producer[p] for p in s.inputs if p in producer} - {name}
+        producer[s.out] = name
+    for job in jobs.values():
+        if job.template in ("single", "stage"):
+            job.env = {"STAGE": ",".join(job.stages)}
+    return list(jobs.values())

@@ -2,7 +2,7 @@
 #
 # A template calls `esc_job STAGE... -- [RECIPE.yaml] [section.key=value ...]`, which runs the
 # named pipeline stages in order, each exactly as `esc-dist pipeline` would (command, output,
-# "up to date" check: see slurm/stages.py), skipping those already finished:
+# "up to date" check: see `esc-dist stage --help`), skipping those already finished:
 #   * distributed stages (training, mining, inference): `srun` starts one torchrun per node,
 #     joined by a c10d rendezvous on the first node of the allocation; NPROC_PER_NODE ranks per
 #     node (default: the node's GPUs, else 1 CPU rank with gloo);
@@ -20,7 +20,7 @@
 #   ESC_DIST_VENV     a virtual environment to activate (default: the one whose `esc-dist` is on
 #                     PATH, else ESC_DIST_ROOT/.venv)
 #   NPROC_PER_NODE    ranks per node (default: GPUs on the node, 1 without GPUs)
-#   ESC_MASTER_PORT   rendezvous port (default: 29500 + job id % 2000)
+#   ESC_MASTER_PORT   rendezvous port (default: esc_dist.dist.slurm_master_port, from the job id)
 #   FORCE=1           rerun stages even when up to date (first attempt only)
 #   ESC_MAX_REQUEUES  give up after this many self-requeues (default 100)
 #   NCCL_SOCKET_IFNAME, NCCL_DEBUG (default WARN), NCCL_*: passed to NCCL as usual
@@ -63,7 +63,7 @@ esc_gpus_on_node() {  # GPUs this job may use on the first node (0 without a wor
 esc_cluster_env() {
   ESC_NNODES=${SLURM_NNODES:-1}
   MASTER_ADDR=$(scontrol show hostnames "${SLURM_JOB_NODELIST:-$(hostname)}" | head -n 1)
-  ESC_MASTER_PORT=${ESC_MASTER_PORT:-$((29500 + ${SLURM_JOB_ID:-0} % 2000))}
+  ESC_MASTER_PORT=${ESC_MASTER_PORT:-$("$ESC_PY" -c 'from esc_dist.dist import slurm_master_port; print(slurm_master_port())')}
   GPUS_PER_NODE=$(esc_gpus_on_node)
   NPROC_PER_NODE=${NPROC_PER_NODE:-$GPUS_PER_NODE}
   (( NPROC_PER_NODE > 0 )) || NPROC_PER_NODE=1
@@ -143,7 +143,7 @@ EOF
 }
 
 # --- stages ------------------------------------------------------------------------------------
-esc_stages() { "$ESC_PY" "$ESC_DIST_ROOT/slurm/stages.py" "$@"; }
+esc_stages() { "$ESC_PY" -m esc_dist stage "$@"; }
 
 esc_run_stage() {  # esc_run_stage NAME INDEX
   local name=$1 i=$2 info rc t0

@@ -4,7 +4,7 @@
 #   slurm/submit_pipeline.sh [--wait] [--force] [--dry-run] [RECIPE.yaml] [section.key=value ...]
 #
 # The jobs are the stages of `esc-dist pipeline` (read from esc_dist.pipeline.plan through
-# slurm/stages.py): prepare (+ tiny-model) -> sft x3 -> mine x3 -> judge x3 -> dpo x3 ->
+# `esc-dist stage`): prepare (+ tiny-model) -> sft x3 -> mine x3 -> judge x3 -> dpo x3 ->
 # infer+eval x4 -> compare, each depending only on the jobs whose outputs it reads, so the three
 # roles run side by side. Stages already finished with the same settings and inputs are not
 # submitted; a failed job cancels everything downstream (--kill-on-invalid-dep). Job logs go to

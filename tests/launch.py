@@ -3,18 +3,12 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
-from tests.conftest import ROOT, VENV_BIN
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from esc_dist.dist import free_port
+from esc_dist.pipeline import launcher_cmd
+from tests.conftest import ROOT
 
 
 def launch_env(**extra: str) -> dict[str, str]:
@@ -26,27 +20,11 @@ def launch_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def launcher_cmd(launcher: str, nproc: int, port: int) -> list[str]:
-    if launcher == "torchrun":
-        return [str(VENV_BIN / "torchrun"), f"--nproc_per_node={nproc}", f"--master_port={port}",
-                "-m", "esc_dist"]
-    if launcher == "deepspeed":
-        return [str(VENV_BIN / "deepspeed"), f"--num_gpus={nproc}", f"--master_port={port}",
-                "--module", "esc_dist"]
-    if launcher == "accelerate":
-        return [str(VENV_BIN / "accelerate"), "launch", "--cpu", f"--num_processes={nproc}",
-                f"--main_process_port={port}", "-m", "esc_dist"]
-    if launcher == "python":
-        assert nproc == 1
-        return [sys.executable, "-m", "esc_dist"]
-    raise ValueError(launcher)
-
-
 def launch(args: list[str], nproc: int = 2, launcher: str = "torchrun", cwd: Path = ROOT,
            timeout: int = 600, env: dict | None = None, log: Path | None = None,
            check: bool = True, background: bool = False):
     """Run ``esc-dist ARGS`` under ``launcher`` with ``nproc`` processes."""
-    cmd = launcher_cmd(launcher, nproc, free_port()) + list(args)
+    cmd = launcher_cmd(launcher, nproc, free_port(), cpu=True) + list(args)
     env = env or launch_env()
     out = open(log, "w") if log else subprocess.PIPE
     if background:

@@ -324,14 +324,14 @@ def test_cli(tmp_path, monkeypatch, capsys):
     assert run["history"][0]["judge/kept"] == 2 and run["config"]["role"] == "generator"
     monkeypatch.setenv("WANDB_MODE", "disabled")
     # A planner run on a generator file: a clear error naming the file and line.
-    args = _parse(["judge", "--role", "planner", "--pairs", str(pairs),
-                                 "--out", str(tmp_path / "o2")])
-    assert args.func(args) == 2
+    from esc_dist.cli import main
+
+    assert main(["judge", "--role", "planner", "--pairs", str(pairs),
+                 "--out", str(tmp_path / "o2")]) == 2
     assert f"{pairs}, line 1: role 'generator'" in capsys.readouterr().err
     # The openai backend without a key for a remote endpoint.
     monkeypatch.delenv("ESC_DIST_NO_SUCH_KEY", raising=False)
-    args = _parse(["judge", "--role", "generator", "--pairs", str(pairs),
-                                 "--out", str(tmp_path / "o3"), "--backend", "openai",
-                                 "judge.api_key_env=ESC_DIST_NO_SUCH_KEY"])
-    assert args.func(args) == 2
+    assert main(["judge", "--role", "generator", "--pairs", str(pairs),
+                 "--out", str(tmp_path / "o3"), "--backend", "openai",
+                 "judge.api_key_env=ESC_DIST_NO_SUCH_KEY"]) == 2
     assert "ESC_DIST_NO_SUCH_KEY" in capsys.readouterr().err

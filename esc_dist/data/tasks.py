@@ -16,6 +16,7 @@ from typing import Iterable, Sequence
 
 from .. import __version__
 from ..config import DataConfig
+from ..errors import MissingInput
 from ..io import COMPLETED, mark_completed, sha256_file, staged_dir, write_manifest
 from ..strategies import DESCRIPTIONS, STRATEGIES, format_tagged
 from .esconv import SEEKER, Message, Turn, iter_turns, load_esconv
@@ -179,6 +180,6 @@ def load_task(data_dir: str | Path, task: str):
 
     data_dir = Path(data_dir)
     if not (data_dir / COMPLETED).is_file():
-        raise FileNotFoundError(f"{data_dir}: not a completed `esc-dist prepare` output "
-                                f"(no {COMPLETED} marker)")
+        raise MissingInput(f"not a completed `esc-dist prepare` output (no {COMPLETED} marker)",
+                           path=data_dir)
     return load_from_disk(str(data_dir / task))

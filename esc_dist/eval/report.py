@@ -19,11 +19,12 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..constants import VARIANTS
+from ..errors import ConfigError, DataError, MissingInput
 from ..io import atomic_write_json, atomic_write_text, read_json, sha256_file, sha256_json
 from ..strategies import STRATEGIES
 from .plots import plot_confusion, plot_preferences
 from .predictions import Prediction, load_predictions
-from ..constants import VARIANTS
 from .strategy import strategy_metrics
 from .text import MAX_BLEU, MAX_DISTINCT, text_metrics
 
@@ -284,8 +285,15 @@ def load_report(path: str | Path) -> dict:
     if p.is_dir():
         p = p / REPORT_JSON
     if not p.is_file():
-        raise FileNotFoundError(f"no evaluation report at {p}")
-    return read_json(p)
+        raise MissingInput("no evaluation report (report.json of `esc-dist eval`)", path=p)
+    try:
+        report = read_json(p)
+    except (ValueError, RecursionError) as e:  # not UTF-8, not JSON, nested too deeply
+        raise DataError(p, f"not an evaluation report: unreadable JSON ({e})") from None
+    if not isinstance(report, dict) or not {"name", "headline", "strategy"} <= set(report):
+        raise DataError(p, "not an evaluation report of `esc-dist eval` (expected keys name, "
+                           "headline, strategy)")
+    return report
 
 
 def compare(report_dirs_or_files: Sequence[str | Path], names: Sequence[str] | None = None,
@@ -297,17 +305,17 @@ def compare(report_dirs_or_files: Sequence[str | Path], names: Sequence[str] | N
     ``out_dir`` is given, comparison.json, comparison.md and comparison_preferences.png are written.
     """
     if variant not in VARIANTS:
-        raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
+        raise ConfigError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
     paths = [Path(p) for p in report_dirs_or_files]
     if not paths:
-        raise ValueError("nothing to compare")
+        raise ConfigError("nothing to compare")
     reports = [load_report(p) for p in paths]
     names = list(names) if names is not None else [r["name"] or str(p)
                                                    for r, p in zip(reports, paths)]
     if len(names) != len(reports):
-        raise ValueError(f"{len(names)} names for {len(reports)} reports")
+        raise ConfigError(f"{len(names)} names for {len(reports)} reports")
     if len(set(names)) != len(names):
-        raise ValueError(f"system names must be distinct, got {names}")
+        raise ConfigError(f"system names must be distinct, got {names}")
     systems = []
     for name, path, r in zip(names, paths, reports):
         h, s = r["headline"], r["strategy"][variant]

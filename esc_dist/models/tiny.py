@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from ..config import TinyModelConfig
+from ..errors import ConfigError
 from ..io import mark_completed, staged_dir, write_manifest
 
 BOS, EOS, PAD = "<|endoftext|>", "<|im_end|>", "<|pad|>"
@@ -92,8 +93,8 @@ def build_model(cfg: TinyModelConfig, tokenizer):
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
     if cfg.architecture != "llama":
-        raise ValueError(f"tiny_model.architecture {cfg.architecture!r} is not supported; use "
-                         "'llama'")
+        raise ConfigError(f"tiny_model.architecture {cfg.architecture!r} is not supported; use "
+                          "'llama'")
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=cfg.hidden_size,

@@ -1,0 +1,60 @@
+"""`esc-dist prepare` and `esc-dist tiny-model`: the datasets and the from-scratch CPU model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from . import Command, recipe_of
+
+
+def run_prepare(args: argparse.Namespace) -> int:
+    from ..data.tasks import prepare
+
+    extra = []
+    if args.esconv:
+        extra.append(f"data.esconv={args.esconv}")
+    if args.split:
+        extra.append(f"data.split={args.split}")
+    recipe = recipe_of(args, extra)
+    out = args.out or f"{recipe.run.output_dir}/data"
+    manifest = prepare(recipe.data, out)
+    summary = {k: {"dialogues": v["dialogues"], "turns": v["turns"]}
+               for k, v in manifest["counts"].items()}
+    print(f"wrote {', '.join(manifest['tasks'])} datasets to {out}: {json.dumps(summary)}")
+    return 0
+
+
+def prepare_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--esconv", help="ESConv file in the original schema (data.esconv)")
+    p.add_argument("--split", help="split-index JSON file, or 'seeded' (data.split)")
+    p.add_argument("--out", help="output directory (default: RUN_DIR/data)")
+
+
+def run_tiny_model(args: argparse.Namespace) -> int:
+    from ..models.tiny import build_tiny_model
+
+    recipe = recipe_of(args)
+    corpus = args.corpus or recipe.data.esconv
+    out = args.out or f"{recipe.run.output_dir}/models/tiny"
+    info = build_tiny_model(recipe.tiny_model, corpus, out)
+    print(f"wrote a {info['architecture']} model with {info['parameters']:,} parameters and a "
+          f"{info['vocab_size']}-token tokenizer to {out}")
+    return 0
+
+
+def tiny_model_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--corpus", help="ESConv file or `prepare` output directory "
+                   "(default: data.esconv)")
+    p.add_argument("--out", help="output directory (default: RUN_DIR/models/tiny)")
+
+
+COMMANDS = [
+    Command("prepare", run_prepare, "build the vanilla, planner and generator datasets",
+            "Load and validate ESConv, split it by dialogue, extract supporter turns and write "
+            "the three task datasets (HF DatasetDict) with a manifest.", prepare_arguments),
+    Command("tiny-model", run_tiny_model, "build the tiny from-scratch model and tokenizer",
+            "Train a byte-level BPE tokenizer on ESConv text and initialise a small causal LM "
+            "(sizes from the recipe's tiny_model section); save both with save_pretrained.",
+            tiny_model_arguments),
+]

@@ -1,0 +1,176 @@
+"""`esc-dist pipeline` (every stage of a recipe) and `esc-dist stage` (one stage at a time, as the
+Slurm templates and the launch scripts drive it, with the pipeline's commands, outputs and
+up-to-date checks: a stage finished one way is up to date for the others)."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+from ..config import Recipe
+from ..errors import ConfigError
+from . import Command, recipe_of, split_overrides
+
+
+def run_pipeline_cmd(args: argparse.Namespace) -> int:
+    from ..pipeline import run_pipeline
+
+    only = [s.strip() for s in args.only.split(",")] if args.only else None
+    run_pipeline(recipe_of(args), only=only, force=args.force)
+    return 0
+
+
+def pipeline_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--only", metavar="STAGE,...", help="run only these stages (e.g. sft-planner)")
+    p.add_argument("--force", action="store_true", help="rerun stages even when up to date")
+
+
+ACTIONS = ("init", "show", "start", "done", "run", "jobs", "status")
+NAMED = ("show", "start", "done", "run")  # actions on one stage
+
+
+def _recipe(args: argparse.Namespace) -> Recipe:
+    """The recipe of ``[RECIPE.yaml]`` (or ``--config``) and the overrides, resolved as the
+    pipeline resolves it."""
+    from ..pipeline import resolve
+
+    words, more = split_overrides(list(args.words))
+    path = args.config
+    if words and words[0].endswith((".yaml", ".yml")):
+        if path is not None:
+            raise ConfigError(f"give the recipe once: --config {path} or {words[0]}")
+        path = words.pop(0)
+    if words:
+        raise ConfigError(f"unexpected argument(s) {' '.join(words)}; expected "
+                          "[RECIPE.yaml] [section.key=value ...]")
+    args.config, args.overrides = path, list(args.overrides) + more
+    return resolve(recipe_of(args))
+
+
+def _show(recipe: Recipe, name: str) -> None:
+    from .. import pipeline
+
+    i, stage = pipeline.find_stage(recipe, name)
+    values = {
+        "ESC_STAGE_DISTRIBUTED": str(int(stage.distributed)),
+        "ESC_STAGE_CURRENT": str(int(pipeline.is_current(stage,
+                                                         pipeline.stage_key(stage, recipe)))),
+        # training checkpoints on SIGUSR1; other stages restart (mining and inference resume
+        # from their chunk files)
+        "ESC_STAGE_PREEMPT": "checkpoint" if stage.args[0] in pipeline.TRAINING else "restart",
+        "ESC_STAGE_OUT": str(stage.out),
+        "ESC_RUN_DIR": str(recipe.run.output_dir),
+    }
+    for k, v in values.items():
+        print(f"{k}={shlex.quote(v)}")
+    args = stage.args + ["--config", str(pipeline.recipe_file(recipe))]
+    print("ESC_STAGE_ARGS=(" + " ".join(shlex.quote(a) for a in args) + ")")
+
+
+def _jobs(recipe: Recipe, force: bool) -> None:
+    """One tab-separated line per job to submit, in dependency order: JOB, Slurm job name,
+    TEMPLATE, VAR=value words, dependencies (JOBs, comma-separated), stages ("-" for an empty
+    field). A job is left out when all its stages are up to date and none of the jobs it depends
+    on is submitted (a rerun upstream changes the inputs, so its stages would be stale)."""
+    from .. import pipeline
+
+    stages = {s.name: s for s in pipeline.plan(recipe)}
+    submitted: set[str] = set()
+    for job in pipeline.slurm_jobs(recipe):
+        deps = job.deps & submitted
+        current = not force and all(
+            pipeline.is_current(stages[s], pipeline.stage_key(stages[s], recipe))
+            for s in job.stages)
+        if current and not deps:
+            print(f"up to date: {job.name} ({', '.join(job.stages)})", file=sys.stderr)
+            continue
+        submitted.add(job.name)
+        env = " ".join(f"{k}={v}" for k, v in job.env.items())
+        print("\t".join([job.name, f"{recipe.run.name}-{job.name}", job.template, env or "-",
+                         ",".join(sorted(deps)) or "-", ",".join(job.stages)]))
+
+
+def run_stage_cmd(args: argparse.Namespace) -> int:
+    from .. import pipeline
+
+    if args.action in NAMED:
+        if not args.words or "=" in args.words[0] or args.words[0].endswith((".yaml", ".yml")):
+            raise ConfigError(f"stage {args.action} needs a stage name first")
+        name, args.words = args.words[0], args.words[1:]
+    recipe = _recipe(args)
+    if args.action == "init":
+        if not args.dry_run:
+            pipeline.write_recipe(recipe)
+        print(Path(recipe.run.output_dir))
+    elif args.action == "show":
+        _show(recipe, name)
+    elif args.action == "start":
+        _, stage = pipeline.find_stage(recipe, name)
+        pipeline.clear_stale(stage, pipeline.stage_key(stage, recipe),
+                             Path(recipe.run.output_dir))
+    elif args.action == "done":
+        _, stage = pipeline.find_stage(recipe, name)
+        marker = pipeline.done_marker(stage.out)
+        if not marker.is_file():
+            raise ConfigError(f"stage {name} exited 0 but {stage.out} is not complete "
+                              f"(no {marker.name})")
+        pipeline.mark_current(stage, pipeline.stage_key(stage, recipe), args.seconds)
+    elif args.action == "run":
+        i, stage = pipeline.find_stage(recipe, name)
+        if not args.force and pipeline.is_current(stage, pipeline.stage_key(stage, recipe)):
+            print(f"{name} is up to date ({stage.out}); --force (FORCE=1 for the launch "
+                  "scripts) runs it again")
+            return 0
+        pipeline.write_recipe(recipe)
+        seconds = pipeline.run_stage(recipe, stage, i)
+        print(f"{name}: done in {seconds:.0f}s ({stage.out})")
+    elif args.action == "jobs":
+        _jobs(recipe, args.force)
+    else:  # status
+        stale = [s.name for s in pipeline.plan(recipe)
+                 if not pipeline.is_current(s, pipeline.stage_key(s, recipe))]
+        if stale:
+            print(f"not finished: {', '.join(stale)}", file=sys.stderr)
+            return 1
+        print(f"every stage is finished; comparison: "
+              f"{Path(recipe.run.output_dir) / 'reports' / 'comparison' / 'comparison.md'}")
+    return 0
+
+
+def stage_arguments(p: argparse.ArgumentParser) -> None:
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.add_argument("action", choices=ACTIONS)
+    p.add_argument("words", nargs="*", metavar="[STAGE] [RECIPE.yaml]",
+                   help="the stage (show, start, done, run), then optionally the recipe")
+    p.add_argument("--seconds", type=float, help="(done) how long the stage ran")
+    p.add_argument("--force", action="store_true",
+                   help="(jobs) submit every job; (run) run even when up to date")
+    p.add_argument("--dry-run", action="store_true", help="(init) print RUN, write nothing")
+
+
+STAGE_HELP = """\
+One stage of the pipeline at a time, exactly as `esc-dist pipeline` runs it.
+
+  init   [RECIPE]           write RUN/recipe.yaml (the resolved recipe), print RUN
+  show   STAGE [RECIPE]     shell assignments describing STAGE (ESC_STAGE_ARGS, ...)
+  start  STAGE [RECIPE]     clear what STAGE left for other inputs or settings
+  done   STAGE [RECIPE]     check STAGE's output is complete, record it as up to date
+  run    STAGE [RECIPE]     start + run it with pipeline.launcher on pipeline.nproc ranks + done
+  jobs   [RECIPE]           the Slurm jobs slurm/submit_pipeline.sh submits (tab-separated)
+  status [RECIPE]           exit 0 when every stage is up to date
+
+RECIPE is a YAML file (or --config); the built-in tiny recipe by default."""
+
+COMMANDS = [
+    Command("pipeline", run_pipeline_cmd, "run every stage of a recipe, skipping finished ones",
+            "prepare -> tiny model -> SFT x3 -> mine x3 -> judge x3 -> DPO x3 -> infer "
+            "(Vanilla-SFT/DPO, Decoupled-SFT/DPO) -> eval x4 -> compare, into run.output_dir; "
+            "training, mining and inference on pipeline.nproc ranks with pipeline.launcher. "
+            "A stage whose output is complete and whose inputs and settings are unchanged is "
+            "skipped; a failed stage stops the run and names its log.", pipeline_arguments),
+    Command("stage", run_stage_cmd,
+            "one pipeline stage: show, start, done, run (for Slurm jobs and launch scripts)",
+            STAGE_HELP, stage_arguments),
+]

@@ -13,7 +13,7 @@ another turn (realistic lengths). Reported per run: steps/s and non-pad tokens/s
 steps, and the seconds spent building the trainer (for the precomputed run this includes the
 reference pass).
 
-Usage: python benchmarks/dpo_throughput.py --esconv PATH --out results.json [--size tiny]
+Usage: python -m benchmarks.dpo_throughput --esconv PATH --out results.json [--size tiny]
 """
 
 from __future__ import annotations
@@ -22,17 +22,13 @@ import argparse
 import json
 import os
 import platform
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from sft_throughput import SIZES  # noqa: E402
-from timing import TrainerMeter  # noqa: E402
+from benchmarks.sft_throughput import SIZES
+from benchmarks.timing import TrainerMeter
 
 
 def make_pairs(data_dir: Path, out: Path, n: int) -> None:

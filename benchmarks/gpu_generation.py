@@ -2,7 +2,7 @@
 
 Run under torchrun with one process per GPU (the process group is NCCL on CUDA, gloo on CPU):
 
-    torchrun --nproc_per_node=1 benchmarks/gpu_generation.py --models DIR --prompts FILE --out DIR
+    torchrun --nproc_per_node=1 -m benchmarks.gpu_generation --models DIR --prompts FILE --out DIR
 
 ``DIR`` holds ``tiny/`` (an `esc-dist tiny-model` output); ``FILE`` is a JSON list of chat prompts
 (``[[{"role", "content"}, ...], ...]``). Needs torch, transformers and accelerate only (no
@@ -22,12 +22,9 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def check_greedy(tiny: Path, prompts, n_new: int) -> dict:

@@ -11,9 +11,9 @@ turn; the contrast side only gives the LLM judge the two-candidate format it was
 FailedESConv uses some non-canonical strategy names; they are mapped to the eight ESConv
 strategies by the table ``FAILED_STRATEGY`` below before the strategy check.
 
-    python benchmarks/judge_validity.py --esconv-dir ../shared/data/esconv --out results.json
+    python -m benchmarks.judge_validity --esconv-dir ../shared/data/esconv --out results.json
     # the LLM judge (any OpenAI-compatible endpoint; the key only from the environment):
-    OPENAI_API_KEY=... python benchmarks/judge_validity.py --backend openai \\
+    OPENAI_API_KEY=... python -m benchmarks.judge_validity --backend openai \\
         --model gpt-4o-mini --base-url https://api.openai.com/v1 --max-turns 500 --out llm.json
 """
 
@@ -23,17 +23,15 @@ import argparse
 import json
 import platform
 import random
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from esc_dist.config import JudgeConfig  # noqa: E402
-from esc_dist.data.esconv import iter_turns, load_esconv  # noqa: E402
-from esc_dist.ipm.judge import ERRORS, judge_pairs  # noqa: E402
+from esc_dist.config import JudgeConfig
+from esc_dist.data.esconv import iter_turns, load_esconv
+from esc_dist.ipm.judge import ERRORS, judge_pairs
 
 # FailedESConv's strategy names outside the eight, mapped to the ESConv strategy they denote.
 FAILED_STRATEGY = {"Questions": "Question", "Other": "Others",

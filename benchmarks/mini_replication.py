@@ -18,7 +18,7 @@ Writes ``benchmarks/results/mini_replication.json`` (every number, per seed), th
 preference plots ``benchmarks/results/mini_replication/*.png``, and the section between the
 ``mini-replication`` markers of ``benchmarks/RESULTS.md``.
 
-Usage: python benchmarks/mini_replication.py [--seeds 0,1,2] [--sweep] [--skip-seeds]
+Usage: python -m benchmarks.mini_replication [--seeds 0,1,2] [--sweep] [--skip-seeds]
        [--report-only]
 """
 
@@ -36,17 +36,18 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from esc_dist.config import load_recipe  # noqa: E402
-from esc_dist.data.tasks import load_task  # noqa: E402
-from esc_dist.eval.plots import plot_preferences  # noqa: E402
-from esc_dist.eval.predictions import load_predictions  # noqa: E402
-from esc_dist.eval.report import evaluate, load_report  # noqa: E402
-from esc_dist.eval.strategy import strategy_metrics  # noqa: E402
-from esc_dist.io import COMPLETED, atomic_write_json, atomic_write_text, read_json  # noqa: E402
-from esc_dist.pipeline import SYSTEM_TITLES, SYSTEMS, free_port, launcher_cmd, plan  # noqa: E402
-from esc_dist.strategies import STRATEGIES  # noqa: E402
+from esc_dist.config import load_recipe
+from esc_dist.data.tasks import load_task
+from esc_dist.eval.plots import plot_preferences
+from esc_dist.eval.predictions import load_predictions
+from esc_dist.eval.report import evaluate, load_report
+from esc_dist.eval.strategy import strategy_metrics
+from esc_dist.io import COMPLETED, atomic_write_json, atomic_write_text, read_json
+from esc_dist.constants import SYSTEM_TITLES, SYSTEMS
+from esc_dist.dist import free_port
+from esc_dist.pipeline import launcher_cmd, plan
+from esc_dist.strategies import STRATEGIES
 
 CONFIG = ROOT / "configs" / "mini-cpu.yaml"
 RESULTS_MD = ROOT / "benchmarks" / "RESULTS.md"
@@ -140,7 +141,7 @@ def seed_results(runs: Path, seed: int) -> dict | None:
 
 
 def launch(recipe, args: list[str], log: Path) -> None:
-    cmd = launcher_cmd(recipe, free_port(), True) + args
+    cmd = launcher_cmd(recipe.pipeline.launcher, recipe.pipeline.nproc, free_port()) + args
     with open(log, "w") as f:
         r = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT,
                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
@@ -232,7 +233,7 @@ def render(results: dict) -> str:
              "B": "B", "bleu_2": "BLEU-2 %", "rouge_l": "ROUGE-L %", "distinct_2": "Distinct-2 %",
              "unparseable": "unparseable"}
     lines = [START, "## Mini-replication on CPU: does Decoupled-DPO lower preference bias?", "",
-             f"Produced by `python benchmarks/mini_replication.py` on {results['date']}, "
+             f"Produced by `python -m benchmarks.mini_replication` on {results['date']}, "
              f"{results['machine']}; recipe `configs/mini-cpu.yaml`, "
              f"{len(seeds)} seed{'s' * (len(seeds) > 1)} ({', '.join(seeds)}; "
              f"`run.seed` and `tiny_model.seed` both set to the seed). Test split of "

@@ -14,7 +14,7 @@ both sides; the engine's figure is its slowest rank's generation time) and, for 
 whole command's wall time. Every process uses one thread (``OMP_NUM_THREADS=1``), so the 2-rank
 run uses 2 cores and the others 1.
 
-Usage: python benchmarks/mining.py [--esconv PATH] [--turns 300] [--results benchmarks/RESULTS.md]
+Usage: python -m benchmarks.mining [--esconv PATH] [--turns 300] [--results benchmarks/RESULTS.md]
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 SECTION = "## Mining throughput"
 
@@ -167,7 +166,7 @@ def main() -> None:
                 if l.startswith("model name")), platform.processor()) if Path(
         "/proc/cpuinfo").is_file() else platform.processor()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    cmd = "python benchmarks/mining.py " + " ".join(
+    cmd = "python -m benchmarks.mining " + " ".join(
         f"--{k.replace('_', '-')} {v}" for k, v in (("turns", args.turns),
                                                     ("max_new_tokens", args.max_new_tokens),
                                                     ("batch_size", args.batch_size),

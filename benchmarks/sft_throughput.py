@@ -11,7 +11,7 @@ over the card's dense bf16 peak).
 - TRL default: ``SFTTrainer`` on the same prompt-completion dataset with its defaults (its own
   tokenization, random order, padding to the longest sequence of the batch).
 
-Usage: python benchmarks/sft_throughput.py --esconv PATH --out results.json [--size tiny|0.5b|1b]
+Usage: python -m benchmarks.sft_throughput --esconv PATH --out results.json [--size tiny|0.5b|1b]
 """
 
 from __future__ import annotations
@@ -20,15 +20,11 @@ import argparse
 import json
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from timing import TrainerMeter  # noqa: E402
+from benchmarks.timing import TrainerMeter
 
 SIZES = {  # Llama-architecture shapes, random init; vocabulary = the ESConv tokenizer's
     "tiny": dict(hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=2,

@@ -2,7 +2,7 @@
 
 Run under a launcher with several ranks, once per DeepSpeed config (``none`` = plain DDP):
 
-    torchrun --nproc_per_node 2 benchmarks/zero_memory.py --esconv PATH --zero none|2|3 --out F
+    torchrun --nproc_per_node 2 -m benchmarks.zero_memory --esconv PATH --zero none|2|3 --out F
 
 Two SFT steps of the vanilla model are run through the project's own trainer; just before the
 second optimizer step (gradients computed, optimizer state allocated by the first step) every
@@ -15,11 +15,9 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def live_tensor_bytes() -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
@@ -23,6 +24,38 @@ from .errors import ConfigError
 
 
 # ---------------------------------------------------------------------------------------------
+# Range checks: every section's ``validate(source)`` calls these; ``_build`` calls ``validate``.
+
+
+def _require(ok: bool, source: str, key: str, want: str, value: Any) -> None:
+    if not ok:
+        raise ConfigError(f"{source}: '{key}' must be {want}, got {value!r}")
+
+
+def _at_least(source: str, section: str, obj: Any, lowest: int | float, *keys: str) -> None:
+    for key in keys:
+        v = getattr(obj, key)
+        _require(v >= lowest, source, f"{section}.{key}", f">= {lowest}", v)
+
+
+def _count_or_null(source: str, key: str, v: int | None) -> None:
+    _require(v is None or v >= 1, source, key, ">= 1 or null (null: all)", v)
+
+
+def _probability(source: str, key: str, v: float) -> None:
+    _require(0 < v <= 1, source, key, "in (0, 1]", v)
+
+
+def _batches(source: str, section: str, cfg: Any) -> None:
+    """Generation batch settings (mine, infer): a chunk is a whole number of batches."""
+    _at_least(source, section, cfg, 1, "batch_size", "chunk_size")
+    _require(cfg.chunk_size % cfg.batch_size == 0, source, f"{section}.chunk_size",
+             f"a multiple of {section}.batch_size ({cfg.batch_size})", cfg.chunk_size)
+    _at_least(source, section, cfg, 0, "top_k")
+    _probability(source, f"{section}.top_p", cfg.top_p)
+
+
+# ---------------------------------------------------------------------------------------------
 # Sections
 
 
@@ -32,6 +65,9 @@ class RunConfig:
     output_dir: str = "runs/tiny-cpu"
     seed: int = 42
     dist_timeout_s: int = 1800  # collective timeout: a hung rank fails the job after this
+
+    def validate(self, source: str) -> None:
+        _at_least(source, "run", self, 1, "dist_timeout_s")
 
 
 @dataclass
@@ -67,6 +103,9 @@ class DataConfig:
         if unknown:
             raise ConfigError(f"{source}: 'data.max_dialogues' has unknown split(s) "
                               f"{sorted(unknown)}; expected train, validation, test")
+        for split, n in self.max_dialogues.items():
+            _count_or_null(source, f"data.max_dialogues.{split}", n)
+        _count_or_null(source, "data.max_history_messages", self.max_history_messages)
 
 
 @dataclass
@@ -81,6 +120,14 @@ class TinyModelConfig:
     max_position_embeddings: int = 1024
     tie_word_embeddings: bool = True
     seed: int = 0
+
+    def validate(self, source: str) -> None:
+        _at_least(source, "tiny_model", self, 1, "vocab_size", "hidden_size", "num_layers",
+                  "num_heads", "num_kv_heads", "intermediate_size", "max_position_embeddings")
+        _require(self.hidden_size % self.num_heads == 0, source, "tiny_model.hidden_size",
+                 f"a multiple of tiny_model.num_heads ({self.num_heads})", self.hidden_size)
+        _require(self.num_heads % self.num_kv_heads == 0, source, "tiny_model.num_heads",
+                 f"a multiple of tiny_model.num_kv_heads ({self.num_kv_heads})", self.num_heads)
 
 
 @dataclass
@@ -99,6 +146,11 @@ class LoraConfig:
     alpha: int = 32
     dropout: float = 0.05
     target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+
+    def validate(self, source: str, section: str = "lora") -> None:
+        _at_least(source, section, self, 1, "r")
+        _require(self.alpha > 0, source, f"{section}.alpha", "> 0", self.alpha)
+        _require(0 <= self.dropout < 1, source, f"{section}.dropout", "in [0, 1)", self.dropout)
 
 
 @dataclass
@@ -127,6 +179,22 @@ class TrainConfig:
     dataloader_num_workers: int = 0
     lora: LoraConfig = field(default_factory=LoraConfig)
 
+    def validate(self, source: str, section: str = "train") -> None:
+        _require(self.learning_rate > 0, source, f"{section}.learning_rate", "> 0",
+                 self.learning_rate)
+        _require(0 <= self.warmup_ratio < 1, source, f"{section}.warmup_ratio", "in [0, 1)",
+                 self.warmup_ratio)
+        _at_least(source, section, self, 0, "weight_decay", "max_grad_norm",
+                  "dataloader_num_workers")
+        _require(self.num_train_epochs > 0, source, f"{section}.num_train_epochs", "> 0",
+                 self.num_train_epochs)
+        _require(self.max_steps == -1 or self.max_steps >= 1, source, f"{section}.max_steps",
+                 ">= 1, or -1 (num_train_epochs decides)", self.max_steps)
+        _at_least(source, section, self, 1, "per_device_train_batch_size",
+                  "gradient_accumulation_steps", "max_length", "logging_steps", "save_steps",
+                  "save_total_limit")
+        self.lora.validate(source, f"{section}.lora")
+
 
 @dataclass
 class SftConfig(TrainConfig):
@@ -134,6 +202,9 @@ class SftConfig(TrainConfig):
     num_train_epochs: float = 2.0
     # Concatenate several examples per row (no padding); else batches are grouped by length.
     packing: bool = False
+
+    def validate(self, source: str) -> None:
+        TrainConfig.validate(self, source, "sft")
 
 
 @dataclass
@@ -145,6 +216,11 @@ class DpoConfig(TrainConfig):
     sft_weight: float = 0.0  # adds weight * NLL of the chosen reply (RPO-style mixing)
     reference: Literal["precomputed", "live"] = "precomputed"
     reference_offload: bool = False  # live reference under ZeRO-3: offload its params to CPU
+
+    def validate(self, source: str) -> None:
+        TrainConfig.validate(self, source, "dpo")
+        _require(self.beta > 0, source, "dpo.beta", "> 0", self.beta)
+        _require(self.sft_weight >= 0, source, "dpo.sft_weight", ">= 0", self.sft_weight)
 
 
 def _check_lengths(section: str, cfg, source: str) -> None:
@@ -176,6 +252,11 @@ class MineConfig:
 
     def validate(self, source: str) -> None:
         _check_lengths("mine", self, source)
+        _batches(source, "mine", self)
+        _at_least(source, "mine", self, 1, "n_samples")
+        _require(self.temperature >= 0, source, "mine.temperature", ">= 0 (0: greedy)",
+                 self.temperature)
+        _count_or_null(source, "mine.max_turns", self.max_turns)
 
 
 @dataclass
@@ -189,6 +270,11 @@ class JudgeConfig:
     timeout: float = 60.0
     # Keep planner pairs whose sample is not a strategy name (a format error) without judging.
     keep_unparseable: bool = True
+
+    def validate(self, source: str) -> None:
+        _at_least(source, "judge", self, 1, "concurrency")
+        _at_least(source, "judge", self, 0, "max_retries")
+        _require(self.timeout > 0, source, "judge.timeout", "> 0 seconds", self.timeout)
 
 
 @dataclass
@@ -207,6 +293,11 @@ class InferConfig:
 
     def validate(self, source: str) -> None:
         _check_lengths("infer", self, source)
+        _batches(source, "infer", self)
+        _require(self.temperature > 0, source, "infer.temperature", "> 0", self.temperature)
+        _require(self.split in ("train", "validation", "test"), source, "infer.split",
+                 "one of train, validation, test", self.split)
+        _count_or_null(source, "infer.max_dialogues", self.max_dialogues)
 
 
 @dataclass
@@ -219,6 +310,11 @@ class PipelineConfig:
     launcher: Literal["deepspeed", "torchrun", "accelerate"] = "torchrun"
     nproc: int = 2
     master_port: int = 0  # 0: a free port per stage; else this + the stage's number
+
+    def validate(self, source: str) -> None:
+        _at_least(source, "pipeline", self, 1, "nproc")
+        _require(self.master_port == 0 or 1024 <= self.master_port <= 65000, source,
+                 "pipeline.master_port", "0 (free ports) or in [1024, 65000]", self.master_port)
 
 
 @dataclass
@@ -238,6 +334,17 @@ class Recipe:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def validate(self, source: str) -> None:
+        """Checks that span sections (each section checks its own keys)."""
+        if self.sft.packing and self.model.attn_implementation not in PADDING_FREE_ATTENTION:
+            raise ConfigError(f"{source}: 'sft.packing' needs padding-free attention: set "
+                              "model.attn_implementation=flash_attention_2 (GPU); without it, "
+                              "length-grouped batches are used")
+
+
+# Attention implementations that keep packed examples apart (sft.packing needs one).
+PADDING_FREE_ATTENTION = ("flash_attention_2", "flash_attention_3", "kernels-community/flash-attn")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -291,14 +398,19 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
             return value
         raise fail()
     if tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string
+            number = float(value)
+        elif isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        raise fail()
+        if number is None:
+            raise fail()
+        if not math.isfinite(number):
+            raise fail(" (a finite number)")
+        return number
     if tp is str:
         if isinstance(value, str):
             return value

@@ -46,7 +46,7 @@ def _llm_judge_scores(pred: Path, data: str | None, recipe, out: Path) -> dict:
     """Fluency, professionalism, empathy and helpfulness (0-5) of every predicted reply, from the
     judge endpoint of the recipe; the dialogue histories come from the prepared data."""
     from ..infer import load_turns
-    from ..ipm.judge import render_history
+    from ..data.esconv import render_history
     from .llm_scores import score_predictions
     from .predictions import load_predictions
 

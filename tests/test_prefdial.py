@@ -256,7 +256,7 @@ class StubClient:
 
 
 def test_openai_backend_parse_errors_are_dropped_and_counted(tmp_path):
-    from esc_dist.ipm.judge import _a_is_chosen
+    from esc_dist.ipm.llm_judge import _a_is_chosen
 
     pid = GENERATOR[0]["id"]
     rej = "A_errors" if not _a_is_chosen(pid) else "B_errors"

@@ -71,7 +71,7 @@ def _print_headline(report: dict, out: Path) -> None:
 def _llm_judge_scores(pred: Path, data: str | None, recipe, out: Path) -> dict:
     """Fluency, professionalism, empathy and helpfulness (0-5) of every predicted reply, from the
     judge endpoint of the recipe; the dialogue histories come from the prepared data."""
-    from ..ipm.judge import render_history
+    from ..data.esconv import render_history
     from ..eval.llm_scores import score_predictions
     from ..eval.predictions import load_predictions
     from ..infer import load_turns

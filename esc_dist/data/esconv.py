@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator, Mapping
 
 from ..errors import DataError
 from ..strategies import STRATEGIES, normalize_strategy, parse_tagged
@@ -61,6 +61,30 @@ def iter_turns(conversations: list[Conversation]) -> Iterator[Turn]:
                 yield Turn(turn_id(conv.dialogue_id, k), conv.dialogue_id, conv.index, k,
                            tuple(conv.messages[:i]), m.strategy, m.text)
                 k += 1
+
+
+def as_messages(history: Iterable[Message | Mapping[str, Any]]) -> list[Message]:
+    """History records ({"role", "text", "strategy"}) or :class:`Message` objects as Messages."""
+    out = []
+    for m in history:
+        if isinstance(m, Message):
+            out.append(m)
+        else:
+            out.append(Message(m["role"], m["text"], m.get("strategy")))
+    return out
+
+
+def render_history(history: Iterable[Message | Mapping[str, Any]]) -> str:
+    """The dialogue as a transcript for an LLM to read: one "Seeker: ..." or
+    "Supporter [strategy]: ..." line per non-blank message."""
+    lines = []
+    for m in as_messages(history):
+        if not m.text.strip():
+            continue
+        who = "Seeker" if m.role == SEEKER else "Supporter"
+        tag = f" [{m.strategy}]" if m.role == SUPPORTER and m.strategy else ""
+        lines.append(f"{who}{tag}: {m.text}")
+    return "\n".join(lines) or "(the conversation has not started yet)"
 
 
 # ---------------------------------------------------------------------------------------------

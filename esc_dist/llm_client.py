@@ -1,45 +1,49 @@
-"""A small client for OpenAI-compatible ``/v1/chat/completions`` endpoints (OpenAI, vLLM, ...).
+"""A client for OpenAI-compatible chat-completion endpoints (OpenAI, vLLM, ...).
 
-Standard library only: ``urllib.request`` for HTTP, a thread pool for concurrency.
+Built on the official ``openai`` client (protocol, types, authentication, connection pool,
+timeouts, errors by status) and a thread pool for concurrency. What this module adds:
 
 * **Answers are JSON objects.** :meth:`LLMClient.chat_json` parses the model's message strictly
   (one JSON object, optionally inside a single Markdown code fence); a malformed answer is counted
   and returned as a failed :class:`ChatResult`, never raised, so one bad answer cannot sink a batch.
 * **Retries.** HTTP 429 and 5xx, connection errors and timeouts are retried up to ``max_retries``
   times with exponential backoff and jitter; a ``Retry-After`` header wins over the computed delay.
-  Other HTTP errors are not retried; 401/403/404 raise :class:`LLMError` (a wrong key, model or URL
-  would fail every request of the batch alike).
+  Other HTTP errors are not retried; 401/403/404 and a base URL that is no http(s) URL raise
+  :class:`LLMError` (a wrong key, model or URL would fail every request of the batch alike).
+  The retry loop is our own, thin, around an ``openai`` client built with ``max_retries=0``:
+  openai's retry has a fixed backoff (0.5 s doubling to 8 s) and reports neither its attempts nor
+  its timeouts, while we count every attempt, retry and timeout (they go into ``stats.json``), log
+  each retry, say after how many attempts a request gave up, and let tests shrink the backoff.
 * **Timeout.** ``timeout`` seconds for connecting and for each read of one attempt; an attempt
-  that runs past it counts as a timeout and is retried like a connection error.
+  that runs past it counts as a timeout and is retried.
 * **Cache.** Every answer received is stored under ``cache_dir`` in its own file, named by the
   SHA-256 of (model, prompt version, messages) and written atomically, so a rerun, also after a
   crash, sends no request for what it already has. Malformed answers are cached too (a rerun
   gives the same result); failed requests are not (a rerun asks again). Bump the prompt version
   to ask afresh.
-* **The API key** is read only from the environment variable named by ``api_key_env`` and sent as
-  ``Authorization: Bearer``. It is never logged, never written to disk and never put into an
-  exception message. Endpoints on localhost (a local vLLM server) may run without a key.
+* **The API key** is read only from the environment variable named by ``api_key_env`` (not from
+  openai's ``OPENAI_API_KEY`` fallback) and sent as ``Authorization: Bearer``; it is never logged,
+  written to disk or put into an exception message. Endpoints on localhost (a local vLLM server)
+  may run without a key; no ``Authorization`` header is sent then.
 """
 
 from __future__ import annotations
 
 import email.utils
 import hashlib
-import http.client
 import json
 import os
 import random
 import re
-import socket
 import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
+
+import openai
 
 from .errors import LLMError
 from .io import atomic_write_json
@@ -51,27 +55,11 @@ Messages = Sequence[dict]
 
 _LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "0.0.0.0"}
 _FATAL_STATUS = {401, 403, 404}
+_NO_KEY = "no-key"  # openai insists on a key; this one is never sent (the header is omitted)
 
 
 class JSONAnswerError(ValueError):
     """The model's answer is not one JSON object."""
-
-
-class _Secret:
-    """Holds the API key; prints as *** so that no repr, log or traceback shows it."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str):
-        self._value = value
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return "***"
-
-    __str__ = __repr__
 
 
 @dataclass
@@ -128,8 +116,6 @@ def _retry_after(value: str | None) -> float | None:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
-    if when is None:
-        return None
     return max(0.0, when.timestamp() - time.time())
 
 
@@ -146,9 +132,9 @@ class _Retryable(Exception):
 class LLMClient:
     """Chat-completion requests with a concurrency limit, retries, a disk cache and counters.
 
-    ``base_url`` is the API root (".../v1"); ``/chat/completions`` is appended. ``prompt_version``
-    is part of the cache key: bump it whenever a prompt changes meaning. ``base_delay`` and
-    ``max_delay`` bound the backoff (seconds); tests make them tiny.
+    ``base_url`` is the API root (".../v1"). ``prompt_version`` is part of the cache key: bump it
+    whenever a prompt changes meaning. ``base_delay`` and ``max_delay`` bound the backoff
+    (seconds); tests make them tiny.
     """
 
     def __init__(self, base_url: str, model: str, *, api_key_env: str = "OPENAI_API_KEY",
@@ -160,15 +146,22 @@ class LLMClient:
             raise ValueError("concurrency must be at least 1")
         if max_retries < 0:
             raise ValueError("max_retries must be >= 0")
+        parts = urllib.parse.urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise LLMError(f"the judge endpoint {base_url!r} is not an http(s) URL "
+                           "(check judge.base_url)")
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.model = model
         self.api_key_env = api_key_env
         key = os.environ.get(api_key_env, "").strip() if api_key_env else ""
-        if not key and not is_local_url(self.url):
+        if not key and not is_local_url(base_url):
             raise LLMError(f"the judge endpoint {base_url} needs an API key: set the environment "
                            f"variable {api_key_env or '(judge.api_key_env is empty)'} "
                            "(keys are read from the environment only)")
-        self._key = _Secret(key) if key else None
+        self._has_key = bool(key)
+        self._headers = None if key else {"Authorization": openai.Omit()}
+        self._api = openai.OpenAI(api_key=key or _NO_KEY, base_url=base_url.rstrip("/"),
+                                  timeout=timeout, max_retries=0)
         self.concurrency = concurrency
         self.max_retries = max_retries
         self.timeout = timeout
@@ -191,7 +184,8 @@ class LLMClient:
                    cache_dir=cache_dir, prompt_version=prompt_version, **kwargs)
 
     def __repr__(self) -> str:
-        return f"LLMClient(url={self.url!r}, model={self.model!r}, key={self._key!r})"
+        key = "***" if self._has_key else None
+        return f"LLMClient(url={self.url!r}, model={self.model!r}, key={key})"
 
     # -- counters -----------------------------------------------------------------------------
 
@@ -228,53 +222,34 @@ class LLMClient:
             atomic_write_json(p, {"key": key, "model": self.model,
                                   "prompt_version": self.prompt_version, "answer": text})
 
-    # -- HTTP ---------------------------------------------------------------------------------
+    # -- requests -----------------------------------------------------------------------------
 
-    def _body(self, messages: Messages) -> bytes:
-        body: dict[str, Any] = {"model": self.model, "messages": list(messages),
-                                "temperature": self.temperature}
-        if self.max_tokens is not None:
-            body["max_tokens"] = self.max_tokens
-        if self.seed is not None:
-            body["seed"] = self.seed
-        return json.dumps(body, ensure_ascii=False).encode("utf-8")
-
-    def _post_once(self, body: bytes) -> str:
-        """One HTTP attempt; returns the model's message text."""
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        if self._key is not None:
-            headers["Authorization"] = "Bearer " + self._key.reveal()
-        req = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
+    def _attempt(self, req: dict[str, Any]) -> str:
+        """One attempt; returns the model's message text."""
         self.count("requests")
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                raw = resp.read()
-        except urllib.error.HTTPError as e:
-            status = e.code
-            retry_after = _retry_after(e.headers.get("Retry-After") if e.headers else None)
-            e.close()
+            completion = self._api.chat.completions.create(**req)
+        except openai.APITimeoutError:
+            self.count("timeouts")
+            raise _Retryable("timeout") from None
+        except openai.APIConnectionError as e:
+            raise _Retryable(f"connection error ({type(e.__cause__ or e).__name__})") from None
+        except openai.APIStatusError as e:
+            status = e.status_code
             if status == 429 or status >= 500:
-                raise _Retryable(f"HTTP {status}", retry_after) from None
+                raise _Retryable(f"HTTP {status}",
+                                 _retry_after(e.response.headers.get("Retry-After"))) from None
             if status in _FATAL_STATUS:
                 raise LLMError(f"{self.url} answered HTTP {status}"
                                + (" (check the API key variable "
                                   f"{self.api_key_env})" if status in (401, 403) else
                                   " (check judge.base_url and judge.model)")) from None
             raise _Fatal(f"HTTP {status}") from None
-        except (TimeoutError, socket.timeout):
-            self.count("timeouts")
-            raise _Retryable("timeout") from None
-        except urllib.error.URLError as e:
-            if isinstance(e.reason, (TimeoutError, socket.timeout)):
-                self.count("timeouts")
-                raise _Retryable("timeout") from None
-            raise _Retryable(f"connection error ({type(e.reason).__name__})") from None
-        except (ConnectionError, http.client.HTTPException, OSError) as e:
-            raise _Retryable(f"connection error ({type(e).__name__})") from None
+        except ValueError:  # a body that is not JSON at all
+            raise _Fatal("the response is not a chat completion") from None
         try:
-            payload = json.loads(raw.decode("utf-8"))
-            content = payload["choices"][0]["message"]["content"]
-        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, IndexError, TypeError):
+            content = completion.choices[0].message.content
+        except (AttributeError, IndexError, TypeError):
             raise _Fatal("the response is not a chat completion") from None
         if not isinstance(content, str):
             raise _Fatal("the response has no text content")
@@ -288,11 +263,16 @@ class LLMClient:
             return cap / 2 + self._rng.uniform(0, cap / 2)
 
     def _fetch(self, messages: Messages) -> str:
-        body = self._body(messages)
+        req: dict[str, Any] = {"model": self.model, "messages": list(messages),
+                               "temperature": self.temperature, "extra_headers": self._headers}
+        if self.max_tokens is not None:
+            req["max_tokens"] = self.max_tokens
+        if self.seed is not None:
+            req["seed"] = self.seed
         attempt = 0
         while True:
             try:
-                return self._post_once(body)
+                return self._attempt(req)
             except _Retryable as e:
                 if attempt >= self.max_retries:
                     raise _Fatal(f"{e.reason}; gave up after {attempt + 1} attempts") from None

@@ -70,7 +70,8 @@ class FakeServer:
                 n = int(self.headers.get("Content-Length", 0))
                 body = json.loads(self.rfile.read(n))
                 with server.lock:
-                    server.requests.append({"path": self.path, "headers": dict(self.headers),
+                    # self.headers looks names up case-insensitively, as HTTP defines them
+                    server.requests.append({"path": self.path, "headers": self.headers,
                                             "body": body})
                     server.inflight += 1
                     server.max_inflight = max(server.max_inflight, server.inflight)

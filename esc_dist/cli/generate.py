@@ -35,13 +35,13 @@ def mine_arguments(p: argparse.ArgumentParser) -> None:
 def run_infer(args: argparse.Namespace) -> int:
     from ..infer import infer
 
+    recipe = recipe_of(args, [f"infer.split={args.split}"] if args.split else [])
     if args.mode == "decoupled" and args.model:
         raise ConfigError("--model is for --mode vanilla; decoupled inference takes "
                           "--planner and --generator")
     if args.mode == "vanilla" and (args.planner or args.generator):
         raise ConfigError("--planner/--generator are for --mode decoupled; vanilla "
                           "inference takes --model")
-    recipe = recipe_of(args, [f"infer.split={args.split}"] if args.split else [])
     manifest = infer(recipe, args.mode, data_dir=args.data, out=args.out,
                      planner=args.planner, generator=args.generator, model=args.model)
     if is_main():
@@ -84,6 +84,7 @@ def merge_output(out: str | Path) -> dict:
 
 
 def run_merge(args: argparse.Namespace) -> int:
+    recipe_of(args)  # checked like every command's; the merge's settings come from job.json
     manifest = merge_output(args.out)
     print(f"merged {manifest['stage']} output {args.out}: {json.dumps(manifest['counts'])}")
     return 0

@@ -1,0 +1,83 @@
+"""Every subcommand, given a bad argument or a bad recipe value, ends with one line on stderr that
+names the culprit, and a non-zero exit status: never a traceback."""
+
+import subprocess
+import sys
+
+import pytest
+
+from esc_dist.cli import commands
+
+NOWHERE = "/nonexistent/esc-dist"
+
+# Per subcommand: arguments a careless user might give, and a word the message must contain.
+BAD_ARGUMENTS = {
+    "prepare": (["--esconv", f"{NOWHERE}/esconv.json", "--out", "{tmp}/data"], "file not found"),
+    "tiny-model": (["--corpus", f"{NOWHERE}/esconv.json", "--out", "{tmp}/tiny"],
+                   "file not found"),
+    "sft": (["--role", "planner", "--data", f"{NOWHERE}/data", "--model", f"{NOWHERE}/model",
+             "--out", "{tmp}/sft", "sft.deepspeed=null"], NOWHERE),
+    "dpo": (["--role", "planner", "--pairs", f"{NOWHERE}/pairs", "--model", f"{NOWHERE}/m",
+             "--out", "{tmp}/dpo", "dpo.deepspeed=null"], NOWHERE),
+    "mine": (["--role", "planner", "--data", f"{NOWHERE}/data", "--model", f"{NOWHERE}/m",
+              "--out", "{tmp}/mine"], NOWHERE),
+    "infer": (["--mode", "decoupled", "--model", f"{NOWHERE}/m", "--out", "{tmp}/pred"],
+              "--model is for --mode vanilla"),
+    "merge": (["--out", f"{NOWHERE}/mine"], "no job.json"),
+    "judge": (["--role", "planner", "--pairs", f"{NOWHERE}/pairs.jsonl", "--out", "{tmp}/j"],
+              "file not found"),
+    "eval": ([f"{NOWHERE}/predictions.jsonl", "--out", "{tmp}/report"], "file not found"),
+    "compare": ([f"{NOWHERE}/report", "--out", "{tmp}/cmp"], "no evaluation report"),
+    "pipeline": (["--only", "sft-plannerr", "run.output_dir={tmp}/run"], "unknown stage"),
+    "stage": (["show", "sft-plannerr", "run.output_dir={tmp}/run"], "unknown stage"),
+}
+
+# Recipe problems any subcommand meets first, with a word of the message.
+BAD_RECIPES = [
+    (["sft.learning_rate=-1"], "'sft.learning_rate' must be > 0"),
+    (["data.max_dialogues.train=-1"], "'data.max_dialogues.train' must be >= 1"),
+    (["data.split_fractions=[.nan,0.5,0.5]"], "finite"),
+    (["mine.nope=1"], "unknown key 'mine.nope'"),
+    (["--config", f"{NOWHERE}/recipe.yaml"], "recipe not found"),
+]
+
+NAMES = [c.name for c in commands()]
+
+
+def _run(args: list[str], tmp_path) -> subprocess.CompletedProcess:
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    return subprocess.run([sys.executable, "-m", "esc_dist", *args], capture_output=True,
+                          text=True, timeout=300, cwd=tmp_path,
+                          env={"PATH": "/usr/bin:/bin", "WANDB_MODE": "disabled",
+                               "HOME": str(tmp_path)})
+
+
+def _assert_one_line_error(r: subprocess.CompletedProcess, command: str, needle: str) -> None:
+    lines = [x for x in r.stderr.splitlines() if x.strip()]
+    assert r.returncode != 0, (r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr, r.stderr
+    errors = [x for x in lines if x.startswith(f"esc-dist {command}: error: ")]
+    assert len(errors) == 1, r.stderr
+    assert needle in errors[0], r.stderr
+
+
+def test_every_subcommand_has_a_bad_argument_case():
+    assert sorted(BAD_ARGUMENTS) == sorted(NAMES)
+
+
+@pytest.mark.parametrize("command", NAMES)
+def test_bad_argument_is_one_line(command, tmp_path):
+    args, needle = BAD_ARGUMENTS[command]
+    r = _run([command, *args], tmp_path)
+    _assert_one_line_error(r, command, needle)
+    assert r.returncode == 2
+
+
+@pytest.mark.parametrize("command", NAMES)
+def test_bad_recipe_is_one_line(command, tmp_path):
+    """Each subcommand meets one of the recipe problems (each problem several subcommands)."""
+    args, _ = BAD_ARGUMENTS[command]
+    recipe, needle = BAD_RECIPES[NAMES.index(command) % len(BAD_RECIPES)]
+    r = _run([command, *args, *recipe], tmp_path)
+    _assert_one_line_error(r, command, needle)
+    assert r.returncode == 2

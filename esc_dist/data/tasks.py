@@ -83,15 +83,8 @@ def task_example(turn: Turn, task: str, max_history: int | None = None) -> dict:
         prompt, target = generator_prompt(turn.history, turn.strategy, max_history), turn.reply
     else:
         raise ValueError(f"unknown task {task!r} (expected one of {TASKS})")
-    return {
-        "id": turn.id,
-        "dialogue_id": turn.dialogue_id,
-        "turn_index": turn.turn_index,
-        "strategy": turn.strategy,
-        "reply": turn.reply,
-        "prompt": prompt,
-        "completion": [{"role": "assistant", "content": target}],
-    }
+    return {**_turn_fields(turn), "prompt": prompt,
+            "completion": [{"role": "assistant", "content": target}]}
 
 
 def build_task(turns_by_split: dict[str, list[Turn]], task: str, max_history: int | None = None):
@@ -107,15 +100,15 @@ def build_task(turns_by_split: dict[str, list[Turn]], task: str, max_history: in
 def turn_record(turn: Turn) -> dict:
     """The raw turn (history as seeker/supporter messages) for stages that judge or rebuild
     prompts: mining, judging, inference."""
-    return {
-        "id": turn.id,
-        "dialogue_id": turn.dialogue_id,
-        "turn_index": turn.turn_index,
-        "strategy": turn.strategy,
-        "reply": turn.reply,
-        "history": [{"role": m.role, "text": m.text, "strategy": m.strategy}
-                    for m in turn.history],
-    }
+    return {**_turn_fields(turn),
+            "history": [{"role": m.role, "text": m.text, "strategy": m.strategy}
+                        for m in turn.history]}
+
+
+def _turn_fields(turn: Turn) -> dict:
+    """The identity and gold answer of a turn, first in every record built from it."""
+    return {"id": turn.id, "dialogue_id": turn.dialogue_id, "turn_index": turn.turn_index,
+            "strategy": turn.strategy, "reply": turn.reply}
 
 
 def history_messages(history: Iterable[dict]) -> list[Message]:

@@ -41,7 +41,10 @@ item's ``max_new_tokens``; the text is decoded without special tokens.
 **Where things are.** :mod:`.sampling` (per-item settings, row seeds, token choice),
 :mod:`.work` (work items, engine settings, their fingerprint), :mod:`.replica` (the model replica
 of one rank), :mod:`.shards` (layout, chunk files, :func:`generate`, :func:`merge`),
-:mod:`.output` (claiming a stage's output directory, finishing it on rank 0).
+:mod:`.output` (claiming a stage's output directory, finishing it on rank 0) and :mod:`.stage`
+(the one runner of the generation stages, mining and inference). Re-merging a stage's output
+from its ``job.json`` (``esc-dist merge``) is :func:`esc_dist.generation.remerge.merge_output`,
+kept out of this namespace because it knows the stages built on this package.
 """
 
 from __future__ import annotations

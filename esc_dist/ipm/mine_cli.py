@@ -9,8 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 from typing import Callable
+
+from ..generation.remerge import merge_output
 
 ROLES = ("planner", "generator", "vanilla")
 
@@ -41,26 +42,6 @@ def cmd_mine(args: argparse.Namespace) -> int:
               f"({c['same_as_gold']} same as gold, {c['unparseable']} unparseable): "
               f"{json.dumps(c)}")
     return 0
-
-
-def merge_output(out: str | Path) -> dict:
-    """Merge and verify the chunk files of a mining or inference output directory again and
-    rewrite its outputs, manifest and COMPLETED marker (no model, one process)."""
-    from ..generation import MergeError
-    from ..io import read_json
-
-    out = Path(out)
-    job_file = out / "job.json"
-    if not job_file.is_file():
-        raise MergeError(f"{out}: no job.json (not an `esc-dist mine` or `esc-dist infer` output)")
-    job = read_json(job_file)
-    if job.get("stage") == "mine":
-        from .mine import finalize
-    elif job.get("stage") == "infer":
-        from ..infer import finalize
-    else:
-        raise MergeError(f"{job_file}: unknown stage {job.get('stage')!r}")
-    return finalize(out, job)
 
 
 def cmd_merge(args: argparse.Namespace) -> int:

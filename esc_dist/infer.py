@@ -23,18 +23,17 @@ and ``top_k`` with per-turn seeds. Output directory: ``chunks/{planner,generator
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from . import __version__, dist, tracking
+from . import dist
 from .config import InferConfig, Recipe
 from .constants import MODES
 from .errors import ConfigError
-from .generation import (EngineConfig, Sampling, WorkItem, claim_output, finalize_on_main,
-                         generate, items_fingerprint, merge, model_fingerprint, throughput_summary)
-from .io import (mark_completed, read_manifest, sha256_file, sha256_json, write_jsonl,
-                 write_manifest)
+from .generation import Sampling, WorkItem, merge, stage
+from .generation.stage import (Phase, Stage, generation_summary, output_file, run_stage,
+                               settings_errors)
+from .io import read_manifest, write_jsonl
 from .log import get_logger
 from .strategies import parse_strategy, parse_tagged
 
@@ -140,42 +139,43 @@ def summary(preds: list[dict]) -> dict:
             if n else 0.0}
 
 
+def chunk_dir(phase: str) -> str:
+    return f"chunks/{phase}"
+
+
+def write_predictions(out: Path, job: dict) -> tuple[dict, dict]:
+    """Merge and verify every phase's chunks of ``out``; write predictions.jsonl."""
+    mode = job["mode"]
+    records = None
+    for phase in phases(mode):
+        records = merge(out / chunk_dir(phase))
+    preds = [prediction(r, mode) for r in records]
+    write_jsonl(out / "predictions.jsonl", preds)
+    return {"predictions": output_file(out, "predictions.jsonl")}, summary(preds)
+
+
 def finalize(out: str | Path, job: dict, generation: dict | None = None,
              t0: float | None = None) -> dict:
     """Merge and verify every phase's chunks, write predictions, manifest and COMPLETED.
 
     Used at the end of :func:`infer` (rank 0) and alone by ``esc-dist merge``.
     """
-    out = Path(out)
-    mode = job["mode"]
-    records = None
-    for phase in phases(mode):
-        records = merge(out / "chunks" / phase)
-    preds = [prediction(r, mode) for r in records]
-    write_jsonl(out / "predictions.jsonl", preds)
-    counts = summary(preds)
-    manifest = {
-        "stage": "infer", "mode": mode, "split": job["split"],
-        "esc_dist_version": __version__,
-        "fingerprint": job["fingerprint"],
-        "inputs": job["inputs"], "config": job["config"],
-        "outputs": {"predictions": {"path": "predictions.jsonl",
-                                    "sha256": sha256_file(out / "predictions.jsonl")}},
-        "counts": counts,
-    }
-    if generation is not None:
-        manifest["generation"] = generation
-        manifest["world_size"] = next(iter(generation.values()))["world_size"]
-    else:
-        prev = read_manifest(out) or {}
-        manifest["generation"] = prev.get("generation")
-        manifest["world_size"] = prev.get("world_size")
-        manifest["merged_alone"] = True
-    if t0 is not None:
-        manifest["seconds"] = round(time.time() - t0, 3)
-    write_manifest(out, manifest)
-    mark_completed(out)
-    return manifest
+    return stage.finalize(out, job, write_predictions, generation, t0)
+
+
+def _wandb_summary(out: Path, manifest: dict, generation: dict) -> dict:
+    flat = {f"infer/{k}": v for k, v in manifest["counts"].items()}
+    for name, g in generation.items():
+        flat.update(generation_summary(f"infer/{name}", g,
+                                       ("items_per_s", "tokens_per_s", "chunks_computed")))
+    return flat
+
+
+def _report(out: Path, manifest: dict) -> None:
+    c = manifest["counts"]
+    log.info("infer %s on %s: %d turns, strategy accuracy %.3f, %d unparseable -> %s",
+             manifest["mode"], manifest["split"], c["turns"], c["strategy_accuracy"],
+             c["unparseable"], out / "predictions.jsonl")
 
 
 def infer(recipe: Recipe, mode: str, data_dir: str | Path | None = None,
@@ -203,76 +203,23 @@ def infer(recipe: Recipe, mode: str, data_dir: str | Path | None = None,
     if not turns:
         raise ConfigError(f"{data_dir}: split {split!r} has no supporter turns")
     max_history = max_history_of(data_dir)
-    first = "planner" if mode == "decoupled" else "vanilla"
-    try:
+    first = phases(mode)[0]
+    with settings_errors("infer"):
         build = planner_items if mode == "decoupled" else vanilla_items
         first_items = build(turns, infer_sampling(cfg, first), max_history)
-        infer_sampling(cfg, "generator")
-        EngineConfig(batch_size=cfg.batch_size, chunk_size=cfg.chunk_size)
-    except ValueError as e:  # bad sampling or batch settings
-        raise ConfigError(f"infer: {e}") from None
-    model_fps = {name: model_fingerprint(p) for name, p in models.items()}
-    config = {"infer": asdict(cfg), "seed": recipe.run.seed, "max_history_messages": max_history,
-              "model": {"trust_remote_code": recipe.model.trust_remote_code,
-                        "attn_implementation": recipe.model.attn_implementation}}
-    job = {
-        "stage": "infer", "mode": mode, "split": split,
-        "inputs": {"data": {"path": str(data_dir),
-                            "sha256": sha256_json(read_manifest(data_dir) or {})},
-                   **{name: {"path": str(p), "fingerprint": model_fps[name]}
-                      for name, p in models.items()}},
-        "config": config,
-        # What the result depends on (paths and timings left out: the items carry the data).
-        "fingerprint": sha256_json({"stage": "infer", "mode": mode, "split": split,
-                                    "models": model_fps, "config": config,
-                                    "items": items_fingerprint(first_items)}),
-    }
-    done = claim_output(out, job, f"infer {mode}")
-    if done is not None:
-        return done
+        generator_sampling = infer_sampling(cfg, "generator")
 
-    def engine(phase: str) -> EngineConfig:
-        return EngineConfig(batch_size=cfg.batch_size, chunk_size=cfg.chunk_size,
-                            seed=recipe.run.seed, stream=f"infer-{mode}-{phase}",
-                            trust_remote_code=recipe.model.trust_remote_code,
-                            attn_implementation=recipe.model.attn_implementation)
+    def phase(name: str, items) -> Phase:
+        return Phase(f"infer-{mode}-{name}", models[name], chunk_dir(name), items, key=name)
 
-    run = tracking.start_run(recipe, f"infer-{mode}", out,
-                             config={"stage": "infer", "mode": mode, "split": split,
-                                     "turns": len(turns)})
-    generation: dict[str, dict] = {}
-    try:
-        if mode == "decoupled":
-            generation["planner"] = generate(first_items, models["planner"],
-                                             out / "chunks" / "planner",
-                                             engine("planner"), label=f"infer-{mode}-planner")
-            log.info("%s", throughput_summary(generation["planner"]))
-            planned = merge(out / "chunks" / "planner")  # every rank reads (after the barrier)
-            items = generator_items(turns, planned, infer_sampling(cfg, "generator"),
-                                    max_history)
-            phase = "generator"
-        else:
-            items, phase = first_items, "vanilla"
-        generation[phase] = generate(items, models[phase], out / "chunks" / phase,
-                                     engine(phase), label=f"infer-{mode}-{phase}")
-        log.info("%s", throughput_summary(generation[phase]))
+    def conditioned(planned: list[dict]) -> list[WorkItem]:  # decoupled phase 2
+        return generator_items(turns, planned, generator_sampling, max_history)
 
-        def write_output() -> dict:
-            manifest = finalize(out, job, generation, t0)
-            if run is not None:
-                run.summary.update({f"infer/{k}": v for k, v in manifest["counts"].items()})
-                for name, g in generation.items():
-                    for k in ("items_per_s", "tokens_per_s", "chunks_computed"):
-                        if g.get(k) is not None:
-                            run.summary[f"infer/{name}/{k}"] = g[k]
-            return manifest
-
-        manifest = finalize_on_main(out, write_output)
-    finally:
-        tracking.finish(run)
-    if dist.is_main():
-        c = manifest["counts"]
-        log.info("infer %s on %s: %d turns, strategy accuracy %.3f, %d unparseable -> %s",
-                 mode, split, c["turns"], c["strategy_accuracy"], c["unparseable"],
-                 out / "predictions.jsonl")
-    return manifest
+    steps = [phase(first, first_items)]
+    if mode == "decoupled":
+        steps.append(phase("generator", conditioned))
+    return run_stage(recipe, Stage(
+        name="infer", labels={"mode": mode, "split": split}, job_type=f"infer-{mode}", out=out,
+        data_dir=data_dir, models=models, settings=cfg, phases=steps,
+        write_outputs=write_predictions, extra_config={"max_history_messages": max_history},
+        wandb_config={"turns": len(turns)}, wandb_summary=_wandb_summary, report=_report), t0)

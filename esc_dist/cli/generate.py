@@ -73,13 +73,17 @@ def merge_output(out: str | Path) -> dict:
     job_file = out / "job.json"
     if not job_file.is_file():
         raise MergeError(f"{out}: no job.json (not an `esc-dist mine` or `esc-dist infer` output)")
-    job = read_json(job_file)
-    if job.get("stage") == "mine":
+    try:
+        job = read_json(job_file)
+    except (ValueError, RecursionError) as e:  # not UTF-8, not JSON, nested too deeply
+        raise MergeError(f"unreadable job.json ({e})", path=job_file) from None
+    stage = job.get("stage") if isinstance(job, dict) else None
+    if stage == "mine":
         from ..ipm.mine import finalize
-    elif job.get("stage") == "infer":
+    elif stage == "infer":
         from ..infer import finalize
     else:
-        raise MergeError(f"{job_file}: unknown stage {job.get('stage')!r}")
+        raise MergeError(f"unknown stage {stage!r} (expected mine or infer)", path=job_file)
     return finalize(out, job)
 
 

@@ -25,18 +25,17 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from .. import __version__, dist, tracking
+from .. import dist
 from ..config import MineConfig, Recipe
 from ..constants import ROLES, UNPARSEABLE
 from ..errors import ConfigError
-from ..generation import (EngineConfig, Sampling, WorkItem, claim_output, finalize_on_main,
-                          generate, items_fingerprint, merge, model_fingerprint, throughput_summary)
-from ..io import (atomic_write_json, mark_completed, read_json, read_manifest, sha256_file,
-                  sha256_json, write_jsonl, write_manifest)
+from ..generation import Sampling, WorkItem, merge, stage
+from ..generation.stage import (Phase, Stage, generation_summary, output_file, run_stage,
+                                settings_errors)
+from ..io import atomic_write_json, read_json, write_jsonl
 from ..log import get_logger
 from ..strategies import STRATEGIES, format_tagged, parse_strategy, parse_tagged
 
@@ -187,6 +186,17 @@ def mining_stats(infos: Sequence[Mapping[str, Any]], role: str | None) -> dict:
 # ---------------------------------------------------------------------------------------------
 # Output
 
+COUNTS = ("turns", "samples", "pairs", "same_as_gold", "turns_without_pair", "unparseable")
+
+
+def write_pairs(out: Path, job: dict) -> tuple[dict, dict]:
+    """Merge and verify the chunk files of ``out``; write pairs.jsonl and stats.json."""
+    records = merge(out / CHUNKS)
+    pairs, stats = pairs_from_records(records)
+    write_jsonl(out / "pairs.jsonl", pairs)
+    atomic_write_json(out / "stats.json", stats)
+    return {"pairs": output_file(out, "pairs.jsonl")}, {k: stats[k] for k in COUNTS}
+
 
 def finalize(out: str | Path, job: dict, generation: dict | None = None,
              t0: float | None = None) -> dict:
@@ -194,50 +204,25 @@ def finalize(out: str | Path, job: dict, generation: dict | None = None,
 
     Used at the end of :func:`mine` (rank 0) and alone by ``esc-dist merge``.
     """
-    out = Path(out)
-    records = merge(out / CHUNKS)
-    pairs, stats = pairs_from_records(records)
-    write_jsonl(out / "pairs.jsonl", pairs)
-    atomic_write_json(out / "stats.json", stats)
-    manifest = {
-        "stage": "mine",
-        "role": job["role"],
-        "esc_dist_version": __version__,
-        "fingerprint": job["fingerprint"],
-        "inputs": job["inputs"],
-        "config": job["config"],
-        "outputs": {"pairs": {"path": "pairs.jsonl", "sha256": sha256_file(out / "pairs.jsonl")}},
-        "counts": {k: stats[k] for k in ("turns", "samples", "pairs", "same_as_gold",
-                                         "turns_without_pair", "unparseable")},
-    }
-    if generation is not None:
-        manifest["generation"] = generation
-        manifest["world_size"] = generation["world_size"]
-    else:
-        prev = read_manifest(out) or {}
-        manifest["generation"] = prev.get("generation")
-        manifest["world_size"] = prev.get("world_size")
-        manifest["merged_alone"] = True
-    if t0 is not None:
-        manifest["seconds"] = round(time.time() - t0, 3)
-    write_manifest(out, manifest)
-    mark_completed(out)
-    return manifest
+    return stage.finalize(out, job, write_pairs, generation, t0)
 
 
-def _log_wandb(run, stats: dict, generation: dict) -> None:
-    if run is None:
-        return
-    flat = {f"mine/{k}": stats[k] for k in ("turns", "samples", "pairs", "same_as_gold",
-                                            "turns_without_pair", "unparseable",
-                                            "mean_new_tokens")}
+def _wandb_summary(out: Path, manifest: dict, generation: dict) -> dict:
+    stats = read_json(out / "stats.json")
+    flat = {f"mine/{k}": stats[k] for k in COUNTS + ("mean_new_tokens",)}
     for reason, c in stats["unparseable_reasons"].items():
         flat[f"mine/unparseable/{reason}"] = c
-    for k in ("items_per_s", "tokens_per_s", "chunks_computed", "chunks_reused",
-              "world_size", "generation_seconds"):
-        if generation.get(k) is not None:
-            flat[f"mine/{k}"] = generation[k]
-    run.summary.update(flat)
+    flat.update(generation_summary("mine", generation, (
+        "items_per_s", "tokens_per_s", "chunks_computed", "chunks_reused", "world_size",
+        "generation_seconds")))
+    return flat
+
+
+def _report(out: Path, manifest: dict) -> None:
+    c = manifest["counts"]
+    log.info("mine %s: %d turns, %d samples -> %d pairs (%d same as gold, %d unparseable) in %s",
+             manifest["role"], c["turns"], c["samples"], c["pairs"], c["same_as_gold"],
+             c["unparseable"], out)
 
 
 def mine(recipe: Recipe, role: str, model_dir: str | Path | None = None,
@@ -257,51 +242,10 @@ def mine(recipe: Recipe, role: str, model_dir: str | Path | None = None,
     data_dir = Path(data_dir or run_dir / "data")
     model_dir = Path(model_dir or run_dir / "models" / f"sft-{role}")
     out = Path(out or run_dir / "ipm" / f"mine-{role}")
-    try:
+    with settings_errors("mine"):
         items = mine_items(data_dir, role, cfg)
-        engine = EngineConfig(batch_size=cfg.batch_size, chunk_size=cfg.chunk_size,
-                              seed=recipe.run.seed, stream=f"mine-{role}",
-                              trust_remote_code=recipe.model.trust_remote_code,
-                              attn_implementation=recipe.model.attn_implementation)
-    except ValueError as e:  # bad sampling or batch settings
-        if isinstance(e, ConfigError):
-            raise
-        raise ConfigError(f"mine: {e}") from None
-    model_fp = model_fingerprint(model_dir)
-    config = {"mine": asdict(cfg), "seed": recipe.run.seed,
-              "model": {"trust_remote_code": recipe.model.trust_remote_code,
-                        "attn_implementation": recipe.model.attn_implementation}}
-    job = {
-        "stage": "mine", "role": role,
-        "inputs": {"data": {"path": str(data_dir),
-                            "sha256": sha256_json(read_manifest(data_dir) or {})},
-                   "model": {"path": str(model_dir), "fingerprint": model_fp}},
-        "config": config,
-        # What the result depends on (paths and timings left out: the items carry the data).
-        "fingerprint": sha256_json({"stage": "mine", "role": role, "model": model_fp,
-                                    "config": config, "items": items_fingerprint(items)}),
-    }
-    done = claim_output(out, job, f"mine {role}")
-    if done is not None:
-        return done
-    run = tracking.start_run(recipe, f"mine-{role}", out,
-                             config={"stage": "mine", "role": role, "items": len(items)})
-    try:
-        generation = generate(items, model_dir, out / CHUNKS, engine, label=f"mine-{role}")
-        log.info("%s", throughput_summary(generation))
-
-        def write_output() -> dict:
-            manifest = finalize(out, job, generation, t0)
-            _log_wandb(run, read_json(out / "stats.json"), generation)
-            return manifest
-
-        manifest = finalize_on_main(out, write_output)
-    finally:
-        tracking.finish(run)
-    if dist.is_main():
-        c = manifest["counts"]
-        log.info("mine %s: %d turns, %d samples -> %d pairs (%d same as gold, %d unparseable) "
-                 "in %s", role, c["turns"], c["samples"], c["pairs"], c["same_as_gold"],
-                 c["unparseable"], out)
-    return manifest
-
+    return run_stage(recipe, Stage(
+        name="mine", labels={"role": role}, job_type=f"mine-{role}", out=out, data_dir=data_dir,
+        models={"model": model_dir}, settings=cfg,
+        phases=[Phase(f"mine-{role}", model_dir, CHUNKS, items)], write_outputs=write_pairs,
+        wandb_config={"items": len(items)}, wandb_summary=_wandb_summary, report=_report), t0)

@@ -1,0 +1,323 @@
+"""The sharded run: one global layout of the items, chunk files committed atomically, merge.
+
+The whole item list is put in one global order (prompt token length, longest first so that a
+too-large batch fails at once, ties by id) and cut into fixed batches of ``batch_size``;
+consecutive batches form chunks of ``chunk_size`` items. Ranks get whole chunks (balanced by
+padded token cost with :func:`esc_dist.dist.shard_balanced`), so each batch is the same on any
+number of ranks and after a restart. Each finished chunk is written to
+``chunk-NNNNNN.jsonl`` through a temporary file and ``os.replace``; a (re)started rank skips
+chunks whose file exists. ``plan.json`` (written before any chunk) records the fingerprint of
+the inputs and the ids each chunk must hold; :func:`merge` checks the chunk files against it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from .. import dist
+from ..errors import MergeError, PlanMismatch
+from ..io import (atomic_write_json, atomic_write_text, iter_jsonl, jsonl_line, model_fingerprint,
+                  read_json, sha256_json)
+from ..log import get_logger
+from .replica import (Replica, deterministic_cuda, device_and_dtype, load_tokenizer, prompt_ids,
+                      resolve_prefill)
+from .sampling import row_seed
+from .work import EngineConfig, WorkItem, items_fingerprint, messages_sha
+
+log = get_logger(__name__)
+
+ENGINE_VERSION = 1
+PLAN = "plan.json"
+CHUNK_PREFIX = "chunk-"
+# Test/debug knob: seconds to sleep after each written chunk (makes a run slow enough to be
+# interrupted at a known point). Not part of any result.
+_DELAY_ENV = "ESC_DIST_CHUNK_DELAY_S"
+
+
+# ---------------------------------------------------------------------------------------------
+# Layout: global order, batches, chunks
+
+
+@dataclass
+class Chunk:
+    name: str
+    batches: list[list[int]]  # item indices
+    cost: int
+
+    @property
+    def indices(self) -> list[int]:
+        return [i for b in self.batches for i in b]
+
+
+def chunk_name(k: int) -> str:
+    return f"{CHUNK_PREFIX}{k:06d}"
+
+
+def plan_layout(items: Sequence[WorkItem], lengths: Sequence[int], batch_size: int,
+                chunk_size: int) -> list[Chunk]:
+    """Cut the globally ordered items into fixed batches and group them into chunks.
+
+    Order: prompt length descending, ties by id. A chunk's cost is its padded token count
+    (rows × (longest prompt + most new tokens) summed over its batches).
+    """
+    order = sorted(range(len(items)), key=lambda i: (-lengths[i], items[i].id))
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    per_chunk = chunk_size // batch_size
+    chunks = []
+    for k, start in enumerate(range(0, len(batches), per_chunk)):
+        bs = batches[start:start + per_chunk]
+        cost = sum(len(b) * (max(lengths[i] for i in b)
+                             + max(items[i].sampling.max_new_tokens for i in b)) for b in bs)
+        chunks.append(Chunk(chunk_name(k), bs, cost))
+    return chunks
+
+
+# ---------------------------------------------------------------------------------------------
+# Chunk files
+
+
+def chunk_path(work_dir: Path, name: str) -> Path:
+    return Path(work_dir) / f"{name}.jsonl"
+
+
+def _record(item: WorkItem, result: dict) -> dict:
+    return {"id": item.id, "key": item.seed_key, "sample": item.sample,
+            "messages": item.messages, "meta": item.meta, **result}
+
+
+def existing_chunks(work_dir: Path) -> set[str]:
+    return {p.name[:-len(".jsonl")] for p in Path(work_dir).glob(f"{CHUNK_PREFIX}*.jsonl")}
+
+
+# ---------------------------------------------------------------------------------------------
+# The sharded run
+
+
+def _progress(total: int, desc: str):
+    """tqdm on a terminal; otherwise a callable that logs every ~30 s and at the end."""
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, desc=desc, unit="chunk", position=dist.rank(), leave=False)
+        return bar.update, bar.close
+    t0, last = time.perf_counter(), [time.perf_counter()]
+    done = [0]
+
+    def update(k: int = 1):
+        done[0] += k
+        now = time.perf_counter()
+        if now - last[0] >= 30 or done[0] == total:
+            last[0] = now
+            log.info("%s: %d/%d chunks (%.0f s)", desc, done[0], total, now - t0)
+
+    return update, lambda: None
+
+
+def _agree(value: Any) -> list[Any]:
+    return dist.all_gather_object(value)
+
+
+def _raise_any(errors: list[Any]) -> None:
+    for e in errors:
+        if e is not None:
+            kind, msg = e
+            raise {"PlanMismatch": PlanMismatch, "MergeError": MergeError}.get(
+                kind, RuntimeError)(msg)
+
+
+def generate(items: Sequence[WorkItem], model_dir: str | Path, work_dir: str | Path,
+             cfg: EngineConfig, label: str = "generate") -> dict:
+    """Compute every item once over all ranks into ``work_dir``'s chunk files.
+
+    Every rank calls this with the same items. Returns (on every rank) the run's statistics:
+    chunks reused and computed, per-rank seconds, items/s and tokens/s. Ends with all ranks
+    synchronised; read the results with :func:`merge`.
+    """
+    t0 = time.perf_counter()
+    deterministic_cuda()  # before any cuBLAS call of this process, if it is the first
+    work_dir = Path(work_dir)
+    ids = [it.id for it in items]
+    if len(set(ids)) != len(ids):
+        dup = next(i for i in ids if ids.count(i) > 1)
+        raise ValueError(f"duplicate work item id {dup!r}")
+    tok = load_tokenizer(model_dir, cfg.trust_remote_code)
+    cache: dict[str, list[int]] = {}
+    plist = []
+    for it in items:
+        h = messages_sha(it.messages)
+        if h not in cache:
+            cache[h] = prompt_ids(tok, it.messages)
+        plist.append(cache[h])
+    lengths = [len(p) for p in plist]
+    chunks = plan_layout(items, lengths, cfg.batch_size, cfg.chunk_size)
+    device, dtype = device_and_dtype()
+    fingerprint = sha256_json({
+        "engine": ENGINE_VERSION, "items": items_fingerprint(items),
+        "model": model_fingerprint(model_dir), "batch_size": cfg.batch_size,
+        "chunk_size": cfg.chunk_size, "seed": cfg.seed, "stream": cfg.stream,
+        "device": device.type, "dtype": str(dtype).replace("torch.", ""),
+        "attn_implementation": cfg.attn_implementation,
+        "prefill": resolve_prefill(cfg.prefill),
+    })
+    layout_sha = sha256_json([[c.name, [ids[i] for i in c.indices]] for c in chunks])
+    plan = {"engine_version": ENGINE_VERSION, "fingerprint": fingerprint, "label": label,
+            "model": str(model_dir), "items": len(items), "batch_size": cfg.batch_size,
+            "chunk_size": cfg.chunk_size, "seed": cfg.seed, "stream": cfg.stream,
+            "device": device.type, "dtype": str(dtype).replace("torch.", ""),
+            "prefill": resolve_prefill(cfg.prefill), "layout_sha256": layout_sha,
+            "chunks": [{"name": c.name, "ids": [ids[i] for i in c.indices], "cost": c.cost}
+                       for c in chunks]}
+
+    # Rank 0 checks or writes the plan; every rank must have computed the same layout.
+    error, present = None, None
+    if dist.is_main():
+        try:
+            work_dir.mkdir(parents=True, exist_ok=True)
+            old = work_dir / PLAN
+            if old.is_file():
+                prev = read_json(old)
+                if prev.get("fingerprint") != fingerprint:
+                    raise PlanMismatch(
+                        f"{work_dir} holds chunks computed for other inputs (model, items, "
+                        f"batch/chunk size, seed or device differ: plan fingerprint "
+                        f"{str(prev.get('fingerprint'))[:12]} != {fingerprint[:12]}); remove "
+                        "the directory or write to another output")
+            else:
+                stray = existing_chunks(work_dir)
+                if stray:
+                    raise PlanMismatch(f"{work_dir} holds chunk files but no {PLAN}: remove "
+                                       "them or write to another output")
+                atomic_write_json(old, plan)
+            present = sorted(existing_chunks(work_dir))
+        except PlanMismatch as e:
+            error = ("PlanMismatch", str(e))
+    gathered = _agree((error, present, layout_sha))
+    _raise_any([g[0] for g in gathered])
+    present = set(gathered[0][1])
+    if len({g[2] for g in gathered}) != 1:
+        raise RuntimeError("ranks computed different chunk layouts (different tokenizer or "
+                           "inputs per rank?)")
+
+    remaining = [c for c in chunks if c.name not in present]
+    world, me = dist.world_size(), dist.rank()
+    mine = set(dist.shard_balanced([(c.name, c.cost) for c in remaining], world, me))
+    todo = [c for c in remaining if c.name in mine]
+    log.info("%s: %d items in %d chunks; %d already done, %d to compute on %d rank(s), %d here",
+             label, len(items), len(chunks), len(present), len(remaining), world, len(todo))
+
+    stats = {"rank": me, "chunks": 0, "items": 0, "prompt_tokens": 0, "new_tokens": 0,
+             "seconds": 0.0, "load_seconds": 0.0}
+    if todo:
+        t_load = time.perf_counter()
+        replica = Replica(model_dir, tok, cfg.trust_remote_code, cfg.attn_implementation,
+                          cfg.prefill)
+        stats["load_seconds"] = round(time.perf_counter() - t_load, 3)
+        delay = float(os.environ.get(_DELAY_ENV, "0") or 0)
+        update, close = _progress(len(todo), f"{label} rank {me}")
+        t_gen = time.perf_counter()
+        for c in todo:
+            lines = []
+            for b in c.batches:
+                batch = [items[i] for i in b]
+                seeds = [row_seed(cfg.seed, cfg.stream, it.seed_key, it.sample) for it in batch]
+                results = replica.generate_batch(batch, [plist[i] for i in b], seeds)
+                for it, res in zip(batch, results):
+                    lines.append(jsonl_line(_record(it, res)))
+                    stats["prompt_tokens"] += res["prompt_tokens"]
+                    stats["new_tokens"] += res["new_tokens"]
+            atomic_write_text(chunk_path(work_dir, c.name), "\n".join(lines) + "\n")
+            stats["chunks"] += 1
+            stats["items"] += len(lines)
+            update(1)
+            if delay:
+                time.sleep(delay)
+        close()
+        stats["seconds"] = round(time.perf_counter() - t_gen, 3)
+        del replica
+    secs = stats["seconds"]
+    stats["items_per_s"] = round(stats["items"] / secs, 3) if secs else None
+    stats["tokens_per_s"] = round(stats["new_tokens"] / secs, 3) if secs else None
+    per_rank = _agree(stats)  # also the barrier: every chunk is on disk after this
+    wall = time.perf_counter() - t0
+    computed = sum(r["items"] for r in per_rank)
+    new_tokens = sum(r["new_tokens"] for r in per_rank)
+    gen_wall = max((r["seconds"] for r in per_rank), default=0.0)
+    return {
+        "label": label, "world_size": world, "items": len(items), "chunks": len(chunks),
+        "chunks_reused": len(present), "chunks_computed": sum(r["chunks"] for r in per_rank),
+        "items_computed": computed, "new_tokens": new_tokens,
+        "seconds": round(wall, 3), "generation_seconds": round(gen_wall, 3),
+        "items_per_s": round(computed / gen_wall, 3) if gen_wall else None,
+        "tokens_per_s": round(new_tokens / gen_wall, 3) if gen_wall else None,
+        "device": device.type, "dtype": str(dtype).replace("torch.", ""),
+        "fingerprint": fingerprint, "per_rank": per_rank,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Merge
+
+
+def merge(work_dir: str | Path) -> list[dict]:
+    """Every record of ``work_dir``'s chunk files, sorted by id, after checking them against the
+    plan: each planned chunk present, each planned id exactly once, no other id. Raises
+    :class:`MergeError` naming the missing chunk or the missing, duplicated or unknown id.
+    Read-only: any rank may call it."""
+    work_dir = Path(work_dir)
+    plan_file = work_dir / PLAN
+    if not plan_file.is_file():
+        raise MergeError(f"{work_dir}: no {PLAN} (not a generation work directory, or the run "
+                         "never started)")
+    plan = read_json(plan_file)
+    expected: dict[str, str] = {}
+    for c in plan["chunks"]:
+        for i in c["ids"]:
+            expected[i] = c["name"]
+    missing_chunks = [c for c in plan["chunks"]
+                      if not chunk_path(work_dir, c["name"]).is_file()]
+    if missing_chunks:
+        c = missing_chunks[0]
+        more = f" (and {len(missing_chunks) - 1} more)" if len(missing_chunks) > 1 else ""
+        raise MergeError(f"{work_dir}: missing chunk {c['name']}.jsonl{more}: its "
+                         f"{len(c['ids'])} item(s) {', '.join(c['ids'][:5])}"
+                         f"{', ...' if len(c['ids']) > 5 else ''} were never written; rerun "
+                         "the stage to compute them")
+    seen: dict[str, str] = {}
+    records = []
+    for path in sorted(work_dir.glob(f"{CHUNK_PREFIX}*.jsonl")):
+        def bad(line: int | None, problem: str, path: Path = path) -> MergeError:
+            return MergeError(problem, path=path, line=line)
+
+        for n, rec in iter_jsonl(path, bad):
+            where = f"{path.name} line {n}"
+            rid = rec.get("id") if isinstance(rec, dict) else None
+            if not isinstance(rid, str):
+                raise bad(n, "a record without a string 'id'")
+            if rid not in expected:
+                raise MergeError(f"{work_dir}: unknown id {rid!r} in {where} (not one of "
+                                 f"the {len(expected)} planned items)")
+            if rid in seen:
+                raise MergeError(f"{work_dir}: duplicated id {rid!r}: in {seen[rid]} and "
+                                 f"{where}")
+            seen[rid] = where
+            records.append(rec)
+    lost = [i for i in expected if i not in seen]
+    if lost:
+        raise MergeError(f"{work_dir}: id {lost[0]!r} is missing (planned in "
+                         f"{expected[lost[0]]}.jsonl){f' and {len(lost) - 1} more' if len(lost) > 1 else ''}")
+    records.sort(key=lambda r: r["id"])
+    return records
+
+
+def throughput_summary(stats: dict) -> str:
+    ips, tps = stats.get("items_per_s"), stats.get("tokens_per_s")
+    if not stats.get("items_computed"):
+        return f"{stats['label']}: nothing to compute ({stats['chunks_reused']} chunks reused)"
+    return (f"{stats['label']}: {stats['items_computed']} items in {stats['chunks_computed']} "
+            f"chunks on {stats['world_size']} rank(s), {ips:.1f} items/s, {tps:.1f} tokens/s"
+            + (f" ({stats['chunks_reused']} chunks reused)" if stats["chunks_reused"] else ""))

@@ -49,7 +49,8 @@ def run(kind: str, recipe, data_dir: Path, model_dir: Path, work: Path, steps: i
         from trl import SFTConfig, SFTTrainer
 
         from esc_dist.data.tasks import load_task
-        from esc_dist.train.common import load_policy, load_tokenizer, trainer_arguments
+        from esc_dist.train.arguments import trainer_arguments
+        from esc_dist.train.models import load_policy, load_tokenizer
 
         cfg = recipe.sft
         args = SFTConfig(**trainer_arguments(cfg, recipe, paths, "bench", False, None))

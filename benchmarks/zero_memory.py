@@ -53,7 +53,8 @@ def main() -> int:
     from esc_dist.data.tasks import prepare
     from esc_dist.log import quiet_libraries
     from esc_dist.models.tiny import build_tiny_model
-    from esc_dist.train.common import deepspeed_config, stage_paths
+    from esc_dist.train.arguments import deepspeed_config
+    from esc_dist.train.common import stage_paths
     from esc_dist.train.sft import build_sft_trainer
 
     quiet_libraries()

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from esc_dist.train.common import find_resume_checkpoint
+from esc_dist.train.checkpoints import find_resume_checkpoint
 
 
 def _ckpt(root, step, key, complete=True):

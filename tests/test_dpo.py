@@ -17,6 +17,7 @@ pytestmark = pytest.mark.distributed
 
 STEPS = 8
 LOSS_TOL = 1e-5  # absolute, on losses of about 0.4-0.7
+REWARD_TOL_AT_START = 1e-4  # absolute, on beta-scaled rewards (beta 0.1) at step 0
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +67,12 @@ def test_reward_accuracy_rises_and_margin_grows(reference):
     hist = log_history(reference, STEPS)
     acc = [h["rewards/accuracies"] for h in hist]
     margins = [h["rewards/margins"] for h in hist]
-    assert acc[0] == 0 and margins[0] == 0  # policy == reference at the first step
+    # At the first step the policy is the reference: its rewards are 0 up to the last bits of
+    # the log-probs (reference precomputed in other batches), so their signs, and the accuracy
+    # counted from them, are noise; margins from the second step on are ~0.1 or more.
+    first = hist[0]
+    for k in ("rewards/chosen", "rewards/rejected", "rewards/margins"):
+        assert abs(first[k]) <= REWARD_TOL_AT_START, (k, first[k])
     assert min(acc[-3:]) > 0.9, acc
     assert margins[-1] > 3 * margins[1] > 0, margins
     assert all(k in hist[-1] for k in ("rewards/chosen", "rewards/rejected", "logps/chosen",

@@ -14,22 +14,25 @@ Reference model:
 
 from __future__ import annotations
 
+import functools
 from contextlib import contextmanager
 from pathlib import Path
 
-from .. import dist, tracking
+from .. import dist
 from ..config import Recipe
-from ..io import COMPLETED, model_fingerprint, read_manifest, sha256_json
+from ..io import COMPLETED
 from ..log import get_logger
-from ..constants import ROLES
-from .common import (TrainerExtras, base_manifest, checkpoint_callback, deepspeed_config,
-                     export_model, find_resume_checkpoint, load_policy, load_tokenizer,
-                     preemption_callback, prepare_resume, stage_paths, summarize_history,
-                     require_one_global_batch, trainer_arguments, training_key, was_preempted,
-                     zero_stage)
+from .arguments import trainer_arguments, zero_stage
+from .checkpoints import checkpoint_callback, preemption_callback
+from .common import TrainerExtras, require_one_global_batch, stage_paths
+from .models import load_policy, load_tokenizer
+from .runner import run_training, stage_inputs, start_stage
 from .tokens import PromptFitter, tokenized_cached
 
 log = get_logger(__name__)
+
+SUMMARY_KEYS = ("final_loss", "global_step", "final_reward_accuracy",
+                "final_reward_margin")  # W&B run summary
 
 
 def dpo_row(ex: dict, fit: PromptFitter) -> dict | None:
@@ -130,45 +133,25 @@ def build_dpo_trainer(recipe: Recipe, role: str, pairs_dir: str, model_dir: str,
     return trainer, tokenizer, stats
 
 
+def reward_summary(trainer) -> dict:
+    """The last logged reward accuracy and margin (DPO's extra manifest fields)."""
+    hist = trainer.state.log_history
+    return {"final_reward_accuracy": next((h["rewards/accuracies"] for h in reversed(hist)
+                                           if "rewards/accuracies" in h), None),
+            "final_reward_margin": next((h["rewards/margins"] for h in reversed(hist)
+                                         if "rewards/margins" in h), None)}
+
+
 def train_dpo(recipe: Recipe, role: str, pairs_dir: str | None = None,
               model_dir: str | None = None, out: str | None = None) -> dict | None:
     """DPO of one role from its SFT export; returns the export manifest (None if preempted)."""
-    if role not in ROLES:
-        raise ValueError(f"unknown role {role!r}; expected one of {ROLES}")
     cfg = recipe.dpo
-    dist.init(recipe.run.dist_timeout_s, deepspeed=bool(cfg.deepspeed))
+    start_stage(recipe, cfg, role)
     run_dir = Path(recipe.run.output_dir)
     pairs_dir = pairs_dir or str(run_dir / "prefdial" / role)
     model_dir = model_dir or str(run_dir / "models" / f"sft-{role}")
     paths = stage_paths(recipe, "dpo", role, out)
 
-    inputs = {"pairs": {"path": str(pairs_dir),
-                        "sha256": sha256_json(read_manifest(pairs_dir) or {})},
-              "model": {"path": str(model_dir), "fingerprint": model_fingerprint(model_dir)}}
-    key = training_key("dpo", role, recipe, cfg, inputs)
-    ckpt = find_resume_checkpoint(paths.checkpoints, cfg.resume, key)
-    ds_cfg = deepspeed_config(cfg, universal=prepare_resume(ckpt))
-    run = tracking.start_run(recipe, f"dpo-{role}", paths.work, config={"stage": "dpo", "role": role})
-    trainer, tokenizer, tok_stats = build_dpo_trainer(recipe, role, pairs_dir, model_dir, paths,
-                                                      ds_cfg, run is not None, key)
-    if ckpt is not None:
-        log.info("resuming from %s", ckpt)
-    trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
-    if was_preempted(trainer):
-        tracking.finish(run)
-        return None
-
-    hist = trainer.state.log_history
-    manifest = base_manifest("dpo", role, recipe, cfg, inputs, model_dir)
-    manifest.update(summarize_history(trainer), tokenization=tok_stats,
-                    resumed_from=str(ckpt) if ckpt else None, export_dir=str(paths.export),
-                    final_reward_accuracy=next((h["rewards/accuracies"] for h in reversed(hist)
-                                                if "rewards/accuracies" in h), None),
-                    final_reward_margin=next((h["rewards/margins"] for h in reversed(hist)
-                                              if "rewards/margins" in h), None))
-    export_model(trainer, tokenizer, paths.export, manifest)
-    if run is not None:
-        run.summary.update({k: manifest[k] for k in ("final_loss", "global_step",
-                                                     "final_reward_accuracy", "final_reward_margin")})
-    tracking.finish(run)
-    return manifest
+    build = functools.partial(build_dpo_trainer, recipe, role, pairs_dir, model_dir, paths)
+    return run_training("dpo", role, recipe, cfg, stage_inputs("pairs", pairs_dir, model_dir),
+                        model_dir, paths, build, SUMMARY_KEYS, extra_manifest=reward_summary)

@@ -12,22 +12,21 @@ import functools
 import inspect
 from pathlib import Path
 
-from .. import dist, tracking
 from ..config import Recipe
 from ..data.tasks import load_task
-from ..io import model_fingerprint, read_manifest, sha256_json
+from ..errors import ConfigError
 from ..log import get_logger
-from ..constants import ROLES
-from .common import (TrainerExtras, base_manifest, checkpoint_callback, deepspeed_config,
-                     default_base_model, export_model, find_resume_checkpoint, load_policy,
-                     load_tokenizer, preemption_callback, prepare_resume, stage_paths,
-                     require_one_global_batch, summarize_history, trainer_arguments,
-                     training_key, was_preempted)
+from .arguments import trainer_arguments
+from .checkpoints import checkpoint_callback, preemption_callback
+from .common import TrainerExtras, default_base_model, require_one_global_batch, stage_paths
+from .models import load_policy, load_tokenizer
+from .runner import run_training, stage_inputs, start_stage
 from .tokens import PromptFitter, tokenized_cached
 
 log = get_logger(__name__)
 
 FLASH_ATTENTION = ("flash_attention_2", "flash_attention_3", "kernels-community/flash-attn")
+SUMMARY_KEYS = ("final_loss", "global_step", "mean_non_pad_fraction")  # W&B run summary
 
 
 def sft_row(ex: dict, fit: PromptFitter) -> dict | None:
@@ -123,41 +122,18 @@ def build_sft_trainer(recipe: Recipe, role: str, data_dir: str, model_dir: str, 
 
 
 def train_sft(recipe: Recipe, role: str, data_dir: str | None = None,
-              model_dir: str | None = None, out: str | None = None) -> dict:
-    """Train one role and export it; returns the export manifest."""
-    if role not in ROLES:
-        raise ValueError(f"unknown role {role!r}; expected one of {ROLES}")
+              model_dir: str | None = None, out: str | None = None) -> dict | None:
+    """Train one role and export it; returns the export manifest (None if preempted)."""
     cfg = recipe.sft
-    dist.init(recipe.run.dist_timeout_s, deepspeed=bool(cfg.deepspeed))
+    start_stage(recipe, cfg, role)
     data_dir = data_dir or str(Path(recipe.run.output_dir) / "data")
     model_dir = model_dir or default_base_model(recipe)
     paths = stage_paths(recipe, "sft", role, out)
     if cfg.packing and recipe.model.attn_implementation not in FLASH_ATTENTION:
-        raise ValueError("sft.packing needs padding-free attention: set "
-                         "model.attn_implementation=flash_attention_2 (GPU); without it, "
-                         "length-grouped batches are used")
+        raise ConfigError("sft.packing needs padding-free attention: set "
+                          "model.attn_implementation=flash_attention_2 (GPU); without it, "
+                          "length-grouped batches are used")
 
-    inputs = {"data": {"path": str(data_dir), "sha256": sha256_json(read_manifest(data_dir) or {})},
-              "model": {"path": str(model_dir), "fingerprint": model_fingerprint(model_dir)}}
-    key = training_key("sft", role, recipe, cfg, inputs)
-    ckpt = find_resume_checkpoint(paths.checkpoints, cfg.resume, key)
-    ds_cfg = deepspeed_config(cfg, universal=prepare_resume(ckpt))
-    run = tracking.start_run(recipe, f"sft-{role}", paths.work, config={"stage": "sft", "role": role})
-    trainer, tokenizer, tok_stats = build_sft_trainer(recipe, role, data_dir, model_dir, paths,
-                                                      ds_cfg, run is not None, key)
-    if ckpt is not None:
-        log.info("resuming from %s", ckpt)
-    trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
-    if was_preempted(trainer):
-        tracking.finish(run)
-        return None
-
-    manifest = base_manifest("sft", role, recipe, cfg, inputs, model_dir)
-    manifest.update(summarize_history(trainer), tokenization=tok_stats,
-                    resumed_from=str(ckpt) if ckpt else None, export_dir=str(paths.export))
-    export_model(trainer, tokenizer, paths.export, manifest)
-    if run is not None:
-        run.summary.update({k: v for k, v in manifest.items()
-                            if k in ("final_loss", "global_step", "mean_non_pad_fraction")})
-    tracking.finish(run)
-    return manifest
+    build = functools.partial(build_sft_trainer, recipe, role, data_dir, model_dir, paths)
+    return run_training("sft", role, recipe, cfg, stage_inputs("data", data_dir, model_dir),
+                        model_dir, paths, build, SUMMARY_KEYS)

@@ -6,7 +6,9 @@ from pathlib import Path
 
 from esc_dist import dist
 from esc_dist.config import load_recipe
-from esc_dist.train.common import deepspeed_config, load_policy, stage_paths, trainer_arguments
+from esc_dist.train.arguments import deepspeed_config, trainer_arguments
+from esc_dist.train.common import stage_paths
+from esc_dist.train.models import load_policy
 
 model_dir, ds_json, out = sys.argv[1:4]
 recipe = load_recipe(None, [f"sft.deepspeed={ds_json}", f"run.output_dir={Path(out).parent}"])

@@ -1,0 +1,93 @@
+"""Trainer arguments: TrainConfig → the keyword arguments shared by TRL's ``SFTConfig`` and
+``DPOConfig``, the DeepSpeed config (universal loading on resume) and the training precision."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .. import dist
+from ..config import Recipe, TrainConfig
+from ..errors import ConfigError
+from ..log import get_logger
+
+if TYPE_CHECKING:
+    from .common import StagePaths
+
+log = get_logger(__name__)
+
+
+def resolve_precision(cfg: TrainConfig) -> str:
+    if cfg.precision != "auto":
+        return cfg.precision
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bf16"
+    return "fp32"
+
+
+def deepspeed_config(cfg: TrainConfig, universal: bool = False) -> dict | None:
+    if not cfg.deepspeed:
+        return None
+    path = Path(cfg.deepspeed)
+    if not path.is_file():
+        raise FileNotFoundError(f"DeepSpeed config not found: {path}")
+    ds = json.loads(path.read_text())
+    if universal:
+        ds.setdefault("checkpoint", {})["load_universal"] = True
+    return ds
+
+
+def zero_stage(ds: dict | None) -> int:
+    return int((ds or {}).get("zero_optimization", {}).get("stage", 0))
+
+
+def trainer_arguments(cfg: TrainConfig, recipe: Recipe, paths: StagePaths, job: str,
+                      report_wandb: bool, ds: dict | None) -> dict[str, Any]:
+    """Keyword arguments shared by ``SFTConfig`` and ``DPOConfig``."""
+    import torch
+
+    if not 0 <= cfg.warmup_ratio < 1:
+        section = next((s for s in ("sft", "dpo") if getattr(recipe, s, None) is cfg), "train")
+        raise ConfigError(f"{section}.warmup_ratio must be in [0, 1), got {cfg.warmup_ratio}")
+    precision = resolve_precision(cfg)
+    if dist.is_main():
+        log.info("%s: %s, %s, world size %d, global batch %d (%d per device x %d accumulation)",
+                 job, f"DeepSpeed ZeRO-{zero_stage(ds)}" if ds else "no DeepSpeed", precision,
+                 dist.world_size(), cfg.per_device_train_batch_size
+                 * cfg.gradient_accumulation_steps * dist.world_size(),
+                 cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps)
+    return dict(
+        output_dir=str(paths.checkpoints),
+        run_name=f"{recipe.run.name}/{job}",
+        seed=recipe.run.seed,
+        data_seed=recipe.run.seed,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_scheduler_type,
+        warmup_steps=cfg.warmup_ratio,
+        weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.max_grad_norm,
+        num_train_epochs=cfg.num_train_epochs,
+        max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.per_device_train_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        activation_checkpointing=cfg.gradient_checkpointing,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        use_cpu=not torch.cuda.is_available(),
+        logging_steps=cfg.logging_steps,
+        logging_first_step=True,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=cfg.save_total_limit,
+        report_to=["wandb"] if report_wandb else [],
+        deepspeed=ds,
+        ddp_timeout=recipe.run.dist_timeout_s,
+        dataloader_num_workers=cfg.dataloader_num_workers,
+        accelerator_config={"use_configured_state": True},
+        disable_tqdm=not dist.is_main() or not os.isatty(2),
+        max_length=cfg.max_length,
+    )

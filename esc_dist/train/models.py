@@ -1,0 +1,86 @@
+"""Models: loading the tokenizer and the policy to train (ZeRO-3 aware), and exporting the trained
+model as one plain HF directory with its manifest."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from .. import dist
+from ..config import Recipe, TrainConfig
+from ..io import atomic_write_json, mark_completed, staged_dir
+from .arguments import resolve_precision
+
+
+def load_tokenizer(path: str, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_policy(path: str, recipe: Recipe, cfg: TrainConfig):
+    """Load the model to train. Call *after* the trainer config exists: its live DeepSpeed config
+    makes ``from_pretrained`` build the model already partitioned under ZeRO-3."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    precision = resolve_precision(cfg)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+    extra = {"attn_implementation": recipe.model.attn_implementation} \
+        if recipe.model.attn_implementation else {}
+    model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=dtype, trust_remote_code=recipe.model.trust_remote_code, **extra)
+    if cfg.lora.enabled:
+        from peft import LoraConfig, get_peft_model
+
+        targets = cfg.lora.target_modules
+        model = get_peft_model(model, LoraConfig(
+            r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+            target_modules=targets[0] if targets == ["all-linear"] else targets,
+            task_type="CAUSAL_LM"))
+    return model
+
+
+def export_model(trainer, tokenizer, out: Path, manifest: dict) -> None:
+    """Save one HF directory (safetensors, config, tokenizer, generation config, manifest).
+
+    Under ZeRO-3 every rank takes part in gathering the weights; rank 0 writes. LoRA adapters
+    are merged so that the export loads with plain ``from_pretrained``.
+    """
+    tmp = out.with_name(out.name + ".saving")
+    if dist.is_main():
+        shutil.rmtree(tmp, ignore_errors=True)
+    dist.barrier()
+    trainer.save_model(str(tmp))  # collective under ZeRO-3
+    dist.barrier()
+    if dist.is_main():
+        model = trainer.model
+        if hasattr(model, "peft_config"):
+            _merge_lora(tmp, manifest["base_model"])
+        tokenizer.save_pretrained(str(tmp))
+        gen = getattr(trainer.model, "generation_config", None)
+        if gen is not None and not (tmp / "generation_config.json").is_file():
+            gen.save_pretrained(str(tmp))
+        for f in ("training_args.bin",):
+            (tmp / f).unlink(missing_ok=True)
+        atomic_write_json(tmp / "manifest.json", manifest)
+        mark_completed(tmp)
+        with staged_dir(out) as stage:
+            for item in tmp.iterdir():
+                shutil.move(str(item), stage / item.name)
+        shutil.rmtree(tmp, ignore_errors=True)
+    dist.barrier()
+
+
+def _merge_lora(adapter_dir: Path, base: str) -> None:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base_model = AutoModelForCausalLM.from_pretrained(base)
+    merged = PeftModel.from_pretrained(base_model, str(adapter_dir)).merge_and_unload()
+    for f in adapter_dir.glob("adapter_*"):
+        f.unlink()
+    merged.save_pretrained(str(adapter_dir))

@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Any
 
 from .. import dist
 from ..config import Recipe, TrainConfig
-from ..errors import ConfigError
 from ..log import get_logger
 
 if TYPE_CHECKING:
@@ -50,9 +49,6 @@ def trainer_arguments(cfg: TrainConfig, recipe: Recipe, paths: StagePaths, job: 
     """Keyword arguments shared by ``SFTConfig`` and ``DPOConfig``."""
     import torch
 
-    if not 0 <= cfg.warmup_ratio < 1:
-        section = next((s for s in ("sft", "dpo") if getattr(recipe, s, None) is cfg), "train")
-        raise ConfigError(f"{section}.warmup_ratio must be in [0, 1), got {cfg.warmup_ratio}")
     precision = resolve_precision(cfg)
     if dist.is_main():
         log.info("%s: %s, %s, world size %d, global batch %d (%d per device x %d accumulation)",

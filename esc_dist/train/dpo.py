@@ -20,6 +20,7 @@ from pathlib import Path
 
 from .. import dist
 from ..config import Recipe
+from ..errors import DataError, MissingInput
 from ..io import COMPLETED
 from ..log import get_logger
 from .arguments import trainer_arguments, zero_stage
@@ -49,11 +50,11 @@ def load_pairs(pairs_dir: str | Path):
 
     pairs_dir = Path(pairs_dir)
     if not (pairs_dir / COMPLETED).is_file():
-        raise FileNotFoundError(f"{pairs_dir}: not a completed `esc-dist judge` output (no "
-                                f"{COMPLETED} marker)")
+        raise MissingInput(f"not a completed `esc-dist judge` output (no {COMPLETED} marker)",
+                           path=pairs_dir)
     ds = load_from_disk(str(pairs_dir / "dataset"))
     if len(ds) == 0:
-        raise ValueError(f"{pairs_dir}: the preference dataset is empty (the judge kept no pair)")
+        raise DataError(pairs_dir, "the preference dataset is empty (the judge kept no pair)")
     return ds
 
 

@@ -14,7 +14,6 @@ from pathlib import Path
 
 from ..config import Recipe
 from ..data.tasks import load_task
-from ..errors import ConfigError
 from ..log import get_logger
 from .arguments import trainer_arguments
 from .checkpoints import checkpoint_callback, preemption_callback
@@ -25,7 +24,6 @@ from .tokens import PromptFitter, tokenized_cached
 
 log = get_logger(__name__)
 
-FLASH_ATTENTION = ("flash_attention_2", "flash_attention_3", "kernels-community/flash-attn")
 SUMMARY_KEYS = ("final_loss", "global_step", "mean_non_pad_fraction")  # W&B run summary
 
 
@@ -129,10 +127,6 @@ def train_sft(recipe: Recipe, role: str, data_dir: str | None = None,
     data_dir = data_dir or str(Path(recipe.run.output_dir) / "data")
     model_dir = model_dir or default_base_model(recipe)
     paths = stage_paths(recipe, "sft", role, out)
-    if cfg.packing and recipe.model.attn_implementation not in FLASH_ATTENTION:
-        raise ConfigError("sft.packing needs padding-free attention: set "
-                          "model.attn_implementation=flash_attention_2 (GPU); without it, "
-                          "length-grouped batches are used")
 
     build = functools.partial(build_sft_trainer, recipe, role, data_dir, model_dir, paths)
     return run_training("sft", role, recipe, cfg, stage_inputs("data", data_dir, model_dir),

@@ -1,13 +1,11 @@
-import os
-import sys
+"""Fixtures shared by every test group (tests/unit, tests/distributed, tests/slurm); the helpers
+and paths they use are in tests/helpers.py."""
+
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-ESCONV_DIR = Path(os.environ.get("ESC_DIST_ESCONV_DIR", ROOT.parent / "shared" / "data" / "esconv"))
-TEST_DATA = ROOT / "tests" / "data"
-VENV_BIN = Path(sys.executable).parent
+from tests.helpers import ESCONV_DIR
 
 
 def pytest_configure(config):

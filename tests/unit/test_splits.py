@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from esc_dist.errors import DataError
 from esc_dist.data.splits import load_split_file, seeded_split
+from esc_dist.errors import DataError
 
 
 @pytest.mark.parametrize("fname,sizes", [("decoupledesc_split.json", (1040, 130, 130)),

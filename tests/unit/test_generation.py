@@ -6,10 +6,21 @@ import shutil
 import pytest
 import torch
 
-from esc_dist.generation import (EngineConfig, MergeError, PlanMismatch, Replica, Sampling,
-                                  WorkItem, choose_tokens, generate, load_tokenizer, merge,
-                                  prompt_ids, row_seed)
-from tests.gen_helpers import gen_setup
+from esc_dist.generation import (
+    EngineConfig,
+    MergeError,
+    PlanMismatch,
+    Replica,
+    Sampling,
+    WorkItem,
+    choose_tokens,
+    generate,
+    load_tokenizer,
+    merge,
+    prompt_ids,
+    row_seed,
+)
+from tests.helpers import gen_setup
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from esc_dist.config import DataConfig
 from esc_dist.data.esconv import iter_turns, load_chat
 from esc_dist.data.tasks import TASKS, prepare
 from esc_dist.strategies import STRATEGIES, parse_tagged
-from tests.conftest import TEST_DATA
+from tests.helpers import TEST_DATA
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ import pytest
 from esc_dist.config import JudgeConfig
 from esc_dist.eval.llm_scores import DIMENSIONS, score_predictions
 from esc_dist.ipm.judge import judge_pairs
-from esc_dist.llm_client import LLMClient, LLMError, parse_json_answer, JSONAnswerError
+from esc_dist.llm_client import JSONAnswerError, LLMClient, LLMError, parse_json_answer
 
 KEY_ENV = "ESC_DIST_TEST_JUDGE_KEY"
 SECRET = "sk-test-0123456789-do-not-leak"

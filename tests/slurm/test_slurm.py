@@ -19,9 +19,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, VENV_BIN
-from tests.launch import assert_close_weights, export_weights, launch, launch_env, log_history
-from tests.wandb_offline import wait_for_offline_runs
+from tests.helpers import (
+    ROOT,
+    VENV_BIN,
+    assert_close_weights,
+    export_weights,
+    launch,
+    launch_env,
+    log_history,
+    wait_for_offline_runs,
+)
 
 LOCAL_SLURM = Path(os.environ.get("ESC_DIST_LOCAL_SLURM",
                                   ROOT.parent / "shared" / "tools" / "local-slurm"))

@@ -9,9 +9,16 @@ from datasets import load_from_disk
 
 from esc_dist.io import mark_completed
 from esc_dist.ipm.prefdial import save_dataset
-from tests.conftest import ROOT
-from tests.launch import (assert_close_weights, export_weights, kill_rank_when, launch, launch_env,
-                          log_history, work_dir)
+from tests.helpers import (
+    ROOT,
+    assert_close_weights,
+    export_weights,
+    kill_rank_when,
+    launch,
+    launch_env,
+    log_history,
+    work_dir,
+)
 
 pytestmark = pytest.mark.distributed
 

@@ -13,12 +13,18 @@ from PIL import Image
 from esc_dist.config import Recipe
 from esc_dist.errors import PredictionsError
 from esc_dist.eval.predictions import load_predictions
-from esc_dist.eval.report import (compare, confusion_with_unparseable, evaluate, load_report,
-                                   log_comparison, log_report)
+from esc_dist.eval.report import (
+    compare,
+    confusion_with_unparseable,
+    evaluate,
+    load_report,
+    log_comparison,
+    log_report,
+)
 from esc_dist.strategies import STRATEGIES
 from esc_dist.tracking import start_run
-from tests.test_eval_metrics import GOLD, HYPS, PRED, REFS
-from tests.wandb_offline import wait_for_offline_runs
+from tests.helpers import wait_for_offline_runs
+from tests.unit.test_eval_metrics import GOLD, HYPS, PRED, REFS
 
 
 def _row(i: int, gold: str, pred: str | None, reply: str = "I hear you.",

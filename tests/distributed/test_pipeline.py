@@ -6,8 +6,7 @@ import sys
 
 from esc_dist.config import load_recipe
 from esc_dist.pipeline import SYSTEMS, plan
-from tests.conftest import ROOT, TEST_DATA
-from tests.launch import launch_env
+from tests.helpers import ROOT, TEST_DATA, launch_env
 
 
 def test_plan_covers_every_stage_in_order():

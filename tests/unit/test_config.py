@@ -3,9 +3,9 @@ import re
 
 import pytest
 
-from esc_dist.errors import ConfigError
 from esc_dist.config import Recipe, dump_recipe, load_recipe, redact
-from tests.conftest import ROOT
+from esc_dist.errors import ConfigError
+from tests.helpers import ROOT
 
 
 def test_tiny_cpu_recipe_spells_out_the_defaults():

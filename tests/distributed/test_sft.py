@@ -8,10 +8,18 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import ROOT, VENV_BIN
-from tests.launch import (assert_close_weights, export_weights, free_port, kill_rank_when, launch,
-                          launch_env, log_history)
-from tests.wandb_offline import wait_for_offline_runs
+from tests.helpers import (
+    ROOT,
+    VENV_BIN,
+    assert_close_weights,
+    export_weights,
+    free_port,
+    kill_rank_when,
+    launch,
+    launch_env,
+    log_history,
+    wait_for_offline_runs,
+)
 
 pytestmark = pytest.mark.distributed
 

@@ -2,9 +2,17 @@ import json
 
 import pytest
 
-from esc_dist.data.esconv import (BLANK_SEEKER, OPENING_SEEKER, SEEKER, SUPPORTER, DataError,
-                                  iter_turns, load_chat, load_esconv)
-from tests.conftest import TEST_DATA
+from esc_dist.data.esconv import (
+    BLANK_SEEKER,
+    OPENING_SEEKER,
+    SEEKER,
+    SUPPORTER,
+    DataError,
+    iter_turns,
+    load_chat,
+    load_esconv,
+)
+from tests.helpers import TEST_DATA
 
 MALFORMED = TEST_DATA / "malformed"
 EXPECTED = json.loads((MALFORMED / "expected.json").read_text())

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from esc_dist.config import JudgeConfig
+from esc_dist.errors import PairsError
 from esc_dist.io import COMPLETED, read_json, sha256_file
 from esc_dist.ipm import prefdial
 from esc_dist.ipm.judge import EARLY_SHIFT, LACK_EMPATHY, TEMPLATE
-from esc_dist.errors import PairsError
 from esc_dist.ipm.prefdial import build_prefdial, read_pairs
 from esc_dist.llm_client import ChatResult
 from esc_dist.strategies import STRATEGIES
@@ -309,7 +309,7 @@ def _parse(argv):
 
 
 def test_cli(tmp_path, monkeypatch, capsys):
-    from tests.wandb_offline import wait_for_offline_runs
+    from tests.helpers import wait_for_offline_runs
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     pairs = write_pairs(tmp_path / "p.jsonl", GENERATOR)

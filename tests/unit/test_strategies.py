@@ -1,6 +1,11 @@
 import pytest
 
-from esc_dist.strategies import STRATEGIES, normalize_strategy, parse_strategy, parse_tagged
+from esc_dist.strategies import (
+    STRATEGIES,
+    normalize_strategy,
+    parse_strategy,
+    parse_tagged,
+)
 
 
 @pytest.mark.parametrize("raw,expected", [

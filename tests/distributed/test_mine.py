@@ -11,10 +11,17 @@ from esc_dist.config import JudgeConfig
 from esc_dist.ipm.mine import build_pair, pairs_from_records
 from esc_dist.ipm.prefdial import build_prefdial, read_pairs
 from esc_dist.strategies import STRATEGIES
-from tests.conftest import ROOT
-from tests.gen_helpers import PLANNER_ANSWER, AnyChunk, gen_setup, read_jsonl
-from tests.launch import kill_rank_when, launch, launch_env
-from tests.wandb_offline import wait_for_offline_runs
+from tests.helpers import (
+    PLANNER_ANSWER,
+    ROOT,
+    AnyChunk,
+    gen_setup,
+    kill_rank_when,
+    launch,
+    launch_env,
+    read_jsonl,
+    wait_for_offline_runs,
+)
 
 HIST = [{"role": "seeker", "text": "I lost my job and I feel awful.", "strategy": None}]
 PROMPT = [{"role": "system", "content": "s"}, {"role": "user", "content": HIST[0]["text"]}]

@@ -9,10 +9,16 @@ from esc_dist.data.tasks import generator_prompt, history_messages, load_task
 from esc_dist.eval.predictions import load_predictions
 from esc_dist.generation import Sampling
 from esc_dist.infer import generator_items, prediction
-from tests.gen_helpers import (MAX_HISTORY, PLANNER_ANSWER, VANILLA_ANSWER, chunk_records,
-                               gen_setup)
-from tests.launch import launch, launch_env
-from tests.wandb_offline import wait_for_offline_runs
+from tests.helpers import (
+    MAX_HISTORY,
+    PLANNER_ANSWER,
+    VANILLA_ANSWER,
+    chunk_records,
+    gen_setup,
+    launch,
+    launch_env,
+    wait_for_offline_runs,
+)
 
 TURN = {"id": "d-t001", "dialogue_id": "d", "turn_index": 1, "strategy": "Question",
         "reply": "What happened?",

@@ -16,7 +16,7 @@ $py -m esc_dist prepare --esconv "$esconv" --split "$split" --out "$run/data" \
 $py -m esc_dist tiny-model --corpus "$esconv" --out "$run/models/tiny"
 common=(run.output_dir="$run" run.dist_timeout_s=300)
 torchrun --nproc_per_node="$nproc" --master_port=29731 -m esc_dist sft --role planner "${common[@]}" \
-  sft.deepspeed="$root/ds_configs/zero3.json" sft.max_steps=20 sft.save_steps=10 sft.logging_steps=5
+  sft.deepspeed="$root/esc_dist/ds_configs/zero3.json" sft.max_steps=20 sft.save_steps=10 sft.logging_steps=5
 $py - "$run" <<'PY'
 import sys
 from pathlib import Path
@@ -32,7 +32,7 @@ save_dataset(pairs, run / "prefdial" / "planner" / "dataset")
 mark_completed(run / "prefdial" / "planner")
 PY
 torchrun --nproc_per_node="$nproc" --master_port=29732 -m esc_dist dpo --role planner "${common[@]}" \
-  dpo.deepspeed="$root/ds_configs/zero3.json" dpo.max_steps=16 dpo.save_steps=8 dpo.logging_steps=4 \
+  dpo.deepspeed="$root/esc_dist/ds_configs/zero3.json" dpo.max_steps=16 dpo.save_steps=8 dpo.logging_steps=4 \
   dpo.learning_rate=2e-3
 $py - "$run" <<'PY'
 import json, sys

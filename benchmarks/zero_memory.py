@@ -59,7 +59,7 @@ def main() -> int:
 
     quiet_libraries()
     work = Path(args.work)
-    ds = "null" if args.zero == "none" else f"{ROOT}/ds_configs/zero{args.zero}.json"
+    ds = "null" if args.zero == "none" else f"{ROOT}/esc_dist/ds_configs/zero{args.zero}.json"
     recipe = load_recipe(None, [
         f"run.output_dir={work}/{args.zero}", f"data.esconv={args.esconv}",
         f"data.split={Path(args.esconv).parent / 'splits' / 'decoupledesc_split.json'}",

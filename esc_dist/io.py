@@ -79,6 +79,50 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=False) + "\n")
 
 
+def read_text(path: str | os.PathLike, what: str = "file",
+              error: Callable[[str | os.PathLike, str], Exception] | None = None) -> str:
+    """The UTF-8 text of a file the user named; every way it can be unreadable (missing, a
+    directory, a symlink loop, no permission, not UTF-8) raises ``error(path, problem)``, by
+    default a :class:`DataError`, with ``what`` the kind of file ("recipe", "split file")."""
+    error = error or DataError
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise error(path, f"{what} not found") from None
+    except IsADirectoryError:
+        raise error(path, f"is a directory, not a {what}") from None
+    except PermissionError:
+        raise error(path, f"no permission to read this {what}") from None
+    except OSError as e:  # a symlink loop, a name too long, an I/O error
+        raise error(path, f"cannot read this {what} ({e.strerror or e})") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        bom = data[:2] in (b"\xff\xfe", b"\xfe\xff")
+        hint = " (it looks like UTF-16: save it as UTF-8)" if bom else ""
+        raise error(path, f"not UTF-8 text at byte {e.start}{hint}") from None
+
+
+def parse_json(text: str, path: str | os.PathLike,
+               error: Callable[[str | os.PathLike, str], Exception] | None = None) -> Any:
+    """``json.loads`` whose failures (bad syntax, nesting too deep) raise ``error(path, problem)``
+    (by default a :class:`DataError`) naming the line and column."""
+    error = error or DataError
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise error(path, f"invalid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+    except RecursionError:
+        raise error(path, "JSON nested too deeply") from None
+
+
+def load_json(path: str | os.PathLike, what: str = "file",
+              error: Callable[[str | os.PathLike, str], Exception] | None = None) -> Any:
+    """The JSON value of a file that may be missing, unreadable or malformed: each way raises
+    ``error(path, problem)`` (by default a :class:`DataError`)."""
+    return parse_json(read_text(path, what, error), path, error)
+
+
 def read_json(path: str | os.PathLike) -> Any:
     with open(path, encoding="utf-8") as f:
         return json.load(f)

@@ -16,6 +16,7 @@ from typing import Any, Literal
 import yaml
 
 from ..errors import ConfigError
+from ..io import read_text
 from .sections import Recipe
 
 
@@ -177,14 +178,13 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | tuple[str
     source = "defaults"
     if path is not None:
         source = str(path)
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise ConfigError(f"recipe not found: {path}") from None
+        text = read_text(path, "recipe", lambda p, problem: ConfigError(problem, path=p))
         try:
             file_raw = yaml.safe_load(text) or {}
         except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: invalid YAML ({e})") from None
+            raise ConfigError(f"{path}: invalid YAML ({' '.join(str(e).split())})") from None
+        except RecursionError:
+            raise ConfigError(f"{path}: YAML nested too deeply") from None
         if not isinstance(file_raw, dict):
             raise ConfigError(f"{path}: a recipe must be a mapping of sections")
         # Validate the file alone first so its errors name the file.

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
 from ..errors import DataError
+from ..io import read_text
 from ..strategies import STRATEGIES, normalize_strategy, parse_tagged
 
 SEEKER, SUPPORTER = "seeker", "supporter"
@@ -108,7 +109,7 @@ def _partial_location(text: str) -> int | None:
             return n if pos >= len(text) else None
         try:
             _, pos = dec.raw_decode(text, pos)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             return n
         n += 1
 
@@ -119,12 +120,7 @@ def _json_problem(e: json.JSONDecodeError) -> str:
 
 def _iter_records(path: Path) -> Iterator[tuple[int, Any]]:
     """Yield (index, record) from a JSON list or a JSON Lines file, locating any syntax error."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DataError(path, "file not found") from None
-    except UnicodeDecodeError as e:
-        raise DataError(path, f"not UTF-8 text ({e})") from None
+    text = read_text(path)
     stripped = text.lstrip()
     if not stripped:
         raise DataError(path, "the file is empty (expected a JSON list or JSON Lines of dialogues)",
@@ -144,6 +140,8 @@ def _iter_records(path: Path) -> Iterator[tuple[int, Any]]:
             except json.JSONDecodeError as e:
                 raise DataError(path, _json_problem(e), dialogue=i,
                                 utterance=_partial_location(text[pos:])) from None
+            except RecursionError:
+                raise DataError(path, "JSON nested too deeply", dialogue=i) from None
             yield i, obj
             i += 1
             pos = end
@@ -173,6 +171,8 @@ def _iter_records(path: Path) -> Iterator[tuple[int, Any]]:
         except json.JSONDecodeError as e:
             raise DataError(path, _json_problem(e), dialogue=i,
                             utterance=_partial_location(line)) from None
+        except RecursionError:
+            raise DataError(path, "JSON nested too deeply", dialogue=i) from None
         yield i, obj
         i += 1
 

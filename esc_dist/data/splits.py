@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 
 from ..errors import ConfigError, DataError
+from ..io import parse_json, read_text
 
 SPLITS = ("train", "validation", "test")
 _KEY_ALIASES = {
@@ -24,12 +24,7 @@ def load_split_file(path: str | Path, n_dialogues: int) -> dict[str, list[int]]:
     a repeated index or an index outside the corpus is an error.
     """
     path = Path(path)
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError(path, "split file not found") from None
-    except json.JSONDecodeError as e:
-        raise DataError(path, f"invalid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+    raw = parse_json(read_text(path, "split file"), path)
     if not isinstance(raw, dict):
         raise DataError(path, "a split file must be a JSON object of index lists")
     out: dict[str, list[int]] = {}

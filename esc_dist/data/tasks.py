@@ -16,7 +16,7 @@ from typing import Iterable, Sequence
 
 from .. import __version__
 from ..config import DataConfig
-from ..errors import MissingInput
+from ..errors import DataError, MissingInput
 from ..io import COMPLETED, mark_completed, sha256_file, staged_dir, write_manifest
 from ..strategies import DESCRIPTIONS, STRATEGIES, format_tagged
 from .esconv import SEEKER, Message, Turn, iter_turns, load_esconv
@@ -132,7 +132,25 @@ def select_splits(cfg: DataConfig) -> tuple[list, dict[str, list[int]]]:
         limit = cfg.max_dialogues.get(name)
         if limit is not None:
             split[name] = split[name][:limit]
+    source = "data.split_fractions" if cfg.split == "seeded" else cfg.split
+    if not split["train"]:
+        raise DataError(source, "the train split is empty: there is nothing to train on")
+    _refuse_leaks(convs, split, source)
     return convs, split
+
+
+def _refuse_leaks(convs: list, split: dict[str, list[int]], source: str) -> None:
+    """Two identical dialogues in different splits would let a model be scored on what it was
+    trained on: refuse, naming both."""
+    seen: dict[tuple, tuple[str, int]] = {}
+    for name in SPLITS:
+        for i in split[name]:
+            key = tuple((m.role, m.text) for m in convs[i].messages)
+            first = seen.setdefault(key, (name, i))
+            if first[0] != name:
+                raise DataError(source, f"dialogues {first[1]} ({first[0]}) and {i} ({name}) are "
+                                        "identical: a leak between splits; remove one from the "
+                                        "corpus or put both in the same split")
 
 
 def prepare(cfg: DataConfig, out: str | Path) -> dict:

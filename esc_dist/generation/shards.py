@@ -22,7 +22,7 @@ from typing import Any, Sequence
 from .. import dist
 from ..errors import MergeError, PlanMismatch
 from ..io import (atomic_write_json, atomic_write_text, iter_jsonl, jsonl_line, model_fingerprint,
-                  read_json, sha256_json)
+                  load_json, sha256_json)
 from ..log import get_logger
 from .replica import (Replica, deterministic_cuda, device_and_dtype, load_tokenizer, prompt_ids,
                       resolve_prefill)
@@ -180,12 +180,13 @@ def generate(items: Sequence[WorkItem], model_dir: str | Path, work_dir: str | P
             work_dir.mkdir(parents=True, exist_ok=True)
             old = work_dir / PLAN
             if old.is_file():
-                prev = read_json(old)
-                if prev.get("fingerprint") != fingerprint:
+                prev = load_json(old, PLAN, lambda p, problem: PlanMismatch(problem, path=p))
+                prev_fp = prev.get("fingerprint") if isinstance(prev, dict) else None
+                if prev_fp != fingerprint:
                     raise PlanMismatch(
                         f"{work_dir} holds chunks computed for other inputs (model, items, "
                         f"batch/chunk size, seed or device differ: plan fingerprint "
-                        f"{str(prev.get('fingerprint'))[:12]} != {fingerprint[:12]}); remove "
+                        f"{str(prev_fp)[:12]} != {fingerprint[:12]}); remove "
                         "the directory or write to another output")
             else:
                 stray = existing_chunks(work_dir)
@@ -273,12 +274,21 @@ def merge(work_dir: str | Path) -> list[dict]:
     if not plan_file.is_file():
         raise MergeError(f"{work_dir}: no {PLAN} (not a generation work directory, or the run "
                          "never started)")
-    plan = read_json(plan_file)
+    def bad(path: Path, problem: str) -> MergeError:
+        return MergeError(problem, path=path)
+
+    plan = load_json(plan_file, PLAN, bad)
+    try:
+        chunks = [{"name": str(c["name"]), "ids": [str(i) for i in c["ids"]]}
+                  for c in plan["chunks"]]
+    except (KeyError, TypeError):
+        raise bad(plan_file, "not a plan written by esc-dist (expected chunks with names and "
+                             "ids); rerun the stage into a new output") from None
     expected: dict[str, str] = {}
-    for c in plan["chunks"]:
+    for c in chunks:
         for i in c["ids"]:
             expected[i] = c["name"]
-    missing_chunks = [c for c in plan["chunks"]
+    missing_chunks = [c for c in chunks
                       if not chunk_path(work_dir, c["name"]).is_file()]
     if missing_chunks:
         c = missing_chunks[0]

@@ -3,13 +3,14 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import dist
 from ..config import Recipe, TrainConfig
+from ..errors import DataError, MissingInput
+from ..io import parse_json, read_text
 from ..log import get_logger
 
 if TYPE_CHECKING:
@@ -28,13 +29,30 @@ def resolve_precision(cfg: TrainConfig) -> str:
     return "fp32"
 
 
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
+
+
+def resolve_deepspeed(name: str) -> Path:
+    """The DeepSpeed config a recipe names: a path as given (relative to the working directory),
+    else one of the configs shipped in the package (``ds_configs/zero2.json``, ``zero3.json``,
+    ``zero3_offload.json``), so the defaults work from any directory."""
+    path = Path(name)
+    if path.is_file() or path.is_absolute():
+        return path
+    shipped = PACKAGE_DIR / path
+    if shipped.is_file():
+        return shipped
+    raise MissingInput(f"DeepSpeed config not found (neither in {Path.cwd()} nor among the "
+                       f"configs shipped in {PACKAGE_DIR / 'ds_configs'})", path=path)
+
+
 def deepspeed_config(cfg: TrainConfig, universal: bool = False) -> dict | None:
     if not cfg.deepspeed:
         return None
-    path = Path(cfg.deepspeed)
-    if not path.is_file():
-        raise FileNotFoundError(f"DeepSpeed config not found: {path}")
-    ds = json.loads(path.read_text())
+    path = resolve_deepspeed(cfg.deepspeed)
+    ds = parse_json(read_text(path, "DeepSpeed config"), path)
+    if not isinstance(ds, dict):
+        raise DataError(path, "a DeepSpeed config must be a JSON object")
     if universal:
         ds.setdefault("checkpoint", {})["load_universal"] = True
     return ds

@@ -38,7 +38,7 @@ def setup(small_setup, tmp_path_factory):
 
 
 def sft_args(setup, out, zero=3, grad_acc=1, role="planner", extra=()):
-    ds = f"sft.deepspeed={ROOT}/ds_configs/zero{zero}.json" if zero else "sft.deepspeed=null"
+    ds = f"sft.deepspeed={ROOT}/esc_dist/ds_configs/zero{zero}.json" if zero else "sft.deepspeed=null"
     return ["sft", "--role", role, "--data", str(setup / "data"), "--model", str(setup / "tiny"),
             "--out", str(out), f"run.output_dir={setup}", ds, f"sft.max_steps={STEPS}",
             "sft.save_steps=2", "sft.logging_steps=1", "sft.per_device_train_batch_size=4",
@@ -187,7 +187,7 @@ def test_zero3_loading_partitions_the_model(setup, tmp_path):
     r = subprocess.run(
         [str(VENV_BIN / "torchrun"), "--nproc_per_node=2", f"--master_port={free_port()}",
          str(ROOT / "tests" / "dist_scripts" / "zero3_load.py"), str(setup / "tiny"),
-         str(ROOT / "ds_configs" / "zero3.json"), str(out)],
+         str(ROOT / "esc_dist" / "ds_configs" / "zero3.json"), str(out)],
         capture_output=True, text=True, env=launch_env(), timeout=300, cwd=ROOT)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     reports = [json.loads((tmp_path / f"probe.rank{i}.json").read_text()) for i in (0, 1)]

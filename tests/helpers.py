@@ -21,6 +21,31 @@ VENV_BIN = Path(sys.executable).parent
 
 
 # ---------------------------------------------------------------------------------------------
+# The command line as a user meets it
+
+
+def run_cli(args: list[str], cwd: Path, env: dict | None = None,
+            timeout: int = 300) -> subprocess.CompletedProcess:
+    """``python -m esc_dist ARGS`` in ``cwd`` with a bare environment; ``{tmp}`` in an argument
+    stands for ``cwd``."""
+    args = [a.replace("{tmp}", str(cwd)) for a in args]
+    return subprocess.run([sys.executable, "-m", "esc_dist", *args], capture_output=True,
+                          text=True, timeout=timeout, cwd=cwd,
+                          env={"PATH": "/usr/bin:/bin", "WANDB_MODE": "disabled",
+                               "HOME": str(cwd), "PYTHONPATH": str(ROOT), **(env or {})})
+
+
+def assert_one_line_error(r: subprocess.CompletedProcess, command: str, needle: str) -> None:
+    """A user's mistake: exit 2, exactly one ``esc-dist COMMAND: error:`` line holding
+    ``needle``, no traceback."""
+    assert r.returncode == 2, (r.returncode, r.stdout[-2000:], r.stderr[-4000:])
+    assert "Traceback" not in r.stderr, r.stderr
+    errors = [x for x in r.stderr.splitlines() if x.startswith(f"esc-dist {command}: error: ")]
+    assert len(errors) == 1, r.stderr
+    assert needle in errors[0], r.stderr
+
+
+# ---------------------------------------------------------------------------------------------
 # Launching esc-dist under real multi-process launchers
 
 

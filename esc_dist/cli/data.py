@@ -9,14 +9,14 @@ from . import Command, recipe_of
 
 
 def run_prepare(args: argparse.Namespace) -> int:
-    from ..data.tasks import prepare
-
     extra = []
     if args.esconv:
         extra.append(f"data.esconv={args.esconv}")
     if args.split:
         extra.append(f"data.split={args.split}")
     recipe = recipe_of(args, extra)
+    from ..data.tasks import prepare  # after the recipe: its errors come without the import
+
     out = args.out or f"{recipe.run.output_dir}/data"
     manifest = prepare(recipe.data, out)
     summary = {k: {"dialogues": v["dialogues"], "turns": v["turns"]}

@@ -1,12 +1,10 @@
 """Every subcommand, given a bad argument or a bad recipe value, ends with one line on stderr that
 names the culprit, and a non-zero exit status: never a traceback."""
 
-import subprocess
-import sys
-
 import pytest
 
 from esc_dist.cli import commands
+from tests.helpers import assert_one_line_error, run_cli
 
 NOWHERE = "/nonexistent/esc-dist"
 
@@ -44,23 +42,6 @@ BAD_RECIPES = [
 NAMES = [c.name for c in commands()]
 
 
-def _run(args: list[str], tmp_path) -> subprocess.CompletedProcess:
-    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
-    return subprocess.run([sys.executable, "-m", "esc_dist", *args], capture_output=True,
-                          text=True, timeout=300, cwd=tmp_path,
-                          env={"PATH": "/usr/bin:/bin", "WANDB_MODE": "disabled",
-                               "HOME": str(tmp_path)})
-
-
-def _assert_one_line_error(r: subprocess.CompletedProcess, command: str, needle: str) -> None:
-    lines = [x for x in r.stderr.splitlines() if x.strip()]
-    assert r.returncode != 0, (r.stdout, r.stderr)
-    assert "Traceback" not in r.stderr, r.stderr
-    errors = [x for x in lines if x.startswith(f"esc-dist {command}: error: ")]
-    assert len(errors) == 1, r.stderr
-    assert needle in errors[0], r.stderr
-
-
 def test_every_subcommand_has_a_bad_argument_case():
     assert sorted(BAD_ARGUMENTS) == sorted(NAMES)
 
@@ -68,9 +49,8 @@ def test_every_subcommand_has_a_bad_argument_case():
 @pytest.mark.parametrize("command", NAMES)
 def test_bad_argument_is_one_line(command, tmp_path):
     args, needle = BAD_ARGUMENTS[command]
-    r = _run([command, *args], tmp_path)
-    _assert_one_line_error(r, command, needle)
-    assert r.returncode == 2
+    r = run_cli([command, *args], tmp_path)
+    assert_one_line_error(r, command, needle)
 
 
 @pytest.mark.parametrize("command", NAMES)
@@ -78,6 +58,5 @@ def test_bad_recipe_is_one_line(command, tmp_path):
     """Each subcommand meets one of the recipe problems (each problem several subcommands)."""
     args, _ = BAD_ARGUMENTS[command]
     recipe, needle = BAD_RECIPES[NAMES.index(command) % len(BAD_RECIPES)]
-    r = _run([command, *args, *recipe], tmp_path)
-    _assert_one_line_error(r, command, needle)
-    assert r.returncode == 2
+    r = run_cli([command, *args, *recipe], tmp_path)
+    assert_one_line_error(r, command, needle)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import glob
 import json
 import os
 import shutil
@@ -90,8 +91,9 @@ def check_output(out: str | os.PathLike, stage: str,
             raise ConfigError(f"the output would overwrite this stage's own input {inp}; "
                               "choose another --out", path=out)
     if out.is_symlink() or (out.exists() and not out.is_dir()):
-        raise ConfigError("exists and is not a directory; esc-dist writes its output as a new "
-                          f"directory and never replaces a file: {_HOW}", path=out)
+        raise ConfigError("exists and is not a directory (a file or a symbolic link); esc-dist "
+                          f"writes its output as a directory and never replaces a file: {_HOW}",
+                          path=out)
     if not out.is_dir():
         return out
     owner = marker_stage(out)
@@ -163,7 +165,7 @@ def _clear_abandoned(final: Path) -> None:
     """Remove the partial builds of ``final`` that a killed esc-dist process on this host left
     (their names carry host and pid; each holds our marker)."""
     host = socket.gethostname().split(".")[0]
-    for p in final.parent.glob(f".{final.name}.{host}-*.partial"):
+    for p in final.parent.glob(f"{glob.escape(f'.{final.name}.{host}-')}*.partial"):
         pid = p.name[len(f".{final.name}.{host}-"):].split(".")[0]
         if not pid.isdigit() or not (p / MARKER).is_file():
             continue

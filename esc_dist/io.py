@@ -1,11 +1,11 @@
-"""Small file helpers: atomic writes, hashes, manifests, completion markers."""
+"""Small file helpers: atomic writes (with the user's umask), hashes, manifests, completion
+markers. Output directories (staged or claimed) are :mod:`esc_dist.outputs`'."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -51,6 +51,42 @@ def model_fingerprint(model_dir: str | Path) -> str:
     return h.hexdigest()
 
 
+def _read_umask() -> int:
+    """The process's umask, read without changing it where Linux tells it (/proc), else set and
+    put back at once."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK: int | None = None
+
+
+def umask() -> int:
+    """The umask, read once per process."""
+    global _UMASK
+    if _UMASK is None:
+        _UMASK = _read_umask()
+    return _UMASK
+
+
+def apply_umask(path: str | os.PathLike | int, directory: bool = False) -> None:
+    """Give a temporary file or directory (``mkstemp`` makes 0600, ``mkdtemp`` 0700) the mode
+    that an ordinary create under the user's umask would; ``path`` may be an open descriptor."""
+    mode = (0o777 if directory else 0o666) & ~umask()
+    if isinstance(path, int):
+        os.fchmod(path, mode)
+    else:
+        os.chmod(path, mode)
+
+
 @contextmanager
 def atomic_writer(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
     """A file opened for writing beside ``path`` that replaces ``path`` only when the block
@@ -59,6 +95,7 @@ def atomic_writer(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        apply_umask(fd)
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
             yield f
             f.flush()
@@ -181,31 +218,6 @@ def iter_jsonl(path: str | os.PathLike,
             except RecursionError:
                 raise error(lineno, "JSON nested too deeply") from None
             yield lineno, rec
-
-
-@contextmanager
-def staged_dir(final: str | os.PathLike) -> Iterator[Path]:
-    """Build a directory beside ``final`` and move it into place only when the block succeeds.
-
-    An existing ``final`` is kept untouched until the new one is complete; on error the partial
-    build is removed and the old directory stays as it was.
-    """
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
-    try:
-        yield tmp
-        if final.exists():
-            old = final.with_name(f".{final.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def write_manifest(directory: str | os.PathLike, manifest: dict) -> None:

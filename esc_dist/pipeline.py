@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ from .errors import ConfigError, StageError
 from .ipm.judge import judge_version
 from .io import COMPLETED, atomic_write_json, atomic_write_text, read_json, sha256_json
 from .log import get_logger
+from .outputs import remove_output
 
 log = get_logger(__name__)
 
@@ -158,7 +158,8 @@ def stage_key(stage: Stage, recipe: Recipe) -> str:
 def clear_stale(stage: Stage, key: str, run: Path) -> None:
     """Remove the outputs (and training work directory) that a stage left for other inputs or
     settings, so that it starts clean; an interrupted attempt with the same key is kept, so that
-    the stage resumes from its checkpoints or chunks."""
+    the stage resumes from its checkpoints or chunks. Only esc-dist's own outputs are removed
+    (:func:`esc_dist.outputs.remove_output`); anything else stops the run with an error."""
     attempt = run / ".pipeline" / f"{stage.name}.json"
     keys = [read_json(p).get("key") for p in (attempt, stage.out / "pipeline.json")
             if p.is_file()]
@@ -166,7 +167,7 @@ def clear_stale(stage: Stage, key: str, run: Path) -> None:
         for path in (stage.out, stage.out.with_name(stage.out.name + ".work")):
             if path.exists():
                 log.info("%s: inputs or settings changed, removing %s", stage.name, path)
-                shutil.rmtree(path)
+                remove_output(path)
     atomic_write_json(attempt, {"key": key, "stage": stage.name})
 
 

@@ -14,14 +14,20 @@ from . import Command, recipe_of
 
 
 def run_judge(args: argparse.Namespace) -> int:
-    from ..ipm.prefdial import build_prefdial
-    from ..tracking import stage_run
+    from ..ipm.prefdial import build_prefdial, read_pairs
+    from ..outputs import check_output, claim_dir
+    from ..tracking import resolve_mode, stage_run
 
     recipe = recipe_of(args, [f"judge.backend={args.backend}"] if args.backend else [])
-    out = Path(args.out or f"{recipe.run.output_dir}/prefdial/{args.role}")
-    # The W&B files live beside the output: the output directory itself is replaced atomically
-    # when the build completes.
-    with stage_run(recipe, f"judge-{args.role}", out.resolve().parent,
+    out = check_output(args.out or f"{recipe.run.output_dir}/prefdial/{args.role}", "judge",
+                       [args.pairs])
+    read_pairs(Path(args.pairs), args.role)  # a bad input fails before anything is written
+    # The W&B files live in a directory of their own beside the output (the output is replaced
+    # whole when the build completes), named after it, so that the run id follows the output.
+    wandb_dir = out.with_name(out.name + ".wandb")
+    if resolve_mode(recipe.wandb) != "disabled":
+        claim_dir(wandb_dir, "judge", [args.pairs])
+    with stage_run(recipe, f"judge-{args.role}", wandb_dir,
                    config={"pairs": str(args.pairs), "out": str(out), "role": args.role}) as run:
         manifest = build_prefdial(args.pairs, out, recipe.judge, recipe, run=run, role=args.role,
                                   cache_dir=args.cache_dir)
@@ -107,14 +113,18 @@ def run_eval(args: argparse.Namespace) -> int:
     from ..eval.report import evaluate, log_report
     from ..tracking import stage_run
 
+    from ..outputs import check_output, claim_dir
+
     recipe = recipe_of(args)
     pred = Path(args.predictions)
-    out = Path(args.out) if args.out else pred.parent / "report"
+    inputs = [pred, args.llm_scores, args.data if recipe.eval.llm_judge else None]
+    out = check_output(args.out or pred.parent / "report", "eval", inputs)
     name = args.name or pred.stem
     llm_scores = _read_llm_scores(args.llm_scores) if args.llm_scores else None
     if recipe.eval.llm_judge:
         if llm_scores is not None:
             raise ConfigError("give either --llm-scores or eval.llm_judge=true, not both")
+        claim_dir(out, "eval", inputs)  # the judge's answer cache lives in the report directory
         llm_scores = _llm_judge_scores(pred, args.data, recipe, out)
     report = evaluate(pred, out, name=name, llm_scores=llm_scores)
     _print_headline(report, out)

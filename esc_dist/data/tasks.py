@@ -17,7 +17,8 @@ from typing import Iterable, Sequence
 from .. import __version__
 from ..config import DataConfig
 from ..errors import DataError, MissingInput
-from ..io import COMPLETED, mark_completed, sha256_file, staged_dir, write_manifest
+from ..io import COMPLETED, mark_completed, sha256_file, write_manifest
+from ..outputs import check_output, staged_dir
 from ..strategies import DESCRIPTIONS, STRATEGIES, format_tagged
 from .esconv import SEEKER, Message, Turn, iter_turns, load_esconv
 from .splits import SPLITS, load_split_file, seeded_split
@@ -156,6 +157,8 @@ def _refuse_leaks(convs: list, split: dict[str, list[int]], source: str) -> None
 def prepare(cfg: DataConfig, out: str | Path) -> dict:
     """Write the three task datasets and a manifest to ``out``; returns the manifest."""
     t0 = time.time()
+    inputs = [cfg.esconv, None if cfg.split == "seeded" else cfg.split]
+    check_output(out, "prepare", inputs)
     convs, split = select_splits(cfg)
     turns = {name: list(iter_turns([convs[i] for i in idx])) for name, idx in split.items()}
     manifest = {
@@ -174,7 +177,7 @@ def prepare(cfg: DataConfig, out: str | Path) -> dict:
     }
     from datasets import Dataset, DatasetDict
 
-    with staged_dir(out) as tmp:
+    with staged_dir(out, "prepare", inputs) as tmp:
         for task in TASKS:
             build_task(turns, task, cfg.max_history_messages).save_to_disk(str(tmp / task))
         DatasetDict({split: Dataset.from_list([turn_record(t) for t in ts])

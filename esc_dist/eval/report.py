@@ -22,6 +22,7 @@ from typing import Any, Sequence
 from ..constants import VARIANTS
 from ..errors import ConfigError, DataError, MissingInput
 from ..io import atomic_write_json, atomic_write_text, read_json, sha256_file, sha256_json
+from ..outputs import staged_dir
 from ..strategies import STRATEGIES
 from .plots import plot_confusion, plot_preferences
 from .predictions import Prediction, load_predictions
@@ -134,34 +135,43 @@ def evaluate(pred_path: str | Path, out_dir: str | Path | None = None, *, name: 
     predictions = load_predictions(pred_path)
     report = build_report(predictions, name=name or pred_path.stem, llm_scores=llm_scores,
                           source={"path": str(pred_path), "sha256": sha256_file(pred_path)})
-    write_report(report, out)
+    write_report(report, out, [pred_path])
     return report
 
 
-def write_report(report: dict, out_dir: str | Path) -> list[Path]:
-    """Write report.json, report.md, confusion.png and preferences.png (each atomically)."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+# what a new report or comparison takes over from the one it replaces: its W&B files and the
+# LLM judge's answer cache
+KEEP = ("wandb", "llm_cache")
+
+
+def write_report(report: dict, out_dir: str | Path, inputs: Sequence[str | Path] = ()
+                 ) -> list[Path]:
+    """Write report.json, report.md, confusion.png and preferences.png as one set: built in a
+    staged directory that replaces ``out_dir`` whole, so that an interrupted eval leaves the old
+    set as it was."""
+    final = Path(out_dir)
+    with staged_dir(final, "eval", inputs, keep=KEEP) as out:
+        _write_report_files(report, out)
+    return [final / name for name in (REPORT_JSON, REPORT_MD, CONFUSION_PNG, PREFERENCES_PNG)]
+
+
+def _write_report_files(report: dict, out: Path) -> None:
     strategy = report["strategy"]
     primary = strategy["as_others"]
     excluded = strategy["excluded"]
-    files = [
-        plot_confusion(
-            confusion_with_unparseable(strategy), out / CONFUSION_PNG,
-            title=f"{report['name'] or 'predictions'}: gold × predicted strategy "
-                  f"({strategy['unparseable']} unparseable)"),
-        plot_preferences(
-            {f"{VARIANT_TITLES[v]} (B = {strategy[v]['B']:.3f})":
-             [strategy[v]["per_strategy"][s]["preference"] for s in STRATEGIES]
-             for v in VARIANTS if strategy[v] is not None},
-            out / PREFERENCES_PNG,
-            title=f"{report['name'] or 'predictions'}: strategy preferences "
-                  f"(B = {primary['B']:.3f}"
-                  + (f", excluded {excluded['B']:.3f})" if excluded else ")")),
-    ]
+    plot_confusion(confusion_with_unparseable(strategy), out / CONFUSION_PNG,
+                   title=f"{report['name'] or 'predictions'}: gold × predicted strategy "
+                         f"({strategy['unparseable']} unparseable)")
+    plot_preferences(
+        {f"{VARIANT_TITLES[v]} (B = {strategy[v]['B']:.3f})":
+         [strategy[v]["per_strategy"][s]["preference"] for s in STRATEGIES]
+         for v in VARIANTS if strategy[v] is not None},
+        out / PREFERENCES_PNG,
+        title=f"{report['name'] or 'predictions'}: strategy preferences "
+              f"(B = {primary['B']:.3f}"
+              + (f", excluded {excluded['B']:.3f})" if excluded else ")"))
     atomic_write_text(out / REPORT_MD, render_markdown(report))
     atomic_write_json(out / REPORT_JSON, report)
-    return [out / REPORT_JSON, out / REPORT_MD, *files]
 
 
 def confusion_with_unparseable(strategy: dict) -> list[list[int]]:
@@ -337,13 +347,19 @@ def compare(report_dirs_or_files: Sequence[str | Path], names: Sequence[str] | N
                   "best": best, "same_gold": len({x["gold_sha256"] for x in systems}) == 1}
     markdown = render_comparison_markdown(comparison)
     if out_dir is not None:
-        out = Path(out_dir)
-        plot_preferences({x["name"]: [x["preferences"][st] for st in STRATEGIES]
-                          for x in systems if x["preferences"]}, out / COMPARISON_PNG,
-                         title=f"Strategy preferences by system ({VARIANT_TITLES[variant]})")
-        atomic_write_text(out / COMPARISON_MD, markdown)
-        atomic_write_json(out / COMPARISON_JSON, comparison)
+        with staged_dir(out_dir, "compare", paths, keep=KEEP) as out:
+            _write_comparison_files(comparison, systems, markdown, out)
     return comparison, markdown
+
+
+def _write_comparison_files(comparison: dict, systems: list[dict], markdown: str,
+                            out: Path) -> None:
+    plot_preferences({x["name"]: [x["preferences"][st] for st in STRATEGIES]
+                      for x in systems if x["preferences"]}, out / COMPARISON_PNG,
+                     title="Strategy preferences by system "
+                           f"({VARIANT_TITLES[comparison['variant']]})")
+    atomic_write_text(out / COMPARISON_MD, markdown)
+    atomic_write_json(out / COMPARISON_JSON, comparison)
 
 
 def render_comparison_markdown(comparison: dict) -> str:

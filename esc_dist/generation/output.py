@@ -9,6 +9,7 @@ from .. import dist
 from ..errors import ConfigError
 from ..io import atomic_write_json, is_completed, read_json, read_manifest
 from ..log import get_logger
+from ..outputs import check_output, claim_dir
 
 log = get_logger(__name__)
 
@@ -42,9 +43,12 @@ def claim_output(out: str | Path, job: dict, name: str) -> dict | None:
     do). Raises :class:`esc_dist.errors.ConfigError` when ``out`` holds a complete or partial
     output of another job, so that chunks of different inputs are never mixed. Otherwise rank 0
     records the job in ``out/job.json`` (what ``esc-dist merge`` reads) and None is returned.
-    Every rank calls this and reaches the same answer.
+    Every rank calls this and reaches the same answer. ``out`` must be allowed by the output rule
+    (:mod:`esc_dist.outputs`) and lie apart from the job's inputs.
     """
-    out = Path(out)
+    stage = job.get("stage", name)
+    inputs = [v["path"] for v in job.get("inputs", {}).values() if isinstance(v, dict)]
+    out = check_output(out, stage, inputs)
     if is_completed(out):
         prev = read_manifest(out) or {}
         if prev.get("fingerprint") == job["fingerprint"]:
@@ -58,6 +62,7 @@ def claim_output(out: str | Path, job: dict, name: str) -> dict | None:
         raise ConfigError(f"{out} holds an unfinished run for other inputs (model, data or "
                           "settings differ); remove it or choose another --out")
     if dist.is_main():
-        out.mkdir(parents=True, exist_ok=True)
+        claim_dir(out, stage, inputs)
         atomic_write_json(job_file, job)
+    dist.barrier()
     return None

@@ -28,7 +28,8 @@ from .. import __version__
 from ..config import JudgeConfig, Recipe, redact
 from ..constants import ROLES, UNPARSEABLE
 from ..errors import PairsError
-from ..io import iter_jsonl, write_jsonl, atomic_write_json, mark_completed, sha256_file, staged_dir, write_manifest
+from ..io import iter_jsonl, write_jsonl, atomic_write_json, mark_completed, sha256_file, write_manifest
+from ..outputs import check_output, staged_dir
 from ..log import get_logger
 from ..strategies import STRATEGIES, normalize_strategy
 from .judge import ERRORS, judge_pairs, judge_version
@@ -244,6 +245,7 @@ def build_prefdial(pairs_jsonl: str | Path, out_dir: str | Path, cfg: JudgeConfi
     """
     t0 = time.time()
     pairs_jsonl, out_dir = Path(pairs_jsonl), Path(out_dir)
+    check_output(out_dir, "judge", [pairs_jsonl])
     pairs = read_pairs(pairs_jsonl, role)
     input_sha = sha256_file(pairs_jsonl)
     if cfg.backend == "openai" and client is None and cache_dir is None:
@@ -270,7 +272,7 @@ def build_prefdial(pairs_jsonl: str | Path, out_dir: str | Path, cfg: JudgeConfi
     }
     if recipe is not None:
         manifest["recipe"] = redact(recipe.to_dict())
-    with staged_dir(out_dir) as tmp:
+    with staged_dir(out_dir, "judge", [pairs_jsonl]) as tmp:
         write_jsonl(tmp / "judged.jsonl", ({**p, "verdict": v} for p, v in zip(pairs, verdicts)))
         write_jsonl(tmp / "pairs.jsonl", kept)
         save_dataset(kept, tmp / "dataset")

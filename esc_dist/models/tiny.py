@@ -12,7 +12,8 @@ from typing import Iterable, Iterator
 
 from ..config import TinyModelConfig
 from ..errors import ConfigError
-from ..io import mark_completed, staged_dir, write_manifest
+from ..io import mark_completed, write_manifest
+from ..outputs import check_output, staged_dir
 
 BOS, EOS, PAD = "<|endoftext|>", "<|im_end|>", "<|pad|>"
 IM_START = "<|im_start|>"
@@ -120,11 +121,12 @@ def build_model(cfg: TinyModelConfig, tokenizer):
 
 def build_tiny_model(cfg: TinyModelConfig, corpus: str | Path, out: str | Path) -> dict:
     """Train the tokenizer, initialise the model and save both to ``out``; returns a summary."""
+    check_output(out, "tiny-model", [corpus])
     tokenizer = train_tokenizer(corpus_texts(corpus), cfg.vocab_size)
     model = build_model(cfg, tokenizer)
     n_params = sum(p.numel() for p in model.parameters())
     info = {"parameters": n_params, "vocab_size": len(tokenizer), "architecture": cfg.architecture}
-    with staged_dir(out) as tmp:
+    with staged_dir(out, "tiny-model", [corpus]) as tmp:
         model.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
         write_manifest(tmp, {"stage": "tiny-model", "config": cfg.__dict__,

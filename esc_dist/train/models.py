@@ -8,8 +8,10 @@ from pathlib import Path
 
 from .. import dist
 from ..config import Recipe, TrainConfig
-from ..io import atomic_write_json, mark_completed, staged_dir
+from ..io import atomic_write_json, mark_completed
+from ..outputs import staged_dir
 from .arguments import resolve_precision
+from .common import StagePaths
 
 
 def load_tokenizer(path: str, trust_remote_code: bool = False):
@@ -44,13 +46,14 @@ def load_policy(path: str, recipe: Recipe, cfg: TrainConfig):
     return model
 
 
-def export_model(trainer, tokenizer, out: Path, manifest: dict) -> None:
-    """Save one HF directory (safetensors, config, tokenizer, generation config, manifest).
+def export_model(trainer, tokenizer, paths: StagePaths, manifest: dict) -> None:
+    """Save one HF directory (safetensors, config, tokenizer, generation config, manifest) at
+    ``paths.export``, saved first inside the stage's work directory.
 
     Under ZeRO-3 every rank takes part in gathering the weights; rank 0 writes. LoRA adapters
     are merged so that the export loads with plain ``from_pretrained``.
     """
-    tmp = out.with_name(out.name + ".saving")
+    out, tmp = paths.export, paths.work / "export.saving"
     if dist.is_main():
         shutil.rmtree(tmp, ignore_errors=True)
     dist.barrier()
@@ -68,7 +71,7 @@ def export_model(trainer, tokenizer, out: Path, manifest: dict) -> None:
             (tmp / f).unlink(missing_ok=True)
         atomic_write_json(tmp / "manifest.json", manifest)
         mark_completed(tmp)
-        with staged_dir(out) as stage:
+        with staged_dir(out, manifest["stage"]) as stage:
             for item in tmp.iterdir():
                 shutil.move(str(item), stage / item.name)
         shutil.rmtree(tmp, ignore_errors=True)

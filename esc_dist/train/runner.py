@@ -18,6 +18,7 @@ from ..config import Recipe, TrainConfig, redact
 from ..constants import ROLES
 from ..errors import ConfigError
 from ..io import model_fingerprint, read_manifest, sha256_json
+from ..outputs import check_output, claim_dir
 from ..log import get_logger
 from .arguments import deepspeed_config
 from .checkpoints import find_resume_checkpoint, prepare_resume, training_key, was_preempted
@@ -50,6 +51,7 @@ def run_training(stage: str, role: str, recipe: Recipe, cfg: TrainConfig, inputs
     """Train (resuming when a checkpoint of the same run exists) and export; returns the export
     manifest, or None when training stopped on a preemption signal (checkpoint saved, no export).
     """
+    claim_outputs(stage, paths, [v["path"] for v in inputs.values()])
     key = training_key(stage, role, recipe, cfg, inputs)
     ckpt = find_resume_checkpoint(paths.checkpoints, cfg.resume, key)
     ds_cfg = deepspeed_config(cfg, universal=prepare_resume(ckpt))
@@ -66,10 +68,20 @@ def run_training(stage: str, role: str, recipe: Recipe, cfg: TrainConfig, inputs
         manifest.update(summarize_history(trainer), tokenization=tok_stats,
                         resumed_from=str(ckpt) if ckpt else None, export_dir=str(paths.export),
                         **(extra_manifest(trainer) if extra_manifest else {}))
-        export_model(trainer, tokenizer, paths.export, manifest)
+        export_model(trainer, tokenizer, paths, manifest)
         if run is not None:
             run.summary.update({k: manifest[k] for k in summary_keys})
     return manifest
+
+
+def claim_outputs(stage: str, paths: StagePaths, inputs: list[str]) -> None:
+    """Check the export directory and claim the work directory (rank 0 creates and marks it)
+    before any rank writes; every rank checks, so that a refusal stops them all."""
+    check_output(paths.export, stage, inputs)
+    check_output(paths.work, stage, inputs)
+    if dist.is_main():
+        claim_dir(paths.work, stage, inputs)
+    dist.barrier()
 
 
 def git_commit() -> str | None:

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from .. import dist
-from ..io import atomic_write_json, read_json, sha256_json, staged_dir
+from ..io import atomic_write_json, read_json, sha256_json
+from ..outputs import staged_dir
 
 
 def encode_prompt_completion(tokenizer, prompt: list[dict], completion: list[dict],
@@ -138,7 +139,7 @@ def tokenized_cached(ds, tokenizer, max_length: int, cache_root: Path, name: str
                      "dropped_too_long": len(dropped), "dropped_ids": sorted(dropped)[:20],
                      "max_length": max_length}
             data = Dataset.from_dict({k: [x[k] for x in rows] for k in columns})
-            with staged_dir(path) as tmp:
+            with staged_dir(path, "token-cache") as tmp:
                 data.save_to_disk(str(tmp / "data"))
                 atomic_write_json(tmp / "stats.json", stats)
             shutil.rmtree(parts, ignore_errors=True)

@@ -105,7 +105,7 @@ def test_evaluate_writes_report_files(fixture_preds):
     report = evaluate(fixture_preds, llm_scores={"judge": "offline", "empathy": 3.25})
     out = fixture_preds.parent / "report"  # default: next to the predictions
     assert sorted(p.name for p in out.iterdir()) == [
-        "confusion.png", "preferences.png", "report.json", "report.md"]
+        ".esc-dist-output", "confusion.png", "preferences.png", "report.json", "report.md"]
     on_disk = json.loads((out / "report.json").read_text())
     assert on_disk == json.loads(json.dumps(report))
     assert on_disk["input"]["sha256"] == hashlib.sha256(fixture_preds.read_bytes()).hexdigest()
@@ -139,7 +139,8 @@ def test_evaluate_writes_report_files(fixture_preds):
         with Image.open(out / name) as im:
             assert im.format == "PNG" and im.size[0] > 400 and im.size[1] > 300
             assert np.asarray(im.convert("L")).std() > 10  # something was drawn
-    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp files left
+    assert [p.name for p in out.parent.iterdir() if p.name.startswith(".")] == []  # no temp dirs
+    assert (out / ".esc-dist-output").read_text() == "eval\n"
 
 
 def test_evaluate_when_every_strategy_is_unparseable(tmp_path):
@@ -177,7 +178,7 @@ def test_compare(tmp_path):
     assert comparison["same_gold"] is True
     assert "| Vanilla-SFT |" in md and "2.6458" in md and "| **0.0000** |" in md
     assert {p.name for p in (tmp_path / "cmp").iterdir()} == {
-        "comparison.json", "comparison.md", "comparison_preferences.png"}
+        ".esc-dist-output", "comparison.json", "comparison.md", "comparison_preferences.png"}
     assert json.loads((tmp_path / "cmp" / "comparison.json").read_text())["variant"] == "as_others"
     with Image.open(tmp_path / "cmp" / "comparison_preferences.png") as im:
         assert im.format == "PNG"

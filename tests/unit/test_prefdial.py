@@ -319,7 +319,8 @@ def test_cli(tmp_path, monkeypatch, capsys):
     assert args.func(args) == 0
     assert "kept 2" in capsys.readouterr().out
     assert read_json(out / "manifest.json")["recipe"]["judge"]["backend"] == "offline"
-    (run,) = wait_for_offline_runs(tmp_path / "prefdial" / "wandb")  # beside the output
+    (run,) = wait_for_offline_runs(out.with_name("generator.wandb") / "wandb")  # its own dir
+    assert not (tmp_path / "prefdial" / "wandb").exists()
     assert run["run"]["job_type"] == "judge-generator"
     assert run["history"][0]["judge/kept"] == 2 and run["config"]["role"] == "generator"
     monkeypatch.setenv("WANDB_MODE", "disabled")

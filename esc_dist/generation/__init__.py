@@ -38,11 +38,12 @@ never the last seeker message); a prompt that cannot fit even so is refused, nam
 before anything is generated. The run's statistics count the prompts shortened; a prompt that
 fits is tokenized as it is, so its result does not change.
 
-**Decoding.** Each prompt of a batch is prefilled on its own (the fast causal attention path) and the caches
-are stacked, left-padded, for the batched decoding steps with a KV cache (``prefill="batched"``
-prefills the padded batch in one call instead; see :func:`resolve_prefill`). Decoding stops at
-the tokenizer's eos, the pad token and any eos id of the model's generation config, or after the
-item's ``max_new_tokens``; the text is decoded without special tokens.
+**Decoding.** Each prompt of a batch is prefilled on its own (the fast causal attention path)
+and the caches are stacked, left-padded, for the batched decoding steps with a KV cache
+(``prefill="batched"`` prefills the padded batch in one call instead; see
+:func:`resolve_prefill`). Decoding stops at the tokenizer's eos, the pad token and any eos id of
+the model's generation config, or after the item's ``max_new_tokens``; the text is decoded
+without special tokens.
 
 **Where things are.** :mod:`.sampling` (per-item settings, row seeds, token choice),
 :mod:`.work` (work items, engine settings, their fingerprint), :mod:`.replica` (the model replica
@@ -67,7 +68,8 @@ from .work import EngineConfig, WorkItem, items_fingerprint, messages_sha
 
 __all__ = ["Sampling", "WorkItem", "EngineConfig", "MergeError", "PlanMismatch", "generate",
            "merge", "choose_tokens", "row_seed", "model_fingerprint",
-           "items_fingerprint", "plan_layout", "Replica", "load_tokenizer", "prompt_ids", "fit_prompts",
+           "items_fingerprint", "plan_layout", "Replica", "load_tokenizer", "prompt_ids",
+           "fit_prompts",
            "throughput_summary", "resolve_prefill", "deterministic_cuda",
            "claim_output", "finalize_on_main", "messages_sha", "device_and_dtype",
            "existing_chunks", "chunk_path", "chunk_name", "Chunk", "ENGINE_VERSION", "PLAN",

@@ -139,8 +139,8 @@ def generate(items: Sequence[WorkItem], model_dir: str | Path, work_dir: str | P
     Every rank calls this with the same items. Prompts are fitted to the model's context
     (:func:`~esc_dist.generation.replica.fit_prompts`; ``source``, the data the items come
     from, is named when one cannot fit). Returns (on every rank) the run's statistics:
-    chunks reused and computed, prompts shortened, per-rank seconds, items/s and tokens/s. Ends with all ranks
-    synchronised; read the results with :func:`merge`.
+    chunks reused and computed, prompts shortened, per-rank seconds, items/s and tokens/s. Ends
+    with all ranks synchronised; read the results with :func:`merge`.
     """
     t0 = time.perf_counter()
     deterministic_cuda()  # before any cuBLAS call of this process, if it is the first

@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from esc_dist.config import DataConfig, MineConfig, load_recipe
 from esc_dist.data.fitting import HistoryFitter
@@ -24,21 +23,12 @@ HUGE = 200_000  # characters of one utterance: tens of thousands of tokens
 MAX_NEW = 8
 TRAIN, TEST = 1, 596  # the first dialogue of the train and test splits of the split file
 
+pytestmark = pytest.mark.usefixtures("one_process")
+
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, esconv_dir):
     return gen_setup(tmp_path_factory, esconv_dir)
-
-
-@pytest.fixture(autouse=True)
-def one_process(monkeypatch):
-    for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE"):
-        monkeypatch.delenv(k, raising=False)
-    monkeypatch.setenv("WANDB_MODE", "disabled")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the machine is shared: no OpenMP spinning against other jobs
-    yield
-    torch.set_num_threads(threads)
 
 
 def _huge_text() -> str:
@@ -92,7 +82,8 @@ def _check_fitted(records, tok, context):
 
 
 def test_mining_fits_a_huge_history_message_to_the_context(setup, long_history, tmp_path):
-    recipe = load_recipe(None, ["wandb.mode=disabled", "mine.n_samples=1", f"mine.max_new_tokens={MAX_NEW}",
+    recipe = load_recipe(None, ["wandb.mode=disabled", "mine.n_samples=1",
+                                f"mine.max_new_tokens={MAX_NEW}",
                                 "mine.batch_size=4", "mine.chunk_size=8"])
     out = tmp_path / "mine"
     manifest = mine(recipe, "vanilla", setup / "tiny", long_history, out)
@@ -109,8 +100,8 @@ def test_mining_fits_a_huge_history_message_to_the_context(setup, long_history, 
 
 
 def test_inference_fits_a_huge_history_message_to_the_context(setup, long_history, tmp_path):
-    recipe = load_recipe(None, ["wandb.mode=disabled", f"infer.max_new_tokens={MAX_NEW}", "infer.batch_size=4",
-                                "infer.chunk_size=8"])
+    recipe = load_recipe(None, ["wandb.mode=disabled", f"infer.max_new_tokens={MAX_NEW}",
+                                "infer.batch_size=4", "infer.chunk_size=8"])
     out = tmp_path / "infer"
     manifest = infer(recipe, "vanilla", long_history, "test", out,
                      model=setup / "parrot-vanilla")

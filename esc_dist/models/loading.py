@@ -3,8 +3,8 @@ context size, each failure of the libraries on a broken directory raised as a
 :class:`~esc_dist.errors.DataError` naming the directory.
 
 The cheap checks (config, tokenizer files, safetensors headers) run first, in
-:func:`esc_dist.io.check_model_dir` (also part of :func:`esc_dist.io.model_fingerprint`, which
-every stage computes before loading anything).
+:func:`esc_dist.io.check_model_dir`: before each load here, and in
+:func:`esc_dist.io.model_fingerprint`, which every stage computes before loading anything.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ..errors import DataError, EscError
-from ..io import read_json
+from ..io import check_model_dir, read_json
 
 # Config keys that hold the number of positions a model can attend to, by model family.
 CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
@@ -41,6 +41,7 @@ def load_tokenizer(model_dir: str | Path, trust_remote_code: bool = False):
     """The directory's tokenizer, its pad token set (to eos when it has none)."""
     from transformers import AutoTokenizer
 
+    check_model_dir(model_dir)
     with loading_errors(model_dir, "tokenizer"):
         tok = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code)
     if tok.pad_token is None:
@@ -53,6 +54,7 @@ def load_causal_lm(model_dir: str | Path, dtype, trust_remote_code: bool = False
     from transformers import AutoModelForCausalLM
 
     extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    check_model_dir(model_dir)
     with loading_errors(model_dir, "model"):
         return AutoModelForCausalLM.from_pretrained(
             str(model_dir), dtype=dtype, trust_remote_code=trust_remote_code, **extra)

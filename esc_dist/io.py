@@ -33,8 +33,7 @@ def model_fingerprint(model_dir: str | Path) -> str:
     """Identity of a model directory without reading whole weight files: the small files (config,
     tokenizer, manifest) in full, each weight file by name, size and its first and last MiB."""
     model_dir = Path(model_dir)
-    if not model_dir.is_dir():
-        raise MissingInput("model directory not found", path=model_dir)
+    check_model_dir(model_dir)
     h = hashlib.sha256()
     for p in sorted(model_dir.iterdir()):
         if not p.is_file() or p.name.startswith("."):
@@ -85,6 +84,60 @@ def apply_umask(path: str | os.PathLike | int, directory: bool = False) -> None:
         os.fchmod(path, mode)
     else:
         os.chmod(path, mode)
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+
+
+def check_model_dir(model_dir: str | Path) -> None:
+    """Refuse, naming the directory, a model directory that cannot load, before any heavy
+    loading: no directory, no (or not JSON) config.json, no tokenizer, no weights, or a
+    safetensors file that is truncated or not one (its header checked against its size)."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise MissingInput("model directory not found", path=model_dir)
+    config = model_dir / "config.json"
+    if not config.is_file():
+        raise MissingInput("no config.json (not a model directory)", path=model_dir)
+    try:
+        if not isinstance(read_json(config), dict):
+            raise ValueError("not a JSON object")
+    except (UnicodeDecodeError, ValueError) as e:
+        raise DataError(model_dir, f"config.json is not a valid JSON object ({e})") from None
+    if not any((model_dir / f).is_file() for f in TOKENIZER_FILES):
+        raise MissingInput(f"no tokenizer ({' or '.join(TOKENIZER_FILES)})", path=model_dir)
+    weights = sorted(model_dir.glob("*.safetensors"))
+    if not weights and not any(model_dir.glob("pytorch_model*.bin")):
+        raise MissingInput("no weights (model.safetensors)", path=model_dir)
+    for w in weights:
+        if not _safetensors_complete(w):
+            raise DataError(model_dir, f"{w.name} is truncated or not a safetensors file")
+
+
+def _safetensors_complete(path: Path) -> bool:
+    """Whether ``path`` starts with a safetensors header (8-byte little-endian length, then a
+    JSON object) whose tensors all end within the file."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        if size < 8 or n > size - 8:
+            return False
+        try:
+            header = json.loads(f.read(n))
+        except (UnicodeDecodeError, ValueError):
+            return False
+    if not isinstance(header, dict):
+        return False
+    end = 0
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+        if not (isinstance(offsets, list) and len(offsets) == 2
+                and all(isinstance(x, int) for x in offsets)):
+            return False
+        end = max(end, offsets[1])
+    return 8 + n + end <= size
 
 
 @contextmanager

@@ -57,3 +57,17 @@ def small_setup(tmp_path_factory, esconv_dir) -> Path:
                                      intermediate_size=176), esconv_dir / "esconv.json",
                      root / "tiny")
     return root
+
+
+@pytest.fixture
+def one_process(monkeypatch):
+    """No launcher variables (a world of one), one torch thread (the machine is shared: no
+    OpenMP spinning against other jobs)."""
+    import torch
+
+    for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(k, raising=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -31,12 +31,19 @@ over a directory planned for other inputs is refused, and :func:`merge` checks t
 planned chunk exists and that every input id appears exactly once and no other id appears,
 naming the chunk or id at fault.
 
-**Decoding.** Prompts are used as given (``data.max_history_messages`` bounds their length).
-Each prompt of a batch is prefilled on its own (the fast causal attention path) and the caches
-are stacked, left-padded, for the batched decoding steps with a KV cache (``prefill="batched"``
-prefills the padded batch in one call instead; see :func:`resolve_prefill`). Decoding stops at
-the tokenizer's eos, the pad token and any eos id of the model's generation config, or after the
-item's ``max_new_tokens``; the text is decoded without special tokens.
+**Prompts fit the model.** Each prompt whose tokens and ``max_new_tokens`` exceed the model's
+context (its config's positions, or the tokenizer's ``model_max_length`` when lower and sane)
+loses its oldest history messages, the way training fits prompts (never the system message,
+never the last seeker message); a prompt that cannot fit even so is refused, naming its turn,
+before anything is generated. The run's statistics count the prompts shortened; a prompt that
+fits is tokenized as it is, so its result does not change.
+
+**Decoding.** Each prompt of a batch is prefilled on its own (the fast causal attention path)
+and the caches are stacked, left-padded, for the batched decoding steps with a KV cache
+(``prefill="batched"`` prefills the padded batch in one call instead; see
+:func:`resolve_prefill`). Decoding stops at the tokenizer's eos, the pad token and any eos id of
+the model's generation config, or after the item's ``max_new_tokens``; the text is decoded
+without special tokens.
 
 **Where things are.** :mod:`.sampling` (per-item settings, row seeds, token choice),
 :mod:`.work` (work items, engine settings, their fingerprint), :mod:`.replica` (the model replica
@@ -52,8 +59,8 @@ from __future__ import annotations
 from ..errors import MergeError, PlanMismatch
 from ..io import model_fingerprint
 from .output import claim_output, finalize_on_main
-from .replica import (Replica, deterministic_cuda, device_and_dtype, load_tokenizer, prompt_ids,
-                      resolve_prefill)
+from .replica import (Replica, deterministic_cuda, device_and_dtype, fit_prompts, load_tokenizer,
+                      prompt_ids, resolve_prefill)
 from .sampling import Sampling, choose_tokens, row_seed
 from .shards import (CHUNK_PREFIX, ENGINE_VERSION, PLAN, Chunk, chunk_name, chunk_path,
                      existing_chunks, generate, merge, plan_layout, throughput_summary)
@@ -62,6 +69,7 @@ from .work import EngineConfig, WorkItem, items_fingerprint, messages_sha
 __all__ = ["Sampling", "WorkItem", "EngineConfig", "MergeError", "PlanMismatch", "generate",
            "merge", "choose_tokens", "row_seed", "model_fingerprint",
            "items_fingerprint", "plan_layout", "Replica", "load_tokenizer", "prompt_ids",
+           "fit_prompts",
            "throughput_summary", "resolve_prefill", "deterministic_cuda",
            "claim_output", "finalize_on_main", "messages_sha", "device_and_dtype",
            "existing_chunks", "chunk_path", "chunk_name", "Chunk", "ENGINE_VERSION", "PLAN",

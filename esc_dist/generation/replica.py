@@ -1,9 +1,9 @@
 """The model replica of one rank: a plain (non-ZeRO) model decoding batches with a KV cache.
 
-Prompts are used as given (``data.max_history_messages`` bounds their length). Each prompt of a
-batch is prefilled on its own (the fast causal attention path) and the caches are stacked,
-left-padded, for the batched decoding steps with a KV cache (``prefill="batched"`` prefills the
-padded batch in one call instead; see :func:`resolve_prefill`). Decoding stops at the
+Prompts come fitted to the model's context (:func:`fit_prompts`). Each prompt of a batch is
+prefilled on its own (the fast causal attention path) and the caches are stacked, left-padded,
+for the batched decoding steps with a KV cache (``prefill="batched"`` prefills the padded batch
+in one call instead; see :func:`resolve_prefill`). Decoding stops at the
 tokenizer's eos, the pad token and any eos id of the model's generation config, or after the
 item's ``max_new_tokens``; the text is decoded without special tokens. On CUDA the replica turns
 on PyTorch's deterministic algorithms (:func:`deterministic_cuda`).
@@ -17,16 +17,15 @@ from pathlib import Path
 from typing import Sequence
 
 from .. import dist
+from ..data.fitting import HistoryFitter
+from ..errors import DataError
+from ..models import loading
 from .sampling import choose_tokens
-from .work import WorkItem
+from .work import WorkItem, messages_sha
 
 
 def load_tokenizer(model_dir: str | Path, trust_remote_code: bool = False):
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
+    tok = loading.load_tokenizer(model_dir, trust_remote_code)
     tok.padding_side = "left"
     return tok
 
@@ -39,20 +38,55 @@ def prompt_ids(tokenizer, messages: Sequence[dict]) -> list[int]:
     return list(out)
 
 
+def fit_prompts(items: Sequence[WorkItem], tokenizer, context: int | None,
+                source: str | Path | None = None) -> tuple[list[list[int]], list[int]]:
+    """The prompt ids of every item and how many history messages were dropped from each.
+
+    A prompt whose tokens and ``max_new_tokens`` exceed ``context`` loses its oldest history
+    messages, as in training (:class:`esc_dist.data.fitting.HistoryFitter`: never the system
+    message, never the last seeker message); any other prompt is tokenized as it is. Raises a
+    :class:`DataError` naming ``source`` (the data) and the turn of the first item that does not
+    fit even so. Every rank computes the same, so every rank refuses the same item.
+    """
+    fitter = HistoryFitter(tokenizer, context or 0)
+    done: dict[tuple[str, int], tuple[list[int], int]] = {}
+    keys = []
+    for it in items:
+        max_new = it.sampling.max_new_tokens
+        key = (messages_sha(it.messages), max_new)
+        if key not in done:
+            ids, dropped = prompt_ids(tokenizer, it.messages), 0
+            if context is not None and len(ids) + max_new > context:
+                def within(kept: list[dict]) -> list[int] | None:
+                    p = prompt_ids(tokenizer, kept)
+                    return p if len(p) + max_new <= context else None
+
+                fitted = fitter.fit(it.messages, max_new, within)
+                if fitted is None:
+                    n = len(prompt_ids(tokenizer, fitter.shortest(it.messages)))
+                    raise DataError(
+                        source, f"turn {it.seed_key}: the prompt does not fit the model's context "
+                        f"of {context} tokens even with only its last seeker message kept ({n} "
+                        f"prompt tokens + {max_new} new tokens)",
+                        dialogue=it.meta.get("dialogue_id"))
+                _, ids, dropped = fitted
+            done[key] = ids, dropped
+        keys.append(key)
+    return [done[k][0] for k in keys], [done[k][1] for k in keys]
+
+
 class Replica:
     """A plain (non-ZeRO) model on this rank's device: bf16 on CUDA, fp32 on CPU."""
 
     def __init__(self, model_dir: str | Path, tokenizer, trust_remote_code: bool = False,
                  attn_implementation: str | None = None, prefill: str = "auto"):
         import torch
-        from transformers import AutoModelForCausalLM
 
         self.device, self.dtype = device_and_dtype()
         self.prefill = resolve_prefill(prefill)
         deterministic_cuda()
-        extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
-        self.model = AutoModelForCausalLM.from_pretrained(
-            str(model_dir), dtype=self.dtype, trust_remote_code=trust_remote_code, **extra)
+        self.model = loading.load_causal_lm(model_dir, self.dtype, trust_remote_code,
+                                            attn_implementation)
         self.model.to(self.device).eval()
         self.tok = tokenizer
         self.pad_id = tokenizer.pad_token_id

@@ -24,10 +24,11 @@ from ..errors import MergeError, PlanMismatch
 from ..io import (atomic_write_json, atomic_write_text, iter_jsonl, jsonl_line, model_fingerprint,
                   load_json, sha256_json)
 from ..log import get_logger
-from .replica import (Replica, deterministic_cuda, device_and_dtype, load_tokenizer, prompt_ids,
+from ..models.loading import model_context
+from .replica import (Replica, deterministic_cuda, device_and_dtype, fit_prompts, load_tokenizer,
                       resolve_prefill)
 from .sampling import row_seed
-from .work import EngineConfig, WorkItem, items_fingerprint, messages_sha
+from .work import EngineConfig, WorkItem, items_fingerprint
 
 log = get_logger(__name__)
 
@@ -131,12 +132,15 @@ def _raise_any(errors: list[Any]) -> None:
 
 
 def generate(items: Sequence[WorkItem], model_dir: str | Path, work_dir: str | Path,
-             cfg: EngineConfig, label: str = "generate") -> dict:
+             cfg: EngineConfig, label: str = "generate", source: str | Path | None = None,
+             ) -> dict:
     """Compute every item once over all ranks into ``work_dir``'s chunk files.
 
-    Every rank calls this with the same items. Returns (on every rank) the run's statistics:
-    chunks reused and computed, per-rank seconds, items/s and tokens/s. Ends with all ranks
-    synchronised; read the results with :func:`merge`.
+    Every rank calls this with the same items. Prompts are fitted to the model's context
+    (:func:`~esc_dist.generation.replica.fit_prompts`; ``source``, the data the items come
+    from, is named when one cannot fit). Returns (on every rank) the run's statistics:
+    chunks reused and computed, prompts shortened, per-rank seconds, items/s and tokens/s. Ends
+    with all ranks synchronised; read the results with :func:`merge`.
     """
     t0 = time.perf_counter()
     deterministic_cuda()  # before any cuBLAS call of this process, if it is the first
@@ -145,20 +149,20 @@ def generate(items: Sequence[WorkItem], model_dir: str | Path, work_dir: str | P
     if len(set(ids)) != len(ids):
         dup = next(i for i in ids if ids.count(i) > 1)
         raise ValueError(f"duplicate work item id {dup!r}")
+    model_fp = model_fingerprint(model_dir)  # refuses a broken model directory first
     tok = load_tokenizer(model_dir, cfg.trust_remote_code)
-    cache: dict[str, list[int]] = {}
-    plist = []
-    for it in items:
-        h = messages_sha(it.messages)
-        if h not in cache:
-            cache[h] = prompt_ids(tok, it.messages)
-        plist.append(cache[h])
+    context = model_context(model_dir, tok)
+    plist, dropped = fit_prompts(items, tok, context, source)
+    shortened = sum(1 for n in dropped if n)
+    if shortened:
+        log.warning("%s: %d of %d prompts shortened to the model's context of %d tokens "
+                    "(oldest history messages dropped)", label, shortened, len(items), context)
     lengths = [len(p) for p in plist]
     chunks = plan_layout(items, lengths, cfg.batch_size, cfg.chunk_size)
     device, dtype = device_and_dtype()
     fingerprint = sha256_json({
         "engine": ENGINE_VERSION, "items": items_fingerprint(items),
-        "model": model_fingerprint(model_dir), "batch_size": cfg.batch_size,
+        "model": model_fp, "batch_size": cfg.batch_size,
         "chunk_size": cfg.chunk_size, "seed": cfg.seed, "stream": cfg.stream,
         "device": device.type, "dtype": str(dtype).replace("torch.", ""),
         "attn_implementation": cfg.attn_implementation,
@@ -227,7 +231,9 @@ def generate(items: Sequence[WorkItem], model_dir: str | Path, work_dir: str | P
                 batch = [items[i] for i in b]
                 seeds = [row_seed(cfg.seed, cfg.stream, it.seed_key, it.sample) for it in batch]
                 results = replica.generate_batch(batch, [plist[i] for i in b], seeds)
-                for it, res in zip(batch, results):
+                for i, it, res in zip(b, batch, results):
+                    if dropped[i]:
+                        res["messages_dropped"] = dropped[i]
                     lines.append(jsonl_line(_record(it, res)))
                     stats["prompt_tokens"] += res["prompt_tokens"]
                     stats["new_tokens"] += res["new_tokens"]
@@ -256,6 +262,7 @@ def generate(items: Sequence[WorkItem], model_dir: str | Path, work_dir: str | P
         "items_per_s": round(computed / gen_wall, 3) if gen_wall else None,
         "tokens_per_s": round(new_tokens / gen_wall, 3) if gen_wall else None,
         "device": device.type, "dtype": str(dtype).replace("torch.", ""),
+        "context": context, "prompts_shortened": shortened,
         "fingerprint": fingerprint, "per_rank": per_rank,
     }
 

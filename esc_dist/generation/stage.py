@@ -131,7 +131,7 @@ def run_stage(recipe: Recipe, stage: Stage, t0: float) -> dict:
         return done
     config = {"stage": stage.name, **stage.labels, **stage.wandb_config}
     with tracking.stage_run(recipe, stage.job_type, out, config=config) as run:
-        generation = run_phases(out, stage.phases, engines)
+        generation = run_phases(out, stage.phases, engines, stage.data_dir)
 
         def write_output() -> dict:
             manifest = finalize(out, job, stage.write_outputs, generation, t0)
@@ -145,16 +145,17 @@ def run_stage(recipe: Recipe, stage: Stage, t0: float) -> dict:
     return manifest
 
 
-def run_phases(out: Path, phases: Sequence[Phase], engines: Sequence[EngineConfig]) -> dict:
+def run_phases(out: Path, phases: Sequence[Phase], engines: Sequence[EngineConfig],
+               data_dir: Path | None = None) -> dict:
     """Generate every phase over all ranks; returns the statistics by phase key (the only
-    phase's own when its key is None)."""
+    phase's own when its key is None). ``data_dir`` is named when a prompt cannot fit."""
     generation: dict = {}
     for k, (phase, engine) in enumerate(zip(phases, engines)):
         items = phase.items
         if callable(items):  # every rank reads the previous phase (after its barrier)
             items = items(merge(out / phases[k - 1].chunks))
         generation[phase.key] = generate(items, phase.model_dir, out / phase.chunks, engine,
-                                         label=phase.label)
+                                         label=phase.label, source=data_dir)
         log.info("%s", throughput_summary(generation[phase.key]))
     return generation[None] if list(generation) == [None] else generation
 

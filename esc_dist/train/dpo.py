@@ -23,10 +23,11 @@ from ..config import Recipe
 from ..errors import DataError, MissingInput
 from ..io import COMPLETED
 from ..log import get_logger
+from ..models.loading import load_tokenizer
 from .arguments import trainer_arguments, zero_stage
 from .checkpoints import checkpoint_callback, preemption_callback
 from .common import TrainerExtras, require_one_global_batch, stage_paths
-from .models import load_policy, load_tokenizer
+from .models import load_policy
 from .runner import run_training, stage_inputs, start_stage
 from .tokens import PromptFitter, tokenized_cached
 

@@ -9,32 +9,21 @@ from pathlib import Path
 from .. import dist
 from ..config import Recipe, TrainConfig
 from ..io import atomic_write_json, mark_completed
+from ..models.loading import load_causal_lm
 from ..outputs import staged_dir
 from .arguments import resolve_precision
 from .common import StagePaths
-
-
-def load_tokenizer(path: str, trust_remote_code: bool = False):
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    return tok
 
 
 def load_policy(path: str, recipe: Recipe, cfg: TrainConfig):
     """Load the model to train. Call *after* the trainer config exists: its live DeepSpeed config
     makes ``from_pretrained`` build the model already partitioned under ZeRO-3."""
     import torch
-    from transformers import AutoModelForCausalLM
 
     precision = resolve_precision(cfg)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
-    extra = {"attn_implementation": recipe.model.attn_implementation} \
-        if recipe.model.attn_implementation else {}
-    model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=dtype, trust_remote_code=recipe.model.trust_remote_code, **extra)
+    model = load_causal_lm(path, dtype, recipe.model.trust_remote_code,
+                           recipe.model.attn_implementation)
     if cfg.lora.enabled:
         from peft import LoraConfig, get_peft_model
 

@@ -15,10 +15,11 @@ from pathlib import Path
 from ..config import Recipe
 from ..data.tasks import load_task
 from ..log import get_logger
+from ..models.loading import load_tokenizer
 from .arguments import trainer_arguments
 from .checkpoints import checkpoint_callback, preemption_callback
 from .common import TrainerExtras, default_base_model, require_one_global_batch, stage_paths
-from .models import load_policy, load_tokenizer
+from .models import load_policy
 from .runner import run_training, stage_inputs, start_stage
 from .tokens import PromptFitter, tokenized_cached
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from .. import dist
+from ..data.fitting import TEMPLATE_TOKENS, HistoryFitter
 from ..io import atomic_write_json, read_json, sha256_json
 from ..outputs import staged_dir
 
@@ -40,55 +41,33 @@ def encode_prompt_completion(tokenizer, prompt: list[dict], completion: list[dic
     return ids[:cut], ids[cut:]
 
 
-class PromptFitter:
-    """Fits a prompt and its completions into ``max_length`` by dropping the oldest history.
-
-    The system message (if any) and the last message are always kept, and the kept history
-    starts with a user message. How many messages to drop is estimated from per-message token
-    counts (each distinct message is tokenized once: a dialogue's history repeats in all its later
-    turns), then checked with exact encodings of the longest completion.
-    """
+class PromptFitter(HistoryFitter):
+    """Fits a prompt and its completions into ``max_length`` by dropping the oldest history
+    (see :class:`esc_dist.data.fitting.HistoryFitter`), checked with exact encodings of the
+    longest completion."""
 
     def __init__(self, tokenizer, max_length: int):
-        self.tok, self.max_length = tokenizer, max_length
-        self._cost: dict[tuple[str, str], int] = {}
-
-    def cost(self, m: dict) -> int:
-        key = (m["role"], m["content"])
-        if key not in self._cost:
-            self._cost[key] = len(self.tok(m["content"], add_special_tokens=False)["input_ids"])
-        return self._cost[key]
+        super().__init__(tokenizer, max_length)
+        self.max_length = max_length
 
     def __call__(self, prompt: list[dict], completions: list[list[dict]],
                  ) -> tuple[list[int], list[list[int]], int] | None:
         """(prompt ids, ids of each completion, messages dropped), or None if nothing fits."""
-        head = prompt[:1] if prompt and prompt[0]["role"] == "system" else []
-        history = prompt[len(head):]
-        starts = [k for k, m in enumerate(history) if m["role"] == "user"] or [0]
         longest = max(completions, key=lambda c: sum(self.cost(m) for m in c))
-        suffix = [0] * (len(history) + 1)
-        for i in range(len(history) - 1, -1, -1):
-            suffix[i] = suffix[i + 1] + self.cost(history[i]) + 4  # ~4 template tokens a message
-        fixed = sum(self.cost(m) + 4 for m in head + longest) + 4
-        pick = next((i for i, s in enumerate(starts) if fixed + suffix[s] <= self.max_length),
-                    len(starts) - 1)
 
-        def fits(s: int):
-            p, c = encode_prompt_completion(self.tok, head + history[s:], longest)
+        def fits(kept: list[dict]):
+            p, c = encode_prompt_completion(self.tok, kept, longest)
             return p if len(p) + len(c) <= self.max_length else None
 
-        for i in range(pick, len(starts)):
-            if fits(starts[i]) is None:
-                continue
-            if i > 0 and i == pick and fits(starts[i - 1]) is not None:
-                i -= 1  # the estimate dropped one message too many
-            s = starts[i]
-            kept = head + history[s:]
-            encoded = [encode_prompt_completion(self.tok, kept, c) for c in completions]
-            if any(p != encoded[0][0] for p, _ in encoded):
-                raise ValueError("the prompt tokenizes differently depending on the completion")
-            return encoded[0][0], [c for _, c in encoded], s
-        return None
+        reserve = sum(self.cost(m) + TEMPLATE_TOKENS for m in longest)
+        fitted = self.fit(prompt, reserve, fits)
+        if fitted is None:
+            return None
+        kept, _, dropped = fitted
+        encoded = [encode_prompt_completion(self.tok, kept, c) for c in completions]
+        if any(p != encoded[0][0] for p, _ in encoded):
+            raise ValueError("the prompt tokenizes differently depending on the completion")
+        return encoded[0][0], [c for _, c in encoded], dropped
 
 
 def _tokenizer_key(tokenizer) -> str:

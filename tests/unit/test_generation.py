@@ -22,20 +22,12 @@ from esc_dist.generation import (
 )
 from tests.helpers import gen_setup
 
+pytestmark = pytest.mark.usefixtures("one_process")
+
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, esconv_dir):
     return gen_setup(tmp_path_factory, esconv_dir)
-
-
-@pytest.fixture(autouse=True)
-def one_process(monkeypatch):
-    for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE"):
-        monkeypatch.delenv(k, raising=False)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the machine is shared: no OpenMP spinning against other jobs
-    yield
-    torch.set_num_threads(threads)
 
 
 def _choose(logits, do_sample, temperature, top_p, top_k, u):

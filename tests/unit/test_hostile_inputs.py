@@ -181,25 +181,23 @@ def test_empty_train_split_is_refused(tmp_path):
     assert_one_line_error(r, "prepare", f"{split}: the train split is empty")
 
 
-def test_identical_dialogues_in_two_splits_are_refused(tmp_path):
+def _prepare_with_a_copy(tmp_path, split: dict):
+    """prepare on a corpus whose dialogue 2 is a copy of dialogue 0, split as given."""
     dialogues = json.loads(TINY.read_text())
-    corpus = tmp_path / "esconv.json"
+    corpus, split_file = tmp_path / "esconv.json", tmp_path / "split.json"
     corpus.write_text(json.dumps([dialogues[0], dialogues[1], dialogues[0]]))
-    split = tmp_path / "split.json"
-    split.write_text(json.dumps({"train": [0, 1], "validation": [2], "test": []}))
-    r = run_cli(["prepare", "--esconv", str(corpus), "--split", str(split), "--out", "{tmp}/d"],
-                tmp_path)
+    split_file.write_text(json.dumps(split))
+    return run_cli(["prepare", "--esconv", str(corpus), "--split", str(split_file),
+                    "--out", "{tmp}/d"], tmp_path)
+
+
+def test_identical_dialogues_in_two_splits_are_refused(tmp_path):
+    r = _prepare_with_a_copy(tmp_path, {"train": [0, 1], "validation": [2], "test": []})
     assert_one_line_error(r, "prepare", "dialogues 0 (train) and 2 (validation) are identical")
 
 
 def test_identical_dialogues_in_one_split_are_kept(tmp_path):
-    dialogues = json.loads(TINY.read_text())
-    corpus = tmp_path / "esconv.json"
-    corpus.write_text(json.dumps([dialogues[0], dialogues[1], dialogues[0]]))
-    split = tmp_path / "split.json"
-    split.write_text(json.dumps({"train": [0, 2], "validation": [1], "test": []}))
-    r = run_cli(["prepare", "--esconv", str(corpus), "--split", str(split), "--out", "{tmp}/d"],
-                tmp_path)
+    r = _prepare_with_a_copy(tmp_path, {"train": [0, 2], "validation": [1], "test": []})
     assert r.returncode == 0, r.stderr
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import IO, Any, Callable, Iterable, Iterator
 
 from .errors import DataError, MissingInput
+from .redaction import redact
 
 MANIFEST = "manifest.json"
 COMPLETED = "COMPLETED"
@@ -165,7 +166,8 @@ def staged_dir(final: str | os.PathLike) -> Iterator[Path]:
 
 
 def write_manifest(directory: str | os.PathLike, manifest: dict) -> None:
-    atomic_write_json(Path(directory) / MANIFEST, manifest)
+    """Write ``manifest.json``; secret-looking values (keys, passwords in URLs) become "***"."""
+    atomic_write_json(Path(directory) / MANIFEST, redact(manifest, by_name=False))
 
 
 def read_manifest(directory: str | os.PathLike) -> dict | None:

@@ -48,6 +48,7 @@ import openai
 from .errors import LLMError
 from .io import atomic_write_json
 from .log import get_logger
+from .redaction import MASK
 
 log = get_logger(__name__)
 
@@ -150,6 +151,10 @@ class LLMClient:
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise LLMError(f"the judge endpoint {base_url!r} is not an http(s) URL "
                            "(check judge.base_url)")
+        if MASK in (parts.username, parts.password):
+            raise LLMError(f"the judge endpoint {base_url} holds credentials that were redacted "
+                           "when the recipe was saved; give the key through the environment "
+                           "variable named by judge.api_key_env instead")
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.model = model
         self.api_key_env = api_key_env

@@ -23,6 +23,7 @@ from typing import Callable
 from .. import __version__
 from ..config import Recipe, load_recipe
 from ..errors import EscError
+from ..redaction import redact_text
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,7 @@ def error_message(e: BaseException) -> str | None:
     if isinstance(e, EscError):
         return str(e)
     if isinstance(e, OSError) and e.filename is not None:
-        return f"{e.filename}: {e.strerror or e}"
+        return redact_text(f"{e.filename}: {e.strerror or e}")
     return None
 
 

@@ -6,6 +6,7 @@ them out)."""
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -33,6 +34,20 @@ def _count_or_null(source: str, key: str, v: int | None) -> None:
 
 def _probability(source: str, key: str, v: float) -> None:
     _require(0 < v <= 1, source, key, "in (0, 1]", v)
+
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _env_names(source: str, section: str, obj: Any) -> None:
+    """Every ``*_env`` key of a section names an environment variable (empty: none). The value
+    is not echoed: a key typed here by mistake must not reach a log."""
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        if f.name.endswith("_env") and v and not _ENV_NAME.match(v):
+            raise ConfigError(f"{source}: '{section}.{f.name}' must be the name of an environment "
+                              "variable (letters, digits, _): put the NAME of the variable here, "
+                              "not the key, and set the variable in the environment")
 
 
 def _batches(source: str, section: str, cfg: Any) -> None:
@@ -261,6 +276,7 @@ class JudgeConfig:
     keep_unparseable: bool = True
 
     def validate(self, source: str) -> None:
+        _env_names(source, "judge", self)
         _at_least(source, "judge", self, 1, "concurrency")
         _at_least(source, "judge", self, 0, "max_retries")
         _require(self.timeout > 0, source, "judge.timeout", "> 0 seconds", self.timeout)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from .. import __version__
-from ..config import DataConfig
+from ..config import DataConfig, redact
 from ..errors import MissingInput
 from ..io import COMPLETED, mark_completed, sha256_file, staged_dir, write_manifest
 from ..strategies import DESCRIPTIONS, STRATEGIES, format_tagged
@@ -143,7 +143,7 @@ def prepare(cfg: DataConfig, out: str | Path) -> dict:
     manifest = {
         "stage": "prepare",
         "esc_dist_version": __version__,
-        "config": asdict(cfg),
+        "config": redact(asdict(cfg)),
         "inputs": {
             "esconv": {"path": str(cfg.esconv), "sha256": sha256_file(cfg.esconv)},
             "split": {"path": str(cfg.split), "sha256": None if cfg.split == "seeded"

@@ -274,9 +274,14 @@ class JudgeConfig:
     timeout: float = 60.0
     # Keep planner pairs whose sample is not a strategy name (a format error) without judging.
     keep_unparseable: bool = True
+    # Share of requests (judge, eval LLM scores) that may fail for good (after retries) without
+    # failing the stage; 0: any request that never succeeded fails it.
+    max_failed_share: float = 0.0
 
     def validate(self, source: str) -> None:
         _env_names(source, "judge", self)
+        _require(0 <= self.max_failed_share <= 1, source, "judge.max_failed_share", "in [0, 1]",
+                 self.max_failed_share)
         _at_least(source, "judge", self, 1, "concurrency")
         _at_least(source, "judge", self, 0, "max_retries")
         _require(self.timeout > 0, source, "judge.timeout", "> 0 seconds", self.timeout)

@@ -9,7 +9,8 @@ sample)), judges every pair (:func:`esc_dist.ipm.judge.judge_pairs`) and writes,
                    (``prompt`` messages, ``chosen``/``rejected`` one assistant message each, and
                    ``id``, ``turn_id``, ``role``, ``gold_strategy``, ``sampled_strategy``)
 ``stats.json``     counts, kept ratio, error counts per side, parse errors, strategy confusion
-``manifest.json``  input hash, redacted judge config, counts
+``manifest.json``  input hash, redacted judge config, counts, the judge requests that failed for
+                   good (at most ``judge.max_failed_share`` of them)
 ``COMPLETED``      written last
 
 The directory is built beside ``out_dir`` and moved into place only when complete, so a crash
@@ -267,6 +268,8 @@ def build_prefdial(pairs_jsonl: str | Path, out_dir: str | Path, cfg: JudgeConfi
         "judge_version": judge_version(cfg),
         "counts": {"pairs_in": stats["pairs_in"], "kept": stats["kept"],
                    "dropped": stats["dropped"], "kept_ratio": stats["kept_ratio"]},
+        # judge requests that failed for good (at most judge.max_failed_share of them)
+        "request_failures": stats["judge"]["request_errors"],
     }
     if recipe is not None:
         manifest["recipe"] = redact(recipe.to_dict())

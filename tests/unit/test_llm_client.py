@@ -199,7 +199,8 @@ def test_malformed_answers_are_counted_not_raised(server, key):
     pairs = [pair("x#s0", "fine", "fine too"), pair("y#s0", "ok", "also ok"),
              pair("z#s0", "one", "two")]
     c = client(server, concurrency=1)
-    verdicts = judge_pairs(pairs, cfg_for(server), None, client=c)
+    # one request in three fails for good: allowed here (by default it fails the judge)
+    verdicts = judge_pairs(pairs, cfg_for(server, max_failed_share=0.5), None, client=c)
     # Not JSON, and JSON naming an unknown error: parse errors; a body that is no chat
     # completion at all: a failed request.
     assert [v["reason"] for v in verdicts] == ["judge_parse_error", "judge_parse_error",

@@ -6,6 +6,7 @@
     report.md          headline table, per-strategy table, confusion table, definitions
     confusion.png      gold × predicted heat map (with the unparseable column)
     preferences.png    the 8 Bradley–Terry preferences against the ideal 1.0
+    manifest.json      the sha256 of each of them (written last)
 
 ``compare`` puts several reports side by side (``comparison.json``, ``comparison.md``,
 ``comparison_preferences.png``). Strategy metrics exist in two variants (see
@@ -21,7 +22,8 @@ from typing import Any, Sequence
 
 from ..constants import VARIANTS
 from ..errors import ConfigError, DataError, MissingInput
-from ..io import atomic_write_json, atomic_write_text, read_json, sha256_file, sha256_json
+from ..io import (atomic_write_json, atomic_write_text, output_record, read_json, require_verified,
+                  sha256_file, sha256_json, write_manifest)
 from ..strategies import STRATEGIES
 from .plots import plot_confusion, plot_preferences
 from .predictions import Prediction, load_predictions
@@ -139,7 +141,8 @@ def evaluate(pred_path: str | Path, out_dir: str | Path | None = None, *, name: 
 
 
 def write_report(report: dict, out_dir: str | Path) -> list[Path]:
-    """Write report.json, report.md, confusion.png and preferences.png (each atomically)."""
+    """Write report.json, report.md, confusion.png and preferences.png (each atomically), then
+    manifest.json with their sha256."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     strategy = report["strategy"]
@@ -161,7 +164,11 @@ def write_report(report: dict, out_dir: str | Path) -> list[Path]:
     ]
     atomic_write_text(out / REPORT_MD, render_markdown(report))
     atomic_write_json(out / REPORT_JSON, report)
-    return [out / REPORT_JSON, out / REPORT_MD, *files]
+    files = [out / REPORT_JSON, out / REPORT_MD, *files]
+    # last: what a rerun of the pipeline and `compare` check the report files against
+    write_manifest(out, {"stage": "eval", "name": report["name"],
+                         "outputs": {p.name: output_record(out, p.name) for p in files}})
+    return files
 
 
 def confusion_with_unparseable(strategy: dict) -> list[list[int]]:
@@ -286,6 +293,7 @@ def load_report(path: str | Path) -> dict:
         p = p / REPORT_JSON
     if not p.is_file():
         raise MissingInput("no evaluation report (report.json of `esc-dist eval`)", path=p)
+    require_verified(p.parent)
     try:
         report = read_json(p)
     except (ValueError, RecursionError) as e:  # not UTF-8, not JSON, nested too deeply

@@ -10,7 +10,7 @@ sample)), judges every pair (:func:`esc_dist.ipm.judge.judge_pairs`) and writes,
                    ``id``, ``turn_id``, ``role``, ``gold_strategy``, ``sampled_strategy``)
 ``stats.json``     counts, kept ratio, error counts per side, parse errors, strategy confusion
 ``manifest.json``  input hash, redacted judge config, counts, the judge requests that failed for
-                   good (at most ``judge.max_failed_share`` of them)
+                   good (at most ``judge.max_failed_share`` of them), every output file's sha256
 ``COMPLETED``      written last
 
 The directory is built beside ``out_dir`` and moved into place only when complete, so a crash
@@ -29,7 +29,8 @@ from .. import __version__
 from ..config import JudgeConfig, Recipe, redact
 from ..constants import ROLES, UNPARSEABLE
 from ..errors import PairsError
-from ..io import iter_jsonl, write_jsonl, atomic_write_json, mark_completed, sha256_file, staged_dir, write_manifest
+from ..io import (atomic_write_json, directory_outputs, iter_jsonl, mark_completed,
+                  require_verified, sha256_file, staged_dir, write_jsonl, write_manifest)
 from ..log import get_logger
 from ..strategies import STRATEGIES, normalize_strategy
 from .judge import ERRORS, judge_pairs, judge_version
@@ -245,6 +246,7 @@ def build_prefdial(pairs_jsonl: str | Path, out_dir: str | Path, cfg: JudgeConfi
     """
     t0 = time.time()
     pairs_jsonl, out_dir = Path(pairs_jsonl), Path(out_dir)
+    require_verified(pairs_jsonl.parent)  # a mining output changed or cut since it was written
     pairs = read_pairs(pairs_jsonl, role)
     input_sha = sha256_file(pairs_jsonl)
     if cfg.backend == "openai" and client is None and cache_dir is None:
@@ -279,6 +281,7 @@ def build_prefdial(pairs_jsonl: str | Path, out_dir: str | Path, cfg: JudgeConfi
         save_dataset(kept, tmp / "dataset")
         atomic_write_json(tmp / "stats.json", stats)
         manifest["seconds"] = round(time.time() - t0, 2)
+        manifest["outputs"] = directory_outputs(tmp)
         write_manifest(tmp, manifest)
         mark_completed(tmp)
     if run is not None:

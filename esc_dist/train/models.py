@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .. import dist
 from ..config import Recipe, TrainConfig
-from ..io import atomic_write_json, mark_completed, staged_dir
+from ..io import directory_outputs, mark_completed, staged_dir, write_manifest
 from .arguments import resolve_precision
 
 
@@ -66,7 +66,8 @@ def export_model(trainer, tokenizer, out: Path, manifest: dict) -> None:
             gen.save_pretrained(str(tmp))
         for f in ("training_args.bin",):
             (tmp / f).unlink(missing_ok=True)
-        atomic_write_json(tmp / "manifest.json", manifest)
+        manifest["outputs"] = directory_outputs(tmp)
+        write_manifest(tmp, manifest)
         mark_completed(tmp)
         with staged_dir(out) as stage:
             for item in tmp.iterdir():

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ..errors import ConfigError
+from ..redaction import looks_secret
 
 
 # ---------------------------------------------------------------------------------------------
@@ -37,6 +38,7 @@ def _probability(source: str, key: str, v: float) -> None:
 
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_HEX_KEY = re.compile(r"^[0-9a-fA-F]{32,}$")  # e.g. a W&B key, which can pass for a name
 
 
 def _env_names(source: str, section: str, obj: Any) -> None:
@@ -44,7 +46,8 @@ def _env_names(source: str, section: str, obj: Any) -> None:
     is not echoed: a key typed here by mistake must not reach a log."""
     for f in dataclasses.fields(obj):
         v = getattr(obj, f.name)
-        if f.name.endswith("_env") and v and not _ENV_NAME.match(v):
+        if f.name.endswith("_env") and v and (not _ENV_NAME.match(v) or _HEX_KEY.match(v)
+                                               or looks_secret(v)):
             raise ConfigError(f"{source}: '{section}.{f.name}' must be the name of an environment "
                               "variable (letters, digits, _): put the NAME of the variable here, "
                               "not the key, and set the variable in the environment")

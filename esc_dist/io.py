@@ -33,7 +33,7 @@ def sha256_json(obj: Any) -> str:
 def _edges(f: IO[bytes], size: int) -> bytes:
     """A big file's first and last MiB (what identifies it cheaply, with its size)."""
     head = f.read(1 << 20)
-    f.seek(-(1 << 20), os.SEEK_END)
+    f.seek(max(0, size - (1 << 20)))
     return head + f.read()
 
 
@@ -244,7 +244,7 @@ def require_verified(directory: str | os.PathLike) -> None:
     problem = verify_outputs(directory)
     if problem is not None:
         try:
-            stage = read_manifest(directory)["stage"]
+            rerun = f"`esc-dist {read_manifest(directory)['stage']}`"
         except (ValueError, RecursionError, TypeError, KeyError):
-            stage = "the stage that wrote it"
-        raise DataError(None, f"{problem}; rerun `esc-dist {stage}`")
+            rerun = "the stage that wrote it"
+        raise DataError(None, f"{problem}; rerun {rerun}")

@@ -39,10 +39,11 @@ def claim_output(out: str | Path, job: dict, name: str) -> dict | None:
     """Prepare a stage's output directory for ``job`` (a dict with a ``fingerprint``).
 
     Returns the manifest when ``out`` is already complete for the same fingerprint and its output
-    files match the manifest (nothing to do); when they do not, the output is made again. Raises :class:`esc_dist.errors.ConfigError` when ``out`` holds a complete or partial
-    output of another job, so that chunks of different inputs are never mixed. Otherwise rank 0
-    records the job in ``out/job.json`` (what ``esc-dist merge`` reads) and None is returned.
-    Every rank calls this and reaches the same answer.
+    files match the manifest (nothing to do); when they do not, the output is made again (from
+    the chunk files kept). Raises :class:`esc_dist.errors.ConfigError` when ``out`` holds a
+    complete or partial output of another job, so that chunks of different inputs are never
+    mixed. Otherwise rank 0 records the job in ``out/job.json`` (what ``esc-dist merge`` reads)
+    and None is returned. Every rank calls this and reaches the same answer.
     """
     out = Path(out)
     if is_completed(out):

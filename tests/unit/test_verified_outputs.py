@@ -68,7 +68,8 @@ def test_big_files_are_checked_by_size_and_edges(tmp_path, monkeypatch):
     weights.parent.mkdir()
     weights.write_bytes(bytes(range(256)) * 20)
     (weights.parent / "config.json").write_text("{}")
-    write_manifest(weights.parent, {"stage": "sft", "outputs": io.directory_outputs(weights.parent)})
+    write_manifest(weights.parent,
+                   {"stage": "sft", "outputs": io.directory_outputs(weights.parent)})
     rec = read_json(weights.parent / "manifest.json")["outputs"]["model.safetensors"]
     assert rec["size"] == 5120 and "edges_sha256" in rec and "sha256" not in rec
     assert verify_outputs(weights.parent) is None

@@ -9,6 +9,7 @@ from .. import dist
 from ..errors import ConfigError
 from ..io import atomic_write_json, is_completed, read_json, read_manifest, verify_outputs
 from ..log import get_logger
+from ..redaction import redact
 
 log = get_logger(__name__)
 
@@ -64,5 +65,5 @@ def claim_output(out: str | Path, job: dict, name: str) -> dict | None:
                           "settings differ); remove it or choose another --out")
     if dist.is_main():
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(job_file, job)
+        atomic_write_json(job_file, redact(job, by_name=False))
     return None

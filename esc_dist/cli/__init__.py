@@ -65,8 +65,15 @@ def commands() -> list[Command]:
             *stages.COMMANDS]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's usage errors quote the word they reject: a secret-looking one shows as ***."""
+
+    def error(self, message: str):
+        super().error(redact_text(message))
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="esc-dist",
         description="Distributed SFT, preference mining (IPM) and DPO for decoupled "
                     "emotional-support conversation models.")

@@ -134,6 +134,14 @@ def test_bad_override_errors_hide_the_value(override, tmp_path, capsys):
     assert "error:" in err and "***" in err
 
 
+def test_usage_errors_hide_the_value(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["judge", "--role", "generator", "--pairs", "p.jsonl", "--backend", SECRETS["openai"]])
+    assert e.value.code == 2
+    _, err = assert_nowhere(SECRETS["openai"], tmp_path, capsys)
+    assert "invalid choice: '***'" in err
+
+
 def test_saved_url_credentials_are_not_used(monkeypatch):
     """A recipe saved with a password in judge.base_url holds *** there: refused, clearly."""
     with pytest.raises(LLMError, match="judge.api_key_env"):

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .redaction import redact_text
+
 
 class EscError(Exception):
     """Base of the user-caused errors; ``exit_code`` is the command's exit status."""
@@ -34,8 +36,10 @@ class EscError(Exception):
         return parts
 
     def render(self) -> str:
+        """The one-line message; a secret-looking value in it (a key typed where a name belongs,
+        a password in a URL) is shown as "***"."""
         where = self.where()
-        return f"{', '.join(where)}: {self.problem}" if where else self.problem
+        return redact_text(f"{', '.join(where)}: {self.problem}" if where else self.problem)
 
 
 class ConfigError(EscError, ValueError):

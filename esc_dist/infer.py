@@ -31,9 +31,8 @@ from .config import InferConfig, Recipe
 from .constants import MODES
 from .errors import ConfigError
 from .generation import Sampling, WorkItem, merge, stage
-from .generation.stage import (Phase, Stage, generation_summary, output_file, run_stage,
-                               settings_errors)
-from .io import read_manifest, write_jsonl
+from .generation.stage import (Phase, Stage, generation_summary, run_stage, settings_errors)
+from .io import output_record, read_manifest, write_jsonl
 from .log import get_logger
 from .strategies import parse_strategy, parse_tagged
 
@@ -151,7 +150,7 @@ def write_predictions(out: Path, job: dict) -> tuple[dict, dict]:
         records = merge(out / chunk_dir(phase))
     preds = [prediction(r, mode) for r in records]
     write_jsonl(out / "predictions.jsonl", preds)
-    return {"predictions": output_file(out, "predictions.jsonl")}, summary(preds)
+    return {"predictions": output_record(out, "predictions.jsonl")}, summary(preds)
 
 
 def finalize(out: str | Path, job: dict, generation: dict | None = None,

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import IO, Any, Callable, Iterable, Iterator
 
 from .errors import DataError, MissingInput
+from .redaction import redact
 
 MANIFEST = "manifest.json"
 COMPLETED = "COMPLETED"
@@ -29,11 +30,20 @@ def sha256_json(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
+def _edges(f: IO[bytes], size: int) -> bytes:
+    """A big file's first and last MiB (what identifies it cheaply, with its size)."""
+    head = f.read(1 << 20)
+    f.seek(max(0, size - (1 << 20)))
+    return head + f.read()
+
+
 def model_fingerprint(model_dir: str | Path) -> str:
     """Identity of a model directory without reading whole weight files: the small files (config,
-    tokenizer, manifest) in full, each weight file by name, size and its first and last MiB."""
+    tokenizer, manifest) in full, each weight file by name, size and its first and last MiB.
+    A directory whose manifest lists its files must match it (:func:`require_verified`)."""
     model_dir = Path(model_dir)
     check_model_dir(model_dir)
+    require_verified(model_dir)
     h = hashlib.sha256()
     for p in sorted(model_dir.iterdir()):
         if not p.is_file() or p.name.startswith("."):
@@ -41,12 +51,7 @@ def model_fingerprint(model_dir: str | Path) -> str:
         size = p.stat().st_size
         h.update(f"{p.name}\x1f{size}\x1f".encode())
         with open(p, "rb") as f:
-            if size <= 4 << 20:
-                h.update(f.read())
-            else:
-                h.update(f.read(1 << 20))
-                f.seek(-(1 << 20), os.SEEK_END)
-                h.update(f.read())
+            h.update(f.read() if size <= 4 << 20 else _edges(f, size))
     return h.hexdigest()
 
 
@@ -274,7 +279,8 @@ def iter_jsonl(path: str | os.PathLike,
 
 
 def write_manifest(directory: str | os.PathLike, manifest: dict) -> None:
-    atomic_write_json(Path(directory) / MANIFEST, manifest)
+    """Write ``manifest.json``; secret-looking values (keys, passwords in URLs) become "***"."""
+    atomic_write_json(Path(directory) / MANIFEST, redact(manifest, by_name=False))
 
 
 def read_manifest(directory: str | os.PathLike) -> dict | None:
@@ -288,3 +294,66 @@ def mark_completed(directory: str | os.PathLike) -> None:
 
 def is_completed(directory: str | os.PathLike) -> bool:
     return (Path(directory) / COMPLETED).is_file()
+
+
+# ---------------------------------------------------------------------------------------------
+# Outputs recorded in a manifest and checked before an output counts as complete
+
+BIG_FILE = 64 << 20  # bigger files (model weights) are recorded by size and their edges
+
+
+def output_record(directory: str | os.PathLike, name: str) -> dict:
+    """A manifest's record of the output file ``directory/name``: its sha256, or for a big file
+    (over 64 MiB: model weights) its size and the sha256 of its first and last MiB."""
+    path = Path(directory) / name
+    size = path.stat().st_size
+    if size <= BIG_FILE:
+        return {"path": name, "sha256": sha256_file(path)}
+    with open(path, "rb") as f:
+        edges = hashlib.sha256(_edges(f, size)).hexdigest()
+    return {"path": name, "size": size, "edges_sha256": edges}
+
+
+def directory_outputs(directory: str | os.PathLike) -> dict:
+    """Records (:func:`output_record`) of every file under ``directory`` except the manifest, the
+    completion marker and hidden files, keyed by their relative path."""
+    directory = Path(directory)
+    names = sorted(str(p.relative_to(directory)) for p in directory.rglob("*")
+                   if p.is_file() and p.name not in (MANIFEST, COMPLETED)
+                   and not any(part.startswith(".") for part in p.relative_to(directory).parts))
+    return {name: output_record(directory, name) for name in names}
+
+
+def verify_outputs(directory: str | os.PathLike) -> str | None:
+    """None when every output file that ``directory``'s manifest lists (``outputs``) is there and
+    matches its record, else what is wrong, naming the file. A directory without a manifest, or
+    whose manifest lists no outputs, has nothing to check."""
+    directory = Path(directory)
+    try:
+        manifest = read_manifest(directory)
+    except (ValueError, RecursionError):
+        return f"{directory / MANIFEST} is not readable JSON: the file was changed or cut"
+    outputs = manifest.get("outputs") if isinstance(manifest, dict) else None
+    for rec in (outputs or {}).values():
+        path = directory / rec["path"]
+        if not path.is_file():
+            return f"{path} is missing (its manifest lists it)"
+        if "sha256" in rec:
+            ok, how = sha256_file(path) == rec["sha256"], "sha256"
+        else:
+            ok, how = output_record(directory, rec["path"]) == rec, "size and edges"
+        if not ok:
+            return f"{path} does not match its manifest ({how}): the file was changed or cut"
+    return None
+
+
+def require_verified(directory: str | os.PathLike) -> None:
+    """Raise :class:`DataError` when :func:`verify_outputs` finds a problem in ``directory``, an
+    input of the calling stage; the message names the file and the stage that writes it."""
+    problem = verify_outputs(directory)
+    if problem is not None:
+        try:
+            rerun = f"`esc-dist {read_manifest(directory)['stage']}`"
+        except (ValueError, RecursionError, TypeError, KeyError):
+            rerun = "the stage that wrote it"
+        raise DataError(None, f"{problem}; rerun {rerun}")

@@ -48,6 +48,7 @@ import openai
 from .errors import LLMError
 from .io import atomic_write_json
 from .log import get_logger
+from .redaction import MASK
 
 log = get_logger(__name__)
 
@@ -119,6 +120,21 @@ def _retry_after(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
+def check_failures(results: Sequence[ChatResult], max_failed_share: float, what: str) -> int:
+    """The number of ``results`` whose request failed for good; raises :class:`LLMError` when
+    they are more than ``max_failed_share`` of all (``judge.max_failed_share``), so that a stage
+    whose endpoint could not answer fails instead of writing an output without its verdicts."""
+    failed = [r for r in results if not r.ok and not r.parse_failed]
+    if failed and len(failed) > max_failed_share * len(results):
+        allowed = "none" if max_failed_share == 0 else f"at most {max_failed_share:g} of them"
+        raise LLMError(f"{what}: {len(failed)} of {len(results)} requests failed for good "
+                       f"(first: {failed[0].error}); judge.max_failed_share allows {allowed}. "
+                       "Check the endpoint (judge.base_url, judge.model, the key variable) and "
+                       "rerun (answers already received are cached), or set "
+                       "judge.max_failed_share to accept a share of failed requests")
+    return len(failed)
+
+
 class _Fatal(Exception):
     """A request that failed for good (not retryable, or out of retries)."""
 
@@ -150,6 +166,10 @@ class LLMClient:
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise LLMError(f"the judge endpoint {base_url!r} is not an http(s) URL "
                            "(check judge.base_url)")
+        if MASK in (parts.username, parts.password):
+            raise LLMError(f"the judge endpoint {base_url} holds credentials that were redacted "
+                           "when the recipe was saved; give the key through the environment "
+                           "variable named by judge.api_key_env instead")
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.model = model
         self.api_key_env = api_key_env

@@ -6,15 +6,29 @@ import logging
 import os
 import sys
 
+from .redaction import redact_text
+
 
 def rank() -> int:
     return int(os.environ.get("RANK", "0"))
+
+
+class _Redact(logging.Filter):
+    """Shows secret-looking parts of a log line (keys, passwords in URLs) as "***"."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = redact_text(message)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        return True
 
 
 def get_logger(name: str = "esc_dist") -> logging.Logger:
     logger = logging.getLogger(name)
     if not logging.getLogger("esc_dist").handlers:
         h = logging.StreamHandler(sys.stderr)
+        h.addFilter(_Redact())
         h.setFormatter(logging.Formatter(
             f"%(asctime)s [esc-dist r{rank()}] %(levelname)s %(message)s", "%H:%M:%S"))
         root = logging.getLogger("esc_dist")

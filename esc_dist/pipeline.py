@@ -26,7 +26,8 @@ from .constants import ROLES, SYSTEM_TITLES, SYSTEMS
 from .dist import free_port
 from .errors import ConfigError, StageError
 from .ipm.judge import judge_version
-from .io import COMPLETED, atomic_write_json, atomic_write_text, read_json, sha256_json
+from .io import (COMPLETED, atomic_write_json, atomic_write_text, read_json, sha256_json,
+                 verify_outputs)
 from .log import get_logger
 from .outputs import remove_output
 
@@ -172,9 +173,16 @@ def clear_stale(stage: Stage, key: str, run: Path) -> None:
 
 
 def is_current(stage: Stage, key: str) -> bool:
+    """Whether ``stage`` finished for ``key`` and its output files still match its manifest (a
+    file changed or cut since makes it run again, which one log line says)."""
     state = stage.out / "pipeline.json"
-    return done_marker(stage.out).is_file() and state.is_file() and \
-        read_json(state).get("key") == key
+    if not (done_marker(stage.out).is_file() and state.is_file()
+            and read_json(state).get("key") == key):
+        return False
+    problem = verify_outputs(stage.out)
+    if problem is not None:
+        log.warning("%s: %s; it runs again", stage.name, problem)
+    return problem is None
 
 
 def mark_current(stage: Stage, key: str, seconds: float | None) -> None:

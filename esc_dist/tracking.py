@@ -1,4 +1,5 @@
-"""Weights & Biases: one run per stage invocation, on rank 0 only, secrets never logged.
+"""Weights & Biases: one run per stage invocation, on rank 0 only, secrets never logged (the config
+and the command line W&B records are redacted by key name and by value).
 
 Runs of one pipeline share a W&B *group* (the recipe's run name unless ``wandb.group`` is set) and
 carry a ``job_type`` such as ``sft-planner``. The run id is derived from the output directory, so a
@@ -11,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import netrc
 import os
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -48,6 +50,17 @@ def run_id(output_dir: str | Path, job_type: str) -> str:
     return hashlib.sha1(key.encode()).hexdigest()[:16]
 
 
+@contextmanager
+def _redacted_argv() -> Iterator[None]:
+    """W&B records the command line in the run's metadata: show it the redacted one."""
+    argv = sys.argv
+    sys.argv = redact(list(argv))
+    try:
+        yield
+    finally:
+        sys.argv = argv
+
+
 def start_run(recipe: Recipe, job_type: str, output_dir: str | Path,
               config: dict[str, Any] | None = None):
     """Start (or resume) this stage's W&B run on rank 0; returns the run, or None elsewhere."""
@@ -62,20 +75,21 @@ def start_run(recipe: Recipe, job_type: str, output_dir: str | Path,
     os.environ["WANDB_PROJECT"] = recipe.wandb.project
     os.environ.setdefault("WANDB_LOG_MODEL", "false")
     payload = redact({"recipe": recipe.to_dict(), **(config or {})})
-    run = wandb.init(
-        project=recipe.wandb.project,
-        entity=recipe.wandb.entity,
-        group=recipe.wandb.group or recipe.run.name,
-        job_type=job_type,
-        name=f"{recipe.run.name}/{job_type}",
-        tags=list(recipe.wandb.tags) or None,
-        id=run_id(output_dir, job_type),
-        resume="allow",
-        dir=str(output_dir),
-        mode=mode,
-        config=payload,
-        settings=wandb.Settings(silent=True, x_disable_stats=mode == "offline"),
-    )
+    with _redacted_argv():
+        run = wandb.init(
+            project=recipe.wandb.project,
+            entity=recipe.wandb.entity,
+            group=redact(recipe.wandb.group or recipe.run.name),
+            job_type=job_type,
+            name=redact(f"{recipe.run.name}/{job_type}"),
+            tags=redact(list(recipe.wandb.tags)) or None,
+            id=run_id(output_dir, job_type),
+            resume="allow",
+            dir=str(output_dir),
+            mode=mode,
+            config=payload,
+            settings=wandb.Settings(silent=True, x_disable_stats=mode == "offline"),
+        )
     log.info("W&B %s run %s (%s) in %s", mode, run.id, job_type, output_dir / "wandb")
     return run
 

@@ -1,7 +1,8 @@
 # Shared by the per-stage launchers (sourced): run one role's training stage of a recipe through
 # `esc-dist stage run`, with the stages it needs first.
 #   LAUNCHER=deepspeed|torchrun|accelerate (default deepspeed), NPROC (default: GPUs, else 2),
-#   MASTER_PORT (default 29500; each stage adds its number), FORCE=1 (rerun when up to date).
+#   MASTER_PORT (default: a free port; when set, each stage adds its number), FORCE=1 (rerun
+#   when up to date).
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 if [[ -x "$root/.venv/bin/python" ]]; then PATH="$root/.venv/bin:$PATH"; fi
 cd "$root"
@@ -12,8 +13,8 @@ role="${1:?usage: $0 ROLE [RECIPE.yaml] [section.key=value ...]}"; shift
 recipe="configs/tiny-cpu.yaml"
 if [[ $# -gt 0 && "$1" == *.yaml ]]; then recipe="$1"; shift; fi
 nproc="${NPROC:-$(python -c 'import torch; print(torch.cuda.device_count() or 2)')}"
-overrides=("$@" "pipeline.launcher=${LAUNCHER:-deepspeed}" "pipeline.nproc=$nproc"
-           "pipeline.master_port=${MASTER_PORT:-29500}")
+overrides=("$@" "pipeline.launcher=${LAUNCHER:-deepspeed}" "pipeline.nproc=$nproc")
+[[ -n ${MASTER_PORT:-} ]] && overrides+=("pipeline.master_port=$MASTER_PORT")
 
 # launch_after STAGES KIND: run STAGES (plus tiny-model when no model.base is set) through
 # `esc-dist pipeline --only`, which skips finished ones, then KIND-ROLE with `esc-dist stage run`:

@@ -23,6 +23,7 @@ from typing import Callable
 from .. import __version__
 from ..config import Recipe, load_recipe
 from ..errors import EscError
+from ..redaction import redact_text
 
 
 @dataclass(frozen=True)
@@ -64,8 +65,15 @@ def commands() -> list[Command]:
             *stages.COMMANDS]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's usage errors quote the word they reject: a secret-looking one shows as ***."""
+
+    def error(self, message: str):
+        super().error(redact_text(message))
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="esc-dist",
         description="Distributed SFT, preference mining (IPM) and DPO for decoupled "
                     "emotional-support conversation models.")
@@ -90,7 +98,7 @@ def error_message(e: BaseException) -> str | None:
     if isinstance(e, EscError):
         return str(e)
     if isinstance(e, OSError) and e.filename is not None:
-        return f"{e.filename}: {e.strerror or e}"
+        return redact_text(f"{e.filename}: {e.strerror or e}")
     return None
 
 

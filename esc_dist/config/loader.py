@@ -17,6 +17,7 @@ import yaml
 
 from ..errors import ConfigError
 from ..io import read_text
+from ..redaction import redact
 from .sections import Recipe
 
 
@@ -201,17 +202,3 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | tuple[str
 
 def dump_recipe(recipe: Recipe) -> str:
     return yaml.safe_dump(redact(recipe.to_dict()), sort_keys=False)
-
-
-_SECRET = re.compile(r"(^|[_\-])(api[_\-]?key|key|token|secret|password|passwd|authorization)$",
-                     re.I)
-
-
-def redact(obj: Any) -> Any:
-    """Copy of ``obj`` with the values of secret-looking keys replaced by "***"."""
-    if isinstance(obj, dict):
-        return {k: ("***" if _SECRET.search(str(k)) and v not in (None, "") else redact(v))
-                for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [redact(v) for v in obj]
-    return obj

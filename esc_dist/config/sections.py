@@ -6,10 +6,12 @@ them out)."""
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ..errors import ConfigError
+from ..redaction import looks_secret
 
 
 # ---------------------------------------------------------------------------------------------
@@ -33,6 +35,22 @@ def _count_or_null(source: str, key: str, v: int | None) -> None:
 
 def _probability(source: str, key: str, v: float) -> None:
     _require(0 < v <= 1, source, key, "in (0, 1]", v)
+
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_HEX_KEY = re.compile(r"^[0-9a-fA-F]{32,}$")  # e.g. a W&B key, which can pass for a name
+
+
+def _env_names(source: str, section: str, obj: Any) -> None:
+    """Every ``*_env`` key of a section names an environment variable (empty: none). The value
+    is not echoed: a key typed here by mistake must not reach a log."""
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        if f.name.endswith("_env") and v and (not _ENV_NAME.match(v) or _HEX_KEY.match(v)
+                                               or looks_secret(v)):
+            raise ConfigError(f"{source}: '{section}.{f.name}' must be the name of an environment "
+                              "variable (letters, digits, _): put the NAME of the variable here, "
+                              "not the key, and set the variable in the environment")
 
 
 def _batches(source: str, section: str, cfg: Any) -> None:
@@ -259,8 +277,14 @@ class JudgeConfig:
     timeout: float = 60.0
     # Keep planner pairs whose sample is not a strategy name (a format error) without judging.
     keep_unparseable: bool = True
+    # Share of requests (judge, eval LLM scores) that may fail for good (after retries) without
+    # failing the stage; 0: any request that never succeeded fails it.
+    max_failed_share: float = 0.0
 
     def validate(self, source: str) -> None:
+        _env_names(source, "judge", self)
+        _require(0 <= self.max_failed_share <= 1, source, "judge.max_failed_share", "in [0, 1]",
+                 self.max_failed_share)
         _at_least(source, "judge", self, 1, "concurrency")
         _at_least(source, "judge", self, 0, "max_retries")
         _require(self.timeout > 0, source, "judge.timeout", "> 0 seconds", self.timeout)

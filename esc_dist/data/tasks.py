@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from .. import __version__
-from ..config import DataConfig
+from ..config import DataConfig, redact
 from ..errors import DataError, MissingInput
-from ..io import COMPLETED, mark_completed, sha256_file, write_manifest
+from ..io import (COMPLETED, directory_outputs, mark_completed, require_verified, sha256_file,
+                  write_manifest)
 from ..outputs import check_output, staged_dir
 from ..strategies import DESCRIPTIONS, STRATEGIES, format_tagged
 from .esconv import SEEKER, Message, Turn, iter_turns, load_esconv
@@ -164,7 +165,7 @@ def prepare(cfg: DataConfig, out: str | Path) -> dict:
     manifest = {
         "stage": "prepare",
         "esc_dist_version": __version__,
-        "config": asdict(cfg),
+        "config": redact(asdict(cfg)),
         "inputs": {
             "esconv": {"path": str(cfg.esconv), "sha256": sha256_file(cfg.esconv)},
             "split": {"path": str(cfg.split), "sha256": None if cfg.split == "seeded"
@@ -183,6 +184,7 @@ def prepare(cfg: DataConfig, out: str | Path) -> dict:
         DatasetDict({split: Dataset.from_list([turn_record(t) for t in ts])
                      for split, ts in turns.items()}).save_to_disk(str(tmp / "turns"))
         manifest["seconds"] = round(time.time() - t0, 2)
+        manifest["outputs"] = directory_outputs(tmp)
         write_manifest(tmp, manifest)
         mark_completed(tmp)
     return manifest
@@ -196,4 +198,5 @@ def load_task(data_dir: str | Path, task: str):
     if not (data_dir / COMPLETED).is_file():
         raise MissingInput(f"not a completed `esc-dist prepare` output (no {COMPLETED} marker)",
                            path=data_dir)
+    require_verified(data_dir)
     return load_from_disk(str(data_dir / task))

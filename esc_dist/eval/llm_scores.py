@@ -3,7 +3,8 @@
 Each predicted reply is rated by the judge model of the recipe's ``judge`` section (any
 OpenAI-compatible endpoint, through :mod:`esc_dist.llm_client`), given the dialogue so far when a
 history text is supplied for its id. Answers are cached on disk, so rescoring the same predictions
-costs no requests. Malformed answers are counted, not fatal.
+costs no requests. Malformed answers are counted, not fatal; requests that failed for good fail
+the scoring when they are more than ``judge.max_failed_share`` of all.
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ def score_predictions(records: Iterable[Any], cfg: JudgeConfig, cache_dir: str |
     "parse_failures", "request_failures", "means": {dim: mean or None}, "counts": {dim: n},
     "client": counters}`` and, with ``keep_per_item``, ``"items": {id: scores or None}``.
     """
-    from ..llm_client import LLMClient
+    from ..llm_client import LLMClient, check_failures
 
     histories = histories or {}
     records = list(records)
@@ -83,6 +84,7 @@ def score_predictions(records: Iterable[Any], cfg: JudgeConfig, cache_dir: str |
     prompts = [score_messages(histories.get(i), str(_get(r, "pred_reply") or ""))
                for i, r in zip(ids, records)]
     results = client.map_json(prompts)
+    check_failures(results, cfg.max_failed_share, "LLM scores")
     sums = dict.fromkeys(DIMENSIONS, 0.0)
     counts = dict.fromkeys(DIMENSIONS, 0)
     items: dict[str, dict | None] = {}

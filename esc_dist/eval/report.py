@@ -6,6 +6,7 @@
     report.md          headline table, per-strategy table, confusion table, definitions
     confusion.png      gold × predicted heat map (with the unparseable column)
     preferences.png    the 8 Bradley–Terry preferences against the ideal 1.0
+    manifest.json      the sha256 of each of them (written last)
 
 ``compare`` puts several reports side by side (``comparison.json``, ``comparison.md``,
 ``comparison_preferences.png``). Strategy metrics exist in two variants (see
@@ -21,7 +22,8 @@ from typing import Any, Sequence
 
 from ..constants import VARIANTS
 from ..errors import ConfigError, DataError, MissingInput
-from ..io import atomic_write_json, atomic_write_text, read_json, sha256_file, sha256_json
+from ..io import (atomic_write_json, atomic_write_text, output_record, read_json, require_verified,
+                  sha256_file, sha256_json, write_manifest)
 from ..outputs import staged_dir
 from ..strategies import STRATEGIES
 from .plots import plot_confusion, plot_preferences
@@ -142,17 +144,22 @@ def evaluate(pred_path: str | Path, out_dir: str | Path | None = None, *, name: 
 # what a new report or comparison takes over from the one it replaces: its W&B files and the
 # LLM judge's answer cache
 KEEP = ("wandb", "llm_cache")
+REPORT_FILES = (REPORT_JSON, REPORT_MD, CONFUSION_PNG, PREFERENCES_PNG)
 
 
 def write_report(report: dict, out_dir: str | Path, inputs: Sequence[str | Path] = ()
                  ) -> list[Path]:
-    """Write report.json, report.md, confusion.png and preferences.png as one set: built in a
+    """Write report.json, report.md, confusion.png and preferences.png as one set, then
+    manifest.json with their records (what a rerun and `compare` check them against): built in a
     staged directory that replaces ``out_dir`` whole, so that an interrupted eval leaves the old
     set as it was."""
     final = Path(out_dir)
     with staged_dir(final, "eval", inputs, keep=KEEP) as out:
         _write_report_files(report, out)
-    return [final / name for name in (REPORT_JSON, REPORT_MD, CONFUSION_PNG, PREFERENCES_PNG)]
+        write_manifest(out, {"stage": "eval", "name": report["name"],
+                             "outputs": {name: output_record(out, name)
+                                         for name in REPORT_FILES}})
+    return [final / name for name in REPORT_FILES]
 
 
 def _write_report_files(report: dict, out: Path) -> None:
@@ -296,6 +303,7 @@ def load_report(path: str | Path) -> dict:
         p = p / REPORT_JSON
     if not p.is_file():
         raise MissingInput("no evaluation report (report.json of `esc-dist eval`)", path=p)
+    require_verified(p.parent)
     try:
         report = read_json(p)
     except (ValueError, RecursionError) as e:  # not UTF-8, not JSON, nested too deeply

@@ -27,8 +27,7 @@ from typing import Any, Callable, Iterator, Sequence
 from .. import __version__, dist, tracking
 from ..config import Recipe
 from ..errors import ConfigError, EscError
-from ..io import (mark_completed, model_fingerprint, read_manifest, sha256_file, sha256_json,
-                  write_manifest)
+from ..io import mark_completed, model_fingerprint, read_manifest, sha256_json, write_manifest
 from ..log import get_logger
 from .output import claim_output, finalize_on_main
 from .shards import generate, merge, throughput_summary
@@ -158,11 +157,6 @@ def run_phases(out: Path, phases: Sequence[Phase], engines: Sequence[EngineConfi
                                          label=phase.label, source=data_dir)
         log.info("%s", throughput_summary(generation[phase.key]))
     return generation[None] if list(generation) == [None] else generation
-
-
-def output_file(out: Path, name: str) -> dict:
-    """A manifest's record of one output file."""
-    return {"path": name, "sha256": sha256_file(out / name)}
 
 
 def generation_summary(prefix: str, stats: dict, keys: Sequence[str]) -> dict:

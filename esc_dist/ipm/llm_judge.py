@@ -86,7 +86,7 @@ def judge_openai(pairs: Sequence[Mapping[str, Any]], cfg: JudgeConfig,
                  cache_dir: str | Path | None, client=None) -> list[dict]:
     """One verdict per pair, in order, from the LLM judge (``client`` replaces the
     :class:`esc_dist.llm_client.LLMClient` built from ``cfg``)."""
-    from ..llm_client import LLMClient
+    from ..llm_client import LLMClient, check_failures
 
     name = f"openai:{cfg.model}"
     if client is None:
@@ -98,6 +98,7 @@ def judge_openai(pairs: Sequence[Mapping[str, Any]], cfg: JudgeConfig,
         if verdicts[i] is None:
             todo.append(i)
     results = client.map_json([judge_messages(pairs[i]) for i in todo])
+    check_failures(results, cfg.max_failed_share, "judge")
     for i, res in zip(todo, results):
         pid = pairs[i]["id"]
         if not res.ok:
@@ -114,7 +115,8 @@ def judge_openai(pairs: Sequence[Mapping[str, Any]], cfg: JudgeConfig,
         verdicts[i] = verdict(pid, name, explain(chosen, rejected), chosen, rejected)
     counters = client.stats()
     if counters["request_failures"]:
-        log.warning("judge: %d request(s) failed for good; their pairs are dropped as "
-                    "judge_request_error (a rerun retries them, answers already received are "
-                    "cached)", counters["request_failures"])
+        log.warning("judge: %d request(s) failed for good (judge.max_failed_share=%g allows "
+                    "it); their pairs are dropped as judge_request_error (a rerun retries them, "
+                    "answers already received are cached)", counters["request_failures"],
+                    cfg.max_failed_share)
     return verdicts  # type: ignore[return-value]

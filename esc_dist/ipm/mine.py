@@ -33,9 +33,8 @@ from ..config import MineConfig, Recipe
 from ..constants import ROLES, UNPARSEABLE
 from ..errors import ConfigError
 from ..generation import Sampling, WorkItem, merge, stage
-from ..generation.stage import (Phase, Stage, generation_summary, output_file, run_stage,
-                                settings_errors)
-from ..io import atomic_write_json, read_json, write_jsonl
+from ..generation.stage import (Phase, Stage, generation_summary, run_stage, settings_errors)
+from ..io import atomic_write_json, output_record, read_json, write_jsonl
 from ..log import get_logger
 from ..strategies import STRATEGIES, format_tagged, parse_strategy, parse_tagged
 
@@ -195,7 +194,7 @@ def write_pairs(out: Path, job: dict) -> tuple[dict, dict]:
     pairs, stats = pairs_from_records(records)
     write_jsonl(out / "pairs.jsonl", pairs)
     atomic_write_json(out / "stats.json", stats)
-    return {"pairs": output_file(out, "pairs.jsonl")}, {k: stats[k] for k in COUNTS}
+    return {"pairs": output_record(out, "pairs.jsonl")}, {k: stats[k] for k in COUNTS}
 
 
 def finalize(out: str | Path, job: dict, generation: dict | None = None,

@@ -9,7 +9,8 @@ sample)), judges every pair (:func:`esc_dist.ipm.judge.judge_pairs`) and writes,
                    (``prompt`` messages, ``chosen``/``rejected`` one assistant message each, and
                    ``id``, ``turn_id``, ``role``, ``gold_strategy``, ``sampled_strategy``)
 ``stats.json``     counts, kept ratio, error counts per side, parse errors, strategy confusion
-``manifest.json``  input hash, redacted judge config, counts
+``manifest.json``  input hash, redacted judge config, counts, the judge requests that failed for
+                   good (at most ``judge.max_failed_share`` of them), every output file's sha256
 ``COMPLETED``      written last
 
 The directory is built beside ``out_dir`` and moved into place only when complete, so a crash
@@ -28,7 +29,8 @@ from .. import __version__
 from ..config import JudgeConfig, Recipe, redact
 from ..constants import ROLES, UNPARSEABLE
 from ..errors import PairsError
-from ..io import iter_jsonl, write_jsonl, atomic_write_json, mark_completed, sha256_file, write_manifest
+from ..io import (atomic_write_json, directory_outputs, iter_jsonl, mark_completed,
+                  require_verified, sha256_file, write_jsonl, write_manifest)
 from ..outputs import check_output, staged_dir
 from ..log import get_logger
 from ..strategies import STRATEGIES, normalize_strategy
@@ -246,6 +248,7 @@ def build_prefdial(pairs_jsonl: str | Path, out_dir: str | Path, cfg: JudgeConfi
     t0 = time.time()
     pairs_jsonl, out_dir = Path(pairs_jsonl), Path(out_dir)
     check_output(out_dir, "judge", [pairs_jsonl])
+    require_verified(pairs_jsonl.parent)  # a mining output changed or cut since it was written
     pairs = read_pairs(pairs_jsonl, role)
     input_sha = sha256_file(pairs_jsonl)
     if cfg.backend == "openai" and client is None and cache_dir is None:
@@ -269,6 +272,8 @@ def build_prefdial(pairs_jsonl: str | Path, out_dir: str | Path, cfg: JudgeConfi
         "judge_version": judge_version(cfg),
         "counts": {"pairs_in": stats["pairs_in"], "kept": stats["kept"],
                    "dropped": stats["dropped"], "kept_ratio": stats["kept_ratio"]},
+        # judge requests that failed for good (at most judge.max_failed_share of them)
+        "request_failures": stats["judge"]["request_errors"],
     }
     if recipe is not None:
         manifest["recipe"] = redact(recipe.to_dict())
@@ -278,6 +283,7 @@ def build_prefdial(pairs_jsonl: str | Path, out_dir: str | Path, cfg: JudgeConfi
         save_dataset(kept, tmp / "dataset")
         atomic_write_json(tmp / "stats.json", stats)
         manifest["seconds"] = round(time.time() - t0, 2)
+        manifest["outputs"] = directory_outputs(tmp)
         write_manifest(tmp, manifest)
         mark_completed(tmp)
     if run is not None:

@@ -21,7 +21,7 @@ from pathlib import Path
 from .. import dist
 from ..config import Recipe
 from ..errors import DataError, MissingInput
-from ..io import COMPLETED
+from ..io import COMPLETED, require_verified
 from ..log import get_logger
 from ..models.loading import load_tokenizer
 from .arguments import trainer_arguments, zero_stage
@@ -53,6 +53,7 @@ def load_pairs(pairs_dir: str | Path):
     if not (pairs_dir / COMPLETED).is_file():
         raise MissingInput(f"not a completed `esc-dist judge` output (no {COMPLETED} marker)",
                            path=pairs_dir)
+    require_verified(pairs_dir)
     ds = load_from_disk(str(pairs_dir / "dataset"))
     if len(ds) == 0:
         raise DataError(pairs_dir, "the preference dataset is empty (the judge kept no pair)")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .. import dist
 from ..config import Recipe, TrainConfig
-from ..io import atomic_write_json, mark_completed
+from ..io import directory_outputs, mark_completed, write_manifest
 from ..models.loading import load_causal_lm
 from ..outputs import staged_dir
 from .arguments import resolve_precision
@@ -58,7 +58,8 @@ def export_model(trainer, tokenizer, paths: StagePaths, manifest: dict) -> None:
             gen.save_pretrained(str(tmp))
         for f in ("training_args.bin",):
             (tmp / f).unlink(missing_ok=True)
-        atomic_write_json(tmp / "manifest.json", manifest)
+        manifest["outputs"] = directory_outputs(tmp)
+        write_manifest(tmp, manifest)
         mark_completed(tmp)
         with staged_dir(out, manifest["stage"]) as stage:
             for item in tmp.iterdir():

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 from esc_dist.config import load_recipe
+from esc_dist.io import verify_outputs
 from esc_dist.pipeline import SYSTEMS, plan
 from tests.helpers import ROOT, TEST_DATA, launch_env
 
@@ -102,6 +103,24 @@ def test_a_rerun_with_the_same_output_leaves_later_stages_current(tmp_path):
     lines = r.stdout.splitlines()
     assert "skipped" in next(x for x in lines if "prepare" in x)
     assert "done in" in next(x for x in lines if "tiny-model" in x), r.stdout
+
+
+def test_a_cut_output_is_made_again(tmp_path):
+    """An output file changed or cut since its stage finished makes the stage run again (one log
+    line says why); the same content made again leaves the stages after it current."""
+    r = _pipeline(tmp_path, "--only", "prepare,tiny-model")
+    assert r.returncode == 0 and r.stdout.count("done in") == 2, r.stdout + r.stderr
+    data = tmp_path / "run" / "data"
+    arrow = next((data / "turns" / "train").glob("*.arrow"))
+    arrow.write_bytes(arrow.read_bytes()[:arrow.stat().st_size // 3])
+    r = _pipeline(tmp_path, "--only", "prepare,tiny-model")
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = r.stdout.splitlines()
+    assert "done in" in next(x for x in lines if "prepare" in x), r.stdout
+    assert "skipped" in next(x for x in lines if "tiny-model" in x), r.stdout
+    why = [x for x in r.stderr.splitlines() if "does not match its manifest" in x]
+    assert len(why) == 1 and f"prepare: {arrow}" in why[0] and "it runs again" in why[0], r.stderr
+    assert verify_outputs(data) is None
 
 
 def test_a_stage_trained_by_its_launch_script_is_current_for_the_pipeline(tmp_path):

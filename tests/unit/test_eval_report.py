@@ -105,7 +105,8 @@ def test_evaluate_writes_report_files(fixture_preds):
     report = evaluate(fixture_preds, llm_scores={"judge": "offline", "empathy": 3.25})
     out = fixture_preds.parent / "report"  # default: next to the predictions
     assert sorted(p.name for p in out.iterdir()) == [
-        ".esc-dist-output", "confusion.png", "preferences.png", "report.json", "report.md"]
+        ".esc-dist-output", "confusion.png", "manifest.json", "preferences.png", "report.json",
+        "report.md"]
     on_disk = json.loads((out / "report.json").read_text())
     assert on_disk == json.loads(json.dumps(report))
     assert on_disk["input"]["sha256"] == hashlib.sha256(fixture_preds.read_bytes()).hexdigest()

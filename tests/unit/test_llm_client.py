@@ -1,18 +1,14 @@
-"""The OpenAI-compatible client, the LLM judge and the LLM reply scores, against a local server.
-
-The server is a stdlib ``http.server`` on 127.0.0.1 (random port) that the tests script: each
-request is answered by ``server.respond(body)``, which by default plays a fake judge model.
+"""The OpenAI-compatible client, the LLM judge and the LLM reply scores, against a local server
+(``tests.helpers.FakeServer``: each request is answered by ``server.respond(body)``, which by
+default plays a fake judge model).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import re
-import threading
 import time
 import traceback
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -20,89 +16,10 @@ from esc_dist.config import JudgeConfig
 from esc_dist.eval.llm_scores import DIMENSIONS, score_predictions
 from esc_dist.ipm.judge import judge_pairs
 from esc_dist.llm_client import JSONAnswerError, LLMClient, LLMError, parse_json_answer
+from tests.helpers import FakeServer, Reply, fake_model
 
 KEY_ENV = "ESC_DIST_TEST_JUDGE_KEY"
 SECRET = "sk-test-0123456789-do-not-leak"
-
-
-class Reply:
-    def __init__(self, status=200, content=None, raw=None, headers=None, delay=0.0):
-        self.status, self.content, self.raw = status, content, raw
-        self.headers, self.delay = headers or {}, delay
-
-
-def completion(content: str) -> bytes:
-    return json.dumps({"id": "x", "object": "chat.completion",
-                       "choices": [{"index": 0, "message": {"role": "assistant",
-                                                             "content": content}}]}).encode()
-
-
-def fake_model(body: dict) -> Reply:
-    """A stand-in judge: a candidate containing "BAD" makes a Template Response; the reply
-    scorer gives 4 everywhere, or 1 for empathy when the reply contains "BAD"."""
-    system, user = body["messages"][0]["content"], body["messages"][-1]["content"]
-    if "MALFORMED" in user:
-        return Reply(content="Sure! Here is my verdict: A is fine")
-    if "fluency" in system:
-        bad = "BAD" in user.split("The supporter's reply to rate:")[-1]
-        return Reply(content=json.dumps({"fluency": 4, "professionalism": 4,
-                                         "empathy": 1 if bad else 4, "helpfulness": 4}))
-    cands = dict(re.findall(r"^([AB]): (.*)$", user, re.M))
-    verdict = {f"{k}_errors": (["Template Response"] if "BAD" in v else []) for k, v in
-               cands.items()}
-    return Reply(content="```json\n" + json.dumps(verdict) + "\n```")
-
-
-class FakeServer:
-    def __init__(self):
-        self.requests: list[dict] = []
-        self.script: list[Reply] = []  # played first, one per request
-        self.respond = fake_model
-        self.lock = threading.Lock()
-        self.inflight = self.max_inflight = 0
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):  # keep the test output clean
-                pass
-
-            def do_POST(self):
-                n = int(self.headers.get("Content-Length", 0))
-                body = json.loads(self.rfile.read(n))
-                with server.lock:
-                    # self.headers looks names up case-insensitively, as HTTP defines them
-                    server.requests.append({"path": self.path, "headers": self.headers,
-                                            "body": body})
-                    server.inflight += 1
-                    server.max_inflight = max(server.max_inflight, server.inflight)
-                    reply = server.script.pop(0) if server.script else None
-                try:
-                    reply = reply or server.respond(body)
-                    time.sleep(reply.delay)
-                    data = reply.raw if reply.raw is not None else completion(reply.content or "")
-                    self.send_response(reply.status)
-                    for k, v in reply.headers.items():
-                        self.send_header(k, v)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client timed out and left
-                finally:
-                    with server.lock:
-                        server.inflight -= 1
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,),
-                                       daemon=True)
-        self.thread.start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 @pytest.fixture
@@ -199,7 +116,8 @@ def test_malformed_answers_are_counted_not_raised(server, key):
     pairs = [pair("x#s0", "fine", "fine too"), pair("y#s0", "ok", "also ok"),
              pair("z#s0", "one", "two")]
     c = client(server, concurrency=1)
-    verdicts = judge_pairs(pairs, cfg_for(server), None, client=c)
+    # one request in three fails for good: allowed here (by default it fails the judge)
+    verdicts = judge_pairs(pairs, cfg_for(server, max_failed_share=0.5), None, client=c)
     # Not JSON, and JSON naming an unknown error: parse errors; a body that is no chat
     # completion at all: a failed request.
     assert [v["reason"] for v in verdicts] == ["judge_parse_error", "judge_parse_error",

@@ -67,6 +67,7 @@ def claim_output(out: str | Path, job: dict, name: str) -> dict | None:
     if job_file.is_file() and read_json(job_file).get("fingerprint") != job["fingerprint"]:
         raise ConfigError(f"{out} holds an unfinished run for other inputs (model, data or "
                           "settings differ); remove it or choose another --out")
+    dist.barrier()  # every rank has looked before rank 0 writes: they all see the same state
     if dist.is_main():
         claim_dir(out, stage, inputs)
         atomic_write_json(job_file, redact(job, by_name=False))

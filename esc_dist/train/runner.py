@@ -79,6 +79,7 @@ def claim_outputs(stage: str, paths: StagePaths, inputs: list[str]) -> None:
     before any rank writes; every rank checks, so that a refusal stops them all."""
     check_output(paths.export, stage, inputs)
     check_output(paths.work, stage, inputs)
+    dist.barrier()  # every rank has looked before rank 0 writes: they all see the same state
     if dist.is_main():
         claim_dir(paths.work, stage, inputs)
     dist.barrier()

@@ -42,8 +42,9 @@ def model_fingerprint(model_dir: str | Path) -> str:
     tokenizer, manifest) in full, each weight file by name, size and its first and last MiB.
     A directory whose manifest lists its files must match it (:func:`require_verified`)."""
     model_dir = Path(model_dir)
+    if model_dir.is_dir():  # a changed or cut export first: its message says what to rerun
+        require_verified(model_dir)
     check_model_dir(model_dir)
-    require_verified(model_dir)
     h = hashlib.sha256()
     for p in sorted(model_dir.iterdir()):
         if not p.is_file() or p.name.startswith("."):

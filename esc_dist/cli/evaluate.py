@@ -14,6 +14,7 @@ from . import Command, recipe_of
 
 
 def run_judge(args: argparse.Namespace) -> int:
+    from ..io import require_verified
     from ..ipm.prefdial import build_prefdial, read_pairs
     from ..outputs import check_output, claim_dir
     from ..tracking import resolve_mode, stage_run
@@ -21,6 +22,7 @@ def run_judge(args: argparse.Namespace) -> int:
     recipe = recipe_of(args, [f"judge.backend={args.backend}"] if args.backend else [])
     out = check_output(args.out or f"{recipe.run.output_dir}/prefdial/{args.role}", "judge",
                        [args.pairs])
+    require_verified(Path(args.pairs).parent)  # a mining output changed or cut since it was made
     read_pairs(Path(args.pairs), args.role)  # a bad input fails before anything is written
     # The W&B files live in a directory of their own beside the output (the output is replaced
     # whole when the build completes), named after it, so that the run id follows the output.

@@ -47,7 +47,9 @@ def test_directory_as_recipe(tmp_path):
 
 
 def test_directory_as_corpus(tmp_path):
-    r = run_cli(["prepare", "--esconv", str(tmp_path), "--out", "{tmp}/d", *SEEDED], tmp_path)
+    (tmp_path / "corpus").mkdir()
+    r = run_cli(["prepare", "--esconv", str(tmp_path / "corpus"), "--out", "{tmp}/d", *SEEDED],
+                tmp_path)
     assert_one_line_error(r, "prepare", "is a directory")
 
 

@@ -105,7 +105,7 @@ def test_judge_manifest_and_wandb(shape, tmp_path, capsys, monkeypatch, offline_
     assert main(argv) == 0
     manifest = read_json(out / "manifest.json")
     assert "***" in str(manifest["recipe"])
-    (wb,) = wait_for_offline_runs(tmp_path / "prefdial" / "wandb")
+    (wb,) = wait_for_offline_runs(tmp_path / "prefdial" / "generator.wandb" / "wandb")
     assert wb["exited"] and "***" in str(wb["config"])
     assert_nowhere(SECRETS[shape], tmp_path, capsys)
 

@@ -256,11 +256,12 @@ def find_stage(recipe: Recipe, name: str) -> tuple[int, Stage]:
                       f"{', '.join(s.name for s in stages)}")
 
 
-def run_stage(recipe: Recipe, stage: Stage, index: int, log_path: Path | None = None) -> float:
+def run_stage(recipe: Recipe, stage: Stage, index: int, key: str,
+              log_path: Path | None = None) -> float:
     """Run one stage as the pipeline does: clear what it left for other inputs, run its command
     (output to ``log_path``, else to this terminal), check that its output is complete and record
-    it as current. Returns the seconds it took; raises :class:`StageError` when it fails."""
-    key = stage_key(stage, recipe)
+    it as current under ``key`` (its :func:`stage_key`, which the caller computed to see that it
+    was stale). Returns the seconds it took; raises :class:`StageError` when it fails."""
     clear_stale(stage, key, Path(recipe.run.output_dir))
     cmd = stage_cmd(recipe, stage, index)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -300,7 +301,8 @@ def run_pipeline(recipe: Recipe, only: list[str] | None = None, force: bool = Fa
         if only and stage.name not in only:
             continue
         head = f"[{i:2d}/{len(stages)}] {stage.name:<20}"
-        if not force and is_current(stage, stage_key(stage, recipe)):
+        key = stage_key(stage, recipe)
+        if not force and is_current(stage, key):
             print(f"{head} up to date, skipped", flush=True)
             continue
         log_path = logs / f"{stage.name}.log"
@@ -308,7 +310,7 @@ def run_pipeline(recipe: Recipe, only: list[str] | None = None, force: bool = Fa
         print(f"{head} running on {where} ...", end="", flush=True)
         t0 = time.time()
         try:
-            seconds = run_stage(recipe, stage, i, log_path)
+            seconds = run_stage(recipe, stage, i, key, log_path)
         except StageError:
             print(f" FAILED after {time.time() - t0:.0f}s", flush=True)
             tail = log_path.read_text(errors="replace").splitlines()[-15:]

@@ -119,12 +119,13 @@ def run_stage_cmd(args: argparse.Namespace) -> int:
         pipeline.mark_current(stage, pipeline.stage_key(stage, recipe), args.seconds)
     elif args.action == "run":
         i, stage = pipeline.find_stage(recipe, name)
-        if not args.force and pipeline.is_current(stage, pipeline.stage_key(stage, recipe)):
+        key = pipeline.stage_key(stage, recipe)
+        if not args.force and pipeline.is_current(stage, key):
             print(f"{name} is up to date ({stage.out}); --force (FORCE=1 for the launch "
                   "scripts) runs it again")
             return 0
         pipeline.write_recipe(recipe)
-        seconds = pipeline.run_stage(recipe, stage, i)
+        seconds = pipeline.run_stage(recipe, stage, i, key)
         print(f"{name}: done in {seconds:.0f}s ({stage.out})")
     elif args.action == "jobs":
         _jobs(recipe, args.force)

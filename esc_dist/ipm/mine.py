@@ -63,8 +63,6 @@ def mine_items(data_dir: str | Path, role: str, cfg: MineConfig) -> list[WorkIte
 
     if role not in ROLES:
         raise ConfigError(f"unknown role {role!r} (expected one of {', '.join(ROLES)})")
-    if cfg.n_samples < 1:
-        raise ConfigError(f"mine.n_samples must be >= 1, got {cfg.n_samples}")
     rows = sorted(load_task(data_dir, role)["train"], key=lambda r: r["id"])
     if cfg.max_turns is not None:
         rows = rows[:cfg.max_turns]

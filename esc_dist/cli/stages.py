@@ -166,8 +166,8 @@ RECIPE is a YAML file (or --config); the built-in tiny recipe by default."""
 
 COMMANDS = [
     Command("pipeline", run_pipeline_cmd, "run every stage of a recipe, skipping finished ones",
-            "prepare -> tiny model -> SFT x3 -> mine x3 -> judge x3 -> DPO x3 -> infer "
-            "(Vanilla-SFT/DPO, Decoupled-SFT/DPO) -> eval x4 -> compare, into run.output_dir; "
+            "prepare -> tiny model (or a GGUF base converted) -> SFT x3 -> mine x3 -> judge x3 "
+            "-> DPO x3 -> infer (Vanilla-SFT/DPO, Decoupled-SFT/DPO) -> eval x4 -> compare, into run.output_dir; "
             "training, mining and inference on pipeline.nproc ranks with pipeline.launcher. "
             "A stage whose output is complete and whose inputs and settings are unchanged is "
             "skipped; a failed stage stops the run and names its log.", pipeline_arguments),

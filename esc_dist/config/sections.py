@@ -178,7 +178,8 @@ class TrainConfig:
     gradient_accumulation_steps: int = 1
     max_length: int = 512
     gradient_checkpointing: bool = False
-    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    # auto: bf16 on a GPU that has it and on a CPU with native bf16 (AVX512-BF16/AMX), else fp32
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     logging_steps: int = 5
     save_steps: int = 50
     save_total_limit: int = 2
@@ -256,6 +257,7 @@ class MineConfig:
     top_k: int = 0  # 0: no top-k filter
     planner_max_new_tokens: int | None = 8  # planner samples are short; null: max_new_tokens
     min_new_tokens: int = 1  # no stop token before this many new tokens (no empty samples)
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # as sft.precision
 
     def validate(self, source: str) -> None:
         _check_lengths("mine", self, source)
@@ -303,6 +305,7 @@ class InferConfig:
     planner_max_new_tokens: int | None = 8  # decoupled phase 1; null: max_new_tokens
     max_dialogues: int | None = 12  # predict only the first N dialogues (by id); null: all
     min_new_tokens: int = 1  # no stop token before this many new tokens (no empty predictions)
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # as sft.precision
 
     def validate(self, source: str) -> None:
         _check_lengths("infer", self, source)

@@ -76,13 +76,14 @@ def fit_prompts(items: Sequence[WorkItem], tokenizer, context: int | None,
 
 
 class Replica:
-    """A plain (non-ZeRO) model on this rank's device: bf16 on CUDA, fp32 on CPU."""
+    """A plain (non-ZeRO) model on this rank's device, in the dtype of ``precision``."""
 
     def __init__(self, model_dir: str | Path, tokenizer, trust_remote_code: bool = False,
-                 attn_implementation: str | None = None, prefill: str = "auto"):
+                 attn_implementation: str | None = None, prefill: str = "auto",
+                 precision: str = "auto"):
         import torch
 
-        self.device, self.dtype = device_and_dtype()
+        self.device, self.dtype = device_and_dtype(precision)
         self.prefill = resolve_prefill(prefill)
         deterministic_cuda()
         self.model = loading.load_causal_lm(model_dir, self.dtype, trust_remote_code,
@@ -267,10 +268,11 @@ def deterministic_cuda() -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def device_and_dtype():
+def device_and_dtype(precision: str = "auto"):
+    """This rank's device and the dtype of ``precision`` (``auto``: bf16 on a GPU that has it
+    and on a CPU with native bf16, else fp32; see :func:`esc_dist.dist.resolve_precision`)."""
     import torch
 
-    if torch.cuda.is_available():
-        dev = torch.device("cuda", dist.local_rank())
-        return dev, torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-    return torch.device("cpu"), torch.float32
+    dev = torch.device("cuda", dist.local_rank()) if torch.cuda.is_available() else \
+        torch.device("cpu")
+    return dev, dist.torch_dtype(precision)

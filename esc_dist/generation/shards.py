@@ -159,7 +159,7 @@ def generate(items: Sequence[WorkItem], model_dir: str | Path, work_dir: str | P
                     "(oldest history messages dropped)", label, shortened, len(items), context)
     lengths = [len(p) for p in plist]
     chunks = plan_layout(items, lengths, cfg.batch_size, cfg.chunk_size)
-    device, dtype = device_and_dtype()
+    device, dtype = device_and_dtype(cfg.precision)
     fingerprint = sha256_json({
         "engine": ENGINE_VERSION, "items": items_fingerprint(items),
         "model": model_fp, "batch_size": cfg.batch_size,
@@ -220,7 +220,7 @@ def generate(items: Sequence[WorkItem], model_dir: str | Path, work_dir: str | P
     if todo:
         t_load = time.perf_counter()
         replica = Replica(model_dir, tok, cfg.trust_remote_code, cfg.attn_implementation,
-                          cfg.prefill)
+                          cfg.prefill, cfg.precision)
         stats["load_seconds"] = round(time.perf_counter() - t_load, 3)
         delay = float(os.environ.get(_DELAY_ENV, "0") or 0)
         update, close = _progress(len(todo), f"{label} rank {me}")

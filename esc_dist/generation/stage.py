@@ -92,7 +92,8 @@ def engine_config(recipe: Recipe, settings: Any, stream: str) -> EngineConfig:
     return EngineConfig(batch_size=settings.batch_size, chunk_size=settings.chunk_size,
                         seed=recipe.run.seed, stream=stream,
                         trust_remote_code=recipe.model.trust_remote_code,
-                        attn_implementation=recipe.model.attn_implementation)
+                        attn_implementation=recipe.model.attn_implementation,
+                        precision=settings.precision)
 
 
 def build_job(recipe: Recipe, stage: Stage) -> dict:

@@ -32,6 +32,7 @@ class EngineConfig:
     trust_remote_code: bool = False
     attn_implementation: str | None = None
     prefill: str = "auto"  # auto (= per_row) | batched | per_row: see resolve_prefill
+    precision: str = "auto"  # auto | bf16 | fp16 | fp32: see device_and_dtype
 
     def __post_init__(self):
         if self.batch_size < 1:

@@ -14,22 +14,13 @@ from ..config import TinyModelConfig
 from ..errors import ConfigError
 from ..io import mark_completed, write_manifest
 from ..outputs import check_output, staged_dir
+from .chatml import chatml_template
 
 BOS, EOS, PAD = "<|endoftext|>", "<|im_end|>", "<|pad|>"
 IM_START = "<|im_start|>"
 SPECIAL_TOKENS = [PAD, BOS, IM_START, EOS]
 
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' }}"
-    "{% if message['role'] == 'assistant' %}"
-    "{% generation %}{{ message['content'] + '<|im_end|>' }}{% endgeneration %}{{ '\n' }}"
-    "{% else %}"
-    "{{ message['content'] + '<|im_end|>' + '\n' }}"
-    "{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
+CHAT_TEMPLATE = chatml_template()
 
 
 def corpus_texts(corpus: str | Path) -> Iterator[str]:

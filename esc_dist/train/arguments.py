@@ -20,13 +20,8 @@ log = get_logger(__name__)
 
 
 def resolve_precision(cfg: TrainConfig) -> str:
-    if cfg.precision != "auto":
-        return cfg.precision
-    import torch
-
-    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        return "bf16"
-    return "fp32"
+    """The stage's precision (``auto``: see :func:`esc_dist.dist.resolve_precision`)."""
+    return dist.resolve_precision(cfg.precision)
 
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]

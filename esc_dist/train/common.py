@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .. import dist
 from ..config import Recipe, TrainConfig
-from ..errors import ConfigError
+from ..errors import ConfigError, MissingInput
 
 
 # ---------------------------------------------------------------------------------------------
@@ -39,7 +39,18 @@ def stage_paths(recipe: Recipe, stage: str, role: str, out: str | None = None) -
 
 
 def default_base_model(recipe: Recipe) -> str:
-    return recipe.model.base or str(Path(recipe.run.output_dir) / "models" / "tiny")
+    """``model.base``; for a GGUF file, its conversion (``RUN/models/base``); else the tiny
+    model."""
+    from ..models.gguf import is_gguf
+
+    base = recipe.model.base
+    if is_gguf(base):
+        converted = Path(recipe.run.output_dir) / "models" / "base"
+        if not (converted / "config.json").is_file():
+            raise MissingInput(f"model.base is a GGUF file ({base}): convert it first with "
+                               "`esc-dist base-model` (the pipeline does)", path=converted)
+        return str(converted)
+    return base or str(Path(recipe.run.output_dir) / "models" / "tiny")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -18,10 +18,7 @@ from .common import StagePaths
 def load_policy(path: str, recipe: Recipe, cfg: TrainConfig):
     """Load the model to train. Call *after* the trainer config exists: its live DeepSpeed config
     makes ``from_pretrained`` build the model already partitioned under ZeRO-3."""
-    import torch
-
-    precision = resolve_precision(cfg)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+    dtype = dist.torch_dtype(resolve_precision(cfg))
     model = load_causal_lm(path, dtype, recipe.model.trust_remote_code,
                            recipe.model.attn_implementation)
     if cfg.lora.enabled:

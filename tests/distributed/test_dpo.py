@@ -47,7 +47,8 @@ def dpo_args(setup, out, zero=3, grad_acc=1, extra=()):
             str(setup / "tiny"), "--out", str(out), f"run.output_dir={setup}", ds,
             f"dpo.max_steps={STEPS}", "dpo.save_steps=2", "dpo.logging_steps=1",
             "dpo.per_device_train_batch_size=4", f"dpo.gradient_accumulation_steps={grad_acc}",
-            "dpo.learning_rate=2e-3", "dpo.warmup_ratio=0", "run.dist_timeout_s=120", *extra]
+            "dpo.learning_rate=2e-3", "dpo.warmup_ratio=0", "dpo.precision=fp32",
+            "run.dist_timeout_s=120", *extra]
 
 
 def losses(out):

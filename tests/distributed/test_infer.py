@@ -64,7 +64,7 @@ def infer_args(setup, out, mode="decoupled", extra=()):
               if mode == "decoupled" else ["--model", str(setup / "parrot-vanilla")])
     return ["infer", "--mode", mode, *models, "--data", str(setup / "data"), "--split", "test",
             "--out", str(out), "infer.max_new_tokens=12", "infer.batch_size=4",
-            "infer.chunk_size=8", "run.dist_timeout_s=120", *extra]
+            "infer.chunk_size=8", "infer.precision=fp32", "run.dist_timeout_s=120", *extra]
 
 
 SAMPLED = ["infer.do_sample=true", "infer.temperature=0.7"]

@@ -101,7 +101,7 @@ def mine_args(setup, out, role="generator", model=None, extra=()):
     return ["mine", "--role", role, "--model", str(model or setup / "tiny"),
             "--data", str(setup / "data"), "--out", str(out), "mine.n_samples=2", "mine.max_turns=48",
             "mine.temperature=0.7", "mine.max_new_tokens=12", "mine.batch_size=4",
-            "mine.chunk_size=8", "run.dist_timeout_s=120", *extra]
+            "mine.chunk_size=8", "mine.precision=fp32", "run.dist_timeout_s=120", *extra]
 
 
 # One process, one thread (the CPU is shared: no OpenMP spinning); W&B off where not checked.

@@ -44,7 +44,7 @@ def sft_args(setup, out, zero=3, grad_acc=1, role="planner", extra=()):
             "sft.save_steps=2", "sft.logging_steps=1", "sft.per_device_train_batch_size=4",
             f"sft.gradient_accumulation_steps={grad_acc}", "sft.warmup_ratio=0",
             "sft.learning_rate=1e-3",  # the tolerances below were measured at this rate
-            "run.dist_timeout_s=120", *extra]
+            "sft.precision=fp32", "run.dist_timeout_s=120", *extra]
 
 
 def losses(out):
@@ -209,7 +209,8 @@ def in_process_trainer(setup, tmp_path, monkeypatch, role):
     for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.delenv(k, raising=False)
     recipe = load_recipe(None, [f"run.output_dir={tmp_path}", "sft.deepspeed=null",
-                                "sft.per_device_train_batch_size=4", "wandb.mode=disabled"])
+                                "sft.per_device_train_batch_size=4", "wandb.mode=disabled",
+                                "sft.precision=fp32"])
     dist.init(60)
     return build_sft_trainer(recipe, role, str(setup / "data"), str(setup / "tiny"),
                              stage_paths(recipe, "sft", role), None, False)

@@ -9,7 +9,11 @@ from tests.helpers import ROOT
 
 
 def test_tiny_cpu_recipe_spells_out_the_defaults():
-    assert load_recipe(ROOT / "configs" / "tiny-cpu.yaml") == Recipe()
+    """Every key of the built-in defaults, the same values, except fp32 where the defaults say
+    auto (bf16 on a CPU with native bf16): the test recipe compares runs exactly on any CPU."""
+    fp32 = [f"{s}.precision=fp32" for s in ("sft", "dpo", "mine", "infer")]
+    assert load_recipe(ROOT / "configs" / "tiny-cpu.yaml") == load_recipe(None, fp32)
+    assert Recipe().sft.precision == "auto"
 
 
 def test_every_recipe_in_configs_loads():

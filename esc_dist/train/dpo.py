@@ -10,6 +10,9 @@ Reference model:
   a hash of the reference weights (a resumed or repeated run reads them back);
 - ``live``: a second model scored every step — partitioned under ZeRO-3, a replica under ZeRO-2,
   its parameters optionally offloaded to CPU (``dpo.reference_offload``, ZeRO-3).
+
+On CPU, the policy and the reference apply the LM head at completion positions only (see
+``heads.py``); on GPU, TRL's fused LM head.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from ..models.loading import load_tokenizer
 from .arguments import trainer_arguments, zero_stage
 from .checkpoints import checkpoint_callback, preemption_callback
 from .common import TrainerExtras, require_one_global_batch, stage_paths
+from .heads import completion_lm_head_on_cpu
 from .models import load_policy
 from .runner import run_training, stage_inputs, start_stage
 from .tokens import PromptFitter, tokenized_cached
@@ -64,6 +68,10 @@ def _dpo_trainer_class():
     from trl import DPOTrainer
 
     class EscDPOTrainer(TrainerExtras, DPOTrainer):
+        def __init__(self, *args, **kwargs):
+            with completion_lm_head_on_cpu():  # see heads.py: the LM head at completions only
+                super().__init__(*args, **kwargs)
+
         def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
             if "prompt_ids" in dataset.column_names:
                 return dataset  # tokenized and fitted by us

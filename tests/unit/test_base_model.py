@@ -139,3 +139,29 @@ def test_precision_auto_follows_the_cpu(monkeypatch):
     monkeypatch.setattr(dist, "cpu_has_bf16", lambda: False)
     assert dist.resolve_precision("auto") == "fp32" and dist.torch_dtype("auto") == torch.float32
     assert dist.resolve_precision("bf16") == "bf16" and dist.torch_dtype("fp32") == torch.float32
+
+
+def test_bf16_generation_keeps_the_greedy_reply_of_fp32(smol_base, esconv):
+    """The generation engine in bf16 (what ``precision: auto`` picks on a CPU with native bf16)
+    against fp32, greedy, on SmolLM2 and real ESConv prompts. Measured here: 2 of 4 replies
+    identical over 12 tokens, the other two leave fp32's path at their 3rd word (a near-tied
+    token: "I'm so glad" / "I'm so great"). So: the same first two words everywhere, and at least
+    half the replies identical."""
+    from esc_dist.generation import Replica, Sampling, WorkItem, load_tokenizer, prompt_ids
+
+    tok = load_tokenizer(smol_base)
+    prompts = []
+    for conv in esconv[:4]:
+        seeker = next(m for m in conv.messages if m.role == "seeker" and len(m.text) > 40)
+        prompts.append([PROMPT[0], {"role": "user", "content": seeker.text}])
+    items = [WorkItem(str(i), m, Sampling(max_new_tokens=12)) for i, m in enumerate(prompts)]
+    ids = [prompt_ids(tok, it.messages) for it in items]
+    texts = {}
+    for precision in ("fp32", "bf16"):
+        rep = Replica(smol_base, tok, precision=precision)
+        assert rep.dtype == (torch.bfloat16 if precision == "bf16" else torch.float32)
+        texts[precision] = [r["text"] for r in rep.generate_batch(items, ids, [0] * len(items))]
+        del rep
+    for a, b in zip(texts["fp32"], texts["bf16"]):
+        assert a.split()[:2] == b.split()[:2], (a, b)
+    assert sum(a == b for a, b in zip(texts["fp32"], texts["bf16"])) >= 2, texts

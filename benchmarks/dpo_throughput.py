@@ -57,7 +57,8 @@ def run(kind: str, recipe, pairs_dir: Path, model_dir: Path, work: Path, steps: 
         from trl import DPOConfig, DPOTrainer
 
         from esc_dist.train.arguments import trainer_arguments
-        from esc_dist.train.models import load_policy, load_tokenizer
+        from esc_dist.models.loading import load_tokenizer
+        from esc_dist.train.models import load_policy
         from esc_dist.train.dpo import load_pairs
 
         paths = stage_paths(recipe, "dpo", "bench-trl", str(work / kind))

@@ -101,9 +101,10 @@ def engine(args, data: Path, model_dir: Path, out: Path, nproc: int) -> dict:
             "per_rank_items": [p["items"] for p in g["per_rank"]]}
 
 
-def write_section(path: Path, text: str) -> None:
+def write_section(path: Path, text: str, section: str = SECTION) -> None:
+    """Replace the section headed ``section`` of ``path`` with ``text`` (or append it)."""
     old = path.read_text() if path.is_file() else "# Benchmarks\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
+    pattern = re.compile(rf"^{re.escape(section)}\n.*?(?=^## |\Z)", re.S | re.M)
     text = text.rstrip("\n") + "\n\n"
     new = pattern.sub(lambda _: text, old) if pattern.search(old) else old.rstrip("\n") + "\n\n" + text
     new = new.rstrip("\n") + "\n"

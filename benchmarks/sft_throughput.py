@@ -50,7 +50,8 @@ def run(kind: str, recipe, data_dir: Path, model_dir: Path, work: Path, steps: i
 
         from esc_dist.data.tasks import load_task
         from esc_dist.train.arguments import trainer_arguments
-        from esc_dist.train.models import load_policy, load_tokenizer
+        from esc_dist.models.loading import load_tokenizer
+        from esc_dist.train.models import load_policy
 
         cfg = recipe.sft
         args = SFTConfig(**trainer_arguments(cfg, recipe, paths, "bench", False, None))

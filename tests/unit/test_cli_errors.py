@@ -13,6 +13,8 @@ BAD_ARGUMENTS = {
     "prepare": (["--esconv", f"{NOWHERE}/esconv.json", "--out", "{tmp}/data"], "file not found"),
     "tiny-model": (["--corpus", f"{NOWHERE}/esconv.json", "--out", "{tmp}/tiny"],
                    "file not found"),
+    "base-model": (["--gguf", f"{NOWHERE}/model.gguf", "--out", "{tmp}/base"],
+                   "GGUF file not found"),
     "sft": (["--role", "planner", "--data", f"{NOWHERE}/data", "--model", f"{NOWHERE}/model",
              "--out", "{tmp}/sft", "sft.deepspeed=null"], NOWHERE),
     "dpo": (["--role", "planner", "--pairs", f"{NOWHERE}/pairs", "--model", f"{NOWHERE}/m",

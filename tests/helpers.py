@@ -157,6 +157,23 @@ VANILLA_ANSWER = "[Question] What happened?"
 MAX_HISTORY = 6
 
 
+def planner_pairs(data_dir: Path, out: Path, n: int) -> Path:
+    """A completed preference-pairs directory of the first ``n`` training turns of the planner
+    task: chosen = the gold strategy, rejected = its name reversed."""
+    from datasets import load_from_disk
+
+    from esc_dist.io import mark_completed
+    from esc_dist.ipm.prefdial import save_dataset
+
+    rows = load_from_disk(str(data_dir / "planner"))["train"].select(range(n))
+    pairs = [{"id": r["id"] + "#s0", "turn_id": r["id"], "role": "planner", "prompt": r["prompt"],
+              "chosen": r["strategy"], "rejected": r["strategy"][::-1].lower(),
+              "gold_strategy": r["strategy"], "sampled_strategy": None} for r in rows]
+    save_dataset(pairs, out / "dataset")
+    mark_completed(out)
+    return out
+
+
 def build_parrot(base_dir: str | Path, out_dir: str | Path, text: str) -> Path:
     """A copy of the tiny model that answers ``text`` to any chat prompt.
 

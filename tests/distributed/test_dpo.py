@@ -7,10 +7,7 @@ import sys
 
 import pytest
 import torch
-from datasets import load_from_disk
 
-from esc_dist.io import mark_completed
-from esc_dist.ipm.prefdial import save_dataset
 from tests.helpers import (
     ROOT,
     assert_close_weights,
@@ -19,6 +16,7 @@ from tests.helpers import (
     launch,
     launch_env,
     log_history,
+    planner_pairs,
     work_dir,
 )
 
@@ -34,12 +32,7 @@ REWARD_TOL_AT_START = 1e-4  # absolute, on beta-scaled rewards (beta 0.1) at ste
 def setup(small_setup, tmp_path_factory):
     """64 synthetic planner pairs: chosen = the gold strategy, rejected = its name reversed."""
     root = tmp_path_factory.mktemp("dpo")
-    rows = load_from_disk(str(small_setup / "data" / "planner"))["train"].select(range(64))
-    pairs = [{"id": r["id"] + "#s0", "turn_id": r["id"], "role": "planner", "prompt": r["prompt"],
-              "chosen": r["strategy"], "rejected": r["strategy"][::-1].lower(),
-              "gold_strategy": r["strategy"], "sampled_strategy": None} for r in rows]
-    save_dataset(pairs, root / "pairs" / "dataset")
-    mark_completed(root / "pairs")
+    planner_pairs(small_setup / "data", root / "pairs", 64)
     (root / "tiny").symlink_to(small_setup / "tiny")
     return root
 

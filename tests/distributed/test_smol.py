@@ -8,9 +8,7 @@ import pytest
 from datasets import load_from_disk
 from safetensors import safe_open
 
-from esc_dist.io import mark_completed
-from esc_dist.ipm.prefdial import save_dataset
-from tests.helpers import ROOT, launch, log_history
+from tests.helpers import ROOT, launch, log_history, planner_pairs
 
 pytestmark = pytest.mark.distributed
 
@@ -30,12 +28,7 @@ def train_args(stage, setup, model, out, extra=()):
 def setup(small_setup, tmp_path_factory):
     root = tmp_path_factory.mktemp("smol")
     (root / "data").symlink_to(small_setup / "data")
-    rows = load_from_disk(str(small_setup / "data" / "planner"))["train"].select(range(12))
-    pairs = [{"id": r["id"] + "#s0", "turn_id": r["id"], "role": "planner", "prompt": r["prompt"],
-              "chosen": r["strategy"], "rejected": r["strategy"][::-1].lower(),
-              "gold_strategy": r["strategy"], "sampled_strategy": None} for r in rows]
-    save_dataset(pairs, root / "pairs" / "dataset")
-    mark_completed(root / "pairs")
+    planner_pairs(small_setup / "data", root / "pairs", 12)
     return root
 
 

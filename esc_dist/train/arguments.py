@@ -19,11 +19,6 @@ if TYPE_CHECKING:
 log = get_logger(__name__)
 
 
-def resolve_precision(cfg: TrainConfig) -> str:
-    """The stage's precision (``auto``: see :func:`esc_dist.dist.resolve_precision`)."""
-    return dist.resolve_precision(cfg.precision)
-
-
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 
 
@@ -62,7 +57,7 @@ def trainer_arguments(cfg: TrainConfig, recipe: Recipe, paths: StagePaths, job: 
     """Keyword arguments shared by ``SFTConfig`` and ``DPOConfig``."""
     import torch
 
-    precision = resolve_precision(cfg)
+    precision = dist.resolve_precision(cfg.precision)
     if dist.is_main():
         log.info("%s: %s, %s, world size %d, global batch %d (%d per device x %d accumulation)",
                  job, f"DeepSpeed ZeRO-{zero_stage(ds)}" if ds else "no DeepSpeed", precision,

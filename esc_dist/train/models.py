@@ -11,14 +11,13 @@ from ..config import Recipe, TrainConfig
 from ..io import directory_outputs, mark_completed, write_manifest
 from ..models.loading import load_causal_lm
 from ..outputs import staged_dir
-from .arguments import resolve_precision
 from .common import StagePaths
 
 
 def load_policy(path: str, recipe: Recipe, cfg: TrainConfig):
     """Load the model to train. Call *after* the trainer config exists: its live DeepSpeed config
     makes ``from_pretrained`` build the model already partitioned under ZeRO-3."""
-    dtype = dist.torch_dtype(resolve_precision(cfg))
+    dtype = dist.torch_dtype(cfg.precision)
     model = load_causal_lm(path, dtype, recipe.model.trust_remote_code,
                            recipe.model.attn_implementation)
     if cfg.lora.enabled:

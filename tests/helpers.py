@@ -157,6 +157,16 @@ VANILLA_ANSWER = "[Question] What happened?"
 MAX_HISTORY = 6
 
 
+def single_rank(monkeypatch) -> None:
+    """Make this test process a world of one (no launcher variables) and start its process
+    group, for trainers built in-process."""
+    from esc_dist import dist
+
+    for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(k, raising=False)
+    dist.init(60)
+
+
 def planner_pairs(data_dir: Path, out: Path, n: int) -> Path:
     """A completed preference-pairs directory of the first ``n`` training turns of the planner
     task: chosen = the gold strategy, rejected = its name reversed."""

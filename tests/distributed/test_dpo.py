@@ -18,6 +18,7 @@ from tests.helpers import (
     log_history,
     planner_pairs,
     work_dir,
+    single_rank,
 )
 
 pytestmark = pytest.mark.distributed
@@ -156,17 +157,14 @@ def test_export_loads_without_deepspeed(zero3_run):
 def in_process_trainer(setup, tmp_path, monkeypatch, reference, cpu_head=True):
     """A DPO trainer built in this process (one rank, no DeepSpeed, batch 4 pairs), not trained;
     ``cpu_head=False`` keeps TRL's fused LM head (what the GPU runs)."""
-    from esc_dist import dist
     from esc_dist.config import load_recipe
     from esc_dist.train import dpo
     from esc_dist.train.common import stage_paths
 
-    for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        monkeypatch.delenv(k, raising=False)
+    single_rank(monkeypatch)
     recipe = load_recipe(None, [f"run.output_dir={tmp_path}", "dpo.deepspeed=null",
                                 "dpo.per_device_train_batch_size=4", "wandb.mode=disabled",
                                 f"dpo.reference={reference}", "dpo.sft_weight=0.5"])
-    dist.init(60)
     with monkeypatch.context() as m:
         if not cpu_head:
             m.setattr(dpo, "completion_lm_head_on_cpu", contextlib.nullcontext)

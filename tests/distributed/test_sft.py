@@ -18,6 +18,7 @@ from tests.helpers import (
     launch,
     launch_env,
     log_history,
+    single_rank,
     wait_for_offline_runs,
 )
 
@@ -217,17 +218,14 @@ def test_zero3_loading_partitions_the_model(setup, tmp_path):
 
 def in_process_trainer(setup, tmp_path, monkeypatch, role):
     """An SFT trainer built in this process (one rank, no DeepSpeed, batch 4), not trained."""
-    from esc_dist import dist
     from esc_dist.config import load_recipe
     from esc_dist.train.common import stage_paths
     from esc_dist.train.sft import build_sft_trainer
 
-    for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        monkeypatch.delenv(k, raising=False)
+    single_rank(monkeypatch)
     recipe = load_recipe(None, [f"run.output_dir={tmp_path}", "sft.deepspeed=null",
                                 "sft.per_device_train_batch_size=4", "wandb.mode=disabled",
                                 "sft.precision=fp32"])
-    dist.init(60)
     return build_sft_trainer(recipe, role, str(setup / "data"), str(setup / "tiny"),
                              stage_paths(recipe, "sft", role), None, False)
 

@@ -8,7 +8,7 @@ import pytest
 from datasets import load_from_disk
 from safetensors import safe_open
 
-from tests.helpers import ROOT, launch, log_history, planner_pairs
+from tests.helpers import ROOT, launch, log_history, planner_pairs, single_rank
 
 pytestmark = pytest.mark.distributed
 
@@ -75,17 +75,14 @@ def test_labels_are_the_reply_under_the_smol_template(setup, smol_base, tmp_path
     """The SFT batches of the converted model: labels on the reply, its <|im_end|> and the line
     break after it, nothing of the prompt (ChatML's default system message never added: our
     prompts have their own)."""
-    from esc_dist import dist
     from esc_dist.config import load_recipe
     from esc_dist.train.common import stage_paths
     from esc_dist.train.sft import build_sft_trainer
 
-    for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        monkeypatch.delenv(k, raising=False)
+    single_rank(monkeypatch)
     recipe = load_recipe(None, [f"run.output_dir={tmp_path}", "sft.deepspeed=null",
                                 "sft.per_device_train_batch_size=4", "sft.max_length=256",
                                 "sft.precision=fp32", *COMMON])
-    dist.init(60)
     trainer, tok, stats = build_sft_trainer(recipe, "generator", str(setup / "data"),
                                             str(smol_base), stage_paths(recipe, "sft", "g"),
                                             None, False)

@@ -185,3 +185,45 @@ def fit_preferences(confusion: np.ndarray | Sequence[Sequence[float]],
 def preference_bias(confusion: np.ndarray | Sequence[Sequence[float]]) -> float:
     """B alone: the population standard deviation of the fitted preferences."""
     return fit_preferences(confusion).bias
+
+
+KANG_SWEEPS = 20
+
+
+def kang_preferences(confusion: np.ndarray | Sequence[Sequence[float]],
+                     sweeps: int = KANG_SWEEPS) -> tuple[list[float], float | None]:
+    """Preferences and B exactly as the released scorers compute them (``strg_preference`` of
+    Kang et al. and of DecoupledESC's ``bias.py``): from p = 1, ``sweeps`` Gauss–Seidel sweeps of
+    the update in the module docstring (each strategy updated in turn with the values already
+    updated), each sweep followed by division by the geometric mean of the positive preferences;
+    then scaled to sum to the number of strategies; B = population standard deviation.
+
+    No limits are taken: where the released code divides 0 by 0 (a strategy that is never
+    beaten, or never beats and is never beaten) its preferences become NaN and so does B; here
+    such preferences are returned as NaN and B as None ("undefined"), never a number that code
+    would not print.
+    """
+    w = comparison_counts(confusion)
+    k = len(w)
+    # plain loops over numpy scalars, in the released code's order of operations, so that the
+    # rounding is the same and 0/0 gives NaN (numpy) rather than an exception (Python floats)
+    p = [np.float64(1.0)] * k
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        for _ in range(sweeps):
+            for i in range(k):
+                beats = beaten = np.float64(0.0)
+                for j in range(k):
+                    if j != i:
+                        beats += w[i, j] * (p[j] / (p[i] + p[j]))
+                        beaten += w[j, i] * (1 / (p[i] + p[j]))
+                p[i] = beats / beaten
+            product, positive = np.float64(1.0), 0
+            for x in p:
+                if x > 0:
+                    product *= x
+                    positive += 1
+            p = [x / product ** (1 / positive) if positive else np.float64(np.nan) for x in p]
+        total = sum(p)
+        p = [x * k / total for x in p]
+        bias = float(np.std(p))
+    return [float(x) for x in p], (bias if np.isfinite(bias) else None)

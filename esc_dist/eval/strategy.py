@@ -9,6 +9,10 @@ is computed two ways, each under its own key:
   before scoring, reporting the error ratio; Kang et al.'s refuses to score such a file); the
   number left out is reported next to it.
 
+B is fitted twice: ``B`` to convergence (:func:`.preference.fit_preferences`) and ``B_kang`` the
+way the released scorers do it (:func:`.preference.kang_preferences`: 20 fixed sweeps; None where
+that code gives NaN).
+
 F1 scores come from scikit-learn. Q (macro-F1) and weighted-F1 average over the strategies that
 occur in the gold or predicted labels (scikit-learn's default label set, as in the released
 scorers); a strategy predicted but never gold contributes an F1 of 0 (``zero_division=0``).
@@ -24,7 +28,7 @@ import numpy as np
 from sklearn.metrics import f1_score, precision_recall_fscore_support
 
 from ..strategies import STRATEGIES
-from .preference import fit_preferences
+from .preference import fit_preferences, kang_preferences
 
 OTHERS = "Others"
 
@@ -48,9 +52,11 @@ def _scores(gold: Sequence[str], pred: Sequence[str]) -> dict | None:
     conf = confusion_counts(gold, pred)
     predicted = conf.sum(axis=0)
     fit = fit_preferences(conf)
+    kang, kang_bias = kang_preferences(conf)
     per = {s: {"support": int(support[i]), "predicted": int(predicted[i]),
                "precision": float(prec[i]), "recall": float(rec[i]), "f1": float(f1[i]),
-               "preference": fit.preferences[i]}
+               "preference": fit.preferences[i],
+               "preference_kang": kang[i] if np.isfinite(kang[i]) else None}
            for i, s in enumerate(STRATEGIES)}
     return {
         "n": len(gold),
@@ -58,6 +64,7 @@ def _scores(gold: Sequence[str], pred: Sequence[str]) -> dict | None:
         "Q": float(f1_score(g, p, average="macro", zero_division=0)),
         "weighted_f1": float(f1_score(g, p, average="weighted", zero_division=0)),
         "B": fit.bias,
+        "B_kang": kang_bias,
         "per_strategy": per,
         "confusion": conf.tolist(),
         "preference_fit": fit.to_dict(),

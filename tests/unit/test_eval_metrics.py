@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.optimize import minimize
 
-from esc_dist.eval.preference import bradley_terry, fit_preferences
+from esc_dist.eval.preference import bradley_terry, fit_preferences, kang_preferences
 from esc_dist.eval.strategy import strategy_metrics
 from esc_dist.eval.text import distinct, text_metrics, tokenize, unigram_f1
 from esc_dist.strategies import STRATEGIES
@@ -140,6 +140,72 @@ def test_two_strategies_by_hand():
     assert fit.preferences == pytest.approx([1.5, 0.5, 1, 1, 1, 1, 1, 1])
     assert fit.bias == pytest.approx(math.sqrt((0.25 + 0.25) / 8))  # 0.25
     assert set(fit.unobserved) == set(STRATEGIES[2:])
+
+
+def _released_scorer(confusion) -> tuple[list[float], float]:
+    """The released scorers' Bradley-Terry (strg_preference) written out again from their
+    description, on plain Python floats: 20 Gauss-Seidel sweeps from 1, geometric-mean
+    normalisation over the positive values after each, scaled to sum 8; 0/0 -> NaN."""
+    n = len(confusion)
+    w = [[float(confusion[j][i]) for j in range(n)] for i in range(n)]  # w[i][j]: i for gold j
+    p = [1.0] * n
+    for _ in range(20):
+        for i in range(n):
+            num = sum(w[i][j] * (p[j] / (p[i] + p[j])) for j in range(n) if j != i)
+            den = sum(w[j][i] * (1 / (p[i] + p[j])) for j in range(n) if j != i)
+            p[i] = num / den if den else (math.inf if num else math.nan)
+        pos = [x for x in p if x > 0]
+        g = math.prod(pos) ** (1 / len(pos))
+        p = [x / g for x in p]
+    total = sum(p)
+    p = [x * n / total for x in p]
+    mean = sum(p) / n
+    return p, math.sqrt(sum((x - mean) ** 2 for x in p) / n)
+
+
+def test_released_twenty_sweep_fit_by_hand():
+    # w_01 = 3, w_10 = 1: the first sweep already reaches p0 / p1 = 3 -> (1.5, 0.5), B = 0.5
+    prefs, bias = kang_preferences([[0, 1], [3, 0]])
+    assert prefs == pytest.approx([1.5, 0.5]) and bias == pytest.approx(0.5)
+    # a strategy that never takes part: the released code divides 0 by 0 -> undefined, while
+    # the converged fit gives it the neutral 1.0
+    conf = np.zeros((8, 8))
+    conf[1, 0], conf[0, 1] = 3, 1
+    prefs, bias = kang_preferences(conf)
+    assert bias is None and math.isnan(prefs[5])
+    assert fit_preferences(conf).bias == pytest.approx(0.25)
+    # a constant predictor: undefined too (the converged fit's limit is sqrt(7))
+    constant = np.zeros((8, 8))
+    constant[:, 0] = 4
+    assert kang_preferences(constant)[1] is None
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_released_fit_equals_an_independent_transcription(seed):
+    rng = np.random.default_rng(seed)
+    conf = rng.integers(0, 30, size=(8, 8)) * (rng.random((8, 8)) < 0.7)
+    np.fill_diagonal(conf, rng.integers(0, 50, size=8))
+    conf[np.arange(8), (np.arange(8) + 1) % 8] += 1  # a cycle: every strategy beats and is beaten
+    prefs, bias = kang_preferences(conf)
+    ref_prefs, ref_bias = _released_scorer(conf.tolist())
+    assert prefs == pytest.approx(ref_prefs, rel=1e-12) and bias == pytest.approx(ref_bias, rel=1e-12)
+    assert sum(prefs) == pytest.approx(8)
+    # 20 sweeps stop near, not exactly at, the converged fit
+    assert bias == pytest.approx(fit_preferences(conf).bias, abs=0.05)
+
+
+def test_twenty_sweeps_can_stop_short_of_convergence():
+    # a long chain of one-sided wins, closed by one weak link: slow to converge
+    conf = np.zeros((8, 8))
+    for i in range(7):
+        conf[i + 1, i] = 50  # strategy i predicted for gold i+1: i beats i+1
+        conf[i, i + 1] = 1
+    conf[0, 7] = 1
+    conf[7, 0] = 1
+    _, bias = kang_preferences(conf)
+    converged = fit_preferences(conf)
+    assert converged.converged and abs(bias - converged.bias) > 1e-4  # 6.4e-4 here
+    assert bias == pytest.approx(_released_scorer(conf.tolist())[1], rel=1e-12)
 
 
 def _bt_loglik_fit(wins: np.ndarray) -> np.ndarray:

@@ -6,8 +6,9 @@ from __future__ import annotations
 # vanilla (joint "[Strategy] reply" baseline).
 ROLES: tuple[str, ...] = ("planner", "generator", "vanilla")
 
-# Inference modes: planner then generator, or the joint model.
-MODES: tuple[str, ...] = ("decoupled", "vanilla")
+# Inference modes: planner then generator, the joint model, or the generator alone conditioned on
+# the gold strategies (how well it realises a strategy it is given).
+MODES: tuple[str, ...] = ("decoupled", "vanilla", "generator-gold")
 
 # The four systems the pipeline evaluates: name -> (inference mode, training stage of the models).
 SYSTEMS: dict[str, tuple[str, str]] = {
@@ -16,8 +17,20 @@ SYSTEMS: dict[str, tuple[str, str]] = {
     "decoupled-sft": ("decoupled", "sft"),
     "decoupled-dpo": ("decoupled", "dpo"),
 }
+# The generators alone on gold strategies (eval.generator_gold): name -> (mode, training stage).
+GOLD_SYSTEMS: dict[str, tuple[str, str]] = {
+    "generator-gold-sft": ("generator-gold", "sft"),
+    "generator-gold-dpo": ("generator-gold", "dpo"),
+}
 SYSTEM_TITLES: dict[str, str] = {"vanilla-sft": "Vanilla-SFT", "vanilla-dpo": "Vanilla-DPO",
-                                 "decoupled-sft": "Decoupled-SFT", "decoupled-dpo": "Decoupled-DPO"}
+                                 "decoupled-sft": "Decoupled-SFT", "decoupled-dpo": "Decoupled-DPO",
+                                 "generator-gold-sft": "Generator-SFT (gold strategy)",
+                                 "generator-gold-dpo": "Generator-DPO (gold strategy)"}
+
+# Evaluation protocols: "paper" = the DecoupledESC paper's (sampled decoding over several seeds,
+# per-reply NLTK text metrics, the released 20-sweep Bradley-Terry B); "ours" = greedy decoding,
+# corpus-level text metrics, B fitted to convergence. See esc_dist/eval/report.py.
+PROTOCOLS: tuple[str, ...] = ("paper", "ours")
 
 # How strategy metrics treat a prediction whose strategy cannot be parsed.
 VARIANTS: tuple[str, ...] = ("as_others", "excluded")

@@ -13,11 +13,21 @@ ranks; a killed run resumes from its chunk files; a completed one is skipped).
 * ``vanilla`` -- one phase: the joint model writes "[Strategy] reply", split with
   :func:`esc_dist.strategies.parse_tagged`; ``pred_strategy_raw`` is the whole output and
   ``pred_strategy`` null when it carries no strategy tag.
+* ``generator-gold`` -- one phase: the generator writes the reply for the **gold** strategy
+  (``pred_strategy`` = the gold strategy): how well it realises a strategy it is given.
 
-Greedy by default (``infer.do_sample: false``); sampling uses ``infer.temperature``, ``top_p``
-and ``top_k`` with per-turn seeds. Output directory: ``chunks/{planner,generator}/`` or
-``chunks/vanilla/``, ``predictions.jsonl`` (sorted by id, the schema
-:func:`esc_dist.eval.predictions.load_predictions` reads), ``manifest.json`` and ``COMPLETED``.
+The planner's and the vanilla model's prompts show the supporter's past strategy tags when the
+prepared data says so (``data.history_strategy_tags``, recorded in its manifest).
+
+**Decoding** (:func:`decoding`): under ``eval.protocol: paper`` the paper's -- sampled at
+temperature 0.7, top-p 0.95, no top-k -- over ``infer.decode_seeds`` decodes; under ``ours``
+``infer.do_sample`` / ``temperature`` / ``top_p`` / ``top_k`` (greedy by default), over
+``infer.decode_seeds`` decodes when sampling and one when greedy. Decode k draws with its own
+per-turn seeds (the engine's sample index k), so each decode is reproducible on any number of
+ranks. Output directory: ``chunks/{planner,generator,vanilla}/`` (decode 0) and
+``chunks/decode-K/...``, ``predictions.jsonl`` (decode 0, sorted by id, the schema
+:func:`esc_dist.eval.predictions.load_predictions` reads) and ``predictions.decode-K.jsonl`` for
+K >= 1, ``manifest.json`` (``config.decoding``, ``decodes``: the files) and ``COMPLETED``.
 """
 
 from __future__ import annotations
@@ -43,17 +53,41 @@ PREDICTION_KEYS = ("id", "dialogue_id", "turn_index", "gold_strategy", "gold_rep
                    "pred_strategy", "pred_strategy_raw", "pred_reply", "mode")
 
 
+# the DecoupledESC paper's decoding
+PAPER_SAMPLING = {"do_sample": True, "temperature": 0.7, "top_p": 0.95, "top_k": 0}
+
+
 def phases(mode: str) -> tuple[str, ...]:
-    return ("planner", "generator") if mode == "decoupled" else ("vanilla",)
+    return {"decoupled": ("planner", "generator"), "vanilla": ("vanilla",),
+            "generator-gold": ("generator",)}[mode]
 
 
-def infer_sampling(cfg: InferConfig, phase: str) -> Sampling:
+def decoding(recipe: Recipe) -> dict:
+    """How the predictions are decoded: the protocol's sampling settings and how many decodes."""
+    cfg = recipe.infer
+    if recipe.eval.protocol == "paper":
+        sampling = dict(PAPER_SAMPLING)
+    else:
+        sampling = {"do_sample": cfg.do_sample, "temperature": cfg.temperature,
+                    "top_p": cfg.top_p, "top_k": cfg.top_k}
+    return {"protocol": recipe.eval.protocol, **sampling,
+            "decodes": cfg.decode_seeds if sampling["do_sample"] else 1}
+
+
+def infer_sampling(cfg: InferConfig, phase: str, how: Mapping[str, Any] | None = None) -> Sampling:
+    """One phase's sampling settings; ``how`` is a :func:`decoding` (default: infer's own)."""
     max_new = cfg.max_new_tokens
     if phase == "planner" and cfg.planner_max_new_tokens is not None:
         max_new = cfg.planner_max_new_tokens
-    return Sampling(max_new_tokens=max_new, do_sample=cfg.do_sample,
-                    temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
+    how = how or {"do_sample": cfg.do_sample, "temperature": cfg.temperature,
+                  "top_p": cfg.top_p, "top_k": cfg.top_k}
+    return Sampling(max_new_tokens=max_new, do_sample=how["do_sample"],
+                    temperature=how["temperature"], top_p=how["top_p"], top_k=how["top_k"],
                     min_new_tokens=min(cfg.min_new_tokens, max_new))
+
+
+def predictions_name(decode: int) -> str:
+    return "predictions.jsonl" if decode == 0 else f"predictions.decode-{decode}.jsonl"
 
 
 def load_turns(data_dir: str | Path, split: str, max_dialogues: int | None = None) -> list[dict]:
@@ -75,29 +109,50 @@ def max_history_of(data_dir: str | Path) -> int | None:
     return (manifest.get("config") or {}).get("max_history_messages")
 
 
+def history_tags_of(data_dir: str | Path) -> bool:
+    """Whether the prepared data's prompts tag the supporter's past turns (data written before
+    the key existed did)."""
+    manifest = read_manifest(data_dir) or {}
+    return bool((manifest.get("config") or {}).get("history_strategy_tags", True))
+
+
 def _gold(turn: Mapping[str, Any]) -> dict:
     return {"dialogue_id": turn["dialogue_id"], "turn_index": turn["turn_index"],
             "gold_strategy": turn["strategy"], "gold_reply": turn["reply"]}
 
 
-def planner_items(turns: Iterable[Mapping], sampling: Sampling,
-                  max_history: int | None) -> list[WorkItem]:
+def planner_items(turns: Iterable[Mapping], sampling: Sampling, max_history: int | None,
+                  tagged: bool = True, decode: int = 0) -> list[WorkItem]:
     from .data.tasks import history_messages, planner_prompt
 
-    return [WorkItem(t["id"], planner_prompt(history_messages(t["history"]), max_history),
-                     sampling, meta=_gold(t)) for t in turns]
+    return [WorkItem(t["id"], planner_prompt(history_messages(t["history"]), max_history, tagged),
+                     sampling, sample=decode, meta=_gold(t)) for t in turns]
 
 
-def vanilla_items(turns: Iterable[Mapping], sampling: Sampling,
-                  max_history: int | None) -> list[WorkItem]:
+def vanilla_items(turns: Iterable[Mapping], sampling: Sampling, max_history: int | None,
+                  tagged: bool = True, decode: int = 0) -> list[WorkItem]:
     from .data.tasks import history_messages, vanilla_prompt
 
-    return [WorkItem(t["id"], vanilla_prompt(history_messages(t["history"]), max_history),
-                     sampling, meta=_gold(t)) for t in turns]
+    return [WorkItem(t["id"], vanilla_prompt(history_messages(t["history"]), max_history, tagged),
+                     sampling, sample=decode, meta=_gold(t)) for t in turns]
+
+
+def gold_generator_items(turns: Iterable[Mapping], sampling: Sampling, max_history: int | None,
+                         tagged: bool = True, decode: int = 0) -> list[WorkItem]:
+    """The generator's items under each turn's gold strategy (``generator-gold``)."""
+    from .data.tasks import generator_prompt, history_messages
+
+    return [WorkItem(t["id"], generator_prompt(history_messages(t["history"]), t["strategy"],
+                                               max_history),
+                     sampling, sample=decode,
+                     meta={**_gold(t), "pred_strategy": t["strategy"],
+                           "pred_strategy_raw": t["strategy"], "conditioned_on": t["strategy"]})
+            for t in turns]
 
 
 def generator_items(turns: Iterable[Mapping], planner_records: Iterable[Mapping],
-                    sampling: Sampling, max_history: int | None) -> list[WorkItem]:
+                    sampling: Sampling, max_history: int | None,
+                    decode: int = 0) -> list[WorkItem]:
     """Phase-2 items: each turn's generator prompt under the planner's predicted strategy."""
     from .data.tasks import generator_prompt, history_messages
 
@@ -110,15 +165,16 @@ def generator_items(turns: Iterable[Mapping], planner_records: Iterable[Mapping]
         cond = pred or FALLBACK_STRATEGY
         items.append(WorkItem(
             turn["id"], generator_prompt(history_messages(turn["history"]), cond, max_history),
-            sampling, meta={**_gold(turn), "pred_strategy": pred, "pred_strategy_raw": raw,
-                            "conditioned_on": cond}))
+            sampling, sample=decode,
+            meta={**_gold(turn), "pred_strategy": pred, "pred_strategy_raw": raw,
+                  "conditioned_on": cond}))
     return items
 
 
 def prediction(rec: Mapping[str, Any], mode: str) -> dict:
     """One line of predictions.jsonl from a last-phase engine record."""
     m, text = rec["meta"], rec["text"].strip()
-    if mode == "decoupled":
+    if mode in ("decoupled", "generator-gold"):
         pred, raw, reply = m["pred_strategy"], m["pred_strategy_raw"], text
     else:
         pred, reply = parse_tagged(text)
@@ -138,19 +194,32 @@ def summary(preds: list[dict]) -> dict:
             if n else 0.0}
 
 
-def chunk_dir(phase: str) -> str:
-    return f"chunks/{phase}"
+def chunk_dir(phase: str, decode: int = 0) -> str:
+    return f"chunks/{phase}" if decode == 0 else f"chunks/decode-{decode}/{phase}"
+
+
+def decodes_of(job: dict) -> int:
+    """How many decodes a job made (jobs from before decodes existed made one)."""
+    return int((job["config"].get("decoding") or {}).get("decodes", 1))
 
 
 def write_predictions(out: Path, job: dict) -> tuple[dict, dict]:
-    """Merge and verify every phase's chunks of ``out``; write predictions.jsonl."""
+    """Merge and verify every phase's chunks of ``out``; write one predictions file a decode."""
     mode = job["mode"]
-    records = None
-    for phase in phases(mode):
-        records = merge(out / chunk_dir(phase))
-    preds = [prediction(r, mode) for r in records]
-    write_jsonl(out / "predictions.jsonl", preds)
-    return {"predictions": output_record(out, "predictions.jsonl")}, summary(preds)
+    outputs, counts = {}, {}
+    for decode in range(decodes_of(job)):
+        records = None
+        for phase in phases(mode):
+            records = merge(out / chunk_dir(phase, decode))
+        preds = [prediction(r, mode) for r in records]
+        name = predictions_name(decode)
+        write_jsonl(out / name, preds)
+        key = "predictions" if decode == 0 else f"predictions_decode_{decode}"
+        outputs[key] = output_record(out, name)
+        if decode == 0:
+            counts = summary(preds)
+    counts["decodes"] = [predictions_name(d) for d in range(decodes_of(job))]
+    return outputs, counts
 
 
 def finalize(out: str | Path, job: dict, generation: dict | None = None,
@@ -182,8 +251,9 @@ def infer(recipe: Recipe, mode: str, data_dir: str | Path | None = None,
           planner: str | Path | None = None, generator: str | Path | None = None,
           model: str | Path | None = None) -> dict:
     """Predict every gold supporter turn of ``split`` (every rank calls this); returns the
-    manifest. Decoupled mode needs ``planner`` and ``generator``, vanilla mode ``model``
-    (defaults: the run directory's ``models/sft-*`` exports)."""
+    manifest. Decoupled mode needs ``planner`` and ``generator``, generator-gold mode
+    ``generator``, vanilla mode ``model`` (defaults: the run directory's ``models/sft-*``
+    exports)."""
     t0 = time.time()
     if mode not in MODES:
         raise ConfigError(f"unknown mode {mode!r} (expected one of {', '.join(MODES)})")
@@ -196,29 +266,40 @@ def infer(recipe: Recipe, mode: str, data_dir: str | Path | None = None,
     if mode == "decoupled":
         models = {"planner": Path(planner or run_dir / "models" / "sft-planner"),
                   "generator": Path(generator or run_dir / "models" / "sft-generator")}
+    elif mode == "generator-gold":
+        models = {"generator": Path(generator or run_dir / "models" / "sft-generator")}
     else:
         models = {"vanilla": Path(model or run_dir / "models" / "sft-vanilla")}
     turns = load_turns(data_dir, split, cfg.max_dialogues)
     if not turns:
         raise ConfigError(f"{data_dir}: split {split!r} has no supporter turns")
-    max_history = max_history_of(data_dir)
+    max_history, tagged = max_history_of(data_dir), history_tags_of(data_dir)
+    how = decoding(recipe)
     first = phases(mode)[0]
+    build = {"decoupled": planner_items, "vanilla": vanilla_items,
+             "generator-gold": gold_generator_items}[mode]
     with settings_errors("infer"):
-        build = planner_items if mode == "decoupled" else vanilla_items
-        first_items = build(turns, infer_sampling(cfg, first), max_history)
-        generator_sampling = infer_sampling(cfg, "generator")
+        first_sampling = infer_sampling(cfg, first, how)
+        generator_sampling = infer_sampling(cfg, "generator", how)
 
-    def phase(name: str, items) -> Phase:
-        return Phase(f"infer-{mode}-{name}", models[name], chunk_dir(name), items, key=name)
+    steps = []
+    for decode in range(how["decodes"]):
+        suffix = "" if decode == 0 else f".decode-{decode}"
+        with settings_errors("infer"):
+            items = build(turns, first_sampling, max_history, tagged, decode)
+        steps.append(Phase(f"infer-{mode}-{first}", models[first], chunk_dir(first, decode),
+                           items, key=first + suffix))
+        if mode == "decoupled":
+            def conditioned(planned: list[dict], decode: int = decode) -> list[WorkItem]:
+                return generator_items(turns, planned, generator_sampling, max_history, decode)
 
-    def conditioned(planned: list[dict]) -> list[WorkItem]:  # decoupled phase 2
-        return generator_items(turns, planned, generator_sampling, max_history)
-
-    steps = [phase(first, first_items)]
-    if mode == "decoupled":
-        steps.append(phase("generator", conditioned))
+            steps.append(Phase(f"infer-{mode}-generator", models["generator"],
+                               chunk_dir("generator", decode), conditioned,
+                               key="generator" + suffix))
     return run_stage(recipe, Stage(
         name="infer", labels={"mode": mode, "split": split}, job_type=f"infer-{mode}", out=out,
         data_dir=data_dir, models=models, settings=cfg, phases=steps,
-        write_outputs=write_predictions, extra_config={"max_history_messages": max_history},
+        write_outputs=write_predictions,
+        extra_config={"max_history_messages": max_history, "history_strategy_tags": tagged,
+                      "decoding": how},
         wandb_config={"turns": len(turns)}, wandb_summary=_wandb_summary, report=_report), t0)

@@ -2,7 +2,8 @@
 
 prepare → tiny model (unless ``model.base``; a GGUF ``model.base`` is converted instead) →
 SFT ×3 → mine ×3 → judge ×3 → DPO ×3 → infer (Vanilla-SFT, Vanilla-DPO, Decoupled-SFT,
-Decoupled-DPO) → eval ×4 → compare, into one run directory (``run.output_dir``). Training,
+Decoupled-DPO, and with ``eval.generator_gold`` the SFT and DPO generators on gold strategies) →
+eval of each → compare, into one run directory (``run.output_dir``). Training,
 mining and inference run on ``pipeline.nproc`` ranks with ``pipeline.launcher``; the others run
 as one process.
 
@@ -23,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import Recipe, dump_recipe
-from .constants import ROLES, SYSTEM_TITLES, SYSTEMS
+from .constants import GOLD_SYSTEMS, ROLES, SYSTEM_TITLES, SYSTEMS
 from .dist import free_port
 from .errors import ConfigError, StageError
 from .ipm.judge import judge_version
@@ -46,6 +47,12 @@ class Stage:
     inputs: list[Path] = field(default_factory=list)  # outputs of earlier stages it consumes
     distributed: bool = False
     code: str | None = None  # a version of the stage's own logic (judge rules), part of its key
+
+
+def evaluated_systems(recipe: Recipe) -> dict[str, tuple[str, str]]:
+    """The systems a run infers and evaluates: the four of the paper, and the generators on gold
+    strategies when ``eval.generator_gold``."""
+    return {**SYSTEMS, **(GOLD_SYSTEMS if recipe.eval.generator_gold else {})}
 
 
 def plan(recipe: Recipe) -> list[Stage]:
@@ -93,33 +100,40 @@ def plan(recipe: Recipe) -> list[Stage]:
                                             "--out", str(models / f"dpo-{role}")],
                             models / f"dpo-{role}", ("dpo", "model"),
                             [run / "prefdial" / role, models / f"sft-{role}"], distributed=True))
-    for system, (mode, stage) in SYSTEMS.items():
+    systems = evaluated_systems(recipe)
+    for system, (mode, stage) in systems.items():
         pred = run / "predictions" / system
         if mode == "vanilla":
             model_args = ["--model", str(models / f"{stage}-vanilla")]
             inputs = [models / f"{stage}-vanilla"]
+        elif mode == "generator-gold":
+            model_args = ["--generator", str(models / f"{stage}-generator")]
+            inputs = [models / f"{stage}-generator"]
         else:
             model_args = ["--planner", str(models / f"{stage}-planner"),
                           "--generator", str(models / f"{stage}-generator")]
             inputs = [models / f"{stage}-planner", models / f"{stage}-generator"]
+        # the protocol decides the decoding (infer reads eval.protocol)
         stages.append(Stage(f"infer-{system}", ["infer", "--mode", mode, *model_args,
                                                  "--data", str(data), "--split",
                                                  recipe.infer.split, "--out", str(pred)],
-                            pred, ("infer", "model"), [data, *inputs], distributed=True))
-    # LLM-judge scores depend on the judge endpoint and the histories; plain metrics do not
+                            pred, ("infer", "model"), [data, *inputs], distributed=True,
+                            code=f"protocol={recipe.eval.protocol}"))
+    # LLM-judge scores and errors depend on the judge endpoint; everything else does not. The
+    # data gives the histories (error rates) and the gold training replies (adherence).
     eval_keys = ("eval", "judge") if recipe.eval.llm_judge else ("eval",)
-    for system in SYSTEMS:
+    for system in systems:
         pred, report = run / "predictions" / system, run / "reports" / system
         stages.append(Stage(f"eval-{system}", ["eval", str(pred / "predictions.jsonl"),
                                                 "--out", str(report), "--name", system,
                                                 "--data", str(data)],
-                            report, eval_keys, [pred, data] if recipe.eval.llm_judge else [pred]))
-    reports = [str(run / "reports" / s) for s in SYSTEMS]
+                            report, eval_keys, [pred, data]))
+    reports = [str(run / "reports" / s) for s in systems]
     comparison = run / "reports" / "comparison"
     stages.append(Stage("compare", ["compare", *reports, "--names",
-                                    ",".join(SYSTEM_TITLES[s] for s in SYSTEMS),
+                                    ",".join(SYSTEM_TITLES[s] for s in systems),
                                     "--out", str(comparison)],
-                        comparison, ("eval",), [run / "reports" / s for s in SYSTEMS]))
+                        comparison, ("eval",), [run / "reports" / s for s in systems]))
     return stages
 
 
@@ -356,7 +370,7 @@ def job_of(stage: Stage) -> tuple[str, str, dict[str, str]]:
         return name, "train", {"STAGE": kind, "ROLE": rest}
     if kind == "mine" and stage.distributed:
         return name, "mine", {"ROLE": rest}
-    if kind in ("infer", "eval") and rest in SYSTEMS:
+    if kind in ("infer", "eval") and (rest in SYSTEMS or rest in GOLD_SYSTEMS):
         return f"infer-{rest}", "infer_eval", {"SYSTEM": rest}
     # anything else (judge, compare, stages added later): one job per stage
     return name, ("stage" if stage.distributed else "single"), {}

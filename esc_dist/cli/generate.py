@@ -36,9 +36,13 @@ def run_infer(args: argparse.Namespace) -> int:
     from ..infer import infer
 
     recipe = recipe_of(args, [f"infer.split={args.split}"] if args.split else [])
-    if args.mode == "decoupled" and args.model:
-        raise ConfigError("--model is for --mode vanilla; decoupled inference takes "
-                          "--planner and --generator")
+    if args.mode in ("decoupled", "generator-gold") and args.model:
+        raise ConfigError(f"--model is for --mode vanilla; {args.mode} inference takes "
+                          + ("--planner and --generator" if args.mode == "decoupled"
+                             else "--generator"))
+    if args.mode == "generator-gold" and args.planner:
+        raise ConfigError("--planner is for --mode decoupled; generator-gold inference takes "
+                          "--generator only (the strategies are the gold ones)")
     if args.mode == "vanilla" and (args.planner or args.generator):
         raise ConfigError("--planner/--generator are for --mode decoupled; vanilla "
                           "inference takes --model")
@@ -54,7 +58,8 @@ def infer_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--planner", metavar="DIR",
                    help="planner model (decoupled; default RUN_DIR/models/sft-planner)")
     p.add_argument("--generator", metavar="DIR",
-                   help="generator model (decoupled; default RUN_DIR/models/sft-generator)")
+                   help="generator model (decoupled, generator-gold; default "
+                        "RUN_DIR/models/sft-generator)")
     p.add_argument("--model", metavar="DIR",
                    help="joint model (vanilla; default RUN_DIR/models/sft-vanilla)")
     p.add_argument("--data", metavar="DIR", help="`prepare` output (default: RUN_DIR/data)")
@@ -107,12 +112,15 @@ COMMANDS = [
             "the number of ranks), then write pairs.jsonl (the judge's input), stats.json, "
             "manifest.json and COMPLETED.", mine_arguments),
     Command("infer", run_infer,
-            "teacher-forced predictions (decoupled planner+generator, or vanilla)",
+            "teacher-forced predictions (decoupled, vanilla, or the generator on gold strategies)",
             "Predict every gold supporter turn of a split with the gold history as context. "
             "decoupled: the planner predicts the strategy, then the generator writes the reply "
             "under the predicted strategy (Others when the planner's output names none); "
-            "vanilla: the joint model writes '[Strategy] reply'. Sharded and resumable like "
-            "`mine`; writes predictions.jsonl (the input of `esc-dist eval`), manifest.json and "
+            "vanilla: the joint model writes '[Strategy] reply'; generator-gold: the generator "
+            "writes the reply under the gold strategy. Decoding follows eval.protocol (paper: "
+            "sampled at 0.7 / 0.95 over infer.decode_seeds decodes). Sharded and resumable like "
+            "`mine`; writes predictions.jsonl (the input of `esc-dist eval`; further decodes in "
+            "predictions.decode-K.jsonl), manifest.json and "
             "COMPLETED.", infer_arguments),
     Command("merge", run_merge,
             "re-run the merge and verification of a mining or inference output",

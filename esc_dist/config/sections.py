@@ -100,6 +100,9 @@ class DataConfig:
         default_factory=lambda: {"train": 32, "validation": None, "test": None})
     # Keep only the last N messages of the history in prompts; null keeps the whole dialogue.
     max_history_messages: int | None = 4
+    # the supporter's past turns in the planner's and vanilla model's prompts carry their strategy
+    # tags ("[Question] How are you?"); false: plain text, as the DecoupledESC paper's planner
+    history_strategy_tags: bool = True
 
     def validate(self, source: str) -> None:
         f = self.split_fractions
@@ -306,9 +309,13 @@ class InferConfig:
     max_dialogues: int | None = 12  # predict only the first N dialogues (by id); null: all
     min_new_tokens: int = 1  # no stop token before this many new tokens (no empty predictions)
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # as sft.precision
+    # sampled decodes (seeds 0..N-1) when decoding samples (always under eval.protocol: paper);
+    # greedy decoding is decoded once
+    decode_seeds: int = 3
 
     def validate(self, source: str) -> None:
         _check_lengths("infer", self, source)
+        _at_least(source, "infer", self, 1, "decode_seeds")
         _batches(source, "infer", self)
         _require(self.temperature > 0, source, "infer.temperature", "> 0", self.temperature)
         _require(self.split in ("train", "validation", "test"), source, "infer.split",
@@ -318,7 +325,15 @@ class InferConfig:
 
 @dataclass
 class EvalConfig:
-    llm_judge: bool = False  # also score replies 0-5 with the judge endpoint of `judge`
+    # headline protocol: paper (DecoupledESC: sampled decoding at 0.7 / 0.95 over
+    # infer.decode_seeds seeds, per-reply NLTK text metrics, 20-sweep B) | ours (infer's own
+    # decoding, corpus text metrics, converged B); report.json always holds both
+    protocol: Literal["paper", "ours"] = "paper"
+    # also score replies 0-5 on four rubrics and label their psychological errors with the
+    # judge endpoint of `judge` (the offline rules' error rates are always computed)
+    llm_judge: bool = False
+    adherence: bool = True  # strategy adherence of the replies (a classifier on gold replies)
+    generator_gold: bool = True  # the pipeline also evaluates the generators on gold strategies
 
 
 @dataclass

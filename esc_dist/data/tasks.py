@@ -59,14 +59,19 @@ def _history_messages(history: Sequence[Message], tagged: bool,
     return out
 
 
-def vanilla_prompt(history: Sequence[Message], max_history: int | None = None) -> list[dict]:
+def vanilla_prompt(history: Sequence[Message], max_history: int | None = None,
+                   tagged: bool = True) -> list[dict]:
+    """The joint model's prompt; ``tagged``: the supporter's past turns carry their strategy
+    tags (``data.history_strategy_tags``)."""
     return [{"role": "system", "content": VANILLA_SYSTEM}] + _history_messages(
-        history, True, max_history)
+        history, tagged, max_history)
 
 
-def planner_prompt(history: Sequence[Message], max_history: int | None = None) -> list[dict]:
+def planner_prompt(history: Sequence[Message], max_history: int | None = None,
+                   tagged: bool = True) -> list[dict]:
+    """The planner's prompt; ``tagged`` as in :func:`vanilla_prompt`."""
     return [{"role": "system", "content": PLANNER_SYSTEM}] + _history_messages(
-        history, True, max_history)
+        history, tagged, max_history)
 
 
 def generator_prompt(history: Sequence[Message], strategy: str,
@@ -75,12 +80,13 @@ def generator_prompt(history: Sequence[Message], strategy: str,
     return [{"role": "system", "content": system}] + _history_messages(history, False, max_history)
 
 
-def task_example(turn: Turn, task: str, max_history: int | None = None) -> dict:
+def task_example(turn: Turn, task: str, max_history: int | None = None,
+                 tagged: bool = True) -> dict:
     if task == "vanilla":
-        prompt, target = vanilla_prompt(turn.history, max_history), format_tagged(
+        prompt, target = vanilla_prompt(turn.history, max_history, tagged), format_tagged(
             turn.strategy, turn.reply)
     elif task == "planner":
-        prompt, target = planner_prompt(turn.history, max_history), turn.strategy
+        prompt, target = planner_prompt(turn.history, max_history, tagged), turn.strategy
     elif task == "generator":
         prompt, target = generator_prompt(turn.history, turn.strategy, max_history), turn.reply
     else:
@@ -89,12 +95,13 @@ def task_example(turn: Turn, task: str, max_history: int | None = None) -> dict:
             "completion": [{"role": "assistant", "content": target}]}
 
 
-def build_task(turns_by_split: dict[str, list[Turn]], task: str, max_history: int | None = None):
+def build_task(turns_by_split: dict[str, list[Turn]], task: str, max_history: int | None = None,
+               tagged: bool = True):
     """A ``datasets.DatasetDict`` of one task, one split per key of ``turns_by_split``."""
     from datasets import Dataset, DatasetDict
 
     return DatasetDict({
-        split: Dataset.from_list([task_example(t, task, max_history) for t in turns])
+        split: Dataset.from_list([task_example(t, task, max_history, tagged) for t in turns])
         for split, turns in turns_by_split.items()
     })
 
@@ -180,7 +187,8 @@ def prepare(cfg: DataConfig, out: str | Path) -> dict:
 
     with staged_dir(out, "prepare", inputs) as tmp:
         for task in TASKS:
-            build_task(turns, task, cfg.max_history_messages).save_to_disk(str(tmp / task))
+            build_task(turns, task, cfg.max_history_messages,
+                       cfg.history_strategy_tags).save_to_disk(str(tmp / task))
         DatasetDict({split: Dataset.from_list([turn_record(t) for t in ts])
                      for split, ts in turns.items()}).save_to_disk(str(tmp / "turns"))
         manifest["seconds"] = round(time.time() - t0, 2)

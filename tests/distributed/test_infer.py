@@ -60,25 +60,35 @@ def setup(tmp_path_factory, esconv_dir):
 
 
 def infer_args(setup, out, mode="decoupled", extra=()):
-    models = (["--planner", str(setup / "parrot-planner"), "--generator", str(setup / "tiny")]
-              if mode == "decoupled" else ["--model", str(setup / "parrot-vanilla")])
+    models = {"decoupled": ["--planner", str(setup / "parrot-planner"),
+                            "--generator", str(setup / "tiny")],
+              "generator-gold": ["--generator", str(setup / "tiny")],
+              "vanilla": ["--model", str(setup / "parrot-vanilla")]}[mode]
     return ["infer", "--mode", mode, *models, "--data", str(setup / "data"), "--split", "test",
             "--out", str(out), "infer.max_new_tokens=12", "infer.batch_size=4",
-            "infer.chunk_size=8", "infer.precision=fp32", "run.dist_timeout_s=120", *extra]
+            "infer.chunk_size=8", "infer.precision=fp32", "run.dist_timeout_s=120",
+            "eval.protocol=ours", *extra]
 
 
-SAMPLED = ["infer.do_sample=true", "infer.temperature=0.7"]
+# the paper's decoding: sampled at 0.7 / 0.95, here over two seeds
+PAPER = ["eval.protocol=paper", "infer.decode_seeds=2"]
 
 
 @pytest.mark.distributed
 def test_decoupled_two_ranks_equal_one_rank_and_conditioning(setup):
     two, one = setup / "infer" / "dec-two", setup / "infer" / "dec-one"
-    launch(infer_args(setup, two, extra=SAMPLED), env=launch_env(WANDB_MODE="disabled"),
+    launch(infer_args(setup, two, extra=PAPER), env=launch_env(WANDB_MODE="disabled"),
            log=setup / "infer-two.log")
-    launch(infer_args(setup, one, extra=SAMPLED), nproc=1, launcher="python",
+    launch(infer_args(setup, one, extra=PAPER), nproc=1, launcher="python",
            env=launch_env(OMP_NUM_THREADS="1", WANDB_MODE="disabled"), log=setup / "infer-one.log")
     a, b = (one / "predictions.jsonl").read_bytes(), (two / "predictions.jsonl").read_bytes()
     assert a == b
+    # the second decode: the same on any number of ranks, drawn with seeds of its own
+    second = (two / "predictions.decode-1.jsonl").read_bytes()
+    assert (one / "predictions.decode-1.jsonl").read_bytes() == second
+    replies = [[json.loads(line)["pred_reply"] for line in x.decode().splitlines()]
+               for x in (b, second)]
+    assert sum(r0 != r1 for r0, r1 in zip(*replies)) > len(replies[0]) // 2
 
     preds = load_predictions(two / "predictions.jsonl")
     turns = {t["id"]: t for t in load_task(setup / "data", "turns")["test"]}
@@ -97,8 +107,33 @@ def test_decoupled_two_ranks_equal_one_rank_and_conditioning(setup):
                                     PLANNER_ANSWER, MAX_HISTORY)
         assert rec["messages"] == expected
     m = json.loads((two / "manifest.json").read_text())
-    assert m["world_size"] == 2 and set(m["generation"]) == {"planner", "generator"}
+    assert m["world_size"] == 2 and set(m["generation"]) == {
+        "planner", "generator", "planner.decode-1", "generator.decode-1"}
     assert m["counts"]["turns"] == 48 and (two / "COMPLETED").is_file()
+    assert m["counts"]["decodes"] == ["predictions.jsonl", "predictions.decode-1.jsonl"]
+    assert m["config"]["decoding"] == {"protocol": "paper", "do_sample": True,
+                                       "temperature": 0.7, "top_p": 0.95, "top_k": 0,
+                                       "decodes": 2}
+    assert set(m["outputs"]) >= {"predictions", "predictions_decode_1"}
+
+
+@pytest.mark.distributed
+def test_generator_on_gold_strategies(setup):
+    out = setup / "infer" / "gold"
+    launch(infer_args(setup, out, mode="generator-gold"), nproc=1, launcher="python",
+           env=launch_env(OMP_NUM_THREADS="1", WANDB_MODE="disabled"), log=setup / "infer-gold.log")
+    preds = load_predictions(out / "predictions.jsonl")
+    turns = {t["id"]: t for t in load_task(setup / "data", "turns")["test"]}
+    assert sorted(p.id for p in preds) == sorted(turns)
+    assert all(p.mode == "generator-gold" and p.pred_strategy == p.gold_strategy
+               == p.pred_strategy_raw for p in preds)
+    for rec in chunk_records(out / "chunks" / "generator"):
+        turn = turns[rec["id"]]
+        assert rec["messages"] == generator_prompt(history_messages(turn["history"]),
+                                                   turn["strategy"], MAX_HISTORY)
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["config"]["decoding"]["do_sample"] is False and m["config"]["decoding"]["decodes"] == 1
+    assert not (out / "predictions.decode-1.jsonl").exists()
 
 
 @pytest.mark.distributed

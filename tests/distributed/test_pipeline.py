@@ -6,7 +6,8 @@ import sys
 
 from esc_dist.config import load_recipe
 from esc_dist.io import verify_outputs
-from esc_dist.pipeline import SYSTEMS, plan
+from esc_dist.constants import GOLD_SYSTEMS, SYSTEMS
+from esc_dist.pipeline import plan
 from tests.helpers import ROOT, TEST_DATA, launch_env
 
 
@@ -17,8 +18,19 @@ def test_plan_covers_every_stage_in_order():
         assert [n for n in names if n.startswith(stage + "-")] == [
             f"{stage}-{r}" for r in ("planner", "generator", "vanilla")]
     assert names.index("judge-vanilla") < names.index("dpo-planner")
-    assert [n for n in names if n.startswith("infer-")] == [f"infer-{s}" for s in SYSTEMS]
+    assert [n for n in names if n.startswith("infer-")] == [
+        f"infer-{s}" for s in (*SYSTEMS, *GOLD_SYSTEMS)]
     assert names[-1] == "compare"
+    without = plan(load_recipe(None, ["eval.generator_gold=false"]))
+    assert [s.name for s in without if s.name.startswith("eval-")] == [f"eval-{s}" for s in SYSTEMS]
+    # the protocol decides the decoding: it is part of the inference stages' keys only
+    from esc_dist.pipeline import stage_key
+
+    keys = {p: {s.name: stage_key(s, r) for s in plan(r)} for p, r in (
+        ("paper", load_recipe(None)), ("ours", load_recipe(None, ["eval.protocol=ours"])))}
+    changed = {n for n in keys["paper"] if keys["paper"][n] != keys["ours"][n]}
+    assert {n for n in changed if not n.startswith(("eval-", "compare"))} == {
+        f"infer-{s}" for s in (*SYSTEMS, *GOLD_SYSTEMS)}
     # a real model skips the tiny-model stage and trains from model.base
     real = plan(load_recipe(None, ["model.base=/models/qwen"]))
     assert "tiny-model" not in [s.name for s in real]

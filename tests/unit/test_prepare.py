@@ -139,3 +139,34 @@ def test_full_split_counts(tmp_path, esconv_dir):
     m = prepare(cfg, tmp_path / "full")
     assert {k: (v["dialogues"], v["turns"]) for k, v in m["counts"].items()} == {
         "train": (1040, 14763), "validation": (130, 1821), "test": (130, 1792)}
+
+
+def test_history_without_strategy_tags(tmp_path, esconv_dir):
+    """data.history_strategy_tags=false: the planner's and vanilla model's prompts show the
+    supporter's past turns as plain text (the paper's planner); the targets keep their form, and
+    inference rebuilds the same prompts from the turns (it reads the flag from the manifest)."""
+    from esc_dist.data.tasks import history_messages, planner_prompt, vanilla_prompt
+    from esc_dist.infer import history_tags_of, planner_items, vanilla_items
+
+    cfg = DataConfig(esconv=str(esconv_dir / "esconv.json"),
+                     split=str(esconv_dir / "splits" / "decoupledesc_split.json"),
+                     max_dialogues={"train": 3, "validation": 1, "test": 2},
+                     history_strategy_tags=False)
+    prepare(cfg, tmp_path / "plain")
+    prepare(DataConfig(**{**cfg.__dict__, "history_strategy_tags": True}), tmp_path / "tagged")
+    assert history_tags_of(tmp_path / "plain") is False
+    assert history_tags_of(tmp_path / "tagged") is True
+    turns = load_from_disk(str(tmp_path / "plain" / "turns"))["test"]
+    for task, build, items in (("planner", planner_prompt, planner_items),
+                               ("vanilla", vanilla_prompt, vanilla_items)):
+        plain = load_from_disk(str(tmp_path / "plain" / task))["test"]
+        tagged = load_from_disk(str(tmp_path / "tagged" / task))["test"]
+        said = [m["content"] for row in plain for m in row["prompt"] if m["role"] == "assistant"]
+        assert said and all(parse_tagged(t)[0] is None for t in said)
+        tagged_said = [m["content"] for row in tagged for m in row["prompt"]
+                       if m["role"] == "assistant"]
+        assert len(tagged_said) == len(said) and all(parse_tagged(t)[0] for t in tagged_said)
+        assert [parse_tagged(t)[1] for t in tagged_said] == said  # same words, tags dropped
+        assert plain["completion"] == tagged["completion"]
+        rebuilt = items(turns, None, cfg.max_history_messages, False)
+        assert [it.messages for it in rebuilt] == plain["prompt"]

@@ -127,6 +127,22 @@ def test_malformed_answers_are_counted_not_raised(server, key):
     assert c.stats()["parse_failures"] == 2 and c.stats()["request_failures"] == 1
 
 
+def test_plain_text_answers_share_cache_and_retries(server, key, tmp_path):
+    c = client(server, tmp_path, concurrency=1)
+    server.script = [Reply(status=500, raw=b"{}"), Reply(content=" 4.\n"),
+                     Reply(content="not json, fine here")]
+    results = c.map_text([ask("one"), ask("two"), ask("one")])
+    assert [r.ok for r in results] == [True, True, True]
+    assert [r.text for r in results] == [" 4.\n", "not json, fine here", " 4.\n"]
+    assert all(r.data is None for r in results)
+    assert c.stats()["retries"] == 1 and c.stats()["requests"] == 3  # "one" asked once
+    assert all(r["body"]["temperature"] == 0 for r in server.requests)
+    c2 = client(server, tmp_path)
+    again = c2.map_text([ask("one"), ask("two")])
+    assert [r.text for r in again] == [" 4.\n", "not json, fine here"]
+    assert all(r.cached for r in again) and c2.stats()["requests"] == 0
+
+
 def test_parse_failure_counter(server, key):
     c = client(server, concurrency=1)
     server.script = [Reply(content="nope"), Reply(content="[1]")]

@@ -3,9 +3,12 @@
 Built on the official ``openai`` client (protocol, types, authentication, connection pool,
 timeouts, errors by status) and a thread pool for concurrency. What this module adds:
 
-* **Answers are JSON objects.** :meth:`LLMClient.chat_json` parses the model's message strictly
-  (one JSON object, optionally inside a single Markdown code fence); a malformed answer is counted
-  and returned as a failed :class:`ChatResult`, never raised, so one bad answer cannot sink a batch.
+* **Answers are JSON objects, or plain text.** :meth:`LLMClient.chat_json` parses the model's
+  message strictly (one JSON object, optionally inside a single Markdown code fence); a malformed
+  answer is counted and returned as a failed :class:`ChatResult`, never raised, so one bad answer
+  cannot sink a batch. :meth:`LLMClient.chat_text` returns the message as it came (the caller
+  parses it and counts what it finds malformed with :meth:`LLMClient.count`); both share the
+  cache, the retries and the counters, and both send ``temperature`` (0 by default).
 * **Retries.** HTTP 429 and 5xx, connection errors and timeouts are retried up to ``max_retries``
   times with exponential backoff and jitter; a ``Retry-After`` header wins over the computed delay.
   Other HTTP errors are not retried; 401/403/404 and a base URL that is no http(s) URL raise
@@ -305,21 +308,28 @@ class LLMClient:
 
     # -- public API ---------------------------------------------------------------------------
 
-    def chat_json(self, messages: Messages) -> ChatResult:
-        """Ask once (or read the cache) and parse the answer as a JSON object."""
+    def _answer(self, messages: Messages) -> tuple[str | None, bool, ChatResult | None]:
+        """The model's answer text from the cache or the endpoint: ``(text, cached, None)``, or
+        ``(None, False, failed result)`` when the request failed for good."""
         self.count("calls")
         key = cache_key(self.model, self.prompt_version, messages)
         text = self._cache_get(key)
-        cached = text is not None
-        if cached:
+        if text is not None:
             self.count("cache_hits")
-        else:
-            try:
-                text = self._fetch(messages)
-            except _Fatal as e:
-                self.count("request_failures")
-                return ChatResult(False, error=f"request: {e}")
-            self._cache_put(key, text)
+            return text, True, None
+        try:
+            text = self._fetch(messages)
+        except _Fatal as e:
+            self.count("request_failures")
+            return None, False, ChatResult(False, error=f"request: {e}")
+        self._cache_put(key, text)
+        return text, False, None
+
+    def chat_json(self, messages: Messages) -> ChatResult:
+        """Ask once (or read the cache) and parse the answer as a JSON object."""
+        text, cached, failed = self._answer(messages)
+        if failed is not None:
+            return failed
         try:
             data = parse_json_answer(text)
         except JSONAnswerError as e:
@@ -327,8 +337,16 @@ class LLMClient:
             return ChatResult(False, text=text, error=f"parse: {e}", cached=cached)
         return ChatResult(True, data=data, text=text, cached=cached)
 
-    def map_json(self, conversations: Sequence[Messages]) -> list[ChatResult]:
-        """:meth:`chat_json` over many prompts, ``concurrency`` at a time, results in order."""
+    def chat_text(self, messages: Messages) -> ChatResult:
+        """Ask once (or read the cache); the answer is returned as text (``ChatResult.text``,
+        ``data`` None), unparsed: the caller judges it and counts a malformed one with
+        ``count("parse_failures")``."""
+        text, cached, failed = self._answer(messages)
+        if failed is not None:
+            return failed
+        return ChatResult(True, text=text, cached=cached)
+
+    def _map(self, ask, conversations: Sequence[Messages]) -> list[ChatResult]:
         if not conversations:
             return []
         # Identical prompts are asked once.
@@ -338,10 +356,18 @@ class LLMClient:
             first.setdefault(k, i)
         unique = [conversations[i] for i in first.values()]
         if self.concurrency == 1 or len(unique) == 1:
-            results = [self.chat_json(m) for m in unique]
+            results = [ask(m) for m in unique]
         else:
             with ThreadPoolExecutor(max_workers=min(self.concurrency, len(unique)),
                                     thread_name_prefix="llm") as pool:
-                results = list(pool.map(self.chat_json, unique))
+                results = list(pool.map(ask, unique))
         by_key = dict(zip(first, results))
         return [by_key[k] for k in keys]
+
+    def map_json(self, conversations: Sequence[Messages]) -> list[ChatResult]:
+        """:meth:`chat_json` over many prompts, ``concurrency`` at a time, results in order."""
+        return self._map(self.chat_json, conversations)
+
+    def map_text(self, conversations: Sequence[Messages]) -> list[ChatResult]:
+        """:meth:`chat_text` over many prompts, ``concurrency`` at a time, results in order."""
+        return self._map(self.chat_text, conversations)

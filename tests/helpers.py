@@ -370,14 +370,15 @@ def completion(content: str) -> bytes:
 
 def fake_model(body: dict) -> Reply:
     """A stand-in judge: a candidate containing "BAD" makes a Template Response; the reply
-    scorer gives 4 everywhere, or 1 for empathy when the reply contains "BAD"."""
+    scorer (one rubric prompt per dimension) answers 4, or 1 for empathy when the reply contains
+    "BAD"."""
     system, user = body["messages"][0]["content"], body["messages"][-1]["content"]
     if "MALFORMED" in user:
         return Reply(content="Sure! Here is my verdict: A is fine")
-    if "fluency" in system:
-        bad = "BAD" in user.split("The supporter's reply to rate:")[-1]
-        return Reply(content=json.dumps({"fluency": 4, "professionalism": 4,
-                                         "empathy": 1 if bad else 4, "helpfulness": 4}))
+    if "Candidate reply to rate:" in user:
+        reply = user.split("Candidate reply to rate:")[-1].split("\n\nRate the")[0]
+        empathy = system.split("\n\n")[1].startswith("Empathy")
+        return Reply(content="1" if empathy and "BAD" in reply else "4")
     cands = dict(re.findall(r"^([AB]): (.*)$", user, re.M))
     verdict = {f"{k}_errors": (["Template Response"] if "BAD" in v else []) for k, v in
                cands.items()}

@@ -77,9 +77,10 @@ def _print_headline(report: dict, out: Path) -> None:
 
 
 def _llm_judge_scores(pred: Path, data: str | None, recipe, out: Path) -> dict:
-    """Fluency, professionalism, empathy and helpfulness (0-5) of every predicted reply, from the
-    judge endpoint of the recipe; the dialogue histories come from the prepared data."""
-    from ..data.esconv import render_history
+    """Fluency, professionalism, empathy and helpfulness (0-5) of every predicted reply, one
+    rubric prompt per dimension, from the judge endpoint of the recipe; each prompt shows the
+    dialogue history (from the prepared data), the seeker's last message, the reference (gold)
+    reply of the prediction and the predicted reply."""
     from ..eval.llm_scores import score_predictions
     from ..eval.predictions import load_predictions
     from ..infer import load_turns
@@ -88,14 +89,15 @@ def _llm_judge_scores(pred: Path, data: str | None, recipe, out: Path) -> dict:
         raise ConfigError("eval.llm_judge needs --data DIR (the prepared data, for the dialogue "
                           "histories the judge reads)")
     records = load_predictions(pred)  # validated before any request is made
-    histories = {t["id"]: render_history(t["history"])
-                 for t in load_turns(data, recipe.infer.split)}
+    histories = {t["id"]: t["history"] for t in load_turns(data, recipe.infer.split)}
     missing = [r.id for r in records if r.id not in histories]
     if missing:
         raise ConfigError(f"{pred}: {len(missing)} prediction id(s) are not turns of split "
                           f"{recipe.infer.split!r} in {data} (first: {missing[0]})")
     scores = score_predictions(records, recipe.judge, out / "llm_cache", histories)
-    print(f"LLM judge {scores['model']}: {scores['scored']}/{scores['n']} replies scored, "
+    print(f"LLM judge {scores['model']} ({scores['protocol']}): {scores['scored']}/{scores['n']} "
+          f"replies scored on all four, {scores['parse_failures']} malformed and "
+          f"{scores['request_failures']} failed of {scores['requests']} judgements; "
           + "  ".join(f"{k} {v:.2f}" if v is not None else f"{k} –"
                       for k, v in scores["means"].items()))
     return scores
@@ -148,7 +150,8 @@ def eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", metavar="DIR",
                    help="prepared data (esc-dist prepare); needed with eval.llm_judge=true, "
                         "which scores every reply 0-5 for fluency, professionalism, empathy and "
-                        "helpfulness with the judge endpoint of the recipe (judge.base_url, "
+                        "helpfulness (one rubric prompt each, with the gold reply as reference) "
+                        "with the judge endpoint of the recipe (judge.base_url, "
                         "judge.model, key from judge.api_key_env)")
 
 

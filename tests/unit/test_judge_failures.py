@@ -104,15 +104,15 @@ def test_allowed_share_passes_and_is_recorded(tmp_path, server, capsys):
 
 
 def test_llm_scores_fail_unless_the_share_is_allowed(server):
-    records = [{"id": f"t{i}", "pred_reply": f"reply {i}"} for i in range(4)]
+    records = [{"id": f"t{i}", "gold_reply": "g", "pred_reply": f"reply {i}"} for i in range(4)]
     server.respond = always_500
     cfg = JudgeConfig(backend="openai", model="fake-judge", base_url=server.url, api_key_env="",
                       max_retries=0)
-    with pytest.raises(LLMError, match="LLM scores: 4 of 4 requests failed for good"):
+    with pytest.raises(LLMError, match="LLM scores: 16 of 16 requests failed for good"):
         score_predictions(records, cfg, None)
     cfg.max_failed_share = 1.0
     out = score_predictions(records, cfg, None)
-    assert out["request_failures"] == 4 and out["scored"] == 0
+    assert out["request_failures"] == 16 and out["scored"] == 0
 
 
 def test_eval_with_unreachable_llm_judge_keeps_the_previous_report(tmp_path, small_setup, capsys):
@@ -133,5 +133,6 @@ def test_eval_with_unreachable_llm_judge_keeps_the_previous_report(tmp_path, sma
                  "judge.api_key_env=ESC_DIST_NO_KEY", "judge.max_retries=0",
                  "wandb.mode=disabled"]) == 2
     err = capsys.readouterr().err
-    assert f"LLM scores: {len(turns)} of {len(turns)} requests failed for good" in err
+    n = 4 * len(turns)  # one request per (reply, dimension)
+    assert f"LLM scores: {n} of {n} requests failed for good" in err
     assert snapshot(out) == before

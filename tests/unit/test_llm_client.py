@@ -13,7 +13,8 @@ import traceback
 import pytest
 
 from esc_dist.config import JudgeConfig
-from esc_dist.eval.llm_scores import DIMENSIONS, score_predictions
+from esc_dist.eval.llm_scores import (DIMENSIONS, PROTOCOL, parse_score, score_messages,
+                                      score_predictions)
 from esc_dist.ipm.judge import judge_pairs
 from esc_dist.llm_client import JSONAnswerError, LLMClient, LLMError, parse_json_answer
 from tests.helpers import FakeServer, Reply, fake_model
@@ -124,6 +125,22 @@ def test_malformed_answers_are_counted_not_raised(server, key):
                                                "judge_request_error"]
     assert not any(v["keep"] for v in verdicts)
     assert c.stats()["parse_failures"] == 2 and c.stats()["request_failures"] == 1
+
+
+def test_plain_text_answers_share_cache_and_retries(server, key, tmp_path):
+    c = client(server, tmp_path, concurrency=1)
+    server.script = [Reply(status=500, raw=b"{}"), Reply(content=" 4.\n"),
+                     Reply(content="not json, fine here")]
+    results = c.map_text([ask("one"), ask("two"), ask("one")])
+    assert [r.ok for r in results] == [True, True, True]
+    assert [r.text for r in results] == [" 4.\n", "not json, fine here", " 4.\n"]
+    assert all(r.data is None for r in results)
+    assert c.stats()["retries"] == 1 and c.stats()["requests"] == 3  # "one" asked once
+    assert all(r["body"]["temperature"] == 0 for r in server.requests)
+    c2 = client(server, tmp_path)
+    again = c2.map_text([ask("one"), ask("two")])
+    assert [r.text for r in again] == [" 4.\n", "not json, fine here"]
+    assert all(r.cached for r in again) and c2.stats()["requests"] == 0
 
 
 def test_parse_failure_counter(server, key):
@@ -311,29 +328,138 @@ def test_missing_key(monkeypatch, server):
 # LLM reply scores
 
 
-def test_score_predictions(server, key, tmp_path):
-    records = [{"id": "t1", "gold_strategy": "Question", "gold_reply": "g",
-                "pred_strategy": "Question", "pred_reply": "How did that feel?"},
-               {"id": "t2", "gold_strategy": "Question", "gold_reply": "g",
-                "pred_strategy": "Others", "pred_reply": "BAD reply"},
-               {"id": "t3", "gold_strategy": "Question", "gold_reply": "g",
-                "pred_strategy": "Others", "pred_reply": "MALFORMED"}]
+def dimension_of(body) -> str:
+    """The dimension a scoring request asks about (the rubric's first word)."""
+    return body["messages"][0]["content"].split("\n\n")[1].split(":")[0].lower()
+
+
+def candidate_of(body) -> str:
+    return body["messages"][-1]["content"].split("Candidate reply to rate:\n")[1].split("\n\n")[0]
+
+
+LOST = [{"role": "seeker", "text": "Hi there", "strategy": None},
+        {"role": "supporter", "text": "Hello, what is on your mind?", "strategy": "Question"},
+        {"role": "seeker", "text": "I lost my keys and my job on the same day.", "strategy": None}]
+
+
+def scored_records(n=3):
+    return [{"id": f"t{i}", "gold_strategy": "Question", "gold_reply": f"GOLD reference {i}",
+             "pred_strategy": "Question", "pred_reply": f"candidate reply number {i}" + "!" * i}
+            for i in range(n)]
+
+
+def test_parse_score_is_strict():
+    for text, v in (("4", 4.0), (" 3 ", 3.0), ("4.", 4.0), ("0", 0.0), ("5", 5.0),
+                    ("3.5", 3.5), ("\n2.\n", 2.0)):
+        assert parse_score(text) == v
+    for bad in ("", "Score: 4", "**4**", "4/5", "6", "5.5", "four", "4 out of 5", "-1", "4, 5"):
+        with pytest.raises(ValueError):
+            parse_score(bad)
+
+
+def test_four_rubric_prompts_carry_reference_and_last_seeker_message(server, key):
+    records = scored_records(1)
+    out = score_predictions(records, cfg_for(server), None, {"t0": LOST},
+                            client=client(server), keep_per_item=True)
+    assert out["protocol"] == PROTOCOL == "four-rubric-with-reference"
+    assert len(server.requests) == out["requests"] == 4
+    assert sorted(dimension_of(r["body"]) for r in server.requests) == sorted(DIMENSIONS)
+    for r in server.requests:
+        body = r["body"]
+        assert body["temperature"] == 0  # greedy judging
+        user = body["messages"][-1]["content"]
+        assert "Reference reply (by a human supporter):\nGOLD reference 0\n" in user
+        assert ("The seeker's last message:\nI lost my keys and my job on the same day.\n"
+                in user)
+        assert "Supporter [Question]: Hello, what is on your mind?" in user  # the context
+        assert candidate_of(body) == "candidate reply number 0"
+        system = body["messages"][0]["content"]
+        assert all(f"{level} - " in system for level in range(6))  # a level-by-level rubric
+    assert out["items"] == {"t0": dict.fromkeys(DIMENSIONS, 4.0)}
+    assert out["scored"] == 1 and out["scored_requests"] == 4
+    assert out["missing"] == {"history": 0, "reference": 0}
+    # without history or reference the prompt says so and the output counts it
+    msgs = score_messages("empathy", None, None, "ok")
+    assert msgs[-1]["content"].count("(not available)") == 3
+
+
+def test_malformed_answer_for_one_dimension_keeps_the_other_three(server, key):
+    def respond(body):
+        if dimension_of(body) == "helpfulness":
+            return Reply(content="Score: 4")
+        return fake_model(body)
+
+    server.respond = respond
+    records = scored_records(3)
+    c = client(server)
+    out = score_predictions(records, cfg_for(server), None, {r["id"]: LOST for r in records},
+                            client=c, keep_per_item=True)
+    assert out["n"] == 3 and out["requests"] == 12
+    assert out["parse_failures"] == 3 and out["request_failures"] == 0
+    assert c.stats()["parse_failures"] == 3
+    assert out["scored"] == 0 and out["scored_requests"] == 9  # no reply has all four
+    assert out["counts"] == {"fluency": 3, "professionalism": 3, "empathy": 3, "helpfulness": 0}
+    assert out["means"] == {"fluency": 4.0, "professionalism": 4.0, "empathy": 4.0,
+                            "helpfulness": None}
+    for scores in out["items"].values():
+        assert scores == {"fluency": 4.0, "professionalism": 4.0, "empathy": 4.0,
+                          "helpfulness": None}
+
+
+def _varied(body) -> Reply:
+    """A score that depends on the dimension and the candidate, so that means can be checked."""
+    dim, cand = dimension_of(body), candidate_of(body)
+    if "MALFORMED" in cand:
+        return Reply(content="I would say four")
+    return Reply(content=f"{(len(cand) + DIMENSIONS.index(dim)) % 6}" + ("." if "!" in cand
+                                                                          else ""))
+
+
+def test_means_match_an_independent_computation_and_rerun_is_free(server, key, tmp_path):
+    records = scored_records(5) + [{"id": "bad", "gold_reply": "g", "pred_reply": "MALFORMED"}]
+    server.respond = _varied
+    histories = {r["id"]: LOST for r in records}
+    first = score_predictions(records, cfg_for(server), tmp_path / "cache", histories,
+                              client=client(server, tmp_path), keep_per_item=True)
+    expected = {}
+    for k, dim in enumerate(DIMENSIONS):
+        vals = [(len(r["pred_reply"]) + k) % 6 for r in records[:5]]
+        expected[dim] = pytest.approx(sum(vals) / len(vals), abs=1e-4)
+    assert first["means"] == expected
+    assert first["counts"] == dict.fromkeys(DIMENSIONS, 5)
+    assert first["scored"] == 5 and first["parse_failures"] == 4
+    assert first["items"]["bad"] == dict.fromkeys(DIMENSIONS)
+    assert len(server.requests) == first["requests"] == 24
+    # A second run on the same cache asks nothing and gives the same scores.
+    c = client(server, tmp_path)
+    second = score_predictions(records, cfg_for(server), tmp_path / "cache", histories,
+                               client=c, keep_per_item=True)
+    assert len(server.requests) == 24 and c.stats()["requests"] == 0
+    assert c.stats()["cache_hits"] == 24
+    assert {k: v for k, v in second.items() if k != "client"} == \
+        {k: v for k, v in first.items() if k != "client"}
+
+
+def test_score_predictions_out_of_range_and_cache(server, key, tmp_path):
+    records = [{"id": "t1", "gold_reply": "g", "pred_reply": "How did that feel?"},
+               {"id": "t2", "gold_reply": "g", "pred_reply": "BAD reply"},
+               {"id": "t3", "gold_reply": "g", "pred_reply": "MALFORMED"}]
     cfg = cfg_for(server)
-    out = score_predictions(records, cfg, tmp_path / "cache", {"t1": "Seeker: I lost my keys"},
+    out = score_predictions(records, cfg, tmp_path / "cache", {"t1": LOST},
                             client=client(server, tmp_path), keep_per_item=True)
-    assert out["n"] == 3 and out["scored"] == 2 and out["parse_failures"] == 1
+    assert out["n"] == 3 and out["scored"] == 2 and out["parse_failures"] == 4
     assert out["means"] == {"fluency": 4.0, "professionalism": 4.0, "empathy": 2.5,
                             "helpfulness": 4.0}
-    assert out["counts"] == dict.fromkeys(DIMENSIONS, 2) and out["items"]["t3"] is None
-    assert any("Seeker: I lost my keys" in r["body"]["messages"][-1]["content"]
-               for r in server.requests)
+    assert out["counts"] == dict.fromkeys(DIMENSIONS, 2)
+    assert out["items"]["t3"] == dict.fromkeys(DIMENSIONS)
+    assert out["missing"] == {"history": 2, "reference": 0}
     # Out-of-range scores are malformed too; the rerun of the rest comes from the cache.
-    server.script = [Reply(content=json.dumps(dict.fromkeys(DIMENSIONS, 9)))]
-    c = client(server, tmp_path)
-    out2 = score_predictions(records + [{"id": "t4", "pred_reply": "new one"}], cfg, None,
-                             {"t1": "Seeker: I lost my keys"}, client=c)
-    assert out2["parse_failures"] == 2 and out2["scored"] == 2
-    assert c.stats()["cache_hits"] == 3 and c.stats()["requests"] == 1
+    server.script = [Reply(content="9") for _ in range(4)]
+    c = client(server, tmp_path, concurrency=1)
+    out2 = score_predictions(records + [{"id": "t4", "gold_reply": "g", "pred_reply": "new"}],
+                             cfg, None, {"t1": LOST}, client=c)
+    assert out2["parse_failures"] == 8 and out2["scored"] == 2
+    assert c.stats()["cache_hits"] == 12 and c.stats()["requests"] == 4
 
 
 def test_eval_llm_judge_scores(server, key, small_setup, tmp_path, capsys):
@@ -367,7 +493,9 @@ def test_eval_llm_judge_scores(server, key, small_setup, tmp_path, capsys):
     # each request carries the history of its own turn
     last = turns[n - 1]["history"][-1]["text"].strip()
     assert any(last in r["body"]["messages"][-1]["content"] for r in server.requests)
-    assert len(server.requests) == n
+    assert len(server.requests) == scores["requests"] == 4 * n
+    assert scores["protocol"] == "four-rubric-with-reference"
+    assert scores["missing"] == {"history": 0, "reference": 0}
     for f in out.rglob("*"):
         if f.is_file():
             assert SECRET not in f.read_text(errors="ignore"), f

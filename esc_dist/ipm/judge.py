@@ -18,6 +18,7 @@ from ..constants import ROLES
 from ..errors import ConfigError, DataError
 # The error names are re-exported: the judge's callers name errors through this module.
 from ..psych.names import EARLY_SHIFT, LACK_EMPATHY, RULE_ERRORS, TEMPLATE  # noqa: F401
+from ..psych.rules import RULES_VERSION
 from ..strategies import normalize_strategy
 
 # The judge's three errors (of the five in esc_dist.psych.names), in the order verdicts list them.
@@ -25,8 +26,9 @@ ERRORS: tuple[str, ...] = RULE_ERRORS
 
 # Both versions are part of the pipeline's stage keys: changing one makes the judge stages stale.
 PROMPT_VERSION = "ipm-judge-v1"
-# Bump when an offline rule changes: outputs judged by other rules are then judged again.
-OFFLINE_RULES_VERSION = "offline-rules-v2"
+# The version of the offline rules (bumped in esc_dist.psych.rules when a rule changes): outputs
+# judged by other rules are then judged again.
+OFFLINE_RULES_VERSION = RULES_VERSION
 
 
 def verdict(pair_id: str, judge: str, reason: str, chosen: Sequence[str] = (),

@@ -19,6 +19,10 @@ from .lexicon import (BACKCHANNEL, CLOSING, DISMISS, GREETING, STOCK_FORMULA, ac
                       normalize, strong_emotion, tokens)
 from .names import EARLY_SHIFT, LACK_EMPATHY, RULE_ERRORS, TEMPLATE
 
+# Bump whenever a rule or a lexicon changes: what was labelled by other rules is then labelled
+# again (the IPM judge's stage key and the error rates of replies record it).
+RULES_VERSION = "offline-rules-v2"
+
 _PLANNER_ADVICE = {"Providing Suggestions", "Information"}
 _PLANNER_IGNORE = {"Information", "Providing Suggestions", "Others"}
 

@@ -16,12 +16,12 @@ from typing import Any, Mapping, Sequence
 from ..config import JudgeConfig
 from ..constants import ROLES
 from ..errors import ConfigError, DataError
-# The error names are re-exported: the judge's callers name errors through this module.
 from ..psych.names import EARLY_SHIFT, LACK_EMPATHY, RULE_ERRORS, TEMPLATE  # noqa: F401
 from ..psych.rules import RULES_VERSION
 from ..strategies import normalize_strategy
 
-# The judge's three errors (of the five in esc_dist.psych.names), in the order verdicts list them.
+# The judge's three errors (of the five in esc_dist.psych.names), in the order verdicts list them;
+# they are re-exported with their names, through which the judge's callers name errors.
 ERRORS: tuple[str, ...] = RULE_ERRORS
 
 # Both versions are part of the pipeline's stage keys: changing one makes the judge stages stale.

@@ -4,13 +4,14 @@ atomically (a temporary file in the target directory, then ``os.replace``)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from ..io import atomic_writer
+from ..psych.names import ERROR_TYPES
 from ..strategies import STRATEGIES
 
 SHORT = {
@@ -80,4 +81,33 @@ def plot_preferences(series: dict[str, Sequence[float]], path: str | Path,
     ax.set_ylabel("preference (sum = 8)")
     ax.set_title(title)
     ax.legend(fontsize=8)
+    return save_figure(fig, path)
+
+
+def plot_error_rates(systems: Mapping[str, Mapping], path: str | Path,
+                     title: str = "Psychological errors of generated replies") -> Path:
+    """Grouped bars of the error rates of several systems: one group per error type and one for
+    "none" (replies without error), one bar per system. ``systems`` maps a system's name to its
+    :func:`esc_dist.eval.psych_errors.error_rates` result (``rates`` and ``none`` are read); a
+    type its backend cannot see (rate None) gets no bar, only "n/a" at its foot."""
+    groups = list(ERROR_TYPES) + ["none"]
+    fig = _new_figure(max(8.0, 1.0 + 0.3 * len(groups) * max(1, len(systems))), 4.8)
+    ax = fig.add_subplot()
+    x = np.arange(len(groups))
+    width = 0.8 / max(1, len(systems))
+    for i, (name, result) in enumerate(systems.items()):
+        values = [result.get("rates", {}).get(g) for g in groups[:-1]] + [result.get("none")]
+        pos = x - 0.4 + width * (i + 0.5)
+        seen = [j for j, v in enumerate(values) if v is not None]
+        ax.bar(pos[seen], [values[j] for j in seen], width, color=f"C{i % 10}", label=name)
+        for j, v in enumerate(values):
+            if v is None:
+                ax.text(pos[j], 0.01, "n/a", ha="center", va="bottom", fontsize=6, rotation=90,
+                        color="grey")
+    ax.set_xticks(x, groups, rotation=20, ha="right")
+    ax.set_ylim(0.0, 1.0)
+    ax.set_ylabel("share of labelled replies")
+    ax.set_title(title)
+    if systems:
+        ax.legend(fontsize=8)
     return save_figure(fig, path)

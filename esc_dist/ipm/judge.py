@@ -2,10 +2,10 @@
 the rejected side shows at least one.
 
 :func:`judge_pairs` is the one entry point; it dispatches to the ``offline`` backend (the
-default; deterministic rules, :mod:`esc_dist.ipm.rules`) or the ``openai`` backend (an LLM
-behind any OpenAI-compatible endpoint, :mod:`esc_dist.ipm.llm_judge`). Both build their verdicts
-and reasons here. The errors, the rules, the prompt and the versions are documented in
-``docs/judge.md``.
+default; deterministic rules, :mod:`esc_dist.ipm.rules` over :mod:`esc_dist.psych.rules`) or the
+``openai`` backend (an LLM behind any OpenAI-compatible endpoint, :mod:`esc_dist.ipm.llm_judge`).
+Both build their verdicts and reasons here. The errors, the rules, the prompt and the versions
+are documented in ``docs/judge.md``.
 """
 
 from __future__ import annotations
@@ -16,17 +16,19 @@ from typing import Any, Mapping, Sequence
 from ..config import JudgeConfig
 from ..constants import ROLES
 from ..errors import ConfigError, DataError
+from ..psych.names import EARLY_SHIFT, LACK_EMPATHY, RULE_ERRORS, TEMPLATE  # noqa: F401
+from ..psych.rules import RULES_VERSION
 from ..strategies import normalize_strategy
 
-LACK_EMPATHY = "Lack Empathy"
-EARLY_SHIFT = "Early Emotion Shift"
-TEMPLATE = "Template Response"
-ERRORS: tuple[str, ...] = (LACK_EMPATHY, EARLY_SHIFT, TEMPLATE)
+# The judge's three errors (of the five in esc_dist.psych.names), in the order verdicts list them;
+# they are re-exported with their names, through which the judge's callers name errors.
+ERRORS: tuple[str, ...] = RULE_ERRORS
 
 # Both versions are part of the pipeline's stage keys: changing one makes the judge stages stale.
 PROMPT_VERSION = "ipm-judge-v1"
-# Bump when an offline rule changes: outputs judged by other rules are then judged again.
-OFFLINE_RULES_VERSION = "offline-rules-v2"
+# The version of the offline rules (bumped in esc_dist.psych.rules when a rule changes): outputs
+# judged by other rules are then judged again.
+OFFLINE_RULES_VERSION = RULES_VERSION
 
 
 def verdict(pair_id: str, judge: str, reason: str, chosen: Sequence[str] = (),

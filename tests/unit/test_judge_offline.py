@@ -10,15 +10,15 @@ import pytest
 
 from esc_dist.config import JudgeConfig
 from esc_dist.ipm.judge import EARLY_SHIFT, ERRORS, LACK_EMPATHY, TEMPLATE, judge_pairs
-from esc_dist.ipm.lexicon import (
+from esc_dist.ipm.rules import judge_pair_offline
+from esc_dist.psych.lexicon import (
     acknowledges,
     content_words,
     expresses_emotion,
     strong_emotion,
 )
-from esc_dist.ipm.rules import (
+from esc_dist.psych.rules import (
     Context,
-    judge_pair_offline,
     reply_findings,
     strategy_findings,
 )

@@ -1,4 +1,4 @@
-"""The IPM judge's lexicons and the small text predicates its offline rules are built from.
+"""The lexicons of the psychological-error rules and the small text predicates they are built from.
 
 What each word list covers and why is documented in ``docs/judge.md`` (section "Lexicons").
 """

@@ -371,10 +371,14 @@ def completion(content: str) -> bytes:
 def fake_model(body: dict) -> Reply:
     """A stand-in judge: a candidate containing "BAD" makes a Template Response; the reply
     scorer (one rubric prompt per dimension) answers 4, or 1 for empathy when the reply contains
-    "BAD"."""
+    "BAD"; the error labeller of generated replies finds a Template Response in a "BAD" reply."""
     system, user = body["messages"][0]["content"], body["messages"][-1]["content"]
     if "MALFORMED" in user:
         return Reply(content="Sure! Here is my verdict: A is fine")
+    if "The supporter's reply to review:" in user:
+        reply = user.split("The supporter's reply to review:")[-1]
+        return Reply(content=json.dumps({"errors": ["Template Response"] if "BAD" in reply
+                                         else []}))
     if "Candidate reply to rate:" in user:
         reply = user.split("Candidate reply to rate:")[-1].split("\n\nRate the")[0]
         empathy = system.split("\n\n")[1].startswith("Empathy")

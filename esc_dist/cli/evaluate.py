@@ -8,7 +8,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ..constants import ROLES, VARIANTS
+from ..constants import PROTOCOLS, ROLES, VARIANTS
 from ..errors import ConfigError
 from . import Command, recipe_of
 
@@ -59,48 +59,34 @@ def _num(v: float | None) -> str:
 
 
 def _print_headline(report: dict, out: Path) -> None:
-    h, c = report["headline"], report["counts"]
+    c = report["counts"]
     print(f"eval {report['name']}: {c['turns']} turns in {c['dialogues']} dialogues, "
-          f"{c['unparseable']} unparseable strategy predictions ({100 * c['unparseable_rate']:.1f}%)")
-    for variant, title in (("as_others", "unparseable -> Others"),
-                           ("excluded", "unparseable excluded")):
-        print(f"  strategy ({title}): Q {_pct(h[f'Q_{variant}'])}  "
-              f"weighted-F1 {_pct(h[f'weighted_f1_{variant}'])}  "
-              f"accuracy {_pct(h[f'accuracy_{variant}'])}  B {_num(h[f'B_{variant}'])}")
-    print("  replies: " + "  ".join(
-        f"{label} {_pct(h[key])}" for label, key in (
-            ("BLEU-1", "bleu_1"), ("BLEU-2", "bleu_2"), ("BLEU-4", "bleu_4"),
-            ("ROUGE-L", "rouge_l"), ("Dist-1", "distinct_1"), ("Dist-2", "distinct_2"),
-            ("unigram-F1", "unigram_f1")))
-          + f"  length {h['mean_length']:.1f}")
-    print(f"wrote report.json, report.md, confusion.png, preferences.png to {out}")
-
-
-def _llm_judge_scores(pred: Path, data: str | None, recipe, out: Path) -> dict:
-    """Fluency, professionalism, empathy and helpfulness (0-5) of every predicted reply, one
-    rubric prompt per dimension, from the judge endpoint of the recipe; each prompt shows the
-    dialogue history (from the prepared data), the seeker's last message, the reference (gold)
-    reply of the prediction and the predicted reply."""
-    from ..eval.llm_scores import score_predictions
-    from ..eval.predictions import load_predictions
-    from ..infer import load_turns
-
-    if not data:
-        raise ConfigError("eval.llm_judge needs --data DIR (the prepared data, for the dialogue "
-                          "histories the judge reads)")
-    records = load_predictions(pred)  # validated before any request is made
-    histories = {t["id"]: t["history"] for t in load_turns(data, recipe.infer.split)}
-    missing = [r.id for r in records if r.id not in histories]
-    if missing:
-        raise ConfigError(f"{pred}: {len(missing)} prediction id(s) are not turns of split "
-                          f"{recipe.infer.split!r} in {data} (first: {missing[0]})")
-    scores = score_predictions(records, recipe.judge, out / "llm_cache", histories)
-    print(f"LLM judge {scores['model']} ({scores['protocol']}): {scores['scored']}/{scores['n']} "
-          f"replies scored on all four, {scores['parse_failures']} malformed and "
-          f"{scores['request_failures']} failed of {scores['requests']} judgements; "
-          + "  ".join(f"{k} {v:.2f}" if v is not None else f"{k} –"
-                      for k, v in scores["means"].items()))
-    return scores
+          f"{c['unparseable']} unparseable strategy predictions ({100 * c['unparseable_rate']:.1f}%)"
+          f", {report['decodes']} decode(s); headline protocol: {report['protocol']}")
+    for w in report.get("warnings", []):
+        print(f"  warning: {w}")
+    for protocol, values in report["protocols"].items():
+        h = values["headline"]
+        print(f"  {protocol} protocol:")
+        for variant, title in (("as_others", "unparseable -> Others"),
+                               ("excluded", "unparseable excluded")):
+            print(f"    strategy ({title}): Q {_pct(h[f'Q_{variant}'])}  "
+                  f"weighted-F1 {_pct(h[f'weighted_f1_{variant}'])}  "
+                  f"accuracy {_pct(h[f'accuracy_{variant}'])}  B {_num(h[f'B_{variant}'])}")
+        print("    replies: " + "  ".join(
+            f"{label} {_pct(h[key])}" for label, key in (
+                ("BLEU-1", "bleu_1"), ("BLEU-2", "bleu_2"), ("BLEU-4", "bleu_4"),
+                ("ROUGE-L", "rouge_l"), ("Dist-1", "distinct_1"), ("Dist-2", "distinct_2"),
+                ("unigram-F1", "unigram_f1")))
+              + f"  length {h['mean_length']:.1f}")
+    for backend, errors in (report.get("psych_errors") or {}).items():
+        print(f"  psychological errors ({backend}): any {_pct(errors['any_error'])}  " + "  ".join(
+            f"{t} {_pct(v)}" for t, v in errors["rates"].items() if v is not None))
+    if report.get("adherence"):
+        a = report["adherence"]
+        print(f"  strategy adherence {_pct(a.get('adherence'))} (the classifier on the gold "
+              f"replies of these turns: {_pct((a.get('gold_reference') or {}).get('adherence'))})")
+    print(f"wrote report.json, report.md and figures to {out}")
 
 
 def _read_llm_scores(path: str) -> dict:
@@ -113,34 +99,73 @@ def _read_llm_scores(path: str) -> dict:
     return scores
 
 
+def decode_files(paths: list[Path]) -> list[Path]:
+    """The predictions files to score: as given, or -- for the one ``predictions.jsonl`` of an
+    inference output that made several decodes -- all of them, as its manifest lists them."""
+    from ..io import read_manifest
+
+    if len(paths) != 1 or paths[0].name != "predictions.jsonl":
+        return paths
+    names = ((read_manifest(paths[0].parent) or {}).get("counts") or {}).get("decodes")
+    if not isinstance(names, list) or len(names) < 2 or \
+            not all(isinstance(n, str) and "/" not in n for n in names):
+        return paths
+    return [paths[0].parent / n for n in names]
+
+
 def run_eval(args: argparse.Namespace) -> int:
     from ..eval.report import evaluate, log_report
+    from ..outputs import check_output, claim_dir
     from ..tracking import stage_run
 
-    from ..outputs import check_output, claim_dir
-
     recipe = recipe_of(args)
-    pred = Path(args.predictions)
-    inputs = [pred, args.llm_scores, args.data if recipe.eval.llm_judge else None]
-    out = check_output(args.out or pred.parent / "report", "eval", inputs)
-    name = args.name or pred.stem
+    preds = decode_files([Path(p) for p in args.predictions])
+    inputs = [*preds, args.llm_scores, args.data]
+    out = check_output(args.out or preds[0].parent / "report", "eval", inputs)
+    name = args.name or preds[0].stem
     llm_scores = _read_llm_scores(args.llm_scores) if args.llm_scores else None
+    extra = None
     if recipe.eval.llm_judge:
         if llm_scores is not None:
             raise ConfigError("give either --llm-scores or eval.llm_judge=true, not both")
-        claim_dir(out, "eval", inputs)  # the judge's answer cache lives in the report directory
-        llm_scores = _llm_judge_scores(pred, args.data, recipe, out)
-    report = evaluate(pred, out, name=name, llm_scores=llm_scores)
+        if not args.data:
+            raise ConfigError("eval.llm_judge needs --data DIR (the prepared data, for the "
+                              "dialogue histories the judge reads)")
+    if args.data:
+        from ..eval.predictions import load_predictions
+        from ..eval.with_data import data_metrics
+
+        first = load_predictions(preds[0])  # validated before any request is made
+        if recipe.eval.llm_judge:  # the judge's answer cache lives in the report directory
+            claim_dir(out, "eval", inputs)
+        judged, extra = data_metrics(first, recipe, args.data, out / "llm_cache", preds[0])
+        llm_scores = judged or llm_scores
+        if judged:
+            print(f"LLM judge {judged['model']} ({judged['protocol']}): {judged['scored']}/"
+                  f"{judged['n']} replies scored on all four, {judged['parse_failures']} "
+                  f"malformed and {judged['request_failures']} failed of {judged['requests']} "
+                  "judgements; " + "  ".join(f"{k} {v:.2f}" if v is not None else f"{k} –"
+                                              for k, v in judged["means"].items()))
+    else:
+        print("(no --data: psychological error rates and strategy adherence are not computed)")
+    if len(preds) > 1:
+        print(f"eval {name}: {len(preds)} decodes: {', '.join(p.name for p in preds)}")
+    report = evaluate(preds, out, name=name, protocol=recipe.eval.protocol,
+                      llm_scores=llm_scores, extra=extra)
     _print_headline(report, out)
     with stage_run(recipe, f"eval-{name}", out, config={"eval": {
-            "name": name, "predictions": str(pred), "sha256": report["input"]["sha256"]}}) as run:
+            "name": name, "predictions": [str(p) for p in preds], "protocol": report["protocol"],
+            "sha256": report["input"]["sha256"]}}) as run:
         log_report(run, report, out)
     return 0
 
 
 def eval_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("predictions", metavar="PRED.jsonl",
-                   help="predictions file, one JSON object per gold supporter turn")
+    p.add_argument("predictions", metavar="PRED.jsonl", nargs="+",
+                   help="predictions file(s), one JSON object per gold supporter turn; several "
+                        "files are decodes of one system (e.g. sampled with different seeds), "
+                        "scored as mean ± std; an inference output's predictions.jsonl brings "
+                        "its other decodes (predictions.decode-K.jsonl) along")
     p.add_argument("--out", help="output directory (default: a report/ directory next to "
                                  "the predictions file)")
     p.add_argument("--name", help="system name for the report and the W&B job type "
@@ -148,11 +173,14 @@ def eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--llm-scores", metavar="JSON",
                    help="JSON object of LLM-judge scores to include in the report")
     p.add_argument("--data", metavar="DIR",
-                   help="prepared data (esc-dist prepare); needed with eval.llm_judge=true, "
-                        "which scores every reply 0-5 for fluency, professionalism, empathy and "
-                        "helpfulness (one rubric prompt each, with the gold reply as reference) "
-                        "with the judge endpoint of the recipe (judge.base_url, "
-                        "judge.model, key from judge.api_key_env)")
+                   help="prepared data (esc-dist prepare): the dialogue histories and gold "
+                        "training replies behind the psychological error rates (offline rules; "
+                        "with eval.llm_judge=true also the LLM judge) and strategy adherence "
+                        "(eval.adherence); needed with eval.llm_judge=true, which also scores "
+                        "every reply 0-5 for fluency, professionalism, empathy and helpfulness "
+                        "(one rubric prompt each, with the gold reply as reference) with the "
+                        "judge endpoint of the recipe (judge.base_url, judge.model, key "
+                        "from judge.api_key_env)")
 
 
 def run_compare(args: argparse.Namespace) -> int:
@@ -162,12 +190,14 @@ def run_compare(args: argparse.Namespace) -> int:
     recipe = recipe_of(args)
     names = [n.strip() for n in args.names.split(",")] if args.names else None
     out = Path(args.out)
-    comparison, markdown = compare(args.reports, names, out, variant=args.variant)
+    comparison, markdown = compare(args.reports, names, out, variant=args.variant,
+                                   protocol=args.protocol)
     print(markdown)
     print(f"wrote comparison.json, comparison.md, comparison_preferences.png to {out}")
     with stage_run(recipe, "compare", out, config={"compare": {
             "reports": [str(r) for r in args.reports],
-            "names": [x["name"] for x in comparison["systems"]], "variant": args.variant}}) as run:
+            "names": [x["name"] for x in comparison["systems"]], "variant": args.variant,
+            "protocol": comparison["protocol"]}}) as run:
         log_comparison(run, comparison, out)
     return 0
 
@@ -178,6 +208,9 @@ def compare_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--names", metavar="A,B,...",
                    help="comma-separated system names, one per report (default: report names)")
     p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--protocol", choices=PROTOCOLS,
+                   help="the protocol whose values are compared (default: the first report's "
+                        "headline protocol, eval.protocol when it was written)")
     p.add_argument("--variant", choices=VARIANTS, default="as_others",
                    help="strategy metrics with unparseable predictions counted as Others "
                         "(as_others, default) or left out (excluded)")
@@ -191,17 +224,20 @@ COMMANDS = [
             "least one; write judged.jsonl, pairs.jsonl, a TRL conversational DPO dataset, "
             "stats.json and a manifest.", judge_arguments),
     Command("eval", run_eval,
-            "score a predictions file (strategy Q/F1/B, reply BLEU/ROUGE/Distinct)",
-            "Score a predictions JSONL file from the inference stage: strategy accuracy, Q "
-            "(macro-F1), weighted-F1 and preference bias B (Bradley-Terry, Kang et al. 2024), "
-            "each with unparseable strategies counted as Others and excluded; reply BLEU-1..4, "
-            "ROUGE-L, Distinct-1..3, unigram F1 and length. Writes report.json, report.md, "
-            "confusion.png and preferences.png, prints the headline metrics and logs them to "
-            "W&B (job type eval-NAME).", eval_arguments),
+            "score predictions (strategy Q/F1/B, replies, errors, adherence; both protocols)",
+            "Score the predictions JSONL file(s) of one system from the inference stage (several "
+            "decodes: mean ± std): strategy accuracy, Q (macro-F1), weighted-F1 and preference "
+            "bias B (Bradley-Terry, Kang et al. 2024), each with unparseable strategies counted "
+            "as Others and excluded; reply BLEU-1..4, ROUGE-L, Distinct-1..3, unigram F1 and "
+            "length -- all under the paper's protocol (per-reply NLTK metrics, 20-sweep B) and "
+            "ours (corpus metrics, converged B); with --data, psychological error rates and "
+            "strategy adherence. Writes report.json, report.md and figures, prints the headline "
+            "metrics and logs them to W&B (job type eval-NAME).", eval_arguments),
     Command("compare", run_compare, "put several evaluation reports side by side",
             "Compare evaluation reports (e.g. Vanilla-SFT, Vanilla-DPO, Decoupled-SFT, "
-            "Decoupled-DPO): Q, weighted-F1, accuracy, B, BLEU-2, ROUGE-L, Distinct-2 and the "
-            "unparseable count in one table, plus a grouped bar plot of each system's strategy "
-            "preferences. Writes comparison.json, comparison.md and comparison_preferences.png "
-            "and logs them to W&B (job type compare).", compare_arguments),
+            "Decoupled-DPO) under one protocol: Q, weighted-F1, accuracy, B, BLEU-2, ROUGE-L, "
+            "Distinct-2, error rate, adherence and the unparseable count in one table, plus "
+            "grouped bar plots of each system's strategy preferences and error rates. Writes "
+            "comparison.json, comparison.md and the figures and logs them to W&B (job type "
+            "compare).", compare_arguments),
 ]

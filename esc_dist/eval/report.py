@@ -1,100 +1,157 @@
-"""Evaluation reports: score a predictions file, write JSON + Markdown + figures, compare runs, log to W&B.
+"""Evaluation reports: score predictions, write JSON + Markdown + figures, compare runs, log to W&B.
 
-``evaluate`` writes into its output directory::
+``evaluate`` scores one system's predictions files -- one per decode (e.g. the paper protocol's
+sampled decodes under several seeds; one file for a greedy decode) -- and writes into its output
+directory::
 
-    report.json        every metric, the counts and the input file's sha256
-    report.md          headline table, per-strategy table, confusion table, definitions
-    confusion.png      gold × predicted heat map (with the unparseable column)
-    preferences.png    the 8 Bradley–Terry preferences against the ideal 1.0
+    report.json        every metric under both protocols, the counts, the inputs' sha256
+    report.md          headline table (both protocols), per-strategy and confusion tables,
+                       psychological error rates and adherence when computed, definitions
+    confusion.png      gold × predicted heat map (with the unparseable column), first decode
+    preferences.png    the 8 Bradley–Terry preferences against the ideal 1.0, first decode
+    errors.png         psychological error rates by type (when computed)
     manifest.json      the sha256 of each of them (written last)
 
+**Protocols** (``report["protocols"]``, both always computed; ``report["protocol"]`` names the
+headline one, ``eval.protocol``):
+
+- ``paper`` -- the DecoupledESC paper's definitions: per-reply NLTK text metrics
+  (:mod:`.paper_text`) and B from the released 20-sweep Bradley–Terry fit (``B_kang``). Its
+  decoding (sampled, temperature 0.7, top-p 0.95, ``infer.decode_seeds`` seeds) is the inference
+  stage's; the report states the decoding it found and warns when it is not the paper's.
+- ``ours`` -- corpus-level text metrics (:mod:`.text`) and B fitted to convergence.
+
+Q, weighted-F1 and accuracy are the same in both. Each headline value is the mean over the
+decodes, with the sample standard deviation (``std``; None for one decode); a value undefined in
+any decode is None. The detailed tables (per strategy, confusion, errors, adherence, LLM scores)
+are of the first decode. Strategy metrics exist in two variants (see :mod:`.strategy`):
+``as_others`` and ``excluded``; headline keys carry the variant in their name.
+
 ``compare`` puts several reports side by side (``comparison.json``, ``comparison.md``,
-``comparison_preferences.png``). Strategy metrics exist in two variants (see
-:mod:`esc_dist.eval.strategy`): ``as_others`` (unparseable predictions counted as "Others") and
-``excluded`` (unparseable turns left out); headline keys carry the variant in their name.
+``comparison_preferences.png``, ``comparison_errors.png``) under one protocol.
 """
 
 from __future__ import annotations
 
+import statistics
 from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..constants import VARIANTS
+from ..constants import PROTOCOLS, VARIANTS
 from ..errors import ConfigError, DataError, MissingInput
-from ..io import (atomic_write_json, atomic_write_text, output_record, read_json, require_verified,
-                  sha256_file, sha256_json, write_manifest)
+from ..io import (atomic_write_json, atomic_write_text, output_record, read_json, read_manifest,
+                  require_verified, sha256_file, sha256_json, write_manifest)
 from ..outputs import staged_dir
 from ..strategies import STRATEGIES
+from .markdown import VARIANT_TITLES, flatten, render_comparison_markdown, render_markdown
 from .plots import plot_confusion, plot_preferences
 from .predictions import Prediction, load_predictions
 from .strategy import strategy_metrics
 from .text import MAX_BLEU, MAX_DISTINCT, text_metrics
 
 REPORT_JSON, REPORT_MD = "report.json", "report.md"
-CONFUSION_PNG, PREFERENCES_PNG = "confusion.png", "preferences.png"
+CONFUSION_PNG, PREFERENCES_PNG, ERRORS_PNG = "confusion.png", "preferences.png", "errors.png"
 COMPARISON_JSON, COMPARISON_MD = "comparison.json", "comparison.md"
-COMPARISON_PNG = "comparison_preferences.png"
+COMPARISON_PNG, COMPARISON_ERRORS_PNG = "comparison_preferences.png", "comparison_errors.png"
 
-VARIANT_TITLES = {"as_others": "unparseable → Others", "excluded": "unparseable excluded"}
+# the paper's decoding (DecoupledESC inference scripts)
+PAPER_DECODING = {"do_sample": True, "temperature": 0.7, "top_p": 0.95}
 STRATEGY_HEADLINE = ("accuracy", "Q", "weighted_f1", "B")
-TEXT_HEADLINE = (*(f"bleu_{n}" for n in range(1, MAX_BLEU + 1)), "rouge_l",
-                 *(f"distinct_{n}" for n in range(1, MAX_DISTINCT + 1)),
-                 *(f"distinct_{n}_per_response" for n in range(1, MAX_DISTINCT + 1)),
-                 "unigram_f1", "mean_length")
-LABELS = {
-    "accuracy": "Accuracy (%)", "Q": "Q = macro-F1 (%)", "weighted_f1": "Weighted-F1 (%)",
-    "B": "B = preference bias", "rouge_l": "ROUGE-L (%)", "unigram_f1": "Unigram F1 (%)",
-    "mean_length": "Mean length (tokens)", "unparseable": "Unparseable", "turns": "Turns",
-    **{f"bleu_{n}": f"BLEU-{n} (%)" for n in range(1, MAX_BLEU + 1)},
-    **{f"distinct_{n}": f"Distinct-{n}, corpus (%)" for n in range(1, MAX_DISTINCT + 1)},
-    **{f"distinct_{n}_per_response": f"Distinct-{n}, per-response mean (%)"
-       for n in range(1, MAX_DISTINCT + 1)},
+TEXT_HEADLINE = {
+    "ours": (*(f"bleu_{n}" for n in range(1, MAX_BLEU + 1)), "rouge_l",
+             *(f"distinct_{n}" for n in range(1, MAX_DISTINCT + 1)),
+             *(f"distinct_{n}_per_response" for n in range(1, MAX_DISTINCT + 1)),
+             "unigram_f1", "mean_length"),
+    "paper": (*(f"bleu_{n}" for n in range(1, MAX_BLEU + 1)), "rouge_l",
+              *(f"distinct_{n}" for n in range(1, MAX_DISTINCT + 1)), "unigram_f1",
+              "mean_length"),
 }
-PERCENT = {"accuracy", "Q", "weighted_f1", "rouge_l", "unigram_f1",
-           *(f"bleu_{n}" for n in range(1, MAX_BLEU + 1)),
-           *(f"distinct_{n}" for n in range(1, MAX_DISTINCT + 1)),
-           *(f"distinct_{n}_per_response" for n in range(1, MAX_DISTINCT + 1))}
 # compare(): column key -> which direction is better (None: not ranked)
 COMPARE_COLUMNS: dict[str, str | None] = {
     "Q": "max", "weighted_f1": "max", "accuracy": "max", "B": "min", "bleu_2": "max",
-    "rouge_l": "max", "distinct_2": "max", "unparseable": "min", "turns": None}
+    "rouge_l": "max", "distinct_2": "max", "errors_any": "min", "adherence": "max",
+    "unparseable": "min", "turns": None}
 
-DEFINITIONS = [
+STRATEGY_DEFINITIONS = [
     "Strategy metrics are computed twice: *unparseable → Others* counts a prediction whose "
-    "strategy could not be parsed as \"Others\"; *unparseable excluded* drops those turns.",
+    "strategy could not be parsed as \"Others\" (Kang et al.'s scorer); *unparseable excluded* "
+    "drops those turns (DecoupledESC's bias.py, which reports their share).",
     "Q = macro-F1 and weighted-F1 from scikit-learn over the strategies present in gold or "
-    "predictions.",
+    "predictions (both protocols).",
     "B = population standard deviation of the 8 Bradley–Terry strategy preferences fitted on the "
     "confusion counts (w_ij = times strategy i was predicted for gold j, diagonal excluded), "
-    "iterated to convergence and normalised to sum to 8 (Kang et al., ACL 2024; released scorer "
-    "github.com/1eastar/EmotionalSupport metrics.py). 0 is unbiased; sqrt(7) ≈ 2.65 is a "
-    "constant predictor. Unobserved strategies get 1.0; see esc_dist/eval/preference.py.",
-    "BLEU-n: corpus BLEU with uniform weights over 1..n-grams (sacrebleu, lower-cased, 13a "
-    "tokens, exp smoothing = NIST method 3). ROUGE-L: rouge-score F-measure, averaged over "
-    "responses. Distinct-n: unique/total n-grams over all responses (corpus) and the mean of "
-    "per-response ratios. Unigram F1: token-overlap F1 averaged over responses. Tokens: "
-    "lower-cased 13a.",
+    "normalised to sum to 8 (Kang et al., ACL 2024; scorer github.com/1eastar/EmotionalSupport "
+    "metrics.py, reused by DecoupledESC src/evaluation/bias.py). 0 is unbiased; sqrt(7) ≈ 2.65 is "
+    "a constant predictor. *Paper protocol*: the released fit, 20 Gauss–Seidel sweeps from 1 "
+    "with geometric-mean normalisation after each sweep, undefined (–) where that code divides "
+    "0 by 0. *Our protocol*: the same update iterated to convergence, with the limits defined "
+    "(unobserved strategies 1.0, dominated ones 0); see esc_dist/eval/preference.py.",
+]
+OURS_TEXT_DEFINITIONS = [
+    "Our protocol, replies: BLEU-n = corpus BLEU with uniform weights over 1..n-grams "
+    "(sacrebleu, lower-cased, 13a tokens, exp smoothing = NIST method 3); ROUGE-L = rouge-score "
+    "F-measure (beta 1), averaged over responses; Distinct-n = unique/total n-grams over all "
+    "responses (corpus) and the mean of per-response ratios; unigram F1 = token-overlap F1 "
+    "averaged over responses; tokens: lower-cased 13a.",
 ]
 
 
-# ---------------------------------------------------------------------------------------------
-# Building and writing a report
+def _paper_text():
+    from . import paper_text
+
+    return paper_text
 
 
-def build_report(predictions: Sequence[Prediction], *, name: str = "", source: dict | None = None,
-                 llm_scores: dict | None = None) -> dict:
-    """All metrics of already-loaded predictions (no files are read or written)."""
-    if not predictions:
-        raise ValueError("no predictions to evaluate")
+def decode_scores(predictions: Sequence[Prediction]) -> dict:
+    """What one decode's predictions score: strategy metrics (both B fits) and the reply metrics
+    of both protocols."""
     gold = [p.gold_strategy for p in predictions]
     pred = [p.pred_strategy for p in predictions]
-    strategy = strategy_metrics(gold, pred)
-    text = text_metrics([p.pred_reply for p in predictions], [p.gold_reply for p in predictions])
+    hyps, refs = [p.pred_reply for p in predictions], [p.gold_reply for p in predictions]
+    return {"strategy": strategy_metrics(gold, pred), "text": text_metrics(hyps, refs),
+            "paper_text": _paper_text().paper_text_metrics(hyps, refs)}
+
+
+def protocol_headline(scores: dict, protocol: str) -> dict[str, Any]:
+    """The headline values of one decode under ``protocol``."""
+    s = scores["strategy"]
+    n = s["n_turns"]
+    h: dict[str, Any] = {"turns": n, "unparseable": s["unparseable"],
+                         "unparseable_rate": s["unparseable"] / n}
+    for variant in VARIANTS:
+        v = s[variant]
+        for key in STRATEGY_HEADLINE:
+            src = "B_kang" if key == "B" and protocol == "paper" else key
+            h[f"{key}_{variant}"] = None if v is None else v[src]
+    text = scores["paper_text" if protocol == "paper" else "text"]
+    h.update({k: text[k] for k in TEXT_HEADLINE[protocol]})
+    return h
+
+
+def mean_and_std(headlines: Sequence[dict]) -> tuple[dict, dict | None]:
+    """Per key: the mean over decodes and the sample standard deviation (None for one decode);
+    None where any decode's value is None."""
+    mean: dict[str, Any] = {}
+    std: dict[str, Any] = {}
+    for key in headlines[0]:
+        values = [h[key] for h in headlines]
+        if any(v is None for v in values):
+            mean[key] = std[key] = None
+        elif len(values) == 1:
+            mean[key], std[key] = values[0], None
+        else:
+            mean[key] = statistics.fmean(values)
+            std[key] = statistics.stdev(values)
+    return mean, (std if len(headlines) > 1 else None)
+
+
+def _counts(predictions: Sequence[Prediction], strategy: dict) -> dict:
     n = len(predictions)
     unparseable = strategy["unparseable"]
-    predicted = Counter(p for p in pred if p is not None)
-    counts = {
+    predicted = Counter(p.pred_strategy for p in predictions if p.pred_strategy is not None)
+    gold = [p.gold_strategy for p in predictions]
+    return {
         "turns": n,
         "dialogues": len({p.dialogue_id for p in predictions}),
         "unparseable": unparseable,
@@ -104,40 +161,109 @@ def build_report(predictions: Sequence[Prediction], *, name: str = "", source: d
         "predicted_strategies": {**{s: predicted.get(s, 0) for s in STRATEGIES},
                                  "(unparseable)": unparseable},
     }
-    headline: dict[str, Any] = {"turns": n, "unparseable": unparseable,
-                                "unparseable_rate": unparseable / n}
-    for variant in VARIANTS:
-        scores = strategy[variant]
-        for key in STRATEGY_HEADLINE:
-            headline[f"{key}_{variant}"] = None if scores is None else scores[key]
-    headline.update({k: text[k] for k in TEXT_HEADLINE})
-    gold_key = sha256_json(sorted([p.id, p.gold_strategy, p.gold_reply] for p in predictions))
+
+
+def gold_key(predictions: Sequence[Prediction]) -> str:
+    return sha256_json(sorted([p.id, p.gold_strategy, p.gold_reply] for p in predictions))
+
+
+def decoding_warnings(protocol: str, decoding: dict | None, decodes: int) -> list[str]:
+    """Why a report's numbers are not those of its protocol's decoding (none when they are)."""
+    if protocol != "paper":
+        return []
+    if not decoding:
+        return ["the decoding of these predictions is unknown (no inference manifest beside "
+                "them): the paper protocol's metrics, perhaps not its decoding"]
+    if any(decoding.get(k) != v for k, v in PAPER_DECODING.items()) or decoding.get("top_k"):
+        return ["these predictions were not decoded as the paper does (sampled, temperature "
+                "0.7, top-p 0.95): its metrics on other decoding, not comparable with published "
+                "figures"]
+    if decodes < 2:
+        return ["one sampled decode: no standard deviation over seeds"]
+    return []
+
+
+# ---------------------------------------------------------------------------------------------
+# Building and writing a report
+
+
+def build_report(decodes: Sequence[Sequence[Prediction]], *, name: str = "",
+                 sources: Sequence[dict] = (), protocol: str = "paper",
+                 decoding: dict | None = None, llm_scores: dict | None = None,
+                 extra: dict | None = None) -> dict:
+    """All metrics of already-loaded predictions, one sequence per decode of the same turns (no
+    files are read or written). ``extra`` (e.g. ``psych_errors``, ``adherence``) is copied in."""
+    if protocol not in PROTOCOLS:
+        raise ConfigError(f"unknown protocol {protocol!r} (expected {' or '.join(PROTOCOLS)})")
+    if not decodes or not all(decodes):
+        raise ValueError("no predictions to evaluate")
+    key = gold_key(decodes[0])
+    for i, d in enumerate(decodes[1:], 1):
+        if gold_key(d) != key:
+            raise ValueError(f"decode {i + 1} does not hold the same gold turns as the first")
+    scores = [decode_scores(d) for d in decodes]
+    heads = {p: [protocol_headline(sc, p) for sc in scores] for p in PROTOCOLS}
+    protocols = {}
+    for p in PROTOCOLS:
+        mean, std = mean_and_std(heads[p])
+        protocols[p] = {"headline": mean, "std": std}
+    first = scores[0]
     return {
         "name": name,
-        "input": {**(source or {}), "turns": n, "gold_sha256": gold_key},
-        "counts": counts,
-        "headline": headline,
-        "strategy": strategy,
-        "text": text,
+        "protocol": protocol,
+        "decodes": len(decodes),
+        "decoding": decoding,
+        "warnings": decoding_warnings(protocol, decoding, len(decodes)),
+        "input": {**(dict(sources[0]) if sources else {}), "files": list(sources),
+                  "turns": len(decodes[0]), "gold_sha256": key},
+        "counts": _counts(decodes[0], first["strategy"]),
+        "headline": dict(protocols[protocol]["headline"]),
+        "protocols": protocols,
+        "per_decode": [{"source": (sources[i]["path"] if i < len(sources) else None),
+                        **{p: heads[p][i] for p in PROTOCOLS}} for i in range(len(decodes))],
+        "strategy": first["strategy"],
+        "text": first["text"],
+        "paper_text": first["paper_text"],
         "llm_scores": llm_scores,
-        "definitions": DEFINITIONS,
+        **(extra or {}),
+        "definitions": [*STRATEGY_DEFINITIONS, *_paper_text().DEFINITIONS,
+                        *OURS_TEXT_DEFINITIONS, *(extra or {}).get("definitions", [])],
     }
 
 
-def evaluate(pred_path: str | Path, out_dir: str | Path | None = None, *, name: str | None = None,
-             llm_scores: dict | None = None) -> dict:
-    """Score the predictions file ``pred_path`` and write the report files into ``out_dir``.
+def decoding_of(pred_path: Path) -> dict | None:
+    """The decoding recorded in the inference manifest beside a predictions file, if any."""
+    manifest = read_manifest(pred_path.parent) or {}
+    decoding = (manifest.get("config") or {}).get("decoding")
+    return decoding if isinstance(decoding, dict) else None
 
-    ``out_dir`` defaults to a ``report/`` directory next to the predictions; ``name`` to the
-    file's stem. ``llm_scores`` (any JSON-able dict, e.g. LLM-judge averages) is copied into the
-    report and its Markdown. Returns the report dict (as written to ``report.json``).
+
+def evaluate(pred_paths: str | Path | Sequence[str | Path], out_dir: str | Path | None = None, *,
+             name: str | None = None, protocol: str = "paper", decoding: dict | None = None,
+             llm_scores: dict | None = None, extra: dict | None = None) -> dict:
+    """Score the predictions file(s) ``pred_paths`` (one per decode of the same turns) and write
+    the report files into ``out_dir``.
+
+    ``out_dir`` defaults to a ``report/`` directory next to the first file; ``name`` to its stem;
+    ``decoding`` to what the inference manifest beside it records. ``llm_scores`` and ``extra``
+    (any JSON-able dicts) are copied into the report and its Markdown. Returns the report dict
+    (as written to ``report.json``).
     """
-    pred_path = Path(pred_path)
-    out = Path(out_dir) if out_dir is not None else pred_path.parent / "report"
-    predictions = load_predictions(pred_path)
-    report = build_report(predictions, name=name or pred_path.stem, llm_scores=llm_scores,
-                          source={"path": str(pred_path), "sha256": sha256_file(pred_path)})
-    write_report(report, out, [pred_path])
+    paths = [Path(pred_paths)] if isinstance(pred_paths, (str, Path)) else \
+        [Path(p) for p in pred_paths]
+    if not paths:
+        raise ConfigError("no predictions file to evaluate")
+    out = Path(out_dir) if out_dir is not None else paths[0].parent / "report"
+    decodes = [load_predictions(p) for p in paths]
+    for p, d in zip(paths[1:], decodes[1:]):
+        if gold_key(d) != gold_key(decodes[0]):
+            raise DataError(p, f"not a decode of the same gold turns as {paths[0]}")
+    if decoding is None:
+        decoding = decoding_of(paths[0])
+    report = build_report(decodes, name=name or paths[0].stem, protocol=protocol,
+                          decoding=decoding, llm_scores=llm_scores, extra=extra,
+                          sources=[{"path": str(p), "sha256": sha256_file(p)} for p in paths])
+    write_report(report, out, paths)
     return report
 
 
@@ -147,9 +273,13 @@ KEEP = ("wandb", "llm_cache")
 REPORT_FILES = (REPORT_JSON, REPORT_MD, CONFUSION_PNG, PREFERENCES_PNG)
 
 
+def report_files(report: dict) -> tuple[str, ...]:
+    return REPORT_FILES + ((ERRORS_PNG,) if report.get("psych_errors") else ())
+
+
 def write_report(report: dict, out_dir: str | Path, inputs: Sequence[str | Path] = ()
                  ) -> list[Path]:
-    """Write report.json, report.md, confusion.png and preferences.png as one set, then
+    """Write report.json, report.md, confusion.png, preferences.png (errors.png) as one set, then
     manifest.json with their records (what a rerun and `compare` check them against): built in a
     staged directory that replaces ``out_dir`` whole, so that an interrupted eval leaves the old
     set as it was."""
@@ -158,8 +288,8 @@ def write_report(report: dict, out_dir: str | Path, inputs: Sequence[str | Path]
         _write_report_files(report, out)
         write_manifest(out, {"stage": "eval", "name": report["name"],
                              "outputs": {name: output_record(out, name)
-                                         for name in REPORT_FILES}})
-    return [final / name for name in REPORT_FILES]
+                                         for name in report_files(report)}})
+    return [final / name for name in report_files(report)]
 
 
 def _write_report_files(report: dict, out: Path) -> None:
@@ -177,6 +307,13 @@ def _write_report_files(report: dict, out: Path) -> None:
         title=f"{report['name'] or 'predictions'}: strategy preferences "
               f"(B = {primary['B']:.3f}"
               + (f", excluded {excluded['B']:.3f})" if excluded else ")"))
+    if report.get("psych_errors"):
+        from .plots import plot_error_rates
+
+        plot_error_rates({f"{backend} judge": rates
+                          for backend, rates in report["psych_errors"].items()},
+                         out / ERRORS_PNG,
+                         title=f"{report['name'] or 'predictions'}: psychological errors")
     atomic_write_text(out / REPORT_MD, render_markdown(report))
     atomic_write_json(out / REPORT_JSON, report)
 
@@ -193,103 +330,6 @@ def confusion_with_unparseable(strategy: dict) -> list[list[int]]:
         row[others] -= strategy["unparseable_by_gold"][gold]
         rows.append(row + [strategy["unparseable_by_gold"][gold]])
     return rows
-
-
-# ---------------------------------------------------------------------------------------------
-# Markdown
-
-
-def _fmt(key: str, value: Any) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, bool) or isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if key in PERCENT:
-            return f"{100 * value:.2f}"
-        return f"{value:.2f}" if key == "mean_length" else f"{value:.4f}"
-    return str(value)
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
-def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
-def render_markdown(report: dict) -> str:
-    s, t, c, src = report["strategy"], report["text"], report["counts"], report["input"]
-    title = report["name"] or src.get("path", "predictions")
-    parts = [f"# Evaluation report: {title}", ""]
-    if "path" in src:
-        parts.append(f"Predictions: `{src['path']}` (sha256 `{src.get('sha256', '?')[:16]}…`)  ")
-    modes = ", ".join(f"{k}: {v}" for k, v in c["modes"].items())
-    parts += [f"{c['turns']} turns in {c['dialogues']} dialogues ({modes}); "
-              f"**{c['unparseable']} unparseable strategy predictions** "
-              f"({100 * c['unparseable_rate']:.1f}%).", ""]
-
-    parts += ["## Strategy", ""]
-    header = ["Metric"] + [f"{VARIANT_TITLES[v]} (n = {s[v]['n'] if s[v] else 0})"
-                           for v in VARIANTS]
-    rows = [[LABELS[k]] + [_fmt(k, s[v][k] if s[v] else None) for v in VARIANTS]
-            for k in ("Q", "weighted_f1", "accuracy", "B")]
-    parts += [_table(header, rows), ""]
-
-    parts += ["## Replies", "", _table(["Metric", "Value"],
-                                       [[LABELS[k], _fmt(k, t[k])] for k in TEXT_HEADLINE]), ""]
-
-    parts += [f"## Per strategy ({VARIANT_TITLES['as_others']}; excluded in the last columns)", ""]
-    header = ["Strategy", "Gold", "Predicted", "Precision (%)", "Recall (%)", "F1 (%)",
-              "Preference", "F1 excl. (%)", "Preference excl."]
-    rows = []
-    for name in STRATEGIES:
-        a = s["as_others"]["per_strategy"][name]
-        e = s["excluded"]["per_strategy"][name] if s["excluded"] else None
-        rows.append([name, str(a["support"]), str(a["predicted"]), _fmt("Q", a["precision"]),
-                     _fmt("Q", a["recall"]), _fmt("Q", a["f1"]), f"{a['preference']:.4f}",
-                     _fmt("Q", e["f1"]) if e else "–",
-                     f"{e['preference']:.4f}" if e else "–"])
-    parts += [_table(header, rows), ""]
-    fit = s["as_others"]["preference_fit"]
-    notes = []
-    if fit["unobserved"]:
-        notes.append(f"no evidence, preference fixed at 1.0: {', '.join(fit['unobserved'])}")
-    if fit["dominated"]:
-        notes.append(f"never predicted in place of a strategy that beats them, preference → 0: "
-                     f"{', '.join(fit['dominated'])}")
-    if not fit["converged"]:
-        notes.append(f"the Bradley–Terry fit did NOT converge in {fit['iterations']} sweeps")
-    if notes:
-        parts += ["Preference notes: " + "; ".join(notes) + ".", ""]
-
-    parts += ["## Confusion (gold rows × predicted columns)", ""]
-    header = ["gold \\ predicted"] + list(STRATEGIES) + ["(unparseable)"]
-    rows = [[g] + [str(x) for x in row]
-            for g, row in zip(STRATEGIES, confusion_with_unparseable(s))]
-    parts += [_table(header, rows), "",
-              "(The Others column counts parsed \"Others\" predictions only; the unparseable "
-              "column holds the rest.)", ""]
-
-    if report.get("llm_scores"):
-        flat = _flatten(report["llm_scores"])
-        parts += ["## LLM scores", "", _table(["Score", "Value"],
-                                              [[k, _fmt("", v)] for k, v in flat.items()]), ""]
-
-    parts += ["## Figures", "", f"![confusion]({CONFUSION_PNG})", "",
-              f"![preferences]({PREFERENCES_PNG})", "", "## Definitions", ""]
-    parts += [f"- {d}" for d in report["definitions"]]
-    return "\n".join(parts) + "\n"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -311,16 +351,30 @@ def load_report(path: str | Path) -> dict:
     if not isinstance(report, dict) or not {"name", "headline", "strategy"} <= set(report):
         raise DataError(p, "not an evaluation report of `esc-dist eval` (expected keys name, "
                            "headline, strategy)")
+    if not isinstance(report.get("protocols"), dict) or set(report["protocols"]) != set(PROTOCOLS):
+        raise DataError(p, "an evaluation report without both protocols (written by an older "
+                           "esc-dist): run `esc-dist eval` on its predictions again")
     return report
 
 
+def errors_of(report: dict) -> dict | None:
+    """A report's psychological error rates: the LLM judge's when it ran (it sees all five
+    types), else the offline rules'."""
+    errors = report.get("psych_errors") or {}
+    return errors.get("openai") or errors.get("offline")
+
+
 def compare(report_dirs_or_files: Sequence[str | Path], names: Sequence[str] | None = None,
-            out_dir: str | Path | None = None, *, variant: str = "as_others") -> tuple[dict, str]:
+            out_dir: str | Path | None = None, *, variant: str = "as_others",
+            protocol: str | None = None) -> tuple[dict, str]:
     """Put several reports side by side; returns (comparison dict, Markdown).
 
     ``names`` label the systems (intended: Vanilla-SFT, Vanilla-DPO, Decoupled-SFT,
-    Decoupled-DPO); by default each report's name. Strategy columns use ``variant``. When
-    ``out_dir`` is given, comparison.json, comparison.md and comparison_preferences.png are written.
+    Decoupled-DPO); by default each report's name. Values are those of ``protocol`` (default:
+    the first report's headline protocol), mean and std over each report's decodes; strategy
+    columns use ``variant``. When ``out_dir`` is given, comparison.json, comparison.md,
+    comparison_preferences.png and (when the reports have error rates) comparison_errors.png are
+    written.
     """
     if variant not in VARIANTS:
         raise ConfigError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
@@ -328,31 +382,43 @@ def compare(report_dirs_or_files: Sequence[str | Path], names: Sequence[str] | N
     if not paths:
         raise ConfigError("nothing to compare")
     reports = [load_report(p) for p in paths]
+    protocol = protocol or reports[0]["protocol"]
+    if protocol not in PROTOCOLS:
+        raise ConfigError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
     names = list(names) if names is not None else [r["name"] or str(p)
                                                    for r, p in zip(reports, paths)]
     if len(names) != len(reports):
         raise ConfigError(f"{len(names)} names for {len(reports)} reports")
     if len(set(names)) != len(names):
         raise ConfigError(f"system names must be distinct, got {names}")
-    systems = []
+    pref_key = "preference_kang" if protocol == "paper" else "preference"
+    systems, warnings = [], []
     for name, path, r in zip(names, paths, reports):
-        h, s = r["headline"], r["strategy"][variant]
-        values = {}
-        for key in COMPARE_COLUMNS:
-            values[key] = h.get(f"{key}_{variant}", h.get(key))
+        h, std = r["protocols"][protocol]["headline"], r["protocols"][protocol]["std"] or {}
+        s = r["strategy"][variant]
+        errors = errors_of(r)
+        values = {key: h.get(f"{key}_{variant}", h.get(key)) for key in COMPARE_COLUMNS}
+        values["errors_any"] = errors["any_error"] if errors else None
+        values["adherence"] = (r.get("adherence") or {}).get("adherence")
         systems.append({
             "name": name, "report": str(path), "input_sha256": r["input"].get("sha256"),
-            "gold_sha256": r["input"].get("gold_sha256"), "values": values,
-            "preferences": ({st: s["per_strategy"][st]["preference"] for st in STRATEGIES}
+            "gold_sha256": r["input"].get("gold_sha256"), "decodes": r["decodes"],
+            "decoding": r.get("decoding"), "values": values,
+            "std": {key: std.get(f"{key}_{variant}", std.get(key)) for key in COMPARE_COLUMNS},
+            "errors": errors,
+            "preferences": ({st: s["per_strategy"][st][pref_key] for st in STRATEGIES}
                             if s else None)})
+        warnings += [f"{name}: {w}" for w in decoding_warnings(protocol, r.get("decoding"),
+                                                                 r["decodes"])]
     best = {}
     for key, direction in COMPARE_COLUMNS.items():
         vals = [(x["values"][key], x["name"]) for x in systems if x["values"][key] is not None]
         if direction and len(vals) > 1:
             target = (min if direction == "min" else max)(v for v, _ in vals)
             best[key] = [n for v, n in vals if v == target]
-    comparison = {"variant": variant, "columns": list(COMPARE_COLUMNS), "systems": systems,
-                  "best": best, "same_gold": len({x["gold_sha256"] for x in systems}) == 1}
+    comparison = {"protocol": protocol, "variant": variant, "columns": list(COMPARE_COLUMNS),
+                  "systems": systems, "best": best, "warnings": warnings,
+                  "same_gold": len({x["gold_sha256"] for x in systems}) == 1}
     markdown = render_comparison_markdown(comparison)
     if out_dir is not None:
         with staged_dir(out_dir, "compare", paths, keep=KEEP) as out:
@@ -362,36 +428,21 @@ def compare(report_dirs_or_files: Sequence[str | Path], names: Sequence[str] | N
 
 def _write_comparison_files(comparison: dict, systems: list[dict], markdown: str,
                             out: Path) -> None:
-    plot_preferences({x["name"]: [x["preferences"][st] for st in STRATEGIES]
+    nan = float("nan")  # an undefined preference (the released fit's 0/0) draws no bar
+    plot_preferences({x["name"]: [nan if x["preferences"][st] is None else x["preferences"][st]
+                                  for st in STRATEGIES]
                       for x in systems if x["preferences"]}, out / COMPARISON_PNG,
                      title="Strategy preferences by system "
-                           f"({VARIANT_TITLES[comparison['variant']]})")
+                           f"({VARIANT_TITLES[comparison['variant']]}, "
+                           f"{comparison['protocol']} protocol)")
+    errors = {x["name"]: x["errors"] for x in systems if x["errors"]}
+    if errors:
+        from .plots import plot_error_rates
+
+        plot_error_rates(errors, out / COMPARISON_ERRORS_PNG,
+                         title="Psychological errors of the replies by system")
     atomic_write_text(out / COMPARISON_MD, markdown)
     atomic_write_json(out / COMPARISON_JSON, comparison)
-
-
-def render_comparison_markdown(comparison: dict) -> str:
-    variant = comparison["variant"]
-    header = ["System"] + [LABELS[k] for k in comparison["columns"]]
-    rows = []
-    for x in comparison["systems"]:
-        row = [x["name"]]
-        for k in comparison["columns"]:
-            cell = _fmt(k, x["values"][k])
-            row.append(f"**{cell}**" if x["name"] in comparison["best"].get(k, []) else cell)
-        rows.append(row)
-    parts = ["# Comparison", "",
-             f"Strategy metrics with {VARIANT_TITLES[variant]} (`{variant}`); best value in bold "
-             "(lowest for B and unparseable). Distinct-2 is corpus-level.", "",
-             _table(header, rows), ""]
-    if not comparison["same_gold"]:
-        parts += ["**Warning:** the systems were not scored on the same gold turns.", ""]
-    pref_rows = [[st] + [f"{x['preferences'][st]:.3f}" if x["preferences"] else "–"
-                         for x in comparison["systems"]] for st in STRATEGIES]
-    parts += ["## Strategy preferences (ideal 1.0)", "",
-              _table(["Strategy"] + [x["name"] for x in comparison["systems"]], pref_rows), "",
-              f"![preferences]({COMPARISON_PNG})", ""]
-    return "\n".join(parts)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -399,19 +450,33 @@ def render_comparison_markdown(comparison: dict) -> str:
 
 
 def _numeric(d: dict) -> dict[str, float]:
-    return {k: v for k, v in _flatten(d).items()
+    return {k: v for k, v in flatten(d).items()
             if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 def log_report(run, report: dict, out_dir: str | Path) -> None:
-    """Log a report to a W&B run: headline metrics (and numeric LLM scores) as summary values,
-    a per-strategy ``wandb.Table``, and the two figures as ``wandb.Image``. No-op for None."""
+    """Log a report to a W&B run: headline metrics (``eval/KEY``: the headline protocol's;
+    ``eval/PROTOCOL/KEY`` and ``eval/PROTOCOL/std/KEY``: both), numeric LLM scores, error rates
+    and adherence as summary values, a per-strategy ``wandb.Table``, and the figures as
+    ``wandb.Image``. No-op for None."""
     if run is None:
         return
     import wandb
 
     summary = {f"eval/{k}": v for k, v in report["headline"].items() if v is not None}
+    for protocol, values in report["protocols"].items():
+        summary.update({f"eval/{protocol}/{k}": v for k, v in values["headline"].items()
+                        if v is not None})
+        summary.update({f"eval/{protocol}/std/{k}": v
+                        for k, v in (values["std"] or {}).items() if v is not None})
     summary.update({f"eval/llm/{k}": v for k, v in _numeric(report.get("llm_scores") or {}).items()})
+    for backend, errors in (report.get("psych_errors") or {}).items():
+        summary.update({f"eval/errors/{backend}/{k}": v for k, v in errors["rates"].items()
+                        if v is not None})
+        summary.update({f"eval/errors/{backend}/none": errors["none"],
+                        f"eval/errors/{backend}/any_error": errors["any_error"]})
+    if report.get("adherence"):
+        summary["eval/adherence"] = report["adherence"].get("adherence")
     run.summary.update(summary)
     s = report["strategy"]
     columns = ["strategy", "gold", "predicted", "precision", "recall", "f1", "preference",
@@ -424,7 +489,8 @@ def log_report(run, report: dict, out_dir: str | Path) -> None:
                      a["preference"], e.get("f1"), e.get("preference")])
     payload: dict[str, Any] = {"eval/per_strategy": wandb.Table(columns=columns, data=rows)}
     out = Path(out_dir)
-    for key, fname in (("eval/confusion", CONFUSION_PNG), ("eval/preferences", PREFERENCES_PNG)):
+    for key, fname in (("eval/confusion", CONFUSION_PNG), ("eval/preferences", PREFERENCES_PNG),
+                       ("eval/errors", ERRORS_PNG)):
         if (out / fname).is_file():
             payload[key] = wandb.Image(str(out / fname))
     run.log(payload)

@@ -293,9 +293,18 @@ def test_submit_pipeline_runs_every_stage_on_slurm(slurm, tmp_path):
     print(f"pipeline on Slurm: {len(r.stdout.splitlines())} lines, {elapsed:.0f} s\n{r.stdout}")
 
     table = (run / "reports" / "comparison" / "comparison.md").read_text()
-    for system in ("Vanilla-SFT", "Vanilla-DPO", "Decoupled-SFT", "Decoupled-DPO"):
+    for system in ("Vanilla-SFT", "Vanilla-DPO", "Decoupled-SFT", "Decoupled-DPO",
+                   "Generator-SFT (gold strategy)", "Generator-DPO (gold strategy)"):
         assert system in table
-    assert len(list((run / "logs" / "slurm").glob("tiny-cpu-*.out"))) == 18  # one per job
+    assert "**Paper protocol** (`paper`)" in table and "mean ± sample std over 3 decodes" in table
+    report = json.loads((run / "reports" / "decoupled-dpo" / "report.json").read_text())
+    assert report["protocol"] == "paper" and report["decodes"] == 3 and not report["warnings"]
+    assert [len(d["paper"]) for d in report["per_decode"]] == [len(report["headline"])] * 3
+    assert report["psych_errors"]["offline"]["n"] == report["counts"]["turns"]
+    assert 0 <= report["adherence"]["adherence"] <= 1
+    gold = json.loads((run / "reports" / "generator-gold-dpo" / "report.json").read_text())
+    assert gold["headline"]["Q_as_others"] == 1.0  # the strategies are the gold ones
+    assert len(list((run / "logs" / "slurm").glob("tiny-cpu-*.out"))) == 20  # one per job
     assert "every stage is finished" in r.stdout
 
     # the jobs recorded their stages the way `esc-dist pipeline` does: nothing left to run
@@ -306,4 +315,4 @@ def test_submit_pipeline_runs_every_stage_on_slurm(slurm, tmp_path):
                            cwd=ROOT, env=launch_env(), capture_output=True, text=True,
                            timeout=300)
     assert local.returncode == 0, local.stderr[-3000:]
-    assert local.stdout.count("up to date, skipped") == 23, local.stdout
+    assert local.stdout.count("up to date, skipped") == 27, local.stdout

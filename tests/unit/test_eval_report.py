@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from esc_dist.config import Recipe
-from esc_dist.errors import PredictionsError
+from esc_dist.errors import DataError, PredictionsError
 from esc_dist.eval.predictions import load_predictions
 from esc_dist.eval.report import (
     compare,
@@ -102,7 +102,8 @@ def test_empty_and_missing_files(tmp_path):
 
 
 def test_evaluate_writes_report_files(fixture_preds):
-    report = evaluate(fixture_preds, llm_scores={"judge": "offline", "empathy": 3.25})
+    report = evaluate(fixture_preds, llm_scores={"judge": "offline", "empathy": 3.25},
+                      protocol="ours")
     out = fixture_preds.parent / "report"  # default: next to the predictions
     assert sorted(p.name for p in out.iterdir()) == [
         ".esc-dist-output", "confusion.png", "manifest.json", "preferences.png", "report.json",
@@ -125,7 +126,7 @@ def test_evaluate_writes_report_files(fixture_preds):
     md = (out / "report.md").read_text()
     assert "| Q = macro-F1 (%) | 42.76 | 64.29 |" in md  # 449/1050, 9/14
     assert "| B = preference bias | 0.6455 | 1.2247 |" in md
-    assert "**2 unparseable strategy predictions** (20.0%)" in md
+    assert "**2 unparseable strategy predictions** in the first decode (20.0%)" in md
     assert "## LLM scores" in md and "| empathy | 3.2500 |" in md
     # confusion table: gold Information's turn was unparseable, not a parsed "Others"
     info_row = next(line for line in md.splitlines() if line.startswith("| Information | 0"))
@@ -146,7 +147,8 @@ def test_evaluate_writes_report_files(fixture_preds):
 
 def test_evaluate_when_every_strategy_is_unparseable(tmp_path):
     rows = [_row(i, s, None) for i, s in enumerate(STRATEGIES)]
-    report = evaluate(_write(tmp_path / "p.jsonl", rows), tmp_path / "out", name="broken")
+    report = evaluate(_write(tmp_path / "p.jsonl", rows), tmp_path / "out", name="broken",
+                      protocol="ours")
     assert report["headline"]["B_excluded"] is None
     assert report["headline"]["B_as_others"] == pytest.approx(math.sqrt(7))  # always "Others"
     assert report["strategy"]["excluded"] is None
@@ -158,7 +160,7 @@ def _system(tmp_path: Path, name: str, preds: list[str | None]) -> Path:
     gold = [s for s in STRATEGIES for _ in range(3)]
     rows = [_row(i, g, p, reply=f"reply {i % 5}") for i, (g, p) in enumerate(zip(gold, preds))]
     path = _write(tmp_path / f"{name}.jsonl", rows)
-    evaluate(path, tmp_path / name, name=name)
+    evaluate(path, tmp_path / name, name=name, protocol="ours")
     return tmp_path / name
 
 
@@ -192,11 +194,160 @@ def test_compare(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
+# Protocols and decodes
+
+PAPER = {"protocol": "paper", "do_sample": True, "temperature": 0.7, "top_p": 0.95, "top_k": 0,
+         "decodes": 3}
+
+
+def _decodes(tmp_path: Path) -> list[Path]:
+    """Three decodes of the same 24 gold turns (every strategy gold three times), differing in
+    their strategy predictions and replies."""
+    gold = [s for s in STRATEGIES for _ in range(3)]
+    words = ["I hear you", "that sounds hard", "what happened then", "you are not alone",
+             "maybe talk to a friend", "I felt the same once"]
+    paths = []
+    for k in range(3):
+        rows = [_row(i, g, STRATEGIES[(i // 3 + (i + k) % 3 + (k > 0)) % 8] if (i + k) % 5 else None,
+                     reply=f"{words[(i + k) % 6]} . {words[(i * k) % 6]}",
+                     gold_reply=f"{words[i % 6]} , {words[(i + 3) % 6]}")
+                for i, g in enumerate(gold)]
+        paths.append(_write(tmp_path / ("predictions.jsonl" if k == 0
+                                        else f"predictions.decode-{k}.jsonl"), rows))
+    return paths
+
+
+def test_paper_protocol_is_the_mean_and_std_over_decodes(tmp_path):
+    import statistics
+
+    from esc_dist.eval.paper_text import paper_text_metrics
+    from esc_dist.eval.preference import kang_preferences
+    from esc_dist.eval.strategy import confusion_counts
+    from esc_dist.eval.text import text_metrics
+
+    paths = _decodes(tmp_path)
+    report = evaluate(paths, tmp_path / "rep", name="sys", protocol="paper", decoding=PAPER)
+    assert report["decodes"] == 3 and report["warnings"] == [] and report["protocol"] == "paper"
+    assert [f["path"] for f in report["input"]["files"]] == [str(p) for p in paths]
+    paper, ours = report["protocols"]["paper"], report["protocols"]["ours"]
+    assert report["headline"] == paper["headline"]
+    # independent computations, decode by decode
+    decodes = [load_predictions(p) for p in paths]
+    bleu = [paper_text_metrics([x.pred_reply for x in d], [x.gold_reply for x in d])["bleu_2"]
+            for d in decodes]
+    corpus = [text_metrics([x.pred_reply for x in d], [x.gold_reply for x in d])["bleu_2"]
+              for d in decodes]
+    b_kang = [kang_preferences(confusion_counts(
+        [x.gold_strategy for x in d], [x.pred_strategy or "Others" for x in d]))[1]
+        for d in decodes]
+    assert None not in b_kang
+    assert paper["headline"]["bleu_2"] == pytest.approx(statistics.fmean(bleu))
+    assert paper["std"]["bleu_2"] == pytest.approx(statistics.stdev(bleu))
+    assert ours["headline"]["bleu_2"] == pytest.approx(statistics.fmean(corpus))
+    assert paper["headline"]["B_as_others"] == pytest.approx(statistics.fmean(b_kang))
+    assert paper["std"]["B_as_others"] == pytest.approx(statistics.stdev(b_kang))
+    # Q is defined alike; B is not
+    assert paper["headline"]["Q_as_others"] == ours["headline"]["Q_as_others"]
+    assert paper["headline"]["B_as_others"] != ours["headline"]["B_as_others"]
+    assert "distinct_2_per_response" in ours["headline"] and \
+        "distinct_2_per_response" not in paper["headline"]
+    assert [d["paper"]["bleu_2"] for d in report["per_decode"]] == pytest.approx(bleu)
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "| Metric | paper protocol (headline) | our protocol |" in md
+    assert "mean ± sample std over 3 decodes" in md
+    cell = f"{100 * paper['headline']['bleu_2']:.2f} ± {100 * paper['std']['bleu_2']:.2f}"
+    assert f"| BLEU-2 (%) | {cell} |" in md
+    # the same reports compared under either protocol
+    cmp_paper, md_paper = compare([tmp_path / "rep"], ["S"])
+    cmp_ours, _ = compare([tmp_path / "rep"], ["S"], protocol="ours")
+    assert cmp_paper["protocol"] == "paper" and cmp_ours["protocol"] == "ours"
+    assert cmp_paper["systems"][0]["values"]["B"] == pytest.approx(statistics.fmean(b_kang))
+    assert cmp_ours["systems"][0]["values"]["B"] == ours["headline"]["B_as_others"]
+    assert cmp_paper["systems"][0]["std"]["bleu_2"] == pytest.approx(statistics.stdev(bleu))
+    assert "**Paper protocol** (`paper`)" in md_paper
+
+
+def test_decodes_must_share_their_gold_turns(tmp_path):
+    paths = _decodes(tmp_path)
+    rows = [json.loads(line) for line in paths[2].read_text().splitlines()]
+    rows[4]["gold_reply"] = "something else"
+    _write(paths[2], rows)
+    with pytest.raises(DataError, match="not a decode of the same gold turns"):
+        evaluate(paths, tmp_path / "rep", protocol="paper", decoding=PAPER)
+    assert not (tmp_path / "rep").exists()
+
+
+@pytest.mark.parametrize("decoding, warning", [
+    ({**PAPER, "do_sample": False, "decodes": 1}, "not decoded as the paper does"),
+    ({**PAPER, "temperature": 1.0}, "not decoded as the paper does"),
+    (None, "decoding of these predictions is unknown"),
+])
+def test_paper_protocol_warns_about_other_decoding(tmp_path, decoding, warning):
+    report = evaluate(_decodes(tmp_path)[0], tmp_path / "rep", protocol="paper",
+                      decoding=decoding)
+    assert len(report["warnings"]) == 1 and warning in report["warnings"][0]
+    assert f"**Warning:** {report['warnings'][0]}" in (tmp_path / "rep" / "report.md").read_text()
+    assert evaluate(_decodes(tmp_path)[0], tmp_path / "rep2", protocol="ours",
+                    decoding=decoding)["warnings"] == []
+
+
+def test_eval_cli_takes_every_decode_the_inference_manifest_lists(tmp_path):
+    from esc_dist.cli.evaluate import decode_files
+
+    paths = _decodes(tmp_path)
+    assert decode_files([paths[0]]) == [paths[0]]  # no manifest: the file alone
+    (tmp_path / "manifest.json").write_text(json.dumps({"counts": {"decodes": [
+        p.name for p in paths]}, "config": {"decoding": PAPER}}))
+    assert decode_files([paths[0]]) == paths
+    assert decode_files([paths[1]]) == [paths[1]]  # another file: as given
+    report = evaluate(decode_files([paths[0]]), tmp_path / "rep")
+    assert report["decoding"] == PAPER and report["decodes"] == 3
+
+
+def test_error_rates_and_adherence_in_report_and_comparison(tmp_path):
+    """The error rates and adherence given to evaluate reach report.json, report.md, errors.png,
+    and the comparison's columns, error table and comparison_errors.png."""
+    from esc_dist.config import JudgeConfig
+    from esc_dist.eval.psych_errors import error_rates
+
+    paths = _decodes(tmp_path)
+    preds = load_predictions(paths[0])
+    sad = [{"role": "seeker", "text": "I failed my exam and I feel so sad about it.",
+            "strategy": None}]
+    histories = {p.id: sad for p in preds}
+    offline = error_rates(preds, histories, JudgeConfig(), None, backend="offline")
+    assert offline["n"] == len(preds) and offline["rates"]["Emotion Misread"] is None
+    adherence = {"adherence": 0.25, "evaluated": 20, "skipped": 4,
+                 "per_strategy": {s: {"n": 3, "agree": 1, "adherence": 1 / 3} for s in STRATEGIES},
+                 "gold_reference": {"adherence": 0.5, "per_strategy": {}},
+                 "classifier": {"train_size": 100, "evaluation": {"accuracy": 0.5, "n": 24}}}
+    for name, extra in (("a", {"psych_errors": {"offline": offline}, "adherence": adherence}),
+                        ("b", None)):
+        evaluate(paths, tmp_path / name, name=name, decoding=PAPER, extra=extra)
+    report = json.loads((tmp_path / "a" / "report.json").read_text())
+    assert report["psych_errors"]["offline"] == offline and report["adherence"] == adherence
+    assert (tmp_path / "a" / "errors.png").is_file() and not (tmp_path / "b" / "errors.png").exists()
+    assert "errors.png" in json.loads((tmp_path / "a" / "manifest.json").read_text())["outputs"]
+    md = (tmp_path / "a" / "report.md").read_text()
+    assert "## Psychological errors of the replies" in md and "| Emotion Misread | not seen |" in md
+    assert "## Strategy adherence of the replies" in md and "| **all** | 20 | 25.00 | 50.00 |" in md
+    comparison, cmp_md = compare([tmp_path / "a", tmp_path / "b"], ["A", "B"], tmp_path / "cmp")
+    a, b = comparison["systems"]
+    assert a["values"]["errors_any"] == offline["any_error"] and b["values"]["errors_any"] is None
+    assert a["values"]["adherence"] == 0.25 and b["values"]["adherence"] is None
+    assert "Replies with an error (%)" in cmp_md and "Strategy adherence (%)" in cmp_md
+    assert "## Psychological errors (% of replies; offline judge)" in cmp_md
+    with Image.open(tmp_path / "cmp" / "comparison_errors.png") as im:
+        assert im.format == "PNG" and np.asarray(im.convert("L")).std() > 10
+
+
+# ---------------------------------------------------------------------------------------------
 # W&B
 
 
 def test_log_report_and_comparison_to_offline_wandb(tmp_path, fixture_preds, wandb_env):
-    report = evaluate(fixture_preds, tmp_path / "rep", llm_scores={"empathy": 3.5, "note": "x"})
+    report = evaluate(fixture_preds, tmp_path / "rep", llm_scores={"empathy": 3.5, "note": "x"},
+                      protocol="ours")
     comparison, _ = compare([tmp_path / "rep"], ["Decoupled-DPO"], tmp_path / "cmp")
     log_report(None, report, tmp_path / "rep")  # no run: nothing happens
     run = start_run(Recipe(), "eval", tmp_path / "wb")
@@ -212,6 +363,8 @@ def test_log_report_and_comparison_to_offline_wandb(tmp_path, fixture_preds, wan
     assert s["eval/B_excluded"] == pytest.approx(math.sqrt(1.5))
     assert s["eval/bleu_2"] == pytest.approx(report["headline"]["bleu_2"])
     assert s["eval/unparseable"] == 2
+    assert s["eval/ours/Q_as_others"] == pytest.approx(449 / 1050)
+    assert s["eval/paper/bleu_2"] == pytest.approx(report["protocols"]["paper"]["headline"]["bleu_2"])
     assert s["eval/llm/empathy"] == 3.5 and "eval/llm/note" not in s
     assert s["compare/Decoupled-DPO/B"] == pytest.approx(math.sqrt(5 / 12))
     logged = {k: v for row in r["history"] for k, v in row.items()}
@@ -270,7 +423,7 @@ def test_cli_eval_and_compare(tmp_path, fixture_preds, wandb_env, monkeypatch, c
 ])
 def test_cli_eval_positionals_around_options(argv):
     args = _parse(argv)
-    assert (args.predictions, args.out, args.overrides) == ("p.jsonl", "o", ["a.b=1", "c.d=2"])
+    assert (args.predictions, args.out, args.overrides) == (["p.jsonl"], "o", ["a.b=1", "c.d=2"])
 
 
 def test_cli_compare_arguments():

@@ -133,6 +133,6 @@ def test_eval_with_unreachable_llm_judge_keeps_the_previous_report(tmp_path, sma
                  "judge.api_key_env=ESC_DIST_NO_KEY", "judge.max_retries=0",
                  "wandb.mode=disabled"]) == 2
     err = capsys.readouterr().err
-    n = 4 * len(turns)  # one request per (reply, dimension)
-    assert f"LLM scores: {n} of {n} requests failed for good" in err
+    n = len(turns)  # the error labels (one request a reply) are asked first
+    assert f"psychological error rates: {n} of {n} requests failed for good" in err
     assert snapshot(out) == before

@@ -493,7 +493,12 @@ def test_eval_llm_judge_scores(server, key, small_setup, tmp_path, capsys):
     # each request carries the history of its own turn
     last = turns[n - 1]["history"][-1]["text"].strip()
     assert any(last in r["body"]["messages"][-1]["content"] for r in server.requests)
-    assert len(server.requests) == scores["requests"] == 4 * n
+    # and one request a reply for its psychological errors (the "BAD" one: a Template Response)
+    assert len(server.requests) == scores["requests"] + n == 5 * n
+    errors = report["psych_errors"]["openai"]
+    assert errors["labelled"] == n and errors["counts"]["Template Response"] == 1
+    assert errors["rates"]["Emotion Misread"] == 0.0 and errors["any_error"] == round(1 / n, 4)
+    assert report["psych_errors"]["offline"]["rates"]["Emotion Misread"] is None  # not seen
     assert scores["protocol"] == "four-rubric-with-reference"
     assert scores["missing"] == {"history": 0, "reference": 0}
     for f in out.rglob("*"):

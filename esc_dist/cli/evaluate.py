@@ -184,7 +184,7 @@ def eval_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_compare(args: argparse.Namespace) -> int:
-    from ..eval.report import compare, log_comparison
+    from ..eval.compare import compare, log_comparison
     from ..tracking import stage_run
 
     recipe = recipe_of(args)

@@ -229,7 +229,7 @@ def render_markdown(report: dict) -> str:
 
 
 def render_comparison_markdown(comparison: dict) -> str:
-    from .report import COMPARISON_ERRORS_PNG, COMPARISON_PNG
+    from .compare import COMPARISON_ERRORS_PNG, COMPARISON_PNG
 
     variant, protocol = comparison["variant"], comparison["protocol"]
     columns = [k for k in comparison["columns"]

@@ -125,7 +125,8 @@ def test_stages_reading_cut_prepared_data(tmp_path):
 
 
 def test_compare_reading_a_cut_report(tmp_path, capsys):
-    from esc_dist.eval.report import evaluate, load_report
+    from esc_dist.eval.compare import load_report
+    from esc_dist.eval.report import evaluate
     from tests.unit.test_eval_report import GOLD, HYPS, PRED, REFS, _row, _write
 
     pred = _write(tmp_path / "p.jsonl", [_row(i, g, p, HYPS[i % 3], REFS[i % 3])

@@ -1,0 +1,152 @@
+"""Comparison of evaluation reports: several systems side by side under one protocol.
+
+``compare`` writes ``comparison.json``, ``comparison.md`` (:mod:`.markdown`),
+``comparison_preferences.png`` and, when the reports have psychological error rates,
+``comparison_errors.png``; ``log_comparison`` sends it to W&B.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..constants import PROTOCOLS, VARIANTS
+from ..errors import ConfigError, DataError, MissingInput
+from ..io import atomic_write_json, atomic_write_text, read_json, require_verified
+from ..outputs import staged_dir
+from ..strategies import STRATEGIES
+from .markdown import VARIANT_TITLES, render_comparison_markdown
+from .plots import plot_preferences
+from .report import COMPARE_COLUMNS, KEEP, REPORT_JSON, decoding_warnings
+
+COMPARISON_JSON, COMPARISON_MD = "comparison.json", "comparison.md"
+COMPARISON_PNG, COMPARISON_ERRORS_PNG = "comparison_preferences.png", "comparison_errors.png"
+
+
+def load_report(path: str | Path) -> dict:
+    """A report.json, given the file or the directory holding it."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / REPORT_JSON
+    if not p.is_file():
+        raise MissingInput("no evaluation report (report.json of `esc-dist eval`)", path=p)
+    require_verified(p.parent)
+    try:
+        report = read_json(p)
+    except (ValueError, RecursionError) as e:  # not UTF-8, not JSON, nested too deeply
+        raise DataError(p, f"not an evaluation report: unreadable JSON ({e})") from None
+    if not isinstance(report, dict) or not {"name", "headline", "strategy"} <= set(report):
+        raise DataError(p, "not an evaluation report of `esc-dist eval` (expected keys name, "
+                           "headline, strategy)")
+    if not isinstance(report.get("protocols"), dict) or set(report["protocols"]) != set(PROTOCOLS):
+        raise DataError(p, "an evaluation report without both protocols (written by an older "
+                           "esc-dist): run `esc-dist eval` on its predictions again")
+    return report
+
+
+def errors_of(report: dict) -> dict | None:
+    """A report's psychological error rates: the LLM judge's when it ran (it sees all five
+    types), else the offline rules'."""
+    errors = report.get("psych_errors") or {}
+    return errors.get("openai") or errors.get("offline")
+
+
+def compare(report_dirs_or_files: Sequence[str | Path], names: Sequence[str] | None = None,
+            out_dir: str | Path | None = None, *, variant: str = "as_others",
+            protocol: str | None = None) -> tuple[dict, str]:
+    """Put several reports side by side; returns (comparison dict, Markdown).
+
+    ``names`` label the systems (intended: Vanilla-SFT, Vanilla-DPO, Decoupled-SFT,
+    Decoupled-DPO); by default each report's name. Values are those of ``protocol`` (default:
+    the first report's headline protocol), mean and std over each report's decodes; strategy
+    columns use ``variant``. When ``out_dir`` is given, comparison.json, comparison.md,
+    comparison_preferences.png and (when the reports have error rates) comparison_errors.png are
+    written.
+    """
+    if variant not in VARIANTS:
+        raise ConfigError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
+    paths = [Path(p) for p in report_dirs_or_files]
+    if not paths:
+        raise ConfigError("nothing to compare")
+    reports = [load_report(p) for p in paths]
+    protocol = protocol or reports[0]["protocol"]
+    if protocol not in PROTOCOLS:
+        raise ConfigError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+    names = list(names) if names is not None else [r["name"] or str(p)
+                                                   for r, p in zip(reports, paths)]
+    if len(names) != len(reports):
+        raise ConfigError(f"{len(names)} names for {len(reports)} reports")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"system names must be distinct, got {names}")
+    pref_key = "preference_kang" if protocol == "paper" else "preference"
+    systems, warnings = [], []
+    for name, path, r in zip(names, paths, reports):
+        h, std = r["protocols"][protocol]["headline"], r["protocols"][protocol]["std"] or {}
+        s = r["strategy"][variant]
+        errors = errors_of(r)
+        values = {key: h.get(f"{key}_{variant}", h.get(key)) for key in COMPARE_COLUMNS}
+        values["errors_any"] = errors["any_error"] if errors else None
+        values["adherence"] = (r.get("adherence") or {}).get("adherence")
+        systems.append({
+            "name": name, "report": str(path), "input_sha256": r["input"].get("sha256"),
+            "gold_sha256": r["input"].get("gold_sha256"), "decodes": r["decodes"],
+            "decoding": r.get("decoding"), "values": values,
+            "std": {key: std.get(f"{key}_{variant}", std.get(key)) for key in COMPARE_COLUMNS},
+            "errors": errors,
+            "preferences": ({st: s["per_strategy"][st][pref_key] for st in STRATEGIES}
+                            if s else None)})
+        warnings += [f"{name}: {w}" for w in decoding_warnings(protocol, r.get("decoding"),
+                                                                 r["decodes"])]
+    best = {}
+    for key, direction in COMPARE_COLUMNS.items():
+        vals = [(x["values"][key], x["name"]) for x in systems if x["values"][key] is not None]
+        if direction and len(vals) > 1:
+            target = (min if direction == "min" else max)(v for v, _ in vals)
+            best[key] = [n for v, n in vals if v == target]
+    comparison = {"protocol": protocol, "variant": variant, "columns": list(COMPARE_COLUMNS),
+                  "systems": systems, "best": best, "warnings": warnings,
+                  "same_gold": len({x["gold_sha256"] for x in systems}) == 1}
+    markdown = render_comparison_markdown(comparison)
+    if out_dir is not None:
+        with staged_dir(out_dir, "compare", paths, keep=KEEP) as out:
+            _write_comparison_files(comparison, systems, markdown, out)
+    return comparison, markdown
+
+
+def _write_comparison_files(comparison: dict, systems: list[dict], markdown: str,
+                            out: Path) -> None:
+    nan = float("nan")  # an undefined preference (the released fit's 0/0) draws no bar
+    plot_preferences({x["name"]: [nan if x["preferences"][st] is None else x["preferences"][st]
+                                  for st in STRATEGIES]
+                      for x in systems if x["preferences"]}, out / COMPARISON_PNG,
+                     title="Strategy preferences by system "
+                           f"({VARIANT_TITLES[comparison['variant']]}, "
+                           f"{comparison['protocol']} protocol)")
+    errors = {x["name"]: x["errors"] for x in systems if x["errors"]}
+    if errors:
+        from .plots import plot_error_rates
+
+        plot_error_rates(errors, out / COMPARISON_ERRORS_PNG,
+                         title="Psychological errors of the replies by system")
+    atomic_write_text(out / COMPARISON_MD, markdown)
+    atomic_write_json(out / COMPARISON_JSON, comparison)
+
+
+def log_comparison(run, comparison: dict, out_dir: str | Path) -> None:
+    """Log a comparison to a W&B run: each system's values as summary ``compare/NAME/KEY``, the
+    comparison ``wandb.Table`` and the preference figure. No-op for None."""
+    if run is None:
+        return
+    import wandb
+
+    run.summary.update({f"compare/{x['name']}/{k}": v for x in comparison["systems"]
+                        for k, v in x["values"].items() if v is not None})
+    columns = ["system", *comparison["columns"], *STRATEGIES]
+    rows = [[x["name"], *(x["values"][k] for k in comparison["columns"]),
+             *((x["preferences"] or {}).get(st) for st in STRATEGIES)]
+            for x in comparison["systems"]]
+    payload: dict[str, Any] = {"compare/systems": wandb.Table(columns=columns, data=rows)}
+    png = Path(out_dir) / COMPARISON_PNG
+    if png.is_file():
+        payload["compare/preferences"] = wandb.Image(str(png))
+    run.log(payload)

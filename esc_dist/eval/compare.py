@@ -20,6 +20,8 @@ from .plots import plot_preferences
 from .report import COMPARE_COLUMNS, KEEP, REPORT_JSON, decoding_warnings
 
 COMPARISON_JSON, COMPARISON_MD = "comparison.json", "comparison.md"
+# columns without meaning for a generator given the gold strategies
+GIVEN_STRATEGY_COLUMNS = ("Q", "weighted_f1", "accuracy", "B", "unparseable")
 COMPARISON_PNG, COMPARISON_ERRORS_PNG = "comparison_preferences.png", "comparison_errors.png"
 
 
@@ -85,6 +87,9 @@ def compare(report_dirs_or_files: Sequence[str | Path], names: Sequence[str] | N
         s = r["strategy"][variant]
         errors = errors_of(r)
         values = {key: h.get(f"{key}_{variant}", h.get(key)) for key in COMPARE_COLUMNS}
+        gold = set(r["counts"]["modes"]) == {"generator-gold"}
+        if gold:  # strategies given, not predicted: nothing to rank
+            values.update(dict.fromkeys(GIVEN_STRATEGY_COLUMNS))
         values["errors_any"] = errors["any_error"] if errors else None
         values["adherence"] = (r.get("adherence") or {}).get("adherence")
         systems.append({
@@ -92,7 +97,9 @@ def compare(report_dirs_or_files: Sequence[str | Path], names: Sequence[str] | N
             "gold_sha256": r["input"].get("gold_sha256"), "decodes": r["decodes"],
             "decoding": r.get("decoding"), "values": values,
             "std": {key: std.get(f"{key}_{variant}", std.get(key)) for key in COMPARE_COLUMNS},
+            "gold_strategies": gold,
             "errors": errors,
+            "adherence_n": (r.get("adherence") or {}).get("evaluated"),
             "preferences": ({st: s["per_strategy"][st][pref_key] for st in STRATEGIES}
                             if s else None)})
         warnings += [f"{name}: {w}" for w in decoding_warnings(protocol, r.get("decoding"),

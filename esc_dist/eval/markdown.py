@@ -26,6 +26,8 @@ PERCENT = {"accuracy", "Q", "weighted_f1", "rouge_l", "unigram_f1", "errors_any"
            *(f"distinct_{n}" for n in range(1, MAX_DISTINCT + 1)),
            *(f"distinct_{n}_per_response" for n in range(1, MAX_DISTINCT + 1))}
 
+COUNTS = {"unparseable", "turns"}  # means of counts over decodes
+
 
 def base_key(key: str) -> str:
     """``Q_as_others`` -> ``Q``: the metric a headline key names."""
@@ -47,6 +49,10 @@ def fmt(key: str, value: Any, std: Any = None) -> str:
         return "–"
     if isinstance(value, bool) or isinstance(value, int):
         return str(value)
+    if isinstance(value, float) and base_key(key) in COUNTS:
+        if value.is_integer() and not std:
+            return str(int(value))
+        return f"{value:.2f}" + (f" ± {std:.2f}" if isinstance(std, float) else "")
     if isinstance(value, float):
         scale = 100 if base_key(key) in PERCENT else 1
         digits = 2 if scale == 100 or base_key(key) == "mean_length" else 4
@@ -232,14 +238,19 @@ def render_comparison_markdown(comparison: dict) -> str:
     from .compare import COMPARISON_ERRORS_PNG, COMPARISON_PNG
 
     variant, protocol = comparison["variant"], comparison["protocol"]
-    columns = [k for k in comparison["columns"]
-               if any(x["values"].get(k) is not None for x in comparison["systems"])]
+    columns = [k for k in comparison["columns"] if k == "B" or
+               any(x["values"].get(k) is not None for x in comparison["systems"])]
     header = ["System"] + [LABELS[k] for k in columns]
     rows = []
     for x in comparison["systems"]:
         row = [x["name"]]
         for k in columns:
             cell = fmt(k, x["values"][k], x["std"].get(k))
+            if x.get("gold_strategies") and k in ("Q", "weighted_f1", "accuracy", "B",
+                                                   "unparseable"):
+                cell = "(gold)"
+            if k == "adherence" and x.get("adherence_n") is not None:
+                cell += f" (n = {x['adherence_n']})"
             row.append(f"**{cell}**" if x["name"] in comparison["best"].get(k, []) else cell)
         rows.append(row)
     decodes = sorted({x["decodes"] for x in comparison["systems"]})
@@ -247,10 +258,18 @@ def render_comparison_markdown(comparison: dict) -> str:
              f"**{PROTOCOL_TITLES[protocol].capitalize()}** (`{protocol}`); strategy metrics with "
              f"{VARIANT_TITLES[variant]} (`{variant}`); "
              f"{'mean ± sample std over ' + '/'.join(map(str, decodes)) + ' decodes' if decodes != [1] else 'one decode each'}; "
-             "best value in bold (lowest for B, unparseable and errors).", "",
+             "best value in bold (lowest for B, unparseable and errors); *(gold)*: a generator "
+             "given the gold strategies, whose strategy columns mean nothing.", "",
              table(header, rows), ""]
     if not comparison["same_gold"]:
         parts += ["**Warning:** the systems were not scored on the same gold turns.", ""]
+    undefined = [x["name"] for x in comparison["systems"]
+                 if x["values"].get("B") is None and not x.get("gold_strategies")]
+    if undefined and protocol == "paper":
+        parts += [f"B is undefined (–) for {', '.join(undefined)}: the released 20-sweep fit "
+                  "divides 0 by 0 when a strategy is never predicted in place of another and "
+                  "never replaced by one, or two strategies are both never predicted in place of "
+                  "another (in some decode); `--protocol ours` gives the converged fit's B.", ""]
     for w in comparison.get("warnings", []):
         parts += [f"**Warning:** {w}", ""]
     pref_rows = [[st] + [fmt("B", x["preferences"][st]) if x["preferences"] else "–"

@@ -297,6 +297,7 @@ def test_submit_pipeline_runs_every_stage_on_slurm(slurm, tmp_path):
                    "Generator-SFT (gold strategy)", "Generator-DPO (gold strategy)"):
         assert system in table
     assert "**Paper protocol** (`paper`)" in table and "mean ± sample std over 3 decodes" in table
+    assert "| Generator-DPO (gold strategy) | (gold) | (gold) | (gold) | (gold) |" in table
     report = json.loads((run / "reports" / "decoupled-dpo" / "report.json").read_text())
     assert report["protocol"] == "paper" and report["decodes"] == 3 and not report["warnings"]
     assert [len(d["paper"]) for d in report["per_decode"]] == [len(report["headline"])] * 3

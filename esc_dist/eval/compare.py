@@ -141,7 +141,7 @@ def _write_comparison_files(comparison: dict, systems: list[dict], markdown: str
 
 def log_comparison(run, comparison: dict, out_dir: str | Path) -> None:
     """Log a comparison to a W&B run: each system's values as summary ``compare/NAME/KEY``, the
-    comparison ``wandb.Table`` and the preference figure. No-op for None."""
+    comparison ``wandb.Table`` and the preference and error figures. No-op for None."""
     if run is None:
         return
     import wandb
@@ -153,7 +153,8 @@ def log_comparison(run, comparison: dict, out_dir: str | Path) -> None:
              *((x["preferences"] or {}).get(st) for st in STRATEGIES)]
             for x in comparison["systems"]]
     payload: dict[str, Any] = {"compare/systems": wandb.Table(columns=columns, data=rows)}
-    png = Path(out_dir) / COMPARISON_PNG
-    if png.is_file():
-        payload["compare/preferences"] = wandb.Image(str(png))
+    for key, name in (("compare/preferences", COMPARISON_PNG),
+                      ("compare/errors", COMPARISON_ERRORS_PNG)):
+        if (Path(out_dir) / name).is_file():
+            payload[key] = wandb.Image(str(Path(out_dir) / name))
     run.log(payload)

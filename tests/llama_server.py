@@ -49,6 +49,12 @@ def gguf_path() -> Path:
     return resolve_gguf(SMOLLM2)
 
 
+def _settings_names() -> set[str]:
+    from llama_cpp.server.settings import ConfigFileSettings, Settings
+
+    return {*Settings.model_fields, *ConfigFileSettings.model_fields, "config_file"}
+
+
 class LlamaServer:
     """``python -m llama_cpp.server`` on 127.0.0.1 and a free port, in its own process group,
     its output in ``log``. ``url`` is the API root (".../v1")."""
@@ -64,8 +70,10 @@ class LlamaServer:
                # SmolLM2-Instruct speaks ChatML (its GGUF's template is ChatML too)
                "--n_ctx", "2048", "--chat_format", "chatml",
                "--n_threads", str(threads), "--n_threads_batch", str(threads), "--seed", "0"]
-        # The key through the environment (pydantic-settings reads API_KEY), not the command line.
-        env = {**os.environ, "API_KEY": API_KEY, "OMP_NUM_THREADS": str(threads)}
+        # The server reads any of its settings from a variable of the same name (MODEL, PORT,
+        # CONFIG_FILE, ...): none from ours; the key goes that way rather than on the command line.
+        env = {k: v for k, v in os.environ.items() if k.lower() not in _settings_names()}
+        env.update(API_KEY=API_KEY, OMP_NUM_THREADS=str(threads))
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
                                          cwd=workdir, start_new_session=True)

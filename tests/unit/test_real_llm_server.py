@@ -232,16 +232,43 @@ def test_score_predictions(llama_server, key, tmp_path, logs):
                 "gold_reply": "It is brave of you to talk about it.",
                 "pred_strategy": "Affirmation and Reassurance",
                 "pred_reply": "I am sorry you lost your job; that sounds really hard."}]
-    histories = {"t1": "Seeker: I lost my job today.", "t3": "Seeker: I lost my job today."}
+    lost = [{"role": "seeker", "text": "I lost my job today.", "strategy": None}]
+    histories = {"t1": lost, "t3": lost}
     cfg = cfg_for(llama_server)
     out = score_predictions(records, cfg, tmp_path / "cache", histories)
     assert out["n"] == len(records) and out["request_failures"] == 0
-    # every reply is scored or its malformed answer counted
-    assert 0 <= out["scored"] <= out["n"] <= out["scored"] + out["parse_failures"]
+    # every (reply, rubric) judgement is a score or a counted malformed answer
+    assert out["requests"] == 4 * len(records)
+    assert out["scored_requests"] + out["parse_failures"] == out["requests"]
+    assert 0 <= out["scored"] <= out["n"]
     assert list((tmp_path / "cache").rglob("*.json"))
     # The rerun needs no request: nothing listens at its endpoint, and a failed request would
     # fail the scoring (judge.max_failed_share is 0).
     again = score_predictions(records, replace(cfg, base_url=dead_url()), tmp_path / "cache",
                               histories)
     assert {k: again[k] for k in SCORE_KEYS} == {k: out[k] for k in SCORE_KEYS}
+    assert_no_secret(key, tmp_path, *logs)
+
+
+def test_error_rates(llama_server, key, tmp_path, logs):
+    """The LLM labeller of psychological errors against the real server: each reply labelled or
+    its malformed answer counted, the rates over the labelled ones, a rerun from the cache."""
+    from esc_dist.eval.psych_errors import ERROR_TYPES, error_rates
+
+    lost = [{"role": "seeker", "text": "I lost my job today and I feel awful.", "strategy": None}]
+    records = [{"id": f"t{i}", "pred_strategy": "Question", "pred_reply": reply}
+               for i, reply in enumerate(["How are you feeling about it?", "Just get over it.",
+                                          "You should apply for new jobs right now."])]
+    histories = {r["id"]: lost for r in records}
+    cfg = cfg_for(llama_server)
+    out = error_rates(records, histories, cfg, tmp_path / "cache", backend="openai")
+    assert out["n"] == 3 and out["request_failures"] == 0
+    assert out["labelled"] + out["parse_failures"] == 3
+    if out["labelled"]:
+        assert set(out["rates"]) == set(ERROR_TYPES)
+        assert all(0 <= v <= 1 for v in out["rates"].values())
+    again = error_rates(records, histories, replace(cfg, base_url=dead_url()),
+                        tmp_path / "cache", backend="openai")
+    assert {k: again[k] for k in ("labelled", "parse_failures", "rates", "none")} == \
+        {k: out[k] for k in ("labelled", "parse_failures", "rates", "none")}
     assert_no_secret(key, tmp_path, *logs)

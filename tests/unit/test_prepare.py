@@ -145,7 +145,6 @@ def test_history_without_strategy_tags(tmp_path, esconv_dir):
     """data.history_strategy_tags=false: the planner's and vanilla model's prompts show the
     supporter's past turns as plain text (the paper's planner); the targets keep their form, and
     inference rebuilds the same prompts from the turns (it reads the flag from the manifest)."""
-    from esc_dist.data.tasks import history_messages, planner_prompt, vanilla_prompt
     from esc_dist.infer import history_tags_of, planner_items, vanilla_items
 
     cfg = DataConfig(esconv=str(esconv_dir / "esconv.json"),
@@ -157,8 +156,7 @@ def test_history_without_strategy_tags(tmp_path, esconv_dir):
     assert history_tags_of(tmp_path / "plain") is False
     assert history_tags_of(tmp_path / "tagged") is True
     turns = load_from_disk(str(tmp_path / "plain" / "turns"))["test"]
-    for task, build, items in (("planner", planner_prompt, planner_items),
-                               ("vanilla", vanilla_prompt, vanilla_items)):
+    for task, items in (("planner", planner_items), ("vanilla", vanilla_items)):
         plain = load_from_disk(str(tmp_path / "plain" / task))["test"]
         tagged = load_from_disk(str(tmp_path / "tagged" / task))["test"]
         said = [m["content"] for row in plain for m in row["prompt"] if m["role"] == "assistant"]

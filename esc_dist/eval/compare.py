@@ -22,6 +22,8 @@ from .report import COMPARE_COLUMNS, KEEP, REPORT_JSON, decoding_warnings
 COMPARISON_JSON, COMPARISON_MD = "comparison.json", "comparison.md"
 # columns without meaning for a generator given the gold strategies
 GIVEN_STRATEGY_COLUMNS = ("Q", "weighted_f1", "accuracy", "B", "unparseable")
+# the columns the two protocols define differently (shown under the other protocol too)
+PROTOCOL_COLUMNS = ("B", "bleu_2", "rouge_l", "distinct_2")
 COMPARISON_PNG, COMPARISON_ERRORS_PNG = "comparison_preferences.png", "comparison_errors.png"
 
 
@@ -58,6 +60,9 @@ def compare(report_dirs_or_files: Sequence[str | Path], names: Sequence[str] | N
             protocol: str | None = None) -> tuple[dict, str]:
     """Put several reports side by side; returns (comparison dict, Markdown).
 
+    The comparison also holds (``other``) the columns the two protocols define differently
+    (B, BLEU-2, ROUGE-L, Distinct-2) under the other protocol, so that both are reported.
+
     ``names`` label the systems (intended: Vanilla-SFT, Vanilla-DPO, Decoupled-SFT,
     Decoupled-DPO); by default each report's name. Values are those of ``protocol`` (default:
     the first report's headline protocol), mean and std over each report's decodes; strategy
@@ -82,22 +87,27 @@ def compare(report_dirs_or_files: Sequence[str | Path], names: Sequence[str] | N
         raise ConfigError(f"system names must be distinct, got {names}")
     pref_key = "preference_kang" if protocol == "paper" else "preference"
     systems, warnings = [], []
+    other = next(p for p in PROTOCOLS if p != protocol)
+    other_systems = []
     for name, path, r in zip(names, paths, reports):
-        h, std = r["protocols"][protocol]["headline"], r["protocols"][protocol]["std"] or {}
+        values, std = _values(r, protocol, variant)
         s = r["strategy"][variant]
         errors = errors_of(r)
-        values = {key: h.get(f"{key}_{variant}", h.get(key)) for key in COMPARE_COLUMNS}
         gold = set(r["counts"]["modes"]) == {"generator-gold"}
         if gold:  # strategies given, not predicted: nothing to rank
             values.update(dict.fromkeys(GIVEN_STRATEGY_COLUMNS))
+        other_values, other_std = _values(r, other, variant)
+        other_systems.append({"name": name, "gold_strategies": gold,
+                              "values": {k: None if gold and k in GIVEN_STRATEGY_COLUMNS
+                                         else other_values[k] for k in PROTOCOL_COLUMNS},
+                              "std": {k: other_std[k] for k in PROTOCOL_COLUMNS}})
         values["errors_any"] = errors["any_error"] if errors else None
         values["adherence"] = (r.get("adherence") or {}).get("adherence")
         systems.append({
             "name": name, "report": str(path), "input_sha256": r["input"].get("sha256"),
             "gold_sha256": r["input"].get("gold_sha256"), "decodes": r["decodes"],
             "decoding": r.get("decoding"), "values": values,
-            "std": {key: std.get(f"{key}_{variant}", std.get(key)) for key in COMPARE_COLUMNS},
-            "gold_strategies": gold,
+            "std": std, "gold_strategies": gold,
             "errors": errors,
             "adherence_n": (r.get("adherence") or {}).get("evaluated"),
             "preferences": ({st: s["per_strategy"][st][pref_key] for st in STRATEGIES}
@@ -112,12 +122,23 @@ def compare(report_dirs_or_files: Sequence[str | Path], names: Sequence[str] | N
             best[key] = [n for v, n in vals if v == target]
     comparison = {"protocol": protocol, "variant": variant, "columns": list(COMPARE_COLUMNS),
                   "systems": systems, "best": best, "warnings": warnings,
+                  # the columns whose definitions differ, under the other protocol
+                  "other": {"protocol": other, "columns": list(PROTOCOL_COLUMNS),
+                            "systems": other_systems},
                   "same_gold": len({x["gold_sha256"] for x in systems}) == 1}
     markdown = render_comparison_markdown(comparison)
     if out_dir is not None:
         with staged_dir(out_dir, "compare", paths, keep=KEEP) as out:
             _write_comparison_files(comparison, systems, markdown, out)
     return comparison, markdown
+
+
+def _values(report: dict, protocol: str, variant: str) -> tuple[dict, dict]:
+    """A report's comparison columns under ``protocol``: (means, standard deviations)."""
+    h = report["protocols"][protocol]["headline"]
+    std = report["protocols"][protocol]["std"] or {}
+    return ({key: h.get(f"{key}_{variant}", h.get(key)) for key in COMPARE_COLUMNS},
+            {key: std.get(f"{key}_{variant}", std.get(key)) for key in COMPARE_COLUMNS})
 
 
 def _write_comparison_files(comparison: dict, systems: list[dict], markdown: str,

@@ -272,6 +272,15 @@ def render_comparison_markdown(comparison: dict) -> str:
                   "another (in some decode); `--protocol ours` gives the converged fit's B.", ""]
     for w in comparison.get("warnings", []):
         parts += [f"**Warning:** {w}", ""]
+    other = comparison.get("other")
+    if other:
+        rows = [[x["name"]] + ["(gold)" if x["gold_strategies"] and k == "B"
+                               else fmt(k, x["values"][k], x["std"].get(k))
+                               for k in other["columns"]] for x in other["systems"]]
+        parts += [f"## Under {PROTOCOL_TITLES[other['protocol']]} (`{other['protocol']}`)", "",
+                  "The columns the two protocols define differently (see report.md, "
+                  "Definitions); Q, weighted-F1 and accuracy are the same under both.", "",
+                  table(["System"] + [LABELS[k] for k in other["columns"]], rows), ""]
     pref_rows = [[st] + [fmt("B", x["preferences"][st]) if x["preferences"] else "–"
                          for x in comparison["systems"]] for st in STRATEGIES]
     parts += ["## Strategy preferences (ideal 1.0)", "",

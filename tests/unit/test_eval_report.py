@@ -259,6 +259,15 @@ def test_paper_protocol_is_the_mean_and_std_over_decodes(tmp_path):
     assert cmp_ours["systems"][0]["values"]["B"] == ours["headline"]["B_as_others"]
     assert cmp_paper["systems"][0]["std"]["bleu_2"] == pytest.approx(statistics.stdev(bleu))
     assert "**Paper protocol** (`paper`)" in md_paper
+    # and the columns defined differently, under the other protocol too
+    other = cmp_paper["other"]
+    assert other["protocol"] == "ours" and other["columns"] == ["B", "bleu_2", "rouge_l",
+                                                                "distinct_2"]
+    assert other["systems"][0]["values"]["B"] == ours["headline"]["B_as_others"]
+    assert other["systems"][0]["std"]["bleu_2"] == ours["std"]["bleu_2"]
+    assert "## Under our protocol (`ours`)" in md_paper
+    assert cmp_ours["other"]["systems"][0]["values"]["B"] == pytest.approx(
+        statistics.fmean(b_kang))
 
 
 def test_decodes_must_share_their_gold_turns(tmp_path):

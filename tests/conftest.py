@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import ESCONV_DIR
+from tests.helpers import ESCONV_DIR, FakeServer
 
 
 def pytest_configure(config):
@@ -108,3 +108,11 @@ def llama_server(tmp_path_factory):
         pytest.fail(str(e))
     yield server
     server.stop()
+
+
+@pytest.fixture
+def server():
+    """The hand-written OpenAI-compatible server (tests.helpers.FakeServer), stopped afterwards."""
+    s = FakeServer()
+    yield s
+    s.close()

@@ -5,6 +5,7 @@ an offline W&B run wrote."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import struct
@@ -387,6 +388,17 @@ def fake_model(body: dict) -> Reply:
     verdict = {f"{k}_errors": (["Template Response"] if "BAD" in v else []) for k, v in
                cands.items()}
     return Reply(content="```json\n" + json.dumps(verdict) + "\n```")
+
+
+class LogCapture(logging.Handler):
+    """Every log record, formatted, at DEBUG and above (attach it to a logger)."""
+
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record):
+        self.lines.append(self.format(record))
 
 
 class FakeServer:

@@ -16,17 +16,10 @@ from esc_dist.errors import ConfigError
 from esc_dist.eval.llm_scores import score_predictions
 from esc_dist.io import COMPLETED, read_json
 from esc_dist.llm_client import LLMError
-from tests.helpers import FakeServer, Reply, fake_model
+from tests.helpers import Reply, fake_model
 from tests.unit.test_prefdial import GENERATOR, snapshot, write_pairs
 
 N_REQUESTS = 4  # GENERATOR: 5 pairs, one with identical sides (settled without a request)
-
-
-@pytest.fixture
-def server():
-    s = FakeServer()
-    yield s
-    s.close()
 
 
 def dead_url() -> str:

@@ -17,17 +17,10 @@ from esc_dist.eval.llm_scores import (DIMENSIONS, PROTOCOL, parse_score, score_m
                                       score_predictions)
 from esc_dist.ipm.judge import judge_pairs
 from esc_dist.llm_client import JSONAnswerError, LLMClient, LLMError, parse_json_answer
-from tests.helpers import FakeServer, Reply, fake_model
+from tests.helpers import LogCapture, Reply, fake_model
 
 KEY_ENV = "ESC_DIST_TEST_JUDGE_KEY"
 SECRET = "sk-test-0123456789-do-not-leak"
-
-
-@pytest.fixture
-def server():
-    s = FakeServer()
-    yield s
-    s.close()
 
 
 @pytest.fixture
@@ -275,17 +268,8 @@ def test_judge_rerun_uses_cache(server, key, tmp_path):
 # The API key
 
 
-class _Capture(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.DEBUG)
-        self.lines: list[str] = []
-
-    def emit(self, record):
-        self.lines.append(self.format(record))
-
-
 def test_api_key_is_sent_but_never_leaked(server, key, tmp_path):
-    cap = _Capture()
+    cap = LogCapture()
     logger = logging.getLogger("esc_dist")
     old_level = logger.level
     logger.addHandler(cap)

@@ -27,7 +27,7 @@ from esc_dist.eval.psych_errors import (
     parse_errors,
 )
 from esc_dist.llm_client import LLMClient
-from tests.helpers import ROOT, FakeServer, Reply
+from tests.helpers import ROOT, Reply
 
 SM, TR, LE, EM, ES = ERROR_TYPES
 KEY_ENV = "ESC_DIST_TEST_JUDGE_KEY"
@@ -144,13 +144,6 @@ def test_eval_does_not_import_ipm():
 
 # ---------------------------------------------------------------------------------------------
 # The LLM backend
-
-
-@pytest.fixture
-def server():
-    s = FakeServer()
-    yield s
-    s.close()
 
 
 @pytest.fixture

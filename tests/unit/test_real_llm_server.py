@@ -27,6 +27,7 @@ from esc_dist.eval.llm_scores import score_predictions
 from esc_dist.io import COMPLETED, read_json
 from esc_dist.ipm.judge import ERRORS, PROMPT_VERSION, judge_pairs
 from esc_dist.llm_client import LLMClient, LLMError
+from tests.helpers import LogCapture
 from tests.unit.test_judge_failures import dead_url
 from tests.unit.test_prefdial import GENERATOR, write_pairs
 
@@ -44,19 +45,10 @@ def key(monkeypatch, llama_server) -> str:
     return llama_server.api_key
 
 
-class _Capture(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.DEBUG)
-        self.lines: list[str] = []
-
-    def emit(self, record):
-        self.lines.append(self.format(record))
-
-
 @pytest.fixture
 def logs():
     """Every log line at debug level: esc-dist's, and openai's and httpx's (through the root)."""
-    cap = _Capture()
+    cap = LogCapture()
     loggers = [logging.getLogger(n) for n in ("esc_dist", "", "openai", "httpx", "httpcore")]
     levels = [lg.level for lg in loggers]
     loggers[0].addHandler(cap)

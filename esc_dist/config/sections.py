@@ -282,6 +282,9 @@ class JudgeConfig:
     timeout: float = 60.0
     # Keep planner pairs whose sample is not a strategy name (a format error) without judging.
     keep_unparseable: bool = True
+    # Cut the kept planner and vanilla pairs so that no chosen and no rejected strategy holds
+    # more than its side's median count (esc_dist/ipm/balance.py, docs/judge.md).
+    balance: bool = False
     # Share of requests (judge, eval LLM scores) that may fail for good (after retries) without
     # failing the stage; 0: any request that never succeeded fails it.
     max_failed_share: float = 0.0

@@ -34,6 +34,7 @@ from ..io import (atomic_write_json, directory_outputs, iter_jsonl, mark_complet
 from ..outputs import check_output, staged_dir
 from ..log import get_logger
 from ..strategies import STRATEGIES, normalize_strategy
+from .balance import balance
 from .judge import ERRORS, judge_pairs, judge_version
 
 log = get_logger(__name__)
@@ -134,6 +135,8 @@ def drop_category(verdict: Mapping[str, Any]) -> str:
         return "chosen_has_error"
     if verdict["reason"].startswith("dropped:"):
         return "rejected_has_no_error"
+    if verdict["reason"].startswith("balance:"):
+        return "balance"
     return verdict["reason"]  # unparseable_sample, identical, judge_parse_error, ...
 
 
@@ -259,8 +262,13 @@ def build_prefdial(pairs_jsonl: str | Path, out_dir: str | Path, cfg: JudgeConfi
 
         client = LLMClient.from_config(cfg, cache_dir, PROMPT_VERSION)
     verdicts = judge_pairs(pairs, cfg, cache_dir, client=client)
+    balanced = None
+    if cfg.balance:
+        verdicts, balanced = balance(pairs, verdicts, recipe.run.seed if recipe else 0)
     counters = client.stats() if client is not None else None
     stats = compute_stats(pairs, verdicts, counters)
+    if balanced is not None:
+        stats["balance"] = balanced
     kept = [p for p, v in zip(pairs, verdicts) if v["keep"]]
     manifest = {
         "stage": "judge",
@@ -288,6 +296,9 @@ def build_prefdial(pairs_jsonl: str | Path, out_dir: str | Path, cfg: JudgeConfi
         mark_completed(tmp)
     if run is not None:
         _log_wandb(run, stats)
+    if balanced is not None:
+        log.info("balanced per chosen and rejected strategy (caps %s): %d of %d kept pairs stay",
+                 balanced["caps"], balanced["kept_after"], balanced["kept_before"])
     log.info("judged %d pairs from %s: kept %d (%.1f%%) -> %s", stats["pairs_in"], pairs_jsonl,
              stats["kept"], 100 * stats["kept_ratio"], out_dir)
     return manifest

@@ -336,3 +336,109 @@ def test_cli(tmp_path, monkeypatch, capsys):
                  "--out", str(tmp_path / "o3"), "--backend", "openai",
                  "judge.api_key_env=ESC_DIST_NO_SUCH_KEY"]) == 2
     assert "ESC_DIST_NO_SUCH_KEY" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# judge.balance: kept planner and vanilla pairs capped per chosen and per rejected strategy
+
+
+def skewed_planner_pairs():
+    """Kept-looking planner pairs whose rejected side is one-sided: 12 x Others, 7 x Providing
+    Suggestions, 3 x Information, 1 x Question, 2 unparseable, over varied gold strategies."""
+    rejected = (["Others"] * 12 + ["Providing Suggestions"] * 7 + ["Information"] * 3
+                + ["Question"] + [None] * 2)
+    golds = [s for s in STRATEGIES if s not in ("Others",)]
+    pairs = []
+    for i, r in enumerate(rejected):
+        gold = golds[i % 3] if i < 19 else golds[3 + i % 4]
+        if gold == r:
+            gold = "Reflection of feelings"
+        pairs.append(record(f"d{i}-t001#s0", "planner", EXAMS, gold, r or "???", gold, r, None,
+                            None if r else "not a strategy name"))
+    return pairs
+
+
+def kept_verdicts(pairs):
+    return [{"id": p["id"], "chosen_errors": [], "rejected_errors": [EARLY_SHIFT],
+             "keep": True, "reason": "kept", "judge": "offline"} for p in pairs]
+
+
+def median_cap(values):
+    values = sorted(values)
+    n = len(values)
+    mid = values[n // 2] if n % 2 else (values[n // 2 - 1] + values[n // 2]) / 2
+    return int(-(-mid // 1))
+
+
+def test_balance_caps_each_side_at_its_median():
+    from collections import Counter
+
+    from esc_dist.ipm.balance import balance
+
+    pairs = skewed_planner_pairs()
+    out, report = balance(pairs, kept_verdicts(pairs), seed=0)
+    side = lambda p: (p["gold_strategy"], p["sampled_strategy"] or "unparseable")  # noqa: E731
+    chosen0 = Counter(side(p)[0] for p in pairs)
+    rejected0 = Counter(side(p)[1] for p in pairs)
+    caps = {"chosen": median_cap(chosen0.values()), "rejected": median_cap(rejected0.values())}
+    assert report["caps"] == caps
+    assert caps["rejected"] == 3  # groups 12, 7, 3, 2, 1 -> median 3
+    kept = [p for p, v in zip(pairs, out) if v["keep"]]
+    chosen1, rejected1 = Counter(side(p)[0] for p in kept), Counter(side(p)[1] for p in kept)
+    assert max(chosen1.values()) <= caps["chosen"]
+    assert max(rejected1.values()) <= caps["rejected"]
+    assert rejected1["Others"] < 12 and rejected1["Providing Suggestions"] < 7
+    assert report["kept_before"] == len(pairs) and report["kept_after"] == len(kept)
+    # nothing dropped that fitted: every dropped pair has a side that ended at its cap
+    for p, v in zip(pairs, out):
+        if not v["keep"]:
+            c, r = side(p)
+            assert chosen1[c] == caps["chosen"] or rejected1[r] == caps["rejected"]
+            assert v["reason"].startswith("balance: ")
+
+
+def test_balance_is_independent_of_file_order_and_follows_the_seed():
+    import random
+
+    from esc_dist.ipm.balance import balance
+
+    pairs = skewed_planner_pairs()
+    kept = lambda ps, seed: {p["id"] for p, v in  # noqa: E731
+                             zip(ps, balance(ps, kept_verdicts(ps), seed)[0]) if v["keep"]}
+    shuffled = pairs[:]
+    random.Random(1).shuffle(shuffled)
+    assert kept(pairs, 0) == kept(shuffled, 0)
+    assert any(kept(pairs, s) != kept(pairs, 0) for s in range(1, 6))
+
+
+def test_balance_leaves_generator_pairs_and_drops_alone(tmp_path):
+    from esc_dist.ipm.balance import balance
+
+    pairs = skewed_planner_pairs() + [gen(f"g{i}-t001#s0", KIND, "Ok.") for i in range(5)]
+    verdicts = kept_verdicts(pairs)
+    verdicts[0] = {**verdicts[0], "keep": False, "reason": "dropped: rejected shows no error"}
+    out, report = balance(pairs, verdicts, seed=0)
+    assert out[0] == verdicts[0]
+    assert all(v["keep"] for v in out[-5:])
+    assert report["kept_before"] == len(pairs) - 1 - 5
+
+
+def test_balanced_build(tmp_path):
+    from datasets import load_from_disk
+
+    pairs = skewed_planner_pairs()
+    out = tmp_path / "planner"
+    plain = tmp_path / "plain"
+    pairs_file = write_pairs(tmp_path / "p.jsonl", pairs)
+    build_prefdial(pairs_file, plain, JudgeConfig(), role="planner")
+    build_prefdial(pairs_file, out, JudgeConfig(balance=True), role="planner")
+    before, after = read_json(plain / "stats.json"), read_json(out / "stats.json")
+    assert "balance" not in before
+    bal = after["balance"]
+    assert bal["kept_before"] == before["kept"] > after["kept"] == bal["kept_after"]
+    assert after["drop_reasons"]["balance"] == before["kept"] - after["kept"]
+    assert len(load_from_disk(str(out / "dataset"))) == after["kept"]
+    judged = [json.loads(line) for line in (out / "judged.jsonl").open()]
+    assert sum(j["verdict"]["reason"].startswith("balance: ") for j in judged) == \
+        after["drop_reasons"]["balance"]
+    assert max(bal["rejected_after"].values()) <= bal["caps"]["rejected"]

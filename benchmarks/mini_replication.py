@@ -106,8 +106,9 @@ def dialogue_text(prompt: list[dict]) -> str:
     return " \n ".join(m["content"] for m in prompt if m["role"] != "system")
 
 
-def baselines(data_dir: Path, seed: int, ids: set[str]) -> dict:
-    """The three baselines on the test turns ``ids`` (those the systems predicted)."""
+def baseline_predictions(data_dir: Path, seed: int, ids: set[str]) -> tuple[list[str], dict]:
+    """The gold strategies of the test turns ``ids`` (those the systems predicted) and the three
+    baselines' predictions of them, in the test split's order."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
 
@@ -124,9 +125,13 @@ def baselines(data_dir: Path, seed: int, ids: set[str]) -> dict:
     clf = LogisticRegression(max_iter=2000, C=1.0)
     clf.fit(x_train, gold_train)
     lr_pred = list(clf.predict(vec.transform([dialogue_text(p) for p in test["prompt"]])))
-    return {"majority": scores_of_labels(gold, [majority] * len(gold)),
-            "prior": scores_of_labels(gold, random_pred),
-            "bow_lr": scores_of_labels(gold, lr_pred)}
+    return gold, {"majority": [majority] * len(gold), "prior": random_pred, "bow_lr": lr_pred}
+
+
+def baselines(data_dir: Path, seed: int, ids: set[str]) -> dict:
+    """The three baselines' scores on the test turns ``ids``."""
+    gold, preds = baseline_predictions(data_dir, seed, ids)
+    return {name: scores_of_labels(gold, pred) for name, pred in preds.items()}
 
 
 def seed_results(runs: Path, seed: int) -> dict | None:
@@ -276,10 +281,12 @@ def render(results: dict) -> str:
     return "\n".join(lines)
 
 
-def write_section(text: str) -> None:
+def write_section(text: str, start: str = START, end: str = END) -> None:
+    """Replace the section between the markers ``start`` and ``end`` of RESULTS.md with
+    ``text`` (which holds them), or append it."""
     md = RESULTS_MD.read_text(encoding="utf-8")
-    if START in md and END in md:
-        md = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: text, md, flags=re.S)
+    if start in md and end in md:
+        md = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: text, md, flags=re.S)
     else:
         md = md.rstrip("\n") + "\n\n" + text + "\n"
     atomic_write_text(RESULTS_MD, md)

@@ -59,10 +59,10 @@ def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
 
 def commands() -> list[Command]:
     """Every subcommand, in pipeline order."""
-    from . import data, evaluate, generate, stages, train
+    from . import app, data, evaluate, generate, stages, train
 
     return [*data.COMMANDS, *train.COMMANDS, *generate.COMMANDS, *evaluate.COMMANDS,
-            *stages.COMMANDS]
+            *stages.COMMANDS, *app.COMMANDS]
 
 
 class _Parser(argparse.ArgumentParser):

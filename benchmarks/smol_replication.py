@@ -1,0 +1,479 @@
+"""Mini-replication on SmolLM2: does Decoupled-DPO lower preference bias from a pretrained model?
+
+For each seed, runs ``configs/mini-smol.yaml`` through ``esc-dist pipeline`` (``run.seed`` set to
+the seed; a seed whose stages already finished resumes from them), then the SmolLM2 zero-shot
+baseline -- the converted base model as planner and as generator, prompted with the same
+planner and generator prompts as the trained systems, no fine-tuning -- on the same test turns
+and decodes, and scores the four systems, the zero-shot baseline and three label baselines
+(majority, random by train prior, bag-of-words logistic regression; see
+``benchmarks/mini_replication.py``) under the paper's protocol. As soon as a seed is scored its
+numbers go to ``benchmarks/results/mini_smol/seed-K.json`` (commit it: run directories do not
+survive a move to another machine).
+
+Variants, each on one seed (``--variant-seed``, default the first seed), reusing that seed's SFT
+models and mined pairs where they can:
+
+- ``balanced``: the planner and vanilla pairs judged again with ``judge.balance: true`` (kept
+  pairs capped per chosen and per rejected strategy), their DPO, and Decoupled-DPO (with the
+  seed's DPO generator) and Vanilla-DPO inferred and scored again;
+- ``no-tags``: the whole pipeline with ``data.history_strategy_tags: false`` (the prompts show
+  past supporter turns as plain text).
+
+Their numbers go to ``benchmarks/results/mini_smol/variant-NAME-seed-K.json``.
+
+The report (every run of the script ends with it, and ``--report-only`` runs nothing else) is
+built from the committed result files alone: ``benchmarks/results/mini_smol.json`` (mean and
+sample std over seeds), the per-strategy preference plots ``benchmarks/results/mini_smol/*.png``
+and the section between the ``mini-smol`` markers of ``benchmarks/RESULTS.md``.
+
+Usage: python -m benchmarks.smol_replication [--seeds 0,1,2] [--variants balanced,no-tags]
+       [--variant-seed 0] [--report-only]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from benchmarks.mini_replication import ROOT, baseline_predictions, launch, mean_std, \
+    write_section
+from esc_dist.config import load_recipe
+from esc_dist.constants import SYSTEM_TITLES, SYSTEMS
+from esc_dist.eval.compare import load_report
+from esc_dist.eval.plots import plot_preferences
+from esc_dist.eval.predictions import load_predictions
+from esc_dist.eval.strategy import strategy_metrics
+from esc_dist.io import COMPLETED, atomic_write_json, read_json
+from esc_dist.pipeline import plan
+from esc_dist.psych.names import ERROR_TYPES
+from esc_dist.strategies import STRATEGIES
+
+CONFIG = ROOT / "configs" / "mini-smol.yaml"
+RESULTS = ROOT / "benchmarks" / "results" / "mini_smol"
+OUT_JSON = ROOT / "benchmarks" / "results" / "mini_smol.json"
+START, END = "<!-- mini-smol:start -->", "<!-- mini-smol:end -->"
+ZERO_SHOT = "zero-shot"
+LABEL_BASELINES = {"majority": "Majority", "prior": "Random by train prior",
+                   "bow_lr": "Bag-of-words LR"}
+TITLES = {**SYSTEM_TITLES, ZERO_SHOT: "SmolLM2 zero-shot", **LABEL_BASELINES}
+ROWS = (*SYSTEMS, ZERO_SHOT, *LABEL_BASELINES)
+STRATEGY_COLS = ("Q", "weighted_f1", "accuracy", "B", "B_converged", "unparseable")
+REPLY_COLS = ("bleu_2", "rouge_l", "distinct_2", "any_error", "adherence")
+VARIANTS = ("balanced", "no-tags")
+# the systems a variant changes (the others are the seed's own)
+VARIANT_SYSTEMS = {"balanced": ("vanilla-dpo", "decoupled-dpo"), "no-tags": tuple(SYSTEMS)}
+
+
+def seed_overrides(seed: int, runs: Path, variant: str | None = None) -> list[str]:
+    name = f"seed-{seed}" if variant is None else f"{variant}-seed-{seed}"
+    out = [f"run.seed={seed}", f"run.output_dir={runs / name}", f"run.name=mini-smol-{name}"]
+    if variant == "no-tags":
+        out.append("data.history_strategy_tags=false")
+    return out
+
+
+def run_pipeline(config: Path, overrides: list[str]) -> None:
+    cmd = [sys.executable, "-m", "esc_dist", "pipeline", "--config", str(config), *overrides]
+    print(" ".join(cmd[3:]), flush=True)
+    subprocess.run(cmd, check=True, cwd=ROOT)
+
+
+def infer_and_eval(recipe, config: Path, overrides: list[str], run: Path, name: str,
+                   mode_args: list[str]) -> Path:
+    """Infer one system on the run's test turns (the pipeline's decoding) and evaluate it, unless
+    done; returns its report directory. Outputs go to RUN/extra/NAME."""
+    base = run / "extra" / name
+    pred, report = base / "predictions", base / "report"
+    base.mkdir(parents=True, exist_ok=True)
+    if not (pred / COMPLETED).is_file():
+        launch(recipe, ["infer", *mode_args, "--data", str(run / "data"), "--split",
+                        recipe.infer.split, "--out", str(pred), "--config", str(config),
+                        *overrides], base / "infer.log")
+    if not (report / "report.json").is_file():
+        cmd = [sys.executable, "-m", "esc_dist", "eval", str(pred / "predictions.jsonl"),
+               "--out", str(report), "--name", name, "--data", str(run / "data"),
+               "--config", str(config), *overrides]
+        with open(base / "eval.log", "w") as f:
+            subprocess.run(cmd, check=True, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
+    return report
+
+
+def zero_shot(config: Path, overrides: list[str], run: Path) -> Path:
+    recipe = load_recipe(config, overrides)
+    base = run / "models" / "base"
+    return infer_and_eval(recipe, config, overrides, run, ZERO_SHOT,
+                          ["--mode", "decoupled", "--planner", str(base),
+                           "--generator", str(base)])
+
+
+def balanced_variant(config: Path, runs: Path, seed: int) -> dict[str, Path]:
+    """Judge the seed's planner and vanilla pairs with judge.balance, DPO them, and infer and
+    score Vanilla-DPO and Decoupled-DPO with them; returns the report directory per system."""
+    overrides = [*seed_overrides(seed, runs), "judge.balance=true"]
+    recipe = load_recipe(config, overrides)
+    run = runs / f"seed-{seed}"
+    extra = run / "extra" / "balanced"
+    extra.mkdir(parents=True, exist_ok=True)
+    for role in ("planner", "vanilla"):
+        kept, model = extra / f"prefdial-{role}", extra / f"dpo-{role}"
+        if not (kept / COMPLETED).is_file():
+            cmd = [sys.executable, "-m", "esc_dist", "judge", "--role", role, "--pairs",
+                   str(run / "ipm" / f"mine-{role}" / "pairs.jsonl"), "--out", str(kept),
+                   "--config", str(config), *overrides]
+            with open(extra / f"judge-{role}.log", "w") as f:
+                subprocess.run(cmd, check=True, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
+        if not (model / COMPLETED).is_file():
+            launch(recipe, ["dpo", "--role", role, "--pairs", str(kept), "--model",
+                            str(run / "models" / f"sft-{role}"), "--out", str(model),
+                            "--config", str(config), *overrides], extra / f"dpo-{role}.log")
+    return {
+        "vanilla-dpo": infer_and_eval(recipe, config, overrides, run, "balanced/vanilla-dpo",
+                                      ["--mode", "vanilla", "--model",
+                                       str(extra / "dpo-vanilla")]),
+        "decoupled-dpo": infer_and_eval(recipe, config, overrides, run, "balanced/decoupled-dpo",
+                                        ["--mode", "decoupled", "--planner",
+                                         str(extra / "dpo-planner"), "--generator",
+                                         str(run / "models" / "dpo-generator")]),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Scores
+
+
+def _headline(report: dict, protocol: str) -> dict:
+    return report["protocols"][protocol]["headline"]
+
+
+def scores_of_report(report: dict) -> dict:
+    """One system's row: the paper protocol's headline (mean over decodes), the converged B of
+    ``ours``, the offline error rates and adherence (first decode), converged preferences."""
+    paper, ours = _headline(report, "paper"), _headline(report, "ours")
+    std = report["protocols"]["paper"]["std"] or {}
+    errors = (report.get("psych_errors") or {}).get("offline") or {}
+    adherence = report.get("adherence") or {}
+    per = report["strategy"]["as_others"]["per_strategy"]
+    return {
+        "Q": paper["Q_as_others"], "weighted_f1": paper["weighted_f1_as_others"],
+        "accuracy": paper["accuracy_as_others"], "B": paper["B_as_others"],
+        "B_converged": ours["B_as_others"], "unparseable": paper["unparseable"],
+        "bleu_2": paper["bleu_2"], "rouge_l": paper["rouge_l"],
+        "distinct_2": paper["distinct_2"],
+        "std_over_decodes": {k: std.get(f"{k}_as_others", std.get(k))
+                             for k in ("Q", "B", "bleu_2", "rouge_l")},
+        "errors": {e: r for e, r in (errors.get("rates") or {}).items() if r is not None},
+        "any_error": errors.get("any_error"), "adherence": adherence.get("adherence"),
+        "turns": paper["turns"], "decodes": report["decodes"],
+        "predicted": report["counts"].get("predicted"),
+        "preferences": [per[s]["preference"] for s in STRATEGIES],
+    }
+
+
+def scores_of_labels(gold: list[str], pred: list[str]) -> dict:
+    m = strategy_metrics(gold, pred)["as_others"]
+    return {"Q": m["Q"], "weighted_f1": m["weighted_f1"], "accuracy": m["accuracy"],
+            "B": m["B_kang"], "B_converged": m["B"], "unparseable": 0,
+            **{k: None for k in REPLY_COLS}, "errors": {}, "turns": len(gold), "decodes": 1,
+            "preferences": [m["per_strategy"][s]["preference"] for s in STRATEGIES]}
+
+
+def stage_seconds(recipe) -> dict:
+    out = {}
+    for stage in plan(recipe):
+        state = Path(stage.out) / "pipeline.json"
+        if state.is_file():
+            out[stage.name] = read_json(state).get("seconds")
+    return out
+
+
+def extra_seconds(run: Path) -> float:
+    """The seconds the zero-shot baseline's inference took (its manifest's run facts)."""
+    manifest = run / "extra" / ZERO_SHOT / "predictions" / "manifest.json"
+    return float(read_json(manifest).get("seconds") or 0) if manifest.is_file() else 0.0
+
+
+def seed_result(config: Path, runs: Path, seed: int, reports: dict[str, Path],
+                variant: str | None = None) -> dict:
+    """The numbers of one finished seed (or variant): every system and the baselines."""
+    run = runs / (f"seed-{seed}" if variant is None else f"{variant}-seed-{seed}")
+    rows = {s: scores_of_report(load_report(p / "report.json")) for s, p in reports.items()}
+    recipe = load_recipe(config, seed_overrides(seed, runs, variant))
+    out = {"seed": seed, "variant": variant, "config": str(config.relative_to(ROOT)),
+           "date": time.strftime("%Y-%m-%d"),
+           "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, "
+                      f"{platform.system()}, Python {platform.python_version()}",
+           "systems": rows}
+    if variant != "balanced":
+        stages = stage_seconds(recipe)
+        out["stage_seconds"] = stages
+        out["pipeline_seconds"] = round(sum(v or 0 for v in stages.values()), 1)
+        out["zero_shot_seconds"] = round(extra_seconds(run), 1)
+        pred = run / "predictions" / "decoupled-sft" / "predictions.jsonl"
+        gold, preds = baseline_predictions(run / "data", seed,
+                                           {p.id for p in load_predictions(pred)})
+        out["systems"].update({k: scores_of_labels(gold, v) for k, v in preds.items()})
+    judged = {}
+    for role in ("planner", "generator", "vanilla"):
+        stats = run / "prefdial" / role / "stats.json"
+        if variant == "balanced":
+            stats = run / "extra" / "balanced" / f"prefdial-{role}" / "stats.json"
+        if stats.is_file():
+            st = read_json(stats)
+            judged[role] = {"pairs_in": st["pairs_in"], "kept": st["kept"],
+                            "rejected_kept": {s: sum(row[s] for row in
+                                                     st["confusion_kept"].values())
+                                              for s in [*STRATEGIES, "unparseable"]},
+                            **({"balance": st["balance"]} if "balance" in st else {})}
+    out["judged"] = judged
+    return out
+
+
+def result_path(seed: int, variant: str | None = None) -> Path:
+    name = f"seed-{seed}" if variant is None else f"variant-{variant}-seed-{seed}"
+    return RESULTS / f"{name}.json"
+
+
+def save_result(result: dict, seed: int, variant: str | None = None) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(result_path(seed, variant), result)
+    print(f"wrote {result_path(seed, variant).relative_to(ROOT)}", flush=True)
+
+
+def run_seed(config: Path, runs: Path, seed: int) -> None:
+    overrides = seed_overrides(seed, runs)
+    run_pipeline(config, overrides)
+    run = runs / f"seed-{seed}"
+    reports = {s: run / "reports" / s for s in SYSTEMS}
+    reports[ZERO_SHOT] = zero_shot(config, overrides, run)
+    save_result(seed_result(config, runs, seed, reports), seed)
+
+
+def run_variant(config: Path, runs: Path, seed: int, variant: str) -> None:
+    if variant == "balanced":
+        reports = balanced_variant(config, runs, seed)
+    else:
+        overrides = seed_overrides(seed, runs, variant)
+        run_pipeline(config, overrides)
+        run = runs / f"{variant}-seed-{seed}"
+        reports = {s: run / "reports" / s for s in SYSTEMS}
+    save_result(seed_result(config, runs, seed, reports, variant), seed, variant)
+
+
+# ---------------------------------------------------------------------------------------------
+# Report (from the committed result files only)
+
+
+def load_results() -> tuple[dict[int, dict], dict[str, dict]]:
+    seeds, variants = {}, {}
+    for path in sorted(RESULTS.glob("*.json")):
+        r = read_json(path)
+        if r.get("variant"):
+            variants[f"{r['variant']}-seed-{r['seed']}"] = r
+        else:
+            seeds[int(r["seed"])] = r
+    return dict(sorted(seeds.items())), variants
+
+
+def aggregate(seeds: dict[int, dict]) -> dict:
+    agg = {}
+    for s in ROWS:
+        rows = [r["systems"][s] for r in seeds.values() if s in r["systems"]]
+        if not rows:
+            continue
+        agg[s] = {k: mean_std([r.get(k) for r in rows]) for k in (*STRATEGY_COLS, *REPLY_COLS)}
+        agg[s]["errors"] = {e: mean_std([r["errors"].get(e) for r in rows])
+                            for e in ERROR_TYPES if any(e in r["errors"] for r in rows)}
+        prefs = [r["preferences"] for r in rows if all(p is not None for p in r["preferences"])]
+        agg[s]["preferences"] = ([sum(col) / len(col) for col in zip(*prefs)] if prefs else None)
+        agg[s]["seeds"] = len(rows)
+    return agg
+
+
+PERCENT = {"Q", "weighted_f1", "accuracy", "bleu_2", "rouge_l", "distinct_2", "any_error",
+           "adherence", *ERROR_TYPES}
+NAMES = {"Q": "Q %", "weighted_f1": "weighted-F1 %", "accuracy": "accuracy %",
+         "B": "B (paper)", "B_converged": "B (converged)", "unparseable": "unparseable",
+         "bleu_2": "BLEU-2 %", "rouge_l": "ROUGE-L %", "distinct_2": "Distinct-2 %",
+         "any_error": "any error %", "adherence": "adherence %"}
+
+
+def fmt(key: str, value) -> str:
+    mean, std = value if isinstance(value, tuple) else (value, None)
+    if mean is None:
+        return "–"
+    scale, digits = ((100, 1) if key in PERCENT else (1, 0) if key == "unparseable"
+                     else (1, 3))
+    text = f"{scale * mean:.{digits}f}"
+    return text if std is None else f"{text} ± {scale * std:.{digits}f}"
+
+
+def table(rows: dict[str, dict], cols: tuple[str, ...], order=ROWS, titles=None) -> list[str]:
+    titles = titles or TITLES
+    out = ["| system | " + " | ".join(NAMES.get(c, c) for c in cols) + " |",
+           "|---" * (len(cols) + 1) + "|"]
+    for s in order:
+        if s in rows:
+            out.append(f"| {titles[s]} | " + " | ".join(fmt(c, rows[s].get(c)) for c in cols)
+                       + " |")
+    return out
+
+
+def error_table(rows: dict[str, dict], order=ROWS) -> list[str]:
+    types = [e for e in ERROR_TYPES if any(e in (rows[s].get("errors") or {}) for s in rows)]
+    out = ["| system | " + " | ".join(f"{e} %" for e in types) + " | any error % |",
+           "|---" * (len(types) + 2) + "|"]
+    for s in order:
+        if s in rows and rows[s].get("errors"):
+            out.append(f"| {TITLES[s]} | " + " | ".join(
+                fmt(e, rows[s]["errors"].get(e)) for e in types) + " | "
+                + fmt("any_error", rows[s].get("any_error")) + " |")
+    return out
+
+
+def per_seed_lines(seeds: dict[int, dict]) -> list[str]:
+    """Per seed: B (paper and converged) and Q of the four systems, the deltas the question is
+    about."""
+    out = ["| seed | " + " | ".join(f"{TITLES[s]} Q / B / B conv." for s in SYSTEMS) + " |",
+           "|---" * (len(SYSTEMS) + 1) + "|"]
+    for k, r in seeds.items():
+        cells = []
+        for s in SYSTEMS:
+            x = r["systems"][s]
+            cells.append(f"{fmt('Q', x['Q'])} / {fmt('B', x['B'])} / "
+                         f"{fmt('B_converged', x['B_converged'])}")
+        out.append(f"| {k} | " + " | ".join(cells) + " |")
+    return out
+
+
+def plot_all(seeds: dict[int, dict], agg: dict) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    plot_preferences({TITLES[s]: agg[s]["preferences"] for s in agg if agg[s]["preferences"]},
+                     RESULTS / "preferences_all.png",
+                     "Strategy preferences (converged fit), mean over seeds (ideal 1.0)")
+    for s in (*SYSTEMS, ZERO_SHOT):
+        series = {f"seed {k}": r["systems"][s]["preferences"] for k, r in seeds.items()
+                  if s in r["systems"] and None not in r["systems"][s]["preferences"]}
+        if series:
+            plot_preferences(series, RESULTS / f"preferences_{s}.png",
+                             f"{TITLES[s]}: strategy preferences per seed")
+
+
+def render(seeds: dict[int, dict], variants: dict[str, dict], agg: dict) -> str:
+    first = next(iter(seeds.values()))
+    turns = first["systems"]["decoupled-sft"]["turns"]
+    decodes = first["systems"]["decoupled-sft"]["decodes"]
+    times = {k: r.get("pipeline_seconds", 0) + r.get("zero_shot_seconds", 0)
+             for k, r in seeds.items()}
+    lines = [START, "## Mini-replication on SmolLM2-135M (CPU): does Decoupled-DPO lower "
+             "preference bias?", "",
+             f"Produced by `python -m benchmarks.smol_replication` from the result files in "
+             "`benchmarks/results/mini_smol/` (last seed scored "
+             f"{max(r['date'] for r in seeds.values())}, "
+             f"{first['machine']}); recipe `{first['config']}`, {len(seeds)} seed"
+             f"{'s' * (len(seeds) > 1)} ({', '.join(map(str, seeds))}; `run.seed`). Test: the "
+             f"first 20 DecoupledESC test dialogues by id, {turns} supporter turns, the same for "
+             f"every system; paper protocol: {decodes} sampled decodes (temperature 0.7, top-p "
+             "0.95) per system and seed, metrics averaged over the decodes, then mean ± sample "
+             "std over seeds. Strategy metrics count an unparseable prediction as *Others*. "
+             "B (paper) is the released 20-sweep fit, B (converged) the fitted Bradley-Terry "
+             "model; ideal 0 for both, – where the 20-sweep fit divides 0 by 0. Error rates "
+             "(offline rules) and adherence are of the first decode. Every number is in "
+             "`benchmarks/results/mini_smol.json`.", "",
+             "**Strategy**", "", *table(agg, STRATEGY_COLS), "",
+             "**Replies** (paper definitions)", "", *table(agg, REPLY_COLS,
+                                                          order=(*SYSTEMS, ZERO_SHOT)), "",
+             "**Psychological error rates by type** (offline rules; the types they can see)",
+             "", *error_table(agg), "",
+             "**Per seed** (Q % / B paper / B converged)", "", *per_seed_lines(seeds), "",
+             "Per-strategy preferences (converged Bradley-Terry fit, ideal 1.0 each), mean over "
+             "seeds: ![preferences](results/mini_smol/preferences_all.png); per seed: "
+             + ", ".join(f"[{TITLES[s]}](results/mini_smol/preferences_{s}.png)"
+                         for s in (*SYSTEMS, ZERO_SHOT)) + ".", "",
+             "Time per seed (pipeline stages + zero-shot inference): " + ", ".join(
+                 f"seed {k} {v / 60:.0f} min" for k, v in times.items()) + ".", ""]
+    for name, r in variants.items():
+        variant, seed = r["variant"], r["seed"]
+        base = seeds.get(seed)
+        changed = VARIANT_SYSTEMS[variant]
+        title = {"balanced": "judge.balance: true (kept planner and vanilla pairs capped per "
+                             "chosen and rejected strategy)",
+                 "no-tags": "data.history_strategy_tags: false (no past strategies in the "
+                            "prompts)"}[variant]
+        lines += [f"**Variant {variant}, seed {seed}**: {title}. First the variant's rows, then "
+                  f"the same systems of seed {seed} as specified.", ""]
+        rows = {s: r["systems"][s] for s in changed}
+        both, order, titles = {}, [], dict(TITLES)
+        for s in changed:
+            both[f"{s}@v"] = rows[s]
+            order.append(f"{s}@v")
+            titles[f"{s}@v"] = f"{TITLES[s]} ({variant})"
+            if base:
+                both[s] = base["systems"][s]
+                order.append(s)
+        lines += [*table(both, (*STRATEGY_COLS, "bleu_2", "any_error"), order=order,
+                         titles=titles), ""]
+        for role, j in r.get("judged", {}).items():
+            if "balance" in j:
+                b = j["balance"]
+                lines.append(f"- {role} pairs: {b['kept_before']} kept by the judge, "
+                             f"{b['kept_after']} after balancing (caps: {b['caps']['chosen']} per "
+                             f"chosen, {b['caps']['rejected']} per rejected strategy).")
+        lines.append("")
+    if seeds:
+        lines += ["Pairs the judge kept (seed: planner / generator / vanilla of the pairs mined): "
+                  + "; ".join(
+                      f"seed {k}: " + " / ".join(
+                          f"{r['judged'][role]['kept']} of {r['judged'][role]['pairs_in']}"
+                          for role in ("planner", "generator", "vanilla") if role in r["judged"])
+                      for k, r in seeds.items()) + ".", ""]
+    lines.append(END)
+    return "\n".join(lines)
+
+
+def report() -> str:
+    seeds, variants = load_results()
+    if not seeds:
+        raise SystemExit(f"no seed result in {RESULTS.relative_to(ROOT)} yet")
+    agg = aggregate(seeds)
+    atomic_write_json(OUT_JSON, {"seeds": {str(k): r for k, r in seeds.items()},
+                                 "variants": variants, "aggregate": agg})
+    plot_all(seeds, agg)
+    text = render(seeds, variants, agg)
+    write_section(text, START, END)
+    return text
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--config", type=Path, default=CONFIG)
+    ap.add_argument("--runs", type=Path, default=Path("runs") / "mini-smol",
+                    help="one run directory per seed goes under here (relative paths: to the "
+                         "repository root)")
+    ap.add_argument("--seeds", default="0,1,2", help="comma-separated; empty: none")
+    ap.add_argument("--variants", default="", help=f"comma-separated, of {', '.join(VARIANTS)}")
+    ap.add_argument("--variant-seed", type=int, default=None)
+    ap.add_argument("--report-only", action="store_true",
+                    help="run nothing; rebuild the report from the committed result files")
+    args = ap.parse_args()
+    os.chdir(ROOT)  # the pipeline's stage keys hold the run paths as written
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    variants = [v for v in args.variants.split(",") if v.strip()]
+    for v in variants:
+        if v not in VARIANTS:
+            raise SystemExit(f"unknown variant {v!r} (expected {', '.join(VARIANTS)})")
+    if not args.report_only:
+        for seed in seeds:
+            run_seed(args.config, args.runs, seed)
+        vseed = args.variant_seed if args.variant_seed is not None else (seeds or [0])[0]
+        for v in variants:
+            run_variant(args.config, args.runs, vseed, v)
+    print(report())
+
+
+if __name__ == "__main__":
+    main()

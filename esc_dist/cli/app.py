@@ -1,0 +1,95 @@
+"""`esc-dist chat` and `esc-dist demo`: talk to trained systems in the terminal or a web page."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..errors import ConfigError
+from . import Command, recipe_of
+
+
+def systems_of(args: argparse.Namespace):
+    """The recipe and the systems the model flags name (``--run`` fills in what is not given)."""
+    from ..chat import load_systems, run_models
+
+    recipe = recipe_of(args)
+    dirs = {"planner": args.planner, "generator": args.generator, "vanilla": args.vanilla}
+    if args.run:
+        found = run_models(args.run, args.stage)
+        dirs = {k: v or (found[k] if found[k].is_dir() else None) for k, v in dirs.items()}
+    if args.only:
+        dirs.update({k: None for k in (("vanilla",) if args.only == "decoupled"
+                                       else ("planner", "generator"))})
+    if (dirs["planner"] is None) != (dirs["generator"] is None):
+        raise ConfigError("a decoupled system needs both --planner and --generator")
+    return recipe, load_systems(recipe, **dirs)
+
+
+def model_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run", metavar="DIR", help="a pipeline run directory: its models "
+                   "RUN/models/STAGE-{planner,generator,vanilla} fill in the flags not given")
+    p.add_argument("--stage", choices=("sft", "dpo"), default="dpo",
+                   help="which of the run's models (default: dpo)")
+    p.add_argument("--planner", metavar="DIR", help="planner model directory")
+    p.add_argument("--generator", metavar="DIR", help="generator model directory")
+    p.add_argument("--vanilla", metavar="DIR", help="joint (vanilla) model directory")
+    p.add_argument("--only", choices=("decoupled", "vanilla"),
+                   help="talk to one system only (default: every system given)")
+
+
+def run_chat(args: argparse.Namespace) -> int:
+    from ..data.esconv import SEEKER, Message
+
+    _, systems = systems_of(args)
+    histories: dict[str, list] = {name: [] for name in systems}
+    print("Talk as the help-seeker; each system answers with the strategy it planned. "
+          "/reset starts over, /quit (or end of input) leaves.", flush=True)
+    conversation = 0
+    for line in sys.stdin:
+        text = line.strip()
+        if not text:
+            continue
+        if text == "/quit":
+            break
+        if text == "/reset":
+            histories = {name: [] for name in systems}
+            conversation += 1
+            print("(new conversation)", flush=True)
+            continue
+        for name, system in systems.items():
+            history = histories[name]
+            history.append(Message(SEEKER, text))
+            reply = system.respond(history, conversation=f"chat-{conversation}")
+            history.append(reply.message())
+            print(f"{name}: {reply.label()}", flush=True)
+    return 0
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from ..app.demo import serve_demo
+
+    recipe, systems = systems_of(args)
+    serve_demo(systems, host=args.host, port=args.port)
+    return 0
+
+
+def demo_arguments(p: argparse.ArgumentParser) -> None:
+    model_arguments(p)
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=7860)
+
+
+COMMANDS = [
+    Command("chat", run_chat, "talk to trained systems in the terminal",
+            "Talk as the help-seeker to a decoupled system (planner -> generator) and/or a "
+            "vanilla one, from stdin; each supporter turn shows the strategy that was planned. "
+            "Prompts and decoding follow the recipe (data.max_history_messages, "
+            "data.history_strategy_tags, the inference decoding of eval.protocol).",
+            model_arguments),
+    Command("demo", run_demo, "talk to trained systems in a web page (Gradio)",
+            "A web page (Gradio; pip install 'esc-dist[app]') to talk to a decoupled system and "
+            "a vanilla one side by side; every supporter turn shows the strategy that was "
+            "planned. Binds 127.0.0.1 unless --host says otherwise.", demo_arguments),
+]

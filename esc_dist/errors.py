@@ -86,6 +86,15 @@ class LLMError(EscError, RuntimeError):
     """A judge endpoint error that makes the whole batch pointless (bad key, model, URL)."""
 
 
+class JudgmentError(EscError, ValueError):
+    """A human-evaluation submission that cannot be stored: an unknown annotator or item, a
+    criterion missing, unknown or with a choice other than A, tie or B."""
+
+
+class AlreadyJudged(JudgmentError):
+    """A human-evaluation item that this annotator has judged already (a submission is final)."""
+
+
 class StageError(EscError, RuntimeError):
     """A pipeline stage that failed; the message names its log."""
 

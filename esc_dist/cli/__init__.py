@@ -3,7 +3,7 @@
 Every subcommand takes ``--config RECIPE`` (default: the built-in tiny CPU recipe) and trailing
 ``key.path=value`` overrides of the recipe; its own flags are shorthands for recipe keys. The
 subcommands live by area in this package (``data``, ``train``, ``generate``, ``evaluate``,
-``stages``); each module lists its :class:`Command` entries in ``COMMANDS``.
+``stages``, ``human_eval``); each module lists its :class:`Command` entries in ``COMMANDS``.
 
 Error policy (the one place it is decided): an :class:`~esc_dist.errors.EscError` (bad input,
 recipe or output) and an OS error on a named file end the command with one line on stderr,
@@ -59,10 +59,10 @@ def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
 
 def commands() -> list[Command]:
     """Every subcommand, in pipeline order."""
-    from . import app, data, evaluate, generate, stages, train
+    from . import app, data, evaluate, generate, human_eval, stages, train
 
     return [*data.COMMANDS, *train.COMMANDS, *generate.COMMANDS, *evaluate.COMMANDS,
-            *stages.COMMANDS, *app.COMMANDS]
+            *stages.COMMANDS, *app.COMMANDS, *human_eval.COMMANDS]
 
 
 class _Parser(argparse.ArgumentParser):

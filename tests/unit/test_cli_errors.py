@@ -30,6 +30,8 @@ BAD_ARGUMENTS = {
     "compare": ([f"{NOWHERE}/report", "--out", "{tmp}/cmp"], "no evaluation report"),
     "pipeline": (["--only", "sft-plannerr", "run.output_dir={tmp}/run"], "unknown stage"),
     "stage": (["show", "sft-plannerr", "run.output_dir={tmp}/run"], "unknown stage"),
+    "human-eval": (["build", f"{NOWHERE}/a.jsonl", f"{NOWHERE}/b.jsonl", "--names", "x,y",
+                    "--out", "{tmp}/study"], "file not found"),
 }
 
 # Recipe problems any subcommand meets first, with a word of the message.

@@ -65,6 +65,26 @@ def add_annotator_arguments(p: argparse.ArgumentParser) -> None:
                         "their judgments stay)")
 
 
+def run_serve(args: argparse.Namespace) -> int:
+    from ..app.annotate import serve_study
+    from ..humaneval.study import Study
+
+    recipe_of(args)
+    study = Study.open(args.study)
+    print(f"annotation page of {args.study} on http://{args.host}:{args.port}/ (Ctrl-C stops "
+          "it; every submitted item is already saved)", flush=True)
+    serve_study(study, host=args.host, port=args.port)
+    return 0
+
+
+def serve_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("study", metavar="STUDY", help="the study directory")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default 127.0.0.1: this machine only; a server "
+                        "address such as 0.0.0.0 to let annotators in from other machines)")
+    p.add_argument("--port", type=int, default=7860)
+
+
 def run_report(args: argparse.Namespace) -> int:
     from ..humaneval.report import FIGURE, markdown, write_report
 
@@ -128,6 +148,11 @@ SUBCOMMANDS = [
     Command("add-annotator", run_add_annotator, "add an annotator and print their token once",
             "Create an annotator with a random access token, print the token once on stdout "
             "and store only its salted hash.", add_annotator_arguments),
+    Command("serve", run_serve, "serve the annotation page (Gradio)",
+            "The annotation page: an annotator signs in with their token and judges the items "
+            "in their own order, resuming where they stopped; each submitted item is saved in "
+            "one transaction. Never shows which system wrote which reply. Binds 127.0.0.1 "
+            "unless --host says otherwise.", serve_arguments),
     Command("report", run_report, "unblind and summarise the judgments",
             "Win/tie/lose of system 1 against system 2 per criterion with bootstrap 95% "
             "intervals over items, Fleiss' kappa and Krippendorff's alpha; writes report.json, "
@@ -161,8 +186,8 @@ def run_human_eval(args: argparse.Namespace) -> int:
 
 COMMANDS = [
     Command("human-eval", run_human_eval,
-            "blinded pairwise human evaluation of two systems (build, add-annotator, report, "
-            "Label Studio export/import)",
+            "blinded pairwise human evaluation of two systems (build, add-annotator, serve, "
+            "report, Label Studio export/import)",
             "A blinded A/B study of two systems' replies to the same turns, judged on fluency, "
             "professionalism, empathy, helpfulness and overall (A, tie or B): build it, add "
             "annotators (each with a token), collect judgments (an annotation page, or Label "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from ..errors import ConfigError
 from . import Command, recipe_of
@@ -13,6 +14,8 @@ def systems_of(args: argparse.Namespace):
     """The recipe and the systems the model flags name (``--run`` fills in what is not given)."""
     from ..chat import load_systems, run_models
 
+    if args.run and args.config is None:  # the run's own recipe: its prompts and decoding
+        args.config = str(Path(args.run) / "recipe.yaml")
     recipe = recipe_of(args)
     dirs = {"planner": args.planner, "generator": args.generator, "vanilla": args.vanilla}
     if args.run:
@@ -28,7 +31,8 @@ def systems_of(args: argparse.Namespace):
 
 def model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", metavar="DIR", help="a pipeline run directory: its models "
-                   "RUN/models/STAGE-{planner,generator,vanilla} fill in the flags not given")
+                   "RUN/models/STAGE-{planner,generator,vanilla} fill in the flags not given, "
+                   "and its RUN/recipe.yaml is the recipe unless --config is given")
     p.add_argument("--stage", choices=("sft", "dpo"), default="dpo",
                    help="which of the run's models (default: dpo)")
     p.add_argument("--planner", metavar="DIR", help="planner model directory")

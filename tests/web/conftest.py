@@ -52,38 +52,3 @@ def screenshot(driver, name: str) -> Path:
     driver.save_screenshot(str(path))
     return path
 
-
-@pytest.fixture(scope="session")
-def chat_models(tmp_path_factory, esconv_dir):
-    """A tiny planner and generator trained in one process on 4 training dialogues, long enough
-    that greedy decoding names a strategy (the majority one) and writes a non-empty reply."""
-    import torch
-
-    from esc_dist.config import DataConfig, TinyModelConfig, load_recipe
-    from esc_dist.data.tasks import prepare
-    from esc_dist.models.tiny import build_tiny_model
-    from esc_dist.train.sft import train_sft
-
-    root = tmp_path_factory.mktemp("chat")
-    saved = {k: os.environ.pop(k) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE")
-             if k in os.environ}
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        prepare(DataConfig(esconv=str(esconv_dir / "esconv.json"),
-                           split=str(esconv_dir / "splits" / "decoupledesc_split.json"),
-                           max_dialogues={"train": 4, "validation": 1, "test": 1},
-                           max_history_messages=4), root / "data")
-        build_tiny_model(TinyModelConfig(vocab_size=2048, hidden_size=64, num_layers=2,
-                                         intermediate_size=176), esconv_dir / "esconv.json",
-                         root / "tiny")
-        recipe = load_recipe(None, ["sft.deepspeed=null", f"run.output_dir={root / 'run'}",
-                                    "wandb.mode=disabled", "sft.max_steps=120",
-                                    "sft.learning_rate=5e-3", "sft.warmup_ratio=0.0"])
-        for role in ("planner", "generator"):
-            train_sft(recipe, role, str(root / "data"), str(root / "tiny"),
-                      str(root / f"sft-{role}"))
-    finally:
-        torch.set_num_threads(threads)
-        os.environ.update(saved)
-    return {"planner": root / "sft-planner", "generator": root / "sft-generator"}

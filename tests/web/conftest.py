@@ -24,8 +24,8 @@ def _missing() -> str | None:
     return None
 
 
-@pytest.fixture(scope="session")
-def browser():
+def new_driver():
+    """A headless Chromium under selenium (skips, or fails in CI, without one)."""
     why = _missing()
     if why:
         if os.environ.get("ESC_DIST_REQUIRE_BROWSER") == "1":
@@ -41,6 +41,12 @@ def browser():
         opts.add_argument(arg)
     driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
     driver.set_page_load_timeout(60)
+    return driver
+
+
+@pytest.fixture(scope="session")
+def browser():
+    driver = new_driver()
     yield driver
     driver.quit()
 

@@ -24,7 +24,7 @@ from esc_dist.humaneval.report import write_report
 from esc_dist.humaneval.study import Study
 from tests.helpers import ROOT
 
-from .conftest import screenshot
+from .conftest import new_driver, screenshot
 
 NAME1, NAME2 = "Zephyr-DPO", "Quokka-SFT"  # in the key only; never on the page
 HOSTILE = '<script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 2">'
@@ -249,3 +249,37 @@ def test_a_killed_server_loses_no_submitted_item(browser, study, server):
     sign_in(browser, server.url, token)
     _wait(browser, lambda d: "Item 3 of 4" in progress(d))  # resumes after the saved ones
     assert item_of(study, shown_item(browser)) not in judged
+
+
+def test_two_annotators_submitting_at_once_corrupt_nothing(browser, study, server):
+    import threading
+
+    other = new_driver()
+    try:
+        drivers = {"ann": browser, "bob": other}
+        tokens = {name: Study.open(study).add_annotator(name) for name in drivers}
+        shown = {}
+        for name, d in drivers.items():
+            sign_in(d, server.url, tokens[name])
+            _wait(d, lambda d: "Item 1 of 4" in progress(d))
+            shown[name] = item_of(study, shown_item(d))
+            for c in CRITERIA:
+                next(e for e in _css(d, f"#crit-{c} label") if e.text == "B is better").click()
+        gate = threading.Barrier(len(drivers))
+
+        def submit(d):
+            gate.wait()
+            _css(d, "#submit")[0].click()
+
+        threads = [threading.Thread(target=submit, args=(d,)) for d in drivers.values()]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for d in drivers.values():
+            _wait(d, lambda d: "Item 2 of 4" in progress(d))
+    finally:
+        other.quit()
+    with sqlite3.connect(study / "judgments.sqlite") as conn:
+        rows = set(conn.execute("SELECT annotator, item_id, criterion, choice FROM judgments"))
+    assert rows == {(name, shown[name], c, "B") for name in drivers for c in CRITERIA}

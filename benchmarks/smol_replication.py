@@ -16,8 +16,10 @@ models and mined pairs where they can:
 - ``balanced``: the planner and vanilla pairs judged again with ``judge.balance: true`` (kept
   pairs capped per chosen and per rejected strategy), their DPO, and Decoupled-DPO (with the
   seed's DPO generator) and Vanilla-DPO inferred and scored again;
-- ``no-tags``: the whole pipeline with ``data.history_strategy_tags: false`` (the prompts show
-  past supporter turns as plain text).
+- ``no-tags``: the planner without past strategies in its prompts
+  (``data.history_strategy_tags: false``): the data prepared again, the planner's SFT, mining,
+  judge and DPO, and Decoupled-SFT and Decoupled-DPO inferred and scored again with the seed's
+  own generators (the generator's prompt never shows strategy tags, so they are unchanged).
 
 Their numbers go to ``benchmarks/results/mini_smol/variant-NAME-seed-K.json``.
 
@@ -40,8 +42,8 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.mini_replication import ROOT, baseline_predictions, launch, mean_std, \
-    write_section
+from benchmarks.mini_replication import (ROOT, baseline_predictions, launch, mean_std,
+                                         stage_seconds, write_section)
 from esc_dist.config import load_recipe
 from esc_dist.constants import SYSTEM_TITLES, SYSTEMS
 from esc_dist.eval.compare import load_report
@@ -49,7 +51,6 @@ from esc_dist.eval.plots import plot_preferences
 from esc_dist.eval.predictions import load_predictions
 from esc_dist.eval.strategy import strategy_metrics
 from esc_dist.io import COMPLETED, atomic_write_json, read_json
-from esc_dist.pipeline import plan
 from esc_dist.psych.names import ERROR_TYPES
 from esc_dist.strategies import STRATEGIES
 
@@ -66,15 +67,20 @@ STRATEGY_COLS = ("Q", "weighted_f1", "accuracy", "B", "B_converged", "unparseabl
 REPLY_COLS = ("bleu_2", "rouge_l", "distinct_2", "any_error", "adherence")
 VARIANTS = ("balanced", "no-tags")
 # the systems a variant changes (the others are the seed's own)
-VARIANT_SYSTEMS = {"balanced": ("vanilla-dpo", "decoupled-dpo"), "no-tags": tuple(SYSTEMS)}
+VARIANT_SYSTEMS = {"balanced": ("vanilla-dpo", "decoupled-dpo"),
+                   "no-tags": ("decoupled-sft", "decoupled-dpo")}
 
 
-def seed_overrides(seed: int, runs: Path, variant: str | None = None) -> list[str]:
-    name = f"seed-{seed}" if variant is None else f"{variant}-seed-{seed}"
-    out = [f"run.seed={seed}", f"run.output_dir={runs / name}", f"run.name=mini-smol-{name}"]
-    if variant == "no-tags":
-        out.append("data.history_strategy_tags=false")
-    return out
+def seed_overrides(seed: int, runs: Path) -> list[str]:
+    name = f"seed-{seed}"
+    return [f"run.seed={seed}", f"run.output_dir={runs / name}", f"run.name=mini-smol-{name}"]
+
+
+def esc(args: list[str], log: Path) -> None:
+    """One single-process esc-dist command, its output to ``log``."""
+    with open(log, "w") as f:
+        subprocess.run([sys.executable, "-m", "esc_dist", *args], check=True, cwd=ROOT,
+                       stdout=f, stderr=subprocess.STDOUT)
 
 
 def run_pipeline(config: Path, overrides: list[str]) -> None:
@@ -84,22 +90,21 @@ def run_pipeline(config: Path, overrides: list[str]) -> None:
 
 
 def infer_and_eval(recipe, config: Path, overrides: list[str], run: Path, name: str,
-                   mode_args: list[str]) -> Path:
-    """Infer one system on the run's test turns (the pipeline's decoding) and evaluate it, unless
-    done; returns its report directory. Outputs go to RUN/extra/NAME."""
+                   mode_args: list[str], data: Path | None = None) -> Path:
+    """Infer one system on the test turns of ``data`` (default: the run's; the pipeline's
+    decoding) and evaluate it, unless done; returns its report directory. Outputs go to
+    RUN/extra/NAME."""
     base = run / "extra" / name
     pred, report = base / "predictions", base / "report"
+    data = data or run / "data"
     base.mkdir(parents=True, exist_ok=True)
     if not (pred / COMPLETED).is_file():
-        launch(recipe, ["infer", *mode_args, "--data", str(run / "data"), "--split",
+        launch(recipe, ["infer", *mode_args, "--data", str(data), "--split",
                         recipe.infer.split, "--out", str(pred), "--config", str(config),
                         *overrides], base / "infer.log")
     if not (report / "report.json").is_file():
-        cmd = [sys.executable, "-m", "esc_dist", "eval", str(pred / "predictions.jsonl"),
-               "--out", str(report), "--name", name, "--data", str(run / "data"),
-               "--config", str(config), *overrides]
-        with open(base / "eval.log", "w") as f:
-            subprocess.run(cmd, check=True, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
+        esc(["eval", str(pred / "predictions.jsonl"), "--out", str(report), "--name", name,
+             "--data", str(data), "--config", str(config), *overrides], base / "eval.log")
     return report
 
 
@@ -122,11 +127,9 @@ def balanced_variant(config: Path, runs: Path, seed: int) -> dict[str, Path]:
     for role in ("planner", "vanilla"):
         kept, model = extra / f"prefdial-{role}", extra / f"dpo-{role}"
         if not (kept / COMPLETED).is_file():
-            cmd = [sys.executable, "-m", "esc_dist", "judge", "--role", role, "--pairs",
-                   str(run / "ipm" / f"mine-{role}" / "pairs.jsonl"), "--out", str(kept),
-                   "--config", str(config), *overrides]
-            with open(extra / f"judge-{role}.log", "w") as f:
-                subprocess.run(cmd, check=True, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
+            esc(["judge", "--role", role, "--pairs",
+                 str(run / "ipm" / f"mine-{role}" / "pairs.jsonl"), "--out", str(kept),
+                 "--config", str(config), *overrides], extra / f"judge-{role}.log")
         if not (model / COMPLETED).is_file():
             launch(recipe, ["dpo", "--role", role, "--pairs", str(kept), "--model",
                             str(run / "models" / f"sft-{role}"), "--out", str(model),
@@ -140,6 +143,40 @@ def balanced_variant(config: Path, runs: Path, seed: int) -> dict[str, Path]:
                                          str(extra / "dpo-planner"), "--generator",
                                          str(run / "models" / "dpo-generator")]),
     }
+
+
+def no_tags_variant(config: Path, runs: Path, seed: int) -> dict[str, Path]:
+    """The planner without strategy tags in its prompts: data, SFT, mining, judge and DPO of the
+    planner again, and Decoupled-SFT/-DPO with the seed's generators; the report per system."""
+    overrides = [*seed_overrides(seed, runs), "data.history_strategy_tags=false"]
+    recipe = load_recipe(config, overrides)
+    run = runs / f"seed-{seed}"
+    extra = run / "extra" / "no-tags"
+    data, sft, mined = extra / "data", extra / "sft-planner", extra / "mine-planner"
+    kept, dpo = extra / "prefdial-planner", extra / "dpo-planner"
+    extra.mkdir(parents=True, exist_ok=True)
+    common = ["--config", str(config), *overrides]
+    if not (data / COMPLETED).is_file():
+        esc(["prepare", "--out", str(data), *common], extra / "prepare.log")
+    steps = [(sft, ["sft", "--role", "planner", "--data", str(data), "--model",
+                    str(run / "models" / "base"), "--out", str(sft)]),
+             (mined, ["mine", "--role", "planner", "--data", str(data), "--model", str(sft),
+                      "--out", str(mined)])]
+    for out, args in steps:
+        if not (out / COMPLETED).is_file():
+            launch(recipe, [*args, *common], extra / f"{out.name}.log")
+    if not (kept / COMPLETED).is_file():
+        esc(["judge", "--role", "planner", "--pairs", str(mined / "pairs.jsonl"), "--out",
+             str(kept), *common], extra / "judge-planner.log")
+    if not (dpo / COMPLETED).is_file():
+        launch(recipe, ["dpo", "--role", "planner", "--pairs", str(kept), "--model", str(sft),
+                        "--out", str(dpo), *common], extra / "dpo-planner.log")
+    return {stage_name: infer_and_eval(
+                recipe, config, overrides, run, f"no-tags/{stage_name}",
+                ["--mode", "decoupled", "--planner", str(planner), "--generator",
+                 str(run / "models" / f"{stage}-generator")], data=data)
+            for stage_name, stage, planner in (("decoupled-sft", "sft", sft),
+                                               ("decoupled-dpo", "dpo", dpo))}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -182,15 +219,6 @@ def scores_of_labels(gold: list[str], pred: list[str]) -> dict:
             "preferences": [m["per_strategy"][s]["preference"] for s in STRATEGIES]}
 
 
-def stage_seconds(recipe) -> dict:
-    out = {}
-    for stage in plan(recipe):
-        state = Path(stage.out) / "pipeline.json"
-        if state.is_file():
-            out[stage.name] = read_json(state).get("seconds")
-    return out
-
-
 def extra_seconds(run: Path) -> float:
     """The seconds the zero-shot baseline's inference took (its manifest's run facts)."""
     manifest = run / "extra" / ZERO_SHOT / "predictions" / "manifest.json"
@@ -200,15 +228,15 @@ def extra_seconds(run: Path) -> float:
 def seed_result(config: Path, runs: Path, seed: int, reports: dict[str, Path],
                 variant: str | None = None) -> dict:
     """The numbers of one finished seed (or variant): every system and the baselines."""
-    run = runs / (f"seed-{seed}" if variant is None else f"{variant}-seed-{seed}")
+    run = runs / f"seed-{seed}"
     rows = {s: scores_of_report(load_report(p / "report.json")) for s, p in reports.items()}
-    recipe = load_recipe(config, seed_overrides(seed, runs, variant))
+    recipe = load_recipe(config, seed_overrides(seed, runs))
     out = {"seed": seed, "variant": variant, "config": str(config.relative_to(ROOT)),
            "date": time.strftime("%Y-%m-%d"),
            "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, "
                       f"{platform.system()}, Python {platform.python_version()}",
            "systems": rows}
-    if variant != "balanced":
+    if variant is None:
         stages = stage_seconds(recipe)
         out["stage_seconds"] = stages
         out["pipeline_seconds"] = round(sum(v or 0 for v in stages.values()), 1)
@@ -220,8 +248,8 @@ def seed_result(config: Path, runs: Path, seed: int, reports: dict[str, Path],
     judged = {}
     for role in ("planner", "generator", "vanilla"):
         stats = run / "prefdial" / role / "stats.json"
-        if variant == "balanced":
-            stats = run / "extra" / "balanced" / f"prefdial-{role}" / "stats.json"
+        if variant is not None:
+            stats = run / "extra" / variant / f"prefdial-{role}" / "stats.json"
         if stats.is_file():
             st = read_json(stats)
             judged[role] = {"pairs_in": st["pairs_in"], "kept": st["kept"],
@@ -241,7 +269,7 @@ def result_path(seed: int, variant: str | None = None) -> Path:
 def save_result(result: dict, seed: int, variant: str | None = None) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     atomic_write_json(result_path(seed, variant), result)
-    print(f"wrote {result_path(seed, variant).relative_to(ROOT)}", flush=True)
+    print(f"wrote {result_path(seed, variant)}", flush=True)
 
 
 def run_seed(config: Path, runs: Path, seed: int) -> None:
@@ -254,14 +282,14 @@ def run_seed(config: Path, runs: Path, seed: int) -> None:
 
 
 def run_variant(config: Path, runs: Path, seed: int, variant: str) -> None:
-    if variant == "balanced":
-        reports = balanced_variant(config, runs, seed)
-    else:
-        overrides = seed_overrides(seed, runs, variant)
-        run_pipeline(config, overrides)
-        run = runs / f"{variant}-seed-{seed}"
-        reports = {s: run / "reports" / s for s in SYSTEMS}
-    save_result(seed_result(config, runs, seed, reports, variant), seed, variant)
+    """A variant on a finished seed (its run directory must be here)."""
+    if not (runs / f"seed-{seed}" / "reports" / "comparison").is_dir():
+        raise SystemExit(f"variant {variant}: seed {seed} has not finished in {runs}")
+    t0 = time.time()
+    reports = (balanced_variant if variant == "balanced" else no_tags_variant)(config, runs, seed)
+    result = seed_result(config, runs, seed, reports, variant)
+    result["seconds_this_run"] = round(time.time() - t0, 1)  # 0-ish when all was done before
+    save_result(result, seed, variant)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -403,7 +431,7 @@ def render(seeds: dict[int, dict], variants: dict[str, dict], agg: dict) -> str:
         title = {"balanced": "judge.balance: true (kept planner and vanilla pairs capped per "
                              "chosen and rejected strategy)",
                  "no-tags": "data.history_strategy_tags: false (no past strategies in the "
-                            "prompts)"}[variant]
+                            "planner's prompts; the same generators)"}[variant]
         lines += [f"**Variant {variant}, seed {seed}**: {title}. First the variant's rows, then "
                   f"the same systems of seed {seed} as specified.", ""]
         rows = {s: r["systems"][s] for s in changed}
@@ -438,7 +466,7 @@ def render(seeds: dict[int, dict], variants: dict[str, dict], agg: dict) -> str:
 def report() -> str:
     seeds, variants = load_results()
     if not seeds:
-        raise SystemExit(f"no seed result in {RESULTS.relative_to(ROOT)} yet")
+        raise SystemExit(f"no seed result in {RESULTS} yet")
     agg = aggregate(seeds)
     atomic_write_json(OUT_JSON, {"seeds": {str(k): r for k, r in seeds.items()},
                                  "variants": variants, "aggregate": agg})

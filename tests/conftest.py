@@ -45,19 +45,24 @@ def tiny_model_dir(tmp_path_factory, esconv_dir) -> Path:
 def small_setup(tmp_path_factory, esconv_dir) -> Path:
     """A small prepared dataset (6/2/2 dialogues, 6 history messages) and a ~0.2M-parameter
     model, shared by the distributed training tests."""
+    root = tmp_path_factory.mktemp("small")
+    small_data_and_model(esconv_dir, root, {"train": 6, "validation": 2, "test": 2}, 6)
+    return root
+
+
+def small_data_and_model(esconv_dir: Path, root: Path, dialogues: dict, history: int) -> None:
+    """Prepared data of the first ``dialogues`` of each split (``history`` messages in prompts)
+    in ROOT/data, and a ~0.2M-parameter tiny model in ROOT/tiny."""
     from esc_dist.config import DataConfig, TinyModelConfig
     from esc_dist.data.tasks import prepare
     from esc_dist.models.tiny import build_tiny_model
 
-    root = tmp_path_factory.mktemp("small")
     prepare(DataConfig(esconv=str(esconv_dir / "esconv.json"),
                        split=str(esconv_dir / "splits" / "decoupledesc_split.json"),
-                       max_dialogues={"train": 6, "validation": 2, "test": 2},
-                       max_history_messages=6), root / "data")
+                       max_dialogues=dialogues, max_history_messages=history), root / "data")
     build_tiny_model(TinyModelConfig(vocab_size=2048, hidden_size=64, num_layers=2,
                                      intermediate_size=176), esconv_dir / "esconv.json",
                      root / "tiny")
-    return root
 
 
 @pytest.fixture
@@ -125,9 +130,7 @@ def chat_models(tmp_path_factory, esconv_dir):
     that greedy decoding names a strategy (the majority one) and writes a non-empty reply."""
     import torch
 
-    from esc_dist.config import DataConfig, TinyModelConfig, load_recipe
-    from esc_dist.data.tasks import prepare
-    from esc_dist.models.tiny import build_tiny_model
+    from esc_dist.config import load_recipe
     from esc_dist.train.sft import train_sft
 
     root = tmp_path_factory.mktemp("chat")
@@ -136,13 +139,7 @@ def chat_models(tmp_path_factory, esconv_dir):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        prepare(DataConfig(esconv=str(esconv_dir / "esconv.json"),
-                           split=str(esconv_dir / "splits" / "decoupledesc_split.json"),
-                           max_dialogues={"train": 4, "validation": 1, "test": 1},
-                           max_history_messages=4), root / "data")
-        build_tiny_model(TinyModelConfig(vocab_size=2048, hidden_size=64, num_layers=2,
-                                         intermediate_size=176), esconv_dir / "esconv.json",
-                         root / "tiny")
+        small_data_and_model(esconv_dir, root, {"train": 4, "validation": 1, "test": 1}, 4)
         recipe = load_recipe(None, ["sft.deepspeed=null", f"run.output_dir={root / 'run'}",
                                     "wandb.mode=disabled", "sft.max_steps=120",
                                     "sft.learning_rate=5e-3", "sft.warmup_ratio=0.0"])

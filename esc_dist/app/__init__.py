@@ -23,8 +23,14 @@ def require_gradio():
 
 
 def launch(blocks, host: str, port: int, block: bool = True):
-    """Serve ``blocks`` on ``host:port``; with ``block`` False, return once it is up (tests)
-    with its local URL."""
-    _, url, _ = blocks.launch(server_name=host, server_port=port, prevent_thread_lock=not block,
-                              quiet=True, footer_links=[], show_error=False)
+    """Serve ``blocks`` on ``host:port``, never through a public share link (whatever
+    GRADIO_SHARE or a notebook says) nor as an MCP server; with ``block`` False, return once it
+    is up (tests) with its local URL. A port that cannot be bound is a one-line error."""
+    try:
+        _, url, _ = blocks.launch(server_name=host, server_port=port,
+                                  prevent_thread_lock=not block, quiet=True, footer_links=[],
+                                  show_error=False, share=False, mcp_server=False)
+    except OSError as e:
+        raise ConfigError(f"cannot serve on {host}:{port} ({e}); choose another --port or "
+                          "--host") from e
     return url

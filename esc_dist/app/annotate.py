@@ -41,25 +41,27 @@ def context_html(context: list[dict]) -> str:
 
 def build_page(study):
     gr = require_gradio()
-    n_out = 5 + len(CRITERIA)  # item view: progress, context, A, B, item box; the radios
+    signed_out = {"annotator": None, "token": None, "item_id": None}
 
     def cleared():
         # a fresh Radio, not an update to None (which the page may keep showing ticked)
         return [gr.Radio(CHOICE_LABELS, value=None) for _ in CRITERIA]
 
-    def show(annotator: str | None, note: str = ""):
-        """The outputs that show the annotator's next item (or that they are done)."""
-        item = study.next_item(annotator) if annotator else None
+    def view(annotator: str, note: str = "") -> tuple[str | None, list]:
+        """The annotator's next item (looked up once: the item shown is the item judged) and
+        the outputs that show it, or that they are done."""
+        item = study.next_item(annotator)
         if item is None:
-            done, total = study.progress(annotator) if annotator else (0, 0)
-            return [f"**All {total} items judged. Thank you!** {note}".strip(), "", "", "",
-                    gr.update(visible=False)] + cleared()
+            total = study.progress(annotator)[1]
+            return None, [f"**All {total} items judged. Thank you!** {note}".strip(), "", "",
+                          "", gr.update(visible=False)] + cleared()
         progress = f"Item {item['position']} of {item['total']}. {note}".strip()
-        return [progress, context_html(item["context"]), item["A"], item["B"],
-                gr.update(visible=True)] + cleared()
+        return item["item_id"], [progress, context_html(item["context"]), item["A"], item["B"],
+                                 gr.update(visible=True)] + cleared()
 
     with gr.Blocks(title="esc-dist human evaluation", analytics_enabled=False) as page:
-        session = gr.State({"annotator": None, "item_id": None})
+        # server-side per session: who signed in (and with which token), which item is shown
+        session = gr.State(dict(signed_out))
         gr.Markdown("## Which supporter reply is better?")
         with gr.Group(visible=True) as login:
             token = gr.Textbox(label="Access token", type="password", elem_id="token")
@@ -81,45 +83,56 @@ def build_page(study):
                 submit = gr.Button("Submit and go on", variant="primary", elem_id="submit")
             status = gr.Markdown("", elem_id="status")
         item_outputs = [progress, context, reply_a, reply_b, item_box, *radios]
-        assert len(item_outputs) == n_out
+        unchanged = [gr.update()] * len(item_outputs)
+        outputs = [session, login_msg, login, work, status, *item_outputs]
+
+        def to_login(message: str) -> list:
+            return [dict(signed_out), message, gr.update(visible=True),
+                    gr.update(visible=False), ""] + unchanged
 
         def on_signin(tok):
-            annotator = study.authenticate((tok or "").strip())
+            tok = (tok or "").strip()
+            annotator = study.authenticate(tok)
             if annotator is None:
-                return [{"annotator": None, "item_id": None}, "Unknown token.",
-                        gr.update(visible=True), gr.update(visible=False), ""] + \
-                       [gr.update()] * n_out
-            item = study.next_item(annotator)
-            state = {"annotator": annotator, "item_id": item and item["item_id"]}
+                return to_login("Unknown token.")
+            item_id, shown = view(annotator)
+            state = {"annotator": annotator, "token": tok, "item_id": item_id}
             return [state, "", gr.update(visible=False), gr.update(visible=True),
-                    f"Signed in as **{html.escape(annotator)}**."] + show(annotator)
+                    f"Signed in as **{html.escape(annotator)}**."] + shown
 
         def on_submit(state, *choices):
             annotator, item_id = state.get("annotator"), state.get("item_id")
-            if not annotator or not item_id:
-                return [state, "Sign in first."] + [gr.update()] * n_out
+            # signed in in this session, with a token that still works (not rotated since)
+            if not annotator or study.authenticate(state.get("token") or "") != annotator:
+                return to_login("Please sign in (again).")
+            if not item_id:
+                return [state, gr.update(), gr.update(), gr.update(), "Nothing left to judge."] \
+                    + unchanged
             picked = dict(zip(CRITERIA, choices))
             missing = [c for c, v in picked.items() if not v]
             if missing:
-                return [state, f"Please judge {', '.join(missing)}."] + [gr.update()] * n_out
+                return [state, gr.update(), gr.update(), gr.update(),
+                        f"Please judge {', '.join(missing)}."] + unchanged
             try:
                 study.submit(annotator, item_id, picked)
                 note = "Saved."
             except AlreadyJudged:
                 note = "That item was already saved."
             except JudgmentError as e:
-                return [state, html.escape(str(e))] + [gr.update()] * n_out
-            item = study.next_item(annotator)
-            state = {"annotator": annotator, "item_id": item and item["item_id"]}
-            return [state, note] + show(annotator)
+                return [state, gr.update(), gr.update(), gr.update(), html.escape(str(e))] \
+                    + unchanged
+            item_id, shown = view(annotator)
+            return [{**state, "item_id": item_id}, gr.update(), gr.update(), gr.update(),
+                    note] + shown
 
-        private = {"api_visibility": "private"}
-        signin.click(on_signin, [token], [session, login_msg, login, work, status,
-                                          *item_outputs], **private)
-        token.submit(on_signin, [token], [session, login_msg, login, work, status,
-                                          *item_outputs], **private)
-        submit.click(on_submit, [session, *radios], [session, status, *item_outputs],
-                     **private)
+        # Not offered as a public API (and kept out of Gradio's run history, which would record
+        # the token); any call is checked against the session state above all the same. No
+        # concurrency limit: SQLite takes concurrent submissions (one transaction per item).
+        events = {"api_visibility": "private", "concurrency_limit": None}
+        signin.click(on_signin, [token], outputs, **events)
+        token.submit(on_signin, [token], outputs, **events)
+        submit.click(on_submit, [session, *radios], outputs, **events)
+    page.queue(max_size=256)
     return page
 
 

@@ -43,11 +43,15 @@ def build_demo(systems: dict[str, ChatSystem]):
             text = (text or "").strip()
             if not text:
                 return ("", session, *chats)
+            # every system answers before any history moves on: a failure leaves them as they were
+            replies = {}
+            for name in names:
+                history = [*session["histories"][name], Message(SEEKER, text)]
+                replies[name] = (history, systems[name].respond(history,
+                                                                conversation=session["id"]))
             for i, name in enumerate(names):
-                history = session["histories"][name]
-                history.append(Message(SEEKER, text))
-                reply = systems[name].respond(history, conversation=session["id"])
-                history.append(reply.message())
+                history, reply = replies[name]
+                session["histories"][name] = [*history, reply.message()]
                 # the chat box renders HTML: escaped, every text shows as written
                 chats[i] += [{"role": "user", "content": html.escape(text)},
                              {"role": "assistant", "content": html.escape(reply.label())}]

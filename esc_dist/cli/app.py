@@ -73,7 +73,8 @@ def run_chat(args: argparse.Namespace) -> int:
 def run_demo(args: argparse.Namespace) -> int:
     from ..app.demo import serve_demo
 
-    recipe, systems = systems_of(args)
+    _, systems = systems_of(args)
+    print(f"demo on http://{args.host}:{args.port}/ (Ctrl-C stops it)", flush=True)
     serve_demo(systems, host=args.host, port=args.port)
     return 0
 

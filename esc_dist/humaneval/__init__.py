@@ -5,7 +5,7 @@ A *study* is a directory (documented in docs/human_eval.md)::
     study.json         criteria, seed, counts, the sha256 of items.jsonl (no system names)
     items.jsonl        the public items: item_id, context, replies "A" and "B"
     key.json           the unblinding key: item -> which system is A and which is B
-    judgments.sqlite   annotators (salted token hashes) and their judgments
+    judgments.sqlite   annotators (token hashes) and their judgments
 
 - :mod:`.build` makes a study from two predictions files (``build``);
 - :mod:`.store` is the SQLite storage (one row per annotator × item × criterion);
@@ -33,4 +33,4 @@ LABELSTUDIO_PREFIX = "labelstudio:"
 
 def missing_extra(what: str) -> str:
     """The one-line message for a library of the ``app`` extra that is not installed."""
-    return f"{what} is not installed: pip install esc-dist[app]"
+    return f"{what} is not installed: pip install 'esc-dist[app]'"

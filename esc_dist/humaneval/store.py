@@ -1,6 +1,6 @@
 """The judgments of a study in SQLite (``judgments.sqlite``, the standard library's sqlite3).
 
-Two tables: ``annotators`` (name, salt, token hash, how it was hashed, source, created) and
+Two tables: ``annotators`` (name, token hash, how it was hashed, source, created) and
 ``judgments``, one row per annotator × item × criterion (primary key), with the choice and
 when it was submitted. The database is in WAL mode with ``synchronous=FULL``: a transaction
 that returned is on disk, whatever happens to the process afterwards, and readers never block
@@ -8,10 +8,11 @@ the writer. Every connection waits up to :data:`BUSY_TIMEOUT_MS` for another pro
 lock instead of failing at once. Connections are short-lived (one per operation), so that one
 :class:`~esc_dist.humaneval.study.Study` can serve several threads.
 
-Tokens are never stored: only ``scrypt(token, salt)`` with a random 16-byte salt per
-annotator. A token is 32 random bytes (``secrets.token_urlsafe``), so the hash's work factor
-guards nothing that the token's entropy does not; it is kept low (:data:`KDF`, ~25 ms) because
-checking a token tries every annotator's salt (a token does not say whose it is).
+Tokens are never stored: only their SHA-256, under a unique index, so that a sign-in is one
+indexed lookup and a constant-time comparison. A token is 32 random bytes
+(``secrets.token_urlsafe``): no dictionary or precomputed table reaches that space, so a salt or
+a slow key derivation would guard nothing the token's entropy does not -- and a slow one would
+let anyone who can reach the page keep the server busy with sign-in attempts.
 """
 
 from __future__ import annotations
@@ -29,14 +30,13 @@ from ..errors import ConfigError, DataError, MissingInput
 
 SCHEMA_VERSION = "1"
 BUSY_TIMEOUT_MS = 30_000
-KDF = "scrypt:n=4096,r=8,p=1"  # recorded per annotator, so it can change without a migration
+KDF = "sha256"  # recorded per annotator, so it can change without a migration
 MAX_TOKEN_CHARS = 256  # longer strings are not tokens of ours: refused before any hashing
 
 SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE annotators (
     name TEXT PRIMARY KEY,
-    salt BLOB,
     token_hash BLOB,
     kdf TEXT,
     source TEXT NOT NULL,
@@ -50,6 +50,7 @@ CREATE TABLE judgments (
     submitted_at TEXT NOT NULL,
     PRIMARY KEY (annotator, item_id, criterion)
 ) WITHOUT ROWID;
+CREATE UNIQUE INDEX annotator_token ON annotators (token_hash);
 """
 
 
@@ -129,13 +130,8 @@ def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
 # Annotators and tokens
 
 
-def _hash(token: str, salt: bytes, kdf: str) -> bytes:
-    name, _, params = kdf.partition(":")
-    if name != "scrypt":
-        raise ValueError(f"unknown key derivation {kdf!r}")
-    p = {k: int(v) for k, v in (x.split("=") for x in params.split(","))}
-    return hashlib.scrypt(token.encode("utf-8"), salt=salt, n=p["n"], r=p["r"], p=p["p"],
-                          dklen=32)
+def _hash(token: str) -> bytes:
+    return hashlib.sha256(token.encode("utf-8")).digest()
 
 
 def annotator_names(conn: sqlite3.Connection) -> list[str]:
@@ -144,7 +140,7 @@ def annotator_names(conn: sqlite3.Connection) -> list[str]:
 
 def put_annotator(conn: sqlite3.Connection, name: str, *, rotate: bool = False) -> str:
     """A new token for the annotator ``name`` (a new annotator, or with ``rotate`` a new token
-    replacing the old one); returns the token, stores its salted hash. Call inside a
+    replacing the old one); returns the token, stores its hash. Call inside a
     transaction."""
     row = conn.execute("SELECT source FROM annotators WHERE name = ?", (name,)).fetchone()
     if row is not None and not rotate:
@@ -154,34 +150,32 @@ def put_annotator(conn: sqlite3.Connection, name: str, *, rotate: bool = False) 
         raise ConfigError(f"no annotator {name!r} to rotate (leave out --rotate to add them)")
     if row is not None and row[0] != "token":
         raise ConfigError(f"annotator {name!r} was imported from {row[0]} and has no token")
-    token, salt = secrets.token_urlsafe(32), secrets.token_bytes(16)
-    digest = _hash(token, salt, KDF)
+    token = secrets.token_urlsafe(32)
+    digest = _hash(token)
     if row is None:
-        conn.execute("INSERT INTO annotators VALUES (?, ?, ?, ?, 'token', ?)",
-                     (name, salt, digest, KDF, now()))
+        conn.execute("INSERT INTO annotators VALUES (?, ?, ?, 'token', ?)",
+                     (name, digest, KDF, now()))
     else:
-        conn.execute("UPDATE annotators SET salt = ?, token_hash = ?, kdf = ? WHERE name = ?",
-                     (salt, digest, KDF, name))
+        conn.execute("UPDATE annotators SET token_hash = ?, kdf = ? WHERE name = ?",
+                     (digest, KDF, name))
     return token
 
 
 def ensure_annotator(conn: sqlite3.Connection, name: str, source: str) -> None:
     """An annotator without a token (imported judgments), added if missing."""
-    conn.execute("INSERT OR IGNORE INTO annotators VALUES (?, NULL, NULL, NULL, ?, ?)",
+    conn.execute("INSERT OR IGNORE INTO annotators VALUES (?, NULL, NULL, ?, ?)",
                  (name, source, now()))
 
 
 def find_token(conn: sqlite3.Connection, token: str) -> str | None:
-    """The annotator whose token this is, or None. Every annotator's hash is computed and
-    compared in constant time, whichever matches (no early exit)."""
+    """The annotator whose token this is, or None: one lookup of the token's hash in the
+    unique index, confirmed by a constant-time comparison."""
     if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_CHARS:
         return None
-    found = None
-    for name, salt, digest, kdf in conn.execute(
-            "SELECT name, salt, token_hash, kdf FROM annotators WHERE token_hash IS NOT NULL"):
-        if hmac.compare_digest(_hash(token, salt, kdf), digest):
-            found = name
-    return found
+    digest = _hash(token)
+    row = conn.execute("SELECT name, token_hash FROM annotators WHERE token_hash = ? AND "
+                       "kdf = ?", (digest, KDF)).fetchone()
+    return row[0] if row is not None and hmac.compare_digest(row[1], digest) else None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -141,7 +141,7 @@ class Study:
 
     def add_annotator(self, name: str, rotate: bool = False) -> str:
         """A new access token for ``name`` (new annotator, or ``rotate``: a new token for an
-        existing one, the old token stops working); returned once, only its salted hash is
+        existing one, the old token stops working); returned once, only its hash is
         stored."""
         check_annotator_name(name)
         with self.connection() as conn, store.transaction(conn):

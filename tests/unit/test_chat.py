@@ -28,8 +28,9 @@ def test_a_chat_turn_is_the_inference_of_that_turn(chat_models, tmp_path):
 
     data = chat_models["data"]
     recipe = load_recipe(None, [*GREEDY, "infer.max_dialogues=1", "wandb.mode=disabled",
-                                f"run.output_dir={tmp_path / 'run'}", "infer.batch_size=4",
-                                "infer.chunk_size=4", "data.max_history_messages=4"])
+                                f"run.output_dir={tmp_path / 'run'}",
+                                "infer.chunk_size=4", "data.max_history_messages=4",
+                                "infer.batch_size=1"])
     infer(recipe, "decoupled", data, "test", tmp_path / "dec", planner=chat_models["planner"],
           generator=chat_models["generator"])
     infer(recipe, "vanilla", data, "test", tmp_path / "van", model=chat_models["generator"])

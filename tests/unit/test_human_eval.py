@@ -3,6 +3,7 @@ report's numbers against hand computations, the Label Studio round trip and one-
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -167,9 +168,9 @@ def test_tokens(tmp_path):
             data = p.read_bytes()
             assert not any(t.encode() in data for t in (t_alice, t_bob, new)), p
     with sqlite3.connect(study.db) as conn:
-        rows = conn.execute("SELECT name, length(salt), length(token_hash) FROM annotators "
-                            "ORDER BY name").fetchall()
-    assert rows == [("alice", 16, 32), ("bob", 16, 32)]
+        rows = conn.execute("SELECT name, token_hash FROM annotators ORDER BY name").fetchall()
+    assert rows == [("alice", hashlib.sha256(new.encode()).digest()),
+                    ("bob", hashlib.sha256(t_bob.encode()).digest())]
 
 
 @pytest.mark.parametrize("name", ["", "has space", "labelstudio:7", "x" * 65, "-dash"])
@@ -295,18 +296,21 @@ def test_a_held_write_lock_is_waited_for(tmp_path):
     Study.open(path).add_annotator("alice")
     holder = sqlite3.connect(path / "judgments.sqlite", isolation_level=None)
     holder.execute("BEGIN IMMEDIATE")
-    script = ("import sys; from esc_dist.humaneval.study import Study; "
-              "Study.open(sys.argv[1]).submit('alice', 'item-0002', "
-              "{c: 'B' for c in Study.CRITERIA}); print('stored')")
+    script = ("import sys, time; from esc_dist.humaneval.study import Study; "
+              "s = Study.open(sys.argv[1]); print('ready', flush=True); t = time.time(); "
+              "s.submit('alice', 'item-0002', {c: 'B' for c in Study.CRITERIA}); "
+              "print('stored', round(time.time() - t, 1))")
     p = subprocess.Popen([sys.executable, "-c", script, str(path)], stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True, env={**os.environ,
                                                                  "PYTHONPATH": str(ROOT)})
-    time.sleep(3)
-    assert p.poll() is None  # waiting for the lock
+    assert p.stdout.readline().strip() == "ready"  # imports done: next it submits
+    time.sleep(2)
+    assert p.poll() is None  # still waiting for the lock
     holder.execute("COMMIT")
     holder.close()
     out, err = p.communicate(timeout=60)
-    assert p.returncode == 0 and out.strip() == "stored", err
+    assert p.returncode == 0 and out.startswith("stored"), err
+    assert float(out.split()[1]) >= 2  # it waited for the lock, then went through
     assert len(Study.open(path).judgments()) == 5
 
 
@@ -585,7 +589,7 @@ def test_missing_extra_is_one_line(tmp_path, capsys, monkeypatch):
     path = _study(tmp_path, n=4)
     _judge(path, COMPLETE)
     monkeypatch.setitem(sys.modules, "krippendorff", None)  # as if not installed
-    _cli_error(capsys, ["report", str(path)], "pip install esc-dist[app]")
+    _cli_error(capsys, ["report", str(path)], "esc-dist[app]")
 
 
 def test_subprocess_error_is_one_line(tmp_path):
@@ -593,3 +597,13 @@ def test_subprocess_error_is_one_line(tmp_path):
     r = run_cli(["human-eval", "build", str(a), str(tmp_path / "missing.jsonl"), "--names",
                  "x,y", "--out", "{tmp}/s"], tmp_path)
     assert_one_line_error(r, "human-eval", "missing.jsonl")
+
+
+def test_the_page_context_is_escaped():
+    from esc_dist.app.annotate import context_html
+
+    out = context_html([{"role": "seeker", "text": "<script>x()</script> & <b>hi</b>"},
+                        {"role": "supporter", "text": "ok"}])
+    assert "<script>" not in out and "<b>hi" not in out
+    assert "&lt;script&gt;x()&lt;/script&gt; &amp; &lt;b&gt;hi&lt;/b&gt;" in out
+    assert out.count("<p ") == 2

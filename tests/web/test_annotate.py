@@ -36,8 +36,8 @@ def _pred(i: int, reply: str) -> dict:
             "gold_strategy": "Question", "gold_reply": "How are you?",
             "pred_strategy": "Question", "pred_strategy_raw": "Question", "pred_reply": reply,
             "mode": "decoupled",
-            "history": [{"role": "seeker", "text": f"I lost my job last week ({i}).",
-                         "strategy": None}]}
+            "history": [{"role": "seeker", "text": f"I lost my job last week ({i}). "
+                         + (HOSTILE if i == 1 else ""), "strategy": None}]}
 
 
 @pytest.fixture()
@@ -58,17 +58,19 @@ class Server:
         self.study, self.port = study, port
         self.url = f"http://127.0.0.1:{port}/"
         self.proc = None
+        self.log = study.parent / "serve.log"
 
     def start(self) -> "Server":
         env = dict(os.environ, PYTHONPATH=str(ROOT), GRADIO_ANALYTICS_ENABLED="False")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "esc_dist", "human-eval", "serve", str(self.study),
-             "--port", str(self.port)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE, start_new_session=True)
+        with open(self.log, "a") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "esc_dist", "human-eval", "serve", str(self.study),
+                 "--port", str(self.port)], cwd=ROOT, env=env, stdout=log,
+                stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.time() + 120
         while time.time() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"server died: {self.proc.stderr.read().decode()[-2000:]}")
+                raise RuntimeError(f"server died: {self.log.read_text()[-2000:]}")
             try:
                 urllib.request.urlopen(self.url, timeout=2)
                 return self
@@ -99,9 +101,12 @@ def server(study):
 
 
 def _wait(driver, cond, timeout=60):
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, timeout).until(cond)
+    # the page re-renders while it is read: an element gone stale is read again
+    return WebDriverWait(driver, timeout,
+                         ignored_exceptions=(StaleElementReferenceException,)).until(cond)
 
 
 def _css(driver, sel):
@@ -122,11 +127,14 @@ def progress(driver) -> str:
     return " ".join(e.text for e in _css(driver, "#progress"))
 
 
-def shown_item(driver) -> dict:
-    """The item on the page: its context text and the two replies."""
-    return {"context": _css(driver, "#context")[0].text,
-            "A": _css(driver, "#reply-a textarea")[0].get_attribute("value"),
-            "B": _css(driver, "#reply-b textarea")[0].get_attribute("value")}
+def shown_item(driver) -> dict | None:
+    """The item on the page: its context text and the two replies (None while the page is
+    re-rendering them)."""
+    found = [_css(driver, sel) for sel in ("#context", "#reply-a textarea", "#reply-b textarea")]
+    if not all(found):
+        return None
+    return {"context": found[0][0].text, "A": found[1][0].get_attribute("value"),
+            "B": found[2][0].get_attribute("value")}
 
 
 def judge(driver, choices: dict[str, str]) -> None:
@@ -139,7 +147,7 @@ def judge(driver, choices: dict[str, str]) -> None:
     _css(driver, "#submit")[0].click()
     # the next item is on the page (every item's replies differ), or the end
     _wait(driver, lambda d: progress(d) != before and (
-        "All" in progress(d) or shown_item(d) != item))
+        "All" in progress(d) or shown_item(d) not in (None, item)))
     if "All" not in progress(driver):  # a new item starts with nothing ticked
         _wait(driver, lambda d: not _css(d, "[id^=crit-] input:checked"), timeout=10)
 
@@ -170,7 +178,7 @@ def test_two_annotators_judge_everything_and_the_report_follows(browser, study, 
         sign_in(browser, server.url, tokens[name])
         _wait(browser, lambda d: "Item 1 of 4" in progress(d))
         for _ in range(N):
-            item_id = item_of(study, shown_item(browser))
+            item_id = item_of(study, _wait(browser, shown_item))
             choice = choice_for(study, item_id, prefs[items.index(item_id)])
             judge(browser, {c: choice for c in CRITERIA})
             expected_rows |= {(name, item_id, c, choice) for c in CRITERIA}
@@ -206,15 +214,18 @@ def test_blind_escaped_and_no_item_without_a_token(browser, study, server):
     _wait(browser, lambda d: "Item 1 of 4" in progress(d))
     saw_hostile = False
     for _ in range(N):
-        shown = shown_item(browser)
+        shown = _wait(browser, shown_item)
         page_text.append(browser.page_source)
         if HOSTILE in (shown["A"], shown["B"]):
             saw_hostile = True  # the reply is shown as the text it is
             screenshot(browser, "annotate")
+        if "(1)" in shown["context"]:  # the context too, in the only part that renders HTML
+            assert shown["context"].endswith(HOSTILE)
         # neither the script nor the image's handler ran
         assert browser.execute_script("return window.__pwned") is None
         judge(browser, {c: "tie" for c in CRITERIA})
     assert saw_hostile
+    assert token not in server.log.read_text()  # nor in what the server logged
     # the page, its config and its API description never name a system
     for path in ("", "config", "gradio_api/info", "info"):
         try:
@@ -239,7 +250,7 @@ def test_a_killed_server_loses_no_submitted_item(browser, study, server):
     _wait(browser, lambda d: "Item 1 of 4" in progress(d))
     judged = []
     for _ in range(2):
-        judged.append(item_of(study, shown_item(browser)))
+        judged.append(item_of(study, _wait(browser, shown_item)))
         judge(browser, {c: "A" for c in CRITERIA})
     server.kill()
     with sqlite3.connect(study / "judgments.sqlite") as conn:
@@ -248,7 +259,7 @@ def test_a_killed_server_loses_no_submitted_item(browser, study, server):
     server.start()
     sign_in(browser, server.url, token)
     _wait(browser, lambda d: "Item 3 of 4" in progress(d))  # resumes after the saved ones
-    assert item_of(study, shown_item(browser)) not in judged
+    assert item_of(study, _wait(browser, shown_item)) not in judged
 
 
 def test_two_annotators_submitting_at_once_corrupt_nothing(browser, study, server):
@@ -262,7 +273,7 @@ def test_two_annotators_submitting_at_once_corrupt_nothing(browser, study, serve
         for name, d in drivers.items():
             sign_in(d, server.url, tokens[name])
             _wait(d, lambda d: "Item 1 of 4" in progress(d))
-            shown[name] = item_of(study, shown_item(d))
+            shown[name] = item_of(study, _wait(d, shown_item))
             for c in CRITERIA:
                 next(e for e in _css(d, f"#crit-{c} label") if e.text == "B is better").click()
         gate = threading.Barrier(len(drivers))
@@ -283,3 +294,57 @@ def test_two_annotators_submitting_at_once_corrupt_nothing(browser, study, serve
     with sqlite3.connect(study / "judgments.sqlite") as conn:
         rows = set(conn.execute("SELECT annotator, item_id, criterion, choice FROM judgments"))
     assert rows == {(name, shown[name], c, "B") for name in drivers for c in CRITERIA}
+
+
+def _call(url: str, fn_index: int, data: list, session: str) -> dict:
+    """One event of the page called directly over Gradio's queue API, as any client could."""
+    import httpx
+
+    r = httpx.post(url + "gradio_api/queue/join", timeout=30, json={
+        "data": data, "fn_index": fn_index, "session_hash": session, "event_data": None,
+        "trigger_id": None})
+    r.raise_for_status()
+    with httpx.stream("GET", url + f"gradio_api/queue/data?session_hash={session}",
+                      timeout=60) as stream:
+        for line in stream.iter_lines():
+            if line.startswith("data:"):
+                msg = json.loads(line[5:])
+                if msg.get("msg") == "process_completed":
+                    return msg
+    raise AssertionError("no answer")
+
+
+def test_the_api_gives_nothing_without_a_token(study, server):
+    token = Study.open(study).add_annotator("ann")
+    config = json.loads(urllib.request.urlopen(server.url + "config", timeout=10).read())
+    fns = {d["api_name"]: i for i, d in enumerate(config["dependencies"])}
+    items = [json.loads(x) for x in (study / "items.jsonl").read_text().splitlines()]
+    texts = [t for it in items for t in (it["A"], it["B"])]
+    # a forged session state, even with a real token in it, is not this session's state
+    forged = {"annotator": "ann", "token": token, "item_id": items[0]["item_id"]}
+    answer = json.dumps(_call(server.url, fns["on_submit"], [forged, *["A"] * len(CRITERIA)],
+                              "forged0001"))
+    assert "Please sign in" in answer
+    for bad in ("wrong", "", token[:-1]):
+        answer = json.dumps(_call(server.url, fns["on_signin"], [bad], f"bad{len(bad):07d}"))
+        assert "Unknown token" in answer and not any(t in answer for t in texts)
+    with sqlite3.connect(study / "judgments.sqlite") as conn:
+        assert conn.execute("SELECT count(*) FROM judgments").fetchone() == (0,)
+    # with the token, the API is the page: an item, and still no system name
+    answer = json.dumps(_call(server.url, fns["on_signin"], [token], "good000001"))
+    assert any(t in answer for t in texts)
+    assert NAME1 not in answer and NAME2 not in answer
+
+
+def test_a_rotated_token_ends_the_session(browser, study, server):
+    token = Study.open(study).add_annotator("ann")
+    sign_in(browser, server.url, token)
+    _wait(browser, lambda d: "Item 1 of 4" in progress(d))
+    Study.open(study).add_annotator("ann", rotate=True)
+    for c in CRITERIA:
+        next(e for e in _css(browser, f"#crit-{c} label") if e.text == "Tie").click()
+    _css(browser, "#submit")[0].click()
+    _wait(browser, lambda d: "sign in (again)" in d.page_source)
+    assert _css(browser, "#token input")[0].is_displayed()
+    with sqlite3.connect(study / "judgments.sqlite") as conn:
+        assert conn.execute("SELECT count(*) FROM judgments").fetchone() == (0,)

@@ -21,7 +21,9 @@ models and mined pairs where they can:
   judge and DPO, and Decoupled-SFT and Decoupled-DPO inferred and scored again with the seed's
   own generators (the generator's prompt never shows strategy tags, so they are unchanged).
 
-Their numbers go to ``benchmarks/results/mini_smol/variant-NAME-seed-K.json``.
+Their numbers go to ``benchmarks/results/mini_smol/variant-NAME-seed-K.json``. The pipeline's
+stages resume by their keys; the steps of this script (zero-shot, variants) are skipped when
+their output is complete, whatever the recipe: after changing the recipe, delete ``RUN/extra``.
 
 The report (every run of the script ends with it, and ``--report-only`` runs nothing else) is
 built from the committed result files alone: ``benchmarks/results/mini_smol.json`` (mean and
@@ -231,7 +233,9 @@ def seed_result(config: Path, runs: Path, seed: int, reports: dict[str, Path],
     run = runs / f"seed-{seed}"
     rows = {s: scores_of_report(load_report(p / "report.json")) for s, p in reports.items()}
     recipe = load_recipe(config, seed_overrides(seed, runs))
-    out = {"seed": seed, "variant": variant, "config": str(config.relative_to(ROOT)),
+    config = config.resolve()
+    out = {"seed": seed, "variant": variant,
+           "config": str(config.relative_to(ROOT) if config.is_relative_to(ROOT) else config),
            "date": time.strftime("%Y-%m-%d"),
            "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, "
                       f"{platform.system()}, Python {platform.python_version()}",
@@ -488,6 +492,7 @@ def main() -> None:
     ap.add_argument("--report-only", action="store_true",
                     help="run nothing; rebuild the report from the committed result files")
     args = ap.parse_args()
+    args.config = args.config.resolve()
     os.chdir(ROOT)  # the pipeline's stage keys hold the run paths as written
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     variants = [v for v in args.variants.split(",") if v.strip()]

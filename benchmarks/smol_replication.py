@@ -65,7 +65,7 @@ LABEL_BASELINES = {"majority": "Majority", "prior": "Random by train prior",
                    "bow_lr": "Bag-of-words LR"}
 TITLES = {**SYSTEM_TITLES, ZERO_SHOT: "SmolLM2 zero-shot", **LABEL_BASELINES}
 ROWS = (*SYSTEMS, ZERO_SHOT, *LABEL_BASELINES)
-STRATEGY_COLS = ("Q", "weighted_f1", "accuracy", "B", "B_converged", "unparseable")
+STRATEGY_COLS = ("Q", "weighted_f1", "accuracy", "B", "B_converged", "used", "unparseable")
 REPLY_COLS = ("bleu_2", "rouge_l", "distinct_2", "any_error", "adherence")
 VARIANTS = ("balanced", "no-tags")
 # the systems a variant changes (the others are the seed's own)
@@ -208,7 +208,9 @@ def scores_of_report(report: dict) -> dict:
         "errors": {e: r for e, r in (errors.get("rates") or {}).items() if r is not None},
         "any_error": errors.get("any_error"), "adherence": adherence.get("adherence"),
         "turns": paper["turns"], "decodes": report["decodes"],
-        "predicted": report["counts"].get("predicted"),
+        "predicted": report["counts"].get("predicted_strategies"),  # first decode
+        "used": sum(1 for k, v in (report["counts"].get("predicted_strategies") or {}).items()
+                    if k in STRATEGIES and v),
         "preferences": [per[s]["preference"] for s in STRATEGIES],
     }
 
@@ -217,6 +219,7 @@ def scores_of_labels(gold: list[str], pred: list[str]) -> dict:
     m = strategy_metrics(gold, pred)["as_others"]
     return {"Q": m["Q"], "weighted_f1": m["weighted_f1"], "accuracy": m["accuracy"],
             "B": m["B_kang"], "B_converged": m["B"], "unparseable": 0,
+            "used": len(set(pred)), "predicted": {s: pred.count(s) for s in STRATEGIES},
             **{k: None for k in REPLY_COLS}, "errors": {}, "turns": len(gold), "decodes": 1,
             "preferences": [m["per_strategy"][s]["preference"] for s in STRATEGIES]}
 
@@ -318,6 +321,10 @@ def aggregate(seeds: dict[int, dict]) -> dict:
         if not rows:
             continue
         agg[s] = {k: mean_std([r.get(k) for r in rows]) for k in (*STRATEGY_COLS, *REPLY_COLS)}
+        # the 20-sweep B undefined in any seed: no mean over the others
+        agg[s]["B_undefined_seeds"] = sum(r.get("B") is None for r in rows)
+        if agg[s]["B_undefined_seeds"]:
+            agg[s]["B"] = (None, None)
         agg[s]["errors"] = {e: mean_std([r["errors"].get(e) for r in rows])
                             for e in ERROR_TYPES if any(e in r["errors"] for r in rows)}
         prefs = [r["preferences"] for r in rows if all(p is not None for p in r["preferences"])]
@@ -329,7 +336,8 @@ def aggregate(seeds: dict[int, dict]) -> dict:
 PERCENT = {"Q", "weighted_f1", "accuracy", "bleu_2", "rouge_l", "distinct_2", "any_error",
            "adherence", *ERROR_TYPES}
 NAMES = {"Q": "Q %", "weighted_f1": "weighted-F1 %", "accuracy": "accuracy %",
-         "B": "B (paper)", "B_converged": "B (converged)", "unparseable": "unparseable",
+         "B": "B (paper)", "B_converged": "B (converged)", "used": "strategies used",
+         "unparseable": "unparseable",
          "bleu_2": "BLEU-2 %", "rouge_l": "ROUGE-L %", "distinct_2": "Distinct-2 %",
          "any_error": "any error %", "adherence": "adherence %"}
 
@@ -338,7 +346,7 @@ def fmt(key: str, value) -> str:
     mean, std = value if isinstance(value, tuple) else (value, None)
     if mean is None:
         return "–"
-    scale, digits = ((100, 1) if key in PERCENT else (1, 0) if key == "unparseable"
+    scale, digits = ((100, 1) if key in PERCENT else (1, 1) if key in ("unparseable", "used")
                      else (1, 3))
     text = f"{scale * mean:.{digits}f}"
     return text if std is None else f"{text} ± {scale * std:.{digits}f}"
@@ -413,8 +421,10 @@ def render(seeds: dict[int, dict], variants: dict[str, dict], agg: dict) -> str:
              "0.95) per system and seed, metrics averaged over the decodes, then mean ± sample "
              "std over seeds. Strategy metrics count an unparseable prediction as *Others*. "
              "B (paper) is the released 20-sweep fit, B (converged) the fitted Bradley-Terry "
-             "model; ideal 0 for both, – where the 20-sweep fit divides 0 by 0. Error rates "
-             "(offline rules) and adherence are of the first decode. Every number is in "
+             "model; ideal 0 for both, – where the 20-sweep fit divides 0 by 0 (in any seed: "
+             "some strategy never predicted). *Strategies used*: how many of the 8 the first "
+             "decode predicts at all. Error rates (offline rules, the same rules the IPM judge "
+             "keeps pairs by) and adherence are of the first decode. Every number is in "
              "`benchmarks/results/mini_smol.json`.", "",
              "**Strategy**", "", *table(agg, STRATEGY_COLS), "",
              "**Replies** (paper definitions)", "", *table(agg, REPLY_COLS,

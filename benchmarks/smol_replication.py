@@ -405,7 +405,7 @@ def plot_all(seeds: dict[int, dict], agg: dict) -> None:
 
 def render(seeds: dict[int, dict], variants: dict[str, dict], agg: dict) -> str:
     first = next(iter(seeds.values()))
-    turns = first["systems"]["decoupled-sft"]["turns"]
+    turns = int(first["systems"]["decoupled-sft"]["turns"])
     decodes = first["systems"]["decoupled-sft"]["decodes"]
     times = {k: r.get("pipeline_seconds", 0) + r.get("zero_shot_seconds", 0)
              for k, r in seeds.items()}

@@ -30,6 +30,9 @@ BAD_ARGUMENTS = {
     "compare": ([f"{NOWHERE}/report", "--out", "{tmp}/cmp"], "no evaluation report"),
     "pipeline": (["--only", "sft-plannerr", "run.output_dir={tmp}/run"], "unknown stage"),
     "stage": (["show", "sft-plannerr", "run.output_dir={tmp}/run"], "unknown stage"),
+    "chat": (["--planner", f"{NOWHERE}/planner", "--generator", f"{NOWHERE}/generator"],
+             NOWHERE),
+    "demo": (["--run", f"{NOWHERE}/run"], NOWHERE),
     "human-eval": (["build", f"{NOWHERE}/a.jsonl", f"{NOWHERE}/b.jsonl", "--names", "x,y",
                     "--out", "{tmp}/study"], "file not found"),
 }

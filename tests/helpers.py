@@ -160,9 +160,14 @@ MAX_HISTORY = 6
 
 def single_rank(monkeypatch) -> None:
     """Make this test process a world of one (no launcher variables) and start its process
-    group, for trainers built in-process."""
+    group, for trainers built in-process. Accelerate's process-wide state is reset first: a
+    trainer built earlier in this process may have fixed another mixed precision (bf16, where
+    ``precision: auto`` finds a CPU with native bf16), which a new trainer may not change."""
+    from accelerate.state import AcceleratorState
+
     from esc_dist import dist
 
+    AcceleratorState._reset_state()  # the mixed precision; the process group stays
     for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.delenv(k, raising=False)
     dist.init(60)

@@ -21,13 +21,14 @@ from pathlib import Path
 from typing import Sequence
 
 from .config import Recipe
+from .constants import ROLES
 from .data.esconv import SUPPORTER, Message
 from .errors import ConfigError
 from .generation import Replica, Sampling, WorkItem, fit_prompts, load_tokenizer, row_seed
-from .infer import FALLBACK_STRATEGY, decoding, infer_sampling
+from .infer import decoding, infer_sampling, planned
 from .io import check_model_dir
 from .models.loading import model_context
-from .strategies import parse_strategy, parse_tagged
+from .strategies import parse_tagged
 
 CHAT_MODES = ("decoupled", "vanilla")
 
@@ -124,8 +125,7 @@ class ChatSystem:
         raw = self.parts["planner"].generate(
             planner_prompt(history, data.max_history_messages, data.history_strategy_tags),
             self.sampling["planner"], self._seed("planner", conversation, turn), key).strip()
-        strategy = parse_strategy(raw) if raw else None
-        cond = strategy or FALLBACK_STRATEGY
+        strategy, cond = planned(raw)
         reply = self.parts["generator"].generate(
             generator_prompt(history, cond, data.max_history_messages),
             self.sampling["generator"], self._seed("generator", conversation, turn), key)
@@ -135,7 +135,7 @@ class ChatSystem:
 def run_models(run_dir: str | Path, stage: str) -> dict[str, Path]:
     """The model directories of a pipeline run: ``RUN/models/{stage}-{role}``."""
     models = Path(run_dir) / "models"
-    return {role: models / f"{stage}-{role}" for role in ("planner", "generator", "vanilla")}
+    return {role: models / f"{stage}-{role}" for role in ROLES}
 
 
 def load_systems(recipe: Recipe, *, planner=None, generator=None, vanilla=None) -> dict:

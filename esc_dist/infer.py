@@ -150,6 +150,13 @@ def gold_generator_items(turns: Iterable[Mapping], sampling: Sampling, max_histo
             for t in turns]
 
 
+def planned(raw: str) -> tuple[str | None, str]:
+    """A planner output's strategy (None when it names none) and the strategy the generator is
+    conditioned on (the fallback when none)."""
+    pred = parse_strategy(raw) if raw else None
+    return pred, pred or FALLBACK_STRATEGY
+
+
 def generator_items(turns: Iterable[Mapping], planner_records: Iterable[Mapping],
                     sampling: Sampling, max_history: int | None,
                     decode: int = 0) -> list[WorkItem]:
@@ -161,8 +168,7 @@ def generator_items(turns: Iterable[Mapping], planner_records: Iterable[Mapping]
     for rec in planner_records:
         turn = by_id[rec["id"]]
         raw = rec["text"].strip()
-        pred = parse_strategy(raw) if raw else None
-        cond = pred or FALLBACK_STRATEGY
+        pred, cond = planned(raw)
         items.append(WorkItem(
             turn["id"], generator_prompt(history_messages(turn["history"]), cond, max_history),
             sampling, sample=decode,

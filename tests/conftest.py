@@ -6,13 +6,19 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import ESCONV_DIR, FakeServer
+from tests.helpers import ESCONV_DIR, FakeServer, fresh_accelerate_state
 
 
 def pytest_configure(config):
     from esc_dist.log import quiet_libraries
 
     quiet_libraries()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_accelerate_state():
+    """Every test starts without the mixed precision an earlier in-process trainer fixed."""
+    fresh_accelerate_state()
 
 
 @pytest.fixture(scope="session")
@@ -138,6 +144,7 @@ def chat_models(tmp_path_factory, esconv_dir):
              if k in os.environ}
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    fresh_accelerate_state()  # set up inside some test, after its own fresh state
     try:
         small_data_and_model(esconv_dir, root, {"train": 4, "validation": 1, "test": 1}, 4)
         recipe = load_recipe(None, ["sft.deepspeed=null", f"run.output_dir={root / 'run'}",

@@ -117,7 +117,9 @@ def assert_close_weights(a: dict, b: dict, tol: float) -> None:
 def rank_pid(launcher_pid: int, rank: str) -> int | None:
     import psutil
 
-    for p in psutil.Process(launcher_pid).children(recursive=True):
+    # Only the launcher's own children: a process a rank forks (before its exec) has the same
+    # command line and environment as the rank.
+    for p in psutil.Process(launcher_pid).children():
         try:
             if p.environ().get("RANK") == rank and "esc_dist" in " ".join(p.cmdline()):
                 return p.pid
@@ -158,16 +160,21 @@ VANILLA_ANSWER = "[Question] What happened?"
 MAX_HISTORY = 6
 
 
-def single_rank(monkeypatch) -> None:
-    """Make this test process a world of one (no launcher variables) and start its process
-    group, for trainers built in-process. Accelerate's process-wide state is reset first: a
-    trainer built earlier in this process may have fixed another mixed precision (bf16, where
-    ``precision: auto`` finds a CPU with native bf16), which a new trainer may not change."""
+def fresh_accelerate_state() -> None:
+    """Forget accelerate's process-wide state (the process group stays): a trainer built
+    earlier in this process fixed its mixed precision ("no" in fp32, bf16 where ``precision:
+    auto`` finds a CPU with native bf16), which a later trainer may not change."""
     from accelerate.state import AcceleratorState
 
+    AcceleratorState._reset_state()
+
+
+def single_rank(monkeypatch) -> None:
+    """Make this test process a world of one (no launcher variables) and start its process
+    group, for trainers built in-process, with accelerate's state forgotten first."""
     from esc_dist import dist
 
-    AcceleratorState._reset_state()  # the mixed precision; the process group stays
+    fresh_accelerate_state()
     for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.delenv(k, raising=False)
     dist.init(60)

@@ -465,6 +465,13 @@ def render(seeds: dict[int, dict], variants: dict[str, dict], agg: dict) -> str:
                 lines.append(f"- {role} pairs: {b['kept_before']} kept by the judge, "
                              f"{b['kept_after']} after balancing (caps: {b['caps']['chosen']} per "
                              f"chosen, {b['caps']['rejected']} per rejected strategy).")
+            else:
+                own = (base or {}).get("judged", {}).get(role)
+                lines.append(f"- {role} pairs: {j['kept']} of {j['pairs_in']} mined kept by the "
+                             f"judge" + (f" (as specified: {own['kept']} of {own['pairs_in']})"
+                                         if own else "") + ".")
+        if r.get("seconds_this_run"):
+            lines.append(f"- time: {r['seconds_this_run'] / 60:.0f} min.")
         lines.append("")
     if seeds:
         lines += ["Pairs the judge kept (seed: planner / generator / vanilla of the pairs mined): "

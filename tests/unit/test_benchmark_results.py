@@ -1,0 +1,30 @@
+"""The SmolLM2 mini-replication's section of benchmarks/RESULTS.md is what its driver renders from
+the committed result files: no number in it is typed by hand or left over from an older run."""
+
+import json
+import re
+
+from benchmarks import smol_replication as smol
+from benchmarks.mini_replication import RESULTS_MD
+
+
+def committed_section(start: str, end: str) -> str:
+    md = RESULTS_MD.read_text(encoding="utf-8")
+    found = re.search(re.escape(start) + ".*?" + re.escape(end), md, flags=re.S)
+    assert found, f"{RESULTS_MD} has no section {start} ... {end}"
+    return found.group(0)
+
+
+def test_mini_smol_section_is_rendered_from_the_result_files():
+    seeds, variants = smol.load_results()
+    assert seeds, f"no committed seed result in {smol.RESULTS}"
+    agg = smol.aggregate(seeds)
+    assert smol.render(seeds, variants, agg) == committed_section(smol.START, smol.END)
+
+
+def test_mini_smol_json_holds_the_committed_results():
+    seeds, variants = smol.load_results()
+    saved = json.loads(smol.OUT_JSON.read_text(encoding="utf-8"))
+    assert saved["seeds"] == json.loads(json.dumps({str(k): r for k, r in seeds.items()}))
+    assert saved["variants"] == json.loads(json.dumps(variants))
+    assert saved["aggregate"] == json.loads(json.dumps(smol.aggregate(seeds)))

@@ -11,7 +11,8 @@ numbers go to ``benchmarks/results/mini_smol/seed-K.json`` (commit it: run direc
 survive a move to another machine).
 
 Variants, each on one seed (``--variant-seed``, default the first seed), reusing that seed's SFT
-models and mined pairs where they can:
+models and mined pairs where they can (the seed's stages a variant reads run first and are skipped
+when current, so a variant also runs on a seed whose run directory is gone):
 
 - ``balanced``: the planner and vanilla pairs judged again with ``judge.balance: true`` (kept
   pairs capped per chosen and per rejected strategy), their DPO, and Decoupled-DPO (with the
@@ -71,6 +72,11 @@ VARIANTS = ("balanced", "no-tags")
 # the systems a variant changes (the others are the seed's own)
 VARIANT_SYSTEMS = {"balanced": ("vanilla-dpo", "decoupled-dpo"),
                    "no-tags": ("decoupled-sft", "decoupled-dpo")}
+# the seed's pipeline stages a variant reads (it runs them first; current ones are skipped)
+_GENERATOR = ("sft-generator", "mine-generator", "judge-generator", "dpo-generator")
+VARIANT_STAGES = {"balanced": ("prepare", "base-model", "sft-planner", "sft-vanilla",
+                               "mine-planner", "mine-vanilla", *_GENERATOR),
+                  "no-tags": ("prepare", "base-model", *_GENERATOR)}
 
 
 def seed_overrides(seed: int, runs: Path) -> list[str]:
@@ -85,8 +91,9 @@ def esc(args: list[str], log: Path) -> None:
                        stdout=f, stderr=subprocess.STDOUT)
 
 
-def run_pipeline(config: Path, overrides: list[str]) -> None:
-    cmd = [sys.executable, "-m", "esc_dist", "pipeline", "--config", str(config), *overrides]
+def run_pipeline(config: Path, overrides: list[str], only: tuple[str, ...] = ()) -> None:
+    cmd = [sys.executable, "-m", "esc_dist", "pipeline", "--config", str(config),
+           *(["--only", ",".join(only)] if only else []), *overrides]
     print(" ".join(cmd[3:]), flush=True)
     subprocess.run(cmd, check=True, cwd=ROOT)
 
@@ -289,9 +296,10 @@ def run_seed(config: Path, runs: Path, seed: int) -> None:
 
 
 def run_variant(config: Path, runs: Path, seed: int, variant: str) -> None:
-    """A variant on a finished seed (its run directory must be here)."""
-    if not (runs / f"seed-{seed}" / "reports" / "comparison").is_dir():
-        raise SystemExit(f"variant {variant}: seed {seed} has not finished in {runs}")
+    """A variant on a seed: the seed's stages it reads first (skipped when current, so a seed
+    whose run directory did not survive a move to another machine runs only those again), then
+    the variant's own steps; its time counts the latter only."""
+    run_pipeline(config, seed_overrides(seed, runs), VARIANT_STAGES[variant])
     t0 = time.time()
     reports = (balanced_variant if variant == "balanced" else no_tags_variant)(config, runs, seed)
     result = seed_result(config, runs, seed, reports, variant)

@@ -28,3 +28,20 @@ def test_mini_smol_json_holds_the_committed_results():
     assert saved["seeds"] == json.loads(json.dumps({str(k): r for k, r in seeds.items()}))
     assert saved["variants"] == json.loads(json.dumps(variants))
     assert saved["aggregate"] == json.loads(json.dumps(smol.aggregate(seeds)))
+
+
+def test_the_seed_stages_a_variant_runs_hold_everything_they_read():
+    """A variant on a seed whose run directory is gone runs the seed's stages it lists: each
+    must be a stage of the recipe, and each listed stage's inputs made by another stage must be
+    listed too, or the variant would read (or train from) a model that was never made."""
+    from esc_dist.pipeline import plan
+
+    recipe = smol.load_recipe(smol.CONFIG, smol.seed_overrides(0, smol.ROOT / "runs" / "x"))
+    stages = {s.name: s for s in plan(recipe)}
+    made_by = {s.out: s.name for s in stages.values()}
+    for variant, names in smol.VARIANT_STAGES.items():
+        assert set(names) <= set(stages), variant
+        for name in names:
+            for path in stages[name].inputs:
+                assert made_by.get(path, name) in names, (variant, name, path)
+        assert "dpo-generator" in names, variant  # Decoupled-DPO pairs a variant's planner with it

@@ -340,8 +340,9 @@ def run_pipeline(recipe: Recipe, only: list[str] | None = None, force: bool = Fa
             raise
         print(f" done in {seconds:.0f}s", flush=True)
     comparison = run / "reports" / "comparison"
-    print(f"pipeline finished in {time.time() - t_all:.0f}s; comparison: "
-          f"{comparison / 'comparison.md'}", flush=True)
+    made = (f"comparison: {comparison / 'comparison.md'}" if not only or "compare" in only
+            else f"only {', '.join(only)}")
+    print(f"pipeline finished in {time.time() - t_all:.0f}s; {made}", flush=True)
     return comparison
 
 

@@ -69,6 +69,8 @@ def test_up_to_date_stages_are_skipped_and_changes_rerun(tmp_path):
     r = _pipeline(tmp_path, "--only", "prepare,tiny-model")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "prepare" in r.stdout and r.stdout.count("done in") == 2
+    # no comparison was made, so none is pointed at
+    assert "comparison" not in r.stdout and "only prepare, tiny-model" in r.stdout, r.stdout
     run = tmp_path / "run"
     assert json.loads((run / "data" / "pipeline.json").read_text())["stage"] == "prepare"
     r = _pipeline(tmp_path, "--only", "prepare,tiny-model")

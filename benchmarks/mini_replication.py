@@ -281,15 +281,15 @@ def render(results: dict) -> str:
     return "\n".join(lines)
 
 
-def write_section(text: str, start: str = START, end: str = END) -> None:
-    """Replace the section between the markers ``start`` and ``end`` of RESULTS.md with
-    ``text`` (which holds them), or append it."""
-    md = RESULTS_MD.read_text(encoding="utf-8")
+def write_section(text: str, start: str = START, end: str = END, path: Path = RESULTS_MD) -> None:
+    """Replace the section between the markers ``start`` and ``end`` of ``path`` (RESULTS.md)
+    with ``text`` (which holds them), or append it."""
+    md = path.read_text(encoding="utf-8")
     if start in md and end in md:
         md = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: text, md, flags=re.S)
     else:
         md = md.rstrip("\n") + "\n\n" + text + "\n"
-    atomic_write_text(RESULTS_MD, md)
+    atomic_write_text(path, md)
 
 
 def main() -> None:

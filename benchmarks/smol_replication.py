@@ -28,8 +28,9 @@ their output is complete, whatever the recipe: after changing the recipe, delete
 
 The report (every run of the script ends with it, and ``--report-only`` runs nothing else) is
 built from the committed result files alone: ``benchmarks/results/mini_smol.json`` (mean and
-sample std over seeds), the per-strategy preference plots ``benchmarks/results/mini_smol/*.png``
-and the section between the ``mini-smol`` markers of ``benchmarks/RESULTS.md``.
+sample std over seeds), the per-strategy preference plots ``benchmarks/results/mini_smol/*.png``,
+the section between the ``mini-smol`` markers of ``benchmarks/RESULTS.md`` and the short table
+between the ``mini-smol-summary`` markers of the README.
 
 Usage: python -m benchmarks.smol_replication [--seeds 0,1,2] [--variants balanced,no-tags]
        [--variant-seed 0] [--report-only]
@@ -61,6 +62,8 @@ CONFIG = ROOT / "configs" / "mini-smol.yaml"
 RESULTS = ROOT / "benchmarks" / "results" / "mini_smol"
 OUT_JSON = ROOT / "benchmarks" / "results" / "mini_smol.json"
 START, END = "<!-- mini-smol:start -->", "<!-- mini-smol:end -->"
+README = ROOT / "README.md"
+SUMMARY_START, SUMMARY_END = "<!-- mini-smol-summary:start -->", "<!-- mini-smol-summary:end -->"
 ZERO_SHOT = "zero-shot"
 LABEL_BASELINES = {"majority": "Majority", "prior": "Random by train prior",
                    "bow_lr": "Bag-of-words LR"}
@@ -492,6 +495,19 @@ def render(seeds: dict[int, dict], variants: dict[str, dict], agg: dict) -> str:
     return "\n".join(lines)
 
 
+def render_summary(seeds: dict[int, dict], agg: dict) -> str:
+    """The README's short table: the headline columns of the four systems, the zero-shot and
+    bag-of-words baselines."""
+    return "\n".join([
+        SUMMARY_START,
+        f"Mean ± sample std over seeds {', '.join(map(str, seeds))}, as in "
+        "`benchmarks/RESULTS.md` (written there and here by "
+        "`python -m benchmarks.smol_replication`):", "",
+        *table(agg, ("Q", "weighted_f1", "B_converged", "bleu_2", "any_error", "adherence"),
+               order=(*SYSTEMS, ZERO_SHOT, "bow_lr")), "",
+        SUMMARY_END])
+
+
 def report() -> str:
     seeds, variants = load_results()
     if not seeds:
@@ -502,6 +518,7 @@ def report() -> str:
     plot_all(seeds, agg)
     text = render(seeds, variants, agg)
     write_section(text, START, END)
+    write_section(render_summary(seeds, agg), SUMMARY_START, SUMMARY_END, README)
     return text
 
 

@@ -1,5 +1,6 @@
-"""The SmolLM2 mini-replication's section of benchmarks/RESULTS.md is what its driver renders from
-the committed result files: no number in it is typed by hand or left over from an older run."""
+"""The SmolLM2 mini-replication's section of benchmarks/RESULTS.md and its short table in the README
+are what its driver renders from the committed result files: no number in them is typed by hand or
+left over from an older run."""
 
 import json
 import re
@@ -8,10 +9,10 @@ from benchmarks import smol_replication as smol
 from benchmarks.mini_replication import RESULTS_MD
 
 
-def committed_section(start: str, end: str) -> str:
-    md = RESULTS_MD.read_text(encoding="utf-8")
+def committed_section(start: str, end: str, path=RESULTS_MD) -> str:
+    md = path.read_text(encoding="utf-8")
     found = re.search(re.escape(start) + ".*?" + re.escape(end), md, flags=re.S)
-    assert found, f"{RESULTS_MD} has no section {start} ... {end}"
+    assert found, f"{path} has no section {start} ... {end}"
     return found.group(0)
 
 
@@ -20,6 +21,8 @@ def test_mini_smol_section_is_rendered_from_the_result_files():
     assert seeds, f"no committed seed result in {smol.RESULTS}"
     agg = smol.aggregate(seeds)
     assert smol.render(seeds, variants, agg) == committed_section(smol.START, smol.END)
+    assert smol.render_summary(seeds, agg) == committed_section(
+        smol.SUMMARY_START, smol.SUMMARY_END, smol.README)
 
 
 def test_mini_smol_json_holds_the_committed_results():

@@ -8,7 +8,8 @@ A :class:`ChatSystem` answers a conversation's history the way inference predict
 * ``vanilla`` -- the joint model writes "[Strategy] reply".
 
 Prompts are built and fitted to each model's context exactly as for inference (the recipe's
-``data.max_history_messages`` and ``data.history_strategy_tags``), and decoded with the
+``data.max_history_messages``, ``data.history_strategy_tags`` and ``data.planner_prompt``), and
+decoded with the
 recipe's inference settings (:func:`esc_dist.infer.decoding`: sampled at 0.7 / 0.95 under
 ``eval.protocol: paper``). Each reply draws from its own seed, a hash of ``run.seed``, the
 conversation's id and the turn's position, so a conversation replays identically.
@@ -123,7 +124,8 @@ class ChatSystem:
             strategy, reply = parse_tagged(out.strip())
             return Reply(self.mode, strategy, out.strip(), strategy, reply.strip())
         raw = self.parts["planner"].generate(
-            planner_prompt(history, data.max_history_messages, data.history_strategy_tags),
+            planner_prompt(history, data.max_history_messages, data.history_strategy_tags,
+                           data.planner_prompt),
             self.sampling["planner"], self._seed("planner", conversation, turn), key).strip()
         strategy, cond = planned(raw)
         reply = self.parts["generator"].generate(

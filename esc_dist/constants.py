@@ -6,9 +6,10 @@ from __future__ import annotations
 # vanilla (joint "[Strategy] reply" baseline).
 ROLES: tuple[str, ...] = ("planner", "generator", "vanilla")
 
-# Inference modes: planner then generator, the joint model, or the generator alone conditioned on
-# the gold strategies (how well it realises a strategy it is given).
-MODES: tuple[str, ...] = ("decoupled", "vanilla", "generator-gold")
+# Inference modes: planner then generator, the joint model, the generator alone conditioned on the
+# gold strategies (how well it realises a strategy it is given), or the planner alone (strategies,
+# no replies).
+MODES: tuple[str, ...] = ("decoupled", "vanilla", "generator-gold", "planner")
 
 # The four systems the pipeline evaluates: name -> (inference mode, training stage of the models).
 SYSTEMS: dict[str, tuple[str, str]] = {

@@ -13,11 +13,15 @@ ranks; a killed run resumes from its chunk files; a completed one is skipped).
 * ``vanilla`` -- one phase: the joint model writes "[Strategy] reply", split with
   :func:`esc_dist.strategies.parse_tagged`; ``pred_strategy_raw`` is the whole output and
   ``pred_strategy`` null when it carries no strategy tag.
+* ``planner`` -- one phase: the planner alone (``pred_reply`` is empty): its strategy metrics
+  cost a few new tokens a turn, so a whole test split is cheap to predict.
 * ``generator-gold`` -- one phase: the generator writes the reply for the **gold** strategy
   (``pred_strategy`` = the gold strategy): how well it realises a strategy it is given.
 
 The planner's and the vanilla model's prompts show the supporter's past strategy tags when the
-prepared data says so (``data.history_strategy_tags``, recorded in its manifest).
+prepared data says so (``data.history_strategy_tags``, recorded in its manifest), and the planner
+reads the dialogue in the form the data was prepared with (``data.planner_prompt``: chat turns,
+or the paper's one-message transcript).
 
 **Decoding** (:func:`decoding`): under ``eval.protocol: paper`` the paper's -- sampled at
 temperature 0.7, top-p 0.95, no top-k -- over ``infer.decode_seeds`` decodes; under ``ours``
@@ -32,6 +36,7 @@ K >= 1, ``manifest.json`` (``config.decoding``, ``decodes``: the files) and ``CO
 
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -58,8 +63,8 @@ PAPER_SAMPLING = {"do_sample": True, "temperature": 0.7, "top_p": 0.95, "top_k":
 
 
 def phases(mode: str) -> tuple[str, ...]:
-    return {"decoupled": ("planner", "generator"), "vanilla": ("vanilla",),
-            "generator-gold": ("generator",)}[mode]
+    return {"decoupled": ("planner", "generator"), "planner": ("planner",),
+            "vanilla": ("vanilla",), "generator-gold": ("generator",)}[mode]
 
 
 def decoding(recipe: Recipe) -> dict:
@@ -116,16 +121,24 @@ def history_tags_of(data_dir: str | Path) -> bool:
     return bool((manifest.get("config") or {}).get("history_strategy_tags", True))
 
 
+def planner_form_of(data_dir: str | Path) -> str:
+    """The planner prompt form of the prepared data (``chat`` for data written before the key
+    existed)."""
+    manifest = read_manifest(data_dir) or {}
+    return str((manifest.get("config") or {}).get("planner_prompt", "chat"))
+
+
 def _gold(turn: Mapping[str, Any]) -> dict:
     return {"dialogue_id": turn["dialogue_id"], "turn_index": turn["turn_index"],
             "gold_strategy": turn["strategy"], "gold_reply": turn["reply"]}
 
 
 def planner_items(turns: Iterable[Mapping], sampling: Sampling, max_history: int | None,
-                  tagged: bool = True, decode: int = 0) -> list[WorkItem]:
+                  tagged: bool = True, decode: int = 0, form: str = "chat") -> list[WorkItem]:
     from .data.tasks import history_messages, planner_prompt
 
-    return [WorkItem(t["id"], planner_prompt(history_messages(t["history"]), max_history, tagged),
+    return [WorkItem(t["id"], planner_prompt(history_messages(t["history"]), max_history, tagged,
+                                             form),
                      sampling, sample=decode, meta=_gold(t)) for t in turns]
 
 
@@ -180,7 +193,9 @@ def generator_items(turns: Iterable[Mapping], planner_records: Iterable[Mapping]
 def prediction(rec: Mapping[str, Any], mode: str) -> dict:
     """One line of predictions.jsonl from a last-phase engine record."""
     m, text = rec["meta"], rec["text"].strip()
-    if mode in ("decoupled", "generator-gold"):
+    if mode == "planner":
+        pred, raw, reply = planned(text)[0], text, ""
+    elif mode in ("decoupled", "generator-gold"):
         pred, raw, reply = m["pred_strategy"], m["pred_strategy_raw"], text
     else:
         pred, reply = parse_tagged(text)
@@ -257,7 +272,8 @@ def infer(recipe: Recipe, mode: str, data_dir: str | Path | None = None,
           planner: str | Path | None = None, generator: str | Path | None = None,
           model: str | Path | None = None) -> dict:
     """Predict every gold supporter turn of ``split`` (every rank calls this); returns the
-    manifest. Decoupled mode needs ``planner`` and ``generator``, generator-gold mode
+    manifest. Decoupled mode needs ``planner`` and ``generator``, planner mode ``planner``,
+    generator-gold mode
     ``generator``, vanilla mode ``model`` (defaults: the run directory's ``models/sft-*``
     exports)."""
     t0 = time.time()
@@ -272,6 +288,8 @@ def infer(recipe: Recipe, mode: str, data_dir: str | Path | None = None,
     if mode == "decoupled":
         models = {"planner": Path(planner or run_dir / "models" / "sft-planner"),
                   "generator": Path(generator or run_dir / "models" / "sft-generator")}
+    elif mode == "planner":
+        models = {"planner": Path(planner or run_dir / "models" / "sft-planner")}
     elif mode == "generator-gold":
         models = {"generator": Path(generator or run_dir / "models" / "sft-generator")}
     else:
@@ -280,9 +298,11 @@ def infer(recipe: Recipe, mode: str, data_dir: str | Path | None = None,
     if not turns:
         raise ConfigError(f"{data_dir}: split {split!r} has no supporter turns")
     max_history, tagged = max_history_of(data_dir), history_tags_of(data_dir)
+    form = planner_form_of(data_dir)
     how = decoding(recipe)
     first = phases(mode)[0]
-    build = {"decoupled": planner_items, "vanilla": vanilla_items,
+    with_form = functools.partial(planner_items, form=form)
+    build = {"decoupled": with_form, "planner": with_form, "vanilla": vanilla_items,
              "generator-gold": gold_generator_items}[mode]
     with settings_errors("infer"):
         first_sampling = infer_sampling(cfg, first, how)
@@ -307,5 +327,5 @@ def infer(recipe: Recipe, mode: str, data_dir: str | Path | None = None,
         data_dir=data_dir, models=models, settings=cfg, phases=steps,
         write_outputs=write_predictions,
         extra_config={"max_history_messages": max_history, "history_strategy_tags": tagged,
-                      "decoding": how},
+                      "planner_prompt": form, "decoding": how},
         wandb_config={"turns": len(turns)}, wandb_summary=_wandb_summary, report=_report), t0)

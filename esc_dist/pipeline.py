@@ -90,9 +90,16 @@ def plan(recipe: Recipe) -> list[Stage]:
                             distributed=True))
     for role in ROLES:
         mined, kept = run / "ipm" / f"mine-{role}", run / "prefdial" / role
-        stages.append(Stage(f"judge-{role}", ["judge", "--role", role, "--pairs",
-                                              str(mined / "pairs.jsonl"), "--out", str(kept)],
-                            kept, ("judge",), [mined], code=judge_version(recipe.judge)))
+        args = ["judge", "--role", role, "--pairs", str(mined / "pairs.jsonl"), "--out", str(kept)]
+        if role != "planner":
+            stage = Stage(f"judge-{role}", args, kept, ("judge",), [mined],
+                          code=judge_version(recipe.judge))
+        elif recipe.ipm.planner_pairs == "mismatch":  # no judge: its settings do not matter
+            stage = Stage(f"judge-{role}", args, kept, ("ipm",), [mined])
+        else:
+            stage = Stage(f"judge-{role}", args, kept, ("judge", "ipm"), [mined],
+                          code=judge_version(recipe.judge))
+        stages.append(stage)
     for role in ROLES:
         stages.append(Stage(f"dpo-{role}", ["dpo", "--role", role,
                                             "--pairs", str(run / "prefdial" / role),

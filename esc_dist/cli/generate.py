@@ -32,20 +32,23 @@ def mine_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", metavar="DIR", help="output directory (default: RUN_DIR/ipm/mine-ROLE)")
 
 
+# the model flags each inference mode takes
+MODE_MODELS = {"decoupled": ("planner", "generator"), "planner": ("planner",),
+               "vanilla": ("model",), "generator-gold": ("generator",)}
+
+
 def run_infer(args: argparse.Namespace) -> int:
     from ..infer import infer
 
     recipe = recipe_of(args, [f"infer.split={args.split}"] if args.split else [])
-    if args.mode in ("decoupled", "generator-gold") and args.model:
-        raise ConfigError(f"--model is for --mode vanilla; {args.mode} inference takes "
-                          + ("--planner and --generator" if args.mode == "decoupled"
-                             else "--generator"))
-    if args.mode == "generator-gold" and args.planner:
-        raise ConfigError("--planner is for --mode decoupled; generator-gold inference takes "
-                          "--generator only (the strategies are the gold ones)")
-    if args.mode == "vanilla" and (args.planner or args.generator):
-        raise ConfigError("--planner/--generator are for --mode decoupled; vanilla "
-                          "inference takes --model")
+    takes = MODE_MODELS[args.mode]
+    wrong = [f"--{k}" for k in ("planner", "generator", "model")
+             if getattr(args, k) and k not in takes]
+    if wrong:
+        raise ConfigError(f"{'/'.join(wrong)} not for --mode {args.mode}: {args.mode} inference "
+                          f"takes {' and '.join('--' + k for k in takes)}"
+                          + (" (the strategies are the gold ones)"
+                             if args.mode == "generator-gold" else ""))
     manifest = infer(recipe, args.mode, data_dir=args.data, out=args.out,
                      planner=args.planner, generator=args.generator, model=args.model)
     if is_main():
@@ -56,7 +59,8 @@ def run_infer(args: argparse.Namespace) -> int:
 def infer_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mode", required=True, choices=MODES)
     p.add_argument("--planner", metavar="DIR",
-                   help="planner model (decoupled; default RUN_DIR/models/sft-planner)")
+                   help="planner model (decoupled, planner; default "
+                        "RUN_DIR/models/sft-planner)")
     p.add_argument("--generator", metavar="DIR",
                    help="generator model (decoupled, generator-gold; default "
                         "RUN_DIR/models/sft-generator)")

@@ -103,6 +103,11 @@ class DataConfig:
     # the supporter's past turns in the planner's and vanilla model's prompts carry their strategy
     # tags ("[Question] How are you?"); false: plain text, as the DecoupledESC paper's planner
     history_strategy_tags: bool = True
+    # how the planner reads the dialogue: chat (the history as chat turns, tagged per
+    # history_strategy_tags) | transcript (the paper's: one user message of "seeker: ..." /
+    # "supporter: ..." lines, never tagged; esc_dist/data/transcript.py). Prepared data records
+    # it, and mining, inference, chat and the demo build the planner's prompts the same way.
+    planner_prompt: Literal["chat", "transcript"] = "chat"
 
     def validate(self, source: str) -> None:
         f = self.split_fractions
@@ -272,6 +277,18 @@ class MineConfig:
 
 
 @dataclass
+class IpmConfig:
+    """How IPM turns mined samples into the planner's preference pairs."""
+
+    # mismatch: the paper's (its released planner code): every mined planner sample whose parsed
+    # strategy is not the gold one is a pair (unparseable samples too, rejected = the raw
+    # sample), none judged. judged: the pairs go through the judge like the other roles' (kept
+    # when the rejected strategy shows a psychological error; judge.keep_unparseable and
+    # judge.balance apply). See docs/judge.md.
+    planner_pairs: Literal["mismatch", "judged"] = "judged"
+
+
+@dataclass
 class JudgeConfig:
     backend: Literal["offline", "openai"] = "offline"
     model: str = "gpt-4o-mini"
@@ -360,6 +377,7 @@ class Recipe:
     model: ModelConfig = field(default_factory=ModelConfig)
     sft: SftConfig = field(default_factory=SftConfig)
     mine: MineConfig = field(default_factory=MineConfig)
+    ipm: IpmConfig = field(default_factory=IpmConfig)
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     dpo: DpoConfig = field(default_factory=DpoConfig)
     infer: InferConfig = field(default_factory=InferConfig)

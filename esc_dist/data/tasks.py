@@ -21,10 +21,15 @@ from ..io import (COMPLETED, directory_outputs, mark_completed, require_verified
                   write_manifest)
 from ..outputs import check_output, staged_dir
 from ..strategies import DESCRIPTIONS, STRATEGIES, format_tagged
+from . import transcript
 from .esconv import SEEKER, Message, Turn, iter_turns, load_esconv
 from .splits import SPLITS, load_split_file, seeded_split
 
 TASKS = ("vanilla", "planner", "generator")
+# How the planner reads the dialogue (data.planner_prompt): ``chat`` -- the history as chat
+# turns (seeker = user, supporter = assistant, tagged or not); ``transcript`` -- the paper's form,
+# the whole dialogue in one user message of "seeker: ..." / "supporter: ..." lines, untagged.
+PLANNER_PROMPTS = ("chat", "transcript")
 
 _STRATEGY_LIST = ", ".join(f"[{s}]" for s in STRATEGIES)
 
@@ -37,6 +42,14 @@ PLANNER_SYSTEM = (
     "You plan the next move of an emotional-support counsellor. Read the conversation and answer "
     "with the single support strategy the counsellor should use next, by its name only: "
     + "; ".join(STRATEGIES) + "."
+)
+# The planner's system message for a transcript prompt (the strategies, then the whole dialogue in
+# the user message).
+PLANNER_TRANSCRIPT_SYSTEM = (
+    "You plan the next move of an emotional-support counsellor. The next message is the "
+    "conversation so far, one line per message: 'seeker:' is the help-seeker, 'supporter:' the "
+    "counsellor. Answer with the single support strategy the counsellor should use next, by its "
+    "name only: " + "; ".join(STRATEGIES) + "."
 )
 GENERATOR_SYSTEM = (
     "You are a warm, attentive emotional-support counsellor. Reply to the help-seeker's last "
@@ -68,8 +81,18 @@ def vanilla_prompt(history: Sequence[Message], max_history: int | None = None,
 
 
 def planner_prompt(history: Sequence[Message], max_history: int | None = None,
-                   tagged: bool = True) -> list[dict]:
-    """The planner's prompt; ``tagged`` as in :func:`vanilla_prompt`."""
+                   tagged: bool = True, form: str = "chat") -> list[dict]:
+    """The planner's prompt in the ``form`` of :data:`PLANNER_PROMPTS`; ``tagged`` as in
+    :func:`vanilla_prompt` (a transcript is never tagged)."""
+    if form == "transcript":
+        msgs = list(history)
+        if max_history is not None:
+            msgs = msgs[-max_history:] if max_history > 0 else []
+        return [{"role": "system", "content": PLANNER_TRANSCRIPT_SYSTEM},
+                {"role": "user", "content": transcript.render(msgs)}]
+    if form != "chat":
+        raise ValueError(f"unknown planner prompt form {form!r} (expected one of "
+                         f"{PLANNER_PROMPTS})")
     return [{"role": "system", "content": PLANNER_SYSTEM}] + _history_messages(
         history, tagged, max_history)
 
@@ -81,12 +104,13 @@ def generator_prompt(history: Sequence[Message], strategy: str,
 
 
 def task_example(turn: Turn, task: str, max_history: int | None = None,
-                 tagged: bool = True) -> dict:
+                 tagged: bool = True, planner_form: str = "chat") -> dict:
     if task == "vanilla":
         prompt, target = vanilla_prompt(turn.history, max_history, tagged), format_tagged(
             turn.strategy, turn.reply)
     elif task == "planner":
-        prompt, target = planner_prompt(turn.history, max_history, tagged), turn.strategy
+        prompt = planner_prompt(turn.history, max_history, tagged, planner_form)
+        target = turn.strategy
     elif task == "generator":
         prompt, target = generator_prompt(turn.history, turn.strategy, max_history), turn.reply
     else:
@@ -96,12 +120,13 @@ def task_example(turn: Turn, task: str, max_history: int | None = None,
 
 
 def build_task(turns_by_split: dict[str, list[Turn]], task: str, max_history: int | None = None,
-               tagged: bool = True):
+               tagged: bool = True, planner_form: str = "chat"):
     """A ``datasets.DatasetDict`` of one task, one split per key of ``turns_by_split``."""
     from datasets import Dataset, DatasetDict
 
     return DatasetDict({
-        split: Dataset.from_list([task_example(t, task, max_history, tagged) for t in turns])
+        split: Dataset.from_list([task_example(t, task, max_history, tagged, planner_form)
+                                  for t in turns])
         for split, turns in turns_by_split.items()
     })
 
@@ -187,8 +212,8 @@ def prepare(cfg: DataConfig, out: str | Path) -> dict:
 
     with staged_dir(out, "prepare", inputs) as tmp:
         for task in TASKS:
-            build_task(turns, task, cfg.max_history_messages,
-                       cfg.history_strategy_tags).save_to_disk(str(tmp / task))
+            build_task(turns, task, cfg.max_history_messages, cfg.history_strategy_tags,
+                       cfg.planner_prompt).save_to_disk(str(tmp / task))
         DatasetDict({split: Dataset.from_list([turn_record(t) for t in ts])
                      for split, ts in turns.items()}).save_to_disk(str(tmp / "turns"))
         manifest["seconds"] = round(time.time() - t0, 2)

@@ -35,7 +35,7 @@ from ..outputs import check_output, staged_dir
 from ..log import get_logger
 from ..strategies import STRATEGIES, normalize_strategy
 from .balance import balance
-from .judge import ERRORS, judge_pairs, judge_version
+from .judge import ERRORS, judge_pairs, judge_version, verdict
 
 log = get_logger(__name__)
 
@@ -44,6 +44,7 @@ PAIR_KEYS: tuple[str, ...] = ("id", "turn_id", "role", "prompt", "history", "gol
                               "sampled_reply", "parse_error")
 _PROMPT_ROLES = {"system", "user", "assistant"}
 _HISTORY_ROLES = {"seeker", "supporter"}
+MISMATCH = "mismatch"  # the verdicts' judge under ipm.planner_pairs: mismatch
 
 
 # ---------------------------------------------------------------------------------------------
@@ -234,16 +235,61 @@ def _log_wandb(run, stats: dict) -> None:
     run.summary.update(flat)
 
 
+def judge_name(cfg: JudgeConfig, planner_pairs: str, roles: Mapping[str, int]) -> str:
+    """Who decided the verdicts: the judge backend, or ``mismatch`` for planner pairs kept
+    unjudged (both, joined by ``+``, for a file of several roles)."""
+    backend = "offline" if cfg.backend == "offline" else f"openai:{cfg.model}"
+    if planner_pairs != "mismatch" or "planner" not in roles:
+        return backend
+    return MISMATCH if set(roles) == {"planner"} else f"{MISMATCH}+{backend}"
+
+
 def default_cache_dir(out_dir: str | Path) -> Path:
     """Where the LLM judge's answers are cached: beside the output, shared by all roles."""
     return Path(out_dir).resolve().parent / "judge_cache"
 
 
+def mismatch_verdict(pair: Mapping[str, Any]) -> dict:
+    """The verdict on a planner pair under ``ipm.planner_pairs: mismatch``: kept, not judged
+    (mining made it because the sampled strategy is not the gold one)."""
+    what = ("the sample names no strategy" if pair["sampled_strategy"] is None
+            else f"sampled {pair['sampled_strategy']}, gold {pair['gold_strategy']}")
+    return verdict(pair["id"], MISMATCH, f"kept: mismatch ({what})", keep=True)
+
+
+def decide(pairs: Sequence[Mapping[str, Any]], cfg: JudgeConfig, planner_pairs: str, seed: int,
+           out_dir: Path, cache_dir: str | Path | None, client) -> tuple[list, dict | None, Any]:
+    """The verdict on every pair, the balancing report (or None) and the LLM client that judged
+    (or None). Planner pairs under ``mismatch`` are all kept unjudged; the others are judged (and
+    balanced with ``judge.balance``)."""
+    unjudged = planner_pairs == "mismatch"
+    judged = [i for i, p in enumerate(pairs) if not (unjudged and p["role"] == "planner")]
+    verdicts = [mismatch_verdict(p) for p in pairs] if unjudged else [None] * len(pairs)
+    balanced = None
+    if judged:
+        subset = [pairs[i] for i in judged]
+        if cfg.backend == "openai" and client is None:
+            from ..llm_client import LLMClient
+            from .judge import PROMPT_VERSION
+
+            cache_dir = cache_dir or default_cache_dir(out_dir)
+            client = LLMClient.from_config(cfg, cache_dir, PROMPT_VERSION)
+        found = judge_pairs(subset, cfg, cache_dir, client=client)
+        if cfg.balance:
+            found, balanced = balance(subset, found, seed)
+        for i, v in zip(judged, found):
+            verdicts[i] = v
+    return verdicts, balanced, client if judged else None
+
+
 def build_prefdial(pairs_jsonl: str | Path, out_dir: str | Path, cfg: JudgeConfig,
                    recipe: Recipe | None = None, *, run=None, role: str | None = None,
-                   cache_dir: str | Path | None = None, client=None) -> dict:
+                   cache_dir: str | Path | None = None, client=None,
+                   planner_pairs: str | None = None) -> dict:
     """Judge a pairs file and write the IPM-PrefDial output to ``out_dir``; returns the manifest.
 
+    ``planner_pairs`` (default: the recipe's ``ipm.planner_pairs``, else ``judged``): under
+    ``mismatch`` every planner pair is kept without judging (:func:`mismatch_verdict`).
     ``role`` (optional) requires every pair to have that role. ``run`` is a W&B run to log the
     statistics to. ``cache_dir`` is where the LLM judge caches its answers (default:
     :func:`default_cache_dir`); ``client`` replaces the LLM client built from ``cfg``.
@@ -254,19 +300,14 @@ def build_prefdial(pairs_jsonl: str | Path, out_dir: str | Path, cfg: JudgeConfi
     require_verified(pairs_jsonl.parent)  # a mining output changed or cut since it was written
     pairs = read_pairs(pairs_jsonl, role)
     input_sha = sha256_file(pairs_jsonl)
-    if cfg.backend == "openai" and client is None and cache_dir is None:
-        cache_dir = default_cache_dir(out_dir)
-    if cfg.backend == "openai" and client is None:
-        from ..llm_client import LLMClient
-        from .judge import PROMPT_VERSION
-
-        client = LLMClient.from_config(cfg, cache_dir, PROMPT_VERSION)
-    verdicts = judge_pairs(pairs, cfg, cache_dir, client=client)
-    balanced = None
-    if cfg.balance:
-        verdicts, balanced = balance(pairs, verdicts, recipe.run.seed if recipe else 0)
+    if planner_pairs is None:
+        planner_pairs = recipe.ipm.planner_pairs if recipe is not None else "judged"
+    verdicts, balanced, client = decide(pairs, cfg, planner_pairs,
+                                        recipe.run.seed if recipe else 0, out_dir, cache_dir,
+                                        client)
     counters = client.stats() if client is not None else None
     stats = compute_stats(pairs, verdicts, counters)
+    stats["planner_pairs"] = planner_pairs
     if balanced is not None:
         stats["balance"] = balanced
     kept = [p for p, v in zip(pairs, verdicts) if v["keep"]]
@@ -276,8 +317,9 @@ def build_prefdial(pairs_jsonl: str | Path, out_dir: str | Path, cfg: JudgeConfi
         "role": role or (pairs[0]["role"] if pairs and len(stats["roles"]) == 1 else None),
         "inputs": {"pairs": {"path": str(pairs_jsonl), "sha256": input_sha}},
         "judge": redact(asdict(cfg)),
-        "judge_name": "offline" if cfg.backend == "offline" else f"openai:{cfg.model}",
+        "judge_name": judge_name(cfg, planner_pairs, stats["roles"]),
         "judge_version": judge_version(cfg),
+        "planner_pairs": planner_pairs,
         "counts": {"pairs_in": stats["pairs_in"], "kept": stats["kept"],
                    "dropped": stats["dropped"], "kept_ratio": stats["kept_ratio"]},
         # judge requests that failed for good (at most judge.max_failed_share of them)

@@ -22,7 +22,8 @@ BAD_ARGUMENTS = {
     "mine": (["--role", "planner", "--data", f"{NOWHERE}/data", "--model", f"{NOWHERE}/m",
               "--out", "{tmp}/mine"], NOWHERE),
     "infer": (["--mode", "decoupled", "--model", f"{NOWHERE}/m", "--out", "{tmp}/pred"],
-              "--model is for --mode vanilla"),
+              "--model not for --mode decoupled: decoupled inference takes --planner and "
+              "--generator"),
     "merge": (["--out", f"{NOWHERE}/mine"], "no job.json"),
     "judge": (["--role", "planner", "--pairs", f"{NOWHERE}/pairs.jsonl", "--out", "{tmp}/j"],
               "file not found"),

@@ -47,7 +47,8 @@ from .constants import MODES
 from .errors import ConfigError
 from .generation import Sampling, WorkItem, merge, stage
 from .generation.stage import (Phase, Stage, generation_summary, run_stage, settings_errors)
-from .io import output_record, read_manifest, write_jsonl
+from .data.tasks import history_tags_of, max_history_of, planner_form_of
+from .io import output_record, write_jsonl
 from .log import get_logger
 from .strategies import parse_strategy, parse_tagged
 
@@ -107,25 +108,6 @@ def load_turns(data_dir: str | Path, split: str, max_dialogues: int | None = Non
         keep = set(sorted({t["dialogue_id"] for t in rows})[:max_dialogues])
         rows = [t for t in rows if t["dialogue_id"] in keep]
     return rows
-
-
-def max_history_of(data_dir: str | Path) -> int | None:
-    manifest = read_manifest(data_dir) or {}
-    return (manifest.get("config") or {}).get("max_history_messages")
-
-
-def history_tags_of(data_dir: str | Path) -> bool:
-    """Whether the prepared data's prompts tag the supporter's past turns (data written before
-    the key existed did)."""
-    manifest = read_manifest(data_dir) or {}
-    return bool((manifest.get("config") or {}).get("history_strategy_tags", True))
-
-
-def planner_form_of(data_dir: str | Path) -> str:
-    """The planner prompt form of the prepared data (``chat`` for data written before the key
-    existed)."""
-    manifest = read_manifest(data_dir) or {}
-    return str((manifest.get("config") or {}).get("planner_prompt", "chat"))
 
 
 def _gold(turn: Mapping[str, Any]) -> dict:

@@ -101,12 +101,13 @@ def plan(recipe: Recipe) -> list[Stage]:
                           code=judge_version(recipe.judge))
         stages.append(stage)
     for role in ROLES:
-        stages.append(Stage(f"dpo-{role}", ["dpo", "--role", role,
-                                            "--pairs", str(run / "prefdial" / role),
-                                            "--model", str(models / f"sft-{role}"),
-                                            "--out", str(models / f"dpo-{role}")],
-                            models / f"dpo-{role}", ("dpo", "model"),
-                            [run / "prefdial" / role, models / f"sft-{role}"], distributed=True))
+        args = ["dpo", "--role", role, "--pairs", str(run / "prefdial" / role),
+                "--model", str(models / f"sft-{role}"), "--out", str(models / f"dpo-{role}")]
+        inputs = [run / "prefdial" / role, models / f"sft-{role}"]
+        if role == "planner" and recipe.dpo.validation_every > 0:  # the guard's validation turns
+            args, inputs = args + ["--data", str(data)], inputs + [data]
+        stages.append(Stage(f"dpo-{role}", args, models / f"dpo-{role}", ("dpo", "model"), inputs,
+                            distributed=True))
     systems = evaluated_systems(recipe)
     for system, (mode, stage) in systems.items():
         pred = run / "predictions" / system

@@ -17,10 +17,11 @@ def _train(args: argparse.Namespace) -> int:
 
         m = train_sft(recipe, args.role, data_dir=args.data, model_dir=args.model, out=args.out)
     else:
+        from ..eval.strategy import strategy_metrics
         from ..train.dpo import train_dpo
 
         m = train_dpo(recipe, args.role, pairs_dir=args.pairs, model_dir=args.model,
-                      out=args.out)
+                      out=args.out, data_dir=args.data, score=strategy_metrics)
     if m is None:
         return PREEMPTED_EXIT
     if is_main():
@@ -42,6 +43,8 @@ def _common(p: argparse.ArgumentParser, stage: str) -> None:
                        "(default: RUN_DIR/prefdial/ROLE)")
         p.add_argument("--model", help="SFT export to start from "
                        "(default: RUN_DIR/models/sft-ROLE)")
+        p.add_argument("--data", help="`prepare` output whose validation turns the planner's "
+                       "guard decodes (dpo.validation_every; default: RUN_DIR/data)")
     p.add_argument("--out", help=f"export directory (default: RUN_DIR/models/{stage}-ROLE)")
     p.add_argument("--deepspeed", metavar="JSON", help=f"DeepSpeed config ({stage}.deepspeed)")
 

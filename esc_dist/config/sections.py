@@ -232,11 +232,25 @@ class DpoConfig(TrainConfig):
     sft_weight: float = 0.0  # adds weight * NLL of the chosen reply (RPO-style mixing)
     reference: Literal["precomputed", "live"] = "precomputed"
     reference_offload: bool = False  # live reference under ZeRO-3: offload its params to CPU
+    # The planner's validation guard (esc_dist/train/guard.py): every N steps (and before the
+    # first, the SFT model) the planner decodes validation_turns validation turns greedily and
+    # its predicted-strategy shares, B and Q are logged (console, W&B); 0: off. Planner only.
+    validation_every: int = 0
+    validation_turns: int = 300
+    # export the evaluated step with the lowest validation B among those whose Q is at most
+    # best_q_tolerance points below the SFT model's (early stopping), instead of the last step
+    export_best: bool = False
+    best_q_tolerance: float = 1.0
 
     def validate(self, source: str) -> None:
         TrainConfig.validate(self, source, "dpo")
         _require(self.beta > 0, source, "dpo.beta", "> 0", self.beta)
         _require(self.sft_weight >= 0, source, "dpo.sft_weight", ">= 0", self.sft_weight)
+        _at_least(source, "dpo", self, 0, "validation_every", "best_q_tolerance")
+        _at_least(source, "dpo", self, 1, "validation_turns")
+        _require(not self.export_best or self.validation_every > 0, source, "dpo.export_best",
+                 "false unless dpo.validation_every > 0 (the best step is chosen on the "
+                 "validation guard's evaluations)", self.export_best)
 
 
 def _check_lengths(section: str, cfg, source: str) -> None:

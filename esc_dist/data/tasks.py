@@ -17,8 +17,8 @@ from typing import Iterable, Sequence
 from .. import __version__
 from ..config import DataConfig, redact
 from ..errors import DataError, MissingInput
-from ..io import (COMPLETED, directory_outputs, mark_completed, require_verified, sha256_file,
-                  write_manifest)
+from ..io import (COMPLETED, directory_outputs, mark_completed, read_manifest, require_verified,
+                  sha256_file, write_manifest)
 from ..outputs import check_output, staged_dir
 from ..strategies import DESCRIPTIONS, STRATEGIES, format_tagged
 from . import transcript
@@ -221,6 +221,28 @@ def prepare(cfg: DataConfig, out: str | Path) -> dict:
         write_manifest(tmp, manifest)
         mark_completed(tmp)
     return manifest
+
+
+# What prompts the prepared data was built with, for the stages that build prompts again from its
+# turns (inference, the DPO validation guard): read from its manifest.
+
+def max_history_of(data_dir: str | Path) -> int | None:
+    manifest = read_manifest(data_dir) or {}
+    return (manifest.get("config") or {}).get("max_history_messages")
+
+
+def history_tags_of(data_dir: str | Path) -> bool:
+    """Whether the prepared data's prompts tag the supporter's past turns (data written before
+    the key existed did)."""
+    manifest = read_manifest(data_dir) or {}
+    return bool((manifest.get("config") or {}).get("history_strategy_tags", True))
+
+
+def planner_form_of(data_dir: str | Path) -> str:
+    """The planner prompt form of the prepared data (``chat`` for data written before the key
+    existed)."""
+    manifest = read_manifest(data_dir) or {}
+    return str((manifest.get("config") or {}).get("planner_prompt", "chat"))
 
 
 def load_task(data_dir: str | Path, task: str):

@@ -113,8 +113,29 @@ def _offloaded_reference(enabled: bool):
         trl_dpo.prepare_deepspeed = original
 
 
+def planner_guard(recipe: Recipe, role: str, data_dir: str | None, score, model_dir: str,
+                  paths):
+    """The validation guard of a planner DPO run (None when ``dpo.validation_every`` is 0 or the
+    role is not the planner)."""
+    cfg = recipe.dpo
+    if role != "planner" or cfg.validation_every == 0:
+        return None
+    if score is None:
+        raise ValueError("dpo.validation_every needs a score function (the command layer "
+                         "passes esc_dist.eval.strategy.strategy_metrics)")
+    from ..models.loading import model_context
+    from .guard import GUARD_NEW_TOKENS, PlannerGuard, validation_prompts
+
+    data_dir = Path(data_dir or Path(recipe.run.output_dir) / "data")
+    prompts, gold = validation_prompts(data_dir, cfg.validation_turns)
+    tokenizer = load_tokenizer(model_dir, recipe.model.trust_remote_code)
+    return PlannerGuard(prompts, gold, tokenizer, score, paths.work, cfg.validation_every,
+                        cfg.export_best, cfg.best_q_tolerance, GUARD_NEW_TOKENS,
+                        cfg.per_device_train_batch_size * 2, model_context(model_dir, tokenizer))
+
+
 def build_dpo_trainer(recipe: Recipe, role: str, pairs_dir: str, model_dir: str, paths,
-                      ds_cfg: dict | None, report_wandb: bool, key: str = ""):
+                      ds_cfg: dict | None, report_wandb: bool, key: str = "", guard=None):
     """The configured DPO trainer for one role, and the tokenization stats of its pairs."""
     from trl import DPOConfig
 
@@ -137,10 +158,14 @@ def build_dpo_trainer(recipe: Recipe, role: str, pairs_dir: str, model_dir: str,
     require_one_global_batch(len(train), cfg, "dpo", role, "preference pairs")
     model = load_policy(model_dir, recipe, cfg)
     offload = cfg.reference == "live" and cfg.reference_offload and zero_stage(ds_cfg) == 3
+    callbacks = [checkpoint_callback(key), preemption_callback()]
+    if guard is not None:  # before the checkpoint marker: a step's guard state is saved first
+        callbacks.insert(0, guard.callback())
     with _offloaded_reference(offload):
         trainer = _dpo_trainer_class()(model=model, args=args, train_dataset=train,
-                                       processing_class=tokenizer,
-                                       callbacks=[checkpoint_callback(key), preemption_callback()])
+                                       processing_class=tokenizer, callbacks=callbacks)
+    if guard is not None:
+        guard.trainer, guard.key = trainer, key
     return trainer, tokenizer, stats
 
 
@@ -154,15 +179,30 @@ def reward_summary(trainer) -> dict:
 
 
 def train_dpo(recipe: Recipe, role: str, pairs_dir: str | None = None,
-              model_dir: str | None = None, out: str | None = None) -> dict | None:
-    """DPO of one role from its SFT export; returns the export manifest (None if preempted)."""
+              model_dir: str | None = None, out: str | None = None, *,
+              data_dir: str | None = None, score=None) -> dict | None:
+    """DPO of one role from its SFT export; returns the export manifest (None if preempted).
+
+    ``data_dir`` (default: the run's ``data``) and ``score`` (strategy metrics of gold and
+    predicted labels) serve the planner's validation guard (``dpo.validation_every``)."""
     cfg = recipe.dpo
     start_stage(recipe, cfg, role)
     run_dir = Path(recipe.run.output_dir)
     pairs_dir = pairs_dir or str(run_dir / "prefdial" / role)
     model_dir = model_dir or str(run_dir / "models" / f"sft-{role}")
     paths = stage_paths(recipe, "dpo", role, out)
+    guard = planner_guard(recipe, role, data_dir, score, model_dir, paths)
+    inputs = stage_inputs("pairs", pairs_dir, model_dir)
+    if guard is not None:
+        inputs["validation"] = stage_inputs("data", str(data_dir or run_dir / "data"),
+                                            model_dir)["data"]
 
-    build = functools.partial(build_dpo_trainer, recipe, role, pairs_dir, model_dir, paths)
-    return run_training("dpo", role, recipe, cfg, stage_inputs("pairs", pairs_dir, model_dir),
-                        model_dir, paths, build, SUMMARY_KEYS, extra_manifest=reward_summary)
+    def extra(trainer) -> dict:
+        return {**reward_summary(trainer),
+                **({"guard": guard.outcome()} if guard is not None else {})}
+
+    build = functools.partial(build_dpo_trainer, recipe, role, pairs_dir, model_dir, paths,
+                              guard=guard)
+    best = (lambda: guard.best_dir) if guard is not None and cfg.export_best else None
+    return run_training("dpo", role, recipe, cfg, inputs, model_dir, paths, build, SUMMARY_KEYS,
+                        extra_manifest=extra, exported_weights=best)

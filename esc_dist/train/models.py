@@ -31,18 +31,23 @@ def load_policy(path: str, recipe: Recipe, cfg: TrainConfig):
     return model
 
 
-def export_model(trainer, tokenizer, paths: StagePaths, manifest: dict) -> None:
+def export_model(trainer, tokenizer, paths: StagePaths, manifest: dict,
+                 weights: Path | None = None) -> None:
     """Save one HF directory (safetensors, config, tokenizer, generation config, manifest) at
     ``paths.export``, saved first inside the stage's work directory.
 
     Under ZeRO-3 every rank takes part in gathering the weights; rank 0 writes. LoRA adapters
-    are merged so that the export loads with plain ``from_pretrained``.
+    are merged so that the export loads with plain ``from_pretrained``. ``weights``: a directory
+    that ``trainer.save_model`` wrote earlier in the run, exported instead of the last weights.
     """
     out, tmp = paths.export, paths.work / "export.saving"
     if dist.is_main():
         shutil.rmtree(tmp, ignore_errors=True)
     dist.barrier()
-    trainer.save_model(str(tmp))  # collective under ZeRO-3
+    if weights is None:
+        trainer.save_model(str(tmp))  # collective under ZeRO-3
+    elif dist.is_main():
+        shutil.copytree(weights, tmp)
     dist.barrier()
     if dist.is_main():
         model = trainer.model

@@ -47,9 +47,12 @@ def stage_inputs(name: str, data_dir: str, model_dir: str) -> dict:
 def run_training(stage: str, role: str, recipe: Recipe, cfg: TrainConfig, inputs: dict,
                  model_dir: str, paths: StagePaths, build_trainer: BuildTrainer,
                  summary_keys: tuple[str, ...],
-                 extra_manifest: Callable[[Any], dict] | None = None) -> dict | None:
+                 extra_manifest: Callable[[Any], dict] | None = None,
+                 exported_weights: Callable[[], Path | None] | None = None) -> dict | None:
     """Train (resuming when a checkpoint of the same run exists) and export; returns the export
     manifest, or None when training stopped on a preemption signal (checkpoint saved, no export).
+    ``exported_weights`` names a saved model directory to export instead of the last step's
+    weights (the DPO guard's best step).
     """
     claim_outputs(stage, paths, [v["path"] for v in inputs.values()])
     key = training_key(stage, role, recipe, cfg, inputs)
@@ -68,7 +71,8 @@ def run_training(stage: str, role: str, recipe: Recipe, cfg: TrainConfig, inputs
         manifest.update(summarize_history(trainer), tokenization=tok_stats,
                         resumed_from=str(ckpt) if ckpt else None, export_dir=str(paths.export),
                         **(extra_manifest(trainer) if extra_manifest else {}))
-        export_model(trainer, tokenizer, paths, manifest)
+        export_model(trainer, tokenizer, paths, manifest,
+                     weights=exported_weights() if exported_weights else None)
         if run is not None:
             run.summary.update({k: manifest[k] for k in summary_keys})
     return manifest

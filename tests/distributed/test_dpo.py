@@ -19,6 +19,7 @@ from tests.helpers import (
     planner_pairs,
     work_dir,
     single_rank,
+    wait_for_offline_runs,
 )
 
 pytestmark = pytest.mark.distributed
@@ -35,6 +36,7 @@ def setup(small_setup, tmp_path_factory):
     root = tmp_path_factory.mktemp("dpo")
     planner_pairs(small_setup / "data", root / "pairs", 64)
     (root / "tiny").symlink_to(small_setup / "tiny")
+    (root / "data").symlink_to(small_setup / "data")
     return root
 
 
@@ -224,3 +226,41 @@ def test_cpu_completion_head_equals_trl_fused_head(setup, tmp_path, monkeypatch,
     assert ours["metrics"].keys() == trl["metrics"].keys()
     for k, v in trl["metrics"].items():
         assert ours["metrics"][k] == pytest.approx(v, rel=1e-5, abs=1e-6), k
+
+
+def test_planner_guard_logs_validation_and_exports_the_best_step(setup):
+    """dpo.validation_every: the planner's validation B, Q and strategy shares at step 0 (the
+    SFT model) and every 2 steps, in the manifest and the W&B offline run; dpo.export_best: the
+    export holds the weights of the step the rule picks (lowest B among steps within the Q
+    tolerance), recomputed here from the logged evaluations."""
+    from esc_dist.io import read_json
+    from esc_dist.strategies import STRATEGIES
+
+    out = setup / "guard" / "dpo-planner"
+    launch(dpo_args(setup, out, zero=2, extra=[
+        "--data", str(setup / "data"), "dpo.validation_every=2", "dpo.validation_turns=10",
+        "dpo.export_best=true", "dpo.best_q_tolerance=100", "dpo.save_total_limit=10",
+        "dpo.learning_rate=2e-2"]), log=setup / "guard.log")
+    guard = read_json(out / "manifest.json")["guard"]
+    assert [h["step"] for h in guard["history"]] == [0, 2, 4, 6, 8]
+    assert guard["reference"] == guard["history"][0] and guard["turns"] == 10
+    for h in guard["history"]:
+        assert set(h["shares"]) == set(STRATEGIES)
+        assert abs(sum(h["shares"].values()) + h["unparseable"] - 1) < 1e-9
+    ok = [h for h in guard["history"] if h["Q"] >= guard["reference"]["Q"] - 1.0]
+    best = min(ok, key=lambda h: (h["B"], h["step"]))
+    assert guard["best"] == {"step": best["step"], "B": best["B"], "Q": best["Q"]}
+    exported = export_weights(out)
+    at = {0: export_weights(setup / "tiny"), **{
+        k: export_weights(work_dir(out) / "checkpoints" / f"checkpoint-{k}") for k in (2, 4, 6, 8)}}
+    assert_close_weights(exported, at[best["step"]], 0.0)
+    # DPO moved the weights: the export is the chosen step's, not any step's
+    changed = [k for k in (2, 4, 6, 8) if not torch.equal(at[k]["model.norm.weight"],
+                                                          at[0]["model.norm.weight"])]
+    assert changed == [2, 4, 6, 8]
+    runs = wait_for_offline_runs(work_dir(out) / "wandb")
+    rows = [h for h in runs[0]["history"] if "guard/B" in h]
+    assert [r["train/global_step"] for r in rows] == [0, 2, 4, 6, 8]
+    assert [r["guard/B"] for r in rows] == [h["B"] for h in guard["history"]]
+    assert all(r["guard/sft_B"] == guard["reference"]["B"] for r in rows)
+    assert all(f"guard/share/{s}" in rows[0] for s in STRATEGIES)

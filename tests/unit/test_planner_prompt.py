@@ -110,7 +110,8 @@ def test_a_window_starting_with_the_supporter_is_kept_whole_when_it_fits():
 def test_prepared_transcripts_are_rebuilt_by_inference(tmp_path, esconv_dir):
     """Prepared planner data in transcript form: the manifest records it, and inference (which
     reads it from there) builds the very same prompts from the turns."""
-    from esc_dist.infer import planner_form_of, planner_items
+    from esc_dist.data.tasks import planner_form_of
+    from esc_dist.infer import planner_items
 
     cfg = DataConfig(esconv=str(esconv_dir / "esconv.json"),
                      split=str(esconv_dir / "splits" / "decoupledesc_split.json"),

@@ -145,7 +145,8 @@ def test_history_without_strategy_tags(tmp_path, esconv_dir):
     """data.history_strategy_tags=false: the planner's and vanilla model's prompts show the
     supporter's past turns as plain text (the paper's planner); the targets keep their form, and
     inference rebuilds the same prompts from the turns (it reads the flag from the manifest)."""
-    from esc_dist.infer import history_tags_of, planner_items, vanilla_items
+    from esc_dist.data.tasks import history_tags_of
+    from esc_dist.infer import planner_items, vanilla_items
 
     cfg = DataConfig(esconv=str(esconv_dir / "esconv.json"),
                      split=str(esconv_dir / "splits" / "decoupledesc_split.json"),

@@ -103,6 +103,15 @@ def compare(report_dirs_or_files: Sequence[str | Path], names: Sequence[str] | N
                               "std": {k: other_std[k] for k in PROTOCOL_COLUMNS}})
         values["errors_any"] = errors["any_error"] if errors else None
         values["adherence"] = (r.get("adherence") or {}).get("adherence")
+        # where the released 20-sweep fit is undefined, the converged fit stands in, marked
+        preferences = ({st: s["per_strategy"][st][pref_key] for st in STRATEGIES}
+                       if s else None)
+        fit = "converged" if protocol == "ours" else "paper"
+        if preferences and any(v is None for v in preferences.values()):
+            preferences = {st: s["per_strategy"][st]["preference"] for st in STRATEGIES}
+            fit = "converged"
+        b_converged = (other_values["B"] if protocol == "paper" and values["B"] is None
+                       and not gold else None)
         systems.append({
             "name": name, "report": str(path), "input_sha256": r["input"].get("sha256"),
             "gold_sha256": r["input"].get("gold_sha256"), "decodes": r["decodes"],
@@ -110,8 +119,9 @@ def compare(report_dirs_or_files: Sequence[str | Path], names: Sequence[str] | N
             "std": std, "gold_strategies": gold,
             "errors": errors,
             "adherence_n": (r.get("adherence") or {}).get("evaluated"),
-            "preferences": ({st: s["per_strategy"][st][pref_key] for st in STRATEGIES}
-                            if s else None)})
+            "preferences": preferences, "preferences_fit": fit,
+            # B of the converged fit where the paper's is undefined (shown in its place, marked)
+            "B_converged": b_converged})
         warnings += [f"{name}: {w}" for w in decoding_warnings(protocol, r.get("decoding"),
                                                                  r["decodes"])]
     best = {}
@@ -141,11 +151,19 @@ def _values(report: dict, protocol: str, variant: str) -> tuple[dict, dict]:
             {key: std.get(f"{key}_{variant}", std.get(key)) for key in COMPARE_COLUMNS})
 
 
+def preference_label(system: dict, protocol: str) -> str:
+    """A system's name, marked when its preferences are the converged fit's under the paper
+    protocol (its 20-sweep fit undefined)."""
+    converged = protocol == "paper" and system.get("preferences_fit") == "converged"
+    return f"{system['name']} (converged fit)" if converged else system["name"]
+
+
 def _write_comparison_files(comparison: dict, systems: list[dict], markdown: str,
                             out: Path) -> None:
-    nan = float("nan")  # an undefined preference (the released fit's 0/0) draws no bar
-    plot_preferences({x["name"]: [nan if x["preferences"][st] is None else x["preferences"][st]
-                                  for st in STRATEGIES]
+    # a system whose released 20-sweep fit is undefined is drawn with its converged fit, so
+    # labelled (the figure is never blank)
+    plot_preferences({preference_label(x, comparison["protocol"]):
+                      [x["preferences"][st] for st in STRATEGIES]
                       for x in systems if x["preferences"]}, out / COMPARISON_PNG,
                      title="Strategy preferences by system "
                            f"({VARIANT_TITLES[comparison['variant']]}, "

@@ -235,7 +235,7 @@ def render_markdown(report: dict) -> str:
 
 
 def render_comparison_markdown(comparison: dict) -> str:
-    from .compare import COMPARISON_ERRORS_PNG, COMPARISON_PNG
+    from .compare import COMPARISON_ERRORS_PNG, COMPARISON_PNG, preference_label
 
     variant, protocol = comparison["variant"], comparison["protocol"]
     columns = [k for k in comparison["columns"] if k == "B" or
@@ -251,6 +251,8 @@ def render_comparison_markdown(comparison: dict) -> str:
                 cell = "(gold)"
             if k == "adherence" and x.get("adherence_n") is not None:
                 cell += f" (n = {x['adherence_n']})"
+            if k == "B" and x.get("B_converged") is not None:
+                cell = f"{fmt('B', x['B_converged'])} *(converged)*"
             row.append(f"**{cell}**" if x["name"] in comparison["best"].get(k, []) else cell)
         rows.append(row)
     decodes = sorted({x["decodes"] for x in comparison["systems"]})
@@ -266,10 +268,13 @@ def render_comparison_markdown(comparison: dict) -> str:
     undefined = [x["name"] for x in comparison["systems"]
                  if x["values"].get("B") is None and not x.get("gold_strategies")]
     if undefined and protocol == "paper":
-        parts += [f"B is undefined (–) for {', '.join(undefined)}: the released 20-sweep fit "
+        parts += [f"The released 20-sweep fit leaves B undefined for {', '.join(undefined)}: it "
                   "divides 0 by 0 when a strategy is never predicted in place of another and "
                   "never replaced by one, or two strategies are both never predicted in place of "
-                  "another (in some decode); `--protocol ours` gives the converged fit's B.", ""]
+                  "another (in some decode). Shown in its place, marked *(converged)*, is the "
+                  "B of the converged fit (our protocol's, always defined; mean over decodes), "
+                  "and the preferences below and in the figure are that fit's too for those "
+                  "systems.", ""]
     for w in comparison.get("warnings", []):
         parts += [f"**Warning:** {w}", ""]
     other = comparison.get("other")
@@ -284,7 +289,8 @@ def render_comparison_markdown(comparison: dict) -> str:
     pref_rows = [[st] + [fmt("B", x["preferences"][st]) if x["preferences"] else "–"
                          for x in comparison["systems"]] for st in STRATEGIES]
     parts += ["## Strategy preferences (ideal 1.0)", "",
-              table(["Strategy"] + [x["name"] for x in comparison["systems"]], pref_rows), "",
+              table(["Strategy"] + [preference_label(x, protocol)
+                                    for x in comparison["systems"]], pref_rows), "",
               f"![preferences]({COMPARISON_PNG})", ""]
     errors = {x["name"]: x["errors"] for x in comparison["systems"] if x.get("errors")}
     if errors:

@@ -444,3 +444,26 @@ def test_cli_help_texts():
     assert "Bradley-Terry" in sub.choices["eval"].description
     assert "Vanilla-SFT" in sub.choices["compare"].description
     assert "--config" in sub.choices["compare"].format_help()
+
+
+def test_undefined_paper_b_shows_the_converged_fit_marked(tmp_path):
+    """Under the paper protocol a constant predictor's 20-sweep B is undefined: the comparison
+    shows the converged fit's B and preferences in its place, marked as such, never a blank."""
+    gold = [s for s in STRATEGIES for _ in range(3)]
+    constant = _system(tmp_path, "constant", ["Question"] * len(gold))
+    spread_out = _system(tmp_path, "spread", [STRATEGIES[(i + i // 3) % 8]
+                                              for i in range(len(gold))])
+    comparison, md = compare([constant, spread_out], ["Vanilla-SFT", "Decoupled-SFT"],
+                             tmp_path / "cmp", protocol="paper")
+    by = {x["name"]: x for x in comparison["systems"]}
+    const = by["Vanilla-SFT"]
+    ours = load_report(constant)["protocols"]["ours"]["headline"]["B_as_others"]
+    assert const["values"]["B"] is None  # the ranking still knows it is undefined
+    assert const["B_converged"] == pytest.approx(ours) == pytest.approx(math.sqrt(7))
+    assert const["preferences_fit"] == "converged"
+    assert all(v is not None for v in const["preferences"].values())
+    assert f"{ours:.4f} *(converged)*" in md and "Vanilla-SFT (converged fit)" in md
+    spread = by["Decoupled-SFT"]
+    if spread["values"]["B"] is not None:  # defined: the paper's own fit, unmarked
+        assert spread["B_converged"] is None and spread["preferences_fit"] == "paper"
+        assert "Decoupled-SFT (converged fit)" not in md

@@ -1,0 +1,321 @@
+"""The planner study: does DPO on the paper's planner pairs lower preference bias B?
+
+For each seed, runs ``configs/planner-smol.yaml`` (``run.seed`` set to the seed) through
+``esc-dist pipeline --only prepare,base-model,sft-planner,mine-planner,judge-planner,dpo-planner``:
+the SmolLM2 planner's SFT on 2,121 training turns, IPM mining on those turns, the paper's
+mismatch pairs (``ipm.planner_pairs: mismatch``) and DPO with the validation guard. Then the SFT
+and DPO planners predict the strategy of **every** test turn (1,792; planner-only inference, one
+decode sampled as the paper samples, 0.7 / 0.95), and so does SmolLM2 zero-shot (the converted
+base model as planner, same prompts; on the first seed only: it has no training). Scored with
+:func:`esc_dist.eval.strategy.strategy_metrics` (unparseable as *Others*): Q, weighted-F1,
+accuracy, B converged and B of the released 20-sweep fit, and each strategy's share of the
+predictions; with the majority, random-by-prior and bag-of-words baselines of
+``benchmarks/mini_replication.py`` trained on the study's training turns.
+
+Pieces, each written as soon as it is done (commit them: run directories do not survive a move
+to another machine):
+
+- ``benchmarks/results/planner_study/seed-K.mining.json`` -- after mining: the pairs, what
+  they teach (chosen minus rejected per strategy), the SFT and mining times;
+- ``benchmarks/results/planner_study/seed-K.json`` -- after DPO and the test predictions;
+- ``benchmarks/results/planner_study/variant-judged-seed-K.json`` -- ``--variant judged``: the
+  same seed's mined pairs through the offline judge (``ipm.planner_pairs: judged``), its DPO
+  and test predictions, side by side with the mismatch pairs.
+
+``--through mine`` stops each seed after mining. The report (``--report-only`` runs nothing
+else) is rendered from the committed result files alone into the section between the
+``planner-study`` markers of ``benchmarks/RESULTS.md``.
+
+Usage: python -m benchmarks.planner_study [--seeds 0,1,2] [--through mine|all]
+       [--variant judged --variant-seed 0] [--report-only]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from benchmarks.mini_replication import (BASELINES, ROOT, baseline_predictions, launch, mean_std,
+                                         stage_seconds, write_section)
+from esc_dist.config import load_recipe
+from esc_dist.dist import resolve_precision
+from esc_dist.eval.predictions import load_predictions
+from esc_dist.eval.strategy import strategy_metrics
+from esc_dist.io import COMPLETED, atomic_write_json, read_json
+from esc_dist.pipeline import plan
+from esc_dist.strategies import STRATEGIES
+
+CONFIG = ROOT / "configs" / "planner-smol.yaml"
+RESULTS = ROOT / "benchmarks" / "results" / "planner_study"
+START, END = "<!-- planner-study:start -->", "<!-- planner-study:end -->"
+STAGES = ("prepare", "base-model", "sft-planner", "mine-planner", "judge-planner", "dpo-planner")
+THROUGH_MINE = STAGES[:4]
+SYSTEMS = {"sft": "SFT planner", "dpo": "DPO planner", "zero_shot": "SmolLM2 zero-shot"}
+KEYS = ("Q", "weighted_f1", "accuracy", "B", "B_kang")
+
+
+def overrides(seed: int, runs: Path, extra: tuple[str, ...] = ()) -> list[str]:
+    return [f"run.seed={seed}", f"run.output_dir={runs / f'seed-{seed}'}", *extra]
+
+
+def machine() -> dict:
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    model = next((ln.split(":", 1)[1].strip() for ln in flags.splitlines()
+                  if ln.startswith("model name")), platform.processor())
+    return {"cpu": model, "cores": os.cpu_count(), "avx512_bf16": "avx512_bf16" in flags,
+            "amx": "amx_bf16" in flags, "precision": resolve_precision("auto"),
+            "python": platform.python_version()}
+
+
+def pipeline(config: Path, seed: int, runs: Path, stages: tuple[str, ...]) -> None:
+    r = subprocess.run([sys.executable, "-m", "esc_dist", "pipeline", "--config", str(config),
+                        "--only", ",".join(stages), *overrides(seed, runs)], cwd=ROOT)
+    if r.returncode != 0:
+        raise SystemExit(f"seed {seed}: the pipeline failed (see its stage logs)")
+
+
+def predict(config: Path, seed: int, runs: Path, planner: Path, out: Path,
+            extra: tuple[str, ...] = ()) -> Path:
+    """Planner-only predictions of every test turn (skipped when complete)."""
+    run = runs / f"seed-{seed}"
+    if not (out / COMPLETED).is_file():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        ov = overrides(seed, runs, extra)
+        launch(load_recipe(config, ov),
+               ["infer", "--mode", "planner", "--planner", str(planner), "--data",
+                str(run / "data"), "--split", "test", "--out", str(out), "--config", str(config),
+                *ov], out.parent / f"{out.name}.log")
+    return out / "predictions.jsonl"
+
+
+def scores(gold: list[str], pred: list[str | None]) -> dict:
+    m = strategy_metrics(gold, pred)
+    a = m["as_others"]
+    n = len(pred)
+    return {**{k: a[k] for k in KEYS}, "turns": n, "unparseable": m["unparseable"],
+            "shares": {s: sum(1 for p in pred if p == s) / n for s in STRATEGIES},
+            "preferences": [a["per_strategy"][s]["preference"] for s in STRATEGIES]}
+
+
+def scores_of(path: Path) -> tuple[dict, dict[str, str]]:
+    preds = sorted(load_predictions(path), key=lambda p: p.id)
+    gold = {p.id: p.gold_strategy for p in preds}
+    return scores([p.gold_strategy for p in preds], [p.pred_strategy for p in preds]), gold
+
+
+def mining_summary(run: Path) -> dict:
+    """What the mined and kept planner pairs teach: per strategy, how often it is chosen minus
+    how often it is rejected (the direction DPO pushes it)."""
+    mined = read_json(run / "ipm" / "mine-planner" / "stats.json")
+    kept = read_json(run / "prefdial" / "planner" / "stats.json")
+    conf = kept["confusion_kept"]
+    chosen = {s: sum(conf[s].values()) for s in STRATEGIES}
+    rejected = {s: sum(conf[g][s] for g in STRATEGIES) for s in STRATEGIES}
+    return {"turns": mined["turns"], "samples": mined["samples"], "pairs_mined": mined["pairs"],
+            "same_as_gold": mined["same_as_gold"], "unparseable": mined["unparseable"],
+            "pairs_kept": kept["kept"], "planner_pairs": kept.get("planner_pairs"),
+            "push": {s: chosen[s] - rejected[s] for s in STRATEGIES},
+            "rejected_unparseable": sum(conf[g]["unparseable"] for g in STRATEGIES)}
+
+
+def seed_piece_mining(config: Path, seed: int, runs: Path) -> dict:
+    run = runs / f"seed-{seed}"
+    recipe = load_recipe(config, overrides(seed, runs))
+    secs = stage_seconds(recipe)
+    out = {"seed": seed, "date": time.strftime("%Y-%m-%d"), "machine": machine(),
+           "config": str(config.relative_to(ROOT)), "train_turns": None,
+           "seconds": {k: secs.get(k) for k in THROUGH_MINE}, "mining": mining_summary(run)}
+    out["train_turns"] = read_json(run / "data" / "manifest.json")["counts"]["train"]["turns"]
+    return out
+
+
+def seed_piece_all(config: Path, seed: int, runs: Path, first_seed: bool) -> dict:
+    run = runs / f"seed-{seed}"
+    out = seed_piece_mining(config, seed, runs)
+    recipe = load_recipe(config, overrides(seed, runs))
+    out["seconds"] = {k: v for k, v in stage_seconds(recipe).items() if k in STAGES}
+    systems, gold = {}, None
+    t0 = time.time()
+    for name, planner in (("sft", run / "models" / "sft-planner"),
+                          ("dpo", run / "models" / "dpo-planner"),
+                          *([("zero_shot", run / "models" / "base")] if first_seed else [])):
+        path = predict(config, seed, runs, planner, run / "extra" / f"planner-{name}-test")
+        systems[name], gold = scores_of(path)
+    out["seconds"]["test_predictions"] = round(time.time() - t0)
+    ids = set(gold)
+    gold_list, base = baseline_predictions(run / "data", seed, ids)
+    systems.update({b: scores(gold_list, pred) for b, pred in base.items()})
+    out["gold_shares"] = {s: sum(1 for g in gold_list if g == s) / len(gold_list)
+                          for s in STRATEGIES}
+    out["systems"] = systems
+    out["guard"] = read_json(run / "models" / "dpo-planner" / "manifest.json").get("guard")
+    return out
+
+
+def variant_judged(config: Path, seed: int, runs: Path) -> dict:
+    """The seed's mined planner pairs through the offline judge, their DPO, the test
+    predictions."""
+    run = runs / f"seed-{seed}"
+    var = run / "variants" / "judged"
+    extra = ("ipm.planner_pairs=judged",)
+    ov = overrides(seed, runs, extra)
+    recipe = load_recipe(config, ov)
+    t0 = time.time()
+    if not (var / "prefdial" / COMPLETED).is_file():
+        var.mkdir(parents=True, exist_ok=True)
+        subprocess.run([sys.executable, "-m", "esc_dist", "judge", "--role", "planner",
+                        "--pairs", str(run / "ipm" / "mine-planner" / "pairs.jsonl"),
+                        "--out", str(var / "prefdial"), "--config", str(config), *ov],
+                       cwd=ROOT, check=True)
+    if not (var / "dpo-planner" / COMPLETED).is_file():
+        launch(recipe, ["dpo", "--role", "planner", "--pairs", str(var / "prefdial"),
+                        "--model", str(run / "models" / "sft-planner"), "--data",
+                        str(run / "data"), "--out", str(var / "dpo-planner"),
+                        "--config", str(config), *ov], var / "dpo.log")
+    path = predict(config, seed, runs, var / "dpo-planner", var / "planner-dpo-test", extra)
+    kept = read_json(var / "prefdial" / "stats.json")
+    conf = kept["confusion_kept"]
+    return {"seed": seed, "variant": "judged", "date": time.strftime("%Y-%m-%d"),
+            "machine": machine(), "seconds": round(time.time() - t0),
+            "pairs_kept": kept["kept"],
+            "push": {s: sum(conf[s].values()) - sum(conf[g][s] for g in STRATEGIES)
+                     for s in STRATEGIES},
+            "dpo": scores_of(path)[0],
+            "guard": read_json(var / "dpo-planner" / "manifest.json").get("guard")}
+
+
+# ---------------------------------------------------------------------------------------------
+# Report: from the committed result files only
+
+
+def load_results() -> tuple[dict, dict, dict]:
+    """(mining pieces, finished seeds, judged variants) by seed, from the result files."""
+    def by_seed(pattern: str) -> dict[int, dict]:
+        out = {}
+        for f in sorted(RESULTS.glob(pattern)):
+            r = read_json(f)
+            out[int(r["seed"])] = r
+        return out
+
+    return (by_seed("seed-*.mining.json"), by_seed("seed-[0-9].json"),
+            by_seed("variant-judged-seed-*.json"))
+
+
+def fmt(key: str, mean: float | None, std: float | None = None) -> str:
+    if mean is None:
+        return "–"
+    scale, digits = (1, 3) if key.startswith("B") else (100, 1)
+    text = f"{scale * mean:.{digits}f}"
+    return text if std is None else f"{text} ± {scale * std:.{digits}f}"
+
+
+def render(mining: dict, seeds: dict, judged: dict) -> str:
+    lines = [START, "## The planner study: the paper's planner pairs, B on all 1,792 test turns",
+             ""]
+    if not mining:
+        return "\n".join(lines + ["No seed has finished mining yet.", "", END])
+    first = next(iter(mining.values()))
+    m = first["machine"]
+    lines += [f"Produced by `python -m benchmarks.planner_study` from the result files in "
+              "`benchmarks/results/planner_study/`; recipe `configs/planner-smol.yaml` "
+              f"(SmolLM2-135M-Instruct planner, {first['train_turns']} training turns, "
+              "transcript prompt of the last 6 messages, mismatch pairs); machine: "
+              f"{m['cpu']}, {m['cores']} cores, "
+              f"{'bf16' if m['precision'] == 'bf16' else 'fp32 (no native bf16)'}.", "",
+              "**Mined pairs** (one sample per training turn at 0.7 / 0.95; every mismatch is "
+              "a pair; *push* = times a strategy is chosen minus times it is rejected, the "
+              "direction DPO moves it):", "",
+              "| seed | turns | pairs | same as gold | unparseable | "
+              + " | ".join(STRATEGIES) + " |", "|---" * (5 + len(STRATEGIES)) + "|"]
+    for seed, r in sorted(mining.items()):
+        x = r["mining"]
+        lines.append(f"| {seed} | {x['turns']} | {x['pairs_kept']} | {x['same_as_gold']} | "
+                     f"{x['unparseable']} | " + " | ".join(f"{x['push'][s]:+d}"
+                                                           for s in STRATEGIES) + " |")
+    secs = [f"seed {k}: " + ", ".join(f"{name} {v / 60:.0f} min" for name, v in
+                                       r["seconds"].items() if v is not None)
+            for k, r in sorted(mining.items())]
+    lines += ["", "Times: " + "; ".join(secs) + ".", ""]
+    if not seeds:
+        lines += ["DPO and the test predictions of these seeds have not run yet.", "", END]
+        return "\n".join(lines)
+    systems = [*SYSTEMS, *BASELINES]
+    titles = {**SYSTEMS, **BASELINES}
+    lines += [f"**All {next(iter(seeds.values()))['systems']['sft']['turns']} test turns**, "
+              f"{len(seeds)} seed(s) ({', '.join(map(str, sorted(seeds)))}), mean ± sample std "
+              "over seeds (zero-shot: first seed only); B = converged fit, B (20-sweep) = the "
+              "released fit (– where undefined):", "",
+              "| system | Q % | weighted-F1 % | accuracy % | B | B (20-sweep) | unparseable |",
+              "|---|---|---|---|---|---|---|"]
+    for s in systems:
+        rows = [r["systems"][s] for r in seeds.values() if s in r["systems"]]
+        if not rows:
+            continue
+        cells = [fmt(k, *mean_std([x[k] for x in rows])) for k in KEYS]
+        unp = mean_std([x["unparseable"] for x in rows])[0]
+        lines.append(f"| {titles[s]} | " + " | ".join(cells) + f" | {unp:.0f} |")
+    lines += ["", "**Predicted share of each strategy** (%, mean over seeds) against gold:", "",
+              "| strategy | gold | " + " | ".join(SYSTEMS[s] for s in ("sft", "dpo")) + " |",
+              "|---|---|---|---|"]
+    for st in STRATEGIES:
+        gold = mean_std([r["gold_shares"][st] for r in seeds.values()])[0]
+        cells = [fmt("share", *mean_std([r["systems"][s]["shares"][st]
+                                         for r in seeds.values()])) for s in ("sft", "dpo")]
+        lines.append(f"| {st} | {100 * gold:.1f} | " + " | ".join(cells) + " |")
+    lines += ["", "**Per seed**: DPO against SFT, and the step the validation guard exported "
+              "(lowest validation B within a point of the SFT model's validation Q):", "",
+              "| seed | SFT Q % | DPO Q % | SFT B | DPO B | exported step | validation B at "
+              "that step (SFT) |", "|---|---|---|---|---|---|---|"]
+    for seed, r in sorted(seeds.items()):
+        sft, dpo, g = r["systems"]["sft"], r["systems"]["dpo"], r.get("guard") or {}
+        best, ref = g.get("best") or {}, g.get("reference") or {}
+        lines.append(f"| {seed} | {fmt('Q', sft['Q'])} | {fmt('Q', dpo['Q'])} | "
+                     f"{fmt('B', sft['B'])} | {fmt('B', dpo['B'])} | {best.get('step', '–')} | "
+                     f"{fmt('B', best.get('B'))} ({fmt('B', ref.get('B'))}) |")
+    for seed, v in sorted(judged.items()):
+        d = v["dpo"]
+        lines += ["", f"**Judged pairs** (seed {seed}; the same mined pairs through the offline "
+                  f"judge: {v['pairs_kept']} kept): DPO planner Q {fmt('Q', d['Q'])}, "
+                  f"B {fmt('B', d['B'])}; push " + ", ".join(
+                      f"{s} {v['push'][s]:+d}" for s in STRATEGIES if v['push'][s]) + "."]
+    lines += ["", END]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--config", type=Path, default=CONFIG)
+    ap.add_argument("--runs", type=Path, default=Path("runs") / "planner-smol")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--through", choices=("mine", "all"), default="all")
+    ap.add_argument("--variant", choices=("judged",))
+    ap.add_argument("--variant-seed", type=int, default=0)
+    ap.add_argument("--report-only", action="store_true")
+    args = ap.parse_args()
+    os.chdir(ROOT)  # the pipeline's stage keys hold the run paths as written
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    if not args.report_only:
+        for seed in seeds:
+            pipeline(args.config, seed, args.runs,
+                     THROUGH_MINE if args.through == "mine" else STAGES)
+            atomic_write_json(RESULTS / f"seed-{seed}.mining.json",
+                              seed_piece_mining(args.config, seed, args.runs))
+            if args.through == "all":
+                atomic_write_json(RESULTS / f"seed-{seed}.json",
+                                  seed_piece_all(args.config, seed, args.runs, seed == 0))
+        if args.variant == "judged":
+            atomic_write_json(RESULTS / f"variant-judged-seed-{args.variant_seed}.json",
+                              variant_judged(args.config, args.variant_seed, args.runs))
+    text = render(*load_results())
+    write_section(text, START, END)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -80,3 +80,24 @@ def test_a_decoupled_system_needs_both_models(chat_models, tmp_path):
     assert_one_line_error(r, "chat", "needs both --planner and --generator")
     r = run_cli(["demo", "--run", str(tmp_path / "no-such-run")], tmp_path)
     assert_one_line_error(r, "demo", "no-such-run")
+
+
+def test_the_planner_reads_the_recipes_prompt_form(chat_models):
+    """data.planner_prompt: transcript reaches the chat (and so the demo): the planner is asked
+    with the one-message transcript that inference and mining build."""
+    from esc_dist.data.tasks import planner_prompt
+
+    recipe = load_recipe(None, [*GREEDY, "data.planner_prompt=transcript",
+                                "data.max_history_messages=4"])
+    system = load_systems(recipe, planner=chat_models["planner"],
+                          generator=chat_models["generator"])["decoupled"]
+    planner, seen = system.parts["planner"], []
+    asked = planner.generate
+    planner.generate = lambda messages, *a, **k: (seen.append(messages), asked(messages, *a, **k))[1]
+    history = as_messages([{"role": "seeker", "text": "I lost my job."},
+                           {"role": "supporter", "text": "I'm sorry.", "strategy": "Others"},
+                           {"role": "seeker", "text": "I don't know what to do."}])
+    system.respond(history)
+    assert seen == [planner_prompt(history, 4, True, "transcript")]
+    assert seen[0][1]["content"] == ("seeker: I lost my job.\nsupporter: I'm sorry.\n"
+                                     "seeker: I don't know what to do.\n")

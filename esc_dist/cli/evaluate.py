@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..constants import PROTOCOLS, ROLES, VARIANTS
 from ..errors import ConfigError
+from ..names import check_name
 from . import Command, recipe_of
 
 
@@ -122,7 +123,10 @@ def run_eval(args: argparse.Namespace) -> int:
     preds = decode_files([Path(p) for p in args.predictions])
     inputs = [*preds, args.llm_scores, args.data]
     out = check_output(args.out or preds[0].parent / "report", "eval", inputs)
-    name = args.name or preds[0].stem
+    # the name titles the report's rows and charts and the W&B job type
+    name = check_name(args.name if args.name is not None else preds[0].stem,
+                      "--name" if args.name is not None else
+                      "system name (the predictions file's stem; --name gives another)")
     llm_scores = _read_llm_scores(args.llm_scores) if args.llm_scores else None
     extra = None
     if recipe.eval.llm_judge:

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 from ..constants import PROTOCOLS, ROLES, VARIANTS
-from ..errors import ConfigError
+from ..errors import ConfigError, PairsError
 from ..names import check_name
 from . import Command, recipe_of
 
@@ -24,7 +24,11 @@ def run_judge(args: argparse.Namespace) -> int:
     out = check_output(args.out or f"{recipe.run.output_dir}/prefdial/{args.role}", "judge",
                        [args.pairs])
     require_verified(Path(args.pairs).parent)  # a mining output changed or cut since it was made
-    read_pairs(Path(args.pairs), args.role)  # a bad input fails before anything is written
+    # a bad input fails before anything is written; so does an empty one (nothing to judge
+    # is a mistake upstream, not an empty preference dataset)
+    if not read_pairs(Path(args.pairs), args.role):
+        raise PairsError(args.pairs, None, "no pairs to judge (the file holds no record): check "
+                                           "the mining output it came from (esc-dist mine)")
     # The W&B files live in a directory of their own beside the output (the output is replaced
     # whole when the build completes), named after it, so that the run id follows the output.
     wandb_dir = out.with_name(out.name + ".wandb")

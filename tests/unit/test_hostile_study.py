@@ -204,3 +204,40 @@ def test_a_name_with_a_line_break_keeps_the_error_on_one_line(tmp_path, capsys):
     assert main(["human-eval", "build", str(a), str(b), "--names", "x,y", "--out",
                  str(tmp_path / "s2")]) == 2
     one_line_error(capsys, "human-eval", "line\\nbreak")
+
+
+# ---------------------------------------------------------------------------------------------
+# Three gaps of the command line
+
+
+def test_an_empty_pairs_file_is_not_judged(tmp_path, capsys):
+    pairs = tmp_path / "pairs.jsonl"
+    for content in ("", "\n\n"):
+        pairs.write_text(content)
+        assert main(["judge", "--role", "generator", "--pairs", str(pairs), "--out",
+                     str(tmp_path / "out"), "wandb.mode=disabled"]) == 2
+        one_line_error(capsys, "judge", f"{pairs}: no pairs to judge")
+        assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("bad_line", [1, 2, 7, 300])
+def test_a_bad_byte_is_told_at_its_line(bad_line, tmp_path, capsys):
+    rows = [json.dumps(_pred(i, f"reply {i}")) + "\n" for i in range(400)]
+    a = _write(tmp_path / "a.jsonl", [_pred(i, "x") for i in range(400)])
+    data = "".join(rows).encode()
+    lines = data.split(b"\n")
+    lines[bad_line - 1] = lines[bad_line - 1].replace(b"reply", b"r\xe9ply")  # latin-1
+    b = tmp_path / "b.jsonl"
+    b.write_bytes(b"\n".join(lines))
+    assert main(["human-eval", "build", str(a), str(b), "--names", "x,y", "--out",
+                 str(tmp_path / "s")]) == 2
+    one_line_error(capsys, "human-eval", f"{b}, line {bad_line}: not UTF-8 text")
+
+
+def test_a_bad_byte_in_a_json_file_is_told_at_its_line(tmp_path, capsys):
+    from esc_dist.io import read_text
+
+    path = tmp_path / "split.json"
+    path.write_bytes(b'{\n  "train": [0],\n  "description": "caf\xe9"\n}\n')
+    with pytest.raises(DataError, match="not UTF-8 text at line 3, byte"):
+        read_text(path)

@@ -23,7 +23,7 @@ from typing import Sequence
 
 from .config import Recipe
 from .constants import ROLES
-from .data.esconv import SUPPORTER, Message
+from .data.esconv import SEEKER, SUPPORTER, Message
 from .errors import ConfigError
 from .generation import Replica, Sampling, WorkItem, fit_prompts, load_tokenizer, row_seed
 from .infer import decoding, infer_sampling, planned
@@ -77,6 +77,33 @@ class _Model:
         item = WorkItem(key, messages, sampling)
         ids, _ = fit_prompts([item], self.tok, self.context, source=self.dir)
         return self.replica.generate_batch([item], ids, [seed])[0]["text"]
+
+
+# The longest seeker message the chat and the demo take: ESConv's seeker messages are far
+# shorter; a longer one is refused before any model sees it (the conversation goes on).
+MAX_MESSAGE_CHARS = 2000
+
+
+def check_message(text: str) -> str:
+    """``text`` if a system may be asked to answer it, else :class:`ConfigError` saying why."""
+    if len(text) > MAX_MESSAGE_CHARS:
+        raise ConfigError(f"message of {len(text)} characters: at most {MAX_MESSAGE_CHARS} "
+                          "(not sent; the conversation goes on)")
+    return text
+
+
+def respond_all(systems: dict, histories: dict[str, list], text: str,
+                conversation: str) -> dict[str, "Reply"]:
+    """Every system's reply to the seeker's ``text``; the histories move on only when all of
+    them answered (a refused message or a failed turn leaves every history as it was)."""
+    check_message(text)
+    replies = {}
+    for name, system in systems.items():
+        history = [*histories[name], Message(SEEKER, text)]
+        replies[name] = (history, system.respond(history, conversation=conversation))
+    for name, (history, reply) in replies.items():
+        histories[name] = [*history, reply.message()]
+    return {name: reply for name, (_, reply) in replies.items()}
 
 
 class ChatSystem:

@@ -196,7 +196,8 @@ def read_text(path: str | os.PathLike, what: str = "file",
     except UnicodeDecodeError as e:
         bom = data[:2] in (b"\xff\xfe", b"\xfe\xff")
         hint = " (it looks like UTF-16: save it as UTF-8)" if bom else ""
-        raise error(path, f"not UTF-8 text at byte {e.start}{hint}") from None
+        line = data.count(b"\n", 0, e.start) + 1
+        raise error(path, f"not UTF-8 text at line {line}, byte {e.start}{hint}") from None
 
 
 def parse_json(text: str, path: str | os.PathLike,
@@ -250,7 +251,7 @@ def iter_jsonl(path: str | os.PathLike,
         def error(line: int | None, problem: str) -> Exception:
             return DataError(path, problem, line=line)
     try:
-        f = open(path, encoding="utf-8")
+        f = open(path, "rb")  # decoded line by line: a bad byte is told at its own line
     except FileNotFoundError:
         raise error(None, "file not found") from None
     except IsADirectoryError:
@@ -260,13 +261,15 @@ def iter_jsonl(path: str | os.PathLike,
     with f:
         lineno = 0
         while True:
-            try:
-                line = f.readline()
-            except UnicodeDecodeError as e:
-                raise error(lineno + 1, f"not UTF-8 text ({e.reason})") from None
-            if not line:
+            raw = f.readline()
+            if not raw:
                 return
             lineno += 1
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise error(lineno, f"not UTF-8 text at column {e.start + 1} ({e.reason})") \
+                    from None
             if not line.strip():
                 continue
             try:

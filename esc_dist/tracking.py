@@ -61,12 +61,22 @@ def _redacted_argv() -> Iterator[None]:
         sys.argv = argv
 
 
+def quiet_wandb() -> None:
+    """W&B's own lines on stderr off, whatever the user's W&B settings: its hints ("Detected
+    [openai] in use", the Weave advertisement of its LLM-library autodetection) and its run
+    banners would otherwise surround the one-line errors of esc-dist (what W&B records is not
+    affected). Set before ``import wandb``, which reads them when it sets itself up."""
+    os.environ["WANDB_SILENT"] = "true"
+    os.environ["WANDB_DISABLE_WEAVE"] = "true"  # the LLM-library autodetection and its hints
+
+
 def start_run(recipe: Recipe, job_type: str, output_dir: str | Path,
               config: dict[str, Any] | None = None):
     """Start (or resume) this stage's W&B run on rank 0; returns the run, or None elsewhere."""
     mode = resolve_mode(recipe.wandb)
     if rank() != 0 or mode == "disabled":
         return None
+    quiet_wandb()
     import wandb
 
     output_dir = Path(output_dir)

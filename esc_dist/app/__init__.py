@@ -22,14 +22,35 @@ def require_gradio():
     return gradio
 
 
-def launch(blocks, host: str, port: int, block: bool = True):
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is reachable from this machine only (127.0.0.0/8, ::1, localhost)."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def launch(blocks, host: str, port: int, block: bool = True, *, max_body: int = 64 * 1024):
     """Serve ``blocks`` on ``host:port``, never through a public share link (whatever
-    GRADIO_SHARE or a notebook says) nor as an MCP server; with ``block`` False, return once it
-    is up (tests) with its local URL. A port that cannot be bound is a one-line error."""
+    GRADIO_SHARE or a notebook says) nor as an MCP server, with only the routes the page uses
+    and request bodies of at most ``max_body`` bytes (:mod:`.guard`); with ``block`` False,
+    return once it is up (tests) with its local URL. A port that cannot be bound is a one-line
+    error."""
+    from .guard import MAX_FILE_SIZE, middleware
+
     try:
         _, url, _ = blocks.launch(server_name=host, server_port=port,
                                   prevent_thread_lock=not block, quiet=True, footer_links=[],
-                                  show_error=False, share=False, mcp_server=False)
+                                  show_error=False, share=False, mcp_server=False,
+                                  max_file_size=MAX_FILE_SIZE, enable_monitoring=False,
+                                  pwa=False, ssr_mode=False, run_history=False,
+                                  app_kwargs={"middleware": middleware(max_body),
+                                              "docs_url": None, "redoc_url": None,
+                                              "openapi_url": None})
     except OSError as e:
         raise ConfigError(f"cannot serve on {host}:{port} ({e}); choose another --port or "
                           "--host") from e

@@ -11,10 +11,11 @@ from __future__ import annotations
 import html
 import uuid
 
-from ..chat import ChatSystem
-from ..data.esconv import SEEKER, Message
+from ..chat import MAX_MESSAGE_CHARS, ChatSystem, respond_all
+from ..errors import EscError
 from . import launch, require_gradio
 
+MAX_BODY = 1024 * 1024
 TITLES = {"decoupled": "Decoupled (planner -> generator)", "vanilla": "Vanilla (joint model)"}
 
 
@@ -32,7 +33,8 @@ def build_demo(systems: dict[str, ChatSystem]):
         with gr.Row():
             bots = [gr.Chatbot(label=TITLES.get(n, n), elem_id=f"chat-{n}", height=420,
                                render_markdown=False, sanitize_html=True) for n in names]
-        box = gr.Textbox(label="Your message (as the help-seeker)", elem_id="message", lines=2)
+        box = gr.Textbox(label=f"Your message (as the help-seeker, at most {MAX_MESSAGE_CHARS} "
+                         "characters)", elem_id="message", lines=2)
         with gr.Row():
             send = gr.Button("Send", variant="primary", elem_id="send")
             reset = gr.Button("New conversation", elem_id="reset")
@@ -43,18 +45,17 @@ def build_demo(systems: dict[str, ChatSystem]):
             text = (text or "").strip()
             if not text:
                 return ("", session, *chats)
-            # every system answers before any history moves on: a failure leaves them as they were
-            replies = {}
-            for name in names:
-                history = [*session["histories"][name], Message(SEEKER, text)]
-                replies[name] = (history, systems[name].respond(history,
-                                                                conversation=session["id"]))
+            try:  # every system answers before any history moves on
+                replies = respond_all(systems, session["histories"], text, session["id"])
+            except EscError as e:
+                # this message only: the visitor is told, keeps their text to shorten, and the
+                # conversation goes on
+                gr.Warning(str(e).replace(" (not sent; the conversation goes on)", ""))
+                return (text, session, *chats)
             for i, name in enumerate(names):
-                history, reply = replies[name]
-                session["histories"][name] = [*history, reply.message()]
                 # the chat box renders HTML: escaped, every text shows as written
                 chats[i] += [{"role": "user", "content": html.escape(text)},
-                             {"role": "assistant", "content": html.escape(reply.label())}]
+                             {"role": "assistant", "content": html.escape(replies[name].label())}]
             return ("", session, *chats)
 
         def on_reset():
@@ -71,5 +72,6 @@ def serve_demo(systems: dict[str, ChatSystem], host: str = "127.0.0.1", port: in
                block: bool = True):
     """Serve the demo; with ``block`` False return (page, url) once it is up."""
     page = build_demo(systems)
-    url = launch(page, host, port, block)
+    # the page sends the conversations shown with every message: room for long ones
+    url = launch(page, host, port, block, max_body=MAX_BODY)
     return page, url

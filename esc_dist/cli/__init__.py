@@ -96,10 +96,14 @@ def build_parser() -> argparse.ArgumentParser:
 def error_message(e: BaseException) -> str | None:
     """The one-line message of an error the user caused, or None for a bug."""
     if isinstance(e, EscError):
-        return str(e)
-    if isinstance(e, OSError) and e.filename is not None:
-        return redact_text(f"{e.filename}: {e.strerror or e}")
-    return None
+        message = str(e)
+    elif isinstance(e, OSError) and e.filename is not None:
+        message = redact_text(f"{e.filename}: {e.strerror or e}")
+    else:
+        return None
+    # a value quoted from the user's files (an id, a name) may hold a line break: shown escaped,
+    # the message stays one line
+    return message.replace("\r", "\\r").replace("\n", "\\n")
 
 
 def main(argv: list[str] | None = None) -> int:

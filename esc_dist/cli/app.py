@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from ..errors import ConfigError
-from . import Command, recipe_of
+from . import Command, error_message, recipe_of
 
 
 def systems_of(args: argparse.Namespace):
@@ -43,12 +43,14 @@ def model_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_chat(args: argparse.Namespace) -> int:
-    from ..data.esconv import SEEKER, Message
+    from ..chat import MAX_MESSAGE_CHARS, respond_all
+    from ..errors import EscError
 
     _, systems = systems_of(args)
     histories: dict[str, list] = {name: [] for name in systems}
     print("Talk as the help-seeker; each system answers with the strategy it planned. "
-          "/reset starts over, /quit (or end of input) leaves.", flush=True)
+          f"/reset starts over, /quit (or end of input) leaves. Messages: at most "
+          f"{MAX_MESSAGE_CHARS} characters.", flush=True)
     conversation = 0
     for line in sys.stdin:
         text = line.strip()
@@ -61,11 +63,12 @@ def run_chat(args: argparse.Namespace) -> int:
             conversation += 1
             print("(new conversation)", flush=True)
             continue
-        for name, system in systems.items():
-            history = histories[name]
-            history.append(Message(SEEKER, text))
-            reply = system.respond(history, conversation=f"chat-{conversation}")
-            history.append(reply.message())
+        try:
+            replies = respond_all(systems, histories, text, f"chat-{conversation}")
+        except EscError as e:  # this message only: said in one line, the conversation goes on
+            print(f"esc-dist chat: {error_message(e)}", file=sys.stderr, flush=True)
+            continue
+        for name, reply in replies.items():
             print(f"{name}: {reply.label()}", flush=True)
     return 0
 
@@ -73,7 +76,14 @@ def run_chat(args: argparse.Namespace) -> int:
 def run_demo(args: argparse.Namespace) -> int:
     from ..app.demo import serve_demo
 
+    from ..app import is_loopback
+
     _, systems = systems_of(args)
+    if not is_loopback(args.host):
+        print(f"esc-dist demo: note: --host {args.host} lets other machines in: the demo has "
+              "no sign-in, anyone who reaches this port can talk to the models (and keep them "
+              "busy); bind 127.0.0.1 (the default) to keep it to this machine", file=sys.stderr,
+              flush=True)
     print(f"demo on http://{args.host}:{args.port}/ (Ctrl-C stops it)", flush=True)
     serve_demo(systems, host=args.host, port=args.port)
     return 0
@@ -82,7 +92,8 @@ def run_demo(args: argparse.Namespace) -> int:
 def demo_arguments(p: argparse.ArgumentParser) -> None:
     model_arguments(p)
     p.add_argument("--host", default="127.0.0.1",
-                   help="address to bind (default 127.0.0.1: this machine only)")
+                   help="address to bind (default 127.0.0.1: this machine only; the demo has "
+                        "no sign-in, so another address lets anyone who reaches it in)")
     p.add_argument("--port", type=int, default=7860)
 
 

@@ -9,7 +9,8 @@ import json
 from pathlib import Path
 
 from ..constants import PROTOCOLS, ROLES, VARIANTS
-from ..errors import ConfigError
+from ..errors import ConfigError, PairsError
+from ..names import check_name
 from . import Command, recipe_of
 
 
@@ -23,7 +24,11 @@ def run_judge(args: argparse.Namespace) -> int:
     out = check_output(args.out or f"{recipe.run.output_dir}/prefdial/{args.role}", "judge",
                        [args.pairs])
     require_verified(Path(args.pairs).parent)  # a mining output changed or cut since it was made
-    read_pairs(Path(args.pairs), args.role)  # a bad input fails before anything is written
+    # a bad input fails before anything is written; so does an empty one (nothing to judge
+    # is a mistake upstream, not an empty preference dataset)
+    if not read_pairs(Path(args.pairs), args.role):
+        raise PairsError(args.pairs, None, "no pairs to judge (the file holds no record): check "
+                                           "the mining output it came from (esc-dist mine)")
     # The W&B files live in a directory of their own beside the output (the output is replaced
     # whole when the build completes), named after it, so that the run id follows the output.
     wandb_dir = out.with_name(out.name + ".wandb")
@@ -122,7 +127,10 @@ def run_eval(args: argparse.Namespace) -> int:
     preds = decode_files([Path(p) for p in args.predictions])
     inputs = [*preds, args.llm_scores, args.data]
     out = check_output(args.out or preds[0].parent / "report", "eval", inputs)
-    name = args.name or preds[0].stem
+    # the name titles the report's rows and charts and the W&B job type
+    name = check_name(args.name if args.name is not None else preds[0].stem,
+                      "--name" if args.name is not None else
+                      "system name (the predictions file's stem; --name gives another)")
     llm_scores = _read_llm_scores(args.llm_scores) if args.llm_scores else None
     extra = None
     if recipe.eval.llm_judge:

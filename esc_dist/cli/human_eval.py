@@ -70,7 +70,13 @@ def run_serve(args: argparse.Namespace) -> int:
     from ..humaneval.study import Study
 
     recipe_of(args)
+    from ..app import is_loopback
+
     study = Study.open(args.study)
+    if not is_loopback(args.host):
+        print(f"esc-dist human-eval serve: note: --host {args.host} lets other machines reach "
+              "the page over plain HTTP: put it behind a reverse proxy with TLS for remote "
+              "annotators (docs/human_eval.md, Security)", file=sys.stderr, flush=True)
     print(f"annotation page of {args.study} on http://{args.host}:{args.port}/ (Ctrl-C stops "
           "it; every submitted item is already saved)", flush=True)
     serve_study(study, host=args.host, port=args.port)

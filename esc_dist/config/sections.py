@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ..errors import ConfigError
+from ..names import check_name
 from ..redaction import looks_secret
 
 
@@ -37,8 +38,8 @@ def _probability(source: str, key: str, v: float) -> None:
     _require(0 < v <= 1, source, key, "in (0, 1]", v)
 
 
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_HEX_KEY = re.compile(r"^[0-9a-fA-F]{32,}$")  # e.g. a W&B key, which can pass for a name
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_HEX_KEY = re.compile(r"[0-9a-fA-F]{32,}\Z")  # e.g. a W&B key, which can pass for a name
 
 
 def _env_names(source: str, section: str, obj: Any) -> None:
@@ -75,6 +76,7 @@ class RunConfig:
 
     def validate(self, source: str) -> None:
         _at_least(source, "run", self, 1, "dist_timeout_s")
+        check_name(self.name, f"{source}: 'run.name'")
 
 
 @dataclass
@@ -85,6 +87,12 @@ class WandbConfig:
     mode: Literal["auto", "online", "offline", "disabled"] = "auto"
     group: str | None = None  # default: the run name
     tags: list[str] = field(default_factory=list)
+
+    def validate(self, source: str) -> None:
+        if self.group is not None:
+            check_name(self.group, f"{source}: 'wandb.group'")
+        for tag in self.tags:
+            check_name(tag, f"{source}: 'wandb.tags' entry")
 
 
 @dataclass

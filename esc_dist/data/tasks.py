@@ -169,22 +169,23 @@ def select_splits(cfg: DataConfig) -> tuple[list, dict[str, list[int]]]:
     source = "data.split_fractions" if cfg.split == "seeded" else cfg.split
     if not split["train"]:
         raise DataError(source, "the train split is empty: there is nothing to train on")
-    _refuse_leaks(convs, split, source)
+    _refuse_leaks(convs, split, source, cfg.esconv)
     return convs, split
 
 
-def _refuse_leaks(convs: list, split: dict[str, list[int]], source: str) -> None:
+def _refuse_leaks(convs: list, split: dict[str, list[int]], source: str, corpus) -> None:
     """Two identical dialogues in different splits would let a model be scored on what it was
-    trained on: refuse, naming both."""
+    trained on: refuse, naming the corpus file and both dialogues."""
     seen: dict[tuple, tuple[str, int]] = {}
     for name in SPLITS:
         for i in split[name]:
             key = tuple((m.role, m.text) for m in convs[i].messages)
             first = seen.setdefault(key, (name, i))
             if first[0] != name:
-                raise DataError(source, f"dialogues {first[1]} ({first[0]}) and {i} ({name}) are "
-                                        "identical: a leak between splits; remove one from the "
-                                        "corpus or put both in the same split")
+                raise DataError(corpus, f"duplicate dialogue: dialogues {first[1]} ({first[0]}) "
+                                        f"and {i} ({name} in {source}) are identical, a leak "
+                                        "between splits; remove one from the corpus or put both "
+                                        "in the same split")
 
 
 def prepare(cfg: DataConfig, out: str | Path) -> dict:

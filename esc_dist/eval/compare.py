@@ -13,6 +13,7 @@ from typing import Any, Sequence
 from ..constants import PROTOCOLS, VARIANTS
 from ..errors import ConfigError, DataError, MissingInput
 from ..io import atomic_write_json, atomic_write_text, read_json, require_verified
+from ..names import check_name
 from ..outputs import staged_dir
 from ..strategies import STRATEGIES
 from .markdown import VARIANT_TITLES, render_comparison_markdown
@@ -79,10 +80,15 @@ def compare(report_dirs_or_files: Sequence[str | Path], names: Sequence[str] | N
     protocol = protocol or reports[0]["protocol"]
     if protocol not in PROTOCOLS:
         raise ConfigError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
-    names = list(names) if names is not None else [r["name"] or str(p)
-                                                   for r, p in zip(reports, paths)]
+    given = names is not None
+    names = list(names) if names is not None else [
+        r["name"] or (p.parent.name if p.suffix == ".json" else p.name)
+        for r, p in zip(reports, paths)]
     if len(names) != len(reports):
         raise ConfigError(f"{len(names)} names for {len(reports)} reports")
+    for name in names:  # they title rows, legends and W&B keys
+        check_name(name, "system name" if given else "system name (from the report; --names "
+                   "gives another)")
     if len(set(names)) != len(names):
         raise ConfigError(f"system names must be distinct, got {names}")
     pref_key = "preference_kang" if protocol == "paper" else "preference"

@@ -11,6 +11,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from ..io import atomic_writer
+from ..names import plot_text
 from ..psych.names import ERROR_TYPES
 from ..strategies import STRATEGIES
 
@@ -62,7 +63,7 @@ def plot_confusion(counts: Sequence[Sequence[int]], path: str | Path, title: str
     ax.axvline(len(names) - 0.5, color="grey", lw=1)
     ax.set_xlabel("predicted strategy")
     ax.set_ylabel("gold strategy")
-    ax.set_title(title or "Strategy confusion (counts)")
+    ax.set_title(plot_text(title or "Strategy confusion (counts)"))
     return save_figure(fig, path)
 
 
@@ -75,11 +76,11 @@ def plot_preferences(series: dict[str, Sequence[float]], path: str | Path,
     k = max(1, len(series))
     width = 0.8 / k
     for i, (name, values) in enumerate(series.items()):
-        ax.bar(x - 0.4 + width * (i + 0.5), values, width, label=name)
+        ax.bar(x - 0.4 + width * (i + 0.5), values, width, label=plot_text(name))
     ax.axhline(1.0, color="black", ls="--", lw=1, label="ideal (1.0)")
     ax.set_xticks(x, [SHORT[s] for s in STRATEGIES], rotation=30, ha="right")
     ax.set_ylabel("preference (sum = 8)")
-    ax.set_title(title)
+    ax.set_title(plot_text(title))
     ax.legend(fontsize=8)
     return save_figure(fig, path)
 
@@ -99,7 +100,8 @@ def plot_error_rates(systems: Mapping[str, Mapping], path: str | Path,
         values = [result.get("rates", {}).get(g) for g in groups[:-1]] + [result.get("none")]
         pos = x - 0.4 + width * (i + 0.5)
         seen = [j for j, v in enumerate(values) if v is not None]
-        ax.bar(pos[seen], [values[j] for j in seen], width, color=f"C{i % 10}", label=name)
+        ax.bar(pos[seen], [values[j] for j in seen], width, color=f"C{i % 10}",
+               label=plot_text(name))
         for j, v in enumerate(values):
             if v is None:
                 ax.text(pos[j], 0.01, "n/a", ha="center", va="bottom", fontsize=6, rotation=90,
@@ -107,7 +109,7 @@ def plot_error_rates(systems: Mapping[str, Mapping], path: str | Path,
     ax.set_xticks(x, groups, rotation=20, ha="right")
     ax.set_ylim(0.0, 1.0)
     ax.set_ylabel("share of labelled replies")
-    ax.set_title(title)
+    ax.set_title(plot_text(title))
     if systems:
         ax.legend(fontsize=8)
     return save_figure(fig, path)

@@ -18,6 +18,7 @@ from typing import Sequence
 from .. import __version__
 from ..errors import ConfigError, DataError
 from ..io import atomic_write_json, iter_jsonl, sha256_file, write_jsonl
+from ..names import check_name
 from . import (CHOICES, CRITERIA, DB_FILE, ITEMS_FILE, KEY_FILE, KEY_FORMAT, STUDY_FILE,
                STUDY_FORMAT, SYSTEMS)
 from . import store
@@ -31,6 +32,8 @@ def parse_names(names: str | Sequence[str]) -> tuple[str, str]:
     parts = [n.strip() for n in (names.split(",") if isinstance(names, str) else names)]
     if len(parts) != 2 or not all(parts):
         raise ConfigError(f"--names needs two system names separated by a comma, got {names!r}")
+    for part in parts:
+        check_name(part, "--names: system name")
     if parts[0] == parts[1]:
         raise ConfigError(f"--names: the two systems need different names, got {names!r}")
     return parts[0], parts[1]
@@ -45,6 +48,27 @@ def _histories_in_records(path: Path) -> dict[str, list[dict]]:
                 rec["history"], lambda problem, n=n: DataError(path, problem.replace(
                     "'context'", "'history'"), line=n))
     return out
+
+
+def _check_same_turns(paths: tuple[Path, Path], preds_a, by_b) -> None:
+    """Records paired by id must be the same turn: the same dialogue, turn index and gold
+    reply, and the same history when both records hold one; else a :class:`DataError` saying
+    how many pairs differ, and which and how for the first ones."""
+    histories = [_histories_in_records(p) for p in paths]
+    differ = []
+    for pa in preds_a:
+        pb = by_b[pa.id]
+        fields = [f for f in ("dialogue_id", "turn_index", "gold_reply")
+                  if getattr(pa, f) != getattr(pb, f)]
+        if pa.id in histories[0] and pa.id in histories[1] and \
+                histories[0][pa.id] != histories[1][pa.id]:
+            fields.append("history")
+        if fields:
+            differ.append(f"{pa.id} ({', '.join(fields)})")
+    if differ:
+        raise DataError(paths[0], f"{len(differ)} id(s) name another turn in {paths[1]}: "
+                                  f"{'; '.join(differ[:3])}{' ...' if len(differ) > 3 else ''} "
+                                  "differ; a study must pair replies to the same turn")
 
 
 def _contexts(paths: tuple[Path, Path], preds, data_dir, split: str) -> dict[str, list[dict]]:
@@ -93,6 +117,7 @@ def build_study(pred_a: str | Path, pred_b: str | Path, names: str | Sequence[st
                                   + (f" (first: {only_a[0]})" if only_a else "")
                                   + f", {len(only_b)} only in {paths[1]}"
                                   + (f" (first: {only_b[0]})" if only_b else ""))
+    _check_same_turns(paths, preds_a, by_b)
     if items is not None and not 1 <= items <= len(preds_a):
         raise ConfigError(f"--items {items}: choose 1 to {len(preds_a)} (the turns both files "
                           "predict)")

@@ -22,6 +22,7 @@ from xml.sax.saxutils import quoteattr
 
 from ..errors import DataError
 from ..io import atomic_write_json, atomic_write_text, load_json
+from ..names import NAME_RULE, is_name
 from . import CHOICES, CRITERIA, ITEMS_FILE, LABELSTUDIO_PREFIX
 from . import store
 from .study import Study
@@ -71,8 +72,9 @@ def _annotator(completed_by, fail) -> str:
     """``labelstudio:<id>`` of an annotation's ``completed_by`` (a user id, or an object with
     one: exports of newer versions)."""
     uid = completed_by.get("id") if isinstance(completed_by, dict) else completed_by
-    if isinstance(uid, bool) or not isinstance(uid, (int, str)) or str(uid) == "":
-        raise fail(f"'completed_by' must be a user id, got {completed_by!r:.80}")
+    if isinstance(uid, bool) or not isinstance(uid, (int, str)) or not is_name(str(uid)):
+        # the id becomes an annotator name, shown in report.md: the names' character set
+        raise fail(f"'completed_by' must be a user id ({NAME_RULE}), got {completed_by!r:.80}")
     return f"{LABELSTUDIO_PREFIX}{uid}"
 
 

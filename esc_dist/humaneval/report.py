@@ -25,6 +25,7 @@ from pathlib import Path
 
 from ..errors import ConfigError, DataError
 from ..io import atomic_write_json, atomic_write_text, load_json
+from ..names import markdown_text, plot_text
 from . import CRITERIA, KEY_FILE, KEY_FORMAT, SYSTEMS, missing_extra
 from .study import Study
 
@@ -198,7 +199,9 @@ def _num(x: float | None) -> str:
 
 
 def markdown(report: dict) -> str:
-    s1, s2 = report["systems"]["system 1"], report["systems"]["system 2"]
+    # names from key.json and the database (imported ones included) are escaped: they show as
+    # written and add no row or markup
+    s1, s2 = (markdown_text(report["systems"][s]) for s in SYSTEMS)
     c = report["counts"]
     lines = [f"# Human evaluation: {s1} vs {s2}", "",
              f"{c['judgments']} judgments of {c['items_judged']}/{c['items']} items by "
@@ -224,7 +227,7 @@ def markdown(report: dict) -> str:
     if notes:
         lines += ["", *(f"- {n}" for n in notes)]
     lines += ["", "Items judged per annotator: " + ", ".join(
-        f"{a} {n}" for a, n in report["annotators"].items()), ""]
+        f"{markdown_text(a)} {n}" for a, n in report["annotators"].items()), ""]
     return "\n".join(lines)
 
 
@@ -244,7 +247,7 @@ def plot(report: dict, path: Path) -> None:
     for o in OUTCOMES:
         widths = [report["criteria"][c]["shares"][o] or 0.0 for c in criteria]
         bars = ax.barh(criteria, widths, left=left, color=colours[o],
-                       label=report["outcomes"][o])
+                       label=plot_text(report["outcomes"][o]))
         for bar, w in zip(bars, widths):
             if w >= 0.06:
                 ax.text(bar.get_x() + w / 2, bar.get_y() + bar.get_height() / 2,
@@ -253,7 +256,7 @@ def plot(report: dict, path: Path) -> None:
     ax.invert_yaxis()
     ax.set_xlim(0, 1)
     ax.set_xlabel("share of judgments")
-    ax.set_title(f"{report['systems']['system 1']} vs {report['systems']['system 2']}")
+    ax.set_title(plot_text(f"{report['systems']['system 1']} vs {report['systems']['system 2']}"))
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=3, fontsize=8)
     with atomic_writer(path, "wb") as f:
         fig.savefig(f, format="png")

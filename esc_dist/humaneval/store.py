@@ -54,6 +54,10 @@ CREATE UNIQUE INDEX annotator_token ON annotators (token_hash);
 """
 
 
+COLUMNS = {"annotators": ("name", "token_hash", "kdf", "source", "created"),
+           "judgments": ("annotator", "item_id", "criterion", "choice", "submitted_at")}
+
+
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -107,7 +111,19 @@ def connection(path: str | Path, study_id: str | None = None) -> Iterator[sqlite
         if study_id is not None and meta.get("study_id") != study_id:
             raise DataError(path, "belongs to another study (its study id differs from "
                                   "study.json's)")
-        yield conn
+        for table, columns in COLUMNS.items():
+            found = tuple(r[1] for r in conn.execute(f"PRAGMA table_info({table})"))
+            if found != columns:
+                raise DataError(path, f"the judgments database cannot be used: table {table} "
+                                      f"{'is missing' if not found else 'was changed'} "
+                                      "(changed outside esc-dist? restore it from a backup)")
+        try:
+            yield conn
+        except sqlite3.DatabaseError as e:
+            # a table dropped, renamed or changed by hand, a page gone bad, a lock held longer
+            # than the busy timeout: the database's problem, said in one line
+            raise DataError(path, f"the judgments database cannot be used: {e} (damaged or "
+                                  "changed outside esc-dist? restore it from a backup)") from None
     finally:
         conn.close()
 

@@ -11,26 +11,23 @@ from __future__ import annotations
 
 import copy
 import random
-import re
 from pathlib import Path
 from typing import Any, Mapping
 
 from ..errors import AlreadyJudged, ConfigError, DataError, JudgmentError, MissingInput
 from ..io import iter_jsonl, load_json, sha256_file
+from ..names import check_name
 from . import (CHOICES, CRITERIA, DB_FILE, ITEMS_FILE, LABELSTUDIO_PREFIX, STUDY_FILE,
                STUDY_FORMAT)
 from . import store
 
 ROLES = ("seeker", "supporter")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@:\-]{0,63}$")
 
 
 def check_annotator_name(name: str) -> str:
     """``name`` if it can name an annotator (1-64 letters, digits and ``._@:-``, starting with a
     letter or digit; not the Label Studio prefix), else :class:`ConfigError`."""
-    if not isinstance(name, str) or not _NAME.match(name):
-        raise ConfigError(f"annotator name {name!r}: use 1-64 letters, digits and . _ @ : -, "
-                          "starting with a letter or digit")
+    check_name(name, "annotator name")
     if name.startswith(LABELSTUDIO_PREFIX):
         raise ConfigError(f"annotator name {name!r}: names starting with {LABELSTUDIO_PREFIX!r} "
                           "are kept for judgments imported from Label Studio")

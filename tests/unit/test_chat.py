@@ -61,7 +61,9 @@ def test_terminal_chat_shows_the_planned_strategy(chat_models):
            "--generator", str(chat_models["generator"]), "--vanilla",
            str(chat_models["generator"]), "eval.protocol=ours", "infer.do_sample=false",
            "infer.max_new_tokens=12"]
-    text = "I feel lonely since I moved.\n/reset\nMy exams are next week.\n/quit\nnever read\n"
+    # a message over the limit is refused in one line and the conversation goes on
+    text = ("I feel lonely since I moved.\n" + "x" * 3000 + "\n/reset\nMy exams are next "
+            "week.\n/quit\nnever read\n")
     out = subprocess.run(cmd, input=text, capture_output=True, text=True, cwd=ROOT,
                          timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -71,6 +73,10 @@ def test_terminal_chat_shows_the_planned_strategy(chat_models):
         m = re.match(r"^decoupled: \[(?P<s>[^\]]+)\] \S", line)
         assert m and m["s"] in STRATEGIES, line
     assert "(new conversation)" in out.stdout
+    refused = [x for x in out.stderr.splitlines() if x.startswith("esc-dist chat: ")]
+    assert len(refused) == 1 and "message of 3000 characters: at most 2000" in refused[0], \
+        out.stderr[-2000:]
+    assert "Traceback" not in out.stderr
 
 
 def test_a_decoupled_system_needs_both_models(chat_models, tmp_path):

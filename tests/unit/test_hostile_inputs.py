@@ -38,7 +38,7 @@ def test_latin1_split_file(tmp_path):
     split.write_bytes('{"train": [0], "description": "caf\u00e9"}'.encode("latin-1"))
     r = run_cli(["prepare", "--esconv", str(TINY), "--split", str(split), "--out", "{tmp}/d"],
                 tmp_path)
-    assert_one_line_error(r, "prepare", f"{split}: not UTF-8 text at byte")
+    assert_one_line_error(r, "prepare", f"{split}: not UTF-8 text at line 1, byte")
 
 
 def test_directory_as_recipe(tmp_path):
@@ -195,7 +195,9 @@ def _prepare_with_a_copy(tmp_path, split: dict):
 
 def test_identical_dialogues_in_two_splits_are_refused(tmp_path):
     r = _prepare_with_a_copy(tmp_path, {"train": [0, 1], "validation": [2], "test": []})
-    assert_one_line_error(r, "prepare", "dialogues 0 (train) and 2 (validation) are identical")
+    assert_one_line_error(r, "prepare", "duplicate dialogue: dialogues 0 (train) and 2 "
+                                        "(validation in ")
+    assert f"{tmp_path / 'esconv.json'}: duplicate dialogue" in r.stderr  # the corpus file
 
 
 def test_identical_dialogues_in_one_split_are_kept(tmp_path):

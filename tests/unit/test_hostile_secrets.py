@@ -38,8 +38,9 @@ CARRIERS = {
     "openai-project": f"judge.base_url=https://{SECRETS['openai-project']}@judge.example.com/v1",
     "anthropic": f"judge.base_url=https://me:{SECRETS['anthropic']}@judge.example.com/v1",
     "huggingface": f"model.base={SECRETS['huggingface']}",
-    "wandb": f"wandb.tags=['WANDB_API_KEY={SECRETS['wandb']}']",
-    "bearer": f"wandb.tags=['Authorization: Bearer {SECRETS['bearer']}']",
+    # (W&B tags are names, whose character set refuses these: see test_secret_as_a_tag)
+    "wandb": f"judge.model=WANDB_API_KEY={SECRETS['wandb']}",
+    "bearer": f"judge.model='Authorization: Bearer {SECRETS['bearer']}'",
     "url-password": f"judge.base_url=https://alice:{SECRETS['url-password']}@judge.example.com/v1",
 }
 
@@ -132,6 +133,17 @@ def test_bad_override_errors_hide_the_value(override, tmp_path, capsys):
     secret = next(s for s in SECRETS.values() if s in override)
     _, err = assert_nowhere(secret, tmp_path, capsys)
     assert "error:" in err and "***" in err
+
+
+@pytest.mark.parametrize("tag", [f"WANDB_API_KEY={SECRETS['wandb']}",
+                                 f"Authorization: Bearer {SECRETS['bearer']}"])
+def test_secret_as_a_tag_is_refused_without_showing_it(tag, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["stage", "init", f"run.output_dir={run}", f"wandb.tags=['{tag}']"]) == 2
+    secret = next(s for s in SECRETS.values() if s in tag)
+    _, err = assert_nowhere(secret, tmp_path, capsys)
+    assert "'wandb.tags' entry" in err and "***" in err and len(err.strip().splitlines()) == 1
+    assert not run.exists()
 
 
 def test_usage_errors_hide_the_value(tmp_path, capsys):

@@ -108,8 +108,13 @@ def test_llm_scores_fail_unless_the_share_is_allowed(server):
     assert out["request_failures"] == 16 and out["scored"] == 0
 
 
-def test_eval_with_unreachable_llm_judge_keeps_the_previous_report(tmp_path, small_setup, capsys):
+def test_eval_with_unreachable_llm_judge_keeps_the_previous_report(tmp_path, small_setup, capsys,
+                                                                   monkeypatch):
     from datasets import load_from_disk
+
+    # W&B off as the overrides below say (an exported WANDB_MODE would win over them, and an
+    # offline run keeps writing its logs in the report directory after the command returned)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
 
     turns = load_from_disk(str(small_setup / "data" / "turns"))["test"]
     pred = tmp_path / "predictions.jsonl"

@@ -255,9 +255,8 @@ def infer(recipe: Recipe, mode: str, data_dir: str | Path | None = None,
           model: str | Path | None = None) -> dict:
     """Predict every gold supporter turn of ``split`` (every rank calls this); returns the
     manifest. Decoupled mode needs ``planner`` and ``generator``, planner mode ``planner``,
-    generator-gold mode
-    ``generator``, vanilla mode ``model`` (defaults: the run directory's ``models/sft-*``
-    exports)."""
+    generator-gold mode ``generator``, vanilla mode ``model`` (defaults: the run directory's
+    ``models/sft-*`` exports)."""
     t0 = time.time()
     if mode not in MODES:
         raise ConfigError(f"unknown mode {mode!r} (expected one of {', '.join(MODES)})")

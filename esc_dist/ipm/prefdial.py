@@ -262,9 +262,9 @@ def decide(pairs: Sequence[Mapping[str, Any]], cfg: JudgeConfig, planner_pairs: 
     """The verdict on every pair, the balancing report (or None) and the LLM client that judged
     (or None). Planner pairs under ``mismatch`` are all kept unjudged; the others are judged (and
     balanced with ``judge.balance``)."""
-    unjudged = planner_pairs == "mismatch"
-    judged = [i for i, p in enumerate(pairs) if not (unjudged and p["role"] == "planner")]
-    verdicts = [mismatch_verdict(p) for p in pairs] if unjudged else [None] * len(pairs)
+    unjudged = [planner_pairs == "mismatch" and p["role"] == "planner" for p in pairs]
+    judged = [i for i, skip in enumerate(unjudged) if not skip]
+    verdicts = [mismatch_verdict(p) if skip else None for p, skip in zip(pairs, unjudged)]
     balanced = None
     if judged:
         subset = [pairs[i] for i in judged]

@@ -22,12 +22,15 @@ to another machine):
   same seed's mined pairs through the offline judge (``ipm.planner_pairs: judged``), its DPO
   and test predictions, side by side with the mismatch pairs.
 
-``--through mine`` stops each seed after mining. The report (``--report-only`` runs nothing
+``--through mine`` stops each seed after mining (and the planner pairs built from it). The report (``--report-only`` runs nothing
 else) is rendered from the committed result files alone into the section between the
 ``planner-study`` markers of ``benchmarks/RESULTS.md``.
 
+- ``benchmarks/results/planner_study/samples-probe-seed-K.json`` -- ``--samples-probe``: 4
+  samples on each of the first 300 training turns, and the pairs 1, 2 and 4 samples make.
+
 Usage: python -m benchmarks.planner_study [--seeds 0,1,2] [--through mine|all]
-       [--variant judged --variant-seed 0] [--report-only]
+       [--variant judged] [--samples-probe] [--variant-seed 0] [--report-only]
 """
 
 from __future__ import annotations
@@ -54,7 +57,7 @@ CONFIG = ROOT / "configs" / "planner-smol.yaml"
 RESULTS = ROOT / "benchmarks" / "results" / "planner_study"
 START, END = "<!-- planner-study:start -->", "<!-- planner-study:end -->"
 STAGES = ("prepare", "base-model", "sft-planner", "mine-planner", "judge-planner", "dpo-planner")
-THROUGH_MINE = STAGES[:4]
+THROUGH_MINE = STAGES[:5]  # through the (unjudged) planner pairs
 SYSTEMS = {"sft": "SFT planner", "dpo": "DPO planner", "zero_shot": "SmolLM2 zero-shot"}
 KEYS = ("Q", "weighted_f1", "accuracy", "B", "B_kang")
 
@@ -157,6 +160,37 @@ def seed_piece_all(config: Path, seed: int, runs: Path, first_seed: bool) -> dic
     return out
 
 
+def samples_probe(config: Path, seed: int, runs: Path, turns: int = 300, n: int = 4) -> dict:
+    """Mining with ``n`` samples per turn on the first ``turns`` training turns: the pairs the
+    first 1, 2 and 4 samples make (a sample's random stream depends on its turn and index only,
+    so the first k samples of this run are what ``mine.n_samples: k`` draws)."""
+    from collections import Counter
+
+    from esc_dist.ipm.prefdial import read_pairs
+
+    run = runs / f"seed-{seed}"
+    out = run / "extra" / f"mine-probe-n{n}"
+    ov = overrides(seed, runs, (f"mine.n_samples={n}", f"mine.max_turns={turns}"))
+    t0 = time.time()
+    if not (out / COMPLETED).is_file():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        launch(load_recipe(config, ov),
+               ["mine", "--role", "planner", "--data", str(run / "data"), "--model",
+                str(run / "models" / "sft-planner"), "--out", str(out), "--config", str(config),
+                *ov], out.parent / f"mine-probe-n{n}.log")
+    pairs = read_pairs(out / "pairs.jsonl", "planner")
+    per_k = {}
+    for k in sorted({1, 2, n}):
+        sub = [p for p in pairs if int(p["id"].rsplit("#s", 1)[1]) < k]
+        chosen = Counter(p["gold_strategy"] for p in sub)
+        rejected = Counter(p["sampled_strategy"] for p in sub)
+        per_k[str(k)] = {"pairs": len(sub), "turns_with_pair": len({p["turn_id"] for p in sub}),
+                         "distinct_pairs": len({(p["turn_id"], p["rejected"]) for p in sub}),
+                         "push": {st: chosen[st] - rejected[st] for st in STRATEGIES}}
+    return {"seed": seed, "turns": turns, "n_samples": n, "seconds": round(time.time() - t0),
+            "per_k": per_k}
+
+
 def variant_judged(config: Path, seed: int, runs: Path) -> dict:
     """The seed's mined planner pairs through the offline judge, their DPO, the test
     predictions."""
@@ -194,7 +228,8 @@ def variant_judged(config: Path, seed: int, runs: Path) -> dict:
 
 
 def load_results() -> tuple[dict, dict, dict]:
-    """(mining pieces, finished seeds, judged variants) by seed, from the result files."""
+    """(mining pieces, finished seeds, judged variants, sample probes) by seed, from the
+    result files."""
     def by_seed(pattern: str) -> dict[int, dict]:
         out = {}
         for f in sorted(RESULTS.glob(pattern)):
@@ -203,7 +238,7 @@ def load_results() -> tuple[dict, dict, dict]:
         return out
 
     return (by_seed("seed-*.mining.json"), by_seed("seed-[0-9].json"),
-            by_seed("variant-judged-seed-*.json"))
+            by_seed("variant-judged-seed-*.json"), by_seed("samples-probe-seed-*.json"))
 
 
 def fmt(key: str, mean: float | None, std: float | None = None) -> str:
@@ -214,7 +249,7 @@ def fmt(key: str, mean: float | None, std: float | None = None) -> str:
     return text if std is None else f"{text} ± {scale * std:.{digits}f}"
 
 
-def render(mining: dict, seeds: dict, judged: dict) -> str:
+def render(mining: dict, seeds: dict, judged: dict, probes: dict) -> str:
     lines = [START, "## The planner study: the paper's planner pairs, B on all 1,792 test turns",
              ""]
     if not mining:
@@ -241,6 +276,18 @@ def render(mining: dict, seeds: dict, judged: dict) -> str:
                                        r["seconds"].items() if v is not None)
             for k, r in sorted(mining.items())]
     lines += ["", "Times: " + "; ".join(secs) + ".", ""]
+    for seed, pr in sorted(probes.items()):
+        lines += [f"**Samples per turn** (seed {seed}, the first {pr['turns']} training turns, "
+                  f"{pr['n_samples']} samples each, {pr['seconds'] / 60:.0f} min; the first k "
+                  "samples are what `mine.n_samples: k` draws; repeated samples stay separate "
+                  "pairs):", "",
+                  "| k | pairs | turns with a pair | distinct pairs | "
+                  + " | ".join(STRATEGIES) + " |", "|---" * (4 + len(STRATEGIES)) + "|"]
+        for k, x in pr["per_k"].items():
+            lines.append(f"| {k} | {x['pairs']} | {x['turns_with_pair']} | "
+                         f"{x['distinct_pairs']} | "
+                         + " | ".join(f"{x['push'][st]:+d}" for st in STRATEGIES) + " |")
+        lines.append("")
     if not seeds:
         lines += ["DPO and the test predictions of these seeds have not run yet.", "", END]
         return "\n".join(lines)
@@ -295,6 +342,8 @@ def main() -> None:
     ap.add_argument("--through", choices=("mine", "all"), default="all")
     ap.add_argument("--variant", choices=("judged",))
     ap.add_argument("--variant-seed", type=int, default=0)
+    ap.add_argument("--samples-probe", action="store_true",
+                    help="mine 4 samples on the first 300 training turns of --variant-seed")
     ap.add_argument("--report-only", action="store_true")
     args = ap.parse_args()
     os.chdir(ROOT)  # the pipeline's stage keys hold the run paths as written
@@ -309,6 +358,9 @@ def main() -> None:
             if args.through == "all":
                 atomic_write_json(RESULTS / f"seed-{seed}.json",
                                   seed_piece_all(args.config, seed, args.runs, seed == 0))
+        if args.samples_probe:
+            atomic_write_json(RESULTS / f"samples-probe-seed-{args.variant_seed}.json",
+                              samples_probe(args.config, args.variant_seed, args.runs))
         if args.variant == "judged":
             atomic_write_json(RESULTS / f"variant-judged-seed-{args.variant_seed}.json",
                               variant_judged(args.config, args.variant_seed, args.runs))

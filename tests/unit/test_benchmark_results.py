@@ -48,3 +48,9 @@ def test_the_seed_stages_a_variant_runs_hold_everything_they_read():
             for path in stages[name].inputs:
                 assert made_by.get(path, name) in names, (variant, name, path)
         assert "dpo-generator" in names, variant  # Decoupled-DPO pairs a variant's planner with it
+
+
+def test_planner_study_section_is_rendered_from_the_result_files():
+    from benchmarks import planner_study as study
+
+    assert study.render(*study.load_results()) == committed_section(study.START, study.END)

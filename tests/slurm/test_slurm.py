@@ -294,10 +294,10 @@ def test_submit_pipeline_runs_every_stage_on_slurm(slurm, tmp_path):
 
     table = (run / "reports" / "comparison" / "comparison.md").read_text()
     for system in ("Vanilla-SFT", "Vanilla-DPO", "Decoupled-SFT", "Decoupled-DPO",
-                   "Generator-SFT (gold strategy)", "Generator-DPO (gold strategy)"):
+                   "Generator-SFT-on-gold", "Generator-DPO-on-gold"):
         assert system in table
     assert "**Paper protocol** (`paper`)" in table and "mean ± sample std over 3 decodes" in table
-    assert "| Generator-DPO (gold strategy) | (gold) | (gold) | (gold) | (gold) |" in table
+    assert "| Generator-DPO-on-gold | (gold) | (gold) | (gold) | (gold) |" in table
     report = json.loads((run / "reports" / "decoupled-dpo" / "report.json").read_text())
     assert report["protocol"] == "paper" and report["decodes"] == 3 and not report["warnings"]
     assert [len(d["paper"]) for d in report["per_decode"]] == [len(report["headline"])] * 3

@@ -241,3 +241,11 @@ def test_a_bad_byte_in_a_json_file_is_told_at_its_line(tmp_path, capsys):
     path.write_bytes(b'{\n  "train": [0],\n  "description": "caf\xe9"\n}\n')
     with pytest.raises(DataError, match="not UTF-8 text at line 3, byte"):
         read_text(path)
+
+
+def test_the_pipelines_own_system_titles_are_names():
+    """The pipeline passes these to `compare --names`: each must pass the name check."""
+    from esc_dist.constants import SYSTEM_TITLES
+    from esc_dist.names import is_name
+
+    assert all(is_name(t) for t in SYSTEM_TITLES.values()), SYSTEM_TITLES

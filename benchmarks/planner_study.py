@@ -26,6 +26,8 @@ to another machine):
 else) is rendered from the committed result files alone into the section between the
 ``planner-study`` markers of ``benchmarks/RESULTS.md``.
 
+The checkpoints of a training stage are deleted once its export is complete.
+
 - ``benchmarks/results/planner_study/samples-probe-seed-K.json`` -- ``--samples-probe``: 4
   samples on each of the first 300 training turns, and the pairs 1, 2 and 4 samples make.
 
@@ -64,6 +66,16 @@ KEYS = ("Q", "weighted_f1", "accuracy", "B", "B_kang")
 
 def overrides(seed: int, runs: Path, extra: tuple[str, ...] = ()) -> list[str]:
     return [f"run.seed={seed}", f"run.output_dir={runs / f'seed-{seed}'}", *extra]
+
+
+def drop_checkpoints(run: Path) -> None:
+    """Remove the training checkpoints of the planner stages whose export is complete (a few
+    GB each; the export is all later steps read)."""
+    import shutil
+
+    for stage in ("sft-planner", "dpo-planner"):
+        if (run / "models" / stage / COMPLETED).is_file():
+            shutil.rmtree(run / "models" / f"{stage}.work" / "checkpoints", ignore_errors=True)
 
 
 def machine() -> dict:
@@ -353,6 +365,7 @@ def main() -> None:
         for seed in seeds:
             pipeline(args.config, seed, args.runs,
                      THROUGH_MINE if args.through == "mine" else STAGES)
+            drop_checkpoints(args.runs / f"seed-{seed}")
             atomic_write_json(RESULTS / f"seed-{seed}.mining.json",
                               seed_piece_mining(args.config, seed, args.runs))
             if args.through == "all":

@@ -20,16 +20,14 @@ to another machine):
 - ``benchmarks/results/planner_study/seed-K.json`` -- after DPO and the test predictions;
 - ``benchmarks/results/planner_study/variant-judged-seed-K.json`` -- ``--variant judged``: the
   same seed's mined pairs through the offline judge (``ipm.planner_pairs: judged``), its DPO
-  and test predictions, side by side with the mismatch pairs.
-
-``--through mine`` stops each seed after mining (and the planner pairs built from it). The report (``--report-only`` runs nothing
-else) is rendered from the committed result files alone into the section between the
-``planner-study`` markers of ``benchmarks/RESULTS.md``.
-
-The checkpoints of a training stage are deleted once its export is complete.
-
+  and test predictions, side by side with the mismatch pairs;
 - ``benchmarks/results/planner_study/samples-probe-seed-K.json`` -- ``--samples-probe``: 4
   samples on each of the first 300 training turns, and the pairs 1, 2 and 4 samples make.
+
+``--through mine`` stops each seed after mining (and the planner pairs built from it). The
+checkpoints of a training stage are deleted once its export is complete. The report
+(``--report-only`` runs nothing else) is rendered from the committed result files alone into
+the section between the ``planner-study`` markers of ``benchmarks/RESULTS.md``.
 
 Usage: python -m benchmarks.planner_study [--seeds 0,1,2] [--through mine|all]
        [--variant judged] [--samples-probe] [--variant-seed 0] [--report-only]

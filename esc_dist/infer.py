@@ -47,7 +47,7 @@ from .constants import MODES
 from .errors import ConfigError
 from .generation import Sampling, WorkItem, merge, stage
 from .generation.stage import (Phase, Stage, generation_summary, run_stage, settings_errors)
-from .data.tasks import history_tags_of, max_history_of, planner_form_of
+from .data.tasks import prompt_settings_of
 from .io import output_record, write_jsonl
 from .log import get_logger
 from .strategies import parse_strategy, parse_tagged
@@ -278,8 +278,7 @@ def infer(recipe: Recipe, mode: str, data_dir: str | Path | None = None,
     turns = load_turns(data_dir, split, cfg.max_dialogues)
     if not turns:
         raise ConfigError(f"{data_dir}: split {split!r} has no supporter turns")
-    max_history, tagged = max_history_of(data_dir), history_tags_of(data_dir)
-    form = planner_form_of(data_dir)
+    max_history, tagged, form = prompt_settings_of(data_dir)
     how = decoding(recipe)
     first = phases(mode)[0]
     with_form = functools.partial(planner_items, form=form)

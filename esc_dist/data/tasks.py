@@ -12,7 +12,7 @@ import time
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, NamedTuple, Sequence
 
 from .. import __version__
 from ..config import DataConfig, redact
@@ -224,26 +224,21 @@ def prepare(cfg: DataConfig, out: str | Path) -> dict:
     return manifest
 
 
-# What prompts the prepared data was built with, for the stages that build prompts again from its
-# turns (inference, the DPO validation guard): read from its manifest.
+class PromptSettings(NamedTuple):
+    """What prompts prepared data was built with (its manifest's config), for the stages that
+    build prompts again from its turns (inference, the DPO validation guard); data written
+    before a key existed gets that key's old behaviour."""
 
-def max_history_of(data_dir: str | Path) -> int | None:
-    manifest = read_manifest(data_dir) or {}
-    return (manifest.get("config") or {}).get("max_history_messages")
-
-
-def history_tags_of(data_dir: str | Path) -> bool:
-    """Whether the prepared data's prompts tag the supporter's past turns (data written before
-    the key existed did)."""
-    manifest = read_manifest(data_dir) or {}
-    return bool((manifest.get("config") or {}).get("history_strategy_tags", True))
+    max_history: int | None
+    tagged: bool
+    planner_form: str
 
 
-def planner_form_of(data_dir: str | Path) -> str:
-    """The planner prompt form of the prepared data (``chat`` for data written before the key
-    existed)."""
-    manifest = read_manifest(data_dir) or {}
-    return str((manifest.get("config") or {}).get("planner_prompt", "chat"))
+def prompt_settings_of(data_dir: str | Path) -> PromptSettings:
+    cfg = (read_manifest(data_dir) or {}).get("config") or {}
+    return PromptSettings(cfg.get("max_history_messages"),
+                          bool(cfg.get("history_strategy_tags", True)),
+                          str(cfg.get("planner_prompt", "chat")))
 
 
 def load_task(data_dir: str | Path, task: str):

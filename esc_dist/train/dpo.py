@@ -32,7 +32,7 @@ from .checkpoints import checkpoint_callback, preemption_callback
 from .common import TrainerExtras, require_one_global_batch, stage_paths
 from .heads import completion_lm_head_on_cpu
 from .models import load_policy
-from .runner import run_training, stage_inputs, start_stage
+from .runner import data_input, run_training, stage_inputs, start_stage
 from .tokens import PromptFitter, tokenized_cached
 
 log = get_logger(__name__)
@@ -194,8 +194,7 @@ def train_dpo(recipe: Recipe, role: str, pairs_dir: str | None = None,
     guard = planner_guard(recipe, role, data_dir, score, model_dir, paths)
     inputs = stage_inputs("pairs", pairs_dir, model_dir)
     if guard is not None:
-        inputs["validation"] = stage_inputs("data", str(data_dir or run_dir / "data"),
-                                            model_dir)["data"]
+        inputs["validation"] = data_input(str(data_dir or run_dir / "data"))
 
     def extra(trainer) -> dict:
         return {**reward_summary(trainer),

@@ -52,8 +52,7 @@ def spread(n_items: int, n: int) -> list[int]:
 def validation_prompts(data_dir: str | Path, n: int) -> tuple[list[list[dict]], list[str]]:
     """The planner prompts and gold strategies of ``n`` validation turns of the prepared data,
     spread evenly over the split's turns in id order, built as inference builds them."""
-    from ..data.tasks import (history_messages, history_tags_of, load_task, max_history_of,
-                              planner_form_of, planner_prompt)
+    from ..data.tasks import history_messages, load_task, planner_prompt, prompt_settings_of
 
     turns = load_task(data_dir, "turns")
     if "validation" not in turns or len(turns["validation"]) == 0:
@@ -63,8 +62,7 @@ def validation_prompts(data_dir: str | Path, n: int) -> tuple[list[list[dict]], 
                           "the data with a validation split, or set dpo.validation_every=0)")
     rows = sorted(turns["validation"], key=lambda t: t["id"])
     rows = [rows[i] for i in spread(len(rows), n)]
-    max_history, tagged, form = (max_history_of(data_dir), history_tags_of(data_dir),
-                                 planner_form_of(data_dir))
+    max_history, tagged, form = prompt_settings_of(data_dir)
     prompts = [planner_prompt(history_messages(t["history"]), max_history, tagged, form)
                for t in rows]
     return prompts, [t["strategy"] for t in rows]
@@ -147,8 +145,9 @@ class PlannerGuard:
         """At the start of training: a fresh run evaluates the SFT model (step 0); a resumed one
         goes on with the state its checkpoint's run saved (same training key)."""
         saved = self.work / GUARD_JSON
-        if step > 0 and saved.is_file() and read_json(saved).get("key") == self.key:
-            self.state = read_json(saved)
+        state = read_json(saved) if step > 0 and saved.is_file() else {}
+        if state.get("key") == self.key:
+            self.state = state
             return
         self.state = self.fresh()
         if step > 0:

@@ -38,9 +38,14 @@ def start_stage(recipe: Recipe, cfg: TrainConfig, role: str) -> None:
     dist.init(recipe.run.dist_timeout_s, deepspeed=bool(cfg.deepspeed))
 
 
+def data_input(data_dir: str) -> dict:
+    """A data directory a stage reads, identified by its manifest's hash."""
+    return {"path": str(data_dir), "sha256": sha256_json(read_manifest(data_dir) or {})}
+
+
 def stage_inputs(name: str, data_dir: str, model_dir: str) -> dict:
     """What a stage trains on: its data directory (by manifest hash) and its starting model."""
-    return {name: {"path": str(data_dir), "sha256": sha256_json(read_manifest(data_dir) or {})},
+    return {name: data_input(data_dir),
             "model": {"path": str(model_dir), "fingerprint": model_fingerprint(model_dir)}}
 
 

@@ -110,7 +110,7 @@ def test_a_window_starting_with_the_supporter_is_kept_whole_when_it_fits():
 def test_prepared_transcripts_are_rebuilt_by_inference(tmp_path, esconv_dir):
     """Prepared planner data in transcript form: the manifest records it, and inference (which
     reads it from there) builds the very same prompts from the turns."""
-    from esc_dist.data.tasks import planner_form_of
+    from esc_dist.data.tasks import prompt_settings_of
     from esc_dist.infer import planner_items
 
     cfg = DataConfig(esconv=str(esconv_dir / "esconv.json"),
@@ -118,7 +118,7 @@ def test_prepared_transcripts_are_rebuilt_by_inference(tmp_path, esconv_dir):
                      max_dialogues={"train": 2, "validation": 1, "test": 2},
                      max_history_messages=None, planner_prompt="transcript")
     prepare(cfg, tmp_path / "data")
-    assert planner_form_of(tmp_path / "data") == "transcript"
+    assert prompt_settings_of(tmp_path / "data").planner_form == "transcript"
     planner = load_from_disk(str(tmp_path / "data" / "planner"))["test"]
     turns = load_from_disk(str(tmp_path / "data" / "turns"))["test"]
     assert all(len(p) == 2 and p[1]["content"].startswith("seeker: ")

@@ -145,7 +145,7 @@ def test_history_without_strategy_tags(tmp_path, esconv_dir):
     """data.history_strategy_tags=false: the planner's and vanilla model's prompts show the
     supporter's past turns as plain text (the paper's planner); the targets keep their form, and
     inference rebuilds the same prompts from the turns (it reads the flag from the manifest)."""
-    from esc_dist.data.tasks import history_tags_of
+    from esc_dist.data.tasks import prompt_settings_of
     from esc_dist.infer import planner_items, vanilla_items
 
     cfg = DataConfig(esconv=str(esconv_dir / "esconv.json"),
@@ -154,8 +154,8 @@ def test_history_without_strategy_tags(tmp_path, esconv_dir):
                      history_strategy_tags=False)
     prepare(cfg, tmp_path / "plain")
     prepare(DataConfig(**{**cfg.__dict__, "history_strategy_tags": True}), tmp_path / "tagged")
-    assert history_tags_of(tmp_path / "plain") is False
-    assert history_tags_of(tmp_path / "tagged") is True
+    assert prompt_settings_of(tmp_path / "plain").tagged is False
+    assert prompt_settings_of(tmp_path / "tagged").tagged is True
     turns = load_from_disk(str(tmp_path / "plain" / "turns"))["test"]
     for task, items in (("planner", planner_items), ("vanilla", vanilla_items)):
         plain = load_from_disk(str(tmp_path / "plain" / task))["test"]

@@ -31,24 +31,36 @@ from benchmarks.sft_throughput import SIZES
 from benchmarks.timing import TrainerMeter
 
 
-def make_pairs(data_dir: Path, out: Path, n: int) -> None:
+def make_pairs(data_dir: Path, out: Path, n: int, role: str = "generator") -> None:
+    """``n`` pairs of the first training turns: generator, chosen = the gold reply and rejected
+    = the gold reply of another turn (realistic lengths); planner, chosen = the gold strategy
+    and rejected = the next strategy in the list (a mismatch pair's shape)."""
     from datasets import load_from_disk
 
     from esc_dist.io import mark_completed
     from esc_dist.ipm.prefdial import save_dataset
+    from esc_dist.strategies import STRATEGIES
 
-    rows = load_from_disk(str(data_dir / "generator"))["train"].select(range(n))
+    rows = load_from_disk(str(data_dir / role))["train"].select(range(n))
     replies = rows["reply"]
-    pairs = [{"id": r["id"] + "#s0", "turn_id": r["id"], "role": "generator",
-              "prompt": r["prompt"], "chosen": r["reply"], "rejected": replies[(i + 7) % n],
-              "gold_strategy": r["strategy"], "sampled_strategy": r["strategy"]}
+
+    def other(r, i):
+        if role == "generator":
+            return replies[(i + 7) % n], r["strategy"]
+        s = STRATEGIES[(STRATEGIES.index(r["strategy"]) + 1) % len(STRATEGIES)]
+        return s, s
+
+    pairs = [{"id": r["id"] + "#s0", "turn_id": r["id"], "role": role,
+              "prompt": r["prompt"], "chosen": r["reply" if role == "generator" else "strategy"],
+              "rejected": other(r, i)[0], "gold_strategy": r["strategy"],
+              "sampled_strategy": other(r, i)[1]}
              for i, r in enumerate(rows)]
     save_dataset(pairs, out / "dataset")
     mark_completed(out)
 
 
 def run(kind: str, recipe, pairs_dir: Path, model_dir: Path, work: Path, steps: int,
-        warmup: int) -> dict:
+        warmup: int, role: str = "generator") -> dict:
     from esc_dist.train.common import stage_paths
     from esc_dist.train.dpo import build_dpo_trainer
 
@@ -66,11 +78,12 @@ def run(kind: str, recipe, pairs_dir: Path, model_dir: Path, work: Path, steps: 
         trainer = DPOTrainer(model=load_policy(str(model_dir), recipe, recipe.dpo), args=args,
                              train_dataset=load_pairs(pairs_dir),
                              processing_class=load_tokenizer(str(model_dir)))
-    else:
+    else:  # esc-dist, esc-dist-live, esc-dist-two-sequence (dpo.shared_prompt off)
         reference = "live" if kind == "esc-dist-live" else "precomputed"
-        recipe = replace(recipe, dpo=replace(recipe.dpo, reference=reference))
+        recipe = replace(recipe, dpo=replace(recipe.dpo, reference=reference,
+                                             shared_prompt=kind != "esc-dist-two-sequence"))
         paths = stage_paths(recipe, "dpo", f"bench-{kind}", str(work / kind))
-        trainer, _, _ = build_dpo_trainer(recipe, "generator", str(pairs_dir), str(model_dir),
+        trainer, _, _ = build_dpo_trainer(recipe, role, str(pairs_dir), str(model_dir),
                                           paths, None, False)
     build_s = time.perf_counter() - t0
     meter = TrainerMeter(trainer, warmup, steps)

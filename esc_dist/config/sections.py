@@ -240,6 +240,9 @@ class DpoConfig(TrainConfig):
     sft_weight: float = 0.0  # adds weight * NLL of the chosen reply (RPO-style mixing)
     reference: Literal["precomputed", "live"] = "precomputed"
     reference_offload: bool = False  # live reference under ZeRO-3: offload its params to CPU
+    # score a pair as one sequence [prompt | chosen | rejected] (esc_dist/train/shared_prompt.py):
+    # the prompt computed once, log-probs equal to two sequences'; flash_attention_2 falls back
+    shared_prompt: bool = True
     # The planner's validation guard (esc_dist/train/guard.py): every N steps (and before the
     # first, the SFT model) the planner decodes validation_turns validation turns greedily and
     # its predicted-strategy shares, B and Q are logged (console, W&B); 0: off. Planner only.

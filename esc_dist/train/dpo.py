@@ -30,7 +30,7 @@ from ..models.loading import load_tokenizer
 from .arguments import trainer_arguments, zero_stage
 from .checkpoints import checkpoint_callback, preemption_callback
 from .common import TrainerExtras, require_one_global_batch, stage_paths
-from .heads import completion_lm_head_on_cpu
+from .heads import completion_lm_head, packs_prompts
 from .models import load_policy
 from .runner import data_input, run_training, stage_inputs, start_stage
 from .tokens import PromptFitter, tokenized_cached
@@ -68,8 +68,9 @@ def _dpo_trainer_class():
     from trl import DPOTrainer
 
     class EscDPOTrainer(TrainerExtras, DPOTrainer):
-        def __init__(self, *args, **kwargs):
-            with completion_lm_head_on_cpu():  # see heads.py: the LM head at completions only
+        def __init__(self, *args, shared_prompt: bool = False, **kwargs):
+            # see heads.py: the LM head at completions only (always under shared prompts)
+            with completion_lm_head(everywhere=shared_prompt):
                 super().__init__(*args, **kwargs)
 
         def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
@@ -111,6 +112,36 @@ def _offloaded_reference(enabled: bool):
         yield
     finally:
         trl_dpo.prepare_deepspeed = original
+
+
+def shared_prompt_collator(tokenizer, model, args):
+    """TRL's preference collator, with its pad token chosen as TRL chooses it, wrapped to add
+    the packed ``[prompt | chosen | rejected]`` batch (shared_prompt.py)."""
+    from trl.trainer.dpo_trainer import DataCollatorForPreference
+
+    from .shared_prompt import SharedPromptCollator
+
+    tokenizer.pad_token = args.pad_token or tokenizer.pad_token or tokenizer.eos_token
+    model.config.get_text_config().pad_token_id = tokenizer.pad_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return SharedPromptCollator(DataCollatorForPreference(
+        pad_token_id=tokenizer.pad_token_id, max_length=args.max_length,
+        truncation_mode=args.truncation_mode, pad_to_multiple_of=args.pad_to_multiple_of))
+
+
+def use_shared_prompt(recipe: Recipe, model) -> bool:
+    """``dpo.shared_prompt`` where the attention backend and the model allow it (logged)."""
+    from .shared_prompt import supports_shared_prompt
+
+    if not recipe.dpo.shared_prompt:
+        return False
+    attn = recipe.model.attn_implementation
+    if not supports_shared_prompt(attn) or not packs_prompts(model):
+        log.info("dpo: prompts not shared (%s): chosen and rejected scored as two sequences",
+                 f"attention {attn} takes no 4D mask" if not supports_shared_prompt(attn)
+                 else "the model's logits are rescaled or routed")
+        return False
+    return True
 
 
 def planner_guard(recipe: Recipe, role: str, data_dir: str | None, score, model_dir: str,
@@ -157,13 +188,16 @@ def build_dpo_trainer(recipe: Recipe, role: str, pairs_dir: str, model_dir: str,
              stats["examples"], stats["history_trimmed"], stats["dropped_too_long"])
     require_one_global_batch(len(train), cfg, "dpo", role, "preference pairs")
     model = load_policy(model_dir, recipe, cfg)
+    shared = use_shared_prompt(recipe, model)
     offload = cfg.reference == "live" and cfg.reference_offload and zero_stage(ds_cfg) == 3
     callbacks = [checkpoint_callback(key), preemption_callback()]
     if guard is not None:  # before the checkpoint marker: a step's guard state is saved first
         callbacks.insert(0, guard.callback())
     with _offloaded_reference(offload):
-        trainer = _dpo_trainer_class()(model=model, args=args, train_dataset=train,
-                                       processing_class=tokenizer, callbacks=callbacks)
+        trainer = _dpo_trainer_class()(
+            model=model, args=args, train_dataset=train, processing_class=tokenizer,
+            callbacks=callbacks, shared_prompt=shared,
+            data_collator=shared_prompt_collator(tokenizer, model, args) if shared else None)
     if guard is not None:
         guard.trainer, guard.key = trainer, key
     return trainer, tokenizer, stats

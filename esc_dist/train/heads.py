@@ -28,6 +28,8 @@ import functools
 import types
 from contextlib import contextmanager
 
+from .shared_prompt import SHARED_KEYS, packed_states
+
 # Config fields by which TRL's fused head rescales or soft-caps logits; a model with any of them
 # keeps TRL's head (the projection below is the plain one).
 _LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "output_multiplier",
@@ -46,12 +48,20 @@ def completion_log_probs(model, outputs, args, labels, num_items_in_batch, kwarg
     import torch
     from trl.trainer.utils import FusedCausalLMOutput
 
-    kwargs["use_cache"] = False
-    hidden = model.base_model(*args, **kwargs).last_hidden_state[:, :-1]
-    labels = labels[:, 1:].to(hidden.device)  # the state at t predicts the token at t + 1
-    mask = labels != -100
+    shared = {k: kwargs.pop(k) for k in SHARED_KEYS if k in kwargs}
+    if shared:  # shared-prompt DPO: TRL's rows read from the packed batch's states
+        states, source = packed_states(model, shared)
+        labels = labels[:, 1:].to(states.device)
+        mask = labels != -100
+        rows = states[source.to(states.device)[mask]]
+    else:
+        kwargs["use_cache"] = False
+        hidden = model.base_model(*args, **kwargs).last_hidden_state[:, :-1]
+        labels = labels[:, 1:].to(hidden.device)  # the state at t predicts the token at t + 1
+        mask = labels != -100
+        rows = hidden[mask]
     target = labels[mask]
-    logits = model.get_output_embeddings()(hidden[mask]).float()
+    logits = model.get_output_embeddings()(rows).float()
     log_softmax = logits.log_softmax(-1)
     log_probs = log_softmax.gather(-1, target.unsqueeze(-1)).squeeze(-1)
     extra = {}
@@ -94,15 +104,23 @@ def add_completion_lm_head(model, outputs=("log_probs",)) -> None:
     model.forward = types.MethodType(forward, model)
 
 
+def packs_prompts(model) -> bool:
+    """Whether shared-prompt DPO (``shared_prompt.py``) can score this model: our head applies
+    (its logits are plain projections) and TRL asks no MoE router logits of it."""
+    return (_supported(model, 1.0, False)
+            and not hasattr(model.config.get_text_config(), "output_router_logits"))
+
+
 @contextmanager
-def completion_lm_head_on_cpu():
+def completion_lm_head(everywhere: bool = False):
     """While TRL's DPO trainer is built, have its ``add_fused_lm_head`` (applied to the policy
-    and a live reference, before the reference log-probs are precomputed) add the CPU head on
-    top. Without CUDA only; on GPU, and for models whose logits TRL rescales, TRL's head stays."""
+    and a live reference, before the reference log-probs are precomputed) add our head on top:
+    without CUDA, or ``everywhere`` (shared-prompt DPO, whose packed batch only our head reads).
+    For models whose logits TRL rescales, TRL's head stays."""
     import torch
     import trl.trainer.dpo_trainer as trl_dpo
 
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() and not everywhere:
         yield
         return
     original = trl_dpo.add_fused_lm_head

@@ -156,9 +156,10 @@ def test_export_loads_without_deepspeed(zero3_run):
     assert r.returncode == 0, r.stderr[-3000:]
 
 
-def in_process_trainer(setup, tmp_path, monkeypatch, reference, cpu_head=True):
+def in_process_trainer(setup, tmp_path, monkeypatch, reference, cpu_head=True, shared=False):
     """A DPO trainer built in this process (one rank, no DeepSpeed, batch 4 pairs), not trained;
-    ``cpu_head=False`` keeps TRL's fused LM head (what the GPU runs)."""
+    ``cpu_head=False`` keeps TRL's fused LM head (what the GPU runs); ``shared``: shared-prompt
+    batches (dpo.shared_prompt)."""
     from esc_dist.config import load_recipe
     from esc_dist.train import dpo
     from esc_dist.train.common import stage_paths
@@ -166,66 +167,80 @@ def in_process_trainer(setup, tmp_path, monkeypatch, reference, cpu_head=True):
     single_rank(monkeypatch)
     recipe = load_recipe(None, [f"run.output_dir={tmp_path}", "dpo.deepspeed=null",
                                 "dpo.per_device_train_batch_size=4", "wandb.mode=disabled",
-                                f"dpo.reference={reference}", "dpo.sft_weight=0.5"])
+                                f"dpo.reference={reference}", "dpo.sft_weight=0.5",
+                                f"dpo.shared_prompt={str(shared).lower()}"])
     with monkeypatch.context() as m:
         if not cpu_head:
-            m.setattr(dpo, "completion_lm_head_on_cpu", contextlib.nullcontext)
+            m.setattr(dpo, "completion_lm_head", lambda everywhere: contextlib.nullcontext())
         trainer, _, _ = dpo.build_dpo_trainer(recipe, "planner", str(setup / "pairs"),
                                               str(setup / "tiny"),
                                               stage_paths(recipe, "dpo", "planner"), None, False)
     return trainer
 
 
+def one_step(trainer) -> dict:
+    """One loss and backward on the first 4 pairs, the policy moved off the reference first
+    (log-ratios not 0): loss, gradients, logged metrics, the LM head's projected rows."""
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in trainer.model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+    models = [m for m in (trainer.model, trainer.ref_model) if m is not None]
+    rows = []  # rows the LM head module projected, per call
+    hooks = [m.get_output_embeddings().register_forward_hook(
+        lambda mod, args, out, rows=rows: rows.append(args[0].shape[:-1].numel()))
+        for m in models]
+    trainer.model.zero_grad()
+    loss = trainer.compute_loss(trainer.model, dict(batch))
+    loss.backward()
+    for h in hooks:
+        h.remove()
+    return {"loss": loss.item(), "rows": rows, "batch": batch,
+            "grads": {n: p.grad.clone() for n, p in trainer.model.named_parameters()},
+            "metrics": {k: v[-1] for mode in trainer._metrics.values()
+                        for k, v in mode.items()}}
+
+
 @pytest.mark.parametrize("reference", ["precomputed", "live"])
-def test_cpu_completion_head_equals_trl_fused_head(setup, tmp_path, monkeypatch, reference):
-    """On CPU the LM head runs at completion positions only (esc_dist/train/heads.py), and the
-    DPO loss (+ SFT term), every parameter's gradient, the reference log-probs and the logged
-    metrics equal those of TRL's fused head, which scores every position there."""
-    runs = {}
-    for impl in ("trl", "ours"):
-        trainer = in_process_trainer(setup, tmp_path / impl, monkeypatch, reference,
-                                     cpu_head=impl == "ours")
-        torch.manual_seed(0)
-        with torch.no_grad():  # move the policy off the reference: log-ratios not 0
-            for p in trainer.model.parameters():
-                p.add_(0.05 * torch.randn_like(p))
-        batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
-        models = [m for m in (trainer.model, trainer.ref_model) if m is not None]
-        rows = []  # rows the LM head module projected, per call
-        hooks = [m.get_output_embeddings().register_forward_hook(
-            lambda mod, args, out, rows=rows: rows.append(args[0].shape[:-1].numel()))
-            for m in models]
-        trainer.model.zero_grad()
-        loss = trainer.compute_loss(trainer.model, dict(batch))
-        loss.backward()
-        for h in hooks:
-            h.remove()
-        runs[impl] = {"loss": loss.item(), "rows": rows, "batch": batch,
-                      "grads": {n: p.grad.clone() for n, p in trainer.model.named_parameters()},
-                      "metrics": {k: v[-1] for mode in trainer._metrics.values()
-                                  for k, v in mode.items()}}
-    trl, ours = runs["trl"], runs["ours"]
-
-    ids, completion = ours["batch"]["input_ids"], ours["batch"]["completion_mask"]
-    assert torch.equal(ids, trl["batch"]["input_ids"])
-    assert (completion.sum(1) != completion.sum(1)[0]).any()  # completions of different lengths
-    assert (ours["batch"]["attention_mask"] == 0).any()  # and padding
-    labelled = int(completion[:, 1:].sum())
-    assert labelled < ids.shape[0] * (ids.shape[1] - 1) / 3
-    # our head saw the labelled positions only, once for the policy and once for a live reference
-    assert ours["rows"] == [labelled] * (2 if reference == "live" else 1), ours["rows"]
+def test_cpu_head_and_shared_prompt_equal_trl(setup, tmp_path, monkeypatch, reference):
+    """On CPU the LM head runs at completion positions only (esc_dist/train/heads.py), and with
+    dpo.shared_prompt each pair is one packed sequence (esc_dist/train/shared_prompt.py): in
+    both, the DPO loss (+ SFT term), every parameter's gradient, the reference log-probs and the
+    logged metrics equal those of TRL's fused head over two sequences per pair."""
+    runs = {impl: one_step(in_process_trainer(setup, tmp_path / impl, monkeypatch, reference,
+                                              cpu_head=impl != "trl", shared=impl == "shared"))
+            for impl in ("trl", "ours", "shared")}
+    trl = runs["trl"]
+    assert "shared_input_ids" not in runs["ours"]["batch"]
+    packed = runs["shared"]["batch"]
+    # one packed row per pair, shorter than its two sequences
+    assert packed["shared_input_ids"].shape[0] == 4
+    assert (packed["shared_segments"] >= 0).sum() < trl["batch"]["attention_mask"].sum()
+    for impl in ("ours", "shared"):
+        ours = runs[impl]
+        ids, completion = ours["batch"]["input_ids"], ours["batch"]["completion_mask"]
+        assert torch.equal(ids, trl["batch"]["input_ids"])
+        assert (completion.sum(1) != completion.sum(1)[0]).any()  # completions' lengths vary
+        assert (ours["batch"]["attention_mask"] == 0).any()  # and padding
+        labelled = int(completion[:, 1:].sum())
+        assert labelled < ids.shape[0] * (ids.shape[1] - 1) / 3
+        # our head saw the labelled positions only, once for the policy and once for a live
+        # reference
+        assert ours["rows"] == [labelled] * (2 if reference == "live" else 1), ours["rows"]
+        if reference == "precomputed":
+            for k in ("ref_chosen_logps", "ref_rejected_logps"):
+                torch.testing.assert_close(ours["batch"][k], trl["batch"][k], rtol=1e-5,
+                                           atol=1e-5)
+        assert ours["loss"] == pytest.approx(trl["loss"], rel=1e-5, abs=1e-6), impl
+        assert ours["grads"].keys() == trl["grads"].keys()
+        for name, g in trl["grads"].items():
+            torch.testing.assert_close(ours["grads"][name], g, rtol=1e-5, atol=1e-6,
+                                       msg=f"{impl} {name}")
+        assert ours["metrics"].keys() == trl["metrics"].keys()
+        for k, v in trl["metrics"].items():
+            assert ours["metrics"][k] == pytest.approx(v, rel=1e-5, abs=1e-6), (impl, k)
     assert trl["rows"] == []  # TRL's fused head reads the weight without calling the module
-
-    if reference == "precomputed":
-        for k in ("ref_chosen_logps", "ref_rejected_logps"):
-            torch.testing.assert_close(ours["batch"][k], trl["batch"][k], rtol=1e-5, atol=1e-5)
-    assert ours["loss"] == pytest.approx(trl["loss"], rel=1e-5, abs=1e-6)
-    assert ours["grads"].keys() == trl["grads"].keys()
-    for name, g in trl["grads"].items():
-        torch.testing.assert_close(ours["grads"][name], g, rtol=1e-5, atol=1e-6, msg=name)
-    assert ours["metrics"].keys() == trl["metrics"].keys()
-    for k, v in trl["metrics"].items():
-        assert ours["metrics"][k] == pytest.approx(v, rel=1e-5, abs=1e-6), k
 
 
 def test_planner_guard_logs_validation_and_exports_the_best_step(setup):

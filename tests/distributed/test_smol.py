@@ -97,3 +97,39 @@ def test_labels_are_the_reply_under_the_smol_template(setup, smol_base, tmp_path
         prompt = tok.decode(row[:first][mask[:first] == 1])
         assert prompt.startswith("<|im_start|>system\n") and "SmolLM" not in prompt
         assert prompt.endswith("<|im_start|>assistant\n")
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_shared_prompt_log_probs_equal_two_sequences(setup, smol_base, attn):
+    """Shared-prompt DPO (esc_dist/train/shared_prompt.py) on SmolLM2 and real planner and
+    generator pairs, fp32: every completion token's log-prob read from the packed
+    [prompt | chosen | rejected] row equals the one from its own sequence (1e-4 absolute; bf16
+    is measured by benchmarks/dpo_step.py, too slow for a CPU test)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    from trl.trainer.dpo_trainer import DataCollatorForPreference
+    from trl.trainer.utils import add_fused_lm_head
+
+    from esc_dist.models.loading import load_tokenizer
+    from esc_dist.train.heads import add_completion_lm_head
+    from benchmarks.dpo_shared_prompt import real_pairs
+    from esc_dist.train.shared_prompt import SharedPromptCollator
+
+    tok = load_tokenizer(str(smol_base), False)
+    collate = SharedPromptCollator(DataCollatorForPreference(pad_token_id=tok.pad_token_id))
+    model = AutoModelForCausalLM.from_pretrained(str(smol_base), dtype=torch.float32,
+                                                 attn_implementation=attn).eval()
+    add_fused_lm_head(model)
+    add_completion_lm_head(model)
+    for role in ("planner", "generator"):
+        batch = collate(real_pairs(setup / "data", tok, role))
+        labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)
+        plain = {k: batch[k] for k in ("input_ids", "attention_mask")}
+        shared = {k: v for k, v in batch.items() if k.startswith("shared_")}
+        with torch.no_grad():
+            two = model(**plain, labels=labels, fused_lm_head=True).log_probs
+            one = model(**plain, **shared, labels=labels, fused_lm_head=True).log_probs
+        done = labels[:, 1:] != -100
+        assert done.sum() > 0 and (two[done] < 0).all()
+        torch.testing.assert_close(one, two, rtol=0, atol=1e-4, msg=role)
+        torch.testing.assert_close(one.sum(1), two.sum(1), rtol=1e-5, atol=1e-4, msg=role)

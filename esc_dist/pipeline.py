@@ -31,6 +31,7 @@ from .ipm.judge import judge_version
 from .io import (COMPLETED, atomic_write_json, atomic_write_text, read_json, sha256_json,
                  verify_outputs)
 from .log import get_logger
+from .models import hub
 from .models.gguf import is_gguf, resolve_gguf
 from .outputs import remove_output
 
@@ -73,8 +74,8 @@ def plan(recipe: Recipe) -> list[Stage]:
         stages.append(Stage("base-model", ["base-model", "--gguf", base, "--out", str(base_dir)],
                             base_dir, ("model",), code=f"{stat.st_size}:{stat.st_mtime_ns}"))
         base_inputs = [base_dir]
-    else:
-        base_dir, base_inputs = Path(base), []
+    else:  # a directory, or a Hub id's cached snapshot (its commit is in the path: the key)
+        base_dir, base_inputs = Path(hub.model_path(base, recipe.model.revision)), []
     for role in ROLES:
         stages.append(Stage(f"sft-{role}", ["sft", "--role", role, "--data", str(data),
                                             "--model", str(base_dir),

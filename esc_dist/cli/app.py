@@ -17,7 +17,9 @@ def systems_of(args: argparse.Namespace):
     if args.run and args.config is None:  # the run's own recipe: its prompts and decoding
         args.config = str(Path(args.run) / "recipe.yaml")
     recipe = recipe_of(args)
-    dirs = {"planner": args.planner, "generator": args.generator, "vanilla": args.vanilla}
+    from ..models.hub import model_path
+
+    dirs = {k: model_path(getattr(args, k)) for k in ("planner", "generator", "vanilla")}
     if args.run:
         found = run_models(args.run, args.stage)
         dirs = {k: v or (found[k] if found[k].is_dir() else None) for k, v in dirs.items()}

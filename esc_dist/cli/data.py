@@ -1,11 +1,13 @@
-"""`esc-dist prepare`, `esc-dist tiny-model` and `esc-dist base-model`: the datasets, the
-from-scratch CPU model and a base model converted from a GGUF file."""
+"""`esc-dist prepare`, `esc-dist tiny-model`, `esc-dist base-model` and `esc-dist download`:
+the datasets, the from-scratch CPU model, a base model converted from a GGUF file and a Hub
+model fetched into the Hugging Face cache."""
 
 from __future__ import annotations
 
 import argparse
 import json
 
+from ..errors import ConfigError
 from . import Command, recipe_of
 
 
@@ -70,6 +72,28 @@ def base_model_arguments(p: argparse.ArgumentParser) -> None:
                    "for a model whose own template is not ChatML")
 
 
+def run_download(args: argparse.Namespace) -> int:
+    from ..models import hub
+
+    recipe = recipe_of(args)
+    spec = args.model or recipe.model.base
+    if not spec or hub.HUB_ID.fullmatch(spec) is None:
+        raise ConfigError(f"download: {spec!r} is not a Hugging Face model id (org/name); give "
+                          "one, or a recipe whose model.base is one")
+    revision = args.revision or (None if args.model else recipe.model.revision)
+    path = hub.download(spec, revision)
+    ident = hub.identity(path) or {"revision": "?"}
+    print(f"{spec} at revision {ident['revision']} is in the Hugging Face cache: {path}")
+    return 0
+
+
+def download_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", nargs="?", metavar="ORG/NAME",
+                   help="Hub model id (default: the recipe's model.base)")
+    p.add_argument("--revision", help="branch, tag or commit (default: model.revision, else "
+                   "main)")
+
+
 COMMANDS = [
     Command("prepare", run_prepare, "build the vanilla, planner and generator datasets",
             "Load and validate ESConv, split it by dialogue, extract supporter turns and write "
@@ -84,4 +108,10 @@ COMMANDS = [
             "generation markers) with a manifest naming the source file, its sha256 and "
             "licence. The pipeline runs it when model.base is a GGUF file.",
             base_model_arguments),
+    Command("download", run_download, "fetch a Hub model into the Hugging Face cache",
+            "On a node with internet (a cluster's login node): download what transformers "
+            "loads of a Hugging Face model (configs, tokenizer, safetensors weights) into the "
+            "standard cache (HF_HOME / HF_HUB_CACHE), where every stage resolves it offline. "
+            "A gated model needs HF_TOKEN in the environment (never logged).",
+            download_arguments),
 ]

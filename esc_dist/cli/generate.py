@@ -8,14 +8,15 @@ from pathlib import Path
 
 from ..constants import MODES, ROLES
 from ..errors import ConfigError, MergeError
+from ..models.hub import model_path
 from . import Command, is_main, recipe_of
 
 
 def run_mine(args: argparse.Namespace) -> int:
     from ..ipm.mine import mine
 
-    manifest = mine(recipe_of(args), args.role, model_dir=args.model, data_dir=args.data,
-                    out=args.out)
+    manifest = mine(recipe_of(args), args.role, model_dir=model_path(args.model),
+                    data_dir=args.data, out=args.out)
     if is_main():
         c = manifest["counts"]
         print(f"mined {c['samples']} {args.role} samples on {c['turns']} turns: {c['pairs']} pairs "
@@ -50,7 +51,8 @@ def run_infer(args: argparse.Namespace) -> int:
                           + (" (the strategies are the gold ones)"
                              if args.mode == "generator-gold" else ""))
     manifest = infer(recipe, args.mode, data_dir=args.data, out=args.out,
-                     planner=args.planner, generator=args.generator, model=args.model)
+                     planner=model_path(args.planner), generator=model_path(args.generator),
+                     model=model_path(args.model))
     if is_main():
         print(f"infer {args.mode} on {manifest['split']}: {json.dumps(manifest['counts'])}")
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..constants import PREEMPTED_EXIT, ROLES
+from ..models.hub import model_path
 from . import Command, is_main, recipe_of
 
 
@@ -15,12 +16,13 @@ def _train(args: argparse.Namespace) -> int:
     if stage == "sft":
         from ..train.sft import train_sft
 
-        m = train_sft(recipe, args.role, data_dir=args.data, model_dir=args.model, out=args.out)
+        m = train_sft(recipe, args.role, data_dir=args.data, model_dir=model_path(args.model),
+                      out=args.out)
     else:
         from ..eval.strategy import strategy_metrics
         from ..train.dpo import train_dpo
 
-        m = train_dpo(recipe, args.role, pairs_dir=args.pairs, model_dir=args.model,
+        m = train_dpo(recipe, args.role, pairs_dir=args.pairs, model_dir=model_path(args.model),
                       out=args.out, data_dir=args.data, score=strategy_metrics)
     if m is None:
         return PREEMPTED_EXIT
@@ -36,8 +38,8 @@ def _common(p: argparse.ArgumentParser, stage: str) -> None:
     p.add_argument("--role", required=True, choices=ROLES)
     if stage == "sft":
         p.add_argument("--data", help="`prepare` output directory (default: RUN_DIR/data)")
-        p.add_argument("--model", help="HF model directory to start from (default: model.base, "
-                       "else RUN_DIR/models/tiny)")
+        p.add_argument("--model", help="HF model directory or Hub id (org/name, from the HF cache) "
+                       "to start from (default: model.base, else RUN_DIR/models/tiny)")
     else:
         p.add_argument("--pairs", help="`judge` output directory of this role "
                        "(default: RUN_DIR/prefdial/ROLE)")

@@ -155,8 +155,11 @@ class TinyModelConfig:
 
 @dataclass
 class ModelConfig:
-    # An HF model directory or hub name to start SFT from; null builds the tiny model.
+    # Where SFT starts: an HF model directory, a Hugging Face Hub id (org/name, resolved offline
+    # from the HF cache: `esc-dist download` fills it), a GGUF file or package:PKG/FILE.gguf;
+    # null builds the tiny model.
     base: str | None = None
+    revision: str | None = None  # of a Hub id: a branch, tag or commit; null: main
     trust_remote_code: bool = False
     # e.g. flash_attention_2 on GPUs that have it (needed for sft.packing); null = sdpa
     attn_implementation: str | None = None

@@ -39,11 +39,14 @@ def stage_paths(recipe: Recipe, stage: str, role: str, out: str | None = None) -
 
 
 def default_base_model(recipe: Recipe) -> str:
-    """``model.base``; for a GGUF file, its conversion (``RUN/models/base``); else the tiny
-    model."""
+    """``model.base``: a Hub id's cached snapshot, a GGUF file's conversion
+    (``RUN/models/base``); else the tiny model."""
+    from ..models import hub
     from ..models.gguf import is_gguf
 
     base = recipe.model.base
+    if hub.is_hub_id(base):
+        return hub.resolve(base, recipe.model.revision)
     if is_gguf(base):
         converted = Path(recipe.run.output_dir) / "models" / "base"
         if not (converted / "config.json").is_file():

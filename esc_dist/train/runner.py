@@ -45,8 +45,13 @@ def data_input(data_dir: str) -> dict:
 
 def stage_inputs(name: str, data_dir: str, model_dir: str) -> dict:
     """What a stage trains on: its data directory (by manifest hash) and its starting model."""
-    return {name: data_input(data_dir),
-            "model": {"path": str(model_dir), "fingerprint": model_fingerprint(model_dir)}}
+    from ..models.hub import identity
+
+    model = {"path": str(model_dir), "fingerprint": model_fingerprint(model_dir)}
+    hub = identity(model_dir)
+    if hub is not None:  # a Hub model: its id and commit
+        model["hub"] = hub
+    return {name: data_input(data_dir), "model": model}
 
 
 def run_training(stage: str, role: str, recipe: Recipe, cfg: TrainConfig, inputs: dict,

@@ -71,6 +71,27 @@ def local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", "0"))
 
 
+def cuda_device() -> int:
+    """The index of the GPU this rank drives, among those it sees. srun may give each task one
+    GPU (``--gpus-per-task=1``, ``--gpu-bind=single:1``: every task sees one device, index 0,
+    whatever its local rank), every task all of the node's GPUs (index = local rank), or the
+    site may set ``CUDA_VISIBLE_DEVICES``; a local rank with no GPU of its own is a launch
+    mistake, refused with one line."""
+    import torch
+
+    from .errors import ConfigError
+
+    n, local = torch.cuda.device_count(), local_rank()
+    if n == 1:
+        return 0
+    if local < n:
+        return local
+    raise ConfigError(
+        f"local rank {local} sees {n} GPU(s) (CUDA_VISIBLE_DEVICES="
+        f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}): start one task per GPU (srun "
+        "--ntasks-per-node=G with --gpus-per-task=1, or with all G GPUs visible to every task)")
+
+
 def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
@@ -169,7 +190,7 @@ def init(timeout_s: int = 1800, deepspeed: bool = False) -> None:
 
     launcher_env()
     if has_cuda():
-        torch.cuda.set_device(local_rank())
+        torch.cuda.set_device(cuda_device())
     else:
         patch_cpu_deepspeed()
         _cpu_threads()

@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import Recipe, dump_recipe
+from .config import Recipe, dump_recipe, key_view
 from .constants import GOLD_SYSTEMS, ROLES, SYSTEM_TITLES, SYSTEMS
 from .dist import free_port
 from .errors import ConfigError, StageError
@@ -171,7 +171,7 @@ def content_of(manifest):
 
 
 def stage_key(stage: Stage, recipe: Recipe) -> str:
-    cfg = dataclasses.asdict(recipe)
+    cfg = key_view(recipe)
     inputs = []
     for path in stage.inputs:
         marker = path / "manifest.json"

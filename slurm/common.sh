@@ -7,7 +7,7 @@
 #     joined by a c10d rendezvous on the first node of the allocation; NPROC_PER_NODE ranks per
 #     node (default: the node's GPUs, else 1 CPU rank with gloo);
 #   * single-process stages: one `srun` task on the first node.
-# Preemption: on SIGUSR1 (`#SBATCH --signal=B:USR1@120`, or `scancel --signal=USR1 --batch`)
+# Preemption: on SIGUSR1 (`#SBATCH --signal=B:USR1@600`, pipeline.signal_lead_s, or `scancel --signal=USR1 --batch`)
 # the running step is told to stop -- training ranks save a checkpoint at the end of the current
 # step, other stages just stop (mining and inference resume from their chunk files) -- and the
 # job requeues itself; the next attempt resumes (`resume: auto`, same W&B run). Any other

@@ -17,7 +17,8 @@
 # Extra sbatch options (word-split), e.g. ESC_SBATCH_ARGS="--account=abc --partition=gpu":
 #   ESC_SBATCH_ARGS (every job), ESC_SBATCH_TRAIN (sft, dpo), ESC_SBATCH_MINE, ESC_SBATCH_INFER
 #   (infer+eval), ESC_SBATCH_SINGLE (prepare, tiny/base-model, judge, compare), ESC_SBATCH_STAGE.
-# Multi-node training: ESC_SBATCH_TRAIN="--nodes=2". CPU-only cluster: ESC_SBATCH_ARGS=
+# The recipe's pipeline.signal_lead_s sets every job's --signal=B:USR1@S (these variables may
+# override it). Multi-node training: ESC_SBATCH_TRAIN="--nodes=2". CPU-only cluster: ESC_SBATCH_ARGS=
 # "--gpus-per-node=0" (NPROC_PER_NODE=N for N CPU ranks per node). The jobs run in the current
 # directory (relative recipe paths are read from there) with the current environment.
 set -euo pipefail
@@ -52,14 +53,14 @@ mapfile -t jobs <<<"$plan"
 
 declare -A ids=()
 for n in "${!jobs[@]}"; do
-  IFS=$'\t' read -r key name template envs deps stages <<<"${jobs[$n]}"
+  IFS=$'\t' read -r key name template envs deps stages recipe_opts <<<"${jobs[$n]}"
   [[ $envs == - ]] && envs=
   [[ $deps == - ]] && deps=
   dep_ids=()
   for d in ${deps//,/ }; do dep_ids+=("${ids[$d]}"); done
   # shellcheck disable=SC2206  # the option variables are word lists on purpose
   opts=(--parsable --job-name="$name" --output="$logs/%x-%j.out" --kill-on-invalid-dep=yes
-        ${ESC_SBATCH_ARGS:-})
+        $recipe_opts ${ESC_SBATCH_ARGS:-})
   case $template in
     train) opts+=(${ESC_SBATCH_TRAIN:-}) ;;
     mine) opts+=(${ESC_SBATCH_MINE:-}) ;;

@@ -72,7 +72,7 @@ def _show(recipe: Recipe, name: str) -> None:
 def _jobs(recipe: Recipe, force: bool) -> None:
     """One tab-separated line per job to submit, in dependency order: JOB, Slurm job name,
     TEMPLATE, VAR=value words, dependencies (JOBs, comma-separated), stages ("-" for an empty
-    field). A job is left out when all its stages are up to date and none of the jobs it depends
+    field), the sbatch options the recipe sets (the signal lead time). A job is left out when all its stages are up to date and none of the jobs it depends
     on is submitted (a rerun upstream changes the inputs, so its stages would be stale)."""
     from .. import pipeline
 
@@ -89,7 +89,8 @@ def _jobs(recipe: Recipe, force: bool) -> None:
         submitted.add(job.name)
         env = " ".join(f"{k}={v}" for k, v in job.env.items())
         print("\t".join([job.name, f"{recipe.run.name}-{job.name}", job.template, env or "-",
-                         ",".join(sorted(deps)) or "-", ",".join(job.stages)]))
+                         ",".join(sorted(deps)) or "-", ",".join(job.stages),
+                         f"--signal=B:USR1@{recipe.pipeline.signal_lead_s}"]))
 
 
 def run_stage_cmd(args: argparse.Namespace) -> int:

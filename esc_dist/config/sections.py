@@ -161,8 +161,21 @@ class ModelConfig:
     base: str | None = None
     revision: str | None = None  # of a Hub id: a branch, tag or commit; null: main
     trust_remote_code: bool = False
-    # e.g. flash_attention_2 on GPUs that have it (needed for sft.packing); null = sdpa
+    # auto (or null): flash_attention_2 on a GPU where the flash-attn package imports, else
+    # sdpa; or any transformers name (sdpa, eager, flash_attention_2, ...); sft.packing needs
+    # flash attention
     attn_implementation: str | None = None
+
+    def validate(self, source: str) -> None:
+        import importlib.util
+
+        if (self.attn_implementation in FLASH_ATTENTION
+                and importlib.util.find_spec("flash_attn") is None):
+            raise ConfigError(
+                f"{source}: 'model.attn_implementation' is {self.attn_implementation} but the "
+                "flash-attn package is not installed here: `pip install flash-attn "
+                "--no-build-isolation` on a CUDA machine, or write auto (flash attention where "
+                "it imports, else sdpa)")
 
 
 @dataclass
@@ -195,6 +208,10 @@ class TrainConfig:
     max_steps: int = -1  # > 0 overrides num_train_epochs
     per_device_train_batch_size: int = 8
     gradient_accumulation_steps: int = 1
+    # examples per optimizer step over all ranks; when set, the accumulation is derived from it
+    # at launch (global / (per device x ranks), which must divide), so a run requeued onto
+    # another number of GPUs trains the same steps and resumes its checkpoints
+    global_batch_size: int | None = None
     max_length: int = 512
     gradient_checkpointing: bool = False
     # auto: bf16 on a GPU that has it and on a CPU with native bf16 (AVX512-BF16/AMX), else fp32
@@ -220,6 +237,7 @@ class TrainConfig:
         _at_least(source, section, self, 1, "per_device_train_batch_size",
                   "gradient_accumulation_steps", "max_length", "logging_steps", "save_steps",
                   "save_total_limit")
+        _count_or_null(source, f"{section}.global_batch_size", self.global_batch_size)
         self.lora.validate(source, f"{section}.lora")
 
 
@@ -302,6 +320,9 @@ class MineConfig:
         _require(self.temperature >= 0, source, "mine.temperature", ">= 0 (0: greedy)",
                  self.temperature)
         _count_or_null(source, "mine.max_turns", self.max_turns)
+        _require(self.backend == "hf", source, "mine.backend",
+                 "hf (batched Transformers replicas per rank; no vLLM backend in this version)",
+                 self.backend)
 
 
 @dataclass
@@ -389,9 +410,14 @@ class PipelineConfig:
     launcher: Literal["deepspeed", "torchrun", "accelerate"] = "torchrun"
     nproc: int = 2
     master_port: int = 0  # 0: a free port per stage; else this + the stage's number
+    # Slurm jobs get SIGUSR1 this many seconds before their time limit (or on preemption): every
+    # rank saves a checkpoint and the job requeues. Size it from a measured save (a stage log's
+    # "checkpoint-N saved in S s"): 2-3 x S, and more on a slow shared filesystem.
+    signal_lead_s: int = 600
 
     def validate(self, source: str) -> None:
         _at_least(source, "pipeline", self, 1, "nproc")
+        _at_least(source, "pipeline", self, 30, "signal_lead_s")
         _require(self.master_port == 0 or 1024 <= self.master_port <= 65000, source,
                  "pipeline.master_port", "0 (free ports) or in [1024, 65000]", self.master_port)
 
@@ -417,11 +443,32 @@ class Recipe:
 
     def validate(self, source: str) -> None:
         """Checks that span sections (each section checks its own keys)."""
-        if self.sft.packing and self.model.attn_implementation not in PADDING_FREE_ATTENTION:
+        attn = self.model.attn_implementation
+        if self.sft.packing and attn not in (*PADDING_FREE_ATTENTION, *AUTO_ATTENTION):
             raise ConfigError(f"{source}: 'sft.packing' needs padding-free attention: set "
-                              "model.attn_implementation=flash_attention_2 (GPU); without it, "
-                              "length-grouped batches are used")
+                              "model.attn_implementation to auto or flash_attention_2 (GPU; "
+                              f"{attn or 'sdpa'} lets packed examples see each other)")
 
 
-# Attention implementations that keep packed examples apart (sft.packing needs one).
-PADDING_FREE_ATTENTION = ("flash_attention_2", "flash_attention_3", "kernels-community/flash-attn")
+# Attention implementations that keep packed examples apart (sft.packing needs one). SDPA does
+# not: transformers 5.24 does not split it at the position ids' restarts (tested).
+FLASH_ATTENTION = ("flash_attention_2", "flash_attention_3")
+PADDING_FREE_ATTENTION = (*FLASH_ATTENTION, "kernels-community/flash-attn")
+AUTO_ATTENTION = (None, "auto")  # flash attention where it can run, else sdpa
+
+
+# Recipe keys added after outputs were made, with the value that keeps those outputs' meaning:
+# left out of stage and checkpoint keys while at that value, so adding them made no finished
+# stage stale and no checkpoint unresumable.
+NEUTRAL_KEYS = {("model", "revision"): None, ("sft", "global_batch_size"): None,
+                ("dpo", "global_batch_size"): None}
+
+
+def key_view(recipe: Recipe) -> dict:
+    """The recipe as stage and checkpoint keys see it (``NEUTRAL_KEYS`` at their neutral value
+    left out)."""
+    cfg = dataclasses.asdict(recipe)
+    for (section, key), neutral in NEUTRAL_KEYS.items():
+        if cfg[section].get(key, neutral) == neutral:
+            cfg[section].pop(key, None)
+    return cfg

@@ -273,6 +273,6 @@ def device_and_dtype(precision: str = "auto"):
     and on a CPU with native bf16, else fp32; see :func:`esc_dist.dist.resolve_precision`)."""
     import torch
 
-    dev = torch.device("cuda", dist.local_rank()) if torch.cuda.is_available() else \
+    dev = torch.device("cuda", dist.cuda_device()) if torch.cuda.is_available() else \
         torch.device("cpu")
     return dev, dist.torch_dtype(precision)

@@ -231,9 +231,6 @@ def mine(recipe: Recipe, role: str, model_dir: str | Path | None = None,
     """
     t0 = time.time()
     cfg = recipe.mine
-    if cfg.backend != "hf":
-        raise ConfigError(f"mine.backend={cfg.backend!r} is not available in this version; "
-                          "use 'hf' (batched Transformers replicas per rank)")
     dist.init(recipe.run.dist_timeout_s)
     run_dir = Path(recipe.run.output_dir)
     data_dir = Path(data_dir or run_dir / "data")

@@ -49,11 +49,35 @@ def load_tokenizer(model_dir: str | Path, trust_remote_code: bool = False):
     return tok
 
 
+def attention(name: str | None) -> str:
+    """``model.attn_implementation`` as transformers takes it: ``auto``/null is
+    flash_attention_2 on a GPU where the flash-attn package imports, else sdpa (logged once)."""
+    from ..config import AUTO_ATTENTION
+
+    if name not in AUTO_ATTENTION:
+        return name
+    import importlib.util
+
+    from .. import dist
+
+    chosen = ("flash_attention_2" if dist.has_cuda() and importlib.util.find_spec("flash_attn")
+              else "sdpa")
+    if chosen not in _LOGGED:
+        _LOGGED.add(chosen)
+        from ..log import get_logger
+
+        get_logger(__name__).info("attention: %s (model.attn_implementation: auto)", chosen)
+    return chosen
+
+
+_LOGGED: set[str] = set()
+
+
 def load_causal_lm(model_dir: str | Path, dtype, trust_remote_code: bool = False,
                    attn_implementation: str | None = None):
     from transformers import AutoModelForCausalLM
 
-    extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    extra = {"attn_implementation": attention(attn_implementation)}
     check_model_dir(model_dir)
     with loading_errors(model_dir, "model"):
         return AutoModelForCausalLM.from_pretrained(

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import dist
 from ..config import Recipe, TrainConfig
-from ..errors import DataError, MissingInput
+from ..errors import ConfigError, DataError, MissingInput
 from ..io import parse_json, read_text
 from ..log import get_logger
 
@@ -52,18 +52,36 @@ def zero_stage(ds: dict | None) -> int:
     return int((ds or {}).get("zero_optimization", {}).get("stage", 0))
 
 
+def accumulation(cfg: TrainConfig) -> int:
+    """Gradient accumulation steps on this world size: ``gradient_accumulation_steps``, or
+    derived from ``global_batch_size`` (which must be a multiple of per device x ranks)."""
+    if cfg.global_batch_size is None:
+        return cfg.gradient_accumulation_steps
+    per_step = cfg.per_device_train_batch_size * dist.world_size()
+    if cfg.global_batch_size % per_step:
+        raise ConfigError(f"global_batch_size {cfg.global_batch_size} is not a multiple of "
+                          f"{cfg.per_device_train_batch_size} per device x "
+                          f"{dist.world_size()} ranks: choose a per-device batch or rank count "
+                          "that divides it")
+    return cfg.global_batch_size // per_step
+
+
+def global_batch(cfg: TrainConfig) -> int:
+    return cfg.per_device_train_batch_size * accumulation(cfg) * dist.world_size()
+
+
 def trainer_arguments(cfg: TrainConfig, recipe: Recipe, paths: StagePaths, job: str,
                       report_wandb: bool, ds: dict | None) -> dict[str, Any]:
     """Keyword arguments shared by ``SFTConfig`` and ``DPOConfig``."""
     import torch
 
     precision = dist.resolve_precision(cfg.precision)
+    accumulate = accumulation(cfg)
     if dist.is_main():
         log.info("%s: %s, %s, world size %d, global batch %d (%d per device x %d accumulation)",
                  job, f"DeepSpeed ZeRO-{zero_stage(ds)}" if ds else "no DeepSpeed", precision,
-                 dist.world_size(), cfg.per_device_train_batch_size
-                 * cfg.gradient_accumulation_steps * dist.world_size(),
-                 cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps)
+                 dist.world_size(), global_batch(cfg), cfg.per_device_train_batch_size,
+                 accumulate)
     return dict(
         output_dir=str(paths.checkpoints),
         run_name=f"{recipe.run.name}/{job}",
@@ -77,7 +95,7 @@ def trainer_arguments(cfg: TrainConfig, recipe: Recipe, paths: StagePaths, job: 
         num_train_epochs=cfg.num_train_epochs,
         max_steps=cfg.max_steps,
         per_device_train_batch_size=cfg.per_device_train_batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        gradient_accumulation_steps=accumulate,
         activation_checkpointing=cfg.gradient_checkpointing,
         bf16=precision == "bf16",
         fp16=precision == "fp16",

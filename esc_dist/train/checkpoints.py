@@ -7,11 +7,12 @@ from __future__ import annotations
 import glob
 import os
 import shutil
+import time
 from dataclasses import asdict
 from pathlib import Path
 
 from .. import dist
-from ..config import Recipe, TrainConfig
+from ..config import Recipe, TrainConfig, key_view
 from ..io import COMPLETED, atomic_write_json, mark_completed, read_json, sha256_json
 from ..log import get_logger
 
@@ -26,11 +27,14 @@ _NOT_IN_KEY = ("resume", "save_steps", "save_total_limit", "logging_steps",
 def training_key(stage: str, role: str, recipe: Recipe, cfg: TrainConfig, inputs: dict) -> str:
     """What a training run's checkpoints belong to: its settings, seed and inputs. The batch
     enters as the global batch, so a run may resume on another number of ranks."""
-    train = {k: v for k, v in asdict(cfg).items() if k not in _NOT_IN_KEY}
-    train["global_batch"] = (train.pop("per_device_train_batch_size")
-                             * train.pop("gradient_accumulation_steps") * dist.world_size())
+    from .arguments import global_batch
+
+    train = {k: v for k, v in asdict(cfg).items()
+             if k not in (*_NOT_IN_KEY, "per_device_train_batch_size",
+                          "gradient_accumulation_steps", "global_batch_size")}
+    train["global_batch"] = global_batch(cfg)
     return sha256_json({"stage": stage, "role": role, "train": train, "seed": recipe.run.seed,
-                        "model": asdict(recipe.model), "inputs": inputs})
+                        "model": key_view(recipe)["model"], "inputs": inputs})
 
 
 def checkpoint_callback(key: str):
@@ -38,16 +42,29 @@ def checkpoint_callback(key: str):
 
     class CheckpointMarker(TrainerCallback):
         """Writes ``COMPLETED`` (with the world size and the run's key) into a checkpoint once
-        every rank has saved it."""
+        every rank has saved it, and logs how long the save took and its size: what the Slurm
+        signal lead time (``pipeline.signal_lead_s``) must cover."""
+
+        started = None
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if control.should_save:
+                self.started = time.monotonic()
+            return control
 
         def on_save(self, args, state, control, **kwargs):
             dist.barrier()
             if state.is_world_process_zero:
                 ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+                seconds = time.monotonic() - self.started if self.started else None
+                size = sum(f.stat().st_size for f in ckpt.rglob("*") if f.is_file())
                 atomic_write_json(ckpt / "esc_dist.json", {
                     "world_size": dist.world_size(), "global_step": state.global_step,
-                    "key": key})
+                    "key": key, "save_seconds": seconds, "bytes": size})
                 mark_completed(ckpt)
+                log.info("checkpoint-%d saved in %s (%.2f GB on this node's view of the "
+                         "disk)", state.global_step,
+                         f"{seconds:.0f} s" if seconds is not None else "?", size / 1e9)
             dist.barrier()
             return control
 

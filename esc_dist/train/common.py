@@ -138,11 +138,13 @@ class TrainerExtras:
 def require_one_global_batch(n: int, cfg: TrainConfig, stage: str, role: str, what: str) -> None:
     """Refuse a dataset smaller than one global batch (ZeRO-3 ranks left without data hang or
     crash), with the settings to change."""
-    world = dist.world_size()
-    global_batch = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * world
+    from .arguments import accumulation
+
+    world, accumulate = dist.world_size(), accumulation(cfg)
+    global_batch = cfg.per_device_train_batch_size * accumulate * world
     if n < global_batch:
         raise ConfigError(
             f"{stage} {role}: {n} {what}, fewer than one global batch "
-            f"({cfg.per_device_train_batch_size} per device x {cfg.gradient_accumulation_steps} "
+            f"({cfg.per_device_train_batch_size} per device x {accumulate} "
             f"accumulation x {world} ranks = {global_batch}); lower "
             f"{stage}.per_device_train_batch_size or provide more data")

@@ -26,7 +26,7 @@ from ..config import Recipe
 from ..errors import DataError, MissingInput
 from ..io import COMPLETED, require_verified
 from ..log import get_logger
-from ..models.loading import load_tokenizer
+from ..models.loading import attention, load_tokenizer
 from .arguments import trainer_arguments, zero_stage
 from .checkpoints import checkpoint_callback, preemption_callback
 from .common import TrainerExtras, require_one_global_batch, stage_paths
@@ -135,7 +135,7 @@ def use_shared_prompt(recipe: Recipe, model) -> bool:
 
     if not recipe.dpo.shared_prompt:
         return False
-    attn = recipe.model.attn_implementation
+    attn = attention(recipe.model.attn_implementation)
     if not supports_shared_prompt(attn) or not packs_prompts(model):
         log.info("dpo: prompts not shared (%s): chosen and rejected scored as two sequences",
                  f"attention {attn} takes no 4D mask" if not supports_shared_prompt(attn)

@@ -12,10 +12,10 @@ import functools
 import inspect
 from pathlib import Path
 
-from ..config import Recipe
+from ..config import PADDING_FREE_ATTENTION, Recipe
 from ..data.tasks import load_task
 from ..log import get_logger
-from ..models.loading import load_tokenizer
+from ..models.loading import attention, load_tokenizer
 from .arguments import trainer_arguments
 from .checkpoints import checkpoint_callback, preemption_callback
 from .common import TrainerExtras, default_base_model, require_one_global_batch, stage_paths
@@ -103,8 +103,12 @@ def build_sft_trainer(recipe: Recipe, role: str, data_dir: str, model_dir: str, 
     from trl import SFTConfig
 
     cfg = recipe.sft
+    packing = cfg.packing and attention(recipe.model.attn_implementation) in PADDING_FREE_ATTENTION
+    if cfg.packing and not packing:  # auto resolved to sdpa: packed examples would mix
+        log.info("sft %s: sft.packing off: attention is not flash attention here, "
+                 "length-grouped padded batches instead", role)
     args = SFTConfig(**trainer_arguments(cfg, recipe, paths, f"sft-{role}", report_wandb, ds_cfg),
-                     packing=cfg.packing, padding_free=cfg.packing)
+                     packing=packing, padding_free=packing)
     tokenizer = load_tokenizer(model_dir, recipe.model.trust_remote_code)
     data = load_task(data_dir, role)
     train, stats = tokenized_cached(data["train"], tokenizer, cfg.max_length,

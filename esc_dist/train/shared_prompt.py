@@ -29,7 +29,7 @@ from __future__ import annotations
 
 SHARED_KEYS = ("shared_input_ids", "shared_position_ids", "shared_segments", "shared_source")
 PROMPT, CHOSEN, REJECTED, PAD = 0, 1, 2, -1
-MASK_BACKENDS = (None, "sdpa", "eager")  # attention implementations that take a 4D mask
+MASK_BACKENDS = ("sdpa", "eager")  # attention implementations that take a 4D mask
 
 
 def supports_shared_prompt(attn_implementation: str | None) -> bool:

@@ -36,7 +36,8 @@ SLURM_ROOT = Path(os.environ.get("LOCAL_SLURM_ROOT", "/tmp/local-slurm"))
 RECIPE = "configs/tiny-cpu.yaml"
 STEPS = 12  # long enough to signal the job between two checkpoints
 LOSS_TOL = 1e-4
-CPU_JOB = ["--gpus-per-node=0", "--cpus-per-task=1", "--time=00:10:00"]  # GPU templates on CPUs
+# GPU templates on CPUs; the templates' 600 s signal lead is sized for 7B checkpoints
+CPU_JOB = ["--gpus-per-node=0", "--cpus-per-task=1", "--time=00:10:00", "--signal=B:USR1@60"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -249,6 +250,7 @@ PIPELINE = [
     # at least one global batch of pairs per role (the planner keeps only a few)
     "dpo.per_device_train_batch_size=1",
     "infer.max_new_tokens=16", "run.dist_timeout_s=300",
+    "pipeline.signal_lead_s=60",  # CPU jobs of 15 minutes
 ]
 
 
@@ -275,6 +277,13 @@ def test_submit_pipeline_dry_run_follows_the_plan(tmp_path):
         jobs["infer-decoupled-dpo"]
     assert "--dependency" not in jobs["prepare"]
     assert all("--kill-on-invalid-dep=yes" in l for l in lines)
+    # the recipe's signal lead time (pipeline.signal_lead_s) on every job
+    assert all("--signal=B:USR1@600" in l for l in lines)
+    r = subprocess.run(["bash", "slurm/submit_pipeline.sh", "--dry-run", *args,
+                        "pipeline.signal_lead_s=900"], cwd=ROOT, env=job_env(),
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and all("--signal=B:USR1@900" in l
+                                     for l in r.stdout.strip().splitlines()), r.stderr
 
 
 @pytest.mark.slurm

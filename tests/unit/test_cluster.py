@@ -1,0 +1,151 @@
+"""What a cluster user meets before the first step: attention backends, the mining backend,
+the GPU a rank binds under each srun mode, the global batch across node counts, the signal lead
+time. GPU-only conditions are driven through the functions that read them (no GPU here)."""
+
+import pytest
+
+from tests.helpers import assert_one_line_error, run_cli
+
+
+def test_flash_attention_named_without_the_package_is_one_line(tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("flash_attn") is not None:
+        pytest.skip("flash-attn is installed here")
+    r = run_cli(["stage", "init", f"run.output_dir={tmp_path}/run",
+                 "model.attn_implementation=flash_attention_2"], tmp_path)
+    assert_one_line_error(r, "stage", "'model.attn_implementation' is flash_attention_2 but the "
+                                      "flash-attn package is not installed here: `pip install "
+                                      "flash-attn --no-build-isolation`")
+
+
+def test_auto_attention_is_sdpa_without_a_gpu_and_says_so(caplog):
+    from esc_dist.models import loading
+
+    loading._LOGGED.clear()
+    with caplog.at_level("INFO"):
+        assert loading.attention("auto") == "sdpa" and loading.attention(None) == "sdpa"
+    assert "attention: sdpa (model.attn_implementation: auto)" in caplog.text
+    assert loading.attention("eager") == "eager"
+
+
+def test_auto_attention_picks_flash_on_a_gpu_where_it_imports(monkeypatch):
+    import importlib.util
+
+    from esc_dist import dist
+    from esc_dist.models import loading
+
+    monkeypatch.setattr(dist, "has_cuda", lambda: True)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: object() if name == "flash_attn" else real(name, *a))
+    assert loading.attention("auto") == "flash_attention_2"
+
+
+def test_packing_needs_flash_attention_and_sdpa_still_mixes_packed_examples(small_setup):
+    """sft.packing is refused with sdpa or eager named, allowed with auto (padded where auto
+    resolves to sdpa). Why: under SDPA, transformers does not split attention at the position
+    ids' restarts, so the second of two packed sequences sees the first (checked here: if it
+    ever does split them, this test says the refusal can go)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from esc_dist.config import ConfigError, load_recipe
+
+    for attn in ("sdpa", "eager"):
+        with pytest.raises(ConfigError, match="'sft.packing' needs padding-free attention"):
+            load_recipe(None, ["sft.packing=true", f"model.attn_implementation={attn}"])
+    load_recipe(None, ["sft.packing=true", "model.attn_implementation=auto"])
+    m = AutoModelForCausalLM.from_pretrained(str(small_setup / "tiny"),
+                                             attn_implementation="sdpa").eval()
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randint(5, 1000, (1, 7), generator=g), torch.randint(5, 1000, (1, 5), generator=g)
+    with torch.no_grad():
+        alone = m(input_ids=b).logits
+        packed = m(input_ids=torch.cat([a, b], 1),
+                   position_ids=torch.cat([torch.arange(7), torch.arange(5)])[None]).logits
+    assert (packed[:, 7:] - alone).abs().max() > 1e-3
+
+
+def test_the_vllm_mining_backend_is_refused_at_validation(tmp_path):
+    r = run_cli(["stage", "init", f"run.output_dir={tmp_path}/run", "mine.backend=vllm"],
+                tmp_path)
+    assert_one_line_error(r, "stage", "'mine.backend' must be hf")
+
+
+@pytest.mark.parametrize("gpus,local,expected", [
+    (1, 0, 0), (1, 3, 0),  # --gpus-per-task=1 / --gpu-bind=single: one device per task
+    (8, 0, 0), (8, 5, 5),  # every task sees the node's GPUs (or the site's CUDA_VISIBLE_DEVICES)
+    (4, 3, 3),
+    (2, 3, None),  # 4 tasks on 2 visible GPUs: a launch mistake
+])
+def test_gpu_binding_under_each_srun_mode(monkeypatch, gpus, local, expected):
+    import torch
+
+    from esc_dist import dist
+    from esc_dist.config import ConfigError
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    monkeypatch.setenv("LOCAL_RANK", str(local))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", ",".join(map(str, range(gpus))))
+    if expected is None:
+        with pytest.raises(ConfigError, match=f"local rank {local} sees {gpus} GPU"):
+            dist.cuda_device()
+    else:
+        assert dist.cuda_device() == expected
+
+
+def test_srun_task_variables_give_the_local_rank(monkeypatch):
+    from esc_dist import dist
+
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("SLURM_PROCID", "5")
+    monkeypatch.setenv("SLURM_NTASKS", "8")
+    monkeypatch.setenv("SLURM_LOCALID", "1")
+    monkeypatch.setenv("SLURM_JOB_NODELIST", "gpu[03-04]")
+    dist.launcher_env()
+    assert (dist.rank(), dist.world_size(), dist.local_rank()) == (5, 8, 1)
+    assert __import__("os").environ["MASTER_ADDR"] == "gpu03"
+
+
+def test_a_global_batch_trains_the_same_steps_on_any_node_count(monkeypatch):
+    """sft.global_batch_size: the accumulation follows the world size, so the checkpoint key
+    (and the steps) of a run requeued onto fewer GPUs are those of the first attempt."""
+    from esc_dist.config import ConfigError, load_recipe
+    from esc_dist.train.arguments import accumulation
+    from esc_dist.train.checkpoints import training_key
+
+    recipe = load_recipe(None, ["sft.global_batch_size=64", "sft.per_device_train_batch_size=2"])
+    keys = {}
+    for world, accumulate in ((16, 2), (8, 4), (32, 1)):
+        monkeypatch.setenv("WORLD_SIZE", str(world))
+        assert accumulation(recipe.sft) == accumulate
+        keys[world] = training_key("sft", "planner", recipe, recipe.sft, {})
+    assert len(set(keys.values())) == 1
+    monkeypatch.setenv("WORLD_SIZE", "24")
+    with pytest.raises(ConfigError, match="global_batch_size 64 is not a multiple of 2 per "
+                                          "device x 24 ranks"):
+        accumulation(recipe.sft)
+    fixed = load_recipe(None, ["sft.per_device_train_batch_size=2",
+                               "sft.gradient_accumulation_steps=2"])
+    monkeypatch.setenv("WORLD_SIZE", "16")
+    k16 = training_key("sft", "planner", fixed, fixed.sft, {})
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    assert training_key("sft", "planner", fixed, fixed.sft, {}) != k16  # a fixed accumulation
+
+
+def test_keys_added_later_at_their_neutral_value_leave_stage_keys_alone(tmp_path):
+    """model.revision and *.global_batch_size left at null do not enter stage keys: outputs
+    made before these keys existed stay current; set, they do enter."""
+    import dataclasses
+
+    from esc_dist.config import NEUTRAL_KEYS, key_view, load_recipe
+
+    recipe = load_recipe(None, [f"run.output_dir={tmp_path}"])
+    view = key_view(recipe)
+    full = dataclasses.asdict(recipe)
+    for section, key in NEUTRAL_KEYS:
+        assert key in full[section] and key not in view[section]
+    pinned = key_view(load_recipe(None, [f"run.output_dir={tmp_path}", "model.revision=abc"]))
+    assert pinned["model"]["revision"] == "abc"

@@ -220,6 +220,7 @@ class TrainConfig:
     save_steps: int = 50
     save_total_limit: int = 2
     resume: str = "auto"  # auto (newest complete checkpoint, else fresh) | never | a checkpoint path
+    keep_checkpoints: bool = False  # false: a stage's checkpoints are removed once it exported
     dataloader_num_workers: int = 0
     lora: LoraConfig = field(default_factory=LoraConfig)
 
@@ -462,13 +463,17 @@ AUTO_ATTENTION = (None, "auto")  # flash attention where it can run, else sdpa
 # stage stale and no checkpoint unresumable.
 NEUTRAL_KEYS = {("model", "revision"): None, ("sft", "global_batch_size"): None,
                 ("dpo", "global_batch_size"): None}
+# Keys that never change a stage's outputs (only what is kept beside them).
+NOT_IN_KEYS = (("sft", "keep_checkpoints"), ("dpo", "keep_checkpoints"))
 
 
 def key_view(recipe: Recipe) -> dict:
     """The recipe as stage and checkpoint keys see it (``NEUTRAL_KEYS`` at their neutral value
-    left out)."""
+    and ``NOT_IN_KEYS`` left out)."""
     cfg = dataclasses.asdict(recipe)
     for (section, key), neutral in NEUTRAL_KEYS.items():
         if cfg[section].get(key, neutral) == neutral:
             cfg[section].pop(key, None)
+    for section, key in NOT_IN_KEYS:
+        cfg[section].pop(key, None)
     return cfg

@@ -21,7 +21,7 @@ log = get_logger(__name__)
 
 # Settings that do not change what is trained: a checkpoint stays resumable when only they change.
 _NOT_IN_KEY = ("resume", "save_steps", "save_total_limit", "logging_steps",
-               "dataloader_num_workers")
+               "dataloader_num_workers", "keep_checkpoints")
 
 
 def training_key(stage: str, role: str, recipe: Recipe, cfg: TrainConfig, inputs: dict) -> str:
@@ -72,6 +72,16 @@ def checkpoint_callback(key: str):
 
 
 PREEMPT_SIGNALS = ("SIGUSR1",)
+
+
+def stage_callbacks(key: str, cfg: TrainConfig, model_dir: str, checkpoints: Path) -> list:
+    """The callbacks every training stage runs: the checkpoint marker, checkpoint-and-stop on
+    a preemption signal, and the free-space check before each checkpoint (disk.py)."""
+    from .disk import disk_guard
+
+    precision_bytes = 2 if dist.resolve_precision(cfg.precision) in ("bf16", "fp16") else 4
+    return [checkpoint_callback(key), preemption_callback(),
+            disk_guard(model_dir, checkpoints, precision_bytes)]
 
 
 def preemption_callback():

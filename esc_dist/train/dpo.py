@@ -28,7 +28,7 @@ from ..io import COMPLETED, require_verified
 from ..log import get_logger
 from ..models.loading import attention, load_tokenizer
 from .arguments import trainer_arguments, zero_stage
-from .checkpoints import checkpoint_callback, preemption_callback
+from .checkpoints import stage_callbacks
 from .common import TrainerExtras, require_one_global_batch, stage_paths
 from .heads import completion_lm_head, packs_prompts
 from .models import load_policy
@@ -190,7 +190,7 @@ def build_dpo_trainer(recipe: Recipe, role: str, pairs_dir: str, model_dir: str,
     model = load_policy(model_dir, recipe, cfg)
     shared = use_shared_prompt(recipe, model)
     offload = cfg.reference == "live" and cfg.reference_offload and zero_stage(ds_cfg) == 3
-    callbacks = [checkpoint_callback(key), preemption_callback()]
+    callbacks = stage_callbacks(key, cfg, model_dir, paths.checkpoints)
     if guard is not None:  # before the checkpoint marker: a step's guard state is saved first
         callbacks.insert(0, guard.callback())
     with _offloaded_reference(offload):

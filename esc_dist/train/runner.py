@@ -23,6 +23,7 @@ from ..log import get_logger
 from .arguments import deepspeed_config
 from .checkpoints import find_resume_checkpoint, prepare_resume, training_key, was_preempted
 from .common import StagePaths
+from .disk import export_need, remove_checkpoints, require_space
 from .models import export_model
 
 log = get_logger(__name__)
@@ -81,8 +82,12 @@ def run_training(stage: str, role: str, recipe: Recipe, cfg: TrainConfig, inputs
         manifest.update(summarize_history(trainer), tokenization=tok_stats,
                         resumed_from=str(ckpt) if ckpt else None, export_dir=str(paths.export),
                         **(extra_manifest(trainer) if extra_manifest else {}))
+        precision_bytes = 2 if dist.resolve_precision(cfg.precision) in ("bf16", "fp16") else 4
+        require_space(paths.work, export_need(model_dir, precision_bytes), "the export")
         export_model(trainer, tokenizer, paths, manifest,
                      weights=exported_weights() if exported_weights else None)
+        if not cfg.keep_checkpoints:
+            remove_checkpoints(paths.checkpoints)
         if run is not None:
             run.summary.update({k: manifest[k] for k in summary_keys})
     return manifest

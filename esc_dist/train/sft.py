@@ -17,7 +17,7 @@ from ..data.tasks import load_task
 from ..log import get_logger
 from ..models.loading import attention, load_tokenizer
 from .arguments import trainer_arguments
-from .checkpoints import checkpoint_callback, preemption_callback
+from .checkpoints import stage_callbacks
 from .common import TrainerExtras, default_base_model, require_one_global_batch, stage_paths
 from .models import load_policy
 from .runner import run_training, stage_inputs, start_stage
@@ -120,7 +120,7 @@ def build_sft_trainer(recipe: Recipe, role: str, data_dir: str, model_dir: str, 
     model = load_policy(model_dir, recipe, cfg)  # after args: ZeRO-3 partitions while loading
     trainer = _sft_trainer_class()(model=model, args=args, train_dataset=train,
                                    processing_class=tokenizer,
-                                   callbacks=[checkpoint_callback(key), preemption_callback()])
+                                   callbacks=stage_callbacks(key, cfg, model_dir, paths.checkpoints))
     return trainer, tokenizer, stats
 
 

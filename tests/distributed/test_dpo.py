@@ -44,7 +44,8 @@ def dpo_args(setup, out, zero=3, grad_acc=1, extra=()):
     ds = f"dpo.deepspeed={ROOT}/esc_dist/ds_configs/zero{zero}.json" if zero else "dpo.deepspeed=null"
     return ["dpo", "--role", "planner", "--pairs", str(setup / "pairs"), "--model",
             str(setup / "tiny"), "--out", str(out), f"run.output_dir={setup}", ds,
-            f"dpo.max_steps={STEPS}", "dpo.save_steps=2", "dpo.logging_steps=1",
+            f"dpo.max_steps={STEPS}", "dpo.save_steps=2", "dpo.keep_checkpoints=true",
+            "dpo.logging_steps=1",
             "dpo.per_device_train_batch_size=4", f"dpo.gradient_accumulation_steps={grad_acc}",
             "dpo.learning_rate=2e-3", "dpo.warmup_ratio=0", "dpo.precision=fp32",
             "run.dist_timeout_s=120", *extra]

@@ -43,7 +43,8 @@ def sft_args(setup, out, zero=3, grad_acc=1, role="planner", extra=()):
     ds = f"sft.deepspeed={ROOT}/esc_dist/ds_configs/zero{zero}.json" if zero else "sft.deepspeed=null"
     return ["sft", "--role", role, "--data", str(setup / "data"), "--model", str(setup / "tiny"),
             "--out", str(out), f"run.output_dir={setup}", ds, f"sft.max_steps={STEPS}",
-            "sft.save_steps=2", "sft.logging_steps=1", "sft.per_device_train_batch_size=4",
+            "sft.save_steps=2", "sft.keep_checkpoints=true", "sft.logging_steps=1",
+            "sft.per_device_train_batch_size=4",
             f"sft.gradient_accumulation_steps={grad_acc}", "sft.warmup_ratio=0",
             "sft.learning_rate=1e-3",  # the tolerances below were measured at this rate
             "sft.precision=fp32", "run.dist_timeout_s=120", *extra]

@@ -19,7 +19,8 @@ COMMON = ["run.dist_timeout_s=300", "wandb.mode=disabled"]
 def train_args(stage, setup, model, out, extra=()):
     return [f"{stage}.deepspeed={ROOT}/esc_dist/ds_configs/zero3.json", f"{stage}.max_steps={STEPS}",
             f"{stage}.per_device_train_batch_size=2", f"{stage}.max_length=256",
-            f"{stage}.logging_steps=1", f"{stage}.save_steps=1000", f"{stage}.warmup_ratio=0",
+            f"{stage}.logging_steps=1", f"{stage}.save_steps=1000",
+            f"{stage}.keep_checkpoints=true", f"{stage}.warmup_ratio=0",
             f"{stage}.precision=fp32", "--model", str(model), "--out", str(out),
             f"run.output_dir={setup}", *COMMON, *extra]
 

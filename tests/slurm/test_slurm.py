@@ -115,6 +115,7 @@ def small_run(small_setup, tmp_path_factory):
 
 def sft_overrides(run: Path) -> list[str]:
     return [RECIPE, f"run.output_dir={run}", f"sft.max_steps={STEPS}", "sft.save_steps=2",
+            "sft.keep_checkpoints=true",
             "sft.logging_steps=1", "sft.per_device_train_batch_size=4", "sft.warmup_ratio=0",
             "run.dist_timeout_s=120"]
 

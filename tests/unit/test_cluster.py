@@ -149,3 +149,70 @@ def test_keys_added_later_at_their_neutral_value_leave_stage_keys_alone(tmp_path
         assert key in full[section] and key not in view[section]
     pinned = key_view(load_recipe(None, [f"run.output_dir={tmp_path}", "model.revision=abc"]))
     assert pinned["model"]["revision"] == "abc"
+
+
+def test_checkpoints_go_once_the_export_is_complete(small_setup, tmp_path):
+    """keep_checkpoints: false (the default) removes a stage's checkpoints after its export;
+    true keeps them. The export loads either way."""
+    from transformers import AutoModelForCausalLM
+
+    for keep in (False, True):
+        out = tmp_path / f"keep-{keep}" / "sft"
+        r = run_cli(["sft", "--role", "planner", "--data", str(small_setup / "data"), "--model",
+                     str(small_setup / "tiny"), "--out", str(out),
+                     f"run.output_dir={out.parent}", "sft.deepspeed=null", "sft.max_steps=4",
+                     "sft.save_steps=2", "sft.per_device_train_batch_size=2",
+                     "sft.precision=fp32", f"sft.keep_checkpoints={str(keep).lower()}"],
+                    tmp_path, {"DS_ACCELERATOR": "cpu"}, timeout=600)
+        assert r.returncode == 0, r.stderr[-3000:]
+        ckpts = out.with_name("sft.work") / "checkpoints"
+        if keep:
+            assert sorted(p.name for p in ckpts.glob("checkpoint-*")) == ["checkpoint-2",
+                                                                        "checkpoint-4"]
+            meta = __import__("json").loads((ckpts / "checkpoint-4" / "esc_dist.json")
+                                            .read_text())
+            assert meta["save_seconds"] > 0 and meta["bytes"] > 0  # what the signal lead needs
+        else:
+            assert not ckpts.exists()
+            assert "removed the checkpoints of sft.work" in r.stderr + r.stdout
+        assert AutoModelForCausalLM.from_pretrained(str(out)).num_parameters() > 0
+
+
+def test_a_save_that_would_not_fit_stops_before_writing(small_setup, tmp_path, monkeypatch):
+    """The free-space check before a checkpoint: its size is the previous checkpoint's, else
+    parameters x 12 bytes in fp32 (counted from the starting model's safetensors headers); too little
+    space is one line naming the directory and both sizes. Free space is injected here (the
+    machine's disk is not full)."""
+    from collections import namedtuple
+
+    from transformers import TrainerControl, TrainerState
+
+    from esc_dist.train import disk
+
+    from safetensors import safe_open
+
+    n = disk.parameters(small_setup / "tiny")
+    with safe_open(str(small_setup / "tiny" / "model.safetensors"), "pt") as f:
+        assert n == sum(f.get_tensor(k).numel() for k in f.keys())
+    ckpts = tmp_path / "work" / "checkpoints"
+    ckpts.mkdir(parents=True)
+    guard = disk.disk_guard(str(small_setup / "tiny"), ckpts, 4)
+    usage = namedtuple("usage", "total used free")
+    control, state = TrainerControl(should_save=True), TrainerState(global_step=6)
+    monkeypatch.setattr(disk.shutil, "disk_usage", lambda p: usage(1, 0, n * 13))
+    guard.on_step_end(None, state, control)  # fits: parameters x 12 bytes in fp32
+    monkeypatch.setattr(disk.shutil, "disk_usage", lambda p: usage(1, 0, n * 10))
+    with pytest.raises(disk.DiskFull, match=r"checkpoint-6 needs about .* MB but only .* MB "
+                                            r"are free there") as e:
+        guard.on_step_end(None, state, control)
+    assert str(ckpts) in str(e.value) and "\n" not in str(e.value)
+    previous = ckpts / "checkpoint-4"  # a measured checkpoint sets the size from then on
+    previous.mkdir()
+    (previous / "weights.bin").write_bytes(b"x" * 5000)
+    (previous / "COMPLETED").write_text("")
+    monkeypatch.setattr(disk.shutil, "disk_usage", lambda p: usage(1, 0, 6000))
+    guard.on_step_end(None, state, control)
+    monkeypatch.setattr(disk.shutil, "disk_usage", lambda p: usage(1, 0, 5000))
+    with pytest.raises(disk.DiskFull):
+        guard.on_step_end(None, state, control)
+    guard.on_step_end(None, state, TrainerControl(should_save=False))  # no save: no check

@@ -17,7 +17,9 @@ to another machine):
 
 - ``benchmarks/results/planner_study/seed-K.mining.json`` -- after mining: the pairs, what
   they teach (chosen minus rejected per strategy), the SFT and mining times;
-- ``benchmarks/results/planner_study/seed-K.json`` -- after DPO and the test predictions;
+- ``benchmarks/results/planner_study/seed-K.dpo.json`` -- after DPO: its time and the
+  validation guard's trajectory (B, Q, shares every ``dpo.validation_every`` steps);
+- ``benchmarks/results/planner_study/seed-K.json`` -- after the test predictions;
 - ``benchmarks/results/planner_study/variant-judged-seed-K.json`` -- ``--variant judged``: the
   same seed's mined pairs through the offline judge (``ipm.planner_pairs: judged``), its DPO
   and test predictions, side by side with the mismatch pairs;
@@ -147,6 +149,22 @@ def seed_piece_mining(config: Path, seed: int, runs: Path) -> dict:
     return out
 
 
+def seed_piece_dpo(config: Path, seed: int, runs: Path) -> dict:
+    """After DPO: its time and summary, and the validation guard's trajectory (B, Q and the
+    strategy shares on the validation turns at step 0 and every dpo.validation_every steps)."""
+    run = runs / f"seed-{seed}"
+    m = read_json(run / "models" / "dpo-planner" / "manifest.json")
+    recipe = load_recipe(config, overrides(seed, runs))
+    return {"seed": seed, "date": time.strftime("%Y-%m-%d"), "machine": machine(),
+            "seconds": stage_seconds(recipe).get("dpo-planner"),
+            "dpo": {k: m.get(k) for k in ("global_step", "final_loss", "final_reward_accuracy",
+                                          "final_reward_margin", "train_runtime_s")},
+            "settings": {k: getattr(recipe.dpo, k) for k in (
+                "learning_rate", "beta", "num_train_epochs", "per_device_train_batch_size",
+                "loss_type", "validation_every", "validation_turns", "shared_prompt")},
+            "world_size": m.get("world_size"), "guard": m.get("guard")}
+
+
 def seed_piece_all(config: Path, seed: int, runs: Path, first_seed: bool) -> dict:
     run = runs / f"seed-{seed}"
     out = seed_piece_mining(config, seed, runs)
@@ -237,9 +255,9 @@ def variant_judged(config: Path, seed: int, runs: Path) -> dict:
 # Report: from the committed result files only
 
 
-def load_results() -> tuple[dict, dict, dict]:
-    """(mining pieces, finished seeds, judged variants, sample probes) by seed, from the
-    result files."""
+def load_results() -> tuple[dict, dict, dict, dict, dict]:
+    """(mining pieces, finished seeds, judged variants, sample probes, DPO pieces) by seed,
+    from the result files."""
     def by_seed(pattern: str) -> dict[int, dict]:
         out = {}
         for f in sorted(RESULTS.glob(pattern)):
@@ -248,7 +266,8 @@ def load_results() -> tuple[dict, dict, dict]:
         return out
 
     return (by_seed("seed-*.mining.json"), by_seed("seed-[0-9].json"),
-            by_seed("variant-judged-seed-*.json"), by_seed("samples-probe-seed-*.json"))
+            by_seed("variant-judged-seed-*.json"), by_seed("samples-probe-seed-*.json"),
+            by_seed("seed-*.dpo.json"))
 
 
 def fmt(key: str, mean: float | None, std: float | None = None) -> str:
@@ -259,7 +278,28 @@ def fmt(key: str, mean: float | None, std: float | None = None) -> str:
     return text if std is None else f"{text} ± {scale * std:.{digits}f}"
 
 
-def render(mining: dict, seeds: dict, judged: dict, probes: dict) -> str:
+def trajectory(seed: int, d: dict) -> list[str]:
+    """The validation guard's evaluations of one seed's DPO run."""
+    g, st = d["guard"], d["settings"]
+    out = [f"**DPO, seed {seed}** (lr {st['learning_rate']:g}, beta {st['beta']:g}, "
+           f"{st['num_train_epochs']:g} epoch, {d['dpo']['global_step']} steps of "
+           f"{st['per_device_train_batch_size'] * d['world_size']} pairs, "
+           f"{(d['seconds'] or 0) / 60:.0f} min; final reward accuracy "
+           f"{d['dpo']['final_reward_accuracy']:.2f}): greedy predictions on "
+           f"{g['turns']} validation turns every {st['validation_every']} steps "
+           "(step 0 = the SFT model; shares in %):", "",
+           "| step | B | Q % | accuracy % | unparseable % | "
+           + " | ".join(STRATEGIES) + " |", "|---" * (5 + len(STRATEGIES)) + "|"]
+    for h in g["history"]:
+        mark = " (exported)" if (g.get("best") or {}).get("step") == h["step"] else ""
+        out.append(f"| {h['step']}{mark} | {h['B']:.3f} | {100 * h['Q']:.1f} | "
+                   f"{100 * h['accuracy']:.1f} | {100 * h['unparseable']:.1f} | "
+                   + " | ".join(f"{100 * h['shares'][s]:.0f}" for s in STRATEGIES) + " |")
+    return out + [""]
+
+
+def render(mining: dict, seeds: dict, judged: dict, probes: dict, dpo: dict | None = None
+           ) -> str:
     lines = [START, "## The planner study: the paper's planner pairs, B on all 1,792 test turns",
              ""]
     if not mining:
@@ -298,8 +338,10 @@ def render(mining: dict, seeds: dict, judged: dict, probes: dict) -> str:
                          f"{x['distinct_pairs']} | "
                          + " | ".join(f"{x['push'][st]:+d}" for st in STRATEGIES) + " |")
         lines.append("")
+    for seed, d in sorted((dpo or {}).items()):
+        lines += trajectory(seed, d)
     if not seeds:
-        lines += ["DPO and the test predictions of these seeds have not run yet.", "", END]
+        lines += ["The test predictions of these seeds have not finished yet.", "", END]
         return "\n".join(lines)
     systems = [*SYSTEMS, *BASELINES]
     titles = {**SYSTEMS, **BASELINES}
@@ -367,6 +409,8 @@ def main() -> None:
             atomic_write_json(RESULTS / f"seed-{seed}.mining.json",
                               seed_piece_mining(args.config, seed, args.runs))
             if args.through == "all":
+                atomic_write_json(RESULTS / f"seed-{seed}.dpo.json",
+                                  seed_piece_dpo(args.config, seed, args.runs))
                 atomic_write_json(RESULTS / f"seed-{seed}.json",
                                   seed_piece_all(args.config, seed, args.runs, seed == 0))
         if args.samples_probe:

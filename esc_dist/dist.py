@@ -192,6 +192,9 @@ def init(timeout_s: int = 1800, deepspeed: bool = False) -> None:
     if has_cuda():
         torch.cuda.set_device(cuda_device())
     else:
+        from .doctor import require_gpus_usable
+
+        require_gpus_usable()  # a CPU torch on a GPU node: one line, not a silent CPU run
         patch_cpu_deepspeed()
         _cpu_threads()
     if td.is_available() and not td.is_initialized():

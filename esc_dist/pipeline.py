@@ -26,7 +26,7 @@ from pathlib import Path
 from .config import Recipe, dump_recipe, key_view
 from .constants import GOLD_SYSTEMS, ROLES, SYSTEM_TITLES, SYSTEMS
 from .dist import free_port
-from .errors import ConfigError, StageError
+from .errors import ConfigError, MissingInput, StageError
 from .ipm.judge import judge_version
 from .io import (COMPLETED, atomic_write_json, atomic_write_text, read_json, sha256_json,
                  verify_outputs)
@@ -75,7 +75,11 @@ def plan(recipe: Recipe) -> list[Stage]:
                             base_dir, ("model",), code=f"{stat.st_size}:{stat.st_mtime_ns}"))
         base_inputs = [base_dir]
     else:  # a directory, or a Hub id's cached snapshot (its commit is in the path: the key)
-        base_dir, base_inputs = Path(hub.model_path(base, recipe.model.revision)), []
+        try:
+            base_dir = Path(hub.model_path(base, recipe.model.revision))
+        except MissingInput:  # not downloaded yet: the SFT stages say so when they start
+            base_dir = Path(base)
+        base_inputs = []
     for role in ROLES:
         stages.append(Stage(f"sft-{role}", ["sft", "--role", role, "--data", str(data),
                                             "--model", str(base_dir),

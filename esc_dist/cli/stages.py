@@ -18,13 +18,73 @@ def run_pipeline_cmd(args: argparse.Namespace) -> int:
     from ..pipeline import run_pipeline
 
     only = [s.strip() for s in args.only.split(",")] if args.only else None
+    if args.dry_run:
+        return dry_run(args)
     run_pipeline(recipe_of(args), only=only, force=args.force)
+    return 0
+
+
+def dry_run(args: argparse.Namespace) -> int:
+    """The stages and whether each would run, the Slurm jobs `slurm/submit_pipeline.sh` would
+    submit (its own --dry-run output), and the estimates of memory per GPU and disk. Writes
+    nothing; needs no GPU."""
+    import subprocess
+
+    from .. import pipeline
+    from ..estimates import needs
+
+    recipe = pipeline.resolve(recipe_of(args))
+    stages = pipeline.plan(recipe)
+    print(f"run directory: {recipe.run.output_dir}")
+    for i, st in enumerate(stages, 1):
+        key = pipeline.stage_key(st, recipe)
+        state = "up to date" if not args.force and pipeline.is_current(st, key) else "to run"
+        where = (f"{recipe.pipeline.nproc} ranks ({recipe.pipeline.launcher})"
+                 if st.distributed else "1 process")
+        print(f"[{i:2d}/{len(stages)}] {st.name:<22} {state:<10} {where:<22} "
+              f"esc-dist {' '.join(shlex.quote(a) for a in st.args)}")
+    gpus = recipe.pipeline.nproc
+    est = needs(recipe, gpus)
+    print(f"\nestimates (model shape from {est['shape_from']}; model states only, "
+          "activations and buffers come on top):")
+    if est["parameters"] is None:
+        print("  parameters: unknown; memory per GPU: unknown; disk: unknown")
+    else:
+        print(f"  parameters: {est['parameters'] / 1e9:.2f} B")
+        for stage in ("sft", "dpo"):
+            print(f"  {stage}: ZeRO-{est[f'{stage}_zero_stage']} over {gpus} GPUs: "
+                  f"{est[f'{stage}_model_states_gb_per_gpu']:.1f} GB of model states per GPU")
+        print(f"  one checkpoint with optimizer states: {est['checkpoint_gb']:.0f} GB; the "
+              f"pipeline's disk: about {est['pipeline_disk_gb']:.0f} GB at its peak "
+              f"({est['pipeline_disk_gb_kept']:.0f} GB with keep_checkpoints: true)")
+    root = Path(__file__).resolve().parents[2]
+    script = root / "slurm" / "submit_pipeline.sh"
+    if script.is_file():
+        print("\nSlurm jobs (slurm/submit_pipeline.sh --dry-run):", flush=True)
+        r = subprocess.run(["bash", str(script), "--dry-run",
+                            *([args.config] if args.config else []), *args.overrides],
+                           cwd=Path.cwd(), capture_output=True, text=True)
+        print(r.stdout.rstrip() or r.stderr.rstrip())
     return 0
 
 
 def pipeline_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--only", metavar="STAGE,...", help="run only these stages (e.g. sft-planner)")
     p.add_argument("--force", action="store_true", help="rerun stages even when up to date")
+    p.add_argument("--dry-run", action="store_true", help="print the stages, the Slurm jobs "
+                   "and the memory and disk estimates; run and write nothing")
+
+
+def run_doctor(args: argparse.Namespace) -> int:
+    from ..doctor import run_checks
+
+    checks = run_checks(recipe_of(args))
+    for c in checks:
+        print(f"{c.status:<5} {c.name:<10} {c.detail}")
+    failed = [c.name for c in checks if c.status == "error"]
+    if failed:
+        raise ConfigError(f"{len(failed)} check(s) failed: {', '.join(failed)} (see above)")
+    return 0
 
 
 ACTIONS = ("init", "show", "start", "done", "run", "jobs", "status")
@@ -172,6 +232,12 @@ COMMANDS = [
             "training, mining and inference on pipeline.nproc ranks with pipeline.launcher. "
             "A stage whose output is complete and whose inputs and settings are unchanged is "
             "skipped; a failed stage stops the run and names its log.", pipeline_arguments),
+    Command("doctor", run_doctor, "check this node for a recipe's run (GPUs, versions, disk)",
+            "What a cluster user runs first: package versions, the GPUs the driver lists "
+            "against those torch sees (a CPU torch on a GPU node is an error), bf16, the "
+            "attention backend, whether the recipe's model is in the Hugging Face cache, free "
+            "disk at run.output_dir against the pipeline's estimated need, the W&B mode. Exit "
+            "status 2 when a check fails.", lambda p: None),
     Command("stage", run_stage_cmd,
             "one pipeline stage: show, start, done, run (for Slurm jobs and launch scripts)",
             STAGE_HELP, stage_arguments),

@@ -160,6 +160,11 @@ class ModelConfig:
     # null builds the tiny model.
     base: str | None = None
     revision: str | None = None  # of a Hub id: a branch, tag or commit; null: main
+    # the base model's config.json fields that size it (hidden_size, num_hidden_layers,
+    # intermediate_size, num_attention_heads, num_key_value_heads, vocab_size,
+    # tie_word_embeddings, ...), for estimates on a machine without the weights (doctor,
+    # pipeline --dry-run); null: read from the model when it is there
+    shape: dict[str, Any] | None = None
     trust_remote_code: bool = False
     # auto (or null): flash_attention_2 on a GPU where the flash-attn package imports, else
     # sdpa; or any transformers name (sdpa, eager, flash_attention_2, ...); sft.packing needs
@@ -464,7 +469,7 @@ AUTO_ATTENTION = (None, "auto")  # flash attention where it can run, else sdpa
 NEUTRAL_KEYS = {("model", "revision"): None, ("sft", "global_batch_size"): None,
                 ("dpo", "global_batch_size"): None}
 # Keys that never change a stage's outputs (only what is kept beside them).
-NOT_IN_KEYS = (("sft", "keep_checkpoints"), ("dpo", "keep_checkpoints"))
+NOT_IN_KEYS = (("sft", "keep_checkpoints"), ("dpo", "keep_checkpoints"), ("model", "shape"))
 
 
 def key_view(recipe: Recipe) -> dict:

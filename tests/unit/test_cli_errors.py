@@ -34,6 +34,7 @@ BAD_ARGUMENTS = {
     "chat": (["--planner", f"{NOWHERE}/planner", "--generator", f"{NOWHERE}/generator"],
              NOWHERE),
     "demo": (["--run", f"{NOWHERE}/run"], NOWHERE),
+    "doctor": ([f"model.base={NOWHERE}/model"], "1 check(s) failed: model"),
     "download": (["Qwen2.5-7B-Instruct"], "is not a Hugging Face model id (org/name)"),
     "human-eval": (["build", f"{NOWHERE}/a.jsonl", f"{NOWHERE}/b.jsonl", "--names", "x,y",
                     "--out", "{tmp}/study"], "file not found"),

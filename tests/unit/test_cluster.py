@@ -216,3 +216,73 @@ def test_a_save_that_would_not_fit_stops_before_writing(small_setup, tmp_path, m
     with pytest.raises(disk.DiskFull):
         guard.on_step_end(None, state, control)
     guard.on_step_end(None, state, TrainerControl(should_save=False))  # no save: no check
+
+
+def fake_nvidia_smi(tmp_path) -> dict:
+    """A PATH whose nvidia-smi lists two GPUs: a GPU node as its driver sees it (this
+    machine's torch is a CPU build)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    tool = bin_dir / "nvidia-smi"
+    tool.write_text("#!/bin/sh\necho 'GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-0)'\n"
+                    "echo 'GPU 1: NVIDIA H100 80GB HBM3 (UUID: GPU-1)'\n")
+    tool.chmod(0o755)
+    return {"PATH": f"{bin_dir}:/usr/bin:/bin"}
+
+
+def test_doctor_reports_every_check_on_a_healthy_cpu_node(tmp_path):
+    r = run_cli(["doctor", f"run.output_dir={tmp_path}/run"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    names = [line.split()[1] for line in r.stdout.splitlines()]
+    assert names == ["packages", "gpus", "bf16", "attention", "model", "hf", "disk", "wandb"]
+    assert "torch 2." in r.stdout and "deepspeed" in r.stdout and "trl 1." in r.stdout
+    assert "none (CPU run: gloo" in r.stdout and "sdpa (model.attn_implementation: auto)" \
+        in r.stdout
+
+
+def test_a_cpu_torch_on_a_gpu_node_is_an_error_for_doctor_and_every_stage(tmp_path,
+                                                                         small_setup):
+    env = fake_nvidia_smi(tmp_path)
+    r = run_cli(["doctor", f"run.output_dir={tmp_path}/run"], tmp_path, env)
+    assert_one_line_error(r, "doctor", "1 check(s) failed: gpus")
+    assert "error gpus       the driver lists 2 GPU(s) but torch" in r.stdout
+    r = run_cli(["sft", "--role", "planner", "--data", str(small_setup / "data"), "--model",
+                 str(small_setup / "tiny"), "--out", str(tmp_path / "sft"),
+                 f"run.output_dir={tmp_path}", "sft.deepspeed=null"], tmp_path, env)
+    assert_one_line_error(r, "sft", "the driver lists 2 GPU(s) but torch")
+    assert not (tmp_path / "sft").exists()
+
+
+def test_doctor_finds_a_missing_model_and_too_little_disk(tmp_path):
+    huge = ("model.shape={hidden_size: 65536, num_hidden_layers: 400, intermediate_size: "
+            "262144, num_attention_heads: 64, vocab_size: 256000}")
+    r = run_cli(["doctor", f"run.output_dir={tmp_path}/run", "model.base=esc/absent", huge],
+                tmp_path, {"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"})
+    assert_one_line_error(r, "doctor", "2 check(s) failed: model, disk")
+    lines = {line.split()[1]: line for line in r.stdout.splitlines()}
+    assert lines["model"].startswith("error") and "esc-dist download esc/absent" in lines["model"]
+    assert lines["disk"].startswith("error") and "the pipeline needs about" in lines["disk"]
+
+
+@pytest.mark.parametrize("recipe,billions", [("qwen2.5-7b", "7.62"), ("llama3.1-8b", "8.03")])
+def test_the_7b_recipes_dry_run_without_a_gpu(tmp_path, recipe, billions):
+    """Stages, the Slurm jobs and the estimates, from the recipe's own model shape, with the
+    weights nowhere on this machine; nothing is written."""
+    from esc_dist.config import load_recipe
+    from esc_dist.pipeline import plan
+
+    from tests.helpers import ROOT
+
+    run = tmp_path / "run"
+    r = run_cli(["pipeline", "--config", str(ROOT / "configs" / f"{recipe}.yaml"), "--dry-run",
+                 f"run.output_dir={run}"], ROOT, {"HF_HOME": str(tmp_path / "hf")})
+    assert r.returncode == 0, r.stderr[-3000:]
+    stages = plan(load_recipe(ROOT / "configs" / f"{recipe}.yaml", [f"run.output_dir={run}"]))
+    assert sum(" to run " in line for line in r.stdout.splitlines()) == len(stages)
+    assert f"parameters: {billions} B" in r.stdout
+    assert "ZeRO-3 over 8 GPUs" in r.stdout and "GB of model states per GPU" in r.stdout
+    jobs = [line for line in r.stdout.splitlines() if " sbatch " in line]
+    # one job per stage, inference carrying its evaluation
+    assert len(jobs) == len([s for s in stages if not s.name.startswith("eval-")])
+    assert all("--signal=B:USR1@600" in j for j in jobs)
+    assert not run.exists()

@@ -122,3 +122,17 @@ def stage_run(recipe: Recipe, job_type: str, output_dir: str | Path,
         finish(run, exit_code=1)
         raise
     finish(run)
+
+
+def log_reference(run, path: str | Path, name: str, kind: str) -> None:
+    """Log an output directory (an exported model, a report) as a W&B artifact by reference:
+    W&B records its files' paths and sizes, uploads nothing (no 15 GB uploads) and computes no
+    checksum; the run's group ties it to its pipeline."""
+    if run is None:
+        return
+    import wandb
+
+    artifact = wandb.Artifact(name=name, type=kind,
+                              metadata={"path": str(Path(path).resolve())})
+    artifact.add_reference(Path(path).resolve().as_uri(), checksum=False)
+    run.log_artifact(artifact)

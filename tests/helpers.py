@@ -307,7 +307,8 @@ def _records(data: bytes):
 
 
 def read_offline_runs(wandb_dir: str | Path) -> list[dict]:
-    """Every offline run under ``wandb_dir``: its run record, config, history rows and summary.
+    """Every offline run under ``wandb_dir``: its run record, config, history rows, summary and
+    logged artifacts (name, type, metadata, the references of a by-reference artifact).
 
     ``summary`` is the run summary as the record log leaves it (later updates win); nested keys
     are joined with "/" as in the history rows. ``exited`` says whether the run's exit record
@@ -318,7 +319,7 @@ def read_offline_runs(wandb_dir: str | Path) -> list[dict]:
     runs = []
     for f in sorted(Path(wandb_dir).glob("offline-run-*/run-*.wandb")):
         out = {"file": f, "run": None, "config": {}, "history": [], "summary": {},
-               "exited": False}
+               "exited": False, "artifacts": []}
         for raw in _records(f.read_bytes()):
             rec = wandb_internal_pb2.Record()
             rec.ParseFromString(raw)
@@ -338,6 +339,11 @@ def read_offline_runs(wandb_dir: str | Path) -> list[dict]:
                                        for i in rec.summary.update})
                 for i in rec.summary.remove:
                     out["summary"].pop(i.key or "/".join(i.nested_key), None)
+            elif kind == "artifact":
+                a = rec.artifact
+                out["artifacts"].append({
+                    "name": a.name, "type": a.type, "metadata": json.loads(a.metadata or "{}"),
+                    "refs": [e.ref for e in a.manifest.contents]})
             elif kind == "exit":
                 out["exited"] = True
         runs.append(out)

@@ -11,6 +11,7 @@ from ..config import Recipe, TrainConfig
 from ..io import directory_outputs, mark_completed, write_manifest
 from ..models.loading import load_causal_lm
 from ..outputs import staged_dir
+from .card import write_model_card
 from .common import StagePaths
 
 
@@ -59,6 +60,7 @@ def export_model(trainer, tokenizer, paths: StagePaths, manifest: dict,
             gen.save_pretrained(str(tmp))
         for f in ("training_args.bin",):
             (tmp / f).unlink(missing_ok=True)
+        write_model_card(tmp, manifest)
         manifest["outputs"] = directory_outputs(tmp)
         write_manifest(tmp, manifest)
         mark_completed(tmp)

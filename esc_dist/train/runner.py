@@ -90,6 +90,8 @@ def run_training(stage: str, role: str, recipe: Recipe, cfg: TrainConfig, inputs
             remove_checkpoints(paths.checkpoints)
         if run is not None:
             run.summary.update({k: manifest[k] for k in summary_keys})
+            tracking.log_reference(run, paths.export, f"{recipe.run.name}-{stage}-{role}",
+                                   "model")
     return manifest
 
 

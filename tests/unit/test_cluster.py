@@ -4,7 +4,7 @@ time. GPU-only conditions are driven through the functions that read them (no GP
 
 import pytest
 
-from tests.helpers import assert_one_line_error, run_cli
+from tests.helpers import assert_one_line_error, run_cli, wait_for_offline_runs
 
 
 def test_flash_attention_named_without_the_package_is_one_line(tmp_path):
@@ -163,9 +163,15 @@ def test_checkpoints_go_once_the_export_is_complete(small_setup, tmp_path):
                      f"run.output_dir={out.parent}", "sft.deepspeed=null", "sft.max_steps=4",
                      "sft.save_steps=2", "sft.per_device_train_batch_size=2",
                      "sft.precision=fp32", f"sft.keep_checkpoints={str(keep).lower()}"],
-                    tmp_path, {"DS_ACCELERATOR": "cpu"}, timeout=600)
+                    tmp_path, {"DS_ACCELERATOR": "cpu", "WANDB_MODE": "offline"}, timeout=600)
         assert r.returncode == 0, r.stderr[-3000:]
         ckpts = out.with_name("sft.work") / "checkpoints"
+        (run,) = wait_for_offline_runs(out.with_name("sft.work") / "wandb")
+        # the export, logged by reference (nothing uploaded), in the run of its stage's job
+        (art,) = run["artifacts"]
+        assert art["type"] == "model" and art["name"] == "tiny-cpu-sft-planner"
+        assert art["refs"] and all(ref.startswith(out.resolve().as_uri()) for ref in art["refs"])
+        assert run["run"]["job_type"] == "sft-planner"
         if keep:
             assert sorted(p.name for p in ckpts.glob("checkpoint-*")) == ["checkpoint-2",
                                                                         "checkpoint-4"]
@@ -286,3 +292,29 @@ def test_the_7b_recipes_dry_run_without_a_gpu(tmp_path, recipe, billions):
     assert len(jobs) == len([s for s in stages if not s.name.startswith("eval-")])
     assert all("--signal=B:USR1@600" in j for j in jobs)
     assert not run.exists()
+
+
+def test_an_export_carries_its_model_card(small_setup, tmp_path):
+    """README.md of an export: role, stage, what it started from, the data and its licence,
+    the training settings and metrics, where its evaluation goes; listed in the manifest's
+    outputs like every other file."""
+    import json
+
+    from esc_dist.train.card import model_card
+
+    out = tmp_path / "sft"
+    r = run_cli(["sft", "--role", "planner", "--data", str(small_setup / "data"), "--model",
+                 str(small_setup / "tiny"), "--out", str(out), f"run.output_dir={tmp_path}",
+                 "sft.deepspeed=null", "sft.max_steps=2", "sft.per_device_train_batch_size=2",
+                 "sft.learning_rate=3e-4", "sft.precision=fp32"], tmp_path,
+                {"DS_ACCELERATOR": "cpu"}, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    card = (out / "README.md").read_text()
+    m = json.loads((out / "manifest.json").read_text())
+    assert card == model_card({k: v for k, v in m.items() if k != "outputs"})
+    assert "README.md" in m["outputs"]
+    for text in ("# tiny-cpu: planner, SFT", "picks the next ESConv support strategy",
+                 f"from `{small_setup / 'tiny'}`", "CC BY-NC 4.0", "- learning_rate: 0.0003",
+                 "- steps: 2", f"- final training loss: {m['final_loss']}",
+                 "Evaluated as `decoupled-sft`"):
+        assert text in card, text

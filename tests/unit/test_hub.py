@@ -119,3 +119,5 @@ def test_sft_from_a_hub_id_offline_records_the_commit(hub, small_setup, tmp_path
     m = json.loads((out / "manifest.json").read_text())
     assert m["inputs"]["model"]["hub"] == {"repo_id": "esc/tiny",
                                            "revision": hub["server"].commit}
+    assert (f"from `esc/tiny` at revision `{hub['server'].commit}` (Hugging Face Hub)"
+            in (out / "README.md").read_text())  # the model card names it too

@@ -253,9 +253,15 @@ class SftConfig(TrainConfig):
     num_train_epochs: float = 2.0
     # Concatenate several examples per row (no padding); else batches are grouped by length.
     packing: bool = False
+    # Validation loss (eval/loss in W&B) every N steps and at the end, on eval_examples turns
+    # of the validation split spread over it (null: all); 0: off.
+    eval_steps: int = 0
+    eval_examples: int | None = 512
 
     def validate(self, source: str) -> None:
         TrainConfig.validate(self, source, "sft")
+        _at_least(source, "sft", self, 0, "eval_steps")
+        _count_or_null(source, "sft.eval_examples", self.eval_examples)
 
 
 @dataclass
@@ -469,7 +475,8 @@ AUTO_ATTENTION = (None, "auto")  # flash attention where it can run, else sdpa
 NEUTRAL_KEYS = {("model", "revision"): None, ("sft", "global_batch_size"): None,
                 ("dpo", "global_batch_size"): None}
 # Keys that never change a stage's outputs (only what is kept beside them).
-NOT_IN_KEYS = (("sft", "keep_checkpoints"), ("dpo", "keep_checkpoints"), ("model", "shape"))
+NOT_IN_KEYS = (("sft", "keep_checkpoints"), ("dpo", "keep_checkpoints"), ("model", "shape"),
+               ("sft", "eval_steps"), ("sft", "eval_examples"))
 
 
 def key_view(recipe: Recipe) -> dict:

@@ -21,7 +21,7 @@ log = get_logger(__name__)
 
 # Settings that do not change what is trained: a checkpoint stays resumable when only they change.
 _NOT_IN_KEY = ("resume", "save_steps", "save_total_limit", "logging_steps",
-               "dataloader_num_workers", "keep_checkpoints")
+               "dataloader_num_workers", "keep_checkpoints", "eval_steps", "eval_examples")
 
 
 def training_key(stage: str, role: str, recipe: Recipe, cfg: TrainConfig, inputs: dict) -> str:

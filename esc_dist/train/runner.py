@@ -140,4 +140,6 @@ def summarize_history(trainer) -> dict:
         "mean_non_pad_fraction": sum(fracs) / len(fracs) if fracs else None,
         "train_runtime_s": next((h["train_runtime"] for h in reversed(hist)
                                  if "train_runtime" in h), None),
+        "final_eval_loss": next((h["eval_loss"] for h in reversed(hist) if "eval_loss" in h),
+                                None),
     }

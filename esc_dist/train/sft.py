@@ -37,6 +37,13 @@ def sft_row(ex: dict, fit: PromptFitter) -> dict | None:
     return {"id": ex["id"], "input_ids": p + c, "labels": [-100] * len(p) + c, "trimmed": dropped}
 
 
+def spread(ds, n: int | None):
+    """``n`` rows spread evenly over ``ds`` (all when ``n`` is None or at least its size)."""
+    if n is None or n >= len(ds):
+        return ds
+    return ds.select([i * len(ds) // n for i in range(n)])
+
+
 def _accepts_logits_to_keep(model) -> bool:
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return _forward_takes_logits_to_keep(type(base))
@@ -107,8 +114,11 @@ def build_sft_trainer(recipe: Recipe, role: str, data_dir: str, model_dir: str, 
     if cfg.packing and not packing:  # auto resolved to sdpa: packed examples would mix
         log.info("sft %s: sft.packing off: attention is not flash attention here, "
                  "length-grouped padded batches instead", role)
+    evaluate = ({"eval_strategy": "steps", "eval_steps": cfg.eval_steps,
+                 "per_device_eval_batch_size": cfg.per_device_train_batch_size}
+                if cfg.eval_steps else {})
     args = SFTConfig(**trainer_arguments(cfg, recipe, paths, f"sft-{role}", report_wandb, ds_cfg),
-                     packing=packing, padding_free=packing)
+                     packing=packing, padding_free=packing, **evaluate)
     tokenizer = load_tokenizer(model_dir, recipe.model.trust_remote_code)
     data = load_task(data_dir, role)
     train, stats = tokenized_cached(data["train"], tokenizer, cfg.max_length,
@@ -117,9 +127,17 @@ def build_sft_trainer(recipe: Recipe, role: str, data_dir: str, model_dir: str, 
     log.info("sft %s: %d training examples (%d with history trimmed, %d too long dropped)",
              role, stats["examples"], stats["history_trimmed"], stats["dropped_too_long"])
     require_one_global_batch(len(train), cfg, "sft", role, "training examples")
+    validation = None
+    if cfg.eval_steps:
+        rows = spread(data["validation"], cfg.eval_examples)
+        validation, vstats = tokenized_cached(rows, tokenizer, cfg.max_length,
+                                              paths.work / "tokenized", f"{role}-validation",
+                                              sft_row, ("id", "input_ids", "labels"))
+        log.info("sft %s: validation loss every %d steps on %d validation examples", role,
+                 cfg.eval_steps, vstats["examples"])
     model = load_policy(model_dir, recipe, cfg)  # after args: ZeRO-3 partitions while loading
     trainer = _sft_trainer_class()(model=model, args=args, train_dataset=train,
-                                   processing_class=tokenizer,
+                                   eval_dataset=validation, processing_class=tokenizer,
                                    callbacks=stage_callbacks(key, cfg, model_dir, paths.checkpoints))
     return trainer, tokenizer, stats
 

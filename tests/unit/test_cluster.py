@@ -318,3 +318,24 @@ def test_an_export_carries_its_model_card(small_setup, tmp_path):
                  "- steps: 2", f"- final training loss: {m['final_loss']}",
                  "Evaluated as `decoupled-sft`"):
         assert text in card, text
+
+
+def test_sft_logs_a_validation_loss(small_setup, tmp_path):
+    """sft.eval_steps: the loss on validation turns every N steps and after the last one, in
+    the log history and the manifest; it falls as training fits the task."""
+    import json
+
+    out = tmp_path / "sft"
+    r = run_cli(["sft", "--role", "planner", "--data", str(small_setup / "data"), "--model",
+                 str(small_setup / "tiny"), "--out", str(out), f"run.output_dir={tmp_path}",
+                 "sft.deepspeed=null", "sft.max_steps=5", "sft.per_device_train_batch_size=4",
+                 "sft.learning_rate=3e-3", "sft.precision=fp32", "sft.eval_steps=2",
+                 "sft.eval_examples=16", "sft.keep_checkpoints=true", "sft.save_steps=5"],
+                tmp_path, {"DS_ACCELERATOR": "cpu"}, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    state = json.loads((out.with_name("sft.work") / "checkpoints" / "checkpoint-5"
+                        / "trainer_state.json").read_text())
+    evals = [(h["step"], h["eval_loss"]) for h in state["log_history"] if "eval_loss" in h]
+    m = json.loads((out / "manifest.json").read_text())
+    assert [s for s, _ in evals] == [2, 4, 5], evals  # every 2 steps and the last one
+    assert m["final_eval_loss"] == evals[-1][1] < evals[0][1]

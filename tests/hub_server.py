@@ -7,6 +7,10 @@ real. Paths answered:
 - ``GET /api/models/ORG/NAME/tree/REV``: the file list (``recursive``, one page);
 - ``HEAD``/``GET /ORG/NAME/resolve/REV/FILE``: the file, with ``X-Repo-Commit`` and ``ETag``.
 
+- ``POST /api/repos/create``, ``/api/validate-yaml`` (a model card's metadata, accepted),
+  ``.../preupload/REV`` and ``.../commit/REV``: uploads, kept in ``uploads`` (repository ->
+  path -> bytes).
+
 Anything else is a 404 with the ``X-Error-Code`` huggingface_hub maps to its errors
 (``RepoNotFound``, ``RevisionNotFound``, ``EntryNotFound``), and a repository listed in
 ``gated`` answers 403 ``GatedRepo``.
@@ -27,6 +31,8 @@ class HubServer:
                  gated: tuple[str, ...] = ()):
         self.repos, self.commit, self.gated = repos, commit, set(gated)
         self.requests: list[str] = []
+        self.tokens: list[str | None] = []  # Authorization headers of uploads
+        self.uploads: dict[str, dict[str, bytes]] = {}  # repo -> path -> content
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -38,6 +44,9 @@ class HubServer:
 
             def do_GET(self):
                 server.answer(self, head=False)
+
+            def do_POST(self):
+                server.receive(self)
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
@@ -79,6 +88,45 @@ class HubServer:
             return self._send(h, 200, f.read_bytes(), "application/octet-stream", head,
                               {"X-Repo-Commit": self.commit, "ETag": f'"{self._etag(f)}"'})
         self._error(h, 404, "RepoNotFound", head)
+
+    def receive(self, h: BaseHTTPRequestHandler) -> None:
+        """Uploads: create a repository, answer a pre-upload (every file "regular"), take a
+        commit (NDJSON: a header, then base64 files) into ``uploads/REPO``."""
+        import base64
+
+        path = unquote(urlparse(h.path).path)
+        body = h.rfile.read(int(h.headers.get("Content-Length", 0)))
+        self.requests.append(f"POST {path}")
+        self.tokens.append(h.headers.get("Authorization"))
+        parts = path.strip("/").split("/")
+        if path == "/api/repos/create":
+            req = json.loads(body)
+            repo = f"{req.get('organization') or req.get('name').split('/')[0]}/" \
+                   f"{req['name'].split('/')[-1]}"
+            self.uploads.setdefault(repo, {})
+            return self._send(h, 200, json.dumps({"url": f"{self.url}/{repo}",
+                                                  "name": repo}).encode(), "application/json",
+                              False)
+        if path == "/api/validate-yaml":  # a model card's metadata: accepted as it is
+            return self._send(h, 200, b'{"errors": [], "warnings": []}', "application/json",
+                              False)
+        repo = "/".join(parts[2:4])
+        if parts[:2] == ["api", "models"] and parts[4] == "preupload":
+            files = json.loads(body)["files"]
+            out = {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False}
+                             for f in files]}
+            return self._send(h, 200, json.dumps(out).encode(), "application/json", False)
+        if parts[:2] == ["api", "models"] and parts[4] == "commit":
+            store = self.uploads.setdefault(repo, {})
+            for line in body.decode().splitlines():
+                item = json.loads(line)
+                if item.get("key") == "file":
+                    v = item["value"]
+                    store[v["path"]] = base64.b64decode(v["content"])
+            out = {"commitOid": self.commit, "commitUrl": f"{self.url}/{repo}/commit/x",
+                   "pullRequestUrl": None}
+            return self._send(h, 200, json.dumps(out).encode(), "application/json", False)
+        self._error(h, 404, "RepoNotFound", False)
 
     def _repo_ok(self, h, repo: str, rev: str) -> bool:
         if repo not in self.repos:

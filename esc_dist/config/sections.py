@@ -435,6 +435,21 @@ class PipelineConfig:
 
 
 @dataclass
+class HubConfig:
+    # Upload every exported model (with its model card) to the Hugging Face Hub as
+    # REPO_PREFIX-STAGE-ROLE (e.g. me/qwen7b-esc-dpo-planner); HF_TOKEN from the environment.
+    push: bool = False
+    repo_prefix: str | None = None  # org/name-prefix
+    private: bool = True
+
+    def validate(self, source: str) -> None:
+        if self.push and (self.repo_prefix is None
+                          or re.fullmatch(r"[\w.-]+/[\w.-]+", self.repo_prefix) is None):
+            raise ConfigError(f"{source}: 'hub.push' needs 'hub.repo_prefix' as org/name-prefix, "
+                              f"got {self.repo_prefix!r}")
+
+
+@dataclass
 class Recipe:
     run: RunConfig = field(default_factory=RunConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
@@ -449,6 +464,7 @@ class Recipe:
     infer: InferConfig = field(default_factory=InferConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    hub: HubConfig = field(default_factory=HubConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -93,3 +93,21 @@ def download(spec: str, revision: str | None = None) -> str:
     except (HfHubHTTPError, OSError) as e:  # no network, a proxy, a full disk
         problem = f"could not be downloaded: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
     raise MissingInput(f"model {spec!r} {problem} [{where}]")
+
+
+def push(directory: str | Path, repo_id: str, private: bool = True) -> str:
+    """Upload an exported model directory (its model card included) to ``repo_id``, created
+    when missing; the commit's URL. Refusals (no token, no right, no network) end in one line."""
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.errors import HfHubHTTPError
+
+    api = HfApi()
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        info = api.upload_folder(repo_id=repo_id, folder_path=str(directory),
+                                 commit_message="esc-dist export")
+    except (HfHubHTTPError, OSError, ValueError) as e:
+        raise MissingInput(f"hub.push to {repo_id!r} at {constants.ENDPOINT} failed: "
+                           f"{type(e).__name__}: {str(e).splitlines()[0][:200]} (HF_TOKEN set, "
+                           "with write access?)", path=directory) from None
+    return str(getattr(info, "commit_url", info))

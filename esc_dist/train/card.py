@@ -59,10 +59,12 @@ def model_card(manifest: dict) -> str:
                            f"{b['step']} (B {b['B']:.3f}, Q {100 * b['Q']:.1f})")
     data = manifest.get("inputs", {}).get("data") or manifest.get("inputs", {}).get("pairs", {})
     systems = _systems(role, stage)
+    hub = manifest.get("inputs", {}).get("model", {}).get("hub")
     return "\n".join([
         "---",
         "license: other",
-        "license_name: cc-by-nc-4.0-data",
+        "license_name: esconv-cc-by-nc-4.0-and-base-model-licence",
+        *([f"base_model: {hub['repo_id']}"] if hub else []),
         "tags: [esc-dist, emotional-support, esconv, " + ("dpo" if stage == "dpo" else "sft") + "]",
         "---",
         "",

@@ -15,6 +15,7 @@ from .. import dist
 from ..config import Recipe, TrainConfig, key_view
 from ..io import COMPLETED, atomic_write_json, mark_completed, read_json, sha256_json
 from ..log import get_logger
+from .disk import size as disk_size
 
 log = get_logger(__name__)
 
@@ -62,9 +63,9 @@ def checkpoint_callback(key: str):
                     "world_size": dist.world_size(), "global_step": state.global_step,
                     "key": key, "save_seconds": seconds, "bytes": size})
                 mark_completed(ckpt)
-                log.info("checkpoint-%d saved in %s (%.2f GB on this node's view of the "
-                         "disk)", state.global_step,
-                         f"{seconds:.0f} s" if seconds is not None else "?", size / 1e9)
+                log.info("checkpoint-%d saved in %s (%s on this node's view of the disk)",
+                         state.global_step, f"{seconds:.1f} s" if seconds is not None else "?",
+                         disk_size(size))
             dist.barrier()
             return control
 

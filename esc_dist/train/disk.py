@@ -114,5 +114,5 @@ def remove_checkpoints(checkpoints: Path) -> None:
             freed += directory_bytes(d)
             shutil.rmtree(d, ignore_errors=True)
     if freed:
-        log.info("removed the checkpoints of %s (%.2f GB; keep_checkpoints: true keeps them)",
-                 checkpoints.parent.name, freed / 1e9)
+        log.info("removed the checkpoints of %s (%s; keep_checkpoints: true keeps them)",
+                 checkpoints.parent.name, size(freed))

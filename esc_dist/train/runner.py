@@ -88,6 +88,14 @@ def run_training(stage: str, role: str, recipe: Recipe, cfg: TrainConfig, inputs
                      weights=exported_weights() if exported_weights else None)
         if not cfg.keep_checkpoints:
             remove_checkpoints(paths.checkpoints)
+        if recipe.hub.push and dist.is_main():
+            from ..models.hub import push
+
+            url = push(paths.export, f"{recipe.hub.repo_prefix}-{stage}-{role}",
+                       recipe.hub.private)
+            log.info("pushed %s to the Hugging Face Hub: %s", paths.export, url)
+            if run is not None:
+                run.summary["hub_commit"] = url
         if run is not None:
             run.summary.update({k: manifest[k] for k in summary_keys})
             tracking.log_reference(run, paths.export, f"{recipe.run.name}-{stage}-{role}",

@@ -121,3 +121,34 @@ def test_sft_from_a_hub_id_offline_records_the_commit(hub, small_setup, tmp_path
                                            "revision": hub["server"].commit}
     assert (f"from `esc/tiny` at revision `{hub['server'].commit}` (Hugging Face Hub)"
             in (out / "README.md").read_text())  # the model card names it too
+
+
+def test_hub_push_uploads_the_export_with_its_card_and_keeps_the_token_out_of_logs(
+        hub, small_setup, tmp_path):
+    """hub.push: the export (weights, card, manifest) goes to REPO_PREFIX-STAGE-ROLE through
+    huggingface_hub, authenticated with HF_TOKEN, which no output of the run shows."""
+    secret = "hf_esc_test_secret_4242"
+    out = tmp_path / "sft"
+    r = run_cli(["sft", "--role", "planner", "--data", str(small_setup / "data"), "--model",
+                 str(small_setup / "tiny"), "--out", str(out), f"run.output_dir={tmp_path}",
+                 "sft.deepspeed=null", "sft.max_steps=1", "sft.per_device_train_batch_size=2",
+                 "hub.push=true", "hub.repo_prefix=me/esc"], tmp_path,
+                {**hub["env"], "HF_TOKEN": secret, "DS_ACCELERATOR": "cpu",
+                 "WANDB_MODE": "offline"}, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    uploaded = hub["server"].uploads["me/esc-sft-planner"]
+    for name in ("README.md", "manifest.json", "config.json", "tokenizer.json"):
+        assert uploaded[name] == (out / name).read_bytes(), name
+    assert uploaded["model.safetensors"] == (out / "model.safetensors").read_bytes()
+    assert f"Bearer {secret}" in hub["server"].tokens
+    texts = [r.stdout, r.stderr, *(p.read_text(errors="replace")
+                                   for p in tmp_path.rglob("*") if p.is_file()
+                                   and p.suffix in (".json", ".md", ".log", ".yaml", ".txt"))]
+    assert not any(secret in t for t in texts)
+    wandb_files = [p.read_bytes() for p in tmp_path.rglob("*.wandb")]
+    assert wandb_files and not any(secret.encode() in b for b in wandb_files)
+
+
+def test_hub_push_without_a_repository_prefix_is_one_line(tmp_path):
+    r = run_cli(["stage", "init", f"run.output_dir={tmp_path}/run", "hub.push=true"], tmp_path)
+    assert_one_line_error(r, "stage", "'hub.push' needs 'hub.repo_prefix' as org/name-prefix")

@@ -132,8 +132,9 @@ def _show(recipe: Recipe, name: str) -> None:
 def _jobs(recipe: Recipe, force: bool) -> None:
     """One tab-separated line per job to submit, in dependency order: JOB, Slurm job name,
     TEMPLATE, VAR=value words, dependencies (JOBs, comma-separated), stages ("-" for an empty
-    field), the sbatch options the recipe sets (the signal lead time). A job is left out when all its stages are up to date and none of the jobs it depends
-    on is submitted (a rerun upstream changes the inputs, so its stages would be stale)."""
+    field), the sbatch options the recipe sets (the signal lead time). A job is left out when
+    all its stages are up to date and none of the jobs it depends on is submitted (a rerun
+    upstream changes the inputs, so its stages would be stale)."""
     from .. import pipeline
 
     stages = {s.name: s for s in pipeline.plan(recipe)}
@@ -228,7 +229,8 @@ RECIPE is a YAML file (or --config); the built-in tiny recipe by default."""
 COMMANDS = [
     Command("pipeline", run_pipeline_cmd, "run every stage of a recipe, skipping finished ones",
             "prepare -> tiny model (or a GGUF base converted) -> SFT x3 -> mine x3 -> judge x3 "
-            "-> DPO x3 -> infer (Vanilla-SFT/DPO, Decoupled-SFT/DPO) -> eval x4 -> compare, into run.output_dir; "
+            "-> DPO x3 -> infer (Vanilla-SFT/DPO, Decoupled-SFT/DPO) -> eval x4 -> compare, "
+            "into run.output_dir; "
             "training, mining and inference on pipeline.nproc ranks with pipeline.launcher. "
             "A stage whose output is complete and whose inputs and settings are unchanged is "
             "skipped; a failed stage stops the run and names its log.", pipeline_arguments),

@@ -14,7 +14,6 @@ from ..errors import ConfigError
 from ..names import check_name
 from ..redaction import looks_secret
 
-
 # ---------------------------------------------------------------------------------------------
 # Range checks: every section's ``validate(source)`` calls these; ``_build`` calls ``validate``.
 
@@ -217,6 +216,10 @@ class TrainConfig:
     # at launch (global / (per device x ranks), which must divide), so a run requeued onto
     # another number of GPUs trains the same steps and resumes its checkpoints
     global_batch_size: int | None = None
+    # Liger's Triton kernels (RMSNorm, RoPE, SwiGLU; TRL keeps its own chunked LM head and loss):
+    # null = auto (on with CUDA, the liger-kernel package and a model it supports); true:
+    # required (refused where it cannot run); false: off
+    liger: bool | None = None
     max_length: int = 512
     gradient_checkpointing: bool = False
     # auto: bf16 on a GPU that has it and on a CPU with native bf16 (AVX512-BF16/AMX), else fp32
@@ -224,7 +227,8 @@ class TrainConfig:
     logging_steps: int = 5
     save_steps: int = 50
     save_total_limit: int = 2
-    resume: str = "auto"  # auto (newest complete checkpoint, else fresh) | never | a checkpoint path
+    # auto (newest complete checkpoint, else fresh) | never | a checkpoint path
+    resume: str = "auto"
     keep_checkpoints: bool = False  # false: a stage's checkpoints are removed once it exported
     dataloader_num_workers: int = 0
     lora: LoraConfig = field(default_factory=LoraConfig)
@@ -244,6 +248,18 @@ class TrainConfig:
                   "gradient_accumulation_steps", "max_length", "logging_steps", "save_steps",
                   "save_total_limit")
         _count_or_null(source, f"{section}.global_batch_size", self.global_batch_size)
+        if self.liger:
+            import importlib.util
+
+            from ..dist import has_cuda
+
+            if importlib.util.find_spec("liger_kernel") is None:
+                raise ConfigError(f"{source}: '{section}.liger' is true but the liger-kernel "
+                                  "package is not installed here (pip install liger-kernel), "
+                                  "or leave it null (auto)")
+            if not has_cuda():
+                raise ConfigError(f"{source}: '{section}.liger' is true but Liger's kernels "
+                                  "need a CUDA GPU (Triton); leave it null (auto: off here)")
         self.lora.validate(source, f"{section}.lora")
 
 
@@ -489,7 +505,7 @@ AUTO_ATTENTION = (None, "auto")  # flash attention where it can run, else sdpa
 # left out of stage and checkpoint keys while at that value, so adding them made no finished
 # stage stale and no checkpoint unresumable.
 NEUTRAL_KEYS = {("model", "revision"): None, ("sft", "global_batch_size"): None,
-                ("dpo", "global_batch_size"): None}
+                ("dpo", "global_batch_size"): None, ("sft", "liger"): None, ("dpo", "liger"): None}
 # Keys that never change a stage's outputs (only what is kept beside them).
 NOT_IN_KEYS = (("sft", "keep_checkpoints"), ("dpo", "keep_checkpoints"), ("model", "shape"),
                ("sft", "eval_steps"), ("sft", "eval_examples"))

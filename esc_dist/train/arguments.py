@@ -70,6 +70,24 @@ def global_batch(cfg: TrainConfig) -> int:
     return cfg.per_device_train_batch_size * accumulation(cfg) * dist.world_size()
 
 
+LIGER_KERNELS = {"rope": True, "swiglu": True, "rms_norm": True, "cross_entropy": False,
+                 "fused_linear_cross_entropy": False}  # TRL computes the loss's head itself
+
+
+def use_liger(cfg: TrainConfig) -> bool:
+    """``liger``: true (validated to run here), false, or null = where it runs (CUDA and the
+    liger-kernel package); logged once when auto turns it on or off."""
+    if cfg.liger is not None:
+        return cfg.liger
+    import importlib.util
+
+    on = dist.has_cuda() and importlib.util.find_spec("liger_kernel") is not None
+    if dist.is_main():
+        log.info("liger kernels: %s (liger: auto)", "on" if on else
+                 "off (no CUDA)" if not dist.has_cuda() else "off (liger-kernel not installed)")
+    return on
+
+
 def trainer_arguments(cfg: TrainConfig, recipe: Recipe, paths: StagePaths, job: str,
                       report_wandb: bool, ds: dict | None) -> dict[str, Any]:
     """Keyword arguments shared by ``SFTConfig`` and ``DPOConfig``."""
@@ -112,4 +130,6 @@ def trainer_arguments(cfg: TrainConfig, recipe: Recipe, paths: StagePaths, job: 
         accelerator_config={"use_configured_state": True},
         disable_tqdm=not dist.is_main() or not os.isatty(2),
         max_length=cfg.max_length,
+        **({"use_liger_kernel": True, "liger_kernel_config": dict(LIGER_KERNELS)}
+           if use_liger(cfg) else {}),
     )

@@ -12,7 +12,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from .. import dist
-from ..config import Recipe, TrainConfig, key_view
+from ..config import NEUTRAL_KEYS, Recipe, TrainConfig, key_view
 from ..io import COMPLETED, atomic_write_json, mark_completed, read_json, sha256_json
 from ..log import get_logger
 from .disk import size as disk_size
@@ -30,9 +30,11 @@ def training_key(stage: str, role: str, recipe: Recipe, cfg: TrainConfig, inputs
     enters as the global batch, so a run may resume on another number of ranks."""
     from .arguments import global_batch
 
+    neutral = {k: v for (section, k), v in NEUTRAL_KEYS.items() if section == stage}
     train = {k: v for k, v in asdict(cfg).items()
              if k not in (*_NOT_IN_KEY, "per_device_train_batch_size",
-                          "gradient_accumulation_steps", "global_batch_size")}
+                          "gradient_accumulation_steps", "global_batch_size")
+             and not (k in neutral and v == neutral[k])}
     train["global_batch"] = global_batch(cfg)
     return sha256_json({"stage": stage, "role": role, "train": train, "seed": recipe.run.seed,
                         "model": key_view(recipe)["model"], "inputs": inputs})

@@ -5,10 +5,10 @@ A full-parameter 7B ZeRO-3 checkpoint holds the 16-bit weights, fp32 master weig
 Adam moments: ~16 bytes per parameter, ~120 GB; a pipeline trains six models. Sizes: a
 checkpoint is expected to be as large as the previous one of the run (measured), else
 parameters x 16 bytes (12 in fp32; parameters counted from the starting model's safetensors
-headers); an export, parameters x the training dtype's bytes. A save that would not fit stops the stage with
-one line before anything is written (every rank agrees, so none waits in a collective); a save
-cut short by the disk anyway never becomes the checkpoint a run resumes from, because its
-``COMPLETED`` marker is written last.
+headers); an export, parameters x the training dtype's bytes. A save that would not fit stops
+the stage with one line before anything is written (every rank agrees, so none waits in a
+collective); a save cut short by the disk anyway never becomes the checkpoint a run resumes
+from, because its ``COMPLETED`` marker is written last.
 """
 
 from __future__ import annotations

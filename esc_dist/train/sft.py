@@ -136,9 +136,10 @@ def build_sft_trainer(recipe: Recipe, role: str, data_dir: str, model_dir: str, 
         log.info("sft %s: validation loss every %d steps on %d validation examples", role,
                  cfg.eval_steps, vstats["examples"])
     model = load_policy(model_dir, recipe, cfg)  # after args: ZeRO-3 partitions while loading
+    callbacks = stage_callbacks(key, cfg, model_dir, paths.checkpoints)
     trainer = _sft_trainer_class()(model=model, args=args, train_dataset=train,
                                    eval_dataset=validation, processing_class=tokenizer,
-                                   callbacks=stage_callbacks(key, cfg, model_dir, paths.checkpoints))
+                                   callbacks=callbacks)
     return trainer, tokenizer, stats
 
 

@@ -187,16 +187,15 @@ def test_checkpoints_go_once_the_export_is_complete(small_setup, tmp_path):
 
 def test_a_save_that_would_not_fit_stops_before_writing(small_setup, tmp_path, monkeypatch):
     """The free-space check before a checkpoint: its size is the previous checkpoint's, else
-    parameters x 12 bytes in fp32 (counted from the starting model's safetensors headers); too little
-    space is one line naming the directory and both sizes. Free space is injected here (the
+    parameters x 12 bytes in fp32 (counted from the starting model's safetensors headers); too
+    little space is one line naming the directory and both sizes. Free space is injected here (the
     machine's disk is not full)."""
     from collections import namedtuple
 
+    from safetensors import safe_open
     from transformers import TrainerControl, TrainerState
 
     from esc_dist.train import disk
-
-    from safetensors import safe_open
 
     n = disk.parameters(small_setup / "tiny")
     with safe_open(str(small_setup / "tiny" / "model.safetensors"), "pt") as f:
@@ -277,7 +276,6 @@ def test_the_7b_recipes_dry_run_without_a_gpu(tmp_path, recipe, billions):
     weights nowhere on this machine; nothing is written."""
     from esc_dist.config import load_recipe
     from esc_dist.pipeline import plan
-
     from tests.helpers import ROOT
 
     run = tmp_path / "run"
@@ -340,3 +338,23 @@ def test_sft_logs_a_validation_loss(small_setup, tmp_path):
     m = json.loads((out / "manifest.json").read_text())
     assert [s for s, _ in evals] == [2, 4, 5], evals  # every 2 steps and the last one
     assert m["final_eval_loss"] == evals[-1][1] < evals[0][1]
+
+
+def test_liger_is_auto_off_without_a_gpu_and_refused_when_required(tmp_path, caplog):
+    """liger: null turns Liger's kernels on only with CUDA and the package (off here, logged,
+    nothing passed to the trainer); true where it cannot run is one line."""
+    import importlib.util
+
+    from esc_dist.config import load_recipe
+    from esc_dist.train.arguments import use_liger
+
+    recipe = load_recipe(None, [f"run.output_dir={tmp_path}"])
+    with caplog.at_level("INFO"):
+        assert use_liger(recipe.sft) is False
+    assert "liger kernels: off (no CUDA) (liger: auto)" in caplog.text
+    assert use_liger(load_recipe(None, ["sft.liger=false"]).sft) is False
+    needle = ("'sft.liger' is true but the liger-kernel package is not installed here"
+              if importlib.util.find_spec("liger_kernel") is None
+              else "'sft.liger' is true but Liger's kernels need a CUDA GPU")
+    r = run_cli(["stage", "init", f"run.output_dir={tmp_path}/run", "sft.liger=true"], tmp_path)
+    assert_one_line_error(r, "stage", needle)

@@ -81,7 +81,8 @@ def bf16_closeness(base: Path, data: Path, role: str, n: int = 4) -> dict:
     (two32, one32), (two16, one16) = out[torch.float32], out[torch.bfloat16]
 
     def gap(a, b):
-        return {"token": (a - b).abs().max().item(), "pair": (a.sum(1) - b.sum(1)).abs().max().item()}
+        return {"token": (a - b).abs().max().item(),
+                "pair": (a.sum(1) - b.sum(1)).abs().max().item()}
 
     return {"pairs": n, "fp32_shared_vs_two": gap(one32, two32),
             "bf16_shared_vs_two": gap(one16, two16), "bf16_two_vs_fp32": gap(two16, two32),

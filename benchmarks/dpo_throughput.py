@@ -26,7 +26,6 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-
 from benchmarks.sft_throughput import SIZES
 from benchmarks.timing import TrainerMeter
 
@@ -68,10 +67,10 @@ def run(kind: str, recipe, pairs_dir: Path, model_dir: Path, work: Path, steps: 
     if kind == "trl-default":
         from trl import DPOConfig, DPOTrainer
 
-        from esc_dist.train.arguments import trainer_arguments
         from esc_dist.models.loading import load_tokenizer
-        from esc_dist.train.models import load_policy
+        from esc_dist.train.arguments import trainer_arguments
         from esc_dist.train.dpo import load_pairs
+        from esc_dist.train.models import load_policy
 
         paths = stage_paths(recipe, "dpo", "bench-trl", str(work / kind))
         args = DPOConfig(**trainer_arguments(recipe.dpo, recipe, paths, "bench", False, None))

@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 
 
-
 def check_greedy(tiny: Path, prompts, n_new: int) -> dict:
     import torch
 
@@ -80,8 +79,14 @@ def throughput(tiny: Path, prompts, work: Path, n_new: int, baseline_n: int,
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    from esc_dist.generation import (EngineConfig, Sampling, WorkItem, generate, load_tokenizer,
-                                     prompt_ids)
+    from esc_dist.generation import (
+        EngineConfig,
+        Sampling,
+        WorkItem,
+        generate,
+        load_tokenizer,
+        prompt_ids,
+    )
 
     tok = load_tokenizer(tiny)
     big = work / "llama-0.37b"

@@ -38,15 +38,15 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 from esc_dist.config import load_recipe
+from esc_dist.constants import SYSTEM_TITLES, SYSTEMS
 from esc_dist.data.tasks import load_task
+from esc_dist.dist import free_port
+from esc_dist.eval.compare import load_report
 from esc_dist.eval.plots import plot_preferences
 from esc_dist.eval.predictions import load_predictions
-from esc_dist.eval.compare import load_report
 from esc_dist.eval.report import evaluate
 from esc_dist.eval.strategy import strategy_metrics
 from esc_dist.io import COMPLETED, atomic_write_json, atomic_write_text, read_json
-from esc_dist.constants import SYSTEM_TITLES, SYSTEMS
-from esc_dist.dist import free_port
 from esc_dist.pipeline import launcher_cmd, plan
 from esc_dist.strategies import STRATEGIES
 

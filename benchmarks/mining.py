@@ -106,7 +106,8 @@ def write_section(path: Path, text: str, section: str = SECTION) -> None:
     old = path.read_text() if path.is_file() else "# Benchmarks\n"
     pattern = re.compile(rf"^{re.escape(section)}\n.*?(?=^## |\Z)", re.S | re.M)
     text = text.rstrip("\n") + "\n\n"
-    new = pattern.sub(lambda _: text, old) if pattern.search(old) else old.rstrip("\n") + "\n\n" + text
+    new = (pattern.sub(lambda _: text, old) if pattern.search(old)
+           else old.rstrip("\n") + "\n\n" + text)
     new = new.rstrip("\n") + "\n"
     path.write_text(new)
 
@@ -155,7 +156,8 @@ def main() -> None:
     print(f"esc-dist, 1 rank: {one['turns_per_s']:.2f} turns/s", flush=True)
     two = engine(args, data, model_dir, work / "mine-2", 2)
     print(f"esc-dist, 2 ranks: {two['turns_per_s']:.2f} turns/s", flush=True)
-    same = (work / "mine-1" / "pairs.jsonl").read_bytes() == (work / "mine-2" / "pairs.jsonl").read_bytes()
+    same = ((work / "mine-1" / "pairs.jsonl").read_bytes()
+            == (work / "mine-2" / "pairs.jsonl").read_bytes())
     r_batch = one["turns_per_s"] / base["turns_per_s"]
     r_ranks = two["turns_per_s"] / one["turns_per_s"]
     r_total = two["turns_per_s"] / base["turns_per_s"]
@@ -163,8 +165,8 @@ def main() -> None:
           f"{r_ranks:.2f}x; 2 ranks / sequential: {r_total:.2f}x; 2-rank pairs identical to "
           f"1-rank: {same}")
 
-    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
-                if l.startswith("model name")), platform.processor()) if Path(
+    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")), platform.processor()) if Path(
         "/proc/cpuinfo").is_file() else platform.processor()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     cmd = "python -m benchmarks.mining " + " ".join(
@@ -176,7 +178,8 @@ def main() -> None:
                else "the whole dialogue history")
     text = f"""{SECTION}
 
-Measured {datetime.date.today().isoformat()} on this project's CPU machine: {cpu}, **{os.cpu_count()}
+Measured {datetime.date.today().isoformat()} on this project's CPU machine: \
+{cpu}, **{os.cpu_count()}
 cores** (so 2 ranks is the most it can show), {platform.system()}, Python
 {platform.python_version()}, torch {torch.__version__}, no GPU. Command: `{cmd}`.
 
@@ -189,9 +192,12 @@ Generation time only (model loading excluded); 1-minute load average at the end:
 
 | run | turns/s | tokens/s | generation s | whole command s |
 |---|---|---|---|---|
-| baseline: sequential `model.generate`, 1 process | {base['turns_per_s']:.2f} | {base['tokens_per_s']:.0f} | {base['seconds']:.1f} | – |
-| esc-dist `mine`, 1 rank | {one['turns_per_s']:.2f} | {one['tokens_per_s']:.0f} | {one['seconds']:.1f} | {one['wall_seconds']:.1f} |
-| esc-dist `mine`, 2 ranks (torchrun, gloo) | {two['turns_per_s']:.2f} | {two['tokens_per_s']:.0f} | {two['seconds']:.1f} | {two['wall_seconds']:.1f} |
+| baseline: sequential `model.generate`, 1 process | {base['turns_per_s']:.2f} | \
+{base['tokens_per_s']:.0f} | {base['seconds']:.1f} | – |
+| esc-dist `mine`, 1 rank | {one['turns_per_s']:.2f} | {one['tokens_per_s']:.0f} | \
+{one['seconds']:.1f} | {one['wall_seconds']:.1f} |
+| esc-dist `mine`, 2 ranks (torchrun, gloo) | {two['turns_per_s']:.2f} | \
+{two['tokens_per_s']:.0f} | {two['seconds']:.1f} | {two['wall_seconds']:.1f} |
 
 Ratios: batched engine vs sequential `generate` **{r_batch:.2f}x** (one process each); 2 ranks
 vs 1 rank **{r_ranks:.2f}x**; 2 ranks vs the sequential baseline **{r_total:.2f}x**. The 2-rank

@@ -45,14 +45,20 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.mini_replication import (BASELINES, ROOT, baseline_predictions, launch, mean_std,
-                                         stage_seconds, write_section)
+from benchmarks.mini_replication import (
+    BASELINES,
+    ROOT,
+    baseline_predictions,
+    launch,
+    mean_std,
+    stage_seconds,
+    write_section,
+)
 from esc_dist.config import load_recipe
 from esc_dist.dist import resolve_precision
 from esc_dist.eval.predictions import load_predictions
 from esc_dist.eval.strategy import strategy_metrics
 from esc_dist.io import COMPLETED, atomic_write_json, read_json
-from esc_dist.pipeline import plan
 from esc_dist.strategies import STRATEGIES
 
 CONFIG = ROOT / "configs" / "planner-smol.yaml"

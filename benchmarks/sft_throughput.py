@@ -23,7 +23,6 @@ import platform
 import time
 from pathlib import Path
 
-
 from benchmarks.timing import TrainerMeter
 
 SIZES = {  # Llama-architecture shapes, random init; vocabulary = the ESConv tokenizer's
@@ -49,8 +48,8 @@ def run(kind: str, recipe, data_dir: Path, model_dir: Path, work: Path, steps: i
         from trl import SFTConfig, SFTTrainer
 
         from esc_dist.data.tasks import load_task
-        from esc_dist.train.arguments import trainer_arguments
         from esc_dist.models.loading import load_tokenizer
+        from esc_dist.train.arguments import trainer_arguments
         from esc_dist.train.models import load_policy
 
         cfg = recipe.sft

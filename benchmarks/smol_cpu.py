@@ -13,8 +13,8 @@ One process, all cores, no DeepSpeed, the converted SmolLM2 base (``esc-dist bas
 
 On a CPU without native bf16 (no AVX512-BF16 / AMX) PyTorch's bf16 matmuls are far slower than
 fp32; ``precision: auto`` then stays fp32, and the bf16 runs here are cut to one measured step
-of one example of at most 128 tokens (DPO: 4 pairs) and 2 mined turns of 8 tokens (they only show the ratio);
-TRL's bf16 run is left out.
+of one example of at most 128 tokens (DPO: 4 pairs) and 2 mined turns of 8 tokens (they only
+show the ratio); TRL's bf16 run is left out.
 
 Usage: python -m benchmarks.smol_cpu [--esconv DIR] [--base DIR] [--results RESULTS.md]
 """
@@ -138,7 +138,8 @@ def main() -> int:
 
     out = Path(args.json)
     res = json.loads(out.read_text()) if args.only == "bf16" and out.is_file() else {}
-    res.update({"date": datetime.date.today().isoformat(), "cpu": cpu_name(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+    res.update({"date": datetime.date.today().isoformat(), "cpu": cpu_name(),
+                "cores": os.cpu_count(), "threads": torch.get_num_threads(),
                 "native_bf16": native, "auto_precision": dist.resolve_precision("auto"),
                 "batch": args.batch, "max_length": args.max_length, "parameters": params})
     if args.only == "fp32":
@@ -212,8 +213,8 @@ def render(r: dict) -> str:
         lines.append("- No native bf16 on this CPU: PyTorch's bf16 matmuls take slow paths whose "
                      "speed depends on the shapes (the square matmul above, the model's own "
                      "layers faster), so no bf16 peak is meaningful and bf16 ran one step of one "
-                     "example (DPO: of 4 pairs), 2 mined turns: the ratios are what `precision: auto` avoids by "
-                     "staying fp32 here.")
+                     "example (DPO: of 4 pairs), 2 mined turns: the ratios are what "
+                     "`precision: auto` avoids by staying fp32 here.")
     for precision in ("fp32", "bf16") if r["native_bf16"] else ("fp32",):
         e, t = r.get(f"sft/esc-dist/{precision}"), r.get(f"sft/trl-default/{precision}")
         if e:

@@ -46,8 +46,14 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.mini_replication import (ROOT, baseline_predictions, launch, mean_std,
-                                         stage_seconds, write_section)
+from benchmarks.mini_replication import (
+    ROOT,
+    baseline_predictions,
+    launch,
+    mean_std,
+    stage_seconds,
+    write_section,
+)
 from esc_dist.config import load_recipe
 from esc_dist.constants import SYSTEM_TITLES, SYSTEMS
 from esc_dist.eval.compare import load_report

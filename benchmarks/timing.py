@@ -1,4 +1,4 @@
-"""Timing helpers shared by the benchmark scripts: measured steps and non-pad tokens of a trainer."""
+"""Timing helpers for the benchmark scripts: measured steps and non-pad tokens of a trainer."""
 
 from __future__ import annotations
 
@@ -36,8 +36,12 @@ class TrainerMeter:
 
         def counted(model, inputs, *a, **k):
             if trainer.state.global_step >= warmup:
-                m = inputs["attention_mask"]
-                meter.tokens += int(m.sum())
+                m = inputs.get("attention_mask")
+                if m is None:  # padding-free (packed) batches: every position is a token
+                    m = inputs["input_ids"]
+                    meter.tokens += int(m.numel())
+                else:
+                    meter.tokens += int(m.sum())
                 meter.padded += int(m.numel())
             return inner(model, inputs, *a, **k)
 

@@ -44,17 +44,18 @@ from typing import Any, Iterable, Mapping
 from . import dist
 from .config import InferConfig, Recipe
 from .constants import MODES
+from .data.tasks import prompt_settings_of
 from .errors import ConfigError
 from .generation import Sampling, WorkItem, merge, stage
-from .generation.stage import (Phase, Stage, generation_summary, run_stage, settings_errors)
-from .data.tasks import prompt_settings_of
+from .generation.stage import Phase, Stage, generation_summary, run_stage, settings_errors
 from .io import output_record, write_jsonl
 from .log import get_logger
 from .strategies import parse_strategy, parse_tagged
 
 log = get_logger(__name__)
 
-FALLBACK_STRATEGY = "Others"  # what the generator is conditioned on when the planner's is unparseable
+# what the generator is conditioned on when the planner's is unparseable
+FALLBACK_STRATEGY = "Others"
 PREDICTION_KEYS = ("id", "dialogue_id", "turn_index", "gold_strategy", "gold_reply",
                    "pred_strategy", "pred_strategy_raw", "pred_reply", "mode")
 

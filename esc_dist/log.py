@@ -39,7 +39,7 @@ def get_logger(name: str = "esc_dist") -> logging.Logger:
 
 
 def quiet_libraries() -> None:
-    """Silence progress bars and chatter of datasets/transformers that would flood multi-rank logs."""
+    """Silence datasets/transformers progress bars and chatter that would flood multi-rank logs."""
     import warnings
 
     # DeepSpeed still calls collectives that torch marks deprecated, once per call.

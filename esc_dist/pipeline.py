@@ -27,9 +27,15 @@ from .config import Recipe, dump_recipe, key_view
 from .constants import GOLD_SYSTEMS, ROLES, SYSTEM_TITLES, SYSTEMS
 from .dist import free_port
 from .errors import ConfigError, MissingInput, StageError
+from .io import (
+    COMPLETED,
+    atomic_write_json,
+    atomic_write_text,
+    read_json,
+    sha256_json,
+    verify_outputs,
+)
 from .ipm.judge import judge_version
-from .io import (COMPLETED, atomic_write_json, atomic_write_text, read_json, sha256_json,
-                 verify_outputs)
 from .log import get_logger
 from .models import hub
 from .models.gguf import is_gguf, resolve_gguf

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Install everything the tests need and run them: the README's test command and what CI runs.
+# The linter (ruff check, configured in pyproject.toml) runs first.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # with llama-cpp-python[server], the real OpenAI-compatible server of the llama_server tests
 # (compiled once, about 10 minutes on 2 cores); ESC_DIST_LLAMA_SERVER=0 leaves it out
 venv="$(ESC_DIST_LLAMA_SERVER="${ESC_DIST_LLAMA_SERVER:-1}" bash "$root/launch/setup.sh")"
 cd "$root"
+"$venv/bin/ruff" check --quiet . || { echo "launch/test.sh: ruff check failed (see above)" >&2; exit 1; }
 exec "$venv/bin/python" -m pytest -q "$@"

@@ -350,8 +350,9 @@ def read_offline_runs(wandb_dir: str | Path) -> list[dict]:
     return runs
 
 
-def wait_for_offline_runs(wandb_dir: str | Path, count: int = 1, timeout: float = 60.0) -> list[dict]:
-    """``read_offline_runs`` once ``count`` runs have their exit record (or when ``timeout`` s pass).
+def wait_for_offline_runs(wandb_dir: str | Path, count: int = 1,
+                          timeout: float = 60.0) -> list[dict]:
+    """``read_offline_runs`` once ``count`` runs have their exit record (or after ``timeout`` s).
 
     ``run.finish()`` can return before W&B's service has flushed the run file, so a read right
     after it may see only the file header; this polls until the file is complete.

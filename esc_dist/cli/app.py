@@ -76,9 +76,8 @@ def run_chat(args: argparse.Namespace) -> int:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from ..app.demo import serve_demo
-
     from ..app import is_loopback
+    from ..app.demo import serve_demo
 
     _, systems = systems_of(args)
     if not is_loopback(args.host):

@@ -66,7 +66,8 @@ def _num(v: float | None) -> str:
 def _print_headline(report: dict, out: Path) -> None:
     c = report["counts"]
     print(f"eval {report['name']}: {c['turns']} turns in {c['dialogues']} dialogues, "
-          f"{c['unparseable']} unparseable strategy predictions ({100 * c['unparseable_rate']:.1f}%)"
+          f"{c['unparseable']} unparseable strategy predictions "
+          f"({100 * c['unparseable_rate']:.1f}%)"
           f", {report['decodes']} decode(s); headline protocol: {report['protocol']}")
     for w in report.get("warnings", []):
         print(f"  warning: {w}")

@@ -20,7 +20,6 @@ from ..io import read_text
 from ..redaction import redact
 from .sections import Recipe
 
-
 # ---------------------------------------------------------------------------------------------
 # Validation
 
@@ -99,7 +98,8 @@ def _unknown_key(cls: type, key: str, full: str, source: str) -> ConfigError:
     close = difflib.get_close_matches(key, names, n=1)
     parent = full.rsplit(".", 1)[0] + "." if "." in full else ""
     hint = f"; did you mean '{parent}{close[0]}'?" if close else ""
-    return ConfigError(f"{source}: unknown key '{full}'{hint} (known keys here: {', '.join(names)})")
+    return ConfigError(f"{source}: unknown key '{full}'{hint} "
+                       f"(known keys here: {', '.join(names)})")
 
 
 def _build(cls: type, raw: Any, prefix: str, source: str):

@@ -271,7 +271,8 @@ def load_esconv(path: str | Path, *, prefix: str = "esconv",
     """
     path = Path(path)
     if speakers is None:
-        speakers = {**{s: SEEKER for s in _SEEKER_NAMES}, **{s: SUPPORTER for s in _SUPPORTER_NAMES}}
+        speakers = {**{s: SEEKER for s in _SEEKER_NAMES},
+                    **{s: SUPPORTER for s in _SUPPORTER_NAMES}}
     convs = []
     for i, d in _iter_records(path):
         utts = _check_dialogue(path, i, d, speakers, unknown_strategy)

@@ -54,7 +54,7 @@ def load_split_file(path: str | Path, n_dialogues: int) -> dict[str, list[int]]:
 
 
 def seeded_split(n_dialogues: int, fractions: list[float], seed: int) -> dict[str, list[int]]:
-    """Shuffle dialogue indices with ``seed`` and cut them by (train, validation, test) fractions."""
+    """Shuffle dialogue indices with ``seed``; cut them by (train, validation, test) fractions."""
     if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
         raise ConfigError(f"split fractions must be three non-negative numbers summing to 1, "
                           f"got {fractions}", key="data.split_fractions")

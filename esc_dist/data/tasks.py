@@ -17,8 +17,15 @@ from typing import Iterable, NamedTuple, Sequence
 from .. import __version__
 from ..config import DataConfig, redact
 from ..errors import DataError, MissingInput
-from ..io import (COMPLETED, directory_outputs, mark_completed, read_manifest, require_verified,
-                  sha256_file, write_manifest)
+from ..io import (
+    COMPLETED,
+    directory_outputs,
+    mark_completed,
+    read_manifest,
+    require_verified,
+    sha256_file,
+    write_manifest,
+)
 from ..outputs import check_output, staged_dir
 from ..strategies import DESCRIPTIONS, STRATEGIES, format_tagged
 from . import transcript
@@ -242,7 +249,7 @@ def prompt_settings_of(data_dir: str | Path) -> PromptSettings:
 
 
 def load_task(data_dir: str | Path, task: str):
-    """Load one task's ``DatasetDict`` (or ``"turns"``, the raw turns) written by :func:`prepare`."""
+    """Load a task's ``DatasetDict`` (or ``"turns"``, the raw turns) written by :func:`prepare`."""
     from datasets import load_from_disk
 
     data_dir = Path(data_dir)

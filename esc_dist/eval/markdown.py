@@ -136,7 +136,8 @@ def _adherence_section(adh: dict) -> list[str]:
              f"{clf.get('model', '?')}), trained on {clf.get('train_size', '?')} gold training "
              f"replies, labels each reply; adherence is the share whose label is the strategy the "
              f"reply was asked to realise. On the {ev.get('n', '?')} gold replies of the "
-             f"{ev.get('split', '?')} split the classifier is right {fmt('Q', ev.get('accuracy'))}% "
+             f"{ev.get('split', '?')} split the classifier is right "
+             f"{fmt('Q', ev.get('accuracy'))}% "
              f"of the time (macro-F1 {fmt('Q', ev.get('macro_f1'))}%; majority rate "
              f"{fmt('Q', ev.get('majority_rate'))}%); on the gold replies of these turns "
              f"{fmt('Q', gold.get('adherence'))}%: the ceiling to read adherence against.", ""]
@@ -166,7 +167,9 @@ def render_markdown(report: dict) -> str:
     for w in report.get("warnings", []):
         parts += [f"**Warning:** {w}", ""]
 
-    parts += [f"## Headline ({'mean ± sample std over ' + str(report['decodes']) + ' decodes' if report['decodes'] > 1 else 'one decode'})", "",
+    spread = ("mean ± sample std over " + str(report["decodes"]) + " decodes"
+              if report["decodes"] > 1 else "one decode")
+    parts += [f"## Headline ({spread})", "",
               f"Headline protocol: **{report['protocol']}**. The two protocols differ in "
               "decoding, text metrics and B (see Definitions); a column's values follow its own "
               "definitions on the same predictions.", ""]
@@ -256,10 +259,12 @@ def render_comparison_markdown(comparison: dict) -> str:
             row.append(f"**{cell}**" if x["name"] in comparison["best"].get(k, []) else cell)
         rows.append(row)
     decodes = sorted({x["decodes"] for x in comparison["systems"]})
+    spread = ("mean ± sample std over " + "/".join(map(str, decodes)) + " decodes"
+              if decodes != [1] else "one decode each")
     parts = ["# Comparison", "",
              f"**{PROTOCOL_TITLES[protocol].capitalize()}** (`{protocol}`); strategy metrics with "
              f"{VARIANT_TITLES[variant]} (`{variant}`); "
-             f"{'mean ± sample std over ' + '/'.join(map(str, decodes)) + ' decodes' if decodes != [1] else 'one decode each'}; "
+             f"{spread}; "
              "best value in bold (lowest for B, unparseable and errors); *(gold)*: a generator "
              "given the gold strategies, whose strategy columns mean nothing.", "",
              table(header, rows), ""]

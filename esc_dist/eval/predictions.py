@@ -1,4 +1,4 @@
-"""Read and validate the inference stage's predictions file (JSON Lines, one gold supporter turn a line).
+"""Read and validate the inference stage's predictions (JSON Lines, one gold supporter turn a line).
 
 Each line is an object with these keys (more keys are allowed and ignored)::
 

@@ -6,8 +6,9 @@ Kang et al., "Can Large Language Models be Good Emotional Supporter? Mitigating 
 Emotional Support Conversation", ACL 2024 (aclanthology.org/2024.acl-long.813). Their released
 scorer is ``metrics.py`` in github.com/1eastar/EmotionalSupport (functions ``make_bt_table``,
 ``estimate``, ``strg_preference``, ``strg_evaluation``); DecoupledESC (Zhang et al., Findings of
-EMNLP 2025) scores B with the same code, ``src/evaluation/bias.py`` in github.com/Zc0812/DecoupledESC.
-(The paper text itself was not available to us; the released code is what we follow.) It does:
+EMNLP 2025) scores B with the same code, ``src/evaluation/bias.py`` in
+github.com/Zc0812/DecoupledESC. (The paper text itself was not available to us; the released
+code is what we follow.) It does:
 
 - comparison counts ``w[i, j]`` = number of turns where strategy *i* was predicted while the gold
   strategy was *j* ("i beat j"), i.e. the transpose of the gold-rows × predicted-columns confusion
@@ -89,7 +90,7 @@ class PreferenceFit:
 
 
 def comparison_counts(confusion: np.ndarray) -> np.ndarray:
-    """``w[i, j]`` = times i was predicted for gold j, diagonal zeroed, from a gold × pred matrix."""
+    """``w[i, j]`` = times i was predicted for gold j, diagonal zeroed, of a gold × pred matrix."""
     w = np.array(confusion, dtype=float).T.copy()
     np.fill_diagonal(w, 0.0)
     return w

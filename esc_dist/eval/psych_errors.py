@@ -23,8 +23,14 @@ from ..config import JudgeConfig
 from ..data.esconv import SEEKER, as_messages, render_history
 from ..errors import ConfigError, DataError
 from ..log import get_logger
-from ..psych.names import (EARLY_SHIFT, EMOTION_MISREAD, ERROR_TYPES, LACK_EMPATHY,
-                           STRATEGY_MISMATCH, TEMPLATE)
+from ..psych.names import (
+    EARLY_SHIFT,
+    EMOTION_MISREAD,
+    ERROR_TYPES,
+    LACK_EMPATHY,
+    STRATEGY_MISMATCH,
+    TEMPLATE,
+)
 from ..psych.rules import RULES_VERSION, reply_findings
 from ..strategies import DESCRIPTIONS, normalize_strategy
 

@@ -39,8 +39,15 @@ from typing import Any, Sequence
 
 from ..constants import PROTOCOLS, VARIANTS
 from ..errors import ConfigError, DataError
-from ..io import (atomic_write_json, atomic_write_text, output_record, read_manifest,
-                  sha256_file, sha256_json, write_manifest)
+from ..io import (
+    atomic_write_json,
+    atomic_write_text,
+    output_record,
+    read_manifest,
+    sha256_file,
+    sha256_json,
+    write_manifest,
+)
 from ..outputs import staged_dir
 from ..strategies import STRATEGIES
 from .markdown import VARIANT_TITLES, flatten, render_markdown
@@ -356,7 +363,8 @@ def log_report(run, report: dict, out_dir: str | Path) -> None:
                         if v is not None})
         summary.update({f"eval/{protocol}/std/{k}": v
                         for k, v in (values["std"] or {}).items() if v is not None})
-    summary.update({f"eval/llm/{k}": v for k, v in _numeric(report.get("llm_scores") or {}).items()})
+    summary.update({f"eval/llm/{k}": v
+                    for k, v in _numeric(report.get("llm_scores") or {}).items()})
     for backend, errors in (report.get("psych_errors") or {}).items():
         summary.update({f"eval/errors/{backend}/{k}": v for k, v in errors["rates"].items()
                         if v is not None})

@@ -14,8 +14,9 @@ unigram F1 and length, so these metrics agree on what a word is.
 - **ROUGE-L**: ``rouge_score`` (Google's package) F-measure of the longest common subsequence, its
   own tokenizer (lower-case, non-alphanumerics dropped), no stemming; averaged over responses.
 - **Distinct-n** (n = 1..3), two ways: ``distinct_n`` = unique n-grams / total n-grams over all
-  responses together (corpus-level, as in Li et al. 2016 and the ESC papers); ``distinct_n_per_response``
-  = the mean over responses of each response's own ratio (responses shorter than n are skipped).
+  responses together (corpus-level, as in Li et al. 2016 and the ESC papers);
+  ``distinct_n_per_response`` = the mean over responses of each response's own ratio (responses
+  shorter than n are skipped).
 - **Unigram F1**: bag-of-tokens overlap between response and gold (clipped counts),
   F1 = 2PR/(P+R), 0 when there is no overlap, 1 when both are empty; averaged over responses.
 - **Mean length**: mean number of tokens per response.

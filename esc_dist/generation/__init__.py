@@ -59,11 +59,29 @@ from __future__ import annotations
 from ..errors import MergeError, PlanMismatch
 from ..io import model_fingerprint
 from .output import claim_output, finalize_on_main
-from .replica import (Replica, deterministic_cuda, device_and_dtype, fit_prompts, load_tokenizer,
-                      prompt_ids, resolve_prefill)
+from .replica import (
+                      Replica,
+                      deterministic_cuda,
+                      device_and_dtype,
+                      fit_prompts,
+                      load_tokenizer,
+                      prompt_ids,
+                      resolve_prefill,
+)
 from .sampling import Sampling, choose_tokens, row_seed
-from .shards import (CHUNK_PREFIX, ENGINE_VERSION, PLAN, Chunk, chunk_name, chunk_path,
-                     existing_chunks, generate, merge, plan_layout, throughput_summary)
+from .shards import (
+                      CHUNK_PREFIX,
+                      ENGINE_VERSION,
+                      PLAN,
+                      Chunk,
+                      chunk_name,
+                      chunk_path,
+                      existing_chunks,
+                      generate,
+                      merge,
+                      plan_layout,
+                      throughput_summary,
+)
 from .work import EngineConfig, WorkItem, items_fingerprint, messages_sha
 
 __all__ = ["Sampling", "WorkItem", "EngineConfig", "MergeError", "PlanMismatch", "generate",

@@ -231,10 +231,10 @@ def _plain_kv(cache) -> list[tuple] | None:
     if layers is not None:
         from transformers.cache_utils import DynamicLayer
 
-        if not layers or any(type(l) is not DynamicLayer or not getattr(l, "is_initialized", True)
-                             for l in layers):
+        if not layers or any(type(layer) is not DynamicLayer
+                             or not getattr(layer, "is_initialized", True) for layer in layers):
             return None
-        return [(l.keys, l.values) for l in layers]
+        return [(layer.keys, layer.values) for layer in layers]
     keys, values = getattr(cache, "key_cache", None), getattr(cache, "value_cache", None)
     if not keys or values is None or len(keys) != len(values):
         return None

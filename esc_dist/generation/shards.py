@@ -21,12 +21,25 @@ from typing import Any, Sequence
 
 from .. import dist
 from ..errors import MergeError, PlanMismatch
-from ..io import (atomic_write_json, atomic_write_text, iter_jsonl, jsonl_line, model_fingerprint,
-                  load_json, sha256_json)
+from ..io import (
+    atomic_write_json,
+    atomic_write_text,
+    iter_jsonl,
+    jsonl_line,
+    load_json,
+    model_fingerprint,
+    sha256_json,
+)
 from ..log import get_logger
 from ..models.loading import model_context
-from .replica import (Replica, deterministic_cuda, device_and_dtype, fit_prompts, load_tokenizer,
-                      resolve_prefill)
+from .replica import (
+    Replica,
+    deterministic_cuda,
+    device_and_dtype,
+    fit_prompts,
+    load_tokenizer,
+    resolve_prefill,
+)
 from .sampling import row_seed
 from .work import EngineConfig, WorkItem, items_fingerprint
 
@@ -326,7 +339,8 @@ def merge(work_dir: str | Path) -> list[dict]:
     lost = [i for i in expected if i not in seen]
     if lost:
         raise MergeError(f"{work_dir}: id {lost[0]!r} is missing (planned in "
-                         f"{expected[lost[0]]}.jsonl){f' and {len(lost) - 1} more' if len(lost) > 1 else ''}")
+                         f"{expected[lost[0]]}.jsonl)"
+                         f"{f' and {len(lost) - 1} more' if len(lost) > 1 else ''}")
     records.sort(key=lambda r: r["id"])
     return records
 

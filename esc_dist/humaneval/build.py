@@ -19,9 +19,18 @@ from .. import __version__
 from ..errors import ConfigError, DataError
 from ..io import atomic_write_json, iter_jsonl, sha256_file, write_jsonl
 from ..names import check_name
-from . import (CHOICES, CRITERIA, DB_FILE, ITEMS_FILE, KEY_FILE, KEY_FORMAT, STUDY_FILE,
-               STUDY_FORMAT, SYSTEMS)
-from . import store
+from . import (
+    CHOICES,
+    CRITERIA,
+    DB_FILE,
+    ITEMS_FILE,
+    KEY_FILE,
+    KEY_FORMAT,
+    STUDY_FILE,
+    STUDY_FORMAT,
+    SYSTEMS,
+    store,
+)
 from .study import check_context
 
 STAGE = "human-eval"

@@ -23,8 +23,7 @@ from xml.sax.saxutils import quoteattr
 from ..errors import DataError
 from ..io import atomic_write_json, atomic_write_text, load_json
 from ..names import NAME_RULE, is_name
-from . import CHOICES, CRITERIA, ITEMS_FILE, LABELSTUDIO_PREFIX
-from . import store
+from . import CHOICES, CRITERIA, ITEMS_FILE, LABELSTUDIO_PREFIX, store
 from .study import Study
 
 STAGE = "human-eval-labelstudio"

@@ -17,9 +17,16 @@ from typing import Any, Mapping
 from ..errors import AlreadyJudged, ConfigError, DataError, JudgmentError, MissingInput
 from ..io import iter_jsonl, load_json, sha256_file
 from ..names import check_name
-from . import (CHOICES, CRITERIA, DB_FILE, ITEMS_FILE, LABELSTUDIO_PREFIX, STUDY_FILE,
-               STUDY_FORMAT)
-from . import store
+from . import (
+    CHOICES,
+    CRITERIA,
+    DB_FILE,
+    ITEMS_FILE,
+    LABELSTUDIO_PREFIX,
+    STUDY_FILE,
+    STUDY_FORMAT,
+    store,
+)
 
 ROLES = ("seeker", "supporter")
 

@@ -33,7 +33,7 @@ from ..config import MineConfig, Recipe
 from ..constants import ROLES, UNPARSEABLE
 from ..errors import ConfigError
 from ..generation import Sampling, WorkItem, merge, stage
-from ..generation.stage import (Phase, Stage, generation_summary, run_stage, settings_errors)
+from ..generation.stage import Phase, Stage, generation_summary, run_stage, settings_errors
 from ..io import atomic_write_json, output_record, read_json, write_jsonl
 from ..log import get_logger
 from ..strategies import STRATEGIES, format_tagged, parse_strategy, parse_tagged

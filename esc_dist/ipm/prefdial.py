@@ -29,10 +29,18 @@ from .. import __version__
 from ..config import JudgeConfig, Recipe, redact
 from ..constants import ROLES, UNPARSEABLE
 from ..errors import PairsError
-from ..io import (atomic_write_json, directory_outputs, iter_jsonl, mark_completed,
-                  require_verified, sha256_file, write_jsonl, write_manifest)
-from ..outputs import check_output, staged_dir
+from ..io import (
+    atomic_write_json,
+    directory_outputs,
+    iter_jsonl,
+    mark_completed,
+    require_verified,
+    sha256_file,
+    write_jsonl,
+    write_manifest,
+)
 from ..log import get_logger
+from ..outputs import check_output, staged_dir
 from ..strategies import STRATEGIES, normalize_strategy
 from .balance import balance
 from .judge import ERRORS, judge_pairs, judge_version, verdict

@@ -76,8 +76,13 @@ def download(spec: str, revision: str | None = None) -> str:
     the Hub refuses (no such model or revision, a gated model without a token, no network)
     ends in one line."""
     from huggingface_hub import constants, snapshot_download
-    from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, OfflineModeIsEnabled,
-                                        RepositoryNotFoundError, RevisionNotFoundError)
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     where = f"{constants.ENDPOINT} ({cache_dir()})"
     try:

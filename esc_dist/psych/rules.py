@@ -14,9 +14,21 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
 from ..data.esconv import SEEKER, SUPPORTER, Message, as_messages
-from .lexicon import (BACKCHANNEL, CLOSING, DISMISS, GREETING, STOCK_FORMULA, acknowledges,
-                      acknowledges_before, content_words, expresses_emotion, first_advice,
-                      normalize, strong_emotion, tokens)
+from .lexicon import (
+    BACKCHANNEL,
+    CLOSING,
+    DISMISS,
+    GREETING,
+    STOCK_FORMULA,
+    acknowledges,
+    acknowledges_before,
+    content_words,
+    expresses_emotion,
+    first_advice,
+    normalize,
+    strong_emotion,
+    tokens,
+)
 from .names import EARLY_SHIFT, LACK_EMPATHY, RULE_ERRORS, TEMPLATE
 
 # Bump whenever a rule or a lexicon changes: what was labelled by other rules is then labelled

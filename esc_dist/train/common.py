@@ -18,7 +18,6 @@ from .. import dist
 from ..config import Recipe, TrainConfig
 from ..errors import ConfigError, MissingInput
 
-
 # ---------------------------------------------------------------------------------------------
 # Paths
 

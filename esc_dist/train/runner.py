@@ -18,8 +18,8 @@ from ..config import Recipe, TrainConfig, redact
 from ..constants import ROLES
 from ..errors import ConfigError
 from ..io import model_fingerprint, read_manifest, sha256_json
-from ..outputs import check_output, claim_dir
 from ..log import get_logger
+from ..outputs import check_output, claim_dir
 from .arguments import deepspeed_config
 from .checkpoints import find_resume_checkpoint, prepare_resume, training_key, was_preempted
 from .common import StagePaths

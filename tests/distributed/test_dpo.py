@@ -17,9 +17,9 @@ from tests.helpers import (
     launch_env,
     log_history,
     planner_pairs,
-    work_dir,
     single_rank,
     wait_for_offline_runs,
+    work_dir,
 )
 
 pytestmark = pytest.mark.distributed
@@ -41,7 +41,8 @@ def setup(small_setup, tmp_path_factory):
 
 
 def dpo_args(setup, out, zero=3, grad_acc=1, extra=()):
-    ds = f"dpo.deepspeed={ROOT}/esc_dist/ds_configs/zero{zero}.json" if zero else "dpo.deepspeed=null"
+    ds = (f"dpo.deepspeed={ROOT}/esc_dist/ds_configs/zero{zero}.json" if zero
+          else "dpo.deepspeed=null")
     return ["dpo", "--role", "planner", "--pairs", str(setup / "pairs"), "--model",
             str(setup / "tiny"), "--out", str(out), f"run.output_dir={setup}", ds,
             f"dpo.max_steps={STEPS}", "dpo.save_steps=2", "dpo.keep_checkpoints=true",

@@ -95,7 +95,8 @@ def test_decoupled_two_ranks_equal_one_rank_and_conditioning(setup):
     assert sorted(p.id for p in preds) == sorted(turns) and len(preds) == 48
     assert all(json.loads(line).keys() == {"id", "dialogue_id", "turn_index", "gold_strategy",
                                            "gold_reply", "pred_strategy", "pred_strategy_raw",
-                                           "pred_reply", "mode"} for line in b.decode().splitlines())
+                                           "pred_reply", "mode"}
+               for line in b.decode().splitlines())
     assert {p.pred_strategy for p in preds} == {PLANNER_ANSWER} and {p.mode for p in preds} == {
         "decoupled"}
     assert all(p.gold_strategy == turns[p.id]["strategy"] for p in preds)

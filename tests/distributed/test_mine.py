@@ -78,7 +78,8 @@ def test_stats_from_records():
                 "meta": {"turn_id": f"t{k // 2}", "role": "planner", "history": HIST,
                          "gold_strategy": gold, "gold_reply": "x"}}
 
-    records = [rec(0, "Question"), rec(1, "Question"), rec(2, "Others"), rec(3, "??", finish="length")]
+    records = [rec(0, "Question"), rec(1, "Question"), rec(2, "Others"),
+               rec(3, "??", finish="length")]
     pairs, stats = pairs_from_records(records[::-1])
     assert [p["id"] for p in pairs] == ["t1#s0", "t1#s1"]
     assert stats["turns"] == 2 and stats["samples"] == 4 and stats["pairs"] == 2
@@ -99,9 +100,10 @@ def setup(tmp_path_factory, esconv_dir):
 
 def mine_args(setup, out, role="generator", model=None, extra=()):
     return ["mine", "--role", role, "--model", str(model or setup / "tiny"),
-            "--data", str(setup / "data"), "--out", str(out), "mine.n_samples=2", "mine.max_turns=48",
-            "mine.temperature=0.7", "mine.max_new_tokens=12", "mine.batch_size=4",
-            "mine.chunk_size=8", "mine.precision=fp32", "run.dist_timeout_s=120", *extra]
+            "--data", str(setup / "data"), "--out", str(out), "mine.n_samples=2",
+            "mine.max_turns=48", "mine.temperature=0.7", "mine.max_new_tokens=12",
+            "mine.batch_size=4", "mine.chunk_size=8", "mine.precision=fp32",
+            "run.dist_timeout_s=120", *extra]
 
 
 # One process, one thread (the CPU is shared: no OpenMP spinning); W&B off where not checked.
@@ -133,7 +135,8 @@ def test_two_ranks_equal_one_rank(setup, two_ranks):
     assert stats["turns"] == ITEMS // 2 and stats["samples"] == ITEMS
     assert stats["pairs"] + stats["same_as_gold"] == ITEMS
     pairs = read_pairs(two_ranks / "pairs.jsonl", "generator")
-    assert len(pairs) == stats["pairs"] and [p["id"] for p in pairs] == sorted(p["id"] for p in pairs)
+    assert len(pairs) == stats["pairs"]
+    assert [p["id"] for p in pairs] == sorted(p["id"] for p in pairs)
     assert (two_ranks / "COMPLETED").is_file()
     # different samples of one turn differ (independent seeds per sample index)
     by_turn = {}

@@ -5,8 +5,8 @@ import subprocess
 import sys
 
 from esc_dist.config import load_recipe
-from esc_dist.io import verify_outputs
 from esc_dist.constants import GOLD_SYSTEMS, SYSTEMS
+from esc_dist.io import verify_outputs
 from esc_dist.pipeline import plan
 from tests.helpers import ROOT, TEST_DATA, launch_env
 

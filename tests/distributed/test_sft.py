@@ -40,7 +40,8 @@ def setup(small_setup, tmp_path_factory):
 
 
 def sft_args(setup, out, zero=3, grad_acc=1, role="planner", extra=()):
-    ds = f"sft.deepspeed={ROOT}/esc_dist/ds_configs/zero{zero}.json" if zero else "sft.deepspeed=null"
+    ds = (f"sft.deepspeed={ROOT}/esc_dist/ds_configs/zero{zero}.json" if zero
+          else "sft.deepspeed=null")
     return ["sft", "--role", role, "--data", str(setup / "data"), "--model", str(setup / "tiny"),
             "--out", str(out), f"run.output_dir={setup}", ds, f"sft.max_steps={STEPS}",
             "sft.save_steps=2", "sft.keep_checkpoints=true", "sft.logging_steps=1",
@@ -129,8 +130,10 @@ def test_export_loads_without_deepspeed_and_generates(zero3_run):
         "from transformers import AutoModelForCausalLM, AutoTokenizer\n"
         f"d = {str(zero3_run)!r}\n"
         "tok = AutoTokenizer.from_pretrained(d); m = AutoModelForCausalLM.from_pretrained(d)\n"
-        "msgs = [{'role': 'system', 'content': 'Plan.'}, {'role': 'user', 'content': 'I am sad.'}]\n"
-        "enc = tok.apply_chat_template(msgs, add_generation_prompt=True, return_tensors='pt', return_dict=True)\n"
+        "msgs = [{'role': 'system', 'content': 'Plan.'}, "
+        "{'role': 'user', 'content': 'I am sad.'}]\n"
+        "enc = tok.apply_chat_template(msgs, add_generation_prompt=True, return_tensors='pt', "
+        "return_dict=True)\n"
         "out = m.generate(**enc, max_new_tokens=5, do_sample=False)\n"
         "assert out.shape[1] > enc['input_ids'].shape[1]\n"
         "print('generated', repr(tok.decode(out[0][enc['input_ids'].shape[1]:])))\n"

@@ -17,9 +17,9 @@ COMMON = ["run.dist_timeout_s=300", "wandb.mode=disabled"]
 
 
 def train_args(stage, setup, model, out, extra=()):
-    return [f"{stage}.deepspeed={ROOT}/esc_dist/ds_configs/zero3.json", f"{stage}.max_steps={STEPS}",
-            f"{stage}.per_device_train_batch_size=2", f"{stage}.max_length=256",
-            f"{stage}.logging_steps=1", f"{stage}.save_steps=1000",
+    return [f"{stage}.deepspeed={ROOT}/esc_dist/ds_configs/zero3.json",
+            f"{stage}.max_steps={STEPS}", f"{stage}.per_device_train_batch_size=2",
+            f"{stage}.max_length=256", f"{stage}.logging_steps=1", f"{stage}.save_steps=1000",
             f"{stage}.keep_checkpoints=true", f"{stage}.warmup_ratio=0",
             f"{stage}.precision=fp32", "--model", str(model), "--out", str(out),
             f"run.output_dir={setup}", *COMMON, *extra]
@@ -111,9 +111,9 @@ def test_shared_prompt_log_probs_equal_two_sequences(setup, smol_base, attn):
     from trl.trainer.dpo_trainer import DataCollatorForPreference
     from trl.trainer.utils import add_fused_lm_head
 
+    from benchmarks.dpo_shared_prompt import real_pairs
     from esc_dist.models.loading import load_tokenizer
     from esc_dist.train.heads import add_completion_lm_head
-    from benchmarks.dpo_shared_prompt import real_pairs
     from esc_dist.train.shared_prompt import SharedPromptCollator
 
     tok = load_tokenizer(str(smol_base), False)

@@ -267,7 +267,7 @@ def test_submit_pipeline_dry_run_follows_the_plan(tmp_path):
     assert r.returncode == 0, r.stderr
     lines = r.stdout.strip().splitlines()
     assert not (tmp_path / "run").exists()  # a dry run writes nothing
-    jobs = {re.search(r"--job-name=tiny-cpu-(\S+)", l).group(1): l for l in lines}
+    jobs = {re.search(r"--job-name=tiny-cpu-(\S+)", line).group(1): line for line in lines}
     stages = [s.name for s in plan(load_recipe(ROOT / RECIPE, args[1:]))]
     assert list(jobs) == [s for s in stages if s != "tiny-model" and not s.startswith("eval-")]
     assert "STAGE=prepare\\,tiny-model" in jobs["prepare"] and "single.sbatch" in jobs["prepare"]
@@ -277,14 +277,14 @@ def test_submit_pipeline_dry_run_follows_the_plan(tmp_path):
     assert "afterok:\\<dpo-generator\\>:\\<dpo-planner\\>:\\<prepare\\>" in \
         jobs["infer-decoupled-dpo"]
     assert "--dependency" not in jobs["prepare"]
-    assert all("--kill-on-invalid-dep=yes" in l for l in lines)
+    assert all("--kill-on-invalid-dep=yes" in line for line in lines)
     # the recipe's signal lead time (pipeline.signal_lead_s) on every job
-    assert all("--signal=B:USR1@600" in l for l in lines)
+    assert all("--signal=B:USR1@600" in line for line in lines)
     r = subprocess.run(["bash", "slurm/submit_pipeline.sh", "--dry-run", *args,
                         "pipeline.signal_lead_s=900"], cwd=ROOT, env=job_env(),
                        capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0 and all("--signal=B:USR1@900" in l
-                                     for l in r.stdout.strip().splitlines()), r.stderr
+    assert r.returncode == 0 and all("--signal=B:USR1@900" in line
+                                     for line in r.stdout.strip().splitlines()), r.stderr
 
 
 @pytest.mark.slurm

@@ -9,8 +9,13 @@ from collections import Counter
 
 import pytest
 
-from esc_dist.eval.adherence import (DECOUPLED_FALLBACK, adherence, argmax_first,
-                                     intended_strategy, train_classifier)
+from esc_dist.eval.adherence import (
+    DECOUPLED_FALLBACK,
+    adherence,
+    argmax_first,
+    intended_strategy,
+    train_classifier,
+)
 from esc_dist.strategies import STRATEGIES
 
 

@@ -99,7 +99,8 @@ def test_the_planner_reads_the_recipes_prompt_form(chat_models):
                           generator=chat_models["generator"])["decoupled"]
     planner, seen = system.parts["planner"], []
     asked = planner.generate
-    planner.generate = lambda messages, *a, **k: (seen.append(messages), asked(messages, *a, **k))[1]
+    planner.generate = lambda messages, *a, **k: (seen.append(messages),
+                                                  asked(messages, *a, **k))[1]
     history = as_messages([{"role": "seeker", "text": "I lost my job."},
                            {"role": "supporter", "text": "I'm sorry.", "strategy": "Others"},
                            {"role": "seeker", "text": "I don't know what to do."}])

@@ -188,7 +188,8 @@ def test_released_fit_equals_an_independent_transcription(seed):
     conf[np.arange(8), (np.arange(8) + 1) % 8] += 1  # a cycle: every strategy beats and is beaten
     prefs, bias = kang_preferences(conf)
     ref_prefs, ref_bias = _released_scorer(conf.tolist())
-    assert prefs == pytest.approx(ref_prefs, rel=1e-12) and bias == pytest.approx(ref_bias, rel=1e-12)
+    assert (prefs == pytest.approx(ref_prefs, rel=1e-12)
+            and bias == pytest.approx(ref_bias, rel=1e-12))
     assert sum(prefs) == pytest.approx(8)
     # 20 sweeps stop near, not exactly at, the converged fit
     assert bias == pytest.approx(fit_preferences(conf).bias, abs=0.05)

@@ -12,8 +12,8 @@ from PIL import Image
 
 from esc_dist.config import Recipe
 from esc_dist.errors import DataError, PredictionsError
-from esc_dist.eval.predictions import load_predictions
 from esc_dist.eval.compare import compare, load_report, log_comparison
+from esc_dist.eval.predictions import load_predictions
 from esc_dist.eval.report import confusion_with_unparseable, evaluate, log_report
 from esc_dist.strategies import STRATEGIES
 from esc_dist.tracking import start_run
@@ -70,7 +70,8 @@ def test_loads_a_good_file(fixture_preds):
     (json.dumps(_row(9, "Question", "Sarcasm")), "'pred_strategy' 'Sarcasm' must be one of"),
     (json.dumps(_row(9, "Question", None, mode="joint")), "'mode' must be one of"),
     (json.dumps({**_row(9, "Question", None), "turn_index": "3"}), "'turn_index' must be an int"),
-    (json.dumps(_row(0, "Question", "Question")), "duplicate id 'esconv-0000-t000' (first on line 1)"),
+    (json.dumps(_row(0, "Question", "Question")),
+     "duplicate id 'esconv-0000-t000' (first on line 1)"),
 ])
 def test_bad_input_names_file_and_line(tmp_path, line, problem):
     good = [json.dumps(_row(i, "Question", "Question")) for i in range(3)]
@@ -202,7 +203,8 @@ def _decodes(tmp_path: Path) -> list[Path]:
              "maybe talk to a friend", "I felt the same once"]
     paths = []
     for k in range(3):
-        rows = [_row(i, g, STRATEGIES[(i // 3 + (i + k) % 3 + (k > 0)) % 8] if (i + k) % 5 else None,
+        rows = [_row(i, g,
+                     STRATEGIES[(i // 3 + (i + k) % 3 + (k > 0)) % 8] if (i + k) % 5 else None,
                      reply=f"{words[(i + k) % 6]} . {words[(i * k) % 6]}",
                      gold_reply=f"{words[i % 6]} , {words[(i + 3) % 6]}")
                 for i, g in enumerate(gold)]
@@ -329,7 +331,8 @@ def test_error_rates_and_adherence_in_report_and_comparison(tmp_path):
         evaluate(paths, tmp_path / name, name=name, decoding=PAPER, extra=extra)
     report = json.loads((tmp_path / "a" / "report.json").read_text())
     assert report["psych_errors"]["offline"] == offline and report["adherence"] == adherence
-    assert (tmp_path / "a" / "errors.png").is_file() and not (tmp_path / "b" / "errors.png").exists()
+    assert ((tmp_path / "a" / "errors.png").is_file()
+            and not (tmp_path / "b" / "errors.png").exists())
     assert "errors.png" in json.loads((tmp_path / "a" / "manifest.json").read_text())["outputs"]
     md = (tmp_path / "a" / "report.md").read_text()
     assert "## Psychological errors of the replies" in md and "| Emotion Misread | not seen |" in md
@@ -367,7 +370,8 @@ def test_log_report_and_comparison_to_offline_wandb(tmp_path, fixture_preds, wan
     assert s["eval/bleu_2"] == pytest.approx(report["headline"]["bleu_2"])
     assert s["eval/unparseable"] == 2
     assert s["eval/ours/Q_as_others"] == pytest.approx(449 / 1050)
-    assert s["eval/paper/bleu_2"] == pytest.approx(report["protocols"]["paper"]["headline"]["bleu_2"])
+    assert s["eval/paper/bleu_2"] == pytest.approx(
+        report["protocols"]["paper"]["headline"]["bleu_2"])
     assert s["eval/llm/empathy"] == 3.5 and "eval/llm/note" not in s
     assert s["compare/Decoupled-DPO/B"] == pytest.approx(math.sqrt(5 / 12))
     logged = {k: v for row in r["history"] for k, v in row.items()}

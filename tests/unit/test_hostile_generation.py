@@ -12,8 +12,15 @@ from esc_dist.config import DataConfig, MineConfig, load_recipe
 from esc_dist.data.fitting import HistoryFitter
 from esc_dist.data.tasks import prepare
 from esc_dist.errors import DataError
-from esc_dist.generation import (EngineConfig, Sampling, WorkItem, fit_prompts, generate,
-                                 load_tokenizer, prompt_ids)
+from esc_dist.generation import (
+    EngineConfig,
+    Sampling,
+    WorkItem,
+    fit_prompts,
+    generate,
+    load_tokenizer,
+    prompt_ids,
+)
 from esc_dist.infer import infer
 from esc_dist.ipm.mine import mine, mine_items
 from esc_dist.models.loading import model_context

@@ -7,14 +7,12 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from pathlib import Path
 
 import pytest
 
 from esc_dist.cli import main
 from esc_dist.errors import ConfigError, DataError
 from esc_dist.humaneval.build import build_study
-from esc_dist.humaneval.report import write_report
 from esc_dist.humaneval.study import Study
 from esc_dist.names import is_name, markdown_text, plot_text
 from tests.unit.test_eval_report import fixture_preds, wandb_env  # noqa: F401 (fixtures)

@@ -13,8 +13,13 @@ import traceback
 import pytest
 
 from esc_dist.config import JudgeConfig
-from esc_dist.eval.llm_scores import (DIMENSIONS, PROTOCOL, parse_score, score_messages,
-                                      score_predictions)
+from esc_dist.eval.llm_scores import (
+    DIMENSIONS,
+    PROTOCOL,
+    parse_score,
+    score_messages,
+    score_predictions,
+)
 from esc_dist.ipm.judge import judge_pairs
 from esc_dist.llm_client import JSONAnswerError, LLMClient, LLMError, parse_json_answer
 from tests.helpers import LogCapture, Reply, fake_model

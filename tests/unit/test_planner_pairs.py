@@ -9,10 +9,9 @@ from pathlib import Path
 import pytest
 
 from esc_dist.config import JudgeConfig, load_recipe
-from esc_dist.io import read_json
+from esc_dist.io import read_json, write_jsonl
 from esc_dist.ipm.mine import pairs_from_records
 from esc_dist.ipm.prefdial import build_prefdial, read_pairs
-from esc_dist.io import write_jsonl
 
 HISTORY = [{"role": "seeker", "text": "Hi", "strategy": None},
            {"role": "supporter", "text": "Hello, how are you?", "strategy": "Question"},

@@ -44,7 +44,8 @@ def test_manifest(prepared, esconv_dir):
         "test": (130, 1792)}
     assert 350 < m["counts"]["train"]["turns"] < 650
     # strategy counts of the data README for the DecoupledESC test split
-    assert list(m["counts"]["test"]["strategies"].values()) == [365, 125, 154, 157, 283, 276, 98, 334]
+    assert list(m["counts"]["test"]["strategies"].values()) == [
+        365, 125, 154, 157, 283, 276, 98, 334]
     import hashlib
     assert m["inputs"]["esconv"]["sha256"] == hashlib.sha256(
         (esconv_dir / "esconv.json").read_bytes()).hexdigest()

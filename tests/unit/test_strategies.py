@@ -32,7 +32,8 @@ def test_every_canonical_name_maps_to_itself():
 
 def test_parse_tagged():
     assert parse_tagged("[Question] How are you?") == ("Question", "How are you?")
-    assert parse_tagged("[self-disclosure]I felt that too.") == ("Self-disclosure", "I felt that too.")
+    assert parse_tagged("[self-disclosure]I felt that too.") == ("Self-disclosure",
+                                                                 "I felt that too.")
     assert parse_tagged("No tag here") == (None, "No tag here")
     assert parse_tagged("[Hugs] there there") == (None, "[Hugs] there there")
 

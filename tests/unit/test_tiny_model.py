@@ -71,6 +71,6 @@ def test_datasets_usable_as_is_by_trl(tmp_path, esconv_dir, tiny_model_dir):
         trainer = SFTTrainer(model=model, args=args, train_dataset=train, processing_class=tok)
         assert len(trainer.train_dataset) == len(train)  # nothing dropped or truncated away
         for row in trainer.train_dataset:
-            learned = [i for i, l in zip(row["input_ids"], row["labels"]) if l != -100]
+            learned = [i for i, label in zip(row["input_ids"], row["labels"]) if label != -100]
             assert tok.decode(learned) == row["completion"][0]["content"] + EOS + "\n"
     assert trainer.train().training_loss > 0

@@ -14,8 +14,16 @@ from esc_dist import io
 from esc_dist.cli import main
 from esc_dist.config import DataConfig, JudgeConfig
 from esc_dist.errors import DataError
-from esc_dist.io import (COMPLETED, atomic_write_json, mark_completed, output_record, read_json,
-                         require_verified, verify_outputs, write_manifest)
+from esc_dist.io import (
+    COMPLETED,
+    atomic_write_json,
+    mark_completed,
+    output_record,
+    read_json,
+    require_verified,
+    verify_outputs,
+    write_manifest,
+)
 from esc_dist.ipm.prefdial import build_prefdial
 from tests.helpers import TEST_DATA
 from tests.unit.test_prefdial import GENERATOR, write_pairs

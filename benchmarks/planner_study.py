@@ -31,8 +31,12 @@ checkpoints of a training stage are deleted once its export is complete. The rep
 (``--report-only`` runs nothing else) is rendered from the committed result files alone into
 the section between the ``planner-study`` markers of ``benchmarks/RESULTS.md``.
 
+- ``benchmarks/results/planner_study/sweep-seed-K-lrX.json`` -- ``--sweep X,...``: the
+  DPO-strength sweep on validation (the guard's trajectory at each learning rate).
+
 Usage: python -m benchmarks.planner_study [--seeds 0,1,2] [--through mine|all]
        [--variant judged] [--samples-probe] [--variant-seed 0] [--report-only]
+       [--sweep LR,... [--sweep-steps 60] [--sweep-every 10]]
 """
 
 from __future__ import annotations
@@ -171,6 +175,37 @@ def seed_piece_dpo(config: Path, seed: int, runs: Path) -> dict:
             "world_size": m.get("world_size"), "guard": m.get("guard")}
 
 
+def sweep_point(config: Path, seed: int, runs: Path, lr: float, steps: int, every: int) -> dict:
+    """The DPO-strength sweep on validation: one learning rate, ``steps`` steps from the seed's
+    SFT planner on its pairs, the validation guard every ``every`` steps (the test split is not
+    touched). The tokenized pairs and their cached reference log-probs are copied from the
+    seed's DPO stage when it has them (same pairs, same reference: the pass is not repeated)."""
+    import shutil
+
+    run = runs / f"seed-{seed}"
+    out = run / "sweep" / f"lr{lr:g}"
+    work = out.with_name(out.name + ".work")
+    done = run / "models" / "dpo-planner.work"
+    if not work.exists() and (done / "tokenized").is_dir():
+        work.mkdir(parents=True)
+        shutil.copy(done / ".esc-dist-output", work)
+        shutil.copytree(done / "tokenized", work / "tokenized")
+    extra = (f"dpo.learning_rate={lr}", f"dpo.max_steps={steps}",
+             f"dpo.validation_every={every}", "dpo.export_best=true", f"dpo.save_steps={steps}")
+    ov = overrides(seed, runs, extra)
+    t0 = time.time()
+    if not (out / COMPLETED).is_file():
+        launch(load_recipe(config, ov),
+               ["dpo", "--role", "planner", "--pairs", str(run / "prefdial" / "planner"),
+                "--model", str(run / "models" / "sft-planner"), "--data", str(run / "data"),
+                "--out", str(out), "--config", str(config), *ov], out.parent / f"{out.name}.log")
+    m = read_json(out / "manifest.json")
+    return {"seed": seed, "date": time.strftime("%Y-%m-%d"), "machine": machine(),
+            "settings": {"learning_rate": lr, "max_steps": steps, "validation_every": every},
+            "seconds": round(time.time() - t0), "guard": m.get("guard"),
+            "dpo": {k: m.get(k) for k in ("global_step", "final_loss", "final_reward_accuracy")}}
+
+
 def seed_piece_all(config: Path, seed: int, runs: Path, first_seed: bool) -> dict:
     run = runs / f"seed-{seed}"
     out = seed_piece_mining(config, seed, runs)
@@ -261,9 +296,9 @@ def variant_judged(config: Path, seed: int, runs: Path) -> dict:
 # Report: from the committed result files only
 
 
-def load_results() -> tuple[dict, dict, dict, dict, dict]:
+def load_results() -> tuple[dict, dict, dict, dict, dict, dict]:
     """(mining pieces, finished seeds, judged variants, sample probes, DPO pieces) by seed,
-    from the result files."""
+    and the sweep points by (seed, learning rate), from the result files."""
     def by_seed(pattern: str) -> dict[int, dict]:
         out = {}
         for f in sorted(RESULTS.glob(pattern)):
@@ -271,9 +306,13 @@ def load_results() -> tuple[dict, dict, dict, dict, dict]:
             out[int(r["seed"])] = r
         return out
 
+    sweeps = {}
+    for f in sorted(RESULTS.glob("sweep-seed-*-lr*.json")):
+        r = read_json(f)
+        sweeps[(int(r["seed"]), float(r["settings"]["learning_rate"]))] = r
     return (by_seed("seed-*.mining.json"), by_seed("seed-[0-9].json"),
             by_seed("variant-judged-seed-*.json"), by_seed("samples-probe-seed-*.json"),
-            by_seed("seed-*.dpo.json"))
+            by_seed("seed-*.dpo.json"), sweeps)
 
 
 def fmt(key: str, mean: float | None, std: float | None = None) -> str:
@@ -287,25 +326,44 @@ def fmt(key: str, mean: float | None, std: float | None = None) -> str:
 def trajectory(seed: int, d: dict) -> list[str]:
     """The validation guard's evaluations of one seed's DPO run."""
     g, st = d["guard"], d["settings"]
-    out = [f"**DPO, seed {seed}** (lr {st['learning_rate']:g}, beta {st['beta']:g}, "
-           f"{st['num_train_epochs']:g} epoch, {d['dpo']['global_step']} steps of "
-           f"{st['per_device_train_batch_size'] * d['world_size']} pairs, "
-           f"{(d['seconds'] or 0) / 60:.0f} min; final reward accuracy "
-           f"{d['dpo']['final_reward_accuracy']:.2f}): greedy predictions on "
-           f"{g['turns']} validation turns every {st['validation_every']} steps "
-           "(step 0 = the SFT model; shares in %):", "",
-           "| step | B | Q % | accuracy % | unparseable % | "
+    return guard_table(
+        f"**DPO, seed {seed}** (lr {st['learning_rate']:g}, beta {st['beta']:g}, "
+        f"{st['num_train_epochs']:g} epoch, {d['dpo']['global_step']} steps of "
+        f"{st['per_device_train_batch_size'] * d['world_size']} pairs, "
+        f"{(d['seconds'] or 0) / 60:.0f} min; final reward accuracy "
+        f"{d['dpo']['final_reward_accuracy']:.2f}): greedy predictions on "
+        f"{g['turns']} validation turns every {st['validation_every']} steps "
+        "(step 0 = the SFT model; shares in %):", g)
+
+
+def sweep_tables(sweeps: dict) -> list[str]:
+    """The DPO-strength sweep: the guard's trajectory at each learning rate (validation only)."""
+    out = ["**DPO-strength sweep on validation** (`--sweep`; the test split is not touched; "
+           "*(best)* marks the step the guard's rule picks: the lowest validation B among the "
+           "steps within a point of the SFT model's Q):", ""] if sweeps else []
+    for (seed, lr), d in sorted(sweeps.items()):
+        g = d["guard"]
+        steps = (d.get("dpo") or {}).get("global_step") or d.get("stopped_at_step")
+        note = f"; {d['note']}" if d.get("note") else ""
+        out += guard_table(f"**Sweep, seed {seed}, lr {lr:g}** (beta 0.1, 16 pairs per step, "
+                           f"{steps} steps{note}): greedy predictions on {g['turns']} "
+                           "validation turns (shares in %):", g)
+    return out
+
+
+def guard_table(title: str, g: dict) -> list[str]:
+    out = [title, "", "| step | B | Q % | accuracy % | unparseable % | "
            + " | ".join(STRATEGIES) + " |", "|---" * (5 + len(STRATEGIES)) + "|"]
     for h in g["history"]:
-        mark = " (exported)" if (g.get("best") or {}).get("step") == h["step"] else ""
+        mark = " (best)" if (g.get("best") or {}).get("step") == h["step"] else ""
         out.append(f"| {h['step']}{mark} | {h['B']:.3f} | {100 * h['Q']:.1f} | "
                    f"{100 * h['accuracy']:.1f} | {100 * h['unparseable']:.1f} | "
                    + " | ".join(f"{100 * h['shares'][s]:.0f}" for s in STRATEGIES) + " |")
     return out + [""]
 
 
-def render(mining: dict, seeds: dict, judged: dict, probes: dict, dpo: dict | None = None
-           ) -> str:
+def render(mining: dict, seeds: dict, judged: dict, probes: dict, dpo: dict | None = None,
+           sweeps: dict | None = None) -> str:
     lines = [START, "## The planner study: the paper's planner pairs, B on all 1,792 test turns",
              ""]
     if not mining:
@@ -344,6 +402,7 @@ def render(mining: dict, seeds: dict, judged: dict, probes: dict, dpo: dict | No
                          f"{x['distinct_pairs']} | "
                          + " | ".join(f"{x['push'][st]:+d}" for st in STRATEGIES) + " |")
         lines.append("")
+    lines += sweep_tables(sweeps or {})
     for seed, d in sorted((dpo or {}).items()):
         lines += trajectory(seed, d)
     if not seeds:
@@ -403,6 +462,10 @@ def main() -> None:
     ap.add_argument("--samples-probe", action="store_true",
                     help="mine 4 samples on the first 300 training turns of --variant-seed")
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--sweep", metavar="LR,...", help="DPO-strength sweep on validation: these "
+                    "learning rates on --variant-seed, --sweep-steps steps each")
+    ap.add_argument("--sweep-steps", type=int, default=60)
+    ap.add_argument("--sweep-every", type=int, default=10)
     args = ap.parse_args()
     os.chdir(ROOT)  # the pipeline's stage keys hold the run paths as written
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -422,6 +485,10 @@ def main() -> None:
         if args.samples_probe:
             atomic_write_json(RESULTS / f"samples-probe-seed-{args.variant_seed}.json",
                               samples_probe(args.config, args.variant_seed, args.runs))
+        for lr in (float(x) for x in (args.sweep or "").split(",") if x.strip()):
+            atomic_write_json(RESULTS / f"sweep-seed-{args.variant_seed}-lr{lr:g}.json",
+                              sweep_point(args.config, args.variant_seed, args.runs, lr,
+                                          args.sweep_steps, args.sweep_every))
         if args.variant == "judged":
             atomic_write_json(RESULTS / f"variant-judged-seed-{args.variant_seed}.json",
                               variant_judged(args.config, args.variant_seed, args.runs))

@@ -8,6 +8,7 @@ import argparse
 import json
 from pathlib import Path
 
+from .. import tracking
 from ..constants import PROTOCOLS, ROLES, VARIANTS
 from ..errors import ConfigError, PairsError
 from ..names import check_name
@@ -166,6 +167,7 @@ def run_eval(args: argparse.Namespace) -> int:
             "name": name, "predictions": [str(p) for p in preds], "protocol": report["protocol"],
             "sha256": report["input"]["sha256"]}}) as run:
         log_report(run, report, out)
+        tracking.log_reference(run, out, f"{recipe.run.name}-eval-{name}", "report")
     return 0
 
 
@@ -208,6 +210,7 @@ def run_compare(args: argparse.Namespace) -> int:
             "names": [x["name"] for x in comparison["systems"]], "variant": args.variant,
             "protocol": comparison["protocol"]}}) as run:
         log_comparison(run, comparison, out)
+        tracking.log_reference(run, out, f"{recipe.run.name}-comparison", "report")
     return 0
 
 

@@ -179,17 +179,24 @@ def test_sigkill_one_rank_then_resume_matches_uninterrupted(setup, zero3_run):
     assert sorted(p.name for p in ckpts.glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-6"]
 
 
-def test_resume_on_one_rank_from_two_rank_checkpoint(setup, zero3_run):
-    """A ZeRO-3 checkpoint written by 2 ranks resumes on 1 rank (universal checkpoint)."""
+@pytest.mark.parametrize("batch", ["accumulation", "global_batch_size"])
+def test_resume_on_one_rank_from_two_rank_checkpoint(setup, zero3_run, batch):
+    """A ZeRO-3 checkpoint written by 2 ranks resumes on 1 rank (universal checkpoint), the
+    global batch kept either by doubling the accumulation by hand or by sft.global_batch_size
+    (the accumulation derived from the new world size)."""
     import shutil
 
-    out = setup / "onerank" / "sft-planner"
+    out = setup / f"onerank-{batch}" / "sft-planner"
     ckpts = out.with_name("sft-planner.work") / "checkpoints"
     ckpts.mkdir(parents=True)
     shutil.copytree(zero3_run.with_name("sft-planner.work") / "checkpoints" / "checkpoint-2",
                     ckpts / "checkpoint-2")
-    launch(sft_args(setup, out, zero=3, grad_acc=2, extra=["sft.save_total_limit=3"]), nproc=1,
-           launcher="torchrun", log=setup / "onerank.log")
+    extra = ["sft.save_total_limit=3"]
+    args = (sft_args(setup, out, zero=3, grad_acc=2, extra=extra) if batch == "accumulation"
+            else sft_args(setup, out, zero=3, extra=[*extra, "sft.global_batch_size=8"]))
+    log = setup / f"onerank-{batch}.log"
+    launch(args, nproc=1, launcher="torchrun", log=log)
+    assert "global batch 8 (4 per device x 2 accumulation)" in log.read_text()
     m = json.loads((out / "manifest.json").read_text())
     assert m["world_size"] == 1 and m["resumed_from"].endswith("checkpoint-2")
     assert (ckpts / "checkpoint-2" / "global_step2_universal" / "COMPLETED").is_file()

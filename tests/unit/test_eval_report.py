@@ -412,6 +412,11 @@ def test_cli_eval_and_compare(tmp_path, fixture_preds, wandb_env, monkeypatch, c
                                   sorted(p.name for p in r["file"].parent.iterdir()))
     assert r["run"]["job_type"] == "eval-dec-dpo" and r["run"]["group"] == "cli-test"
     assert r["summary"]["eval/Q_as_others"] == pytest.approx(449 / 1050)
+    # the report directory, logged by reference (nothing uploaded)
+    [art] = [a for a in r["artifacts"] if a["type"] == "report"]
+    assert art["name"] == "cli-test-eval-dec-dpo"
+    assert art["refs"] and all(ref.startswith(report_dir.resolve().as_uri())
+                               for ref in art["refs"])
 
     # compare: trailing overrides must not be taken for report directories
     monkeypatch.delenv("WANDB_MODE")

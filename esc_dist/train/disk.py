@@ -104,12 +104,13 @@ def export_need(model_dir: str, precision_bytes: int) -> int:
     return (parameters(model_dir) or 0) * precision_bytes
 
 
-def remove_checkpoints(checkpoints: Path) -> None:
-    """After a complete export (rank 0): the stage's checkpoints, stale ones included."""
+def remove_checkpoints(checkpoints: Path, also: list[Path] = ()) -> None:
+    """After a complete export (rank 0): the stage's checkpoints, stale ones included, and
+    ``also`` (saved weights the export was copied from)."""
     if not dist.is_main():
         return
     freed = 0
-    for d in [checkpoints, *checkpoints.parent.glob(f"{checkpoints.name}-stale-*")]:
+    for d in [checkpoints, *checkpoints.parent.glob(f"{checkpoints.name}-stale-*"), *also]:
         if d.is_dir():
             freed += directory_bytes(d)
             shutil.rmtree(d, ignore_errors=True)

@@ -84,10 +84,10 @@ def run_training(stage: str, role: str, recipe: Recipe, cfg: TrainConfig, inputs
                         **(extra_manifest(trainer) if extra_manifest else {}))
         precision_bytes = 2 if dist.resolve_precision(cfg.precision) in ("bf16", "fp16") else 4
         require_space(paths.work, export_need(model_dir, precision_bytes), "the export")
-        export_model(trainer, tokenizer, paths, manifest,
-                     weights=exported_weights() if exported_weights else None)
-        if not cfg.keep_checkpoints:
-            remove_checkpoints(paths.checkpoints)
+        weights = exported_weights() if exported_weights else None
+        export_model(trainer, tokenizer, paths, manifest, weights=weights)
+        if not cfg.keep_checkpoints:  # the guard's best-step copy went into the export too
+            remove_checkpoints(paths.checkpoints, [weights] if weights else [])
         if recipe.hub.push and dist.is_main():
             from ..models.hub import push
 

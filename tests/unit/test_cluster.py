@@ -358,3 +358,17 @@ def test_liger_is_auto_off_without_a_gpu_and_refused_when_required(tmp_path, cap
               else "'sft.liger' is true but Liger's kernels need a CUDA GPU")
     r = run_cli(["stage", "init", f"run.output_dir={tmp_path}/run", "sft.liger=true"], tmp_path)
     assert_one_line_error(r, "stage", needle)
+
+
+def test_after_the_export_checkpoints_stale_ones_and_the_best_step_copy_go(tmp_path, caplog):
+    from esc_dist.train.disk import remove_checkpoints
+
+    work = tmp_path / "dpo-planner.work"
+    for d in ("checkpoints/checkpoint-20", "checkpoints-stale-1/checkpoint-4", "guard-best",
+              "tokenized"):
+        (work / d).mkdir(parents=True)
+        (work / d / "weights.bin").write_bytes(b"x" * 1000)
+    with caplog.at_level("INFO"):
+        remove_checkpoints(work / "checkpoints", [work / "guard-best"])
+    assert sorted(p.name for p in work.iterdir()) == ["tokenized"]
+    assert "removed the checkpoints of dpo-planner.work (3.00 KB" in caplog.text

@@ -152,3 +152,15 @@ def test_hub_push_uploads_the_export_with_its_card_and_keeps_the_token_out_of_lo
 def test_hub_push_without_a_repository_prefix_is_one_line(tmp_path):
     r = run_cli(["stage", "init", f"run.output_dir={tmp_path}/run", "hub.push=true"], tmp_path)
     assert_one_line_error(r, "stage", "'hub.push' needs 'hub.repo_prefix' as org/name-prefix")
+
+
+def test_inference_names_a_hub_model_offline(hub, small_setup, tmp_path):
+    """Any model flag takes a Hub id: the tiny model as a planner, resolved from the cache."""
+    out = tmp_path / "pred"
+    r = run_cli(["infer", "--mode", "planner", "--planner", "esc/tiny", "--data",
+                 str(small_setup / "data"), "--split", "test", "--out", str(out),
+                 f"run.output_dir={tmp_path}", "infer.max_dialogues=1",
+                 "infer.planner_max_new_tokens=4", "infer.decode_seeds=1"], tmp_path,
+                {**hub["offline"], "DS_ACCELERATOR": "cpu"}, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (out / "predictions.jsonl").read_text().count("\n") > 0

@@ -78,14 +78,10 @@ def needs(recipe: Recipe, gpus: int) -> dict:
     for stage in ("sft", "dpo"):
         cfg = getattr(recipe, stage)
         z = zero_stage(deepspeed_config(cfg)) if cfg.deepspeed else 0
-        if z >= 3:
-            per_gpu = n * states / gpus
-        elif z == 2:
-            per_gpu = n * weights * 2 + n * (states - weights) / gpus  # weights + grads local
-        elif z == 1:
-            per_gpu = n * weights * 2 + n * (states - weights) / gpus
-        else:
-            per_gpu = n * (states + weights)
+        total = states + weights  # + the 16-bit (or fp32) gradients
+        # what each ZeRO stage keeps whole on every GPU: nothing; the weights; weights and grads
+        whole = {3: 0, 2: weights, 1: 2 * weights}.get(min(z, 3), total)
+        per_gpu = n * whole + n * (total - whole) / gpus
         if stage == "dpo" and recipe.dpo.reference == "live":
             per_gpu += n * weights / (gpus if z >= 3 else 1)
         out[f"{stage}_model_states_gb_per_gpu"] = per_gpu / GB

@@ -80,11 +80,10 @@ PREEMPT_SIGNALS = ("SIGUSR1",)
 def stage_callbacks(key: str, cfg: TrainConfig, model_dir: str, checkpoints: Path) -> list:
     """The callbacks every training stage runs: the checkpoint marker, checkpoint-and-stop on
     a preemption signal, and the free-space check before each checkpoint (disk.py)."""
-    from .disk import disk_guard
+    from .disk import disk_guard, precision_bytes
 
-    precision_bytes = 2 if dist.resolve_precision(cfg.precision) in ("bf16", "fp16") else 4
     return [checkpoint_callback(key), preemption_callback(),
-            disk_guard(model_dir, checkpoints, precision_bytes)]
+            disk_guard(model_dir, checkpoints, precision_bytes(cfg))]
 
 
 def preemption_callback():

@@ -100,6 +100,11 @@ def disk_guard(model_dir: str, checkpoints: Path, precision_bytes: int):
     return DiskGuard()
 
 
+def precision_bytes(cfg) -> int:
+    """Bytes per weight of a training config's precision."""
+    return 2 if dist.resolve_precision(cfg.precision) in ("bf16", "fp16") else 4
+
+
 def export_need(model_dir: str, precision_bytes: int) -> int:
     return (parameters(model_dir) or 0) * precision_bytes
 

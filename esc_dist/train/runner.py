@@ -23,7 +23,7 @@ from ..outputs import check_output, claim_dir
 from .arguments import deepspeed_config
 from .checkpoints import find_resume_checkpoint, prepare_resume, training_key, was_preempted
 from .common import StagePaths
-from .disk import export_need, remove_checkpoints, require_space
+from .disk import export_need, precision_bytes, remove_checkpoints, require_space
 from .models import export_model
 
 log = get_logger(__name__)
@@ -82,8 +82,7 @@ def run_training(stage: str, role: str, recipe: Recipe, cfg: TrainConfig, inputs
         manifest.update(summarize_history(trainer), tokenization=tok_stats,
                         resumed_from=str(ckpt) if ckpt else None, export_dir=str(paths.export),
                         **(extra_manifest(trainer) if extra_manifest else {}))
-        precision_bytes = 2 if dist.resolve_precision(cfg.precision) in ("bf16", "fp16") else 4
-        require_space(paths.work, export_need(model_dir, precision_bytes), "the export")
+        require_space(paths.work, export_need(model_dir, precision_bytes(cfg)), "the export")
         weights = exported_weights() if exported_weights else None
         export_model(trainer, tokenizer, paths, manifest, weights=weights)
         if not cfg.keep_checkpoints:  # the guard's best-step copy went into the export too

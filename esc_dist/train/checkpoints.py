@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .. import dist
 from ..config import NEUTRAL_KEYS, Recipe, TrainConfig, key_view
+from ..errors import EscError
 from ..io import COMPLETED, atomic_write_json, mark_completed, read_json, sha256_json
 from ..log import get_logger
 from .disk import size as disk_size
@@ -177,12 +178,21 @@ def find_resume_checkpoint(checkpoints: Path, resume: str, key: str) -> Path | N
     return None
 
 
-def prepare_resume(ckpt: Path | None) -> bool:
+FAILED = "FAILED"  # beside COMPLETED: rank 0 could not convert a checkpoint
+
+
+class ConversionFailed(EscError):
+    """Rank 0 could not convert a checkpoint to a universal one (seen by the other ranks)."""
+
+
+def prepare_resume(ckpt: Path | None, poll_s: float = 2.0) -> bool:
     """Make ``ckpt`` loadable on this world size; True when a universal checkpoint is needed.
 
     A DeepSpeed ZeRO checkpoint holds optimizer partitions for the world size that wrote it.
     On another world size it is converted once (rank 0) to DeepSpeed's universal format, which
-    any world size can load with ``load_universal``.
+    any world size can load with ``load_universal``. The other ranks wait for the conversion's
+    marker on the (shared) checkpoint directory, not in a collective: converting a 7B
+    checkpoint takes longer than any sensible process-group timeout (``run.dist_timeout_s``).
     """
     if ckpt is None:
         return False
@@ -194,18 +204,36 @@ def prepare_resume(ckpt: Path | None) -> bool:
         return False
     src = Path(tags[-1])
     dst = src.with_name(src.name + "_universal")
-    if dist.is_main() and not (dst / COMPLETED).is_file():
+    converted = (dst / COMPLETED).is_file()
+    if dist.is_main() and not converted:
+        shutil.rmtree(dst, ignore_errors=True)  # a half-converted attempt, and its FAILED marker
+    dist.barrier()  # no rank reads a FAILED marker of an earlier attempt
+    if converted:
+        return True
+    if dist.is_main():
         log.info("checkpoint %s was written by %d ranks, this run has %d: converting it to a "
                  "universal checkpoint", ckpt.name, saved, dist.world_size())
-        shutil.rmtree(dst, ignore_errors=True)
-        from argparse import Namespace
+        t0 = time.time()
+        try:
+            from argparse import Namespace
 
-        from deepspeed.checkpoint.ds_to_universal import main as ds_to_universal
+            from deepspeed.checkpoint.ds_to_universal import main as ds_to_universal
 
-        ds_to_universal(Namespace(input_folder=str(src), output_folder=str(dst),
-                                  num_extract_workers=1, num_merge_workers=1,
-                                  keep_temp_folder=False, strict=True,
-                                  inject_missing_state=False))
+            ds_to_universal(Namespace(input_folder=str(src), output_folder=str(dst),
+                                      num_extract_workers=1, num_merge_workers=1,
+                                      keep_temp_folder=False, strict=True,
+                                      inject_missing_state=False))
+        except BaseException:
+            dst.mkdir(parents=True, exist_ok=True)
+            (dst / FAILED).touch()
+            raise
         mark_completed(dst)
+        log.info("converted %s in %.0f s", dst.name, time.time() - t0)
+    else:
+        while not (dst / COMPLETED).is_file():
+            if (dst / FAILED).is_file():
+                raise ConversionFailed(f"{src}: rank 0 could not convert this checkpoint to a "
+                                      "universal one (its log says why)")
+            time.sleep(poll_s)
     dist.barrier()
     return True

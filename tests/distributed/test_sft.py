@@ -1,6 +1,7 @@
 """SFT under DeepSpeed ZeRO on 2 CPU ranks (gloo) with the tiny model."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -207,6 +208,70 @@ def test_resume_on_one_rank_from_two_rank_checkpoint(setup, zero3_run, batch):
     assert abs(grad_norms(zero3_run)[2] - grad_norms(out)[2]) <= 1e-5 * grad_norms(out)[2]
     assert_close_weights(weights(zero3_run), weights(out), tol=5e-4)
     assert max(abs(a - b) for a, b in zip(losses(zero3_run), losses(out))) <= 1e-2
+
+
+# Loaded at interpreter start by the resumed ranks below (sitecustomize on PYTHONPATH): rank 0's
+# universal conversion takes SLOW_CONVERSION_S longer, as a 7B checkpoint's does.
+SLOW_CONVERSION = """
+import importlib.abc, importlib.machinery, os, sys, time
+
+NAME = "deepspeed.checkpoint.ds_to_universal"
+
+
+class Slow(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name != NAME:
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        run = spec.loader.exec_module
+
+        def exec_module(module):
+            run(module)
+            main = module.main
+
+            def slow_main(args):
+                time.sleep(float(os.environ["SLOW_CONVERSION_S"]))
+                return main(args)
+
+            module.main = slow_main
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+sys.meta_path.insert(0, Slow())
+"""
+
+
+def test_universal_conversion_outlasts_the_process_group_timeout(setup, zero3_run, tmp_path):
+    """A checkpoint written by 1 rank resumes on 2 ranks although its conversion (made 45 s
+    slower) takes longer than run.dist_timeout_s (15 s): the other rank waits for the
+    conversion's marker, not in a collective that the timeout would end."""
+    import shutil
+
+    one = setup / "written-by-one" / "sft-planner"
+    extra = ["sft.global_batch_size=8", "sft.save_total_limit=3"]
+    launch(sft_args(setup, one, zero=3, extra=extra), nproc=1, launcher="torchrun",
+           log=setup / "written-by-one.log")
+    out = setup / "slow-conversion" / "sft-planner"
+    ckpts = out.with_name("sft-planner.work") / "checkpoints"
+    ckpts.mkdir(parents=True)
+    shutil.copytree(one.with_name("sft-planner.work") / "checkpoints" / "checkpoint-2",
+                    ckpts / "checkpoint-2")
+    (tmp_path / "sitecustomize.py").write_text(SLOW_CONVERSION)
+    env = launch_env(PYTHONPATH=f"{tmp_path}:{ROOT}", SLOW_CONVERSION_S="45")
+    log = setup / "slow-conversion.log"
+    launch(sft_args(setup, out, zero=3, extra=[*extra, "run.dist_timeout_s=15"]), env=env,
+           log=log)
+    text = log.read_text()
+    assert "converting it to a universal checkpoint" in text
+    converted = [float(x) for x in re.findall(r"converted global_step2_universal in (\d+) s", text)]
+    assert converted and converted[0] >= 45, text[-3000:]
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["world_size"] == 2 and m["resumed_from"].endswith("checkpoint-2")
+    assert m["global_step"] == STEPS
+    assert_close_weights(weights(zero3_run), weights(out), tol=5e-4)
 
 
 def test_zero3_loading_partitions_the_model(setup, tmp_path):

@@ -172,7 +172,8 @@ def seed_piece_dpo(config: Path, seed: int, runs: Path) -> dict:
             "settings": {k: getattr(recipe.dpo, k) for k in (
                 "learning_rate", "beta", "num_train_epochs", "per_device_train_batch_size",
                 "loss_type", "validation_every", "validation_turns", "shared_prompt")},
-            "world_size": m.get("world_size"), "guard": m.get("guard")}
+            "world_size": m.get("world_size"), "guard": m.get("guard"),
+            "trained_in": m.get("export_dir")}  # a sweep point's directory when adopted
 
 
 def sweep_point(config: Path, seed: int, runs: Path, lr: float, steps: int, every: int) -> dict:
@@ -204,6 +205,44 @@ def sweep_point(config: Path, seed: int, runs: Path, lr: float, steps: int, ever
             "settings": {"learning_rate": lr, "max_steps": steps, "validation_every": every},
             "seconds": round(time.time() - t0), "guard": m.get("guard"),
             "dpo": {k: m.get(k) for k in ("global_step", "final_loss", "final_reward_accuracy")}}
+
+
+# settings that change when a run saves and logs, not the weights it trains
+NOT_TRAINING = frozenset({"save_steps", "logging_steps", "keep_checkpoints"})
+
+
+def adopt_sweep_point(config: Path, seed: int, runs: Path) -> str | None:
+    """When the seed's DPO stage has not run for the recipe's settings but the sweep point at the
+    recipe's learning rate has (same model, pairs, validation data and DPO settings, the save and
+    log intervals aside), its export becomes the stage's output and is recorded as current, so
+    that the same training is not run twice. Returns the sweep point's directory, or None."""
+    import shutil
+    from dataclasses import asdict
+
+    from esc_dist.pipeline import find_stage, is_current, mark_current, resolve, stage_key
+
+    recipe = resolve(load_recipe(config, overrides(seed, runs)))
+    _, stage = find_stage(recipe, "dpo-planner")
+    key = stage_key(stage, recipe)
+    point = runs / f"seed-{seed}" / "sweep" / f"lr{recipe.dpo.learning_rate:g}"
+    if is_current(stage, key) or not (point / COMPLETED).is_file():
+        return None
+    m = read_json(point / "manifest.json")
+    ours = {k: v for k, v in asdict(recipe.dpo).items() if k not in NOT_TRAINING}
+    theirs = {k: v for k, v in m["config"]["train"].items() if k not in NOT_TRAINING}
+    same = (ours == theirs and m["config"]["model"] == asdict(recipe.model)
+            and m["config"]["run"]["seed"] == recipe.run.seed
+            and all(Path(m["inputs"][k]["path"]) == Path(p) for k, p in (
+                ("pairs", stage.inputs[0]), ("model", stage.inputs[1]),
+                ("validation", stage.inputs[2]))))
+    if not same:
+        return None
+    if stage.out.exists():
+        shutil.rmtree(stage.out)
+    shutil.copytree(point, stage.out)
+    mark_current(stage, key, None)
+    print(f"seed {seed}: dpo-planner adopts the sweep point {point} (same settings)", flush=True)
+    return str(point)
 
 
 def seed_piece_all(config: Path, seed: int, runs: Path, first_seed: bool) -> dict:
@@ -472,6 +511,8 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     if not args.report_only:
         for seed in seeds:
+            if args.through == "all":
+                adopt_sweep_point(args.config, seed, args.runs)
             pipeline(args.config, seed, args.runs,
                      THROUGH_MINE if args.through == "mine" else STAGES)
             drop_checkpoints(args.runs / f"seed-{seed}")

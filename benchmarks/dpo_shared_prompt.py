@@ -46,11 +46,22 @@ def real_pairs(data_dir, tokenizer, role: str, n: int = 4) -> list[dict]:
     fit = PromptFitter(tokenizer, 384)
     pairs = []
     for r, other in zip(rows, rows.select(range(1, n + 1))):
-        rejected = (other["completion"]
-                    if role == "generator" or other["strategy"] != r["strategy"]
-                    else [{"role": "assistant", "content": "Others"}])
-        pairs.append(dpo_row({"id": r["id"], "prompt": r["prompt"], "chosen": r["completion"],
-                              "rejected": rejected}, fit))
+        rejected = (
+            other["completion"]
+            if role == "generator" or other["strategy"] != r["strategy"]
+            else [{"role": "assistant", "content": "Others"}]
+        )
+        pairs.append(
+            dpo_row(
+                {
+                    "id": r["id"],
+                    "prompt": r["prompt"],
+                    "chosen": r["completion"],
+                    "rejected": rejected,
+                },
+                fit,
+            )
+        )
     return pairs
 
 
@@ -66,7 +77,8 @@ def bf16_closeness(base: Path, data: Path, role: str, n: int = 4) -> dict:
 
     tok = load_tokenizer(str(base), False)
     batch = SharedPromptCollator(DataCollatorForPreference(pad_token_id=tok.pad_token_id))(
-        real_pairs(data, tok, role, n))
+        real_pairs(data, tok, role, n)
+    )
     labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)
     plain = {k: batch[k] for k in ("input_ids", "attention_mask")}
     shared = {k: v for k, v in batch.items() if k.startswith("shared_")}
@@ -76,48 +88,81 @@ def bf16_closeness(base: Path, data: Path, role: str, n: int = 4) -> dict:
         add_fused_lm_head(model)
         add_completion_lm_head(model)
         with torch.no_grad():
-            out[dtype] = [model(**plain, **extra, labels=labels, fused_lm_head=True).log_probs
-                          for extra in ({}, shared)]
+            out[dtype] = [
+                model(**plain, **extra, labels=labels, fused_lm_head=True).log_probs
+                for extra in ({}, shared)
+            ]
     (two32, one32), (two16, one16) = out[torch.float32], out[torch.bfloat16]
 
     def gap(a, b):
-        return {"token": (a - b).abs().max().item(),
-                "pair": (a.sum(1) - b.sum(1)).abs().max().item()}
+        return {
+            "token": (a - b).abs().max().item(),
+            "pair": (a.sum(1) - b.sum(1)).abs().max().item(),
+        }
 
-    return {"pairs": n, "fp32_shared_vs_two": gap(one32, two32),
-            "bf16_shared_vs_two": gap(one16, two16), "bf16_two_vs_fp32": gap(two16, two32),
-            "bf16_shared_vs_fp32": gap(one16, two32)}
+    return {
+        "pairs": n,
+        "fp32_shared_vs_two": gap(one32, two32),
+        "bf16_shared_vs_two": gap(one16, two16),
+        "bf16_two_vs_fp32": gap(two16, two32),
+        "bf16_shared_vs_fp32": gap(one16, two32),
+    }
 
 
 def render(r: dict) -> str:
-    rows = ["| role | run | s/step | pair tokens/s | vs two-sequence | vs TRL default |",
-            "|---|---|---|---|---|---|"]
+    rows = [
+        "| role | run | s/step | pair tokens/s | vs two-sequence | vs TRL default |",
+        "|---|---|---|---|---|---|",
+    ]
     for role in ("planner", "generator"):
         two, trl = r[f"{role}/esc-dist-two-sequence"], r[f"{role}/trl-default"]
         for kind in KINDS:
             m = r[f"{role}/{kind}"]
-            rows.append(f"| {role} | {kind} | {1 / m['steps_per_s']:.1f} | "
-                        f"{m['non_pad_tokens_per_s']:,.0f} | "
-                        f"{m['steps_per_s'] / two['steps_per_s']:.2f}x | "
-                        f"{m['steps_per_s'] / trl['steps_per_s']:.2f}x |")
-    close = ["| role | fp32 shared vs two: token / pair | bf16 shared vs two: token / pair | "
-             "bf16 two-sequence vs fp32: token / pair |", "|---|---|---|---|"]
+            rows.append(
+                f"| {role} | {kind} | {1 / m['steps_per_s']:.1f} | "
+                f"{m['non_pad_tokens_per_s']:,.0f} | "
+                f"{m['steps_per_s'] / two['steps_per_s']:.2f}x | "
+                f"{m['steps_per_s'] / trl['steps_per_s']:.2f}x |"
+            )
+    close = [
+        "| role | fp32 shared vs two: token / pair | bf16 shared vs two: token / pair | "
+        "bf16 two-sequence vs fp32: token / pair |",
+        "|---|---|---|---|",
+    ]
     for role in ("planner", "generator"):
         c = r[f"{role}/bf16"]
-        close.append("| " + " | ".join([role] + [
-            f"{c[k]['token']:.2g} / {c[k]['pair']:.2g}"
-            for k in ("fp32_shared_vs_two", "bf16_shared_vs_two", "bf16_two_vs_fp32")]) + " |")
-    return "\n".join([
-        START, "## Shared-prompt DPO on CPU: SmolLM2-135M, planner and generator pairs", "",
-        f"`python -m benchmarks.dpo_shared_prompt`, {r['date']}, {r['cpu']} ({r['cores']} "
-        f"cores, {'AVX-512 bf16' if r['native_bf16'] else 'no native bf16'}), one process, "
-        f"fp32, batch {r['batch']} pairs, `max_length` {r['max_length']}, {r['steps']} measured "
-        f"steps after 1 of warm-up, the planner study's transcript prompts (JSON: "
-        f"`{RESULT.relative_to(ROOT)}`). Pair tokens: the tokens of both sequences of a pair, "
-        "the same work unit for every run.", "", *rows, "",
-        "Closeness of the log-probs (largest absolute difference over the completion tokens, "
-        f"and over the pairs' summed log-probs; {r['planner/bf16']['pairs']} pairs per role):",
-        "", *close, END])
+        close.append(
+            "| "
+            + " | ".join(
+                [role]
+                + [
+                    f"{c[k]['token']:.2g} / {c[k]['pair']:.2g}"
+                    for k in ("fp32_shared_vs_two", "bf16_shared_vs_two", "bf16_two_vs_fp32")
+                ]
+            )
+            + " |"
+        )
+    return "\n".join(
+        [
+            START,
+            "## Shared-prompt DPO on CPU: SmolLM2-135M, planner and generator pairs",
+            "",
+            f"`python -m benchmarks.dpo_shared_prompt`, {r['date']}, {r['cpu']} ({r['cores']} "
+            f"cores, {'AVX-512 bf16' if r['native_bf16'] else 'no native bf16'}), one process, "
+            f"fp32, batch {r['batch']} pairs, `max_length` {r['max_length']}, "
+            f"{r['steps']} measured steps after 1 of warm-up, the planner study's transcript "
+            f"prompts (JSON: `{RESULT.relative_to(ROOT)}`). Pair tokens: the tokens of both "
+            "sequences of a pair, the same work unit for every run.",
+            "",
+            *rows,
+            "",
+            "Closeness of the log-probs (largest absolute difference over the completion tokens, "
+            f"and over the pairs' summed log-probs; {r['planner/bf16']['pairs']} pairs per role):",
+            "",
+            *close,
+            END,
+        ]
+    )
 
 
 def main() -> int:
@@ -152,29 +197,47 @@ def main() -> int:
         convert_gguf(SMOLLM2, base)
     total = args.steps + 1
     esconv = Path(args.esconv)
-    recipe = load_recipe(ROOT / "configs" / "planner-smol.yaml", [
-        f"run.output_dir={work}", f"data.esconv={esconv / 'esconv.json'}",
-        f"data.split={esconv / 'splits' / 'decoupledesc_split.json'}",
-        "data.max_dialogues.train=20", "dpo.deepspeed=null", "dpo.precision=fp32",
-        f"dpo.max_steps={total}", f"dpo.save_steps={10 * total}", "dpo.logging_steps=1000",
-        f"dpo.per_device_train_batch_size={args.batch}", f"dpo.max_length={args.max_length}",
-        "dpo.warmup_ratio=0", "dpo.validation_every=0", "dpo.export_best=false",
-        "wandb.mode=disabled"])
+    recipe = load_recipe(
+        ROOT / "configs" / "planner-smol.yaml",
+        [
+            f"run.output_dir={work}",
+            f"data.esconv={esconv / 'esconv.json'}",
+            f"data.split={esconv / 'splits' / 'decoupledesc_split.json'}",
+            "data.max_dialogues.train=20",
+            "dpo.deepspeed=null",
+            "dpo.precision=fp32",
+            f"dpo.max_steps={total}",
+            f"dpo.save_steps={10 * total}",
+            "dpo.logging_steps=1000",
+            f"dpo.per_device_train_batch_size={args.batch}",
+            f"dpo.max_length={args.max_length}",
+            "dpo.warmup_ratio=0",
+            "dpo.validation_every=0",
+            "dpo.export_best=false",
+            "wandb.mode=disabled",
+        ],
+    )
     dist.init(3600)
     data = work / "data"
     if not (data / "COMPLETED").is_file():
         prepare(recipe.data, data)
-    res = {"date": time.strftime("%Y-%m-%d"), "cpu": cpu_name(), "cores": os.cpu_count(),
-           "threads": torch.get_num_threads(), "native_bf16": dist.cpu_has_bf16(),
-           "batch": args.batch, "max_length": args.max_length, "steps": args.steps}
+    res = {
+        "date": time.strftime("%Y-%m-%d"),
+        "cpu": cpu_name(),
+        "cores": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "native_bf16": dist.cpu_has_bf16(),
+        "batch": args.batch,
+        "max_length": args.max_length,
+        "steps": args.steps,
+    }
     RESULT.parent.mkdir(parents=True, exist_ok=True)
     for role in ("planner", "generator"):
         pairs = work / f"pairs-{role}"
         if not (pairs / "COMPLETED").is_file():
             make_pairs(data, pairs, args.batch * total, role)
         for kind in KINDS:
-            res[f"{role}/{kind}"] = run(kind, recipe, pairs, base, work / role, args.steps, 1,
-                                        role)
+            res[f"{role}/{kind}"] = run(kind, recipe, pairs, base, work / role, args.steps, 1, role)
             print(role, kind, json.dumps(res[f"{role}/{kind}"]), flush=True)
             RESULT.write_text(json.dumps(res, indent=2) + "\n")
         res[f"{role}/bf16"] = bf16_closeness(base, data, role)

@@ -49,17 +49,33 @@ def make_pairs(data_dir: Path, out: Path, n: int, role: str = "generator") -> No
         s = STRATEGIES[(STRATEGIES.index(r["strategy"]) + 1) % len(STRATEGIES)]
         return s, s
 
-    pairs = [{"id": r["id"] + "#s0", "turn_id": r["id"], "role": role,
-              "prompt": r["prompt"], "chosen": r["reply" if role == "generator" else "strategy"],
-              "rejected": other(r, i)[0], "gold_strategy": r["strategy"],
-              "sampled_strategy": other(r, i)[1]}
-             for i, r in enumerate(rows)]
+    pairs = [
+        {
+            "id": r["id"] + "#s0",
+            "turn_id": r["id"],
+            "role": role,
+            "prompt": r["prompt"],
+            "chosen": r["reply" if role == "generator" else "strategy"],
+            "rejected": other(r, i)[0],
+            "gold_strategy": r["strategy"],
+            "sampled_strategy": other(r, i)[1],
+        }
+        for i, r in enumerate(rows)
+    ]
     save_dataset(pairs, out / "dataset")
     mark_completed(out)
 
 
-def run(kind: str, recipe, pairs_dir: Path, model_dir: Path, work: Path, steps: int,
-        warmup: int, role: str = "generator") -> dict:
+def run(
+    kind: str,
+    recipe,
+    pairs_dir: Path,
+    model_dir: Path,
+    work: Path,
+    steps: int,
+    warmup: int,
+    role: str = "generator",
+) -> dict:
     from esc_dist.train.common import stage_paths
     from esc_dist.train.dpo import build_dpo_trainer
 
@@ -74,16 +90,24 @@ def run(kind: str, recipe, pairs_dir: Path, model_dir: Path, work: Path, steps: 
 
         paths = stage_paths(recipe, "dpo", "bench-trl", str(work / kind))
         args = DPOConfig(**trainer_arguments(recipe.dpo, recipe, paths, "bench", False, None))
-        trainer = DPOTrainer(model=load_policy(str(model_dir), recipe, recipe.dpo), args=args,
-                             train_dataset=load_pairs(pairs_dir),
-                             processing_class=load_tokenizer(str(model_dir)))
+        trainer = DPOTrainer(
+            model=load_policy(str(model_dir), recipe, recipe.dpo),
+            args=args,
+            train_dataset=load_pairs(pairs_dir),
+            processing_class=load_tokenizer(str(model_dir)),
+        )
     else:  # esc-dist, esc-dist-live, esc-dist-two-sequence (dpo.shared_prompt off)
         reference = "live" if kind == "esc-dist-live" else "precomputed"
-        recipe = replace(recipe, dpo=replace(recipe.dpo, reference=reference,
-                                             shared_prompt=kind != "esc-dist-two-sequence"))
+        recipe = replace(
+            recipe,
+            dpo=replace(
+                recipe.dpo, reference=reference, shared_prompt=kind != "esc-dist-two-sequence"
+            ),
+        )
         paths = stage_paths(recipe, "dpo", f"bench-{kind}", str(work / kind))
-        trainer, _, _ = build_dpo_trainer(recipe, role, str(pairs_dir), str(model_dir),
-                                          paths, None, False)
+        trainer, _, _ = build_dpo_trainer(
+            recipe, role, str(pairs_dir), str(model_dir), paths, None, False
+        )
     build_s = time.perf_counter() - t0
     meter = TrainerMeter(trainer, warmup, steps)
     trainer.train()
@@ -113,14 +137,25 @@ def main() -> int:
     os.environ.setdefault("WANDB_MODE", "disabled")
     work = Path(args.work)
     total = args.steps + args.warmup
-    recipe = load_recipe(None, [
-        f"run.output_dir={work}", f"data.esconv={args.esconv}",
-        f"data.split={Path(args.esconv).parent / 'splits' / 'decoupledesc_split.json'}",
-        "data.max_dialogues.train=100", "data.max_history_messages=8", "dpo.deepspeed=null",
-        f"dpo.max_steps={total}", f"dpo.save_steps={10 * total}", "dpo.logging_steps=1000",
-        f"dpo.per_device_train_batch_size={args.batch}", f"dpo.max_length={args.max_length}",
-        "dpo.warmup_ratio=0", "wandb.mode=disabled",
-        *[f"tiny_model.{k}={v}" for k, v in SIZES[args.size].items()]])
+    recipe = load_recipe(
+        None,
+        [
+            f"run.output_dir={work}",
+            f"data.esconv={args.esconv}",
+            f"data.split={Path(args.esconv).parent / 'splits' / 'decoupledesc_split.json'}",
+            "data.max_dialogues.train=100",
+            "data.max_history_messages=8",
+            "dpo.deepspeed=null",
+            f"dpo.max_steps={total}",
+            f"dpo.save_steps={10 * total}",
+            "dpo.logging_steps=1000",
+            f"dpo.per_device_train_batch_size={args.batch}",
+            f"dpo.max_length={args.max_length}",
+            "dpo.warmup_ratio=0",
+            "wandb.mode=disabled",
+            *[f"tiny_model.{k}={v}" for k, v in SIZES[args.size].items()],
+        ],
+    )
     dist.init(600)
     data_dir, model_dir, pairs_dir = work / "data", work / f"model-{args.size}", work / "pairs"
     if not (data_dir / "COMPLETED").is_file():
@@ -132,14 +167,21 @@ def main() -> int:
 
     import torch
 
-    results = {"size": args.size, "batch": args.batch, "max_length": args.max_length,
-               "device": torch.cuda.get_device_name() if torch.cuda.is_available()
-               else platform.processor() or "cpu", "cpu_cores": os.cpu_count(),
-               "date": time.strftime("%Y-%m-%d")}
+    results = {
+        "size": args.size,
+        "batch": args.batch,
+        "max_length": args.max_length,
+        "device": torch.cuda.get_device_name()
+        if torch.cuda.is_available()
+        else platform.processor() or "cpu",
+        "cpu_cores": os.cpu_count(),
+        "date": time.strftime("%Y-%m-%d"),
+    }
     for kind in ("esc-dist-precomputed", "esc-dist-live", "trl-default"):
         results[kind] = run(kind, recipe, pairs_dir, model_dir, work, args.steps, args.warmup)
-    pre, live, trl = (results[k]["steps_per_s"] for k in ("esc-dist-precomputed",
-                                                          "esc-dist-live", "trl-default"))
+    pre, live, trl = (
+        results[k]["steps_per_s"] for k in ("esc-dist-precomputed", "esc-dist-live", "trl-default")
+    )
     results["ratio_precomputed_vs_live_steps"] = pre / live
     results["ratio_precomputed_vs_trl_default_steps"] = pre / trl
     Path(args.out).write_text(json.dumps(results, indent=2))

@@ -34,16 +34,50 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPES = {
-    "gpu": {"sft": dict(hidden_size=3584, intermediate_size=18944, num_attention_heads=28,
-                        num_key_value_heads=4, vocab_size=152064),  # Qwen2.5-7B
-            "mine": dict(hidden_size=896, intermediate_size=4864, num_attention_heads=14,
-                         num_key_value_heads=2, vocab_size=151936, num_hidden_layers=24),
-            "steps": 6, "warmup": 2, "batch": 4, "max_length": 1024, "turns": 512},
-    "tiny": {"sft": dict(hidden_size=64, intermediate_size=176, num_attention_heads=4,
-                         num_key_value_heads=2, vocab_size=4096),
-             "mine": dict(hidden_size=64, intermediate_size=176, num_attention_heads=4,
-                          num_key_value_heads=2, vocab_size=4096, num_hidden_layers=2),
-             "steps": 2, "warmup": 1, "batch": 2, "max_length": 256, "turns": 8},
+    "gpu": {
+        "sft": dict(
+            hidden_size=3584,
+            intermediate_size=18944,
+            num_attention_heads=28,
+            num_key_value_heads=4,
+            vocab_size=152064,
+        ),  # Qwen2.5-7B
+        "mine": dict(
+            hidden_size=896,
+            intermediate_size=4864,
+            num_attention_heads=14,
+            num_key_value_heads=2,
+            vocab_size=151936,
+            num_hidden_layers=24,
+        ),
+        "steps": 6,
+        "warmup": 2,
+        "batch": 4,
+        "max_length": 1024,
+        "turns": 512,
+    },
+    "tiny": {
+        "sft": dict(
+            hidden_size=64,
+            intermediate_size=176,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            vocab_size=4096,
+        ),
+        "mine": dict(
+            hidden_size=64,
+            intermediate_size=176,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            vocab_size=4096,
+            num_hidden_layers=2,
+        ),
+        "steps": 2,
+        "warmup": 1,
+        "batch": 2,
+        "max_length": 256,
+        "turns": 8,
+    },
 }
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense, SXM
 
@@ -77,10 +111,14 @@ def build_model(work: Path, name: str, shape: dict, layers: int | None) -> Path:
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     tok = AutoTokenizer.from_pretrained(str(work / "tiny"))
-    cfg = LlamaConfig(**{**shape, **({"num_hidden_layers": layers} if layers else {})},
-                      max_position_embeddings=8192, tie_word_embeddings=False,
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                      pad_token_id=tok.pad_token_id)
+    cfg = LlamaConfig(
+        **{**shape, **({"num_hidden_layers": layers} if layers else {})},
+        max_position_embeddings=8192,
+        tie_word_embeddings=False,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
     torch.manual_seed(0)
     LlamaForCausalLM(cfg).save_pretrained(str(out))
     tok.save_pretrained(str(out))
@@ -99,40 +137,68 @@ def measure(part: str, spec: dict, args) -> dict:
     work, shape = Path(args.work), SHAPES[args.shape]
     ds = spec.get("zero")
     deepspeed = f"ds_configs/zero{ds}.json" if ds else "null"
-    common = [f"max_steps={shape['steps'] + shape['warmup']}", "save_steps=100000",
-              "logging_steps=1000", f"per_device_train_batch_size={shape['batch']}",
-              f"max_length={shape['max_length']}", "warmup_ratio=0", f"deepspeed={deepspeed}",
-              f"liger={str(spec.get('liger', False)).lower()}", "keep_checkpoints=true"]
-    recipe = load_recipe(None, [f"run.output_dir={work}", "wandb.mode=disabled",
-                                *[f"{s}.{c}" for s in ("sft", "dpo") for c in common],
-                                f"sft.packing={str(spec.get('packing', False)).lower()}",
-                                *(["model.attn_implementation=auto"]
-                                  if spec.get("packing") else [])])
+    common = [
+        f"max_steps={shape['steps'] + shape['warmup']}",
+        "save_steps=100000",
+        "logging_steps=1000",
+        f"per_device_train_batch_size={shape['batch']}",
+        f"max_length={shape['max_length']}",
+        "warmup_ratio=0",
+        f"deepspeed={deepspeed}",
+        f"liger={str(spec.get('liger', False)).lower()}",
+        "keep_checkpoints=true",
+    ]
+    recipe = load_recipe(
+        None,
+        [
+            f"run.output_dir={work}",
+            "wandb.mode=disabled",
+            *[f"{s}.{c}" for s in ("sft", "dpo") for c in common],
+            f"sft.packing={str(spec.get('packing', False)).lower()}",
+            *(["model.attn_implementation=auto"] if spec.get("packing") else []),
+        ],
+    )
     dist.init(1800, deepspeed=bool(ds))
     model = work / "model-sft"
     out = work / "parts" / spec["name"]
     if part == "sft":
         from esc_dist.train.sft import build_sft_trainer
 
-        trainer, _, _ = build_sft_trainer(recipe, "vanilla", str(work / "data"), str(model),
-                                          stage_paths(recipe, "sft", "x", str(out)),
-                                          _ds(recipe.sft), False)
+        trainer, _, _ = build_sft_trainer(
+            recipe,
+            "vanilla",
+            str(work / "data"),
+            str(model),
+            stage_paths(recipe, "sft", "x", str(out)),
+            _ds(recipe.sft),
+            False,
+        )
     else:
         from esc_dist.train.dpo import build_dpo_trainer
 
         recipe = replace(recipe, dpo=replace(recipe.dpo, shared_prompt=spec["shared"]))
-        trainer, _, _ = build_dpo_trainer(recipe, "generator", str(work / "pairs"), str(model),
-                                          stage_paths(recipe, "dpo", "x", str(out)),
-                                          _ds(recipe.dpo), False)
+        trainer, _, _ = build_dpo_trainer(
+            recipe,
+            "generator",
+            str(work / "pairs"),
+            str(model),
+            stage_paths(recipe, "dpo", "x", str(out)),
+            _ds(recipe.dpo),
+            False,
+        )
     meter = TrainerMeter(trainer, shape["warmup"], shape["steps"])
     trainer.train()
     r = meter.result()
-    n = sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel()
-            for p in trainer.model.parameters())
+    n = sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in trainer.model.parameters())
     peak = peak_flops()
     flops = 6 * n * r["non_pad_tokens_per_s"] * (2 if part == "dpo" else 1)  # + the reference
-    return {**spec, **r, "parameters": n, "peak_memory_gb": peak_memory_gb(),
-            "mfu": flops / peak if peak else None}
+    return {
+        **spec,
+        **r,
+        "parameters": n,
+        "peak_memory_gb": peak_memory_gb(),
+        "mfu": flops / peak if peak else None,
+    }
 
 
 def _ds(cfg):
@@ -143,16 +209,42 @@ def _ds(cfg):
 
 def run_part(part: str, spec: dict, args) -> dict:
     """``measure`` in a child process (its own DeepSpeed and accelerate state)."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "disabled",
-           "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "WANDB_MODE": "disabled",
+        "RANK": "0",
+        "LOCAL_RANK": "0",
+        "WORLD_SIZE": "1",
+        "MASTER_ADDR": "127.0.0.1",
+    }
     env.pop("MASTER_PORT", None)
     t0 = time.time()
-    r = subprocess.run([sys.executable, "-m", "benchmarks.gpu_proof", "--part", part,
-                        "--spec", json.dumps(spec), "--work", args.work, "--shape", args.shape],
-                       env=env, cwd=ROOT, capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.gpu_proof",
+            "--part",
+            part,
+            "--spec",
+            json.dumps(spec),
+            "--work",
+            args.work,
+            "--shape",
+            args.shape,
+        ],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     if r.returncode != 0:
-        return {**spec, "error": (r.stderr or r.stdout).strip().splitlines()[-1][:300],
-                "seconds": round(time.time() - t0)}
+        return {
+            **spec,
+            "error": (r.stderr or r.stdout).strip().splitlines()[-1][:300],
+            "seconds": round(time.time() - t0),
+        }
     return {**json.loads(r.stdout.strip().splitlines()[-1]), "seconds": round(time.time() - t0)}
 
 
@@ -160,16 +252,40 @@ def mining(args, work: Path, shape: dict) -> dict:
     model = build_model(work, "mine", shape["mine"], None)
     out = work / "parts" / "mine"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "disabled"}
-    r = subprocess.run([sys.executable, "-m", "esc_dist", "mine", "--role", "generator",
-                        "--data", str(work / "data"), "--model", str(model), "--out", str(out),
-                        f"run.output_dir={work}", f"mine.max_turns={shape['turns']}",
-                        "mine.max_new_tokens=64", "mine.min_new_tokens=64", "mine.batch_size=64"],
-                       env=env, cwd=ROOT, capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "esc_dist",
+            "mine",
+            "--role",
+            "generator",
+            "--data",
+            str(work / "data"),
+            "--model",
+            str(model),
+            "--out",
+            str(out),
+            f"run.output_dir={work}",
+            f"mine.max_turns={shape['turns']}",
+            "mine.max_new_tokens=64",
+            "mine.min_new_tokens=64",
+            "mine.batch_size=64",
+        ],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     if r.returncode != 0:
         return {"name": "mine", "error": r.stderr.strip().splitlines()[-1][:300]}
     g = json.loads((out / "manifest.json").read_text())["generation"]
-    return {"name": "mine 0.5B shape", "new_tokens_per_s": g["tokens_per_s"],
-            "turns": g["items"], "seconds": g["generation_seconds"]}
+    return {
+        "name": "mine 0.5B shape",
+        "new_tokens_per_s": g["tokens_per_s"],
+        "turns": g["items"],
+        "seconds": g["generation_seconds"],
+    }
 
 
 def recipe_steps(args, work: Path, shape: dict) -> dict:
@@ -177,21 +293,47 @@ def recipe_steps(args, work: Path, shape: dict) -> dict:
     out = work / "parts" / "recipe-sft"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "disabled"}
     t0 = time.time()
-    r = subprocess.run([sys.executable, "-m", "esc_dist", "sft", "--role", "planner",
-                        "--config", str(ROOT / "configs" / "qwen2.5-7b.yaml"),
-                        "--data", str(work / "data"), "--model", str(work / "model-sft"),
-                        "--out", str(out), f"run.output_dir={work / 'recipe'}",
-                        f"sft.max_steps={shape['steps']}", "sft.save_steps=100000",
-                        "sft.logging_steps=1", "sft.eval_steps=0", "sft.global_batch_size=null",
-                        f"sft.per_device_train_batch_size={shape['batch']}",
-                        "sft.gradient_accumulation_steps=1", "wandb.mode=disabled"],
-                       env=env, cwd=ROOT, capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "esc_dist",
+            "sft",
+            "--role",
+            "planner",
+            "--config",
+            str(ROOT / "configs" / "qwen2.5-7b.yaml"),
+            "--data",
+            str(work / "data"),
+            "--model",
+            str(work / "model-sft"),
+            "--out",
+            str(out),
+            f"run.output_dir={work / 'recipe'}",
+            f"sft.max_steps={shape['steps']}",
+            "sft.save_steps=100000",
+            "sft.logging_steps=1",
+            "sft.eval_steps=0",
+            "sft.global_batch_size=null",
+            f"sft.per_device_train_batch_size={shape['batch']}",
+            "sft.gradient_accumulation_steps=1",
+            "wandb.mode=disabled",
+        ],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     res = {"name": "qwen2.5-7b recipe, first SFT steps", "seconds": round(time.time() - t0)}
     if r.returncode != 0:
         return {**res, "error": r.stderr.strip().splitlines()[-1][:300]}
     m = json.loads((out / "manifest.json").read_text())
-    return {**res, "steps": m["global_step"], "final_loss": m["final_loss"],
-            "train_runtime_s": m["train_runtime_s"]}
+    return {
+        **res,
+        "steps": m["global_step"],
+        "final_loss": m["final_loss"],
+        "train_runtime_s": m["train_runtime_s"],
+    }
 
 
 def variants(args) -> list[tuple[str, dict]]:
@@ -202,16 +344,40 @@ def variants(args) -> list[tuple[str, dict]]:
     cuda = torch.cuda.is_available()
     liger = cuda and importlib.util.find_spec("liger_kernel") is not None
     flash = cuda and importlib.util.find_spec("flash_attn") is not None
-    out = [("sft", {"name": f"sft ZeRO-{z}" if z else "sft no DeepSpeed", "zero": z})
-           for z in (None, 2, 3)]
-    out.append(("sft", {"name": "sft ZeRO-3 + Liger", "zero": 3, "liger": True}
-                if liger else {"name": "sft ZeRO-3 + Liger", "skipped": "no CUDA or no "
-                               "liger-kernel"}))
-    out.append(("sft", {"name": "sft ZeRO-3 padding-free", "zero": 3, "packing": True}
-                if flash else {"name": "sft ZeRO-3 padding-free", "skipped": "no flash-attn "
-                               "(packing needs flash attention)"}))
-    out += [("dpo", {"name": "dpo ZeRO-3 " + ("shared prompt" if s else "two sequences"),
-                     "zero": 3, "shared": s}) for s in (True, False)]
+    out = [
+        ("sft", {"name": f"sft ZeRO-{z}" if z else "sft no DeepSpeed", "zero": z})
+        for z in (None, 2, 3)
+    ]
+    out.append(
+        (
+            "sft",
+            {"name": "sft ZeRO-3 + Liger", "zero": 3, "liger": True}
+            if liger
+            else {"name": "sft ZeRO-3 + Liger", "skipped": "no CUDA or no liger-kernel"},
+        )
+    )
+    out.append(
+        (
+            "sft",
+            {"name": "sft ZeRO-3 padding-free", "zero": 3, "packing": True}
+            if flash
+            else {
+                "name": "sft ZeRO-3 padding-free",
+                "skipped": "no flash-attn (packing needs flash attention)",
+            },
+        )
+    )
+    out += [
+        (
+            "dpo",
+            {
+                "name": "dpo ZeRO-3 " + ("shared prompt" if s else "two sequences"),
+                "zero": 3,
+                "shared": s,
+            },
+        )
+        for s in (True, False)
+    ]
     return out
 
 
@@ -220,9 +386,14 @@ def table(rows: list[dict]) -> str:
     for r in rows:
         tps = r.get("non_pad_tokens_per_s") or r.get("new_tokens_per_s")
         mfu, mem = r.get("mfu"), r.get("peak_memory_gb")
-        cells = [r["name"], f"{tps:,.0f}" if tps else "–",
-                 f"{100 * mfu:.1f}%" if mfu else "–", f"{mem:.1f}" if mem else "–",
-                 str(r.get("seconds", "–")), r.get("skipped") or r.get("error") or ""]
+        cells = [
+            r["name"],
+            f"{tps:,.0f}" if tps else "–",
+            f"{100 * mfu:.1f}%" if mfu else "–",
+            f"{mem:.1f}" if mem else "–",
+            str(r.get("seconds", "–")),
+            r.get("skipped") or r.get("error") or "",
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -251,10 +422,17 @@ def main() -> int:
     work, shape = Path(args.work), SHAPES[args.shape]
     work.mkdir(parents=True, exist_ok=True)
     esconv = Path(args.esconv)
-    recipe = load_recipe(None, [f"data.esconv={esconv / 'esconv.json'}",
-                                f"data.split={esconv / 'splits' / 'decoupledesc_split.json'}",
-                                "data.max_dialogues.train=30", "data.max_dialogues.validation=2",
-                                "data.max_dialogues.test=2", "data.max_history_messages=8"])
+    recipe = load_recipe(
+        None,
+        [
+            f"data.esconv={esconv / 'esconv.json'}",
+            f"data.split={esconv / 'splits' / 'decoupledesc_split.json'}",
+            "data.max_dialogues.train=30",
+            "data.max_dialogues.validation=2",
+            "data.max_dialogues.test=2",
+            "data.max_history_messages=8",
+        ],
+    )
     if not (work / "data" / "COMPLETED").is_file():
         prepare(recipe.data, work / "data")
     if not (work / "tiny" / "config.json").is_file():
@@ -269,9 +447,15 @@ def main() -> int:
         print(f"{rows[-1]['name']}: done ({time.time() - t0:.0f} s)", flush=True)
     rows.append(mining(args, work, shape))
     rows.append(recipe_steps(args, work, shape))
-    result = {"date": time.strftime("%Y-%m-%d"), "shape": args.shape, "layers": args.layers,
-              "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-              "torch": torch.__version__, "seconds": round(time.time() - t0), "rows": rows}
+    result = {
+        "date": time.strftime("%Y-%m-%d"),
+        "shape": args.shape,
+        "layers": args.layers,
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "torch": torch.__version__,
+        "seconds": round(time.time() - t0),
+        "rows": rows,
+    }
     out = Path(args.out or work)
     out.mkdir(parents=True, exist_ok=True)
     (out / "gpu_proof.json").write_text(json.dumps(result, indent=2) + "\n")

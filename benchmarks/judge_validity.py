@@ -34,10 +34,13 @@ from esc_dist.data.esconv import iter_turns, load_esconv
 from esc_dist.ipm.judge import ERRORS, judge_pairs
 
 # FailedESConv's strategy names outside the eight, mapped to the ESConv strategy they denote.
-FAILED_STRATEGY = {"Questions": "Question", "Other": "Others",
-                   "Direct Guidance": "Providing Suggestions",
-                   "Approval and Reassurance": "Affirmation and Reassurance",
-                   "Restatement": "Restatement or Paraphrasing"}
+FAILED_STRATEGY = {
+    "Questions": "Question",
+    "Other": "Others",
+    "Direct Guidance": "Providing Suggestions",
+    "Approval and Reassurance": "Affirmation and Reassurance",
+    "Restatement": "Restatement or Paraphrasing",
+}
 CONTRAST_REPLY = "Okay."
 
 
@@ -52,23 +55,43 @@ def load_sets(esconv_dir: Path) -> dict[str, list]:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / failed_path.name
         path.write_text(json.dumps(raw), encoding="utf-8")
-        failed = load_esconv(path, prefix="failed",
-                             speakers={"speaker": "seeker", "listener": "supporter"})
-    return {"esconv_gold": list(iter_turns(load_esconv(esconv_dir / "esconv.json"))),
-            "failed_esconv": list(iter_turns(failed))}
+        failed = load_esconv(
+            path, prefix="failed", speakers={"speaker": "seeker", "listener": "supporter"}
+        )
+    return {
+        "esconv_gold": list(iter_turns(load_esconv(esconv_dir / "esconv.json"))),
+        "failed_esconv": list(iter_turns(failed)),
+    }
 
 
 def pairs_of(turns: list) -> tuple[list[dict], list[dict]]:
-    history = lambda t: [{"role": m.role, "text": m.text, "strategy": m.strategy}  # noqa: E731
-                         for m in t.history]
+    def history(t):
+        return [{"role": m.role, "text": m.text, "strategy": m.strategy} for m in t.history]
+
     replies, strategies = [], []
     for t in turns:
         h = history(t)
-        replies.append({"id": t.id, "role": "generator", "history": h, "strategy": t.strategy,
-                        "chosen": t.reply, "rejected": CONTRAST_REPLY})
+        replies.append(
+            {
+                "id": t.id,
+                "role": "generator",
+                "history": h,
+                "strategy": t.strategy,
+                "chosen": t.reply,
+                "rejected": CONTRAST_REPLY,
+            }
+        )
         contrast = "Information" if t.strategy == "Others" else "Others"
-        strategies.append({"id": t.id, "role": "planner", "history": h, "chosen": t.strategy,
-                           "rejected": contrast, "sampled_strategy": contrast})
+        strategies.append(
+            {
+                "id": t.id,
+                "role": "planner",
+                "history": h,
+                "chosen": t.strategy,
+                "rejected": contrast,
+                "sampled_strategy": contrast,
+            }
+        )
     return replies, strategies
 
 
@@ -109,33 +132,47 @@ def main() -> None:
     ap.add_argument("--model", default=JudgeConfig.model)
     ap.add_argument("--base-url", default=JudgeConfig.base_url)
     ap.add_argument("--api-key-env", default=JudgeConfig.api_key_env)
-    ap.add_argument("--max-turns", type=int, default=None,
-                    help="judge a seeded random sample of this many turns per corpus")
+    ap.add_argument(
+        "--max-turns",
+        type=int,
+        default=None,
+        help="judge a seeded random sample of this many turns per corpus",
+    )
     ap.add_argument("--cache", type=Path, default=None, help="LLM answer cache directory")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
 
-    cfg = JudgeConfig(backend=args.backend, model=args.model, base_url=args.base_url,
-                      api_key_env=args.api_key_env)
-    results = {"backend": args.backend, "model": args.model if args.backend == "openai" else None,
-               "machine": platform.platform(), "date": time.strftime("%Y-%m-%d"), "sets": {}}
+    cfg = JudgeConfig(
+        backend=args.backend, model=args.model, base_url=args.base_url, api_key_env=args.api_key_env
+    )
+    results = {
+        "backend": args.backend,
+        "model": args.model if args.backend == "openai" else None,
+        "machine": platform.platform(),
+        "date": time.strftime("%Y-%m-%d"),
+        "sets": {},
+    }
     verdicts = {}
     for name, turns in load_sets(args.esconv_dir).items():
         if args.max_turns is not None and len(turns) > args.max_turns:
             turns = random.Random(0).sample(turns, args.max_turns)
         replies, strategies = pairs_of(turns)
         t0 = time.time()
-        verdicts[name] = {"reply": judge_pairs(replies, cfg, args.cache),
-                          "strategy": judge_pairs(strategies, cfg, args.cache)}
+        verdicts[name] = {
+            "reply": judge_pairs(replies, cfg, args.cache),
+            "strategy": judge_pairs(strategies, cfg, args.cache),
+        }
         results["sets"][name] = {check: rates(v) for check, v in verdicts[name].items()}
         results["sets"][name]["seconds"] = round(time.time() - t0, 1)
     results["dialogue_auc"] = {
         check: dialogue_auc(verdicts["esconv_gold"][check], verdicts["failed_esconv"][check])
-        for check in ("reply", "strategy")}
+        for check in ("reply", "strategy")
+    }
     g, f = results["sets"]["esconv_gold"], results["sets"]["failed_esconv"]
     results["ratio_failed_over_gold"] = {
-        check: {k: (f[check][k] / g[check][k] if g[check][k] else None)
-                for k in [*ERRORS, "any"]} for check in ("reply", "strategy")}
+        check: {k: (f[check][k] / g[check][k] if g[check][k] else None) for k in [*ERRORS, "any"]}
+        for check in ("reply", "strategy")
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
 
@@ -149,9 +186,13 @@ def main() -> None:
         ratio = results["ratio_failed_over_gold"][check]
         cells = " | ".join(f"{ratio[k]:.2f}x" if ratio[k] else "–" for k in [*ERRORS, "any"])
         print(f"| {check} | failed / gold | | {cells} |")
-    print("dialogue-level AUC (share of flagged turns, failed vs gold): " + ", ".join(
-        f"{check} {auc:.3f}" if auc is not None else f"{check} –"
-        for check, auc in results["dialogue_auc"].items()))
+    print(
+        "dialogue-level AUC (share of flagged turns, failed vs gold): "
+        + ", ".join(
+            f"{check} {auc:.3f}" if auc is not None else f"{check} –"
+            for check, auc in results["dialogue_auc"].items()
+        )
+    )
 
 
 if __name__ == "__main__":

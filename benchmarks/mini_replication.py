@@ -55,25 +55,41 @@ RESULTS_MD = ROOT / "benchmarks" / "RESULTS.md"
 OUT_JSON = ROOT / "benchmarks" / "results" / "mini_replication.json"
 PLOTS = ROOT / "benchmarks" / "results" / "mini_replication"
 START, END = "<!-- mini-replication:start -->", "<!-- mini-replication:end -->"
-BASELINES = {"majority": "Majority", "prior": "Random by train prior",
-             "bow_lr": "Bag-of-words LR"}
+BASELINES = {"majority": "Majority", "prior": "Random by train prior", "bow_lr": "Bag-of-words LR"}
 # (beta, learning rate, sft_weight)
-SWEEP = [(0.1, 5e-5, 1.0), (0.1, 2e-4, 1.0), (0.1, 1e-3, 1.0),
-         (0.5, 5e-5, 1.0), (0.5, 2e-4, 1.0), (0.5, 1e-3, 1.0),
-         (0.1, 2e-4, 0.0)]
+SWEEP = [
+    (0.1, 5e-5, 1.0),
+    (0.1, 2e-4, 1.0),
+    (0.1, 1e-3, 1.0),
+    (0.5, 5e-5, 1.0),
+    (0.5, 2e-4, 1.0),
+    (0.5, 1e-3, 1.0),
+    (0.1, 2e-4, 0.0),
+]
 STRATEGY_KEYS = ("Q", "weighted_f1", "accuracy", "B")
 TEXT_KEYS = ("bleu_2", "rouge_l", "distinct_2")
 
 
 def seed_overrides(seed: int, runs: Path) -> list[str]:
-    return [f"run.seed={seed}", f"tiny_model.seed={seed}",
-            f"run.output_dir={runs / f'seed-{seed}'}", f"run.name=mini-cpu-seed-{seed}"]
+    return [
+        f"run.seed={seed}",
+        f"tiny_model.seed={seed}",
+        f"run.output_dir={runs / f'seed-{seed}'}",
+        f"run.name=mini-cpu-seed-{seed}",
+    ]
 
 
 def run_seed(config: Path, seed: int, runs: Path) -> None:
     """Run (or resume) one seed's pipeline."""
-    cmd = [sys.executable, "-m", "esc_dist", "pipeline", "--config", str(config),
-           *seed_overrides(seed, runs)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "esc_dist",
+        "pipeline",
+        "--config",
+        str(config),
+        *seed_overrides(seed, runs),
+    ]
     print(f"seed {seed}: {' '.join(cmd[3:])}", flush=True)
     subprocess.run(cmd, check=True, cwd=ROOT)
 
@@ -90,16 +106,24 @@ def stage_seconds(recipe) -> dict:
 def scores_of_report(report: dict) -> dict:
     h = report["headline"]
     per = report["strategy"]["as_others"]["per_strategy"]
-    return {**{k: h[f"{k}_as_others"] for k in STRATEGY_KEYS}, **{k: h[k] for k in TEXT_KEYS},
-            "unparseable": h["unparseable"], "turns": h["turns"],
-            "preferences": [per[s]["preference"] for s in STRATEGIES]}
+    return {
+        **{k: h[f"{k}_as_others"] for k in STRATEGY_KEYS},
+        **{k: h[k] for k in TEXT_KEYS},
+        "unparseable": h["unparseable"],
+        "turns": h["turns"],
+        "preferences": [per[s]["preference"] for s in STRATEGIES],
+    }
 
 
 def scores_of_labels(gold: list[str], pred: list[str]) -> dict:
     m = strategy_metrics(gold, pred)["as_others"]
-    return {**{k: m[k] for k in STRATEGY_KEYS}, **{k: None for k in TEXT_KEYS},
-            "unparseable": 0, "turns": len(gold),
-            "preferences": [m["per_strategy"][s]["preference"] for s in STRATEGIES]}
+    return {
+        **{k: m[k] for k in STRATEGY_KEYS},
+        **{k: None for k in TEXT_KEYS},
+        "unparseable": 0,
+        "turns": len(gold),
+        "preferences": [m["per_strategy"][s]["preference"] for s in STRATEGIES],
+    }
 
 
 def dialogue_text(prompt: list[dict]) -> str:
@@ -149,8 +173,13 @@ def seed_results(runs: Path, seed: int) -> dict | None:
 def launch(recipe, args: list[str], log: Path) -> None:
     cmd = launcher_cmd(recipe.pipeline.launcher, recipe.pipeline.nproc, free_port()) + args
     with open(log, "w") as f:
-        r = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT,
-                           env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        r = subprocess.run(
+            cmd,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        )
     if r.returncode != 0:
         raise RuntimeError(f"{' '.join(args[:3])} failed; log: {log}")
 
@@ -163,27 +192,69 @@ def sweep(config: Path, runs: Path, seed: int, points) -> list[dict]:
         tag = f"beta{beta:g}-lr{lr:g}-sft{sft_weight:g}"
         out = runs / "sweep" / f"seed-{seed}" / tag
         out.mkdir(parents=True, exist_ok=True)
-        overrides = [*seed_overrides(seed, runs), f"dpo.beta={beta}",
-                     f"dpo.learning_rate={lr}", f"dpo.sft_weight={sft_weight}"]
+        overrides = [
+            *seed_overrides(seed, runs),
+            f"dpo.beta={beta}",
+            f"dpo.learning_rate={lr}",
+            f"dpo.sft_weight={sft_weight}",
+        ]
         recipe = load_recipe(config, overrides)
         t0 = time.time()
         if not (out / "planner" / COMPLETED).is_file():
-            launch(recipe, ["dpo", "--role", "planner", "--pairs", str(base / "prefdial/planner"),
-                            "--model", str(base / "models/sft-planner"),
-                            "--out", str(out / "planner"), "--config", str(config),
-                            *overrides], out / "dpo.log")
+            launch(
+                recipe,
+                [
+                    "dpo",
+                    "--role",
+                    "planner",
+                    "--pairs",
+                    str(base / "prefdial/planner"),
+                    "--model",
+                    str(base / "models/sft-planner"),
+                    "--out",
+                    str(out / "planner"),
+                    "--config",
+                    str(config),
+                    *overrides,
+                ],
+                out / "dpo.log",
+            )
         if not (out / "predictions" / COMPLETED).is_file():
-            launch(recipe, ["infer", "--mode", "decoupled", "--planner", str(out / "planner"),
-                            "--generator", str(base / "models/sft-generator"),
-                            "--data", str(base / "data"), "--split", "test",
-                            "--out", str(out / "predictions"), "--config", str(config),
-                            *overrides], out / "infer.log")
+            launch(
+                recipe,
+                [
+                    "infer",
+                    "--mode",
+                    "decoupled",
+                    "--planner",
+                    str(out / "planner"),
+                    "--generator",
+                    str(base / "models/sft-generator"),
+                    "--data",
+                    str(base / "data"),
+                    "--split",
+                    "test",
+                    "--out",
+                    str(out / "predictions"),
+                    "--config",
+                    str(config),
+                    *overrides,
+                ],
+                out / "infer.log",
+            )
         report = evaluate(out / "predictions" / "predictions.jsonl", out / "report", name=tag)
         manifest = read_json(out / "planner" / "manifest.json")
-        results.append({"beta": beta, "learning_rate": lr, "sft_weight": sft_weight,
-                        "steps": manifest.get("global_step"),
-                        "final_reward_accuracy": manifest.get("final_reward_accuracy"),
-                        "seconds": round(time.time() - t0, 1), **scores_of_report(report)})
+        results.append(
+            {
+                "beta": beta,
+                "learning_rate": lr,
+                "sft_weight": sft_weight,
+                "steps": manifest.get("global_step"),
+                "final_reward_accuracy": manifest.get("final_reward_accuracy"),
+                "seconds": round(time.time() - t0, 1),
+                **scores_of_report(report),
+            }
+        )
         print(f"sweep {tag}: Q {100 * results[-1]['Q']:.1f} B {results[-1]['B']:.3f}", flush=True)
     return results
 
@@ -200,8 +271,9 @@ def aggregate(per_seed: dict[str, dict]) -> dict:
     agg = {}
     for s in systems:
         rows = [per_seed[k][s] for k in sorted(per_seed)]
-        agg[s] = {k: mean_std([r[k] for r in rows])
-                  for k in (*STRATEGY_KEYS, *TEXT_KEYS, "unparseable")}
+        agg[s] = {
+            k: mean_std([r[k] for r in rows]) for k in (*STRATEGY_KEYS, *TEXT_KEYS, "unparseable")
+        }
         agg[s]["preferences"] = np.mean([r["preferences"] for r in rows], axis=0).tolist()
     return agg
 
@@ -221,13 +293,20 @@ def title(system: str) -> str:
 
 def plot_all(per_seed: dict[int, dict], agg: dict) -> list[Path]:
     PLOTS.mkdir(parents=True, exist_ok=True)
-    paths = [plot_preferences({title(s): agg[s]["preferences"] for s in agg},
-                              PLOTS / "preferences_all.png",
-                              "Strategy preferences, mean over seeds (ideal 1.0)")]
+    paths = [
+        plot_preferences(
+            {title(s): agg[s]["preferences"] for s in agg},
+            PLOTS / "preferences_all.png",
+            "Strategy preferences, mean over seeds (ideal 1.0)",
+        )
+    ]
     for s in SYSTEMS:
         series = {f"seed {k}": per_seed[k][s]["preferences"] for k in sorted(per_seed)}
-        paths.append(plot_preferences(series, PLOTS / f"preferences_{s}.png",
-                                      f"{title(s)}: strategy preferences per seed"))
+        paths.append(
+            plot_preferences(
+                series, PLOTS / f"preferences_{s}.png", f"{title(s)}: strategy preferences per seed"
+            )
+        )
     return paths
 
 
@@ -235,47 +314,80 @@ def render(results: dict) -> str:
     seeds = sorted(results["per_seed"], key=int)
     agg = results["aggregate"]
     cols = (*STRATEGY_KEYS, *TEXT_KEYS, "unparseable")
-    names = {"Q": "Q (macro-F1 %)", "weighted_f1": "weighted-F1 %", "accuracy": "accuracy %",
-             "B": "B", "bleu_2": "BLEU-2 %", "rouge_l": "ROUGE-L %", "distinct_2": "Distinct-2 %",
-             "unparseable": "unparseable"}
-    lines = [START, "## Mini-replication on CPU: does Decoupled-DPO lower preference bias?", "",
-             f"Produced by `python -m benchmarks.mini_replication` on {results['date']}, "
-             f"{results['machine']}; recipe `configs/mini-cpu.yaml`, "
-             f"{len(seeds)} seed{'s' * (len(seeds) > 1)} ({', '.join(seeds)}; "
-             f"`run.seed` and `tiny_model.seed` both set to the seed). Test split of "
-             f"DecoupledESC, {results['test_turns']} supporter turns; mean ± sample std over "
-             "seeds. Strategy metrics count an unparseable prediction as *Others*. Every "
-             "number is in `benchmarks/results/mini_replication.json`.", "",
-             "| system | " + " | ".join(names[c] for c in cols) + " |",
-             "|---" * (len(cols) + 1) + "|"]
+    names = {
+        "Q": "Q (macro-F1 %)",
+        "weighted_f1": "weighted-F1 %",
+        "accuracy": "accuracy %",
+        "B": "B",
+        "bleu_2": "BLEU-2 %",
+        "rouge_l": "ROUGE-L %",
+        "distinct_2": "Distinct-2 %",
+        "unparseable": "unparseable",
+    }
+    lines = [
+        START,
+        "## Mini-replication on CPU: does Decoupled-DPO lower preference bias?",
+        "",
+        f"Produced by `python -m benchmarks.mini_replication` on {results['date']}, "
+        f"{results['machine']}; recipe `configs/mini-cpu.yaml`, "
+        f"{len(seeds)} seed{'s' * (len(seeds) > 1)} ({', '.join(seeds)}; "
+        f"`run.seed` and `tiny_model.seed` both set to the seed). Test split of "
+        f"DecoupledESC, {results['test_turns']} supporter turns; mean ± sample std over "
+        "seeds. Strategy metrics count an unparseable prediction as *Others*. Every "
+        "number is in `benchmarks/results/mini_replication.json`.",
+        "",
+        "| system | " + " | ".join(names[c] for c in cols) + " |",
+        "|---" * (len(cols) + 1) + "|",
+    ]
     for s in (*SYSTEMS, *BASELINES):
         lines.append(f"| {title(s)} | " + " | ".join(fmt(c, agg[s][c]) for c in cols) + " |")
-    lines += ["", "Per-strategy preferences (Bradley-Terry, ideal 1.0 each), mean over seeds: "
-              "![preferences](results/mini_replication/preferences_all.png); per seed: " +
-              ", ".join(f"[{title(s)}](results/mini_replication/preferences_{s}.png)"
-                        for s in SYSTEMS) + ".", ""]
+    lines += [
+        "",
+        "Per-strategy preferences (Bradley-Terry, ideal 1.0 each), mean over seeds: "
+        "![preferences](results/mini_replication/preferences_all.png); per seed: "
+        + ", ".join(f"[{title(s)}](results/mini_replication/preferences_{s}.png)" for s in SYSTEMS)
+        + ".",
+        "",
+    ]
     times = results.get("seconds_per_seed", {})
     if times:
-        lines.append("Time of each seed's pipeline (sum of its stages): " + ", ".join(
-            f"seed {k} {v / 60:.0f} min" for k, v in sorted(times.items())) + ".")
+        lines.append(
+            "Time of each seed's pipeline (sum of its stages): "
+            + ", ".join(f"seed {k} {v / 60:.0f} min" for k, v in sorted(times.items()))
+            + "."
+        )
         lines.append("")
     if results.get("sweep"):
-        lines += [f"**Planner DPO sensitivity** (seed {results['sweep_seed']}: its SFT planner "
-                  "and judged planner pairs; Decoupled inference on the test split with its SFT "
-                  "generator; one run per point). The first row is the SFT planner itself.", "",
-                  "| beta | lr | sft_weight | steps | reward acc. | Q % | weighted-F1 % | B | "
-                  "accuracy % | unparseable |", "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            f"**Planner DPO sensitivity** (seed {results['sweep_seed']}: its SFT planner "
+            "and judged planner pairs; Decoupled inference on the test split with its SFT "
+            "generator; one run per point). The first row is the SFT planner itself.",
+            "",
+            "| beta | lr | sft_weight | steps | reward acc. | Q % | weighted-F1 % | B | "
+            "accuracy % | unparseable |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
         sft = results["per_seed"].get(str(results["sweep_seed"]), {}).get("decoupled-sft")
         if sft:
-            lines.append("| – | – | – | 0 | – | " + " | ".join(
-                fmt(k, (sft[k], None)) for k in ("Q", "weighted_f1", "B", "accuracy",
-                                                 "unparseable")) + " |")
+            lines.append(
+                "| – | – | – | 0 | – | "
+                + " | ".join(
+                    fmt(k, (sft[k], None))
+                    for k in ("Q", "weighted_f1", "B", "accuracy", "unparseable")
+                )
+                + " |"
+            )
         for r in results["sweep"]:
             acc = r["final_reward_accuracy"]
-            lines.append(f"| {r['beta']:g} | {r['learning_rate']:g} | {r['sft_weight']:g} | "
-                         f"{r['steps']} | {'–' if acc is None else f'{acc:.2f}'} | " + " | ".join(
-                             fmt(k, (r[k], None)) for k in ("Q", "weighted_f1", "B", "accuracy",
-                                                            "unparseable")) + " |")
+            lines.append(
+                f"| {r['beta']:g} | {r['learning_rate']:g} | {r['sft_weight']:g} | "
+                f"{r['steps']} | {'–' if acc is None else f'{acc:.2f}'} | "
+                + " | ".join(
+                    fmt(k, (r[k], None))
+                    for k in ("Q", "weighted_f1", "B", "accuracy", "unparseable")
+                )
+                + " |"
+            )
         lines.append("")
     lines.append(END)
     return "\n".join(lines)
@@ -295,15 +407,24 @@ def write_section(text: str, start: str = START, end: str = END, path: Path = RE
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", type=Path, default=CONFIG)
-    ap.add_argument("--runs", type=Path, default=Path("runs") / "mini-cpu",
-                    help="one run directory per seed goes under here (relative paths: to the "
-                         "repository root)")
+    ap.add_argument(
+        "--runs",
+        type=Path,
+        default=Path("runs") / "mini-cpu",
+        help="one run directory per seed goes under here (relative paths: to the repository root)",
+    )
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--sweep", action="store_true", help="also run the planner DPO sweep")
-    ap.add_argument("--skip-seeds", action="store_true",
-                    help="do not run the seeds' pipelines; report the ones already finished")
-    ap.add_argument("--report-only", action="store_true",
-                    help="run nothing; report the seeds and sweep points already finished")
+    ap.add_argument(
+        "--skip-seeds",
+        action="store_true",
+        help="do not run the seeds' pipelines; report the ones already finished",
+    )
+    ap.add_argument(
+        "--report-only",
+        action="store_true",
+        help="run nothing; report the seeds and sweep points already finished",
+    )
     args = ap.parse_args()
     os.chdir(ROOT)  # the pipeline's stage keys hold the run paths as written
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -323,15 +444,20 @@ def main() -> None:
     sweep_rows, sweep_seed = previous.get("sweep", []), previous.get("sweep_seed", seeds[0])
     if args.sweep and not args.report_only:
         sweep_rows, sweep_seed = sweep(args.config, args.runs, seeds[0], SWEEP), seeds[0]
-    results = {"date": time.strftime("%Y-%m-%d"),
-               "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, "
-                          f"{platform.system()}, Python {platform.python_version()}",
-               "config": str(args.config.relative_to(ROOT)) if args.config.is_relative_to(ROOT)
-               else str(args.config),
-               "test_turns": next(iter(per_seed.values()))["decoupled-sft"]["turns"],
-               "per_seed": per_seed, "aggregate": aggregate(per_seed),
-               "seconds_per_seed": {k: v for k, v in seconds.items() if k in per_seed},
-               "sweep": sweep_rows, "sweep_seed": sweep_seed}
+    results = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, "
+        f"{platform.system()}, Python {platform.python_version()}",
+        "config": str(args.config.relative_to(ROOT))
+        if args.config.is_relative_to(ROOT)
+        else str(args.config),
+        "test_turns": next(iter(per_seed.values()))["decoupled-sft"]["turns"],
+        "per_seed": per_seed,
+        "aggregate": aggregate(per_seed),
+        "seconds_per_seed": {k: v for k, v in seconds.items() if k in per_seed},
+        "sweep": sweep_rows,
+        "sweep_seed": sweep_seed,
+    }
     OUT_JSON.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(OUT_JSON, results)
     plot_all(per_seed, results["aggregate"])

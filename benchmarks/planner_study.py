@@ -90,31 +90,67 @@ def drop_checkpoints(run: Path) -> None:
 
 def machine() -> dict:
     flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
-    model = next((ln.split(":", 1)[1].strip() for ln in flags.splitlines()
-                  if ln.startswith("model name")), platform.processor())
-    return {"cpu": model, "cores": os.cpu_count(), "avx512_bf16": "avx512_bf16" in flags,
-            "amx": "amx_bf16" in flags, "precision": resolve_precision("auto"),
-            "python": platform.python_version()}
+    model = next(
+        (ln.split(":", 1)[1].strip() for ln in flags.splitlines() if ln.startswith("model name")),
+        platform.processor(),
+    )
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "avx512_bf16": "avx512_bf16" in flags,
+        "amx": "amx_bf16" in flags,
+        "precision": resolve_precision("auto"),
+        "python": platform.python_version(),
+    }
 
 
 def pipeline(config: Path, seed: int, runs: Path, stages: tuple[str, ...]) -> None:
-    r = subprocess.run([sys.executable, "-m", "esc_dist", "pipeline", "--config", str(config),
-                        "--only", ",".join(stages), *overrides(seed, runs)], cwd=ROOT)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "esc_dist",
+            "pipeline",
+            "--config",
+            str(config),
+            "--only",
+            ",".join(stages),
+            *overrides(seed, runs),
+        ],
+        cwd=ROOT,
+    )
     if r.returncode != 0:
         raise SystemExit(f"seed {seed}: the pipeline failed (see its stage logs)")
 
 
-def predict(config: Path, seed: int, runs: Path, planner: Path, out: Path,
-            extra: tuple[str, ...] = ()) -> Path:
+def predict(
+    config: Path, seed: int, runs: Path, planner: Path, out: Path, extra: tuple[str, ...] = ()
+) -> Path:
     """Planner-only predictions of every test turn (skipped when complete)."""
     run = runs / f"seed-{seed}"
     if not (out / COMPLETED).is_file():
         out.parent.mkdir(parents=True, exist_ok=True)
         ov = overrides(seed, runs, extra)
-        launch(load_recipe(config, ov),
-               ["infer", "--mode", "planner", "--planner", str(planner), "--data",
-                str(run / "data"), "--split", "test", "--out", str(out), "--config", str(config),
-                *ov], out.parent / f"{out.name}.log")
+        launch(
+            load_recipe(config, ov),
+            [
+                "infer",
+                "--mode",
+                "planner",
+                "--planner",
+                str(planner),
+                "--data",
+                str(run / "data"),
+                "--split",
+                "test",
+                "--out",
+                str(out),
+                "--config",
+                str(config),
+                *ov,
+            ],
+            out.parent / f"{out.name}.log",
+        )
     return out / "predictions.jsonl"
 
 
@@ -122,9 +158,13 @@ def scores(gold: list[str], pred: list[str | None]) -> dict:
     m = strategy_metrics(gold, pred)
     a = m["as_others"]
     n = len(pred)
-    return {**{k: a[k] for k in KEYS}, "turns": n, "unparseable": m["unparseable"],
-            "shares": {s: sum(1 for p in pred if p == s) / n for s in STRATEGIES},
-            "preferences": [a["per_strategy"][s]["preference"] for s in STRATEGIES]}
+    return {
+        **{k: a[k] for k in KEYS},
+        "turns": n,
+        "unparseable": m["unparseable"],
+        "shares": {s: sum(1 for p in pred if p == s) / n for s in STRATEGIES},
+        "preferences": [a["per_strategy"][s]["preference"] for s in STRATEGIES],
+    }
 
 
 def scores_of(path: Path) -> tuple[dict, dict[str, str]]:
@@ -141,20 +181,32 @@ def mining_summary(run: Path) -> dict:
     conf = kept["confusion_kept"]
     chosen = {s: sum(conf[s].values()) for s in STRATEGIES}
     rejected = {s: sum(conf[g][s] for g in STRATEGIES) for s in STRATEGIES}
-    return {"turns": mined["turns"], "samples": mined["samples"], "pairs_mined": mined["pairs"],
-            "same_as_gold": mined["same_as_gold"], "unparseable": mined["unparseable"],
-            "pairs_kept": kept["kept"], "planner_pairs": kept.get("planner_pairs"),
-            "push": {s: chosen[s] - rejected[s] for s in STRATEGIES},
-            "rejected_unparseable": sum(conf[g]["unparseable"] for g in STRATEGIES)}
+    return {
+        "turns": mined["turns"],
+        "samples": mined["samples"],
+        "pairs_mined": mined["pairs"],
+        "same_as_gold": mined["same_as_gold"],
+        "unparseable": mined["unparseable"],
+        "pairs_kept": kept["kept"],
+        "planner_pairs": kept.get("planner_pairs"),
+        "push": {s: chosen[s] - rejected[s] for s in STRATEGIES},
+        "rejected_unparseable": sum(conf[g]["unparseable"] for g in STRATEGIES),
+    }
 
 
 def seed_piece_mining(config: Path, seed: int, runs: Path) -> dict:
     run = runs / f"seed-{seed}"
     recipe = load_recipe(config, overrides(seed, runs))
     secs = stage_seconds(recipe)
-    out = {"seed": seed, "date": time.strftime("%Y-%m-%d"), "machine": machine(),
-           "config": str(config.relative_to(ROOT)), "train_turns": None,
-           "seconds": {k: secs.get(k) for k in THROUGH_MINE}, "mining": mining_summary(run)}
+    out = {
+        "seed": seed,
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": machine(),
+        "config": str(config.relative_to(ROOT)),
+        "train_turns": None,
+        "seconds": {k: secs.get(k) for k in THROUGH_MINE},
+        "mining": mining_summary(run),
+    }
     out["train_turns"] = read_json(run / "data" / "manifest.json")["counts"]["train"]["turns"]
     return out
 
@@ -165,15 +217,38 @@ def seed_piece_dpo(config: Path, seed: int, runs: Path) -> dict:
     run = runs / f"seed-{seed}"
     m = read_json(run / "models" / "dpo-planner" / "manifest.json")
     recipe = load_recipe(config, overrides(seed, runs))
-    return {"seed": seed, "date": time.strftime("%Y-%m-%d"), "machine": machine(),
-            "seconds": stage_seconds(recipe).get("dpo-planner"),
-            "dpo": {k: m.get(k) for k in ("global_step", "final_loss", "final_reward_accuracy",
-                                          "final_reward_margin", "train_runtime_s")},
-            "settings": {k: getattr(recipe.dpo, k) for k in (
-                "learning_rate", "beta", "num_train_epochs", "per_device_train_batch_size",
-                "loss_type", "validation_every", "validation_turns", "shared_prompt")},
-            "world_size": m.get("world_size"), "guard": m.get("guard"),
-            "trained_in": m.get("export_dir")}  # a sweep point's directory when adopted
+    return {
+        "seed": seed,
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": machine(),
+        "seconds": stage_seconds(recipe).get("dpo-planner"),
+        "dpo": {
+            k: m.get(k)
+            for k in (
+                "global_step",
+                "final_loss",
+                "final_reward_accuracy",
+                "final_reward_margin",
+                "train_runtime_s",
+            )
+        },
+        "settings": {
+            k: getattr(recipe.dpo, k)
+            for k in (
+                "learning_rate",
+                "beta",
+                "num_train_epochs",
+                "per_device_train_batch_size",
+                "loss_type",
+                "validation_every",
+                "validation_turns",
+                "shared_prompt",
+            )
+        },
+        "world_size": m.get("world_size"),
+        "guard": m.get("guard"),
+        "trained_in": m.get("export_dir"),
+    }  # a sweep point's directory when adopted
 
 
 def sweep_point(config: Path, seed: int, runs: Path, lr: float, steps: int, every: int) -> dict:
@@ -191,20 +266,46 @@ def sweep_point(config: Path, seed: int, runs: Path, lr: float, steps: int, ever
         work.mkdir(parents=True)
         shutil.copy(done / ".esc-dist-output", work)
         shutil.copytree(done / "tokenized", work / "tokenized")
-    extra = (f"dpo.learning_rate={lr}", f"dpo.max_steps={steps}",
-             f"dpo.validation_every={every}", "dpo.export_best=true", f"dpo.save_steps={steps}")
+    extra = (
+        f"dpo.learning_rate={lr}",
+        f"dpo.max_steps={steps}",
+        f"dpo.validation_every={every}",
+        "dpo.export_best=true",
+        f"dpo.save_steps={steps}",
+    )
     ov = overrides(seed, runs, extra)
     t0 = time.time()
     if not (out / COMPLETED).is_file():
-        launch(load_recipe(config, ov),
-               ["dpo", "--role", "planner", "--pairs", str(run / "prefdial" / "planner"),
-                "--model", str(run / "models" / "sft-planner"), "--data", str(run / "data"),
-                "--out", str(out), "--config", str(config), *ov], out.parent / f"{out.name}.log")
+        launch(
+            load_recipe(config, ov),
+            [
+                "dpo",
+                "--role",
+                "planner",
+                "--pairs",
+                str(run / "prefdial" / "planner"),
+                "--model",
+                str(run / "models" / "sft-planner"),
+                "--data",
+                str(run / "data"),
+                "--out",
+                str(out),
+                "--config",
+                str(config),
+                *ov,
+            ],
+            out.parent / f"{out.name}.log",
+        )
     m = read_json(out / "manifest.json")
-    return {"seed": seed, "date": time.strftime("%Y-%m-%d"), "machine": machine(),
-            "settings": {"learning_rate": lr, "max_steps": steps, "validation_every": every},
-            "seconds": round(time.time() - t0), "guard": m.get("guard"),
-            "dpo": {k: m.get(k) for k in ("global_step", "final_loss", "final_reward_accuracy")}}
+    return {
+        "seed": seed,
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": machine(),
+        "settings": {"learning_rate": lr, "max_steps": steps, "validation_every": every},
+        "seconds": round(time.time() - t0),
+        "guard": m.get("guard"),
+        "dpo": {k: m.get(k) for k in ("global_step", "final_loss", "final_reward_accuracy")},
+    }
 
 
 # settings that change when a run saves and logs, not the weights it trains
@@ -230,11 +331,19 @@ def adopt_sweep_point(config: Path, seed: int, runs: Path) -> str | None:
     m = read_json(point / "manifest.json")
     ours = {k: v for k, v in asdict(recipe.dpo).items() if k not in NOT_TRAINING}
     theirs = {k: v for k, v in m["config"]["train"].items() if k not in NOT_TRAINING}
-    same = (ours == theirs and m["config"]["model"] == asdict(recipe.model)
-            and m["config"]["run"]["seed"] == recipe.run.seed
-            and all(Path(m["inputs"][k]["path"]) == Path(p) for k, p in (
-                ("pairs", stage.inputs[0]), ("model", stage.inputs[1]),
-                ("validation", stage.inputs[2]))))
+    same = (
+        ours == theirs
+        and m["config"]["model"] == asdict(recipe.model)
+        and m["config"]["run"]["seed"] == recipe.run.seed
+        and all(
+            Path(m["inputs"][k]["path"]) == Path(p)
+            for k, p in (
+                ("pairs", stage.inputs[0]),
+                ("model", stage.inputs[1]),
+                ("validation", stage.inputs[2]),
+            )
+        )
+    )
     if not same:
         return None
     if stage.out.exists():
@@ -252,17 +361,20 @@ def seed_piece_all(config: Path, seed: int, runs: Path, first_seed: bool) -> dic
     out["seconds"] = {k: v for k, v in stage_seconds(recipe).items() if k in STAGES}
     systems, gold = {}, None
     t0 = time.time()
-    for name, planner in (("sft", run / "models" / "sft-planner"),
-                          ("dpo", run / "models" / "dpo-planner"),
-                          *([("zero_shot", run / "models" / "base")] if first_seed else [])):
+    for name, planner in (
+        ("sft", run / "models" / "sft-planner"),
+        ("dpo", run / "models" / "dpo-planner"),
+        *([("zero_shot", run / "models" / "base")] if first_seed else []),
+    ):
         path = predict(config, seed, runs, planner, run / "extra" / f"planner-{name}-test")
         systems[name], gold = scores_of(path)
     out["seconds"]["test_predictions"] = round(time.time() - t0)
     ids = set(gold)
     gold_list, base = baseline_predictions(run / "data", seed, ids)
     systems.update({b: scores(gold_list, pred) for b, pred in base.items()})
-    out["gold_shares"] = {s: sum(1 for g in gold_list if g == s) / len(gold_list)
-                          for s in STRATEGIES}
+    out["gold_shares"] = {
+        s: sum(1 for g in gold_list if g == s) / len(gold_list) for s in STRATEGIES
+    }
     out["systems"] = systems
     out["guard"] = read_json(run / "models" / "dpo-planner" / "manifest.json").get("guard")
     return out
@@ -282,21 +394,43 @@ def samples_probe(config: Path, seed: int, runs: Path, turns: int = 300, n: int 
     t0 = time.time()
     if not (out / COMPLETED).is_file():
         out.parent.mkdir(parents=True, exist_ok=True)
-        launch(load_recipe(config, ov),
-               ["mine", "--role", "planner", "--data", str(run / "data"), "--model",
-                str(run / "models" / "sft-planner"), "--out", str(out), "--config", str(config),
-                *ov], out.parent / f"mine-probe-n{n}.log")
+        launch(
+            load_recipe(config, ov),
+            [
+                "mine",
+                "--role",
+                "planner",
+                "--data",
+                str(run / "data"),
+                "--model",
+                str(run / "models" / "sft-planner"),
+                "--out",
+                str(out),
+                "--config",
+                str(config),
+                *ov,
+            ],
+            out.parent / f"mine-probe-n{n}.log",
+        )
     pairs = read_pairs(out / "pairs.jsonl", "planner")
     per_k = {}
     for k in sorted({1, 2, n}):
         sub = [p for p in pairs if int(p["id"].rsplit("#s", 1)[1]) < k]
         chosen = Counter(p["gold_strategy"] for p in sub)
         rejected = Counter(p["sampled_strategy"] for p in sub)
-        per_k[str(k)] = {"pairs": len(sub), "turns_with_pair": len({p["turn_id"] for p in sub}),
-                         "distinct_pairs": len({(p["turn_id"], p["rejected"]) for p in sub}),
-                         "push": {st: chosen[st] - rejected[st] for st in STRATEGIES}}
-    return {"seed": seed, "turns": turns, "n_samples": n, "seconds": round(time.time() - t0),
-            "per_k": per_k}
+        per_k[str(k)] = {
+            "pairs": len(sub),
+            "turns_with_pair": len({p["turn_id"] for p in sub}),
+            "distinct_pairs": len({(p["turn_id"], p["rejected"]) for p in sub}),
+            "push": {st: chosen[st] - rejected[st] for st in STRATEGIES},
+        }
+    return {
+        "seed": seed,
+        "turns": turns,
+        "n_samples": n,
+        "seconds": round(time.time() - t0),
+        "per_k": per_k,
+    }
 
 
 def variant_judged(config: Path, seed: int, runs: Path) -> dict:
@@ -310,25 +444,62 @@ def variant_judged(config: Path, seed: int, runs: Path) -> dict:
     t0 = time.time()
     if not (var / "prefdial" / COMPLETED).is_file():
         var.mkdir(parents=True, exist_ok=True)
-        subprocess.run([sys.executable, "-m", "esc_dist", "judge", "--role", "planner",
-                        "--pairs", str(run / "ipm" / "mine-planner" / "pairs.jsonl"),
-                        "--out", str(var / "prefdial"), "--config", str(config), *ov],
-                       cwd=ROOT, check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "esc_dist",
+                "judge",
+                "--role",
+                "planner",
+                "--pairs",
+                str(run / "ipm" / "mine-planner" / "pairs.jsonl"),
+                "--out",
+                str(var / "prefdial"),
+                "--config",
+                str(config),
+                *ov,
+            ],
+            cwd=ROOT,
+            check=True,
+        )
     if not (var / "dpo-planner" / COMPLETED).is_file():
-        launch(recipe, ["dpo", "--role", "planner", "--pairs", str(var / "prefdial"),
-                        "--model", str(run / "models" / "sft-planner"), "--data",
-                        str(run / "data"), "--out", str(var / "dpo-planner"),
-                        "--config", str(config), *ov], var / "dpo.log")
+        launch(
+            recipe,
+            [
+                "dpo",
+                "--role",
+                "planner",
+                "--pairs",
+                str(var / "prefdial"),
+                "--model",
+                str(run / "models" / "sft-planner"),
+                "--data",
+                str(run / "data"),
+                "--out",
+                str(var / "dpo-planner"),
+                "--config",
+                str(config),
+                *ov,
+            ],
+            var / "dpo.log",
+        )
     path = predict(config, seed, runs, var / "dpo-planner", var / "planner-dpo-test", extra)
     kept = read_json(var / "prefdial" / "stats.json")
     conf = kept["confusion_kept"]
-    return {"seed": seed, "variant": "judged", "date": time.strftime("%Y-%m-%d"),
-            "machine": machine(), "seconds": round(time.time() - t0),
-            "pairs_kept": kept["kept"],
-            "push": {s: sum(conf[s].values()) - sum(conf[g][s] for g in STRATEGIES)
-                     for s in STRATEGIES},
-            "dpo": scores_of(path)[0],
-            "guard": read_json(var / "dpo-planner" / "manifest.json").get("guard")}
+    return {
+        "seed": seed,
+        "variant": "judged",
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": machine(),
+        "seconds": round(time.time() - t0),
+        "pairs_kept": kept["kept"],
+        "push": {
+            s: sum(conf[s].values()) - sum(conf[g][s] for g in STRATEGIES) for s in STRATEGIES
+        },
+        "dpo": scores_of(path)[0],
+        "guard": read_json(var / "dpo-planner" / "manifest.json").get("guard"),
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -338,6 +509,7 @@ def variant_judged(config: Path, seed: int, runs: Path) -> dict:
 def load_results() -> tuple[dict, dict, dict, dict, dict, dict]:
     """(mining pieces, finished seeds, judged variants, sample probes, DPO pieces) by seed,
     and the sweep points by (seed, learning rate), from the result files."""
+
     def by_seed(pattern: str) -> dict[int, dict]:
         out = {}
         for f in sorted(RESULTS.glob(pattern)):
@@ -349,9 +521,14 @@ def load_results() -> tuple[dict, dict, dict, dict, dict, dict]:
     for f in sorted(RESULTS.glob("sweep-seed-*-lr*.json")):
         r = read_json(f)
         sweeps[(int(r["seed"]), float(r["settings"]["learning_rate"]))] = r
-    return (by_seed("seed-*.mining.json"), by_seed("seed-[0-9].json"),
-            by_seed("variant-judged-seed-*.json"), by_seed("samples-probe-seed-*.json"),
-            by_seed("seed-*.dpo.json"), sweeps)
+    return (
+        by_seed("seed-*.mining.json"),
+        by_seed("seed-[0-9].json"),
+        by_seed("variant-judged-seed-*.json"),
+        by_seed("samples-probe-seed-*.json"),
+        by_seed("seed-*.dpo.json"),
+        sweeps,
+    )
 
 
 def fmt(key: str, mean: float | None, std: float | None = None) -> str:
@@ -372,74 +549,115 @@ def trajectory(seed: int, d: dict) -> list[str]:
         f"{(d['seconds'] or 0) / 60:.0f} min; final reward accuracy "
         f"{d['dpo']['final_reward_accuracy']:.2f}): greedy predictions on "
         f"{g['turns']} validation turns every {st['validation_every']} steps "
-        "(step 0 = the SFT model; shares in %):", g)
+        "(step 0 = the SFT model; shares in %):",
+        g,
+    )
 
 
 def sweep_tables(sweeps: dict) -> list[str]:
     """The DPO-strength sweep: the guard's trajectory at each learning rate (validation only)."""
-    out = ["**DPO-strength sweep on validation** (`--sweep`; the test split is not touched; "
-           "*(best)* marks the step the guard's rule picks: the lowest validation B among the "
-           "steps within a point of the SFT model's Q):", ""] if sweeps else []
+    out = (
+        [
+            "**DPO-strength sweep on validation** (`--sweep`; the test split is not touched; "
+            "*(best)* marks the step the guard's rule picks: the lowest validation B among the "
+            "steps within a point of the SFT model's Q):",
+            "",
+        ]
+        if sweeps
+        else []
+    )
     for (seed, lr), d in sorted(sweeps.items()):
         g = d["guard"]
         steps = (d.get("dpo") or {}).get("global_step") or d.get("stopped_at_step")
         note = f"; {d['note']}" if d.get("note") else ""
-        out += guard_table(f"**Sweep, seed {seed}, lr {lr:g}** (beta 0.1, 16 pairs per step, "
-                           f"{steps} steps{note}): greedy predictions on {g['turns']} "
-                           "validation turns (shares in %):", g)
+        out += guard_table(
+            f"**Sweep, seed {seed}, lr {lr:g}** (beta 0.1, 16 pairs per step, "
+            f"{steps} steps{note}): greedy predictions on {g['turns']} "
+            "validation turns (shares in %):",
+            g,
+        )
     return out
 
 
 def guard_table(title: str, g: dict) -> list[str]:
-    out = [title, "", "| step | B | Q % | accuracy % | unparseable % | "
-           + " | ".join(STRATEGIES) + " |", "|---" * (5 + len(STRATEGIES)) + "|"]
+    out = [
+        title,
+        "",
+        "| step | B | Q % | accuracy % | unparseable % | " + " | ".join(STRATEGIES) + " |",
+        "|---" * (5 + len(STRATEGIES)) + "|",
+    ]
     for h in g["history"]:
         mark = " (best)" if (g.get("best") or {}).get("step") == h["step"] else ""
-        out.append(f"| {h['step']}{mark} | {h['B']:.3f} | {100 * h['Q']:.1f} | "
-                   f"{100 * h['accuracy']:.1f} | {100 * h['unparseable']:.1f} | "
-                   + " | ".join(f"{100 * h['shares'][s]:.0f}" for s in STRATEGIES) + " |")
+        out.append(
+            f"| {h['step']}{mark} | {h['B']:.3f} | {100 * h['Q']:.1f} | "
+            f"{100 * h['accuracy']:.1f} | {100 * h['unparseable']:.1f} | "
+            + " | ".join(f"{100 * h['shares'][s]:.0f}" for s in STRATEGIES)
+            + " |"
+        )
     return out + [""]
 
 
-def render(mining: dict, seeds: dict, judged: dict, probes: dict, dpo: dict | None = None,
-           sweeps: dict | None = None) -> str:
-    lines = [START, "## The planner study: the paper's planner pairs, B on all 1,792 test turns",
-             ""]
+def render(
+    mining: dict,
+    seeds: dict,
+    judged: dict,
+    probes: dict,
+    dpo: dict | None = None,
+    sweeps: dict | None = None,
+) -> str:
+    lines = [
+        START,
+        "## The planner study: the paper's planner pairs, B on all 1,792 test turns",
+        "",
+    ]
     if not mining:
         return "\n".join(lines + ["No seed has finished mining yet.", "", END])
     first = next(iter(mining.values()))
     m = first["machine"]
-    lines += [f"Produced by `python -m benchmarks.planner_study` from the result files in "
-              "`benchmarks/results/planner_study/`; recipe `configs/planner-smol.yaml` "
-              f"(SmolLM2-135M-Instruct planner, {first['train_turns']} training turns, "
-              "transcript prompt of the last 6 messages, mismatch pairs); machine: "
-              f"{m['cpu']}, {m['cores']} cores, "
-              f"{'bf16' if m['precision'] == 'bf16' else 'fp32 (no native bf16)'}.", "",
-              "**Mined pairs** (one sample per training turn at 0.7 / 0.95; every mismatch is "
-              "a pair; *push* = times a strategy is chosen minus times it is rejected, the "
-              "direction DPO moves it):", "",
-              "| seed | turns | pairs | same as gold | unparseable | "
-              + " | ".join(STRATEGIES) + " |", "|---" * (5 + len(STRATEGIES)) + "|"]
+    lines += [
+        f"Produced by `python -m benchmarks.planner_study` from the result files in "
+        "`benchmarks/results/planner_study/`; recipe `configs/planner-smol.yaml` "
+        f"(SmolLM2-135M-Instruct planner, {first['train_turns']} training turns, "
+        "transcript prompt of the last 6 messages, mismatch pairs); machine: "
+        f"{m['cpu']}, {m['cores']} cores, "
+        f"{'bf16' if m['precision'] == 'bf16' else 'fp32 (no native bf16)'}.",
+        "",
+        "**Mined pairs** (one sample per training turn at 0.7 / 0.95; every mismatch is "
+        "a pair; *push* = times a strategy is chosen minus times it is rejected, the "
+        "direction DPO moves it):",
+        "",
+        "| seed | turns | pairs | same as gold | unparseable | " + " | ".join(STRATEGIES) + " |",
+        "|---" * (5 + len(STRATEGIES)) + "|",
+    ]
     for seed, r in sorted(mining.items()):
         x = r["mining"]
-        lines.append(f"| {seed} | {x['turns']} | {x['pairs_kept']} | {x['same_as_gold']} | "
-                     f"{x['unparseable']} | " + " | ".join(f"{x['push'][s]:+d}"
-                                                           for s in STRATEGIES) + " |")
-    secs = [f"seed {k}: " + ", ".join(f"{name} {v / 60:.0f} min" for name, v in
-                                       r["seconds"].items() if v is not None)
-            for k, r in sorted(mining.items())]
+        lines.append(
+            f"| {seed} | {x['turns']} | {x['pairs_kept']} | {x['same_as_gold']} | "
+            f"{x['unparseable']} | " + " | ".join(f"{x['push'][s]:+d}" for s in STRATEGIES) + " |"
+        )
+    secs = [
+        f"seed {k}: "
+        + ", ".join(f"{name} {v / 60:.0f} min" for name, v in r["seconds"].items() if v is not None)
+        for k, r in sorted(mining.items())
+    ]
     lines += ["", "Times: " + "; ".join(secs) + ".", ""]
     for seed, pr in sorted(probes.items()):
-        lines += [f"**Samples per turn** (seed {seed}, the first {pr['turns']} training turns, "
-                  f"{pr['n_samples']} samples each, {pr['seconds'] / 60:.0f} min; the first k "
-                  "samples are what `mine.n_samples: k` draws; repeated samples stay separate "
-                  "pairs):", "",
-                  "| k | pairs | turns with a pair | distinct pairs | "
-                  + " | ".join(STRATEGIES) + " |", "|---" * (4 + len(STRATEGIES)) + "|"]
+        lines += [
+            f"**Samples per turn** (seed {seed}, the first {pr['turns']} training turns, "
+            f"{pr['n_samples']} samples each, {pr['seconds'] / 60:.0f} min; the first k "
+            "samples are what `mine.n_samples: k` draws; repeated samples stay separate "
+            "pairs):",
+            "",
+            "| k | pairs | turns with a pair | distinct pairs | " + " | ".join(STRATEGIES) + " |",
+            "|---" * (4 + len(STRATEGIES)) + "|",
+        ]
         for k, x in pr["per_k"].items():
-            lines.append(f"| {k} | {x['pairs']} | {x['turns_with_pair']} | "
-                         f"{x['distinct_pairs']} | "
-                         + " | ".join(f"{x['push'][st]:+d}" for st in STRATEGIES) + " |")
+            lines.append(
+                f"| {k} | {x['pairs']} | {x['turns_with_pair']} | "
+                f"{x['distinct_pairs']} | "
+                + " | ".join(f"{x['push'][st]:+d}" for st in STRATEGIES)
+                + " |"
+            )
         lines.append("")
     lines += sweep_tables(sweeps or {})
     for seed, d in sorted((dpo or {}).items()):
@@ -449,12 +667,15 @@ def render(mining: dict, seeds: dict, judged: dict, probes: dict, dpo: dict | No
         return "\n".join(lines)
     systems = [*SYSTEMS, *BASELINES]
     titles = {**SYSTEMS, **BASELINES}
-    lines += [f"**All {next(iter(seeds.values()))['systems']['sft']['turns']} test turns**, "
-              f"{len(seeds)} seed(s) ({', '.join(map(str, sorted(seeds)))}), mean ± sample std "
-              "over seeds (zero-shot: first seed only); B = converged fit, B (20-sweep) = the "
-              "released fit (– where undefined):", "",
-              "| system | Q % | weighted-F1 % | accuracy % | B | B (20-sweep) | unparseable |",
-              "|---|---|---|---|---|---|---|"]
+    lines += [
+        f"**All {next(iter(seeds.values()))['systems']['sft']['turns']} test turns**, "
+        f"{len(seeds)} seed(s) ({', '.join(map(str, sorted(seeds)))}), mean ± sample std "
+        "over seeds (zero-shot: first seed only); B = converged fit, B (20-sweep) = the "
+        "released fit (– where undefined):",
+        "",
+        "| system | Q % | weighted-F1 % | accuracy % | B | B (20-sweep) | unparseable |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for s in systems:
         rows = [r["systems"][s] for r in seeds.values() if s in r["systems"]]
         if not rows:
@@ -462,30 +683,47 @@ def render(mining: dict, seeds: dict, judged: dict, probes: dict, dpo: dict | No
         cells = [fmt(k, *mean_std([x[k] for x in rows])) for k in KEYS]
         unp = mean_std([x["unparseable"] for x in rows])[0]
         lines.append(f"| {titles[s]} | " + " | ".join(cells) + f" | {unp:.0f} |")
-    lines += ["", "**Predicted share of each strategy** (%, mean over seeds) against gold:", "",
-              "| strategy | gold | " + " | ".join(SYSTEMS[s] for s in ("sft", "dpo")) + " |",
-              "|---|---|---|---|"]
+    lines += [
+        "",
+        "**Predicted share of each strategy** (%, mean over seeds) against gold:",
+        "",
+        "| strategy | gold | " + " | ".join(SYSTEMS[s] for s in ("sft", "dpo")) + " |",
+        "|---|---|---|---|",
+    ]
     for st in STRATEGIES:
         gold = mean_std([r["gold_shares"][st] for r in seeds.values()])[0]
-        cells = [fmt("share", *mean_std([r["systems"][s]["shares"][st]
-                                         for r in seeds.values()])) for s in ("sft", "dpo")]
+        cells = [
+            fmt("share", *mean_std([r["systems"][s]["shares"][st] for r in seeds.values()]))
+            for s in ("sft", "dpo")
+        ]
         lines.append(f"| {st} | {100 * gold:.1f} | " + " | ".join(cells) + " |")
-    lines += ["", "**Per seed**: DPO against SFT, and the step the validation guard exported "
-              "(lowest validation B within a point of the SFT model's validation Q):", "",
-              "| seed | SFT Q % | DPO Q % | SFT B | DPO B | exported step | validation B at "
-              "that step (SFT) |", "|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "**Per seed**: DPO against SFT, and the step the validation guard exported "
+        "(lowest validation B within a point of the SFT model's validation Q):",
+        "",
+        "| seed | SFT Q % | DPO Q % | SFT B | DPO B | exported step | validation B at "
+        "that step (SFT) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for seed, r in sorted(seeds.items()):
         sft, dpo, g = r["systems"]["sft"], r["systems"]["dpo"], r.get("guard") or {}
         best, ref = g.get("best") or {}, g.get("reference") or {}
-        lines.append(f"| {seed} | {fmt('Q', sft['Q'])} | {fmt('Q', dpo['Q'])} | "
-                     f"{fmt('B', sft['B'])} | {fmt('B', dpo['B'])} | {best.get('step', '–')} | "
-                     f"{fmt('B', best.get('B'))} ({fmt('B', ref.get('B'))}) |")
+        lines.append(
+            f"| {seed} | {fmt('Q', sft['Q'])} | {fmt('Q', dpo['Q'])} | "
+            f"{fmt('B', sft['B'])} | {fmt('B', dpo['B'])} | {best.get('step', '–')} | "
+            f"{fmt('B', best.get('B'))} ({fmt('B', ref.get('B'))}) |"
+        )
     for seed, v in sorted(judged.items()):
         d = v["dpo"]
-        lines += ["", f"**Judged pairs** (seed {seed}; the same mined pairs through the offline "
-                  f"judge: {v['pairs_kept']} kept): DPO planner Q {fmt('Q', d['Q'])}, "
-                  f"B {fmt('B', d['B'])}; push " + ", ".join(
-                      f"{s} {v['push'][s]:+d}" for s in STRATEGIES if v['push'][s]) + "."]
+        lines += [
+            "",
+            f"**Judged pairs** (seed {seed}; the same mined pairs through the offline "
+            f"judge: {v['pairs_kept']} kept): DPO planner Q {fmt('Q', d['Q'])}, "
+            f"B {fmt('B', d['B'])}; push "
+            + ", ".join(f"{s} {v['push'][s]:+d}" for s in STRATEGIES if v["push"][s])
+            + ".",
+        ]
     lines += ["", END]
     return "\n".join(lines)
 
@@ -498,11 +736,18 @@ def main() -> None:
     ap.add_argument("--through", choices=("mine", "all"), default="all")
     ap.add_argument("--variant", choices=("judged",))
     ap.add_argument("--variant-seed", type=int, default=0)
-    ap.add_argument("--samples-probe", action="store_true",
-                    help="mine 4 samples on the first 300 training turns of --variant-seed")
+    ap.add_argument(
+        "--samples-probe",
+        action="store_true",
+        help="mine 4 samples on the first 300 training turns of --variant-seed",
+    )
     ap.add_argument("--report-only", action="store_true")
-    ap.add_argument("--sweep", metavar="LR,...", help="DPO-strength sweep on validation: these "
-                    "learning rates on --variant-seed, --sweep-steps steps each")
+    ap.add_argument(
+        "--sweep",
+        metavar="LR,...",
+        help="DPO-strength sweep on validation: these "
+        "learning rates on --variant-seed, --sweep-steps steps each",
+    )
     ap.add_argument("--sweep-steps", type=int, default=60)
     ap.add_argument("--sweep-every", type=int, default=10)
     args = ap.parse_args()
@@ -513,26 +758,44 @@ def main() -> None:
         for seed in seeds:
             if args.through == "all":
                 adopt_sweep_point(args.config, seed, args.runs)
-            pipeline(args.config, seed, args.runs,
-                     THROUGH_MINE if args.through == "mine" else STAGES)
+            pipeline(
+                args.config, seed, args.runs, THROUGH_MINE if args.through == "mine" else STAGES
+            )
             drop_checkpoints(args.runs / f"seed-{seed}")
-            atomic_write_json(RESULTS / f"seed-{seed}.mining.json",
-                              seed_piece_mining(args.config, seed, args.runs))
+            atomic_write_json(
+                RESULTS / f"seed-{seed}.mining.json",
+                seed_piece_mining(args.config, seed, args.runs),
+            )
             if args.through == "all":
-                atomic_write_json(RESULTS / f"seed-{seed}.dpo.json",
-                                  seed_piece_dpo(args.config, seed, args.runs))
-                atomic_write_json(RESULTS / f"seed-{seed}.json",
-                                  seed_piece_all(args.config, seed, args.runs, seed == 0))
+                atomic_write_json(
+                    RESULTS / f"seed-{seed}.dpo.json", seed_piece_dpo(args.config, seed, args.runs)
+                )
+                atomic_write_json(
+                    RESULTS / f"seed-{seed}.json",
+                    seed_piece_all(args.config, seed, args.runs, seed == 0),
+                )
         if args.samples_probe:
-            atomic_write_json(RESULTS / f"samples-probe-seed-{args.variant_seed}.json",
-                              samples_probe(args.config, args.variant_seed, args.runs))
+            atomic_write_json(
+                RESULTS / f"samples-probe-seed-{args.variant_seed}.json",
+                samples_probe(args.config, args.variant_seed, args.runs),
+            )
         for lr in (float(x) for x in (args.sweep or "").split(",") if x.strip()):
-            atomic_write_json(RESULTS / f"sweep-seed-{args.variant_seed}-lr{lr:g}.json",
-                              sweep_point(args.config, args.variant_seed, args.runs, lr,
-                                          args.sweep_steps, args.sweep_every))
+            atomic_write_json(
+                RESULTS / f"sweep-seed-{args.variant_seed}-lr{lr:g}.json",
+                sweep_point(
+                    args.config,
+                    args.variant_seed,
+                    args.runs,
+                    lr,
+                    args.sweep_steps,
+                    args.sweep_every,
+                ),
+            )
         if args.variant == "judged":
-            atomic_write_json(RESULTS / f"variant-judged-seed-{args.variant_seed}.json",
-                              variant_judged(args.config, args.variant_seed, args.runs))
+            atomic_write_json(
+                RESULTS / f"variant-judged-seed-{args.variant_seed}.json",
+                variant_judged(args.config, args.variant_seed, args.runs),
+            )
     text = render(*load_results())
     write_section(text, START, END)
     print(text)

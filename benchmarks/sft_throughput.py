@@ -26,12 +26,13 @@ from pathlib import Path
 from benchmarks.timing import TrainerMeter
 
 SIZES = {  # Llama-architecture shapes, random init; vocabulary = the ESConv tokenizer's
-    "tiny": dict(hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=2,
-                 intermediate_size=352),
-    "0.5b": dict(hidden_size=1024, num_layers=24, num_heads=16, num_kv_heads=4,
-                 intermediate_size=4096),
-    "1b": dict(hidden_size=2048, num_layers=16, num_heads=32, num_kv_heads=8,
-               intermediate_size=8192),
+    "tiny": dict(hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=2, intermediate_size=352),
+    "0.5b": dict(
+        hidden_size=1024, num_layers=24, num_heads=16, num_kv_heads=4, intermediate_size=4096
+    ),
+    "1b": dict(
+        hidden_size=2048, num_layers=16, num_heads=32, num_kv_heads=8, intermediate_size=8192
+    ),
 }
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense, SXM
 
@@ -42,8 +43,9 @@ def run(kind: str, recipe, data_dir: Path, model_dir: Path, work: Path, steps: i
 
     paths = stage_paths(recipe, "sft", f"bench-{kind}", str(work / kind))
     if kind == "esc-dist":
-        trainer, _, _ = build_sft_trainer(recipe, "vanilla", str(data_dir), str(model_dir),
-                                          paths, None, False)
+        trainer, _, _ = build_sft_trainer(
+            recipe, "vanilla", str(data_dir), str(model_dir), paths, None, False
+        )
     else:
         from trl import SFTConfig, SFTTrainer
 
@@ -56,8 +58,12 @@ def run(kind: str, recipe, data_dir: Path, model_dir: Path, work: Path, steps: i
         args = SFTConfig(**trainer_arguments(cfg, recipe, paths, "bench", False, None))
         tok = load_tokenizer(str(model_dir))
         train = load_task(data_dir, "vanilla")["train"]
-        trainer = SFTTrainer(model=load_policy(str(model_dir), recipe, cfg), args=args,
-                             train_dataset=train, processing_class=tok)
+        trainer = SFTTrainer(
+            model=load_policy(str(model_dir), recipe, cfg),
+            args=args,
+            train_dataset=train,
+            processing_class=tok,
+        )
     meter = TrainerMeter(trainer, warmup, steps)
     trainer.train()
     return {**meter.result(), "parameters": sum(p.numel() for p in trainer.model.parameters())}
@@ -88,13 +94,24 @@ def main() -> int:
     work = Path(args.work)
     split = args.split or str(Path(args.esconv).parent / "splits" / "decoupledesc_split.json")
     total = args.steps + args.warmup
-    recipe = load_recipe(None, [
-        f"run.output_dir={work}", f"data.esconv={args.esconv}", f"data.split={split}",
-        f"data.max_dialogues.train={args.dialogues}", "sft.deepspeed=null",
-        f"sft.max_steps={total}", f"sft.save_steps={10 * total}", "sft.logging_steps=1000",
-        f"sft.per_device_train_batch_size={args.batch}", f"sft.max_length={args.max_length}",
-        "sft.warmup_ratio=0", "wandb.mode=disabled",
-        *[f"tiny_model.{k}={v}" for k, v in SIZES[args.size].items()]])
+    recipe = load_recipe(
+        None,
+        [
+            f"run.output_dir={work}",
+            f"data.esconv={args.esconv}",
+            f"data.split={split}",
+            f"data.max_dialogues.train={args.dialogues}",
+            "sft.deepspeed=null",
+            f"sft.max_steps={total}",
+            f"sft.save_steps={10 * total}",
+            "sft.logging_steps=1000",
+            f"sft.per_device_train_batch_size={args.batch}",
+            f"sft.max_length={args.max_length}",
+            "sft.warmup_ratio=0",
+            "wandb.mode=disabled",
+            *[f"tiny_model.{k}={v}" for k, v in SIZES[args.size].items()],
+        ],
+    )
     dist.init(600)
     data_dir, model_dir = work / "data", work / f"model-{args.size}"
     if not (data_dir / "COMPLETED").is_file():
@@ -105,13 +122,19 @@ def main() -> int:
     import torch
 
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor()
-    results = {"size": args.size, "device": device, "batch": args.batch,
-               "max_length": args.max_length, "date": time.strftime("%Y-%m-%d"),
-               "cpu_cores": os.cpu_count()}
+    results = {
+        "size": args.size,
+        "device": device,
+        "batch": args.batch,
+        "max_length": args.max_length,
+        "date": time.strftime("%Y-%m-%d"),
+        "cpu_cores": os.cpu_count(),
+    }
     for kind in ("esc-dist", "trl-default"):
         results[kind] = run(kind, recipe, data_dir, model_dir, work, args.steps, args.warmup)
-    results["speedup_non_pad_tokens_per_s"] = (results["esc-dist"]["non_pad_tokens_per_s"]
-                                               / results["trl-default"]["non_pad_tokens_per_s"])
+    results["speedup_non_pad_tokens_per_s"] = (
+        results["esc-dist"]["non_pad_tokens_per_s"] / results["trl-default"]["non_pad_tokens_per_s"]
+    )
     peak = next((v for k, v in PEAK_BF16.items() if k in device), None)
     if peak:
         n = results["esc-dist"]["parameters"]

@@ -55,7 +55,7 @@ def matmul_peak(dtype, n: int, seconds: float = 3.0) -> float:
     while time.perf_counter() - t0 < seconds or done < 2:
         a @ b
         done += 1
-    return 2 * n ** 3 * done / (time.perf_counter() - t0)
+    return 2 * n**3 * done / (time.perf_counter() - t0)
 
 
 def recipe_for(args, work: Path, precision: str, steps: int, warmup: int, batch: int):
@@ -63,15 +63,34 @@ def recipe_for(args, work: Path, precision: str, steps: int, warmup: int, batch:
 
     total = steps + warmup
     split = Path(args.esconv) / "splits" / "decoupledesc_split.json"
-    common = [f"max_steps={total}", f"save_steps={10 * total}", "logging_steps=1000",
-              f"per_device_train_batch_size={batch}", f"max_length={args.max_length}",
-              "warmup_ratio=0", "deepspeed=null", f"precision={precision}"]
-    return load_recipe(None, [
-        f"run.output_dir={work}", f"data.esconv={Path(args.esconv) / 'esconv.json'}",
-        f"data.split={split}", "data.max_dialogues.train=40", "data.max_history_messages=4",
-        "wandb.mode=disabled", *[f"{s}.{c}" for s in ("sft", "dpo") for c in common],
-        f"mine.precision={precision}", "mine.max_turns=32", "mine.batch_size=8",
-        "mine.chunk_size=8", "mine.max_new_tokens=32", "mine.temperature=0.7"])
+    common = [
+        f"max_steps={total}",
+        f"save_steps={10 * total}",
+        "logging_steps=1000",
+        f"per_device_train_batch_size={batch}",
+        f"max_length={args.max_length}",
+        "warmup_ratio=0",
+        "deepspeed=null",
+        f"precision={precision}",
+    ]
+    return load_recipe(
+        None,
+        [
+            f"run.output_dir={work}",
+            f"data.esconv={Path(args.esconv) / 'esconv.json'}",
+            f"data.split={split}",
+            "data.max_dialogues.train=40",
+            "data.max_history_messages=4",
+            "wandb.mode=disabled",
+            *[f"{s}.{c}" for s in ("sft", "dpo") for c in common],
+            f"mine.precision={precision}",
+            "mine.max_turns=32",
+            "mine.batch_size=8",
+            "mine.chunk_size=8",
+            "mine.max_new_tokens=32",
+            "mine.temperature=0.7",
+        ],
+    )
 
 
 def mining(recipe, data: Path, model: Path, out: Path) -> dict:
@@ -79,8 +98,12 @@ def mining(recipe, data: Path, model: Path, out: Path) -> dict:
 
     mine(recipe, "generator", model_dir=str(model), data_dir=str(data), out=str(out))
     g = json.loads((out / "manifest.json").read_text())["generation"]
-    return {"turns": g["items"], "seconds": g["generation_seconds"],
-            "tokens_per_s": g["tokens_per_s"], "dtype": g["dtype"]}
+    return {
+        "turns": g["items"],
+        "seconds": g["generation_seconds"],
+        "tokens_per_s": g["tokens_per_s"],
+        "dtype": g["dtype"],
+    }
 
 
 def main() -> int:
@@ -93,19 +116,24 @@ def main() -> int:
     ap.add_argument("--max-length", type=int, default=256)
     ap.add_argument("--results", default=str(ROOT / "benchmarks" / "RESULTS.md"))
     ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "smol-cpu.json"))
-    ap.add_argument("--only", choices=["fp32", "bf16"],
-                    help="measure one precision, adding to --json (accelerate fixes the "
-                         "precision once per process: the default runs one process each)")
+    ap.add_argument(
+        "--only",
+        choices=["fp32", "bf16"],
+        help="measure one precision, adding to --json (accelerate fixes the "
+        "precision once per process: the default runs one process each)",
+    )
     args = ap.parse_args()
     if args.only is None:
         import subprocess
         import sys
 
         for precision in ("fp32", "bf16"):
-            subprocess.run([sys.executable, "-m", "benchmarks.smol_cpu", *sys.argv[1:],
-                            "--only", precision], check=True, cwd=ROOT)
-        write_section(Path(args.results), render(json.loads(Path(args.json).read_text())),
-                      SECTION)
+            subprocess.run(
+                [sys.executable, "-m", "benchmarks.smol_cpu", *sys.argv[1:], "--only", precision],
+                check=True,
+                cwd=ROOT,
+            )
+        write_section(Path(args.results), render(json.loads(Path(args.json).read_text())), SECTION)
         return 0
 
     import torch
@@ -138,13 +166,24 @@ def main() -> int:
 
     out = Path(args.json)
     res = json.loads(out.read_text()) if args.only == "bf16" and out.is_file() else {}
-    res.update({"date": datetime.date.today().isoformat(), "cpu": cpu_name(),
-                "cores": os.cpu_count(), "threads": torch.get_num_threads(),
-                "native_bf16": native, "auto_precision": dist.resolve_precision("auto"),
-                "batch": args.batch, "max_length": args.max_length, "parameters": params})
+    res.update(
+        {
+            "date": datetime.date.today().isoformat(),
+            "cpu": cpu_name(),
+            "cores": os.cpu_count(),
+            "threads": torch.get_num_threads(),
+            "native_bf16": native,
+            "auto_precision": dist.resolve_precision("auto"),
+            "batch": args.batch,
+            "max_length": args.max_length,
+            "parameters": params,
+        }
+    )
     if args.only == "fp32":
-        res["peak_flops"] = {"fp32": matmul_peak(torch.float32, 2048),
-                             "bf16": matmul_peak(torch.bfloat16, 2048 if native else 512)}
+        res["peak_flops"] = {
+            "fp32": matmul_peak(torch.float32, 2048),
+            "bf16": matmul_peak(torch.bfloat16, 2048 if native else 512),
+        }
     print(json.dumps(res, indent=1), flush=True)
     out.parent.mkdir(parents=True, exist_ok=True)
 
@@ -157,8 +196,12 @@ def main() -> int:
     steps, batch = (1, 1) if slow else (args.steps, args.batch)
     r = recipe_for(args, work, precision, steps, 1, batch)
     if slow:
-        r = replace(r, sft=replace(r.sft, max_length=128), dpo=replace(r.dpo, max_length=128),
-                    mine=replace(r.mine, max_turns=2, max_new_tokens=8))
+        r = replace(
+            r,
+            sft=replace(r.sft, max_length=128),
+            dpo=replace(r.dpo, max_length=128),
+            mine=replace(r.mine, max_turns=2, max_new_tokens=8),
+        )
     for kind in ("esc-dist", "trl-default"):
         if kind == "trl-default" and slow:
             continue
@@ -172,8 +215,15 @@ def main() -> int:
         pairs = work / "pairs-4"
         if not (pairs / "COMPLETED").is_file():
             make_pairs(data, pairs, 4)
-    d = dpo_run("esc-dist", replace(r, dpo=replace(r.dpo, per_device_train_batch_size=max(
-        1, batch // 2))), pairs, base, work / f"dpo-{precision}", steps, 1)
+    d = dpo_run(
+        "esc-dist",
+        replace(r, dpo=replace(r.dpo, per_device_train_batch_size=max(1, batch // 2))),
+        pairs,
+        base,
+        work / f"dpo-{precision}",
+        steps,
+        1,
+    )
     res[f"dpo/esc-dist/{precision}"] = d
     print("dpo", precision, json.dumps(d), flush=True)
     save()
@@ -191,40 +241,56 @@ def render(r: dict) -> str:
         return f"{a / b:.2f}x" if a and b else "n/a"
 
     g = r["peak_flops"]
-    lines = [SECTION, "",
-             f"Machine: {r['cpu']}, {r['cores']} cores ({r['threads']} threads), native bf16: "
-             f"{'yes' if r['native_bf16'] else 'no'} (precision auto = {r['auto_precision']}); "
-             f"{r['date']}; `python -m benchmarks.smol_cpu`, one process, no DeepSpeed, "
-             f"batch {r['batch']} x up to {r['max_length']} tokens; raw figures in "
-             "`benchmarks/results/smol-cpu.json`.", "",
-             f"Measured matmul peak: fp32 {g['fp32'] / 1e9:.1f} GFLOP/s, bf16 "
-             f"{g['bf16'] / 1e9:.1f} GFLOP/s.", "",
-             "| what | fp32 | bf16 | bf16 / fp32 |", "|---|---:|---:|---:|"]
+    lines = [
+        SECTION,
+        "",
+        f"Machine: {r['cpu']}, {r['cores']} cores ({r['threads']} threads), native bf16: "
+        f"{'yes' if r['native_bf16'] else 'no'} (precision auto = {r['auto_precision']}); "
+        f"{r['date']}; `python -m benchmarks.smol_cpu`, one process, no DeepSpeed, "
+        f"batch {r['batch']} x up to {r['max_length']} tokens; raw figures in "
+        "`benchmarks/results/smol-cpu.json`.",
+        "",
+        f"Measured matmul peak: fp32 {g['fp32'] / 1e9:.1f} GFLOP/s, bf16 "
+        f"{g['bf16'] / 1e9:.1f} GFLOP/s.",
+        "",
+        "| what | fp32 | bf16 | bf16 / fp32 |",
+        "|---|---:|---:|---:|",
+    ]
     for label, key, field in (
-            ("SFT esc-dist, non-pad tokens/s", "sft/esc-dist", "non_pad_tokens_per_s"),
-            ("SFT TRL defaults, non-pad tokens/s", "sft/trl-default", "non_pad_tokens_per_s"),
-            ("DPO esc-dist, non-pad tokens/s", "dpo/esc-dist", "non_pad_tokens_per_s"),
-            ("mining, new tokens/s", "mine", "tokens_per_s")):
+        ("SFT esc-dist, non-pad tokens/s", "sft/esc-dist", "non_pad_tokens_per_s"),
+        ("SFT TRL defaults, non-pad tokens/s", "sft/trl-default", "non_pad_tokens_per_s"),
+        ("DPO esc-dist, non-pad tokens/s", "dpo/esc-dist", "non_pad_tokens_per_s"),
+        ("mining, new tokens/s", "mine", "tokens_per_s"),
+    ):
         a, b = rate(f"{key}/fp32", field), rate(f"{key}/bf16", field)
         fa, fb = (f"{a:.1f}" if a else "n/a"), (f"{b:.1f}" if b else "n/a")
         lines.append(f"| {label} | {fa} | {fb} | {ratio(b, a)} |")
     lines.append("")
     if not r["native_bf16"]:
-        lines.append("- No native bf16 on this CPU: PyTorch's bf16 matmuls take slow paths whose "
-                     "speed depends on the shapes (the square matmul above, the model's own "
-                     "layers faster), so no bf16 peak is meaningful and bf16 ran one step of one "
-                     "example (DPO: of 4 pairs), 2 mined turns: the ratios are what "
-                     "`precision: auto` avoids by staying fp32 here.")
+        lines.append(
+            "- No native bf16 on this CPU: PyTorch's bf16 matmuls take slow paths whose "
+            "speed depends on the shapes (the square matmul above, the model's own "
+            "layers faster), so no bf16 peak is meaningful and bf16 ran one step of one "
+            "example (DPO: of 4 pairs), 2 mined turns: the ratios are what "
+            "`precision: auto` avoids by staying fp32 here."
+        )
     for precision in ("fp32", "bf16") if r["native_bf16"] else ("fp32",):
         e, t = r.get(f"sft/esc-dist/{precision}"), r.get(f"sft/trl-default/{precision}")
         if e:
-            lines.append(f"- {precision}: esc-dist SFT reaches {e['training_flops'] / 1e9:.1f} "
-                         f"GFLOP/s of training (6 N tokens/s), {100 * e['fraction_of_peak']:.0f}% "
-                         f"of the measured {precision} matmul peak"
-                         + (f"; TRL's defaults {100 * t['fraction_of_peak']:.0f}%, esc-dist / "
-                            f"TRL = {ratio(e['non_pad_tokens_per_s'], t['non_pad_tokens_per_s'])}"
-                            f" in non-pad tokens/s (non-pad fraction {e['non_pad_fraction']:.2f}"
-                            f" vs {t['non_pad_fraction']:.2f})" if t else "") + ".")
+            lines.append(
+                f"- {precision}: esc-dist SFT reaches {e['training_flops'] / 1e9:.1f} "
+                f"GFLOP/s of training (6 N tokens/s), {100 * e['fraction_of_peak']:.0f}% "
+                f"of the measured {precision} matmul peak"
+                + (
+                    f"; TRL's defaults {100 * t['fraction_of_peak']:.0f}%, esc-dist / "
+                    f"TRL = {ratio(e['non_pad_tokens_per_s'], t['non_pad_tokens_per_s'])}"
+                    f" in non-pad tokens/s (non-pad fraction {e['non_pad_fraction']:.2f}"
+                    f" vs {t['non_pad_fraction']:.2f})"
+                    if t
+                    else ""
+                )
+                + "."
+            )
     return "\n".join(lines) + "\n"
 
 

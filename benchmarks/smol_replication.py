@@ -71,21 +71,35 @@ START, END = "<!-- mini-smol:start -->", "<!-- mini-smol:end -->"
 README = ROOT / "README.md"
 SUMMARY_START, SUMMARY_END = "<!-- mini-smol-summary:start -->", "<!-- mini-smol-summary:end -->"
 ZERO_SHOT = "zero-shot"
-LABEL_BASELINES = {"majority": "Majority", "prior": "Random by train prior",
-                   "bow_lr": "Bag-of-words LR"}
+LABEL_BASELINES = {
+    "majority": "Majority",
+    "prior": "Random by train prior",
+    "bow_lr": "Bag-of-words LR",
+}
 TITLES = {**SYSTEM_TITLES, ZERO_SHOT: "SmolLM2 zero-shot", **LABEL_BASELINES}
 ROWS = (*SYSTEMS, ZERO_SHOT, *LABEL_BASELINES)
 STRATEGY_COLS = ("Q", "weighted_f1", "accuracy", "B", "B_converged", "used", "unparseable")
 REPLY_COLS = ("bleu_2", "rouge_l", "distinct_2", "any_error", "adherence")
 VARIANTS = ("balanced", "no-tags")
 # the systems a variant changes (the others are the seed's own)
-VARIANT_SYSTEMS = {"balanced": ("vanilla-dpo", "decoupled-dpo"),
-                   "no-tags": ("decoupled-sft", "decoupled-dpo")}
+VARIANT_SYSTEMS = {
+    "balanced": ("vanilla-dpo", "decoupled-dpo"),
+    "no-tags": ("decoupled-sft", "decoupled-dpo"),
+}
 # the seed's pipeline stages a variant reads (it runs them first; current ones are skipped)
 _GENERATOR = ("sft-generator", "mine-generator", "judge-generator", "dpo-generator")
-VARIANT_STAGES = {"balanced": ("prepare", "base-model", "sft-planner", "sft-vanilla",
-                               "mine-planner", "mine-vanilla", *_GENERATOR),
-                  "no-tags": ("prepare", "base-model", *_GENERATOR)}
+VARIANT_STAGES = {
+    "balanced": (
+        "prepare",
+        "base-model",
+        "sft-planner",
+        "sft-vanilla",
+        "mine-planner",
+        "mine-vanilla",
+        *_GENERATOR,
+    ),
+    "no-tags": ("prepare", "base-model", *_GENERATOR),
+}
 
 
 def seed_overrides(seed: int, runs: Path) -> list[str]:
@@ -96,19 +110,39 @@ def seed_overrides(seed: int, runs: Path) -> list[str]:
 def esc(args: list[str], log: Path) -> None:
     """One single-process esc-dist command, its output to ``log``."""
     with open(log, "w") as f:
-        subprocess.run([sys.executable, "-m", "esc_dist", *args], check=True, cwd=ROOT,
-                       stdout=f, stderr=subprocess.STDOUT)
+        subprocess.run(
+            [sys.executable, "-m", "esc_dist", *args],
+            check=True,
+            cwd=ROOT,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+        )
 
 
 def run_pipeline(config: Path, overrides: list[str], only: tuple[str, ...] = ()) -> None:
-    cmd = [sys.executable, "-m", "esc_dist", "pipeline", "--config", str(config),
-           *(["--only", ",".join(only)] if only else []), *overrides]
+    cmd = [
+        sys.executable,
+        "-m",
+        "esc_dist",
+        "pipeline",
+        "--config",
+        str(config),
+        *(["--only", ",".join(only)] if only else []),
+        *overrides,
+    ]
     print(" ".join(cmd[3:]), flush=True)
     subprocess.run(cmd, check=True, cwd=ROOT)
 
 
-def infer_and_eval(recipe, config: Path, overrides: list[str], run: Path, name: str,
-                   mode_args: list[str], data: Path | None = None) -> Path:
+def infer_and_eval(
+    recipe,
+    config: Path,
+    overrides: list[str],
+    run: Path,
+    name: str,
+    mode_args: list[str],
+    data: Path | None = None,
+) -> Path:
     """Infer one system on the test turns of ``data`` (default: the run's; the pipeline's
     decoding) and evaluate it, unless done; returns its report directory. Outputs go to
     RUN/extra/NAME."""
@@ -117,21 +151,54 @@ def infer_and_eval(recipe, config: Path, overrides: list[str], run: Path, name: 
     data = data or run / "data"
     base.mkdir(parents=True, exist_ok=True)
     if not (pred / COMPLETED).is_file():
-        launch(recipe, ["infer", *mode_args, "--data", str(data), "--split",
-                        recipe.infer.split, "--out", str(pred), "--config", str(config),
-                        *overrides], base / "infer.log")
+        launch(
+            recipe,
+            [
+                "infer",
+                *mode_args,
+                "--data",
+                str(data),
+                "--split",
+                recipe.infer.split,
+                "--out",
+                str(pred),
+                "--config",
+                str(config),
+                *overrides,
+            ],
+            base / "infer.log",
+        )
     if not (report / "report.json").is_file():
-        esc(["eval", str(pred / "predictions.jsonl"), "--out", str(report), "--name", name,
-             "--data", str(data), "--config", str(config), *overrides], base / "eval.log")
+        esc(
+            [
+                "eval",
+                str(pred / "predictions.jsonl"),
+                "--out",
+                str(report),
+                "--name",
+                name,
+                "--data",
+                str(data),
+                "--config",
+                str(config),
+                *overrides,
+            ],
+            base / "eval.log",
+        )
     return report
 
 
 def zero_shot(config: Path, overrides: list[str], run: Path) -> Path:
     recipe = load_recipe(config, overrides)
     base = run / "models" / "base"
-    return infer_and_eval(recipe, config, overrides, run, ZERO_SHOT,
-                          ["--mode", "decoupled", "--planner", str(base),
-                           "--generator", str(base)])
+    return infer_and_eval(
+        recipe,
+        config,
+        overrides,
+        run,
+        ZERO_SHOT,
+        ["--mode", "decoupled", "--planner", str(base), "--generator", str(base)],
+    )
 
 
 def balanced_variant(config: Path, runs: Path, seed: int) -> dict[str, Path]:
@@ -145,21 +212,64 @@ def balanced_variant(config: Path, runs: Path, seed: int) -> dict[str, Path]:
     for role in ("planner", "vanilla"):
         kept, model = extra / f"prefdial-{role}", extra / f"dpo-{role}"
         if not (kept / COMPLETED).is_file():
-            esc(["judge", "--role", role, "--pairs",
-                 str(run / "ipm" / f"mine-{role}" / "pairs.jsonl"), "--out", str(kept),
-                 "--config", str(config), *overrides], extra / f"judge-{role}.log")
+            esc(
+                [
+                    "judge",
+                    "--role",
+                    role,
+                    "--pairs",
+                    str(run / "ipm" / f"mine-{role}" / "pairs.jsonl"),
+                    "--out",
+                    str(kept),
+                    "--config",
+                    str(config),
+                    *overrides,
+                ],
+                extra / f"judge-{role}.log",
+            )
         if not (model / COMPLETED).is_file():
-            launch(recipe, ["dpo", "--role", role, "--pairs", str(kept), "--model",
-                            str(run / "models" / f"sft-{role}"), "--out", str(model),
-                            "--config", str(config), *overrides], extra / f"dpo-{role}.log")
+            launch(
+                recipe,
+                [
+                    "dpo",
+                    "--role",
+                    role,
+                    "--pairs",
+                    str(kept),
+                    "--model",
+                    str(run / "models" / f"sft-{role}"),
+                    "--out",
+                    str(model),
+                    "--config",
+                    str(config),
+                    *overrides,
+                ],
+                extra / f"dpo-{role}.log",
+            )
     return {
-        "vanilla-dpo": infer_and_eval(recipe, config, overrides, run, "balanced/vanilla-dpo",
-                                      ["--mode", "vanilla", "--model",
-                                       str(extra / "dpo-vanilla")]),
-        "decoupled-dpo": infer_and_eval(recipe, config, overrides, run, "balanced/decoupled-dpo",
-                                        ["--mode", "decoupled", "--planner",
-                                         str(extra / "dpo-planner"), "--generator",
-                                         str(run / "models" / "dpo-generator")]),
+        "vanilla-dpo": infer_and_eval(
+            recipe,
+            config,
+            overrides,
+            run,
+            "balanced/vanilla-dpo",
+            ["--mode", "vanilla", "--model", str(extra / "dpo-vanilla")],
+        ),
+        "decoupled-dpo": infer_and_eval(
+            recipe,
+            config,
+            overrides,
+            run,
+            "balanced/decoupled-dpo",
+            [
+                "--mode",
+                "decoupled",
+                "--planner",
+                str(extra / "dpo-planner"),
+                "--generator",
+                str(run / "models" / "dpo-generator"),
+            ],
+        ),
     }
 
 
@@ -176,25 +286,92 @@ def no_tags_variant(config: Path, runs: Path, seed: int) -> dict[str, Path]:
     common = ["--config", str(config), *overrides]
     if not (data / COMPLETED).is_file():
         esc(["prepare", "--out", str(data), *common], extra / "prepare.log")
-    steps = [(sft, ["sft", "--role", "planner", "--data", str(data), "--model",
-                    str(run / "models" / "base"), "--out", str(sft)]),
-             (mined, ["mine", "--role", "planner", "--data", str(data), "--model", str(sft),
-                      "--out", str(mined)])]
+    steps = [
+        (
+            sft,
+            [
+                "sft",
+                "--role",
+                "planner",
+                "--data",
+                str(data),
+                "--model",
+                str(run / "models" / "base"),
+                "--out",
+                str(sft),
+            ],
+        ),
+        (
+            mined,
+            [
+                "mine",
+                "--role",
+                "planner",
+                "--data",
+                str(data),
+                "--model",
+                str(sft),
+                "--out",
+                str(mined),
+            ],
+        ),
+    ]
     for out, args in steps:
         if not (out / COMPLETED).is_file():
             launch(recipe, [*args, *common], extra / f"{out.name}.log")
     if not (kept / COMPLETED).is_file():
-        esc(["judge", "--role", "planner", "--pairs", str(mined / "pairs.jsonl"), "--out",
-             str(kept), *common], extra / "judge-planner.log")
+        esc(
+            [
+                "judge",
+                "--role",
+                "planner",
+                "--pairs",
+                str(mined / "pairs.jsonl"),
+                "--out",
+                str(kept),
+                *common,
+            ],
+            extra / "judge-planner.log",
+        )
     if not (dpo / COMPLETED).is_file():
-        launch(recipe, ["dpo", "--role", "planner", "--pairs", str(kept), "--model", str(sft),
-                        "--out", str(dpo), *common], extra / "dpo-planner.log")
-    return {stage_name: infer_and_eval(
-                recipe, config, overrides, run, f"no-tags/{stage_name}",
-                ["--mode", "decoupled", "--planner", str(planner), "--generator",
-                 str(run / "models" / f"{stage}-generator")], data=data)
-            for stage_name, stage, planner in (("decoupled-sft", "sft", sft),
-                                               ("decoupled-dpo", "dpo", dpo))}
+        launch(
+            recipe,
+            [
+                "dpo",
+                "--role",
+                "planner",
+                "--pairs",
+                str(kept),
+                "--model",
+                str(sft),
+                "--out",
+                str(dpo),
+                *common,
+            ],
+            extra / "dpo-planner.log",
+        )
+    return {
+        stage_name: infer_and_eval(
+            recipe,
+            config,
+            overrides,
+            run,
+            f"no-tags/{stage_name}",
+            [
+                "--mode",
+                "decoupled",
+                "--planner",
+                str(planner),
+                "--generator",
+                str(run / "models" / f"{stage}-generator"),
+            ],
+            data=data,
+        )
+        for stage_name, stage, planner in (
+            ("decoupled-sft", "sft", sft),
+            ("decoupled-dpo", "dpo", dpo),
+        )
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -214,30 +391,50 @@ def scores_of_report(report: dict) -> dict:
     adherence = report.get("adherence") or {}
     per = report["strategy"]["as_others"]["per_strategy"]
     return {
-        "Q": paper["Q_as_others"], "weighted_f1": paper["weighted_f1_as_others"],
-        "accuracy": paper["accuracy_as_others"], "B": paper["B_as_others"],
-        "B_converged": ours["B_as_others"], "unparseable": paper["unparseable"],
-        "bleu_2": paper["bleu_2"], "rouge_l": paper["rouge_l"],
+        "Q": paper["Q_as_others"],
+        "weighted_f1": paper["weighted_f1_as_others"],
+        "accuracy": paper["accuracy_as_others"],
+        "B": paper["B_as_others"],
+        "B_converged": ours["B_as_others"],
+        "unparseable": paper["unparseable"],
+        "bleu_2": paper["bleu_2"],
+        "rouge_l": paper["rouge_l"],
         "distinct_2": paper["distinct_2"],
-        "std_over_decodes": {k: std.get(f"{k}_as_others", std.get(k))
-                             for k in ("Q", "B", "bleu_2", "rouge_l")},
+        "std_over_decodes": {
+            k: std.get(f"{k}_as_others", std.get(k)) for k in ("Q", "B", "bleu_2", "rouge_l")
+        },
         "errors": {e: r for e, r in (errors.get("rates") or {}).items() if r is not None},
-        "any_error": errors.get("any_error"), "adherence": adherence.get("adherence"),
-        "turns": paper["turns"], "decodes": report["decodes"],
+        "any_error": errors.get("any_error"),
+        "adherence": adherence.get("adherence"),
+        "turns": paper["turns"],
+        "decodes": report["decodes"],
         "predicted": report["counts"].get("predicted_strategies"),  # first decode
-        "used": sum(1 for k, v in (report["counts"].get("predicted_strategies") or {}).items()
-                    if k in STRATEGIES and v),
+        "used": sum(
+            1
+            for k, v in (report["counts"].get("predicted_strategies") or {}).items()
+            if k in STRATEGIES and v
+        ),
         "preferences": [per[s]["preference"] for s in STRATEGIES],
     }
 
 
 def scores_of_labels(gold: list[str], pred: list[str]) -> dict:
     m = strategy_metrics(gold, pred)["as_others"]
-    return {"Q": m["Q"], "weighted_f1": m["weighted_f1"], "accuracy": m["accuracy"],
-            "B": m["B_kang"], "B_converged": m["B"], "unparseable": 0,
-            "used": len(set(pred)), "predicted": {s: pred.count(s) for s in STRATEGIES},
-            **{k: None for k in REPLY_COLS}, "errors": {}, "turns": len(gold), "decodes": 1,
-            "preferences": [m["per_strategy"][s]["preference"] for s in STRATEGIES]}
+    return {
+        "Q": m["Q"],
+        "weighted_f1": m["weighted_f1"],
+        "accuracy": m["accuracy"],
+        "B": m["B_kang"],
+        "B_converged": m["B"],
+        "unparseable": 0,
+        "used": len(set(pred)),
+        "predicted": {s: pred.count(s) for s in STRATEGIES},
+        **{k: None for k in REPLY_COLS},
+        "errors": {},
+        "turns": len(gold),
+        "decodes": 1,
+        "preferences": [m["per_strategy"][s]["preference"] for s in STRATEGIES],
+    }
 
 
 def extra_seconds(run: Path) -> float:
@@ -246,27 +443,32 @@ def extra_seconds(run: Path) -> float:
     return float(read_json(manifest).get("seconds") or 0) if manifest.is_file() else 0.0
 
 
-def seed_result(config: Path, runs: Path, seed: int, reports: dict[str, Path],
-                variant: str | None = None) -> dict:
+def seed_result(
+    config: Path, runs: Path, seed: int, reports: dict[str, Path], variant: str | None = None
+) -> dict:
     """The numbers of one finished seed (or variant): every system and the baselines."""
     run = runs / f"seed-{seed}"
     rows = {s: scores_of_report(load_report(p / "report.json")) for s, p in reports.items()}
     recipe = load_recipe(config, seed_overrides(seed, runs))
     config = config.resolve()
-    out = {"seed": seed, "variant": variant,
-           "config": str(config.relative_to(ROOT) if config.is_relative_to(ROOT) else config),
-           "date": time.strftime("%Y-%m-%d"),
-           "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, "
-                      f"{platform.system()}, Python {platform.python_version()}",
-           "systems": rows}
+    out = {
+        "seed": seed,
+        "variant": variant,
+        "config": str(config.relative_to(ROOT) if config.is_relative_to(ROOT) else config),
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, "
+        f"{platform.system()}, Python {platform.python_version()}",
+        "systems": rows,
+    }
     if variant is None:
         stages = stage_seconds(recipe)
         out["stage_seconds"] = stages
         out["pipeline_seconds"] = round(sum(v or 0 for v in stages.values()), 1)
         out["zero_shot_seconds"] = round(extra_seconds(run), 1)
         pred = run / "predictions" / "decoupled-sft" / "predictions.jsonl"
-        gold, preds = baseline_predictions(run / "data", seed,
-                                           {p.id for p in load_predictions(pred)})
+        gold, preds = baseline_predictions(
+            run / "data", seed, {p.id for p in load_predictions(pred)}
+        )
         out["systems"].update({k: scores_of_labels(gold, v) for k, v in preds.items()})
     judged = {}
     for role in ("planner", "generator", "vanilla"):
@@ -275,11 +477,15 @@ def seed_result(config: Path, runs: Path, seed: int, reports: dict[str, Path],
             stats = run / "extra" / variant / f"prefdial-{role}" / "stats.json"
         if stats.is_file():
             st = read_json(stats)
-            judged[role] = {"pairs_in": st["pairs_in"], "kept": st["kept"],
-                            "rejected_kept": {s: sum(row[s] for row in
-                                                     st["confusion_kept"].values())
-                                              for s in [*STRATEGIES, "unparseable"]},
-                            **({"balance": st["balance"]} if "balance" in st else {})}
+            judged[role] = {
+                "pairs_in": st["pairs_in"],
+                "kept": st["kept"],
+                "rejected_kept": {
+                    s: sum(row[s] for row in st["confusion_kept"].values())
+                    for s in [*STRATEGIES, "unparseable"]
+                },
+                **({"balance": st["balance"]} if "balance" in st else {}),
+            }
     out["judged"] = judged
     return out
 
@@ -342,129 +548,196 @@ def aggregate(seeds: dict[int, dict]) -> dict:
         agg[s]["B_undefined_seeds"] = sum(r.get("B") is None for r in rows)
         if agg[s]["B_undefined_seeds"]:
             agg[s]["B"] = (None, None)
-        agg[s]["errors"] = {e: mean_std([r["errors"].get(e) for r in rows])
-                            for e in ERROR_TYPES if any(e in r["errors"] for r in rows)}
+        agg[s]["errors"] = {
+            e: mean_std([r["errors"].get(e) for r in rows])
+            for e in ERROR_TYPES
+            if any(e in r["errors"] for r in rows)
+        }
         prefs = [r["preferences"] for r in rows if all(p is not None for p in r["preferences"])]
-        agg[s]["preferences"] = ([sum(col) / len(col) for col in zip(*prefs)] if prefs else None)
+        agg[s]["preferences"] = [sum(col) / len(col) for col in zip(*prefs)] if prefs else None
         agg[s]["seeds"] = len(rows)
     return agg
 
 
-PERCENT = {"Q", "weighted_f1", "accuracy", "bleu_2", "rouge_l", "distinct_2", "any_error",
-           "adherence", *ERROR_TYPES}
-NAMES = {"Q": "Q %", "weighted_f1": "weighted-F1 %", "accuracy": "accuracy %",
-         "B": "B (paper)", "B_converged": "B (converged)", "used": "strategies used",
-         "unparseable": "unparseable",
-         "bleu_2": "BLEU-2 %", "rouge_l": "ROUGE-L %", "distinct_2": "Distinct-2 %",
-         "any_error": "any error %", "adherence": "adherence %"}
+PERCENT = {
+    "Q",
+    "weighted_f1",
+    "accuracy",
+    "bleu_2",
+    "rouge_l",
+    "distinct_2",
+    "any_error",
+    "adherence",
+    *ERROR_TYPES,
+}
+NAMES = {
+    "Q": "Q %",
+    "weighted_f1": "weighted-F1 %",
+    "accuracy": "accuracy %",
+    "B": "B (paper)",
+    "B_converged": "B (converged)",
+    "used": "strategies used",
+    "unparseable": "unparseable",
+    "bleu_2": "BLEU-2 %",
+    "rouge_l": "ROUGE-L %",
+    "distinct_2": "Distinct-2 %",
+    "any_error": "any error %",
+    "adherence": "adherence %",
+}
 
 
 def fmt(key: str, value) -> str:
     mean, std = value if isinstance(value, tuple) else (value, None)
     if mean is None:
         return "–"
-    scale, digits = ((100, 1) if key in PERCENT else (1, 1) if key in ("unparseable", "used")
-                     else (1, 3))
+    scale, digits = (
+        (100, 1) if key in PERCENT else (1, 1) if key in ("unparseable", "used") else (1, 3)
+    )
     text = f"{scale * mean:.{digits}f}"
     return text if std is None else f"{text} ± {scale * std:.{digits}f}"
 
 
 def table(rows: dict[str, dict], cols: tuple[str, ...], order=ROWS, titles=None) -> list[str]:
     titles = titles or TITLES
-    out = ["| system | " + " | ".join(NAMES.get(c, c) for c in cols) + " |",
-           "|---" * (len(cols) + 1) + "|"]
+    out = [
+        "| system | " + " | ".join(NAMES.get(c, c) for c in cols) + " |",
+        "|---" * (len(cols) + 1) + "|",
+    ]
     for s in order:
         if s in rows:
-            out.append(f"| {titles[s]} | " + " | ".join(fmt(c, rows[s].get(c)) for c in cols)
-                       + " |")
+            out.append(
+                f"| {titles[s]} | " + " | ".join(fmt(c, rows[s].get(c)) for c in cols) + " |"
+            )
     return out
 
 
 def error_table(rows: dict[str, dict], order=ROWS) -> list[str]:
     types = [e for e in ERROR_TYPES if any(e in (rows[s].get("errors") or {}) for s in rows)]
-    out = ["| system | " + " | ".join(f"{e} %" for e in types) + " | any error % |",
-           "|---" * (len(types) + 2) + "|"]
+    out = [
+        "| system | " + " | ".join(f"{e} %" for e in types) + " | any error % |",
+        "|---" * (len(types) + 2) + "|",
+    ]
     for s in order:
         if s in rows and rows[s].get("errors"):
-            out.append(f"| {TITLES[s]} | " + " | ".join(
-                fmt(e, rows[s]["errors"].get(e)) for e in types) + " | "
-                + fmt("any_error", rows[s].get("any_error")) + " |")
+            out.append(
+                f"| {TITLES[s]} | "
+                + " | ".join(fmt(e, rows[s]["errors"].get(e)) for e in types)
+                + " | "
+                + fmt("any_error", rows[s].get("any_error"))
+                + " |"
+            )
     return out
 
 
 def per_seed_lines(seeds: dict[int, dict]) -> list[str]:
     """Per seed: B (paper and converged) and Q of the four systems, the deltas the question is
     about."""
-    out = ["| seed | " + " | ".join(f"{TITLES[s]} Q / B / B conv." for s in SYSTEMS) + " |",
-           "|---" * (len(SYSTEMS) + 1) + "|"]
+    out = [
+        "| seed | " + " | ".join(f"{TITLES[s]} Q / B / B conv." for s in SYSTEMS) + " |",
+        "|---" * (len(SYSTEMS) + 1) + "|",
+    ]
     for k, r in seeds.items():
         cells = []
         for s in SYSTEMS:
             x = r["systems"][s]
-            cells.append(f"{fmt('Q', x['Q'])} / {fmt('B', x['B'])} / "
-                         f"{fmt('B_converged', x['B_converged'])}")
+            cells.append(
+                f"{fmt('Q', x['Q'])} / {fmt('B', x['B'])} / {fmt('B_converged', x['B_converged'])}"
+            )
         out.append(f"| {k} | " + " | ".join(cells) + " |")
     return out
 
 
 def plot_all(seeds: dict[int, dict], agg: dict) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
-    plot_preferences({TITLES[s]: agg[s]["preferences"] for s in agg if agg[s]["preferences"]},
-                     RESULTS / "preferences_all.png",
-                     "Strategy preferences (converged fit), mean over seeds (ideal 1.0)")
+    plot_preferences(
+        {TITLES[s]: agg[s]["preferences"] for s in agg if agg[s]["preferences"]},
+        RESULTS / "preferences_all.png",
+        "Strategy preferences (converged fit), mean over seeds (ideal 1.0)",
+    )
     for s in (*SYSTEMS, ZERO_SHOT):
-        series = {f"seed {k}": r["systems"][s]["preferences"] for k, r in seeds.items()
-                  if s in r["systems"] and None not in r["systems"][s]["preferences"]}
+        series = {
+            f"seed {k}": r["systems"][s]["preferences"]
+            for k, r in seeds.items()
+            if s in r["systems"] and None not in r["systems"][s]["preferences"]
+        }
         if series:
-            plot_preferences(series, RESULTS / f"preferences_{s}.png",
-                             f"{TITLES[s]}: strategy preferences per seed")
+            plot_preferences(
+                series,
+                RESULTS / f"preferences_{s}.png",
+                f"{TITLES[s]}: strategy preferences per seed",
+            )
 
 
 def render(seeds: dict[int, dict], variants: dict[str, dict], agg: dict) -> str:
     first = next(iter(seeds.values()))
     turns = int(first["systems"]["decoupled-sft"]["turns"])
     decodes = first["systems"]["decoupled-sft"]["decodes"]
-    times = {k: r.get("pipeline_seconds", 0) + r.get("zero_shot_seconds", 0)
-             for k, r in seeds.items()}
-    lines = [START, "## Mini-replication on SmolLM2-135M (CPU): does Decoupled-DPO lower "
-             "preference bias?", "",
-             f"Produced by `python -m benchmarks.smol_replication` from the result files in "
-             "`benchmarks/results/mini_smol/` (last seed scored "
-             f"{max(r['date'] for r in seeds.values())}, "
-             f"{first['machine']}); recipe `{first['config']}`, {len(seeds)} seed"
-             f"{'s' * (len(seeds) > 1)} ({', '.join(map(str, seeds))}; `run.seed`). Test: the "
-             f"first 20 DecoupledESC test dialogues by id, {turns} supporter turns, the same for "
-             f"every system; paper protocol: {decodes} sampled decodes (temperature 0.7, top-p "
-             "0.95) per system and seed, metrics averaged over the decodes, then mean ± sample "
-             "std over seeds. Strategy metrics count an unparseable prediction as *Others*. "
-             "B (paper) is the released 20-sweep fit, B (converged) the fitted Bradley-Terry "
-             "model; ideal 0 for both, – where the 20-sweep fit divides 0 by 0 (in any seed: "
-             "some strategy never predicted). *Strategies used*: how many of the 8 the first "
-             "decode predicts at all. Error rates (offline rules, the same rules the IPM judge "
-             "keeps pairs by) and adherence are of the first decode. Every number is in "
-             "`benchmarks/results/mini_smol.json`.", "",
-             "**Strategy**", "", *table(agg, STRATEGY_COLS), "",
-             "**Replies** (paper definitions)", "", *table(agg, REPLY_COLS,
-                                                          order=(*SYSTEMS, ZERO_SHOT)), "",
-             "**Psychological error rates by type** (offline rules; the types they can see)",
-             "", *error_table(agg), "",
-             "**Per seed** (Q % / B paper / B converged)", "", *per_seed_lines(seeds), "",
-             "Per-strategy preferences (converged Bradley-Terry fit, ideal 1.0 each), mean over "
-             "seeds: ![preferences](results/mini_smol/preferences_all.png); per seed: "
-             + ", ".join(f"[{TITLES[s]}](results/mini_smol/preferences_{s}.png)"
-                         for s in (*SYSTEMS, ZERO_SHOT)) + ".", "",
-             "Time per seed (pipeline stages + zero-shot inference): " + ", ".join(
-                 f"seed {k} {v / 60:.0f} min" for k, v in times.items()) + ".", ""]
+    times = {
+        k: r.get("pipeline_seconds", 0) + r.get("zero_shot_seconds", 0) for k, r in seeds.items()
+    }
+    lines = [
+        START,
+        "## Mini-replication on SmolLM2-135M (CPU): does Decoupled-DPO lower preference bias?",
+        "",
+        f"Produced by `python -m benchmarks.smol_replication` from the result files in "
+        "`benchmarks/results/mini_smol/` (last seed scored "
+        f"{max(r['date'] for r in seeds.values())}, "
+        f"{first['machine']}); recipe `{first['config']}`, {len(seeds)} seed"
+        f"{'s' * (len(seeds) > 1)} ({', '.join(map(str, seeds))}; `run.seed`). Test: the "
+        f"first 20 DecoupledESC test dialogues by id, {turns} supporter turns, the same for "
+        f"every system; paper protocol: {decodes} sampled decodes (temperature 0.7, top-p "
+        "0.95) per system and seed, metrics averaged over the decodes, then mean ± sample "
+        "std over seeds. Strategy metrics count an unparseable prediction as *Others*. "
+        "B (paper) is the released 20-sweep fit, B (converged) the fitted Bradley-Terry "
+        "model; ideal 0 for both, – where the 20-sweep fit divides 0 by 0 (in any seed: "
+        "some strategy never predicted). *Strategies used*: how many of the 8 the first "
+        "decode predicts at all. Error rates (offline rules, the same rules the IPM judge "
+        "keeps pairs by) and adherence are of the first decode. Every number is in "
+        "`benchmarks/results/mini_smol.json`.",
+        "",
+        "**Strategy**",
+        "",
+        *table(agg, STRATEGY_COLS),
+        "",
+        "**Replies** (paper definitions)",
+        "",
+        *table(agg, REPLY_COLS, order=(*SYSTEMS, ZERO_SHOT)),
+        "",
+        "**Psychological error rates by type** (offline rules; the types they can see)",
+        "",
+        *error_table(agg),
+        "",
+        "**Per seed** (Q % / B paper / B converged)",
+        "",
+        *per_seed_lines(seeds),
+        "",
+        "Per-strategy preferences (converged Bradley-Terry fit, ideal 1.0 each), mean over "
+        "seeds: ![preferences](results/mini_smol/preferences_all.png); per seed: "
+        + ", ".join(
+            f"[{TITLES[s]}](results/mini_smol/preferences_{s}.png)" for s in (*SYSTEMS, ZERO_SHOT)
+        )
+        + ".",
+        "",
+        "Time per seed (pipeline stages + zero-shot inference): "
+        + ", ".join(f"seed {k} {v / 60:.0f} min" for k, v in times.items())
+        + ".",
+        "",
+    ]
     for name, r in variants.items():
         variant, seed = r["variant"], r["seed"]
         base = seeds.get(seed)
         changed = VARIANT_SYSTEMS[variant]
-        title = {"balanced": "judge.balance: true (kept planner and vanilla pairs capped per "
-                             "chosen and rejected strategy)",
-                 "no-tags": "data.history_strategy_tags: false (no past strategies in the "
-                            "planner's prompts; the same generators)"}[variant]
-        lines += [f"**Variant {variant}, seed {seed}**: {title}. First the variant's rows, then "
-                  f"the same systems of seed {seed} as specified.", ""]
+        title = {
+            "balanced": "judge.balance: true (kept planner and vanilla pairs capped per "
+            "chosen and rejected strategy)",
+            "no-tags": "data.history_strategy_tags: false (no past strategies in the "
+            "planner's prompts; the same generators)",
+        }[variant]
+        lines += [
+            f"**Variant {variant}, seed {seed}**: {title}. First the variant's rows, then "
+            f"the same systems of seed {seed} as specified.",
+            "",
+        ]
         rows = {s: r["systems"][s] for s in changed}
         both, order, titles = {}, [], dict(TITLES)
         for s in changed:
@@ -474,29 +747,44 @@ def render(seeds: dict[int, dict], variants: dict[str, dict], agg: dict) -> str:
             if base:
                 both[s] = base["systems"][s]
                 order.append(s)
-        lines += [*table(both, (*STRATEGY_COLS, "bleu_2", "any_error"), order=order,
-                         titles=titles), ""]
+        lines += [
+            *table(both, (*STRATEGY_COLS, "bleu_2", "any_error"), order=order, titles=titles),
+            "",
+        ]
         for role, j in r.get("judged", {}).items():
             if "balance" in j:
                 b = j["balance"]
-                lines.append(f"- {role} pairs: {b['kept_before']} kept by the judge, "
-                             f"{b['kept_after']} after balancing (caps: {b['caps']['chosen']} per "
-                             f"chosen, {b['caps']['rejected']} per rejected strategy).")
+                lines.append(
+                    f"- {role} pairs: {b['kept_before']} kept by the judge, "
+                    f"{b['kept_after']} after balancing (caps: {b['caps']['chosen']} per "
+                    f"chosen, {b['caps']['rejected']} per rejected strategy)."
+                )
             else:
                 own = (base or {}).get("judged", {}).get(role)
-                lines.append(f"- {role} pairs: {j['kept']} of {j['pairs_in']} mined kept by the "
-                             f"judge" + (f" (as specified: {own['kept']} of {own['pairs_in']})"
-                                         if own else "") + ".")
+                lines.append(
+                    f"- {role} pairs: {j['kept']} of {j['pairs_in']} mined kept by the "
+                    f"judge"
+                    + (f" (as specified: {own['kept']} of {own['pairs_in']})" if own else "")
+                    + "."
+                )
         if r.get("seconds_this_run"):
             lines.append(f"- time: {r['seconds_this_run'] / 60:.0f} min.")
         lines.append("")
     if seeds:
-        lines += ["Pairs the judge kept (seed: planner / generator / vanilla of the pairs mined): "
-                  + "; ".join(
-                      f"seed {k}: " + " / ".join(
-                          f"{r['judged'][role]['kept']} of {r['judged'][role]['pairs_in']}"
-                          for role in ("planner", "generator", "vanilla") if role in r["judged"])
-                      for k, r in seeds.items()) + ".", ""]
+        lines += [
+            "Pairs the judge kept (seed: planner / generator / vanilla of the pairs mined): "
+            + "; ".join(
+                f"seed {k}: "
+                + " / ".join(
+                    f"{r['judged'][role]['kept']} of {r['judged'][role]['pairs_in']}"
+                    for role in ("planner", "generator", "vanilla")
+                    if role in r["judged"]
+                )
+                for k, r in seeds.items()
+            )
+            + ".",
+            "",
+        ]
     lines.append(END)
     return "\n".join(lines)
 
@@ -504,14 +792,22 @@ def render(seeds: dict[int, dict], variants: dict[str, dict], agg: dict) -> str:
 def render_summary(seeds: dict[int, dict], agg: dict) -> str:
     """The README's short table: the headline columns of the four systems, the zero-shot and
     bag-of-words baselines."""
-    return "\n".join([
-        SUMMARY_START,
-        f"Mean ± sample std over seeds {', '.join(map(str, seeds))}, as in "
-        "`benchmarks/RESULTS.md` (written there and here by "
-        "`python -m benchmarks.smol_replication`):", "",
-        *table(agg, ("Q", "weighted_f1", "B_converged", "bleu_2", "any_error", "adherence"),
-               order=(*SYSTEMS, ZERO_SHOT, "bow_lr")), "",
-        SUMMARY_END])
+    return "\n".join(
+        [
+            SUMMARY_START,
+            f"Mean ± sample std over seeds {', '.join(map(str, seeds))}, as in "
+            "`benchmarks/RESULTS.md` (written there and here by "
+            "`python -m benchmarks.smol_replication`):",
+            "",
+            *table(
+                agg,
+                ("Q", "weighted_f1", "B_converged", "bleu_2", "any_error", "adherence"),
+                order=(*SYSTEMS, ZERO_SHOT, "bow_lr"),
+            ),
+            "",
+            SUMMARY_END,
+        ]
+    )
 
 
 def report() -> str:
@@ -519,8 +815,10 @@ def report() -> str:
     if not seeds:
         raise SystemExit(f"no seed result in {RESULTS} yet")
     agg = aggregate(seeds)
-    atomic_write_json(OUT_JSON, {"seeds": {str(k): r for k, r in seeds.items()},
-                                 "variants": variants, "aggregate": agg})
+    atomic_write_json(
+        OUT_JSON,
+        {"seeds": {str(k): r for k, r in seeds.items()}, "variants": variants, "aggregate": agg},
+    )
     plot_all(seeds, agg)
     text = render(seeds, variants, agg)
     write_section(text, START, END)
@@ -531,14 +829,20 @@ def report() -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", type=Path, default=CONFIG)
-    ap.add_argument("--runs", type=Path, default=Path("runs") / "mini-smol",
-                    help="one run directory per seed goes under here (relative paths: to the "
-                         "repository root)")
+    ap.add_argument(
+        "--runs",
+        type=Path,
+        default=Path("runs") / "mini-smol",
+        help="one run directory per seed goes under here (relative paths: to the repository root)",
+    )
     ap.add_argument("--seeds", default="0,1,2", help="comma-separated; empty: none")
     ap.add_argument("--variants", default="", help=f"comma-separated, of {', '.join(VARIANTS)}")
     ap.add_argument("--variant-seed", type=int, default=None)
-    ap.add_argument("--report-only", action="store_true",
-                    help="run nothing; rebuild the report from the committed result files")
+    ap.add_argument(
+        "--report-only",
+        action="store_true",
+        help="run nothing; rebuild the report from the committed result files",
+    )
     args = ap.parse_args()
     args.config = args.config.resolve()
     os.chdir(ROOT)  # the pipeline's stage keys hold the run paths as written

@@ -50,6 +50,10 @@ class TrainerMeter:
 
     def result(self) -> dict:
         seconds = self.t1 - self.t0
-        return {"seconds": seconds, "steps": self.steps, "steps_per_s": self.steps / seconds,
-                "non_pad_tokens_per_s": self.tokens / seconds,
-                "non_pad_fraction": self.tokens / max(1, self.padded)}
+        return {
+            "seconds": seconds,
+            "steps": self.steps,
+            "steps_per_s": self.steps / seconds,
+            "non_pad_tokens_per_s": self.tokens / seconds,
+            "non_pad_fraction": self.tokens / max(1, self.padded),
+        }

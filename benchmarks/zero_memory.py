@@ -60,12 +60,21 @@ def main() -> int:
     quiet_libraries()
     work = Path(args.work)
     ds = "null" if args.zero == "none" else f"{ROOT}/esc_dist/ds_configs/zero{args.zero}.json"
-    recipe = load_recipe(None, [
-        f"run.output_dir={work}/{args.zero}", f"data.esconv={args.esconv}",
-        f"data.split={Path(args.esconv).parent / 'splits' / 'decoupledesc_split.json'}",
-        "data.max_dialogues.train=10", "data.max_history_messages=6", f"sft.deepspeed={ds}",
-        "sft.max_steps=2", "sft.save_steps=100", "sft.per_device_train_batch_size=4",
-        "wandb.mode=disabled"])
+    recipe = load_recipe(
+        None,
+        [
+            f"run.output_dir={work}/{args.zero}",
+            f"data.esconv={args.esconv}",
+            f"data.split={Path(args.esconv).parent / 'splits' / 'decoupledesc_split.json'}",
+            "data.max_dialogues.train=10",
+            "data.max_history_messages=6",
+            f"sft.deepspeed={ds}",
+            "sft.max_steps=2",
+            "sft.save_steps=100",
+            "sft.per_device_train_batch_size=4",
+            "wandb.mode=disabled",
+        ],
+    )
     dist.init(300, deepspeed=args.zero != "none")
     if dist.is_main():
         if not (work / "data" / "COMPLETED").is_file():
@@ -74,8 +83,15 @@ def main() -> int:
             build_tiny_model(recipe.tiny_model, args.esconv, work / "tiny")
     dist.barrier()
     paths = stage_paths(recipe, "sft", "vanilla")
-    trainer, _, _ = build_sft_trainer(recipe, "vanilla", str(work / "data"), str(work / "tiny"),
-                                      paths, deepspeed_config(recipe.sft), False)
+    trainer, _, _ = build_sft_trainer(
+        recipe,
+        "vanilla",
+        str(work / "data"),
+        str(work / "tiny"),
+        paths,
+        deepspeed_config(recipe.sft),
+        False,
+    )
     result = {}
 
     class Census(TrainerCallback):
@@ -86,12 +102,16 @@ def main() -> int:
 
     trainer.add_callback(Census())
     trainer.train()
-    n = sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel()
-            for p in trainer.model.parameters())
+    n = sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in trainer.model.parameters())
     per_rank = dist.all_gather_object(result["bytes"])
     if dist.is_main():
-        out = {"zero": args.zero, "world_size": dist.world_size(), "parameters": n,
-               "bytes_per_rank": per_rank, "bytes_per_parameter": [b / n for b in per_rank]}
+        out = {
+            "zero": args.zero,
+            "world_size": dist.world_size(),
+            "parameters": n,
+            "bytes_per_rank": per_rank,
+            "bytes_per_parameter": [b / n for b in per_rank],
+        }
         Path(args.out).write_text(json.dumps(out, indent=2))
         print(json.dumps(out))
     return 0

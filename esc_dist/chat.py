@@ -38,6 +38,7 @@ CHAT_MODES = ("decoupled", "vanilla")
 class Reply:
     """One supporter turn of a system: the strategy it planned (None when its output names
     none), that output as it was, the strategy the reply was written for, and the reply."""
+
     system: str
     strategy: str | None
     strategy_raw: str
@@ -69,8 +70,13 @@ class _Model:
         trust = recipe.model.trust_remote_code
         self.dir = model_dir
         self.tok = load_tokenizer(model_dir, trust)
-        self.replica = Replica(model_dir, self.tok, trust, recipe.model.attn_implementation,
-                               precision=recipe.infer.precision)
+        self.replica = Replica(
+            model_dir,
+            self.tok,
+            trust,
+            recipe.model.attn_implementation,
+            precision=recipe.infer.precision,
+        )
         self.context = model_context(model_dir, self.tok)
 
     def generate(self, messages: list[dict], sampling: Sampling, seed: int, key: str) -> str:
@@ -87,13 +93,16 @@ MAX_MESSAGE_CHARS = 2000
 def check_message(text: str) -> str:
     """``text`` if a system may be asked to answer it, else :class:`ConfigError` saying why."""
     if len(text) > MAX_MESSAGE_CHARS:
-        raise ConfigError(f"message of {len(text)} characters: at most {MAX_MESSAGE_CHARS} "
-                          "(not sent; the conversation goes on)")
+        raise ConfigError(
+            f"message of {len(text)} characters: at most {MAX_MESSAGE_CHARS} "
+            "(not sent; the conversation goes on)"
+        )
     return text
 
 
-def respond_all(systems: dict, histories: dict[str, list], text: str,
-                conversation: str) -> dict[str, "Reply"]:
+def respond_all(
+    systems: dict, histories: dict[str, list], text: str, conversation: str
+) -> dict[str, "Reply"]:
     """Every system's reply to the seeker's ``text``; the histories move on only when all of
     them answered (a refused message or a failed turn leaves every history as it was)."""
     check_message(text)
@@ -111,13 +120,22 @@ class ChatSystem:
 
     ``models`` shares loaded models between systems (the same directory is loaded once)."""
 
-    def __init__(self, recipe: Recipe, mode: str, *, planner: str | Path | None = None,
-                 generator: str | Path | None = None, model: str | Path | None = None,
-                 models: dict | None = None):
+    def __init__(
+        self,
+        recipe: Recipe,
+        mode: str,
+        *,
+        planner: str | Path | None = None,
+        generator: str | Path | None = None,
+        model: str | Path | None = None,
+        models: dict | None = None,
+    ):
         if mode not in CHAT_MODES:
             raise ConfigError(f"unknown chat mode {mode!r} (expected {' or '.join(CHAT_MODES)})")
-        need = {"decoupled": {"planner": planner, "generator": generator},
-                "vanilla": {"model": model}}[mode]
+        need = {
+            "decoupled": {"planner": planner, "generator": generator},
+            "vanilla": {"model": model},
+        }[mode]
         missing = [k for k, v in need.items() if v is None]
         if missing:
             raise ConfigError(f"a {mode} system needs --{' and --'.join(missing)}")
@@ -125,8 +143,9 @@ class ChatSystem:
         self.models = models if models is not None else {}
         self.parts = {k: self._load(Path(v)) for k, v in need.items()}
         how = decoding(recipe)
-        self.sampling = {p: infer_sampling(recipe.infer, p, how)
-                         for p in ("planner", "generator", "vanilla")}
+        self.sampling = {
+            p: infer_sampling(recipe.infer, p, how) for p in ("planner", "generator", "vanilla")
+        }
 
     def _load(self, path: Path) -> _Model:
         key = str(path.resolve())
@@ -147,17 +166,34 @@ class ChatSystem:
         if self.mode == "vanilla":
             out = self.parts["model"].generate(
                 vanilla_prompt(history, data.max_history_messages, data.history_strategy_tags),
-                self.sampling["vanilla"], self._seed("vanilla", conversation, turn), key)
+                self.sampling["vanilla"],
+                self._seed("vanilla", conversation, turn),
+                key,
+            )
             strategy, reply = parse_tagged(out.strip())
             return Reply(self.mode, strategy, out.strip(), strategy, reply.strip())
-        raw = self.parts["planner"].generate(
-            planner_prompt(history, data.max_history_messages, data.history_strategy_tags,
-                           data.planner_prompt),
-            self.sampling["planner"], self._seed("planner", conversation, turn), key).strip()
+        raw = (
+            self.parts["planner"]
+            .generate(
+                planner_prompt(
+                    history,
+                    data.max_history_messages,
+                    data.history_strategy_tags,
+                    data.planner_prompt,
+                ),
+                self.sampling["planner"],
+                self._seed("planner", conversation, turn),
+                key,
+            )
+            .strip()
+        )
         strategy, cond = planned(raw)
         reply = self.parts["generator"].generate(
             generator_prompt(history, cond, data.max_history_messages),
-            self.sampling["generator"], self._seed("generator", conversation, turn), key)
+            self.sampling["generator"],
+            self._seed("generator", conversation, turn),
+            key,
+        )
         return Reply(self.mode, strategy, raw, cond, reply.strip())
 
 
@@ -173,11 +209,13 @@ def load_systems(recipe: Recipe, *, planner=None, generator=None, vanilla=None) 
     models: dict = {}
     systems = {}
     if planner is not None or generator is not None:
-        systems["decoupled"] = ChatSystem(recipe, "decoupled", planner=planner,
-                                          generator=generator, models=models)
+        systems["decoupled"] = ChatSystem(
+            recipe, "decoupled", planner=planner, generator=generator, models=models
+        )
     if vanilla is not None:
         systems["vanilla"] = ChatSystem(recipe, "vanilla", model=vanilla, models=models)
     if not systems:
-        raise ConfigError("no system to talk to: give --planner and --generator, --vanilla, or "
-                          "--run")
+        raise ConfigError(
+            "no system to talk to: give --planner and --generator, --vanilla, or --run"
+        )
     return systems

@@ -23,10 +23,14 @@ GOLD_SYSTEMS: dict[str, tuple[str, str]] = {
     "generator-gold-sft": ("generator-gold", "sft"),
     "generator-gold-dpo": ("generator-gold", "dpo"),
 }
-SYSTEM_TITLES: dict[str, str] = {"vanilla-sft": "Vanilla-SFT", "vanilla-dpo": "Vanilla-DPO",
-                                 "decoupled-sft": "Decoupled-SFT", "decoupled-dpo": "Decoupled-DPO",
-                                 "generator-gold-sft": "Generator-SFT-on-gold",
-                                 "generator-gold-dpo": "Generator-DPO-on-gold"}
+SYSTEM_TITLES: dict[str, str] = {
+    "vanilla-sft": "Vanilla-SFT",
+    "vanilla-dpo": "Vanilla-DPO",
+    "decoupled-sft": "Decoupled-SFT",
+    "decoupled-dpo": "Decoupled-DPO",
+    "generator-gold-sft": "Generator-SFT-on-gold",
+    "generator-gold-dpo": "Generator-DPO-on-gold",
+}
 
 # Evaluation protocols: "paper" = the DecoupledESC paper's (sampled decoding over several seeds,
 # per-reply NLTK text metrics, the released 20-sweep Bradley-Terry B); "ours" = greedy decoding,

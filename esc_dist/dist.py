@@ -38,9 +38,14 @@ def cpu_has_bf16(cpuinfo: str | None = None) -> bool:
                 cpuinfo = f.read()
         except OSError:
             return False
-    flags = set(re.findall(r"[\w.]+", "\n".join(line.partition(":")[2] for line in
-                                                cpuinfo.splitlines()
-                                                if line.startswith("flags"))))
+    flags = set(
+        re.findall(
+            r"[\w.]+",
+            "\n".join(
+                line.partition(":")[2] for line in cpuinfo.splitlines() if line.startswith("flags")
+            ),
+        )
+    )
     return any(f in flags for f in CPU_BF16_FLAGS)
 
 
@@ -59,8 +64,9 @@ def resolve_precision(precision: str) -> str:
 def torch_dtype(precision: str):
     import torch
 
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(resolve_precision(precision),
-                                                               torch.float32)
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(
+        resolve_precision(precision), torch.float32
+    )
 
 
 def rank() -> int:
@@ -89,7 +95,8 @@ def cuda_device() -> int:
     raise ConfigError(
         f"local rank {local} sees {n} GPU(s) (CUDA_VISIBLE_DEVICES="
         f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}): start one task per GPU (srun "
-        "--ntasks-per-node=G with --gpus-per-task=1, or with all G GPUs visible to every task)")
+        "--ntasks-per-node=G with --gpus-per-task=1, or with all G GPUs visible to every task)"
+    )
 
 
 def world_size() -> int:
@@ -135,8 +142,10 @@ def launcher_env() -> None:
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     if "MASTER_PORT" not in os.environ:
         if world_size() > 1:
-            raise RuntimeError("WORLD_SIZE > 1 but MASTER_PORT is not set: start several processes "
-                               "with a launcher (torchrun, deepspeed, accelerate launch, srun)")
+            raise RuntimeError(
+                "WORLD_SIZE > 1 but MASTER_PORT is not set: start several processes "
+                "with a launcher (torchrun, deepspeed, accelerate launch, srun)"
+            )
         os.environ["MASTER_PORT"] = str(free_port())
 
 
@@ -206,14 +215,20 @@ def init(timeout_s: int = 1800, deepspeed: bool = False) -> None:
         # Without DeepSpeed, cpu=True makes accelerate treat a multi-process CPU run as
         # MULTI_CPU (DDP-wrapped); otherwise its ranks would train unsynchronised. With
         # DeepSpeed it must stay False or accelerate does not see the DeepSpeed state.
-        PartialState(cpu=not has_cuda() and not deepspeed, backend=backend,
-                     timeout=datetime.timedelta(seconds=timeout_s))
+        PartialState(
+            cpu=not has_cuda() and not deepspeed,
+            backend=backend,
+            timeout=datetime.timedelta(seconds=timeout_s),
+        )
         if rank() == 0:
             from .log import get_logger
 
-            get_logger(__name__).info("process group: %s, world size %d%s", td.get_backend(),
-                                      td.get_world_size(),
-                                      f", {torch.cuda.get_device_name()}" if has_cuda() else "")
+            get_logger(__name__).info(
+                "process group: %s, world size %d%s",
+                td.get_backend(),
+                td.get_world_size(),
+                f", {torch.cuda.get_device_name()}" if has_cuda() else "",
+            )
 
 
 def barrier() -> None:

@@ -19,8 +19,19 @@ from pathlib import Path
 from .config import Recipe
 from .errors import ConfigError
 
-PACKAGES = ("torch", "deepspeed", "transformers", "trl", "accelerate", "huggingface_hub",
-            "flash_attn", "liger_kernel", "wandb", "datasets", "peft")
+PACKAGES = (
+    "torch",
+    "deepspeed",
+    "transformers",
+    "trl",
+    "accelerate",
+    "huggingface_hub",
+    "flash_attn",
+    "liger_kernel",
+    "wandb",
+    "datasets",
+    "peft",
+)
 
 
 @dataclass
@@ -58,15 +69,22 @@ def gpu_check() -> Check:
     seen = torch.cuda.device_count() if torch.cuda.is_available() else 0
     build = f"torch {torch.__version__} (CUDA {torch.version.cuda or 'none'})"
     if listed and not seen:
-        return Check("gpus", "error",
-                     f"the driver lists {len(listed)} GPU(s) but {build} sees none: install a "
-                     "CUDA build of torch (https://pytorch.org/get-started/locally/) or check "
-                     "CUDA_VISIBLE_DEVICES")
+        return Check(
+            "gpus",
+            "error",
+            f"the driver lists {len(listed)} GPU(s) but {build} sees none: install a "
+            "CUDA build of torch (https://pytorch.org/get-started/locally/) or check "
+            "CUDA_VISIBLE_DEVICES",
+        )
     if seen:
         name = torch.cuda.get_device_name(0)
-        return Check("gpus", "ok", f"{seen} visible to torch ({name}); driver lists "
-                     f"{len(listed) or '?'}; {build}, NCCL "
-                     f"{'.'.join(map(str, torch.cuda.nccl.version()))}")
+        return Check(
+            "gpus",
+            "ok",
+            f"{seen} visible to torch ({name}); driver lists "
+            f"{len(listed) or '?'}; {build}, NCCL "
+            f"{'.'.join(map(str, torch.cuda.nccl.version()))}",
+        )
     return Check("gpus", "ok", f"none (CPU run: gloo, {os.cpu_count()} cores); {build}")
 
 
@@ -84,12 +102,20 @@ def precision_check() -> Check:
 
     if torch.cuda.is_available():
         ok = torch.cuda.is_bf16_supported()
-        return Check("bf16", "ok" if ok else "warn",
-                     "the GPU computes in bf16" if ok else "no bf16 on this GPU: precision auto "
-                     "trains in fp32 (fp16 is possible, set it explicitly)")
+        return Check(
+            "bf16",
+            "ok" if ok else "warn",
+            "the GPU computes in bf16"
+            if ok
+            else "no bf16 on this GPU: precision auto "
+            "trains in fp32 (fp16 is possible, set it explicitly)",
+        )
     native = dist.cpu_has_bf16()
-    return Check("bf16", "ok", "CPU with native bf16 (auto: bf16)" if native
-                 else "CPU without native bf16 (auto: fp32)")
+    return Check(
+        "bf16",
+        "ok",
+        "CPU with native bf16 (auto: bf16)" if native else "CPU without native bf16 (auto: fp32)",
+    )
 
 
 def model_check(recipe: Recipe) -> Check:
@@ -107,8 +133,12 @@ def model_check(recipe: Recipe) -> Check:
         except Exception as e:  # MissingInput: its line says what to run
             return Check("model", "error", str(e))
         ident = hub.identity(path) or {}
-        return Check("model", "ok", f"{base} at {ident.get('revision', '?')[:12]} in the "
-                     f"Hugging Face cache ({hub.cache_dir()})")
+        return Check(
+            "model",
+            "ok",
+            f"{base} at {ident.get('revision', '?')[:12]} in the "
+            f"Hugging Face cache ({hub.cache_dir()})",
+        )
     if not Path(base).is_dir():
         return Check("model", "error", f"model.base {base!r}: no such directory")
     return Check("model", "ok", f"directory {base}")
@@ -122,22 +152,33 @@ def disk_check(recipe: Recipe, gpus: int) -> Check:
     free = free_bytes(out)
     est = needs(recipe, max(gpus, 1))
     if est["parameters"] is None:
-        return Check("disk", "ok", f"{size(free)} free at {out}; the need is unknown "
-                     f"(model shape: {est['shape_from']})")
+        return Check(
+            "disk",
+            "ok",
+            f"{size(free)} free at {out}; the need is unknown (model shape: {est['shape_from']})",
+        )
     need = est["pipeline_disk_gb"] * 1e9
     status = "ok" if free >= need else "error"
-    return Check("disk", status, f"{size(free)} free at {out}; the pipeline needs about "
-                 f"{size(need)} (estimate: 6 exports + each role's "
-                 f"{recipe.sft.save_total_limit} checkpoints of {est['checkpoint_gb']:.0f} GB)")
+    return Check(
+        "disk",
+        status,
+        f"{size(free)} free at {out}; the pipeline needs about "
+        f"{size(need)} (estimate: 6 exports + each role's "
+        f"{recipe.sft.save_total_limit} checkpoints of {est['checkpoint_gb']:.0f} GB)",
+    )
 
 
 def cache_check() -> Check:
     from .models import hub
 
     offline = os.environ.get("HF_HUB_OFFLINE", "") in ("1", "true", "TRUE", "yes")
-    return Check("hf cache", "ok", f"{hub.cache_dir()} (HF_HUB_OFFLINE "
-                 f"{'on: stages read the cache only' if offline else 'off'}; stages never "
-                 "download)")
+    return Check(
+        "hf cache",
+        "ok",
+        f"{hub.cache_dir()} (HF_HUB_OFFLINE "
+        f"{'on: stages read the cache only' if offline else 'off'}; stages never "
+        "download)",
+    )
 
 
 def wandb_check(recipe: Recipe) -> Check:
@@ -145,15 +186,23 @@ def wandb_check(recipe: Recipe) -> Check:
 
     mode = resolve_mode(recipe.wandb)
     key = "set" if os.environ.get("WANDB_API_KEY") else "not set"
-    return Check("wandb", "ok", f"mode {mode} (wandb.mode {recipe.wandb.mode}; WANDB_API_KEY "
-                 f"{key}; project {recipe.wandb.project})")
+    return Check(
+        "wandb",
+        "ok",
+        f"mode {mode} (wandb.mode {recipe.wandb.mode}; WANDB_API_KEY "
+        f"{key}; project {recipe.wandb.project})",
+    )
 
 
 def attention_check(recipe: Recipe) -> Check:
     from .models.loading import attention
 
-    return Check("attention", "ok", f"{attention(recipe.model.attn_implementation)} "
-                 f"(model.attn_implementation: {recipe.model.attn_implementation or 'auto'})")
+    return Check(
+        "attention",
+        "ok",
+        f"{attention(recipe.model.attn_implementation)} "
+        f"(model.attn_implementation: {recipe.model.attn_implementation or 'auto'})",
+    )
 
 
 def run_checks(recipe: Recipe) -> list[Check]:
@@ -161,7 +210,13 @@ def run_checks(recipe: Recipe) -> list[Check]:
 
     versions = ", ".join(f"{p} {version(p) or '-'}" for p in PACKAGES)
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    return [Check("packages", "ok", versions), gpu_check(), precision_check(),
-            attention_check(recipe), model_check(recipe), cache_check(),
-            disk_check(recipe, gpus * max(1, int(os.environ.get("SLURM_NNODES", "1")))),
-            wandb_check(recipe)]
+    return [
+        Check("packages", "ok", versions),
+        gpu_check(),
+        precision_check(),
+        attention_check(recipe),
+        model_check(recipe),
+        cache_check(),
+        disk_check(recipe, gpus * max(1, int(os.environ.get("SLURM_NNODES", "1")))),
+        wandb_check(recipe),
+    ]

@@ -19,9 +19,16 @@ class EscError(Exception):
 
     exit_code = 2
 
-    def __init__(self, problem: str, *, path: str | Path | None = None, line: int | None = None,
-                 dialogue: int | str | None = None, utterance: int | None = None,
-                 key: str | None = None):
+    def __init__(
+        self,
+        problem: str,
+        *,
+        path: str | Path | None = None,
+        line: int | None = None,
+        dialogue: int | str | None = None,
+        utterance: int | None = None,
+        key: str | None = None,
+    ):
         self.problem = problem
         self.path = None if path is None else str(path)
         self.line, self.dialogue, self.utterance, self.key = line, dialogue, utterance, key
@@ -29,8 +36,12 @@ class EscError(Exception):
 
     def where(self) -> list[str]:
         parts = [] if self.path is None else [self.path]
-        for label, value in (("line", self.line), ("dialogue", self.dialogue),
-                             ("utterance", self.utterance), ("key", self.key)):
+        for label, value in (
+            ("line", self.line),
+            ("dialogue", self.dialogue),
+            ("utterance", self.utterance),
+            ("key", self.key),
+        ):
             if value is not None:
                 parts.append(f"{label} {value}")
         return parts
@@ -49,11 +60,19 @@ class ConfigError(EscError, ValueError):
 class DataError(EscError, ValueError):
     """Bad input data; the message names the file and the place in it."""
 
-    def __init__(self, path: str | Path, problem: str, dialogue: int | str | None = None,
-                 utterance: int | None = None, *, line: int | None = None,
-                 key: str | None = None):
-        super().__init__(problem, path=path, line=line, dialogue=dialogue, utterance=utterance,
-                         key=key)
+    def __init__(
+        self,
+        path: str | Path,
+        problem: str,
+        dialogue: int | str | None = None,
+        utterance: int | None = None,
+        *,
+        line: int | None = None,
+        key: str | None = None,
+    ):
+        super().__init__(
+            problem, path=path, line=line, dialogue=dialogue, utterance=utterance, key=key
+        )
 
 
 class PairsError(DataError):

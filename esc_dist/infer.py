@@ -56,8 +56,17 @@ log = get_logger(__name__)
 
 # what the generator is conditioned on when the planner's is unparseable
 FALLBACK_STRATEGY = "Others"
-PREDICTION_KEYS = ("id", "dialogue_id", "turn_index", "gold_strategy", "gold_reply",
-                   "pred_strategy", "pred_strategy_raw", "pred_reply", "mode")
+PREDICTION_KEYS = (
+    "id",
+    "dialogue_id",
+    "turn_index",
+    "gold_strategy",
+    "gold_reply",
+    "pred_strategy",
+    "pred_strategy_raw",
+    "pred_reply",
+    "mode",
+)
 
 
 # the DecoupledESC paper's decoding
@@ -65,8 +74,12 @@ PAPER_SAMPLING = {"do_sample": True, "temperature": 0.7, "top_p": 0.95, "top_k":
 
 
 def phases(mode: str) -> tuple[str, ...]:
-    return {"decoupled": ("planner", "generator"), "planner": ("planner",),
-            "vanilla": ("vanilla",), "generator-gold": ("generator",)}[mode]
+    return {
+        "decoupled": ("planner", "generator"),
+        "planner": ("planner",),
+        "vanilla": ("vanilla",),
+        "generator-gold": ("generator",),
+    }[mode]
 
 
 def decoding(recipe: Recipe) -> dict:
@@ -75,10 +88,17 @@ def decoding(recipe: Recipe) -> dict:
     if recipe.eval.protocol == "paper":
         sampling = dict(PAPER_SAMPLING)
     else:
-        sampling = {"do_sample": cfg.do_sample, "temperature": cfg.temperature,
-                    "top_p": cfg.top_p, "top_k": cfg.top_k}
-    return {"protocol": recipe.eval.protocol, **sampling,
-            "decodes": cfg.decode_seeds if sampling["do_sample"] else 1}
+        sampling = {
+            "do_sample": cfg.do_sample,
+            "temperature": cfg.temperature,
+            "top_p": cfg.top_p,
+            "top_k": cfg.top_k,
+        }
+    return {
+        "protocol": recipe.eval.protocol,
+        **sampling,
+        "decodes": cfg.decode_seeds if sampling["do_sample"] else 1,
+    }
 
 
 def infer_sampling(cfg: InferConfig, phase: str, how: Mapping[str, Any] | None = None) -> Sampling:
@@ -86,11 +106,20 @@ def infer_sampling(cfg: InferConfig, phase: str, how: Mapping[str, Any] | None =
     max_new = cfg.max_new_tokens
     if phase == "planner" and cfg.planner_max_new_tokens is not None:
         max_new = cfg.planner_max_new_tokens
-    how = how or {"do_sample": cfg.do_sample, "temperature": cfg.temperature,
-                  "top_p": cfg.top_p, "top_k": cfg.top_k}
-    return Sampling(max_new_tokens=max_new, do_sample=how["do_sample"],
-                    temperature=how["temperature"], top_p=how["top_p"], top_k=how["top_k"],
-                    min_new_tokens=min(cfg.min_new_tokens, max_new))
+    how = how or {
+        "do_sample": cfg.do_sample,
+        "temperature": cfg.temperature,
+        "top_p": cfg.top_p,
+        "top_k": cfg.top_k,
+    }
+    return Sampling(
+        max_new_tokens=max_new,
+        do_sample=how["do_sample"],
+        temperature=how["temperature"],
+        top_p=how["top_p"],
+        top_k=how["top_k"],
+        min_new_tokens=min(cfg.min_new_tokens, max_new),
+    )
 
 
 def predictions_name(decode: int) -> str:
@@ -112,38 +141,82 @@ def load_turns(data_dir: str | Path, split: str, max_dialogues: int | None = Non
 
 
 def _gold(turn: Mapping[str, Any]) -> dict:
-    return {"dialogue_id": turn["dialogue_id"], "turn_index": turn["turn_index"],
-            "gold_strategy": turn["strategy"], "gold_reply": turn["reply"]}
+    return {
+        "dialogue_id": turn["dialogue_id"],
+        "turn_index": turn["turn_index"],
+        "gold_strategy": turn["strategy"],
+        "gold_reply": turn["reply"],
+    }
 
 
-def planner_items(turns: Iterable[Mapping], sampling: Sampling, max_history: int | None,
-                  tagged: bool = True, decode: int = 0, form: str = "chat") -> list[WorkItem]:
+def planner_items(
+    turns: Iterable[Mapping],
+    sampling: Sampling,
+    max_history: int | None,
+    tagged: bool = True,
+    decode: int = 0,
+    form: str = "chat",
+) -> list[WorkItem]:
     from .data.tasks import history_messages, planner_prompt
 
-    return [WorkItem(t["id"], planner_prompt(history_messages(t["history"]), max_history, tagged,
-                                             form),
-                     sampling, sample=decode, meta=_gold(t)) for t in turns]
+    return [
+        WorkItem(
+            t["id"],
+            planner_prompt(history_messages(t["history"]), max_history, tagged, form),
+            sampling,
+            sample=decode,
+            meta=_gold(t),
+        )
+        for t in turns
+    ]
 
 
-def vanilla_items(turns: Iterable[Mapping], sampling: Sampling, max_history: int | None,
-                  tagged: bool = True, decode: int = 0) -> list[WorkItem]:
+def vanilla_items(
+    turns: Iterable[Mapping],
+    sampling: Sampling,
+    max_history: int | None,
+    tagged: bool = True,
+    decode: int = 0,
+) -> list[WorkItem]:
     from .data.tasks import history_messages, vanilla_prompt
 
-    return [WorkItem(t["id"], vanilla_prompt(history_messages(t["history"]), max_history, tagged),
-                     sampling, sample=decode, meta=_gold(t)) for t in turns]
+    return [
+        WorkItem(
+            t["id"],
+            vanilla_prompt(history_messages(t["history"]), max_history, tagged),
+            sampling,
+            sample=decode,
+            meta=_gold(t),
+        )
+        for t in turns
+    ]
 
 
-def gold_generator_items(turns: Iterable[Mapping], sampling: Sampling, max_history: int | None,
-                         tagged: bool = True, decode: int = 0) -> list[WorkItem]:
+def gold_generator_items(
+    turns: Iterable[Mapping],
+    sampling: Sampling,
+    max_history: int | None,
+    tagged: bool = True,
+    decode: int = 0,
+) -> list[WorkItem]:
     """The generator's items under each turn's gold strategy (``generator-gold``)."""
     from .data.tasks import generator_prompt, history_messages
 
-    return [WorkItem(t["id"], generator_prompt(history_messages(t["history"]), t["strategy"],
-                                               max_history),
-                     sampling, sample=decode,
-                     meta={**_gold(t), "pred_strategy": t["strategy"],
-                           "pred_strategy_raw": t["strategy"], "conditioned_on": t["strategy"]})
-            for t in turns]
+    return [
+        WorkItem(
+            t["id"],
+            generator_prompt(history_messages(t["history"]), t["strategy"], max_history),
+            sampling,
+            sample=decode,
+            meta={
+                **_gold(t),
+                "pred_strategy": t["strategy"],
+                "pred_strategy_raw": t["strategy"],
+                "conditioned_on": t["strategy"],
+            },
+        )
+        for t in turns
+    ]
 
 
 def planned(raw: str) -> tuple[str | None, str]:
@@ -153,9 +226,13 @@ def planned(raw: str) -> tuple[str | None, str]:
     return pred, pred or FALLBACK_STRATEGY
 
 
-def generator_items(turns: Iterable[Mapping], planner_records: Iterable[Mapping],
-                    sampling: Sampling, max_history: int | None,
-                    decode: int = 0) -> list[WorkItem]:
+def generator_items(
+    turns: Iterable[Mapping],
+    planner_records: Iterable[Mapping],
+    sampling: Sampling,
+    max_history: int | None,
+    decode: int = 0,
+) -> list[WorkItem]:
     """Phase-2 items: each turn's generator prompt under the planner's predicted strategy."""
     from .data.tasks import generator_prompt, history_messages
 
@@ -165,11 +242,20 @@ def generator_items(turns: Iterable[Mapping], planner_records: Iterable[Mapping]
         turn = by_id[rec["id"]]
         raw = rec["text"].strip()
         pred, cond = planned(raw)
-        items.append(WorkItem(
-            turn["id"], generator_prompt(history_messages(turn["history"]), cond, max_history),
-            sampling, sample=decode,
-            meta={**_gold(turn), "pred_strategy": pred, "pred_strategy_raw": raw,
-                  "conditioned_on": cond}))
+        items.append(
+            WorkItem(
+                turn["id"],
+                generator_prompt(history_messages(turn["history"]), cond, max_history),
+                sampling,
+                sample=decode,
+                meta={
+                    **_gold(turn),
+                    "pred_strategy": pred,
+                    "pred_strategy_raw": raw,
+                    "conditioned_on": cond,
+                },
+            )
+        )
     return items
 
 
@@ -183,19 +269,31 @@ def prediction(rec: Mapping[str, Any], mode: str) -> dict:
     else:
         pred, reply = parse_tagged(text)
         raw = text
-    return {"id": rec["id"], "dialogue_id": m["dialogue_id"], "turn_index": m["turn_index"],
-            "gold_strategy": m["gold_strategy"], "gold_reply": m["gold_reply"],
-            "pred_strategy": pred, "pred_strategy_raw": raw, "pred_reply": reply, "mode": mode}
+    return {
+        "id": rec["id"],
+        "dialogue_id": m["dialogue_id"],
+        "turn_index": m["turn_index"],
+        "gold_strategy": m["gold_strategy"],
+        "gold_reply": m["gold_reply"],
+        "pred_strategy": pred,
+        "pred_strategy_raw": raw,
+        "pred_reply": reply,
+        "mode": mode,
+    }
 
 
 def summary(preds: list[dict]) -> dict:
     n = len(preds)
     unparseable = sum(1 for p in preds if p["pred_strategy"] is None)
     correct = sum(1 for p in preds if p["pred_strategy"] == p["gold_strategy"])
-    return {"turns": n, "unparseable": unparseable,
-            "strategy_accuracy": round(correct / n, 4) if n else 0.0,
-            "mean_reply_words": round(sum(len(p["pred_reply"].split()) for p in preds) / n, 3)
-            if n else 0.0}
+    return {
+        "turns": n,
+        "unparseable": unparseable,
+        "strategy_accuracy": round(correct / n, 4) if n else 0.0,
+        "mean_reply_words": round(sum(len(p["pred_reply"].split()) for p in preds) / n, 3)
+        if n
+        else 0.0,
+    }
 
 
 def chunk_dir(phase: str, decode: int = 0) -> str:
@@ -226,8 +324,9 @@ def write_predictions(out: Path, job: dict) -> tuple[dict, dict]:
     return outputs, counts
 
 
-def finalize(out: str | Path, job: dict, generation: dict | None = None,
-             t0: float | None = None) -> dict:
+def finalize(
+    out: str | Path, job: dict, generation: dict | None = None, t0: float | None = None
+) -> dict:
     """Merge and verify every phase's chunks, write predictions, manifest and COMPLETED.
 
     Used at the end of :func:`infer` (rank 0) and alone by ``esc-dist merge``.
@@ -238,22 +337,38 @@ def finalize(out: str | Path, job: dict, generation: dict | None = None,
 def _wandb_summary(out: Path, manifest: dict, generation: dict) -> dict:
     flat = {f"infer/{k}": v for k, v in manifest["counts"].items()}
     for name, g in generation.items():
-        flat.update(generation_summary(f"infer/{name}", g,
-                                       ("items_per_s", "tokens_per_s", "chunks_computed")))
+        flat.update(
+            generation_summary(
+                f"infer/{name}", g, ("items_per_s", "tokens_per_s", "chunks_computed")
+            )
+        )
     return flat
 
 
 def _report(out: Path, manifest: dict) -> None:
     c = manifest["counts"]
-    log.info("infer %s on %s: %d turns, strategy accuracy %.3f, %d unparseable -> %s",
-             manifest["mode"], manifest["split"], c["turns"], c["strategy_accuracy"],
-             c["unparseable"], out / "predictions.jsonl")
+    log.info(
+        "infer %s on %s: %d turns, strategy accuracy %.3f, %d unparseable -> %s",
+        manifest["mode"],
+        manifest["split"],
+        c["turns"],
+        c["strategy_accuracy"],
+        c["unparseable"],
+        out / "predictions.jsonl",
+    )
 
 
-def infer(recipe: Recipe, mode: str, data_dir: str | Path | None = None,
-          split: str | None = None, out: str | Path | None = None, *,
-          planner: str | Path | None = None, generator: str | Path | None = None,
-          model: str | Path | None = None) -> dict:
+def infer(
+    recipe: Recipe,
+    mode: str,
+    data_dir: str | Path | None = None,
+    split: str | None = None,
+    out: str | Path | None = None,
+    *,
+    planner: str | Path | None = None,
+    generator: str | Path | None = None,
+    model: str | Path | None = None,
+) -> dict:
     """Predict every gold supporter turn of ``split`` (every rank calls this); returns the
     manifest. Decoupled mode needs ``planner`` and ``generator``, planner mode ``planner``,
     generator-gold mode ``generator``, vanilla mode ``model`` (defaults: the run directory's
@@ -268,8 +383,10 @@ def infer(recipe: Recipe, mode: str, data_dir: str | Path | None = None,
     data_dir = Path(data_dir or run_dir / "data")
     out = Path(out or run_dir / "predictions" / f"{mode}-{split}")
     if mode == "decoupled":
-        models = {"planner": Path(planner or run_dir / "models" / "sft-planner"),
-                  "generator": Path(generator or run_dir / "models" / "sft-generator")}
+        models = {
+            "planner": Path(planner or run_dir / "models" / "sft-planner"),
+            "generator": Path(generator or run_dir / "models" / "sft-generator"),
+        }
     elif mode == "planner":
         models = {"planner": Path(planner or run_dir / "models" / "sft-planner")}
     elif mode == "generator-gold":
@@ -283,8 +400,12 @@ def infer(recipe: Recipe, mode: str, data_dir: str | Path | None = None,
     how = decoding(recipe)
     first = phases(mode)[0]
     with_form = functools.partial(planner_items, form=form)
-    build = {"decoupled": with_form, "planner": with_form, "vanilla": vanilla_items,
-             "generator-gold": gold_generator_items}[mode]
+    build = {
+        "decoupled": with_form,
+        "planner": with_form,
+        "vanilla": vanilla_items,
+        "generator-gold": gold_generator_items,
+    }[mode]
     with settings_errors("infer"):
         first_sampling = infer_sampling(cfg, first, how)
         generator_sampling = infer_sampling(cfg, "generator", how)
@@ -294,19 +415,50 @@ def infer(recipe: Recipe, mode: str, data_dir: str | Path | None = None,
         suffix = "" if decode == 0 else f".decode-{decode}"
         with settings_errors("infer"):
             items = build(turns, first_sampling, max_history, tagged, decode)
-        steps.append(Phase(f"infer-{mode}-{first}", models[first], chunk_dir(first, decode),
-                           items, key=first + suffix))
+        steps.append(
+            Phase(
+                f"infer-{mode}-{first}",
+                models[first],
+                chunk_dir(first, decode),
+                items,
+                key=first + suffix,
+            )
+        )
         if mode == "decoupled":
+
             def conditioned(planned: list[dict], decode: int = decode) -> list[WorkItem]:
                 return generator_items(turns, planned, generator_sampling, max_history, decode)
 
-            steps.append(Phase(f"infer-{mode}-generator", models["generator"],
-                               chunk_dir("generator", decode), conditioned,
-                               key="generator" + suffix))
-    return run_stage(recipe, Stage(
-        name="infer", labels={"mode": mode, "split": split}, job_type=f"infer-{mode}", out=out,
-        data_dir=data_dir, models=models, settings=cfg, phases=steps,
-        write_outputs=write_predictions,
-        extra_config={"max_history_messages": max_history, "history_strategy_tags": tagged,
-                      "planner_prompt": form, "decoding": how},
-        wandb_config={"turns": len(turns)}, wandb_summary=_wandb_summary, report=_report), t0)
+            steps.append(
+                Phase(
+                    f"infer-{mode}-generator",
+                    models["generator"],
+                    chunk_dir("generator", decode),
+                    conditioned,
+                    key="generator" + suffix,
+                )
+            )
+    return run_stage(
+        recipe,
+        Stage(
+            name="infer",
+            labels={"mode": mode, "split": split},
+            job_type=f"infer-{mode}",
+            out=out,
+            data_dir=data_dir,
+            models=models,
+            settings=cfg,
+            phases=steps,
+            write_outputs=write_predictions,
+            extra_config={
+                "max_history_messages": max_history,
+                "history_strategy_tags": tagged,
+                "planner_prompt": form,
+                "decoding": how,
+            },
+            wandb_config={"turns": len(turns)},
+            wandb_summary=_wandb_summary,
+            report=_report,
+        ),
+        t0,
+    )

@@ -139,8 +139,11 @@ def _safetensors_complete(path: Path) -> bool:
         if name == "__metadata__":
             continue
         offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
-        if not (isinstance(offsets, list) and len(offsets) == 2
-                and all(isinstance(x, int) for x in offsets)):
+        if not (
+            isinstance(offsets, list)
+            and len(offsets) == 2
+            and all(isinstance(x, int) for x in offsets)
+        ):
             return False
         end = max(end, offsets[1])
     return 8 + n + end <= size
@@ -175,8 +178,11 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=False) + "\n")
 
 
-def read_text(path: str | os.PathLike, what: str = "file",
-              error: Callable[[str | os.PathLike, str], Exception] | None = None) -> str:
+def read_text(
+    path: str | os.PathLike,
+    what: str = "file",
+    error: Callable[[str | os.PathLike, str], Exception] | None = None,
+) -> str:
     """The UTF-8 text of a file the user named; every way it can be unreadable (missing, a
     directory, a symlink loop, no permission, not UTF-8) raises ``error(path, problem)``, by
     default a :class:`DataError`, with ``what`` the kind of file ("recipe", "split file")."""
@@ -200,8 +206,11 @@ def read_text(path: str | os.PathLike, what: str = "file",
         raise error(path, f"not UTF-8 text at line {line}, byte {e.start}{hint}") from None
 
 
-def parse_json(text: str, path: str | os.PathLike,
-               error: Callable[[str | os.PathLike, str], Exception] | None = None) -> Any:
+def parse_json(
+    text: str,
+    path: str | os.PathLike,
+    error: Callable[[str | os.PathLike, str], Exception] | None = None,
+) -> Any:
     """``json.loads`` whose failures (bad syntax, nesting too deep) raise ``error(path, problem)``
     (by default a :class:`DataError`) naming the line and column."""
     error = error or DataError
@@ -213,8 +222,11 @@ def parse_json(text: str, path: str | os.PathLike,
         raise error(path, "JSON nested too deeply") from None
 
 
-def load_json(path: str | os.PathLike, what: str = "file",
-              error: Callable[[str | os.PathLike, str], Exception] | None = None) -> Any:
+def load_json(
+    path: str | os.PathLike,
+    what: str = "file",
+    error: Callable[[str | os.PathLike, str], Exception] | None = None,
+) -> Any:
     """The JSON value of a file that may be missing, unreadable or malformed: each way raises
     ``error(path, problem)`` (by default a :class:`DataError`)."""
     return parse_json(read_text(path, what, error), path, error)
@@ -237,9 +249,9 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[Any]) -> None:
             f.write(jsonl_line(rec) + "\n")
 
 
-def iter_jsonl(path: str | os.PathLike,
-               error: Callable[[int | None, str], Exception] | None = None
-               ) -> Iterator[tuple[int, Any]]:
+def iter_jsonl(
+    path: str | os.PathLike, error: Callable[[int | None, str], Exception] | None = None
+) -> Iterator[tuple[int, Any]]:
     """Yield ``(line number, record)`` for every non-blank line of a JSON Lines file.
 
     A missing file, bytes that are not UTF-8, a line that is not JSON (``truncated JSON`` when
@@ -248,8 +260,10 @@ def iter_jsonl(path: str | os.PathLike,
     """
     path = Path(path)
     if error is None:
+
         def error(line: int | None, problem: str) -> Exception:
             return DataError(path, problem, line=line)
+
     try:
         f = open(path, "rb")  # decoded line by line: a bad byte is told at its own line
     except FileNotFoundError:
@@ -268,8 +282,9 @@ def iter_jsonl(path: str | os.PathLike,
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                raise error(lineno, f"not UTF-8 text at column {e.start + 1} ({e.reason})") \
-                    from None
+                raise error(
+                    lineno, f"not UTF-8 text at column {e.start + 1} ({e.reason})"
+                ) from None
             if not line.strip():
                 continue
             try:
@@ -322,9 +337,13 @@ def directory_outputs(directory: str | os.PathLike) -> dict:
     """Records (:func:`output_record`) of every file under ``directory`` except the manifest, the
     completion marker and hidden files, keyed by their relative path."""
     directory = Path(directory)
-    names = sorted(str(p.relative_to(directory)) for p in directory.rglob("*")
-                   if p.is_file() and p.name not in (MANIFEST, COMPLETED)
-                   and not any(part.startswith(".") for part in p.relative_to(directory).parts))
+    names = sorted(
+        str(p.relative_to(directory))
+        for p in directory.rglob("*")
+        if p.is_file()
+        and p.name not in (MANIFEST, COMPLETED)
+        and not any(part.startswith(".") for part in p.relative_to(directory).parts)
+    )
     return {name: output_record(directory, name) for name in names}
 
 

@@ -130,11 +130,13 @@ def check_failures(results: Sequence[ChatResult], max_failed_share: float, what:
     failed = [r for r in results if not r.ok and not r.parse_failed]
     if failed and len(failed) > max_failed_share * len(results):
         allowed = "none" if max_failed_share == 0 else f"at most {max_failed_share:g} of them"
-        raise LLMError(f"{what}: {len(failed)} of {len(results)} requests failed for good "
-                       f"(first: {failed[0].error}); judge.max_failed_share allows {allowed}. "
-                       "Check the endpoint (judge.base_url, judge.model, the key variable) and "
-                       "rerun (answers already received are cached), or set "
-                       "judge.max_failed_share to accept a share of failed requests")
+        raise LLMError(
+            f"{what}: {len(failed)} of {len(results)} requests failed for good "
+            f"(first: {failed[0].error}); judge.max_failed_share allows {allowed}. "
+            "Check the endpoint (judge.base_url, judge.model, the key variable) and "
+            "rerun (answers already received are cached), or set "
+            "judge.max_failed_share to accept a share of failed requests"
+        )
     return len(failed)
 
 
@@ -156,35 +158,53 @@ class LLMClient:
     (seconds); tests make them tiny.
     """
 
-    def __init__(self, base_url: str, model: str, *, api_key_env: str = "OPENAI_API_KEY",
-                 concurrency: int = 8, max_retries: int = 6, timeout: float = 60.0,
-                 cache_dir: str | os.PathLike | None = None, prompt_version: str = "v1",
-                 base_delay: float = 1.0, max_delay: float = 60.0, temperature: float = 0.0,
-                 max_tokens: int | None = 512, seed: int | None = None):
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        *,
+        api_key_env: str = "OPENAI_API_KEY",
+        concurrency: int = 8,
+        max_retries: int = 6,
+        timeout: float = 60.0,
+        cache_dir: str | os.PathLike | None = None,
+        prompt_version: str = "v1",
+        base_delay: float = 1.0,
+        max_delay: float = 60.0,
+        temperature: float = 0.0,
+        max_tokens: int | None = 512,
+        seed: int | None = None,
+    ):
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         if max_retries < 0:
             raise ValueError("max_retries must be >= 0")
         parts = urllib.parse.urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise LLMError(f"the judge endpoint {base_url!r} is not an http(s) URL "
-                           "(check judge.base_url)")
+            raise LLMError(
+                f"the judge endpoint {base_url!r} is not an http(s) URL (check judge.base_url)"
+            )
         if MASK in (parts.username, parts.password):
-            raise LLMError(f"the judge endpoint {base_url} holds credentials that were redacted "
-                           "when the recipe was saved; give the key through the environment "
-                           "variable named by judge.api_key_env instead")
+            raise LLMError(
+                f"the judge endpoint {base_url} holds credentials that were redacted "
+                "when the recipe was saved; give the key through the environment "
+                "variable named by judge.api_key_env instead"
+            )
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.model = model
         self.api_key_env = api_key_env
         key = os.environ.get(api_key_env, "").strip() if api_key_env else ""
         if not key and not is_local_url(base_url):
-            raise LLMError(f"the judge endpoint {base_url} needs an API key: set the environment "
-                           f"variable {api_key_env or '(judge.api_key_env is empty)'} "
-                           "(keys are read from the environment only)")
+            raise LLMError(
+                f"the judge endpoint {base_url} needs an API key: set the environment "
+                f"variable {api_key_env or '(judge.api_key_env is empty)'} "
+                "(keys are read from the environment only)"
+            )
         self._has_key = bool(key)
         self._headers = None if key else {"Authorization": openai.Omit()}
-        self._api = openai.OpenAI(api_key=key or _NO_KEY, base_url=base_url.rstrip("/"),
-                                  timeout=timeout, max_retries=0)
+        self._api = openai.OpenAI(
+            api_key=key or _NO_KEY, base_url=base_url.rstrip("/"), timeout=timeout, max_retries=0
+        )
         self.concurrency = concurrency
         self.max_retries = max_retries
         self.timeout = timeout
@@ -195,16 +215,34 @@ class LLMClient:
         self._lock = threading.Lock()
         self._rng = random.Random()
         self.counters: dict[str, int] = dict.fromkeys(
-            ("calls", "requests", "retries", "cache_hits", "parse_failures", "request_failures",
-             "timeouts"), 0)
+            (
+                "calls",
+                "requests",
+                "retries",
+                "cache_hits",
+                "parse_failures",
+                "request_failures",
+                "timeouts",
+            ),
+            0,
+        )
 
     @classmethod
-    def from_config(cls, cfg, cache_dir: str | os.PathLike | None, prompt_version: str,
-                    **kwargs) -> "LLMClient":
+    def from_config(
+        cls, cfg, cache_dir: str | os.PathLike | None, prompt_version: str, **kwargs
+    ) -> "LLMClient":
         """A client for a :class:`esc_dist.config.JudgeConfig`."""
-        return cls(cfg.base_url, cfg.model, api_key_env=cfg.api_key_env,
-                   concurrency=cfg.concurrency, max_retries=cfg.max_retries, timeout=cfg.timeout,
-                   cache_dir=cache_dir, prompt_version=prompt_version, **kwargs)
+        return cls(
+            cfg.base_url,
+            cfg.model,
+            api_key_env=cfg.api_key_env,
+            concurrency=cfg.concurrency,
+            max_retries=cfg.max_retries,
+            timeout=cfg.timeout,
+            cache_dir=cache_dir,
+            prompt_version=prompt_version,
+            **kwargs,
+        )
 
     def __repr__(self) -> str:
         key = "***" if self._has_key else None
@@ -242,8 +280,15 @@ class LLMClient:
     def _cache_put(self, key: str, text: str) -> None:
         p = self._cache_path(key)
         if p is not None:
-            atomic_write_json(p, {"key": key, "model": self.model,
-                                  "prompt_version": self.prompt_version, "answer": text})
+            atomic_write_json(
+                p,
+                {
+                    "key": key,
+                    "model": self.model,
+                    "prompt_version": self.prompt_version,
+                    "answer": text,
+                },
+            )
 
     # -- requests -----------------------------------------------------------------------------
 
@@ -260,13 +305,18 @@ class LLMClient:
         except openai.APIStatusError as e:
             status = e.status_code
             if status == 429 or status >= 500:
-                raise _Retryable(f"HTTP {status}",
-                                 _retry_after(e.response.headers.get("Retry-After"))) from None
+                raise _Retryable(
+                    f"HTTP {status}", _retry_after(e.response.headers.get("Retry-After"))
+                ) from None
             if status in _FATAL_STATUS:
-                raise LLMError(f"{self.url} answered HTTP {status}"
-                               + (" (check the API key variable "
-                                  f"{self.api_key_env})" if status in (401, 403) else
-                                  " (check judge.base_url and judge.model)")) from None
+                raise LLMError(
+                    f"{self.url} answered HTTP {status}"
+                    + (
+                        f" (check the API key variable {self.api_key_env})"
+                        if status in (401, 403)
+                        else " (check judge.base_url and judge.model)"
+                    )
+                ) from None
             raise _Fatal(f"HTTP {status}") from None
         except ValueError:  # a body that is not JSON at all
             raise _Fatal("the response is not a chat completion") from None
@@ -281,13 +331,17 @@ class LLMClient:
     def _delay(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:
             return min(retry_after, self.max_delay)
-        cap = min(self.max_delay, self.base_delay * (2 ** attempt))
+        cap = min(self.max_delay, self.base_delay * (2**attempt))
         with self._lock:
             return cap / 2 + self._rng.uniform(0, cap / 2)
 
     def _fetch(self, messages: Messages) -> str:
-        req: dict[str, Any] = {"model": self.model, "messages": list(messages),
-                               "temperature": self.temperature, "extra_headers": self._headers}
+        req: dict[str, Any] = {
+            "model": self.model,
+            "messages": list(messages),
+            "temperature": self.temperature,
+            "extra_headers": self._headers,
+        }
         if self.max_tokens is not None:
             req["max_tokens"] = self.max_tokens
         if self.seed is not None:
@@ -300,8 +354,13 @@ class LLMClient:
                 if attempt >= self.max_retries:
                     raise _Fatal(f"{e.reason}; gave up after {attempt + 1} attempts") from None
                 delay = self._delay(attempt, e.retry_after)
-                log.debug("judge request: %s, retry %d/%d in %.2fs", e.reason, attempt + 1,
-                          self.max_retries, delay)
+                log.debug(
+                    "judge request: %s, retry %d/%d in %.2fs",
+                    e.reason,
+                    attempt + 1,
+                    self.max_retries,
+                    delay,
+                )
                 self.count("retries")
                 attempt += 1
                 time.sleep(delay)
@@ -358,8 +417,9 @@ class LLMClient:
         if self.concurrency == 1 or len(unique) == 1:
             results = [ask(m) for m in unique]
         else:
-            with ThreadPoolExecutor(max_workers=min(self.concurrency, len(unique)),
-                                    thread_name_prefix="llm") as pool:
+            with ThreadPoolExecutor(
+                max_workers=min(self.concurrency, len(unique)), thread_name_prefix="llm"
+            ) as pool:
                 results = list(pool.map(ask, unique))
         by_key = dict(zip(first, results))
         return [by_key[k] for k in keys]

@@ -29,8 +29,11 @@ def get_logger(name: str = "esc_dist") -> logging.Logger:
     if not logging.getLogger("esc_dist").handlers:
         h = logging.StreamHandler(sys.stderr)
         h.addFilter(_Redact())
-        h.setFormatter(logging.Formatter(
-            f"%(asctime)s [esc-dist r{rank()}] %(levelname)s %(message)s", "%H:%M:%S"))
+        h.setFormatter(
+            logging.Formatter(
+                f"%(asctime)s [esc-dist r{rank()}] %(levelname)s %(message)s", "%H:%M:%S"
+            )
+        )
         root = logging.getLogger("esc_dist")
         root.addHandler(h)
         root.setLevel(logging.INFO)
@@ -43,8 +46,9 @@ def quiet_libraries() -> None:
     import warnings
 
     # DeepSpeed still calls collectives that torch marks deprecated, once per call.
-    warnings.filterwarnings("ignore", message=r".*torch\.distributed\..* is deprecated",
-                            category=FutureWarning)
+    warnings.filterwarnings(
+        "ignore", message=r".*torch\.distributed\..* is deprecated", category=FutureWarning
+    )
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     if not sys.stderr.isatty():  # progress bars in a batch log are noise, one per rank
         os.environ.setdefault("TQDM_DISABLE", "1")

@@ -40,8 +40,14 @@ MARKER = ".esc-dist-output"
 # esc-dist (a JSON object with the given key; COMPLETED is the completion marker every stage
 # writes), or a training work directory (checkpoints/, tokenized/) is taken as esc-dist's own, so
 # that a run directory of an earlier version is resumed and re-run as before.
-_LEGACY = {COMPLETED: None, MANIFEST: "stage", "pipeline.json": "stage", "job.json": "fingerprint",
-           "report.json": "headline", "comparison.json": "systems"}
+_LEGACY = {
+    COMPLETED: None,
+    MANIFEST: "stage",
+    "pipeline.json": "stage",
+    "job.json": "fingerprint",
+    "report.json": "headline",
+    "comparison.json": "systems",
+}
 _LEGACY_WORK = ("checkpoints", "tokenized")
 
 _HOW = "choose another --out or remove it yourself"
@@ -80,29 +86,36 @@ def _overlaps(out: Path, inp: Path) -> bool:
     return out == inp or out in inp.parents or inp in out.parents
 
 
-def check_output(out: str | os.PathLike, stage: str,
-                 inputs: Iterable[str | os.PathLike | None] = ()) -> Path:
+def check_output(
+    out: str | os.PathLike, stage: str, inputs: Iterable[str | os.PathLike | None] = ()
+) -> Path:
     """Refuse (``ConfigError``) an output path that :mod:`esc_dist.outputs`' rule forbids for
     ``stage`` with these ``inputs``; returns ``out`` as a Path."""
     out = Path(out)
     full = Path(os.path.realpath(out))
     for inp in inputs:
         if inp is not None and _overlaps(full, Path(os.path.realpath(inp))):
-            raise ConfigError(f"the output would overwrite this stage's own input {inp}; "
-                              "choose another --out", path=out)
+            raise ConfigError(
+                f"the output would overwrite this stage's own input {inp}; choose another --out",
+                path=out,
+            )
     if out.is_symlink() or (out.exists() and not out.is_dir()):
-        raise ConfigError("exists and is not a directory (a file or a symbolic link); esc-dist "
-                          f"writes its output as a directory and never replaces a file: {_HOW}",
-                          path=out)
+        raise ConfigError(
+            "exists and is not a directory (a file or a symbolic link); esc-dist "
+            f"writes its output as a directory and never replaces a file: {_HOW}",
+            path=out,
+        )
     if not out.is_dir():
         return out
     owner = marker_stage(out)
     if owner is None and any(out.iterdir()):
-        raise ConfigError(f"is a directory that esc-dist did not create (no {MARKER}) and it is "
-                          f"not empty; esc-dist does not write over it: {_HOW}", path=out)
+        raise ConfigError(
+            f"is a directory that esc-dist did not create (no {MARKER}) and it is "
+            f"not empty; esc-dist does not write over it: {_HOW}",
+            path=out,
+        )
     if owner and owner != stage:
-        raise ConfigError(f"holds the output of esc-dist {owner}, not of {stage}: {_HOW}",
-                          path=out)
+        raise ConfigError(f"holds the output of esc-dist {owner}, not of {stage}: {_HOW}", path=out)
     return out
 
 
@@ -113,8 +126,9 @@ def mark(directory: str | os.PathLike, stage: str) -> None:
     atomic_write_text(Path(directory) / MARKER, stage + "\n")
 
 
-def claim_dir(out: str | os.PathLike, stage: str,
-              inputs: Iterable[str | os.PathLike | None] = ()) -> Path:
+def claim_dir(
+    out: str | os.PathLike, stage: str, inputs: Iterable[str | os.PathLike | None] = ()
+) -> Path:
     """An output written in place (generation chunks, a training work directory, a report
     directory's caches): checked, created and marked as ``stage``'s."""
     out = check_output(out, stage, inputs)
@@ -130,8 +144,11 @@ def remove_output(path: str | os.PathLike) -> bool:
     if not path.exists() and not path.is_symlink():
         return False
     if not is_ours(path):
-        raise ConfigError(f"would be removed as a stale output, but esc-dist did not create it "
-                          f"(no {MARKER}): {_HOW}", path=path)
+        raise ConfigError(
+            f"would be removed as a stale output, but esc-dist did not create it "
+            f"(no {MARKER}): {_HOW}",
+            path=path,
+        )
     shutil.rmtree(path)
     return True
 
@@ -166,7 +183,7 @@ def _clear_abandoned(final: Path) -> None:
     (their names carry host and pid; each holds our marker)."""
     host = socket.gethostname().split(".")[0]
     for p in final.parent.glob(f"{glob.escape(f'.{final.name}.{host}-')}*.partial"):
-        pid = p.name[len(f".{final.name}.{host}-"):].split(".")[0]
+        pid = p.name[len(f".{final.name}.{host}-") :].split(".")[0]
         if not pid.isdigit() or not (p / MARKER).is_file():
             continue
         try:
@@ -212,9 +229,12 @@ def _swap_in(tmp: Path, final: Path, stage: str, keep: Iterable[str]) -> None:
 
 
 @contextmanager
-def staged_dir(final: str | os.PathLike, stage: str,
-               inputs: Iterable[str | os.PathLike | None] = (),
-               keep: Iterable[str] = ()) -> Iterator[Path]:
+def staged_dir(
+    final: str | os.PathLike,
+    stage: str,
+    inputs: Iterable[str | os.PathLike | None] = (),
+    keep: Iterable[str] = (),
+) -> Iterator[Path]:
     """Build ``stage``'s output beside ``final`` and put it in place, whole, only when the block
     succeeds.
 
@@ -228,8 +248,11 @@ def staged_dir(final: str | os.PathLike, stage: str,
     check_output(final, stage, inputs)
     final.parent.mkdir(parents=True, exist_ok=True)
     _clear_abandoned(final)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.{_owner_tag()}.", suffix=".partial",
-                                dir=final.parent))
+    tmp = Path(
+        tempfile.mkdtemp(
+            prefix=f".{final.name}.{_owner_tag()}.", suffix=".partial", dir=final.parent
+        )
+    )
     try:
         apply_umask(tmp, directory=True)
         mark(tmp, stage)

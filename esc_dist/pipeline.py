@@ -44,7 +44,6 @@ from .outputs import remove_output
 log = get_logger(__name__)
 
 
-
 @dataclass
 class Stage:
     name: str
@@ -70,15 +69,28 @@ def plan(recipe: Recipe) -> list[Stage]:
     if base is None:
         base_dir = models / "tiny"
         # the tokenizer learns from the training split only
-        stages.append(Stage("tiny-model", ["tiny-model", "--corpus", str(data),
-                                           "--out", str(base_dir)], base_dir, ("tiny_model",),
-                            [data]))
+        stages.append(
+            Stage(
+                "tiny-model",
+                ["tiny-model", "--corpus", str(data), "--out", str(base_dir)],
+                base_dir,
+                ("tiny_model",),
+                [data],
+            )
+        )
         base_inputs = [base_dir]
     elif is_gguf(base):
         base_dir, source = models / "base", resolve_gguf(base)
         stat = source.stat()  # the file's identity is part of the stage's key
-        stages.append(Stage("base-model", ["base-model", "--gguf", base, "--out", str(base_dir)],
-                            base_dir, ("model",), code=f"{stat.st_size}:{stat.st_mtime_ns}"))
+        stages.append(
+            Stage(
+                "base-model",
+                ["base-model", "--gguf", base, "--out", str(base_dir)],
+                base_dir,
+                ("model",),
+                code=f"{stat.st_size}:{stat.st_mtime_ns}",
+            )
+        )
         base_inputs = [base_dir]
     else:  # a directory, or a Hub id's cached snapshot (its commit is in the path: the key)
         try:
@@ -87,38 +99,92 @@ def plan(recipe: Recipe) -> list[Stage]:
             base_dir = Path(base)
         base_inputs = []
     for role in ROLES:
-        stages.append(Stage(f"sft-{role}", ["sft", "--role", role, "--data", str(data),
-                                            "--model", str(base_dir),
-                                            "--out", str(models / f"sft-{role}")],
-                            models / f"sft-{role}", ("sft", "model"), [data, *base_inputs],
-                            distributed=True))
+        stages.append(
+            Stage(
+                f"sft-{role}",
+                [
+                    "sft",
+                    "--role",
+                    role,
+                    "--data",
+                    str(data),
+                    "--model",
+                    str(base_dir),
+                    "--out",
+                    str(models / f"sft-{role}"),
+                ],
+                models / f"sft-{role}",
+                ("sft", "model"),
+                [data, *base_inputs],
+                distributed=True,
+            )
+        )
     for role in ROLES:
         mined = run / "ipm" / f"mine-{role}"
-        stages.append(Stage(f"mine-{role}", ["mine", "--role", role, "--data", str(data),
-                                             "--model", str(models / f"sft-{role}"),
-                                             "--out", str(mined)],
-                            mined, ("mine", "model"), [data, models / f"sft-{role}"],
-                            distributed=True))
+        stages.append(
+            Stage(
+                f"mine-{role}",
+                [
+                    "mine",
+                    "--role",
+                    role,
+                    "--data",
+                    str(data),
+                    "--model",
+                    str(models / f"sft-{role}"),
+                    "--out",
+                    str(mined),
+                ],
+                mined,
+                ("mine", "model"),
+                [data, models / f"sft-{role}"],
+                distributed=True,
+            )
+        )
     for role in ROLES:
         mined, kept = run / "ipm" / f"mine-{role}", run / "prefdial" / role
         args = ["judge", "--role", role, "--pairs", str(mined / "pairs.jsonl"), "--out", str(kept)]
         if role != "planner":
-            stage = Stage(f"judge-{role}", args, kept, ("judge",), [mined],
-                          code=judge_version(recipe.judge))
+            stage = Stage(
+                f"judge-{role}", args, kept, ("judge",), [mined], code=judge_version(recipe.judge)
+            )
         elif recipe.ipm.planner_pairs == "mismatch":  # no judge: its settings do not matter
             stage = Stage(f"judge-{role}", args, kept, ("ipm",), [mined])
         else:
-            stage = Stage(f"judge-{role}", args, kept, ("judge", "ipm"), [mined],
-                          code=judge_version(recipe.judge))
+            stage = Stage(
+                f"judge-{role}",
+                args,
+                kept,
+                ("judge", "ipm"),
+                [mined],
+                code=judge_version(recipe.judge),
+            )
         stages.append(stage)
     for role in ROLES:
-        args = ["dpo", "--role", role, "--pairs", str(run / "prefdial" / role),
-                "--model", str(models / f"sft-{role}"), "--out", str(models / f"dpo-{role}")]
+        args = [
+            "dpo",
+            "--role",
+            role,
+            "--pairs",
+            str(run / "prefdial" / role),
+            "--model",
+            str(models / f"sft-{role}"),
+            "--out",
+            str(models / f"dpo-{role}"),
+        ]
         inputs = [run / "prefdial" / role, models / f"sft-{role}"]
         if role == "planner" and recipe.dpo.validation_every > 0:  # the guard's validation turns
             args, inputs = args + ["--data", str(data)], inputs + [data]
-        stages.append(Stage(f"dpo-{role}", args, models / f"dpo-{role}", ("dpo", "model"), inputs,
-                            distributed=True))
+        stages.append(
+            Stage(
+                f"dpo-{role}",
+                args,
+                models / f"dpo-{role}",
+                ("dpo", "model"),
+                inputs,
+                distributed=True,
+            )
+        )
     systems = evaluated_systems(recipe)
     for system, (mode, stage) in systems.items():
         pred = run / "predictions" / system
@@ -129,30 +195,77 @@ def plan(recipe: Recipe) -> list[Stage]:
             model_args = ["--generator", str(models / f"{stage}-generator")]
             inputs = [models / f"{stage}-generator"]
         else:
-            model_args = ["--planner", str(models / f"{stage}-planner"),
-                          "--generator", str(models / f"{stage}-generator")]
+            model_args = [
+                "--planner",
+                str(models / f"{stage}-planner"),
+                "--generator",
+                str(models / f"{stage}-generator"),
+            ]
             inputs = [models / f"{stage}-planner", models / f"{stage}-generator"]
         # the protocol decides the decoding (infer reads eval.protocol)
-        stages.append(Stage(f"infer-{system}", ["infer", "--mode", mode, *model_args,
-                                                 "--data", str(data), "--split",
-                                                 recipe.infer.split, "--out", str(pred)],
-                            pred, ("infer", "model"), [data, *inputs], distributed=True,
-                            code=f"protocol={recipe.eval.protocol}"))
+        stages.append(
+            Stage(
+                f"infer-{system}",
+                [
+                    "infer",
+                    "--mode",
+                    mode,
+                    *model_args,
+                    "--data",
+                    str(data),
+                    "--split",
+                    recipe.infer.split,
+                    "--out",
+                    str(pred),
+                ],
+                pred,
+                ("infer", "model"),
+                [data, *inputs],
+                distributed=True,
+                code=f"protocol={recipe.eval.protocol}",
+            )
+        )
     # LLM-judge scores and errors depend on the judge endpoint; everything else does not. The
     # data gives the histories (error rates) and the gold training replies (adherence).
     eval_keys = ("eval", "judge") if recipe.eval.llm_judge else ("eval",)
     for system in systems:
         pred, report = run / "predictions" / system, run / "reports" / system
-        stages.append(Stage(f"eval-{system}", ["eval", str(pred / "predictions.jsonl"),
-                                                "--out", str(report), "--name", system,
-                                                "--data", str(data)],
-                            report, eval_keys, [pred, data]))
+        stages.append(
+            Stage(
+                f"eval-{system}",
+                [
+                    "eval",
+                    str(pred / "predictions.jsonl"),
+                    "--out",
+                    str(report),
+                    "--name",
+                    system,
+                    "--data",
+                    str(data),
+                ],
+                report,
+                eval_keys,
+                [pred, data],
+            )
+        )
     reports = [str(run / "reports" / s) for s in systems]
     comparison = run / "reports" / "comparison"
-    stages.append(Stage("compare", ["compare", *reports, "--names",
-                                    ",".join(SYSTEM_TITLES[s] for s in systems),
-                                    "--out", str(comparison)],
-                        comparison, ("eval",), [run / "reports" / s for s in systems]))
+    stages.append(
+        Stage(
+            "compare",
+            [
+                "compare",
+                *reports,
+                "--names",
+                ",".join(SYSTEM_TITLES[s] for s in systems),
+                "--out",
+                str(comparison),
+            ],
+            comparison,
+            ("eval",),
+            [run / "reports" / s for s in systems],
+        )
+    )
     return stages
 
 
@@ -166,9 +279,22 @@ def done_marker(out: Path) -> Path:
 
 # facts of how a stage ran, not of what it produced: a rerun that gives the same output (a
 # deterministic stage run again, a resumed one) leaves the stages after it current
-RUN_FACTS = frozenset({"seconds", "generation_seconds", "load_seconds", "train_runtime_s",
-                       "items_per_s", "tokens_per_s", "per_rank", "git_commit", "resumed_from",
-                       "chunks_reused", "chunks_computed", "items_computed"})
+RUN_FACTS = frozenset(
+    {
+        "seconds",
+        "generation_seconds",
+        "load_seconds",
+        "train_runtime_s",
+        "items_per_s",
+        "tokens_per_s",
+        "per_rank",
+        "git_commit",
+        "resumed_from",
+        "chunks_reused",
+        "chunks_computed",
+        "items_computed",
+    }
+)
 
 
 def content_of(manifest):
@@ -187,11 +313,20 @@ def stage_key(stage: Stage, recipe: Recipe) -> str:
         marker = path / "manifest.json"
         if not marker.is_file():
             marker = done_marker(path)
-        inputs.append([str(path), sha256_json(content_of(read_json(marker)))
-                       if marker.suffix == ".json" and marker.is_file()
-                       else str(marker.is_file())])
-    key = {"args": stage.args, "config": {s: cfg[s] for s in stage.sections},
-           "run_seed": recipe.run.seed, "inputs": inputs}
+        inputs.append(
+            [
+                str(path),
+                sha256_json(content_of(read_json(marker)))
+                if marker.suffix == ".json" and marker.is_file()
+                else str(marker.is_file()),
+            ]
+        )
+    key = {
+        "args": stage.args,
+        "config": {s: cfg[s] for s in stage.sections},
+        "run_seed": recipe.run.seed,
+        "inputs": inputs,
+    }
     if stage.code is not None:
         key["code"] = stage.code
     return sha256_json(key)
@@ -203,8 +338,7 @@ def clear_stale(stage: Stage, key: str, run: Path) -> None:
     the stage resumes from its checkpoints or chunks. Only esc-dist's own outputs are removed
     (:func:`esc_dist.outputs.remove_output`); anything else stops the run with an error."""
     attempt = run / ".pipeline" / f"{stage.name}.json"
-    keys = [read_json(p).get("key") for p in (attempt, stage.out / "pipeline.json")
-            if p.is_file()]
+    keys = [read_json(p).get("key") for p in (attempt, stage.out / "pipeline.json") if p.is_file()]
     if any(k != key for k in keys):
         for path in (stage.out, stage.out.with_name(stage.out.name + ".work")):
             if path.exists():
@@ -217,8 +351,9 @@ def is_current(stage: Stage, key: str) -> bool:
     """Whether ``stage`` finished for ``key`` and its output files still match its manifest (a
     file changed or cut since makes it run again, which one log line says)."""
     state = stage.out / "pipeline.json"
-    if not (done_marker(stage.out).is_file() and state.is_file()
-            and read_json(state).get("key") == key):
+    if not (
+        done_marker(stage.out).is_file() and state.is_file() and read_json(state).get("key") == key
+    ):
         return False
     problem = verify_outputs(stage.out)
     if problem is not None:
@@ -228,9 +363,14 @@ def is_current(stage: Stage, key: str) -> bool:
 
 def mark_current(stage: Stage, key: str, seconds: float | None) -> None:
     """Record a finished stage as done for ``key`` (what ``is_current`` checks)."""
-    atomic_write_json(stage.out / "pipeline.json", {
-        "key": key, "stage": stage.name,
-        "seconds": round(seconds, 1) if seconds is not None else None})
+    atomic_write_json(
+        stage.out / "pipeline.json",
+        {
+            "key": key,
+            "stage": stage.name,
+            "seconds": round(seconds, 1) if seconds is not None else None,
+        },
+    )
 
 
 def launcher_cmd(launcher: str, nproc: int, port: int, cpu: bool = False) -> list[str]:
@@ -241,14 +381,31 @@ def launcher_cmd(launcher: str, nproc: int, port: int, cpu: bool = False) -> lis
     if launcher == "python":
         return [sys.executable, "-m", "esc_dist"]
     if launcher == "torchrun":
-        return [str(bin_dir / "torchrun"), f"--nproc_per_node={nproc}", f"--master_port={port}",
-                "-m", "esc_dist"]
+        return [
+            str(bin_dir / "torchrun"),
+            f"--nproc_per_node={nproc}",
+            f"--master_port={port}",
+            "-m",
+            "esc_dist",
+        ]
     if launcher == "deepspeed":
-        return [str(bin_dir / "deepspeed"), f"--num_gpus={nproc}", f"--master_port={port}",
-                "--module", "esc_dist"]
+        return [
+            str(bin_dir / "deepspeed"),
+            f"--num_gpus={nproc}",
+            f"--master_port={port}",
+            "--module",
+            "esc_dist",
+        ]
     if launcher == "accelerate":
-        return [str(bin_dir / "accelerate"), "launch", *(["--cpu"] if cpu else []),
-                f"--num_processes={nproc}", f"--main_process_port={port}", "-m", "esc_dist"]
+        return [
+            str(bin_dir / "accelerate"),
+            "launch",
+            *(["--cpu"] if cpu else []),
+            f"--num_processes={nproc}",
+            f"--main_process_port={port}",
+            "-m",
+            "esc_dist",
+        ]
     raise ConfigError(f"unknown launcher {launcher!r} (deepspeed, torchrun, accelerate, python)")
 
 
@@ -258,8 +415,9 @@ def stage_cmd(recipe: Recipe, stage: Stage, index: int) -> list[str]:
     p = recipe.pipeline
     port = p.master_port + index if p.master_port else free_port()
     launcher = p.launcher if stage.distributed else "python"
-    return launcher_cmd(launcher, p.nproc, port) + stage.args + [
-        "--config", str(recipe_file(recipe))]
+    return (
+        launcher_cmd(launcher, p.nproc, port) + stage.args + ["--config", str(recipe_file(recipe))]
+    )
 
 
 def canonical_output_dir(path: str) -> str:
@@ -272,8 +430,10 @@ def canonical_output_dir(path: str) -> str:
 
 def resolve(recipe: Recipe) -> Recipe:
     """The recipe as every stage and its key see it (one spelling of the run directory)."""
-    return dataclasses.replace(recipe, run=dataclasses.replace(
-        recipe.run, output_dir=canonical_output_dir(recipe.run.output_dir)))
+    return dataclasses.replace(
+        recipe,
+        run=dataclasses.replace(recipe.run, output_dir=canonical_output_dir(recipe.run.output_dir)),
+    )
 
 
 def recipe_file(recipe: Recipe) -> Path:
@@ -293,12 +453,14 @@ def find_stage(recipe: Recipe, name: str) -> tuple[int, Stage]:
     for i, s in enumerate(stages, 1):
         if s.name == name:
             return i, s
-    raise ConfigError(f"unknown stage {name!r}; the stages of this recipe are "
-                      f"{', '.join(s.name for s in stages)}")
+    raise ConfigError(
+        f"unknown stage {name!r}; the stages of this recipe are {', '.join(s.name for s in stages)}"
+    )
 
 
-def run_stage(recipe: Recipe, stage: Stage, index: int, key: str,
-              log_path: Path | None = None) -> float:
+def run_stage(
+    recipe: Recipe, stage: Stage, index: int, key: str, log_path: Path | None = None
+) -> float:
     """Run one stage as the pipeline does: clear what it left for other inputs, run its command
     (output to ``log_path``, else to this terminal), check that its output is complete and record
     it as current under ``key`` (its :func:`stage_key`, which the caller computed to see that it
@@ -317,8 +479,10 @@ def run_stage(recipe: Recipe, stage: Stage, index: int, key: str,
     seconds = time.time() - t0
     if rc != 0 or not done_marker(stage.out).is_file():
         why = f"exit {rc}" if rc != 0 else f"exit 0 but no {done_marker(stage.out).name}"
-        raise StageError(f"stage {stage.name} failed after {seconds:.0f}s ({why})"
-                         + (f"; full log: {log_path}" if log_path else ""))
+        raise StageError(
+            f"stage {stage.name} failed after {seconds:.0f}s ({why})"
+            + (f"; full log: {log_path}" if log_path else "")
+        )
     mark_current(stage, key, seconds)
     return seconds
 
@@ -333,8 +497,9 @@ def run_pipeline(recipe: Recipe, only: list[str] | None = None, force: bool = Fa
     if only:
         unknown = set(only) - {s.name for s in stages}
         if unknown:
-            raise ConfigError(f"unknown stage(s) {sorted(unknown)}; stages are "
-                              f"{[s.name for s in stages]}")
+            raise ConfigError(
+                f"unknown stage(s) {sorted(unknown)}; stages are {[s.name for s in stages]}"
+            )
     logs = run / "logs"
     logs.mkdir(exist_ok=True)
     t_all = time.time()
@@ -359,8 +524,11 @@ def run_pipeline(recipe: Recipe, only: list[str] | None = None, force: bool = Fa
             raise
         print(f" done in {seconds:.0f}s", flush=True)
     comparison = run / "reports" / "comparison"
-    made = (f"comparison: {comparison / 'comparison.md'}" if not only or "compare" in only
-            else f"only {', '.join(only)}")
+    made = (
+        f"comparison: {comparison / 'comparison.md'}"
+        if not only or "compare" in only
+        else f"only {', '.join(only)}"
+    )
     print(f"pipeline finished in {time.time() - t_all:.0f}s; {made}", flush=True)
     return comparison
 

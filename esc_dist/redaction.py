@@ -16,12 +16,16 @@ MASK = "***"
 
 # Keys of known providers: OpenAI (sk-..., sk-proj-...), Anthropic (sk-ant-...), Hugging Face
 # (hf_...), GitHub (ghp_..., github_pat_...).
-_KEYS = re.compile(r"\b(?:sk-[A-Za-z0-9_\-]{16,}|hf_[A-Za-z0-9]{20,}|gh[pousr]_[A-Za-z0-9]{20,}"
-                   r"|github_pat_[A-Za-z0-9_]{20,})")
+_KEYS = re.compile(
+    r"\b(?:sk-[A-Za-z0-9_\-]{16,}|hf_[A-Za-z0-9]{20,}|gh[pousr]_[A-Za-z0-9]{20,}"
+    r"|github_pat_[A-Za-z0-9_]{20,})"
+)
 # A value after a key-like name (``api_key=...``, ``WANDB_API_KEY: 0123...``, ``"token": "..."``):
 # e.g. a W&B key (40 hex digits) in a log line or a URL query.
-_NAMED = re.compile(r"(?i)((?:api[_\-]?key|apikey|token|secret|password|passwd|auth)"
-                    r"[\"']?\s*[=:]\s*[\"']?)(?!\*\*\*)([^\s\"',;&}]{8,})")
+_NAMED = re.compile(
+    r"(?i)((?:api[_\-]?key|apikey|token|secret|password|passwd|auth)"
+    r"[\"']?\s*[=:]\s*[\"']?)(?!\*\*\*)([^\s\"',;&}]{8,})"
+)
 _BEARER = re.compile(r"(?i)\b(bearer\s+)(?!\*\*\*)[A-Za-z0-9._~+/=\-]{8,}")
 # userinfo of a URL: scheme://USER[:PASSWORD]@host
 _USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)[^/\s@?#]+@")
@@ -42,8 +46,9 @@ def looks_secret(text: str) -> bool:
     return redact_text(text) != text
 
 
-_SECRET_KEY = re.compile(r"(^|[_\-])(api[_\-]?key|key|token|secret|password|passwd|authorization)$",
-                         re.I)
+_SECRET_KEY = re.compile(
+    r"(^|[_\-])(api[_\-]?key|key|token|secret|password|passwd|authorization)$", re.I
+)
 
 
 def redact(obj: Any, by_name: bool = True) -> Any:
@@ -51,8 +56,14 @@ def redact(obj: Any, by_name: bool = True) -> Any:
     (:func:`redact_text`, in values and keys) and, with ``by_name``, the values of secret-looking
     keys too."""
     if isinstance(obj, dict):
-        return {redact(k): (MASK if by_name and _SECRET_KEY.search(str(k)) and v not in (None, "")
-                            else redact(v, by_name)) for k, v in obj.items()}
+        return {
+            redact(k): (
+                MASK
+                if by_name and _SECRET_KEY.search(str(k)) and v not in (None, "")
+                else redact(v, by_name)
+            )
+            for k, v in obj.items()
+        }
     if isinstance(obj, (list, tuple)):
         return [redact(v, by_name) for v in obj]
     if isinstance(obj, str):

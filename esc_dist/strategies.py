@@ -18,8 +18,9 @@ STRATEGIES: tuple[str, ...] = (
 # One-line descriptions used in prompts (our own wording, after the ESConv paper's definitions).
 DESCRIPTIONS: dict[str, str] = {
     "Question": "ask about the seeker's situation to understand it better",
-    "Restatement or Paraphrasing":
-        "say back what the seeker said, in other words, to show it was heard",
+    "Restatement or Paraphrasing": (
+        "say back what the seeker said, in other words, to show it was heard"
+    ),
     "Reflection of feelings": "name and acknowledge the feelings the seeker expresses",
     "Self-disclosure": "share a similar experience of your own to show understanding",
     "Affirmation and Reassurance": "affirm the seeker's strengths and reassure them",

@@ -70,8 +70,9 @@ def quiet_wandb() -> None:
     os.environ["WANDB_DISABLE_WEAVE"] = "true"  # the LLM-library autodetection and its hints
 
 
-def start_run(recipe: Recipe, job_type: str, output_dir: str | Path,
-              config: dict[str, Any] | None = None):
+def start_run(
+    recipe: Recipe, job_type: str, output_dir: str | Path, config: dict[str, Any] | None = None
+):
     """Start (or resume) this stage's W&B run on rank 0; returns the run, or None elsewhere."""
     mode = resolve_mode(recipe.wandb)
     if rank() != 0 or mode == "disabled":
@@ -110,8 +111,9 @@ def finish(run, exit_code: int = 0) -> None:
 
 
 @contextmanager
-def stage_run(recipe: Recipe, job_type: str, output_dir: str | Path,
-              config: dict[str, Any] | None = None) -> Iterator[Any]:
+def stage_run(
+    recipe: Recipe, job_type: str, output_dir: str | Path, config: dict[str, Any] | None = None
+) -> Iterator[Any]:
     """The W&B run of one stage invocation, the one way every stage opens and closes it: started
     on rank 0 (None elsewhere or when disabled), finished when the block ends, marked failed
     (exit code 1) when it ends with an exception."""
@@ -132,7 +134,6 @@ def log_reference(run, path: str | Path, name: str, kind: str) -> None:
         return
     import wandb
 
-    artifact = wandb.Artifact(name=name, type=kind,
-                              metadata={"path": str(Path(path).resolve())})
+    artifact = wandb.Artifact(name=name, type=kind, metadata={"path": str(Path(path).resolve())})
     artifact.add_reference(Path(path).resolve().as_uri(), checksum=False)
     run.log_artifact(artifact)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install everything the tests need and run them: the README's test command and what CI runs.
-# The linter (ruff check, configured in pyproject.toml) runs first.
+# The linter and the formatter's check (ruff check, ruff format --check; configured in
+# pyproject.toml) run first.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # with llama-cpp-python[server], the real OpenAI-compatible server of the llama_server tests
@@ -8,4 +9,6 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="$(ESC_DIST_LLAMA_SERVER="${ESC_DIST_LLAMA_SERVER:-1}" bash "$root/launch/setup.sh")"
 cd "$root"
 "$venv/bin/ruff" check --quiet . || { echo "launch/test.sh: ruff check failed (see above)" >&2; exit 1; }
+"$venv/bin/ruff" format --check --quiet . ||
+  { echo "launch/test.sh: files need ruff format (listed above)" >&2; exit 1; }
 exec "$venv/bin/python" -m pytest -q "$@"

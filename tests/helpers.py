@@ -29,15 +29,26 @@ VENV_BIN = Path(sys.executable).parent
 # The command line as a user meets it
 
 
-def run_cli(args: list[str], cwd: Path, env: dict | None = None,
-            timeout: int = 300) -> subprocess.CompletedProcess:
+def run_cli(
+    args: list[str], cwd: Path, env: dict | None = None, timeout: int = 300
+) -> subprocess.CompletedProcess:
     """``python -m esc_dist ARGS`` in ``cwd`` with a bare environment; ``{tmp}`` in an argument
     stands for ``cwd``."""
     args = [a.replace("{tmp}", str(cwd)) for a in args]
-    return subprocess.run([sys.executable, "-m", "esc_dist", *args], capture_output=True,
-                          text=True, timeout=timeout, cwd=cwd,
-                          env={"PATH": "/usr/bin:/bin", "WANDB_MODE": "disabled",
-                               "HOME": str(cwd), "PYTHONPATH": str(ROOT), **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "esc_dist", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+        env={
+            "PATH": "/usr/bin:/bin",
+            "WANDB_MODE": "disabled",
+            "HOME": str(cwd),
+            "PYTHONPATH": str(ROOT),
+            **(env or {}),
+        },
+    )
 
 
 def assert_one_line_error(r: subprocess.CompletedProcess, command: str, needle: str) -> None:
@@ -55,26 +66,50 @@ def assert_one_line_error(r: subprocess.CompletedProcess, command: str, needle: 
 
 
 def launch_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_", "WANDB_"))}
-    env.update(WANDB_MODE="offline", DS_ACCELERATOR="cpu", PYTHONUNBUFFERED="1",
-               TOKENIZERS_PARALLELISM="false", PYTHONPATH=str(ROOT))
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_", "WANDB_"))
+    }
+    env.update(
+        WANDB_MODE="offline",
+        DS_ACCELERATOR="cpu",
+        PYTHONUNBUFFERED="1",
+        TOKENIZERS_PARALLELISM="false",
+        PYTHONPATH=str(ROOT),
+    )
     env.update(extra)
     return env
 
 
-def launch(args: list[str], nproc: int = 2, launcher: str = "torchrun", cwd: Path = ROOT,
-           timeout: int = 600, env: dict | None = None, log: Path | None = None,
-           check: bool = True, background: bool = False):
+def launch(
+    args: list[str],
+    nproc: int = 2,
+    launcher: str = "torchrun",
+    cwd: Path = ROOT,
+    timeout: int = 600,
+    env: dict | None = None,
+    log: Path | None = None,
+    check: bool = True,
+    background: bool = False,
+):
     """Run ``esc-dist ARGS`` under ``launcher`` with ``nproc`` processes."""
     cmd = launcher_cmd(launcher, nproc, free_port(), cpu=True) + list(args)
     env = env or launch_env()
     out = open(log, "w") if log else subprocess.PIPE
     if background:
-        return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                text=True, start_new_session=True)
-    r = subprocess.run(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, text=True,
-                       timeout=timeout)
+        return subprocess.Popen(
+            cmd,
+            cwd=cwd,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+    r = subprocess.run(
+        cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, text=True, timeout=timeout
+    )
     if log:
         out.close()
     if check and r.returncode != 0:
@@ -128,8 +163,9 @@ def rank_pid(launcher_pid: int, rank: str) -> int | None:
     return None
 
 
-def kill_rank_when(args: list[str], marker: Path, log: Path, rank: str = "1",
-                   timeout: float = 300) -> None:
+def kill_rank_when(
+    args: list[str], marker: Path, log: Path, rank: str = "1", timeout: float = 300
+) -> None:
     """Launch 2 ranks, SIGKILL ``rank`` as soon as ``marker`` exists, and wait for the launcher
     to give up (it must fail)."""
     import signal
@@ -189,9 +225,19 @@ def planner_pairs(data_dir: Path, out: Path, n: int) -> Path:
     from esc_dist.ipm.prefdial import save_dataset
 
     rows = load_from_disk(str(data_dir / "planner"))["train"].select(range(n))
-    pairs = [{"id": r["id"] + "#s0", "turn_id": r["id"], "role": "planner", "prompt": r["prompt"],
-              "chosen": r["strategy"], "rejected": r["strategy"][::-1].lower(),
-              "gold_strategy": r["strategy"], "sampled_strategy": None} for r in rows]
+    pairs = [
+        {
+            "id": r["id"] + "#s0",
+            "turn_id": r["id"],
+            "role": "planner",
+            "prompt": r["prompt"],
+            "chosen": r["strategy"],
+            "rejected": r["strategy"][::-1].lower(),
+            "gold_strategy": r["strategy"],
+            "sampled_strategy": None,
+        }
+        for r in rows
+    ]
     save_dataset(pairs, out / "dataset")
     mark_completed(out)
     return out
@@ -243,13 +289,20 @@ def gen_setup(tmp_path_factory, esconv_dir) -> Path:
     if (root / "READY").is_file():
         return root
     root.mkdir(parents=True, exist_ok=True)
-    prepare(DataConfig(esconv=str(esconv_dir / "esconv.json"),
-                       split=str(esconv_dir / "splits" / "decoupledesc_split.json"),
-                       max_dialogues={"train": 4, "validation": 2, "test": 3},
-                       max_history_messages=MAX_HISTORY), root / "data")
-    build_tiny_model(TinyModelConfig(vocab_size=2048, hidden_size=64, num_layers=2,
-                                     intermediate_size=176), esconv_dir / "esconv.json",
-                     root / "tiny")
+    prepare(
+        DataConfig(
+            esconv=str(esconv_dir / "esconv.json"),
+            split=str(esconv_dir / "splits" / "decoupledesc_split.json"),
+            max_dialogues={"train": 4, "validation": 2, "test": 3},
+            max_history_messages=MAX_HISTORY,
+        ),
+        root / "data",
+    )
+    build_tiny_model(
+        TinyModelConfig(vocab_size=2048, hidden_size=64, num_layers=2, intermediate_size=176),
+        esconv_dir / "esconv.json",
+        root / "tiny",
+    )
     build_parrot(root / "tiny", root / "parrot-planner", PLANNER_ANSWER)
     build_parrot(root / "tiny", root / "parrot-vanilla", VANILLA_ANSWER)
     (root / "READY").write_text("")
@@ -257,8 +310,11 @@ def gen_setup(tmp_path_factory, esconv_dir) -> Path:
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines()
-            if line.strip()]
+    return [
+        json.loads(line)
+        for line in Path(path).read_text(encoding="utf-8").splitlines()
+        if line.strip()
+    ]
 
 
 def chunk_records(chunk_dir: str | Path) -> list[dict]:
@@ -291,11 +347,11 @@ def _records(data: bytes):
         if left < 7:
             pos += left
             continue
-        _crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
         pos += 7
         if kind == 0 and length == 0:
             break
-        chunk, pos = data[pos:pos + length], pos + length
+        chunk, pos = data[pos : pos + length], pos + length
         if kind == 1:
             yield chunk
         elif kind == 2:
@@ -318,40 +374,66 @@ def read_offline_runs(wandb_dir: str | Path) -> list[dict]:
 
     runs = []
     for f in sorted(Path(wandb_dir).glob("offline-run-*/run-*.wandb")):
-        out = {"file": f, "run": None, "config": {}, "history": [], "summary": {},
-               "exited": False, "artifacts": []}
+        out = {
+            "file": f,
+            "run": None,
+            "config": {},
+            "history": [],
+            "summary": {},
+            "exited": False,
+            "artifacts": [],
+        }
         for raw in _records(f.read_bytes()):
             rec = wandb_internal_pb2.Record()
             rec.ParseFromString(raw)
             kind = rec.WhichOneof("record_type")
             if kind == "run":
                 r = rec.run
-                out["run"] = {"id": r.run_id, "group": r.run_group, "job_type": r.job_type,
-                              "name": r.display_name, "project": r.project}
+                out["run"] = {
+                    "id": r.run_id,
+                    "group": r.run_group,
+                    "job_type": r.job_type,
+                    "name": r.display_name,
+                    "project": r.project,
+                }
                 out["config"].update({i.key: json.loads(i.value_json) for i in r.config.update})
             elif kind == "config":
                 out["config"].update({i.key: json.loads(i.value_json) for i in rec.config.update})
             elif kind == "history":
-                out["history"].append({(i.key or "/".join(i.nested_key)): json.loads(i.value_json)
-                                       for i in rec.history.item})
+                out["history"].append(
+                    {
+                        (i.key or "/".join(i.nested_key)): json.loads(i.value_json)
+                        for i in rec.history.item
+                    }
+                )
             elif kind == "summary":
-                out["summary"].update({(i.key or "/".join(i.nested_key)): json.loads(i.value_json)
-                                       for i in rec.summary.update})
+                out["summary"].update(
+                    {
+                        (i.key or "/".join(i.nested_key)): json.loads(i.value_json)
+                        for i in rec.summary.update
+                    }
+                )
                 for i in rec.summary.remove:
                     out["summary"].pop(i.key or "/".join(i.nested_key), None)
             elif kind == "artifact":
                 a = rec.artifact
-                out["artifacts"].append({
-                    "name": a.name, "type": a.type, "metadata": json.loads(a.metadata or "{}"),
-                    "refs": [e.ref for e in a.manifest.contents]})
+                out["artifacts"].append(
+                    {
+                        "name": a.name,
+                        "type": a.type,
+                        "metadata": json.loads(a.metadata or "{}"),
+                        "refs": [e.ref for e in a.manifest.contents],
+                    }
+                )
             elif kind == "exit":
                 out["exited"] = True
         runs.append(out)
     return runs
 
 
-def wait_for_offline_runs(wandb_dir: str | Path, count: int = 1,
-                          timeout: float = 60.0) -> list[dict]:
+def wait_for_offline_runs(
+    wandb_dir: str | Path, count: int = 1, timeout: float = 60.0
+) -> list[dict]:
     """``read_offline_runs`` once ``count`` runs have their exit record (or after ``timeout`` s).
 
     ``run.finish()`` can return before W&B's service has flushed the run file, so a read right
@@ -383,9 +465,13 @@ class Reply:
 
 
 def completion(content: str) -> bytes:
-    return json.dumps({"id": "x", "object": "chat.completion",
-                       "choices": [{"index": 0, "message": {"role": "assistant",
-                                                             "content": content}}]}).encode()
+    return json.dumps(
+        {
+            "id": "x",
+            "object": "chat.completion",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}}],
+        }
+    ).encode()
 
 
 def fake_model(body: dict) -> Reply:
@@ -397,15 +483,17 @@ def fake_model(body: dict) -> Reply:
         return Reply(content="Sure! Here is my verdict: A is fine")
     if "The supporter's reply to review:" in user:
         reply = user.split("The supporter's reply to review:")[-1]
-        return Reply(content=json.dumps({"errors": ["Template Response"] if "BAD" in reply
-                                         else []}))
+        return Reply(
+            content=json.dumps({"errors": ["Template Response"] if "BAD" in reply else []})
+        )
     if "Candidate reply to rate:" in user:
         reply = user.split("Candidate reply to rate:")[-1].split("\n\nRate the")[0]
         empathy = system.split("\n\n")[1].startswith("Empathy")
         return Reply(content="1" if empathy and "BAD" in reply else "4")
     cands = dict(re.findall(r"^([AB]): (.*)$", user, re.M))
-    verdict = {f"{k}_errors": (["Template Response"] if "BAD" in v else []) for k, v in
-               cands.items()}
+    verdict = {
+        f"{k}_errors": (["Template Response"] if "BAD" in v else []) for k, v in cands.items()
+    }
     return Reply(content="```json\n" + json.dumps(verdict) + "\n```")
 
 
@@ -438,8 +526,9 @@ class FakeServer:
                 body = json.loads(self.rfile.read(n))
                 with server.lock:
                     # self.headers looks names up case-insensitively, as HTTP defines them
-                    server.requests.append({"path": self.path, "headers": self.headers,
-                                            "body": body})
+                    server.requests.append(
+                        {"path": self.path, "headers": self.headers, "body": body}
+                    )
                     server.inflight += 1
                     server.max_inflight = max(server.max_inflight, server.inflight)
                     reply = server.script.pop(0) if server.script else None
@@ -463,8 +552,7 @@ class FakeServer:
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,),
-                                       daemon=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
         self.thread.start()
 
     def close(self):

@@ -27,8 +27,12 @@ from urllib.parse import unquote, urlparse
 
 
 class HubServer:
-    def __init__(self, repos: dict[str, Path], commit: str = "0123456789abcdef" * 2 + "01234567",
-                 gated: tuple[str, ...] = ()):
+    def __init__(
+        self,
+        repos: dict[str, Path],
+        commit: str = "0123456789abcdef" * 2 + "01234567",
+        gated: tuple[str, ...] = (),
+    ):
         self.repos, self.commit, self.gated = repos, commit, set(gated)
         self.requests: list[str] = []
         self.tokens: list[str | None] = []  # Authorization headers of uploads
@@ -70,13 +74,23 @@ class HubServer:
                 return
             root = self.repos[repo]
             if kind == "revision":
-                body = {"id": repo, "modelId": repo, "sha": self.commit, "private": False,
-                        "siblings": [{"rfilename": str(p.relative_to(root))}
-                                     for p in self.files(repo)]}
+                body = {
+                    "id": repo,
+                    "modelId": repo,
+                    "sha": self.commit,
+                    "private": False,
+                    "siblings": [{"rfilename": str(p.relative_to(root))} for p in self.files(repo)],
+                }
             else:
-                body = [{"type": "file", "path": str(p.relative_to(root)),
-                         "size": p.stat().st_size, "oid": self._etag(p)}
-                        for p in self.files(repo)]
+                body = [
+                    {
+                        "type": "file",
+                        "path": str(p.relative_to(root)),
+                        "size": p.stat().st_size,
+                        "oid": self._etag(p),
+                    }
+                    for p in self.files(repo)
+                ]
             return self._send(h, 200, json.dumps(body).encode(), "application/json", head)
         if len(parts) >= 5 and parts[2] == "resolve":
             repo, rev, name = "/".join(parts[:2]), parts[3], "/".join(parts[4:])
@@ -85,8 +99,14 @@ class HubServer:
             f = self.repos[repo] / name
             if not f.is_file():
                 return self._error(h, 404, "EntryNotFound", head)
-            return self._send(h, 200, f.read_bytes(), "application/octet-stream", head,
-                              {"X-Repo-Commit": self.commit, "ETag": f'"{self._etag(f)}"'})
+            return self._send(
+                h,
+                200,
+                f.read_bytes(),
+                "application/octet-stream",
+                head,
+                {"X-Repo-Commit": self.commit, "ETag": f'"{self._etag(f)}"'},
+            )
         self._error(h, 404, "RepoNotFound", head)
 
     def receive(self, h: BaseHTTPRequestHandler) -> None:
@@ -101,20 +121,29 @@ class HubServer:
         parts = path.strip("/").split("/")
         if path == "/api/repos/create":
             req = json.loads(body)
-            repo = f"{req.get('organization') or req.get('name').split('/')[0]}/" \
-                   f"{req['name'].split('/')[-1]}"
+            repo = (
+                f"{req.get('organization') or req.get('name').split('/')[0]}/"
+                f"{req['name'].split('/')[-1]}"
+            )
             self.uploads.setdefault(repo, {})
-            return self._send(h, 200, json.dumps({"url": f"{self.url}/{repo}",
-                                                  "name": repo}).encode(), "application/json",
-                              False)
+            return self._send(
+                h,
+                200,
+                json.dumps({"url": f"{self.url}/{repo}", "name": repo}).encode(),
+                "application/json",
+                False,
+            )
         if path == "/api/validate-yaml":  # a model card's metadata: accepted as it is
-            return self._send(h, 200, b'{"errors": [], "warnings": []}', "application/json",
-                              False)
+            return self._send(h, 200, b'{"errors": [], "warnings": []}', "application/json", False)
         repo = "/".join(parts[2:4])
         if parts[:2] == ["api", "models"] and parts[4] == "preupload":
             files = json.loads(body)["files"]
-            out = {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False}
-                             for f in files]}
+            out = {
+                "files": [
+                    {"path": f["path"], "uploadMode": "regular", "shouldIgnore": False}
+                    for f in files
+                ]
+            }
             return self._send(h, 200, json.dumps(out).encode(), "application/json", False)
         if parts[:2] == ["api", "models"] and parts[4] == "commit":
             store = self.uploads.setdefault(repo, {})
@@ -123,8 +152,11 @@ class HubServer:
                 if item.get("key") == "file":
                     v = item["value"]
                     store[v["path"]] = base64.b64decode(v["content"])
-            out = {"commitOid": self.commit, "commitUrl": f"{self.url}/{repo}/commit/x",
-                   "pullRequestUrl": None}
+            out = {
+                "commitOid": self.commit,
+                "commitUrl": f"{self.url}/{repo}/commit/x",
+                "pullRequestUrl": None,
+            }
             return self._send(h, 200, json.dumps(out).encode(), "application/json", False)
         self._error(h, 404, "RepoNotFound", False)
 
@@ -145,12 +177,19 @@ class HubServer:
 
     def _error(self, h, status: int, code: str, head: bool) -> None:
         body = json.dumps({"error": code}).encode()
-        self._send(h, status, body, "application/json", head, {"X-Error-Code": code,
-                                                               "X-Error-Message": code})
+        self._send(
+            h,
+            status,
+            body,
+            "application/json",
+            head,
+            {"X-Error-Code": code, "X-Error-Message": code},
+        )
 
     @staticmethod
-    def _send(h, status: int, body: bytes, ctype: str, head: bool,
-              headers: dict | None = None) -> None:
+    def _send(
+        h, status: int, body: bytes, ctype: str, head: bool, headers: dict | None = None
+    ) -> None:
         h.send_response(status)
         h.send_header("Content-Type", ctype)
         h.send_header("Content-Length", str(len(body)))

@@ -26,8 +26,14 @@ MODEL = "smollm2-135m-instruct"  # the name the server answers to (--model_alias
 API_KEY = "sk-llama-local-7f3a9c2e51-do-not-leak"  # what the server demands
 START_TIMEOUT = 180.0  # seconds: loading the 135M model takes a few on 2 cores
 # Modules the server needs: the bindings and the server extra's web stack.
-MODULES = ("llama_cpp", "uvicorn", "fastapi", "sse_starlette", "starlette_context",
-           "pydantic_settings")
+MODULES = (
+    "llama_cpp",
+    "uvicorn",
+    "fastapi",
+    "sse_starlette",
+    "starlette_context",
+    "pydantic_settings",
+)
 
 
 def required() -> bool:
@@ -38,8 +44,10 @@ def unavailable() -> str | None:
     """Why the server cannot run here, or None."""
     missing = [m for m in MODULES if importlib.util.find_spec(m) is None]
     if missing:
-        return (f"llama-cpp-python[server] is not installed (missing {', '.join(missing)}); "
-                "launch/setup.sh builds it, or see benchmarks/llama_server_check.sh")
+        return (
+            f"llama-cpp-python[server] is not installed (missing {', '.join(missing)}); "
+            "launch/setup.sh builds it, or see benchmarks/llama_server_check.sh"
+        )
     return None
 
 
@@ -65,18 +73,43 @@ class LlamaServer:
         self.model = MODEL
         self.api_key = API_KEY
         self.log = workdir / "llama-server.log"
-        cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf_path()),
-               "--model_alias", MODEL, "--host", "127.0.0.1", "--port", str(self.port),
-               # SmolLM2-Instruct speaks ChatML (its GGUF's template is ChatML too)
-               "--n_ctx", "2048", "--chat_format", "chatml",
-               "--n_threads", str(threads), "--n_threads_batch", str(threads), "--seed", "0"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            str(gguf_path()),
+            "--model_alias",
+            MODEL,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            # SmolLM2-Instruct speaks ChatML (its GGUF's template is ChatML too)
+            "--n_ctx",
+            "2048",
+            "--chat_format",
+            "chatml",
+            "--n_threads",
+            str(threads),
+            "--n_threads_batch",
+            str(threads),
+            "--seed",
+            "0",
+        ]
         # The server reads any of its settings from a variable of the same name (MODEL, PORT,
         # CONFIG_FILE, ...): none from ours; the key goes that way rather than on the command line.
         env = {k: v for k, v in os.environ.items() if k.lower() not in _settings_names()}
         env.update(API_KEY=API_KEY, OMP_NUM_THREADS=str(threads))
         with open(self.log, "wb") as out:
-            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                         cwd=workdir, start_new_session=True)
+            self.proc = subprocess.Popen(
+                cmd,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=workdir,
+                start_new_session=True,
+            )
 
     def log_tail(self, lines: int = 30) -> str:
         try:
@@ -86,8 +119,9 @@ class LlamaServer:
         return "\n".join(text.splitlines()[-lines:])
 
     def models(self) -> dict:
-        req = urllib.request.Request(self.url + "/models",
-                                     headers={"Authorization": f"Bearer {self.api_key}"})
+        req = urllib.request.Request(
+            self.url + "/models", headers={"Authorization": f"Bearer {self.api_key}"}
+        )
         with urllib.request.urlopen(req, timeout=5) as r:
             return json.loads(r.read())
 
@@ -97,16 +131,18 @@ class LlamaServer:
         deadline = time.monotonic() + timeout
         while True:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"the llama.cpp server exited with {self.proc.returncode}:\n"
-                                   + self.log_tail())
+                raise RuntimeError(
+                    f"the llama.cpp server exited with {self.proc.returncode}:\n" + self.log_tail()
+                )
             try:
                 if any(m.get("id") == MODEL for m in self.models().get("data", [])):
                     return
             except (OSError, urllib.error.URLError, ValueError):
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError(f"the llama.cpp server did not answer in {timeout:.0f}s:\n"
-                                   + self.log_tail())
+                raise RuntimeError(
+                    f"the llama.cpp server did not answer in {timeout:.0f}s:\n" + self.log_tail()
+                )
             time.sleep(0.5)
 
     def stop(self) -> None:

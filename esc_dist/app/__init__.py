@@ -43,15 +43,29 @@ def launch(blocks, host: str, port: int, block: bool = True, *, max_body: int = 
     from .guard import MAX_FILE_SIZE, middleware
 
     try:
-        _, url, _ = blocks.launch(server_name=host, server_port=port,
-                                  prevent_thread_lock=not block, quiet=True, footer_links=[],
-                                  show_error=False, share=False, mcp_server=False,
-                                  max_file_size=MAX_FILE_SIZE, enable_monitoring=False,
-                                  pwa=False, ssr_mode=False, run_history=False,
-                                  app_kwargs={"middleware": middleware(max_body),
-                                              "docs_url": None, "redoc_url": None,
-                                              "openapi_url": None})
+        _, url, _ = blocks.launch(
+            server_name=host,
+            server_port=port,
+            prevent_thread_lock=not block,
+            quiet=True,
+            footer_links=[],
+            show_error=False,
+            share=False,
+            mcp_server=False,
+            max_file_size=MAX_FILE_SIZE,
+            enable_monitoring=False,
+            pwa=False,
+            ssr_mode=False,
+            run_history=False,
+            app_kwargs={
+                "middleware": middleware(max_body),
+                "docs_url": None,
+                "redoc_url": None,
+                "openapi_url": None,
+            },
+        )
     except OSError as e:
-        raise ConfigError(f"cannot serve on {host}:{port} ({e}); choose another --port or "
-                          "--host") from e
+        raise ConfigError(
+            f"cannot serve on {host}:{port} ({e}); choose another --port or --host"
+        ) from e
     return url

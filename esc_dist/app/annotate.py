@@ -53,11 +53,21 @@ def build_page(study):
         item = study.next_item(annotator)
         if item is None:
             total = study.progress(annotator)[1]
-            return None, [f"**All {total} items judged. Thank you!** {note}".strip(), "", "",
-                          "", gr.update(visible=False)] + cleared()
+            return None, [
+                f"**All {total} items judged. Thank you!** {note}".strip(),
+                "",
+                "",
+                "",
+                gr.update(visible=False),
+            ] + cleared()
         progress = f"Item {item['position']} of {item['total']}. {note}".strip()
-        return item["item_id"], [progress, context_html(item["context"]), item["A"], item["B"],
-                                 gr.update(visible=True)] + cleared()
+        return item["item_id"], [
+            progress,
+            context_html(item["context"]),
+            item["A"],
+            item["B"],
+            gr.update(visible=True),
+        ] + cleared()
 
     with gr.Blocks(title="esc-dist human evaluation", analytics_enabled=False) as page:
         # server-side per session: who signed in (and with which token), which item is shown
@@ -73,13 +83,20 @@ def build_page(study):
                 gr.Markdown("**The conversation so far**")
                 context = gr.HTML("", elem_id="context")
                 with gr.Row():
-                    reply_a = gr.Textbox(label="Reply A", interactive=False, lines=4,
-                                         elem_id="reply-a")
-                    reply_b = gr.Textbox(label="Reply B", interactive=False, lines=4,
-                                         elem_id="reply-b")
-                radios = [gr.Radio(CHOICE_LABELS, label=f"{c.capitalize()}: "
-                                   f"{CRITERION_HELP[c]}", elem_id=f"crit-{c}")
-                          for c in CRITERIA]
+                    reply_a = gr.Textbox(
+                        label="Reply A", interactive=False, lines=4, elem_id="reply-a"
+                    )
+                    reply_b = gr.Textbox(
+                        label="Reply B", interactive=False, lines=4, elem_id="reply-b"
+                    )
+                radios = [
+                    gr.Radio(
+                        CHOICE_LABELS,
+                        label=f"{c.capitalize()}: {CRITERION_HELP[c]}",
+                        elem_id=f"crit-{c}",
+                    )
+                    for c in CRITERIA
+                ]
                 submit = gr.Button("Submit and go on", variant="primary", elem_id="submit")
             status = gr.Markdown("", elem_id="status")
         item_outputs = [progress, context, reply_a, reply_b, item_box, *radios]
@@ -87,8 +104,13 @@ def build_page(study):
         outputs = [session, login_msg, login, work, status, *item_outputs]
 
         def to_login(message: str) -> list:
-            return [dict(signed_out), message, gr.update(visible=True),
-                    gr.update(visible=False), ""] + unchanged
+            return [
+                dict(signed_out),
+                message,
+                gr.update(visible=True),
+                gr.update(visible=False),
+                "",
+            ] + unchanged
 
         def on_signin(tok):
             tok = (tok or "").strip()
@@ -97,8 +119,13 @@ def build_page(study):
                 return to_login("Unknown token.")
             item_id, shown = view(annotator)
             state = {"annotator": annotator, "token": tok, "item_id": item_id}
-            return [state, "", gr.update(visible=False), gr.update(visible=True),
-                    f"Signed in as **{html.escape(annotator)}**."] + shown
+            return [
+                state,
+                "",
+                gr.update(visible=False),
+                gr.update(visible=True),
+                f"Signed in as **{html.escape(annotator)}**.",
+            ] + shown
 
         def on_submit(state, *choices):
             annotator, item_id = state.get("annotator"), state.get("item_id")
@@ -106,24 +133,44 @@ def build_page(study):
             if not annotator or study.authenticate(state.get("token") or "") != annotator:
                 return to_login("Please sign in (again).")
             if not item_id:
-                return [state, gr.update(), gr.update(), gr.update(), "Nothing left to judge."] \
-                    + unchanged
+                return [
+                    state,
+                    gr.update(),
+                    gr.update(),
+                    gr.update(),
+                    "Nothing left to judge.",
+                ] + unchanged
             picked = dict(zip(CRITERIA, choices))
             missing = [c for c, v in picked.items() if not v]
             if missing:
-                return [state, gr.update(), gr.update(), gr.update(),
-                        f"Please judge {', '.join(missing)}."] + unchanged
+                return [
+                    state,
+                    gr.update(),
+                    gr.update(),
+                    gr.update(),
+                    f"Please judge {', '.join(missing)}.",
+                ] + unchanged
             try:
                 study.submit(annotator, item_id, picked)
                 note = "Saved."
             except AlreadyJudged:
                 note = "That item was already saved."
             except JudgmentError as e:
-                return [state, gr.update(), gr.update(), gr.update(), html.escape(str(e))] \
-                    + unchanged
+                return [
+                    state,
+                    gr.update(),
+                    gr.update(),
+                    gr.update(),
+                    html.escape(str(e)),
+                ] + unchanged
             item_id, shown = view(annotator)
-            return [{**state, "item_id": item_id}, gr.update(), gr.update(), gr.update(),
-                    note] + shown
+            return [
+                {**state, "item_id": item_id},
+                gr.update(),
+                gr.update(),
+                gr.update(),
+                note,
+            ] + shown
 
         # Not offered as a public API (and kept out of Gradio's run history, which would record
         # the token); any call is checked against the session state above all the same. No

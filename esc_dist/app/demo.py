@@ -27,14 +27,27 @@ def build_demo(systems: dict[str, ChatSystem]):
     gr = require_gradio()
     names = list(systems)
     with gr.Blocks(title="esc-dist demo", analytics_enabled=False) as page:
-        gr.Markdown("## Emotional-support demo\nWrite as the help-seeker. Each system answers "
-                    "in its own column; the strategy it planned comes first, in brackets.")
+        gr.Markdown(
+            "## Emotional-support demo\nWrite as the help-seeker. Each system answers "
+            "in its own column; the strategy it planned comes first, in brackets."
+        )
         state = gr.State(None)
         with gr.Row():
-            bots = [gr.Chatbot(label=TITLES.get(n, n), elem_id=f"chat-{n}", height=420,
-                               render_markdown=False, sanitize_html=True) for n in names]
-        box = gr.Textbox(label=f"Your message (as the help-seeker, at most {MAX_MESSAGE_CHARS} "
-                         "characters)", elem_id="message", lines=2)
+            bots = [
+                gr.Chatbot(
+                    label=TITLES.get(n, n),
+                    elem_id=f"chat-{n}",
+                    height=420,
+                    render_markdown=False,
+                    sanitize_html=True,
+                )
+                for n in names
+            ]
+        box = gr.Textbox(
+            label=f"Your message (as the help-seeker, at most {MAX_MESSAGE_CHARS} characters)",
+            elem_id="message",
+            lines=2,
+        )
         with gr.Row():
             send = gr.Button("Send", variant="primary", elem_id="send")
             reset = gr.Button("New conversation", elem_id="reset")
@@ -54,22 +67,30 @@ def build_demo(systems: dict[str, ChatSystem]):
                 return (text, session, *chats)
             for i, name in enumerate(names):
                 # the chat box renders HTML: escaped, every text shows as written
-                chats[i] += [{"role": "user", "content": html.escape(text)},
-                             {"role": "assistant", "content": html.escape(replies[name].label())}]
+                chats[i] += [
+                    {"role": "user", "content": html.escape(text)},
+                    {"role": "assistant", "content": html.escape(replies[name].label())},
+                ]
             return ("", session, *chats)
 
         def on_reset():
             return (new_session(systems), *([[]] * len(names)))
 
         for trigger in (send.click, box.submit):
-            trigger(on_send, [box, state, *bots], [box, state, *bots], concurrency_limit=1,
-                    api_visibility="private")
+            trigger(
+                on_send,
+                [box, state, *bots],
+                [box, state, *bots],
+                concurrency_limit=1,
+                api_visibility="private",
+            )
         reset.click(on_reset, None, [state, *bots], api_visibility="private")
     return page
 
 
-def serve_demo(systems: dict[str, ChatSystem], host: str = "127.0.0.1", port: int = 7860,
-               block: bool = True):
+def serve_demo(
+    systems: dict[str, ChatSystem], host: str = "127.0.0.1", port: int = 7860, block: bool = True
+):
     """Serve the demo; with ``block`` False return (page, url) once it is up."""
     page = build_demo(systems)
     # the page sends the conversations shown with every message: room for long ones

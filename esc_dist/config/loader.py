@@ -98,8 +98,9 @@ def _unknown_key(cls: type, key: str, full: str, source: str) -> ConfigError:
     close = difflib.get_close_matches(key, names, n=1)
     parent = full.rsplit(".", 1)[0] + "." if "." in full else ""
     hint = f"; did you mean '{parent}{close[0]}'?" if close else ""
-    return ConfigError(f"{source}: unknown key '{full}'{hint} "
-                       f"(known keys here: {', '.join(names)})")
+    return ConfigError(
+        f"{source}: unknown key '{full}'{hint} (known keys here: {', '.join(names)})"
+    )
 
 
 def _build(cls: type, raw: Any, prefix: str, source: str):
@@ -135,7 +136,7 @@ def _leaf_type(cls: type, dotted: str, source: str) -> Any:
             raise ConfigError(f"{source}: '{'.'.join(parts[:i])}' is not a section")
         hints = typing.get_type_hints(tp)
         if part not in hints:
-            raise _unknown_key(tp, part, ".".join(parts[:i + 1]), source)
+            raise _unknown_key(tp, part, ".".join(parts[: i + 1]), source)
         tp = hints[part]
     return tp
 
@@ -171,8 +172,9 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise ConfigError(f"command-line override {text!r}: cannot read the value ({e})") from None
 
 
-def load_recipe(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
-                cls: type = None) -> "Recipe":
+def load_recipe(
+    path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), cls: type = None
+) -> "Recipe":
     """Load a recipe from YAML (or the defaults when ``path`` is None) and apply overrides."""
     cls = cls or Recipe
     raw: dict = dataclasses.asdict(cls())

@@ -46,18 +46,28 @@ def _env_names(source: str, section: str, obj: Any) -> None:
     is not echoed: a key typed here by mistake must not reach a log."""
     for f in dataclasses.fields(obj):
         v = getattr(obj, f.name)
-        if f.name.endswith("_env") and v and (not _ENV_NAME.match(v) or _HEX_KEY.match(v)
-                                               or looks_secret(v)):
-            raise ConfigError(f"{source}: '{section}.{f.name}' must be the name of an environment "
-                              "variable (letters, digits, _): put the NAME of the variable here, "
-                              "not the key, and set the variable in the environment")
+        if (
+            f.name.endswith("_env")
+            and v
+            and (not _ENV_NAME.match(v) or _HEX_KEY.match(v) or looks_secret(v))
+        ):
+            raise ConfigError(
+                f"{source}: '{section}.{f.name}' must be the name of an environment "
+                "variable (letters, digits, _): put the NAME of the variable here, "
+                "not the key, and set the variable in the environment"
+            )
 
 
 def _batches(source: str, section: str, cfg: Any) -> None:
     """Generation batch settings (mine, infer): a chunk is a whole number of batches."""
     _at_least(source, section, cfg, 1, "batch_size", "chunk_size")
-    _require(cfg.chunk_size % cfg.batch_size == 0, source, f"{section}.chunk_size",
-             f"a multiple of {section}.batch_size ({cfg.batch_size})", cfg.chunk_size)
+    _require(
+        cfg.chunk_size % cfg.batch_size == 0,
+        source,
+        f"{section}.chunk_size",
+        f"a multiple of {section}.batch_size ({cfg.batch_size})",
+        cfg.chunk_size,
+    )
     _at_least(source, section, cfg, 0, "top_k")
     _probability(source, f"{section}.top_p", cfg.top_p)
 
@@ -104,7 +114,8 @@ class DataConfig:
     # Keep at most this many dialogues per split (first ones in split order); null keeps all.
     # The tiny default trains on 32 dialogues; validation and test stay whole.
     max_dialogues: dict[str, int | None] = field(
-        default_factory=lambda: {"train": 32, "validation": None, "test": None})
+        default_factory=lambda: {"train": 32, "validation": None, "test": None}
+    )
     # Keep only the last N messages of the history in prompts; null keeps the whole dialogue.
     max_history_messages: int | None = 4
     # the supporter's past turns in the planner's and vanilla model's prompts carry their strategy
@@ -119,12 +130,16 @@ class DataConfig:
     def validate(self, source: str) -> None:
         f = self.split_fractions
         if len(f) != 3 or any(x < 0 for x in f) or abs(sum(f) - 1) > 1e-6:
-            raise ConfigError(f"{source}: 'data.split_fractions' must be three non-negative "
-                              f"numbers (train, validation, test) summing to 1, got {f}")
+            raise ConfigError(
+                f"{source}: 'data.split_fractions' must be three non-negative "
+                f"numbers (train, validation, test) summing to 1, got {f}"
+            )
         unknown = set(self.max_dialogues) - {"train", "validation", "test"}
         if unknown:
-            raise ConfigError(f"{source}: 'data.max_dialogues' has unknown split(s) "
-                              f"{sorted(unknown)}; expected train, validation, test")
+            raise ConfigError(
+                f"{source}: 'data.max_dialogues' has unknown split(s) "
+                f"{sorted(unknown)}; expected train, validation, test"
+            )
         for split, n in self.max_dialogues.items():
             _count_or_null(source, f"data.max_dialogues.{split}", n)
         _count_or_null(source, "data.max_history_messages", self.max_history_messages)
@@ -144,12 +159,33 @@ class TinyModelConfig:
     seed: int = 0
 
     def validate(self, source: str) -> None:
-        _at_least(source, "tiny_model", self, 1, "vocab_size", "hidden_size", "num_layers",
-                  "num_heads", "num_kv_heads", "intermediate_size", "max_position_embeddings")
-        _require(self.hidden_size % self.num_heads == 0, source, "tiny_model.hidden_size",
-                 f"a multiple of tiny_model.num_heads ({self.num_heads})", self.hidden_size)
-        _require(self.num_heads % self.num_kv_heads == 0, source, "tiny_model.num_heads",
-                 f"a multiple of tiny_model.num_kv_heads ({self.num_kv_heads})", self.num_heads)
+        _at_least(
+            source,
+            "tiny_model",
+            self,
+            1,
+            "vocab_size",
+            "hidden_size",
+            "num_layers",
+            "num_heads",
+            "num_kv_heads",
+            "intermediate_size",
+            "max_position_embeddings",
+        )
+        _require(
+            self.hidden_size % self.num_heads == 0,
+            source,
+            "tiny_model.hidden_size",
+            f"a multiple of tiny_model.num_heads ({self.num_heads})",
+            self.hidden_size,
+        )
+        _require(
+            self.num_heads % self.num_kv_heads == 0,
+            source,
+            "tiny_model.num_heads",
+            f"a multiple of tiny_model.num_kv_heads ({self.num_kv_heads})",
+            self.num_heads,
+        )
 
 
 @dataclass
@@ -173,13 +209,16 @@ class ModelConfig:
     def validate(self, source: str) -> None:
         import importlib.util
 
-        if (self.attn_implementation in FLASH_ATTENTION
-                and importlib.util.find_spec("flash_attn") is None):
+        if (
+            self.attn_implementation in FLASH_ATTENTION
+            and importlib.util.find_spec("flash_attn") is None
+        ):
             raise ConfigError(
                 f"{source}: 'model.attn_implementation' is {self.attn_implementation} but the "
                 "flash-attn package is not installed here: `pip install flash-attn "
                 "--no-build-isolation` on a CUDA machine, or write auto (flash attention where "
-                "it imports, else sdpa)")
+                "it imports, else sdpa)"
+            )
 
 
 @dataclass
@@ -234,19 +273,45 @@ class TrainConfig:
     lora: LoraConfig = field(default_factory=LoraConfig)
 
     def validate(self, source: str, section: str = "train") -> None:
-        _require(self.learning_rate > 0, source, f"{section}.learning_rate", "> 0",
-                 self.learning_rate)
-        _require(0 <= self.warmup_ratio < 1, source, f"{section}.warmup_ratio", "in [0, 1)",
-                 self.warmup_ratio)
-        _at_least(source, section, self, 0, "weight_decay", "max_grad_norm",
-                  "dataloader_num_workers")
-        _require(self.num_train_epochs > 0, source, f"{section}.num_train_epochs", "> 0",
-                 self.num_train_epochs)
-        _require(self.max_steps == -1 or self.max_steps >= 1, source, f"{section}.max_steps",
-                 ">= 1, or -1 (num_train_epochs decides)", self.max_steps)
-        _at_least(source, section, self, 1, "per_device_train_batch_size",
-                  "gradient_accumulation_steps", "max_length", "logging_steps", "save_steps",
-                  "save_total_limit")
+        _require(
+            self.learning_rate > 0, source, f"{section}.learning_rate", "> 0", self.learning_rate
+        )
+        _require(
+            0 <= self.warmup_ratio < 1,
+            source,
+            f"{section}.warmup_ratio",
+            "in [0, 1)",
+            self.warmup_ratio,
+        )
+        _at_least(
+            source, section, self, 0, "weight_decay", "max_grad_norm", "dataloader_num_workers"
+        )
+        _require(
+            self.num_train_epochs > 0,
+            source,
+            f"{section}.num_train_epochs",
+            "> 0",
+            self.num_train_epochs,
+        )
+        _require(
+            self.max_steps == -1 or self.max_steps >= 1,
+            source,
+            f"{section}.max_steps",
+            ">= 1, or -1 (num_train_epochs decides)",
+            self.max_steps,
+        )
+        _at_least(
+            source,
+            section,
+            self,
+            1,
+            "per_device_train_batch_size",
+            "gradient_accumulation_steps",
+            "max_length",
+            "logging_steps",
+            "save_steps",
+            "save_total_limit",
+        )
         _count_or_null(source, f"{section}.global_batch_size", self.global_batch_size)
         if self.liger:
             import importlib.util
@@ -254,12 +319,16 @@ class TrainConfig:
             from ..dist import has_cuda
 
             if importlib.util.find_spec("liger_kernel") is None:
-                raise ConfigError(f"{source}: '{section}.liger' is true but the liger-kernel "
-                                  "package is not installed here (pip install liger-kernel), "
-                                  "or leave it null (auto)")
+                raise ConfigError(
+                    f"{source}: '{section}.liger' is true but the liger-kernel "
+                    "package is not installed here (pip install liger-kernel), "
+                    "or leave it null (auto)"
+                )
             if not has_cuda():
-                raise ConfigError(f"{source}: '{section}.liger' is true but Liger's kernels "
-                                  "need a CUDA GPU (Triton); leave it null (auto: off here)")
+                raise ConfigError(
+                    f"{source}: '{section}.liger' is true but Liger's kernels "
+                    "need a CUDA GPU (Triton); leave it null (auto: off here)"
+                )
         self.lora.validate(source, f"{section}.lora")
 
 
@@ -308,9 +377,14 @@ class DpoConfig(TrainConfig):
         _require(self.sft_weight >= 0, source, "dpo.sft_weight", ">= 0", self.sft_weight)
         _at_least(source, "dpo", self, 0, "validation_every", "best_q_tolerance")
         _at_least(source, "dpo", self, 1, "validation_turns")
-        _require(not self.export_best or self.validation_every > 0, source, "dpo.export_best",
-                 "false unless dpo.validation_every > 0 (the best step is chosen on the "
-                 "validation guard's evaluations)", self.export_best)
+        _require(
+            not self.export_best or self.validation_every > 0,
+            source,
+            "dpo.export_best",
+            "false unless dpo.validation_every > 0 (the best step is chosen on the "
+            "validation guard's evaluations)",
+            self.export_best,
+        )
 
 
 def _check_lengths(section: str, cfg, source: str) -> None:
@@ -322,8 +396,9 @@ def _check_lengths(section: str, cfg, source: str) -> None:
         if v < 1:
             raise ConfigError(f"{source}: '{section}.{key}' must be >= 1, got {v}")
     if cfg.min_new_tokens < 0:
-        raise ConfigError(f"{source}: '{section}.min_new_tokens' must be >= 0, got "
-                          f"{cfg.min_new_tokens}")
+        raise ConfigError(
+            f"{source}: '{section}.min_new_tokens' must be >= 0, got {cfg.min_new_tokens}"
+        )
 
 
 @dataclass
@@ -345,12 +420,17 @@ class MineConfig:
         _check_lengths("mine", self, source)
         _batches(source, "mine", self)
         _at_least(source, "mine", self, 1, "n_samples")
-        _require(self.temperature >= 0, source, "mine.temperature", ">= 0 (0: greedy)",
-                 self.temperature)
+        _require(
+            self.temperature >= 0, source, "mine.temperature", ">= 0 (0: greedy)", self.temperature
+        )
         _count_or_null(source, "mine.max_turns", self.max_turns)
-        _require(self.backend == "hf", source, "mine.backend",
-                 "hf (batched Transformers replicas per rank; no vLLM backend in this version)",
-                 self.backend)
+        _require(
+            self.backend == "hf",
+            source,
+            "mine.backend",
+            "hf (batched Transformers replicas per rank; no vLLM backend in this version)",
+            self.backend,
+        )
 
 
 @dataclass
@@ -385,8 +465,13 @@ class JudgeConfig:
 
     def validate(self, source: str) -> None:
         _env_names(source, "judge", self)
-        _require(0 <= self.max_failed_share <= 1, source, "judge.max_failed_share", "in [0, 1]",
-                 self.max_failed_share)
+        _require(
+            0 <= self.max_failed_share <= 1,
+            source,
+            "judge.max_failed_share",
+            "in [0, 1]",
+            self.max_failed_share,
+        )
         _at_least(source, "judge", self, 1, "concurrency")
         _at_least(source, "judge", self, 0, "max_retries")
         _require(self.timeout > 0, source, "judge.timeout", "> 0 seconds", self.timeout)
@@ -415,8 +500,13 @@ class InferConfig:
         _at_least(source, "infer", self, 1, "decode_seeds")
         _batches(source, "infer", self)
         _require(self.temperature > 0, source, "infer.temperature", "> 0", self.temperature)
-        _require(self.split in ("train", "validation", "test"), source, "infer.split",
-                 "one of train, validation, test", self.split)
+        _require(
+            self.split in ("train", "validation", "test"),
+            source,
+            "infer.split",
+            "one of train, validation, test",
+            self.split,
+        )
         _count_or_null(source, "infer.max_dialogues", self.max_dialogues)
 
 
@@ -446,8 +536,13 @@ class PipelineConfig:
     def validate(self, source: str) -> None:
         _at_least(source, "pipeline", self, 1, "nproc")
         _at_least(source, "pipeline", self, 30, "signal_lead_s")
-        _require(self.master_port == 0 or 1024 <= self.master_port <= 65000, source,
-                 "pipeline.master_port", "0 (free ports) or in [1024, 65000]", self.master_port)
+        _require(
+            self.master_port == 0 or 1024 <= self.master_port <= 65000,
+            source,
+            "pipeline.master_port",
+            "0 (free ports) or in [1024, 65000]",
+            self.master_port,
+        )
 
 
 @dataclass
@@ -459,10 +554,13 @@ class HubConfig:
     private: bool = True
 
     def validate(self, source: str) -> None:
-        if self.push and (self.repo_prefix is None
-                          or re.fullmatch(r"[\w.-]+/[\w.-]+", self.repo_prefix) is None):
-            raise ConfigError(f"{source}: 'hub.push' needs 'hub.repo_prefix' as org/name-prefix, "
-                              f"got {self.repo_prefix!r}")
+        if self.push and (
+            self.repo_prefix is None or re.fullmatch(r"[\w.-]+/[\w.-]+", self.repo_prefix) is None
+        ):
+            raise ConfigError(
+                f"{source}: 'hub.push' needs 'hub.repo_prefix' as org/name-prefix, "
+                f"got {self.repo_prefix!r}"
+            )
 
 
 @dataclass
@@ -489,9 +587,11 @@ class Recipe:
         """Checks that span sections (each section checks its own keys)."""
         attn = self.model.attn_implementation
         if self.sft.packing and attn not in (*PADDING_FREE_ATTENTION, *AUTO_ATTENTION):
-            raise ConfigError(f"{source}: 'sft.packing' needs padding-free attention: set "
-                              "model.attn_implementation to auto or flash_attention_2 (GPU; "
-                              f"{attn or 'sdpa'} lets packed examples see each other)")
+            raise ConfigError(
+                f"{source}: 'sft.packing' needs padding-free attention: set "
+                "model.attn_implementation to auto or flash_attention_2 (GPU; "
+                f"{attn or 'sdpa'} lets packed examples see each other)"
+            )
 
 
 # Attention implementations that keep packed examples apart (sft.packing needs one). SDPA does
@@ -504,11 +604,21 @@ AUTO_ATTENTION = (None, "auto")  # flash attention where it can run, else sdpa
 # Recipe keys added after outputs were made, with the value that keeps those outputs' meaning:
 # left out of stage and checkpoint keys while at that value, so adding them made no finished
 # stage stale and no checkpoint unresumable.
-NEUTRAL_KEYS = {("model", "revision"): None, ("sft", "global_batch_size"): None,
-                ("dpo", "global_batch_size"): None, ("sft", "liger"): None, ("dpo", "liger"): None}
+NEUTRAL_KEYS = {
+    ("model", "revision"): None,
+    ("sft", "global_batch_size"): None,
+    ("dpo", "global_batch_size"): None,
+    ("sft", "liger"): None,
+    ("dpo", "liger"): None,
+}
 # Keys that never change a stage's outputs (only what is kept beside them).
-NOT_IN_KEYS = (("sft", "keep_checkpoints"), ("dpo", "keep_checkpoints"), ("model", "shape"),
-               ("sft", "eval_steps"), ("sft", "eval_examples"))
+NOT_IN_KEYS = (
+    ("sft", "keep_checkpoints"),
+    ("dpo", "keep_checkpoints"),
+    ("model", "shape"),
+    ("sft", "eval_steps"),
+    ("sft", "eval_examples"),
+)
 
 
 def key_view(recipe: Recipe) -> dict:

@@ -59,8 +59,15 @@ def iter_turns(conversations: list[Conversation]) -> Iterator[Turn]:
         k = 0
         for i, m in enumerate(conv.messages):
             if m.role == SUPPORTER:
-                yield Turn(turn_id(conv.dialogue_id, k), conv.dialogue_id, conv.index, k,
-                           tuple(conv.messages[:i]), m.strategy, m.text)
+                yield Turn(
+                    turn_id(conv.dialogue_id, k),
+                    conv.dialogue_id,
+                    conv.index,
+                    k,
+                    tuple(conv.messages[:i]),
+                    m.strategy,
+                    m.text,
+                )
                 k += 1
 
 
@@ -123,8 +130,9 @@ def _iter_records(path: Path) -> Iterator[tuple[int, Any]]:
     text = read_text(path)
     stripped = text.lstrip()
     if not stripped:
-        raise DataError(path, "the file is empty (expected a JSON list or JSON Lines of dialogues)",
-                        dialogue=0)
+        raise DataError(
+            path, "the file is empty (expected a JSON list or JSON Lines of dialogues)", dialogue=0
+        )
     dec = json.JSONDecoder()
     if stripped[0] == "[":
         pos = len(text) - len(stripped) + 1
@@ -138,8 +146,9 @@ def _iter_records(path: Path) -> Iterator[tuple[int, Any]]:
             try:
                 obj, end = dec.raw_decode(text, pos)
             except json.JSONDecodeError as e:
-                raise DataError(path, _json_problem(e), dialogue=i,
-                                utterance=_partial_location(text[pos:])) from None
+                raise DataError(
+                    path, _json_problem(e), dialogue=i, utterance=_partial_location(text[pos:])
+                ) from None
             except RecursionError:
                 raise DataError(path, "JSON nested too deeply", dialogue=i) from None
             yield i, obj
@@ -153,8 +162,11 @@ def _iter_records(path: Path) -> Iterator[tuple[int, Any]]:
             if pos < len(text) and text[pos] == "]":
                 pos += 1
                 break
-            problem = "truncated JSON (the list is not closed)" if pos >= len(text) else \
-                f"invalid JSON (expected ',' or ']' at character {pos})"
+            problem = (
+                "truncated JSON (the list is not closed)"
+                if pos >= len(text)
+                else f"invalid JSON (expected ',' or ']' at character {pos})"
+            )
             raise DataError(path, problem, dialogue=i)
         if text[pos:].strip():
             raise DataError(path, f"unexpected text after the closing ']' at character {pos}")
@@ -169,8 +181,9 @@ def _iter_records(path: Path) -> Iterator[tuple[int, Any]]:
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
-            raise DataError(path, _json_problem(e), dialogue=i,
-                            utterance=_partial_location(line)) from None
+            raise DataError(
+                path, _json_problem(e), dialogue=i, utterance=_partial_location(line)
+            ) from None
         except RecursionError:
             raise DataError(path, "JSON nested too deeply", dialogue=i) from None
         yield i, obj
@@ -184,11 +197,13 @@ _SEEKER_NAMES = {"seeker", "usr"}
 _SUPPORTER_NAMES = {"supporter", "sys"}
 
 
-def _check_dialogue(path: Path, i: int, d: Any, speakers: dict[str, str],
-                    unknown_strategy: str | None) -> list[tuple[str, str, str | None]]:
+def _check_dialogue(
+    path: Path, i: int, d: Any, speakers: dict[str, str], unknown_strategy: str | None
+) -> list[tuple[str, str, str | None]]:
     if not isinstance(d, dict):
-        raise DataError(path, f"a dialogue must be a JSON object, got {type(d).__name__}",
-                        dialogue=i)
+        raise DataError(
+            path, f"a dialogue must be a JSON object, got {type(d).__name__}", dialogue=i
+        )
     if "dialog" not in d:
         raise DataError(path, "missing key 'dialog'", dialogue=i)
     dialog = d["dialog"]
@@ -199,40 +214,68 @@ def _check_dialogue(path: Path, i: int, d: Any, speakers: dict[str, str],
     out = []
     for j, u in enumerate(dialog):
         if not isinstance(u, dict):
-            raise DataError(path, f"an utterance must be a JSON object, got {type(u).__name__}",
-                            dialogue=i, utterance=j)
+            raise DataError(
+                path,
+                f"an utterance must be a JSON object, got {type(u).__name__}",
+                dialogue=i,
+                utterance=j,
+            )
         speaker = u.get("speaker")
         if not isinstance(speaker, str):
             raise DataError(path, "missing or non-string 'speaker'", dialogue=i, utterance=j)
         role = speakers.get(speaker.strip().lower())
         if role is None:
-            raise DataError(path, f"unknown speaker {speaker!r} (expected one of "
-                            f"{sorted(set(speakers))})", dialogue=i, utterance=j)
+            raise DataError(
+                path,
+                f"unknown speaker {speaker!r} (expected one of {sorted(set(speakers))})",
+                dialogue=i,
+                utterance=j,
+            )
         content = u.get("content", u.get("text"))
         if not isinstance(content, str):
-            raise DataError(path, f"'content' must be a string, got {type(content).__name__}",
-                            dialogue=i, utterance=j)
+            raise DataError(
+                path,
+                f"'content' must be a string, got {type(content).__name__}",
+                dialogue=i,
+                utterance=j,
+            )
         content = " ".join(content.split())
         if not content:
             raise DataError(path, "empty 'content'", dialogue=i, utterance=j)
         ann = u.get("annotation", {})
         if not isinstance(ann, dict):
-            raise DataError(path, f"'annotation' must be an object, got {type(ann).__name__}",
-                            dialogue=i, utterance=j)
+            raise DataError(
+                path,
+                f"'annotation' must be an object, got {type(ann).__name__}",
+                dialogue=i,
+                utterance=j,
+            )
         strategy = None
         if role == SUPPORTER:
             raw = ann.get("strategy")
             if raw is None:
-                raise DataError(path, "supporter utterance without 'annotation.strategy'",
-                                dialogue=i, utterance=j)
+                raise DataError(
+                    path,
+                    "supporter utterance without 'annotation.strategy'",
+                    dialogue=i,
+                    utterance=j,
+                )
             if not isinstance(raw, str):
-                raise DataError(path, f"'annotation.strategy' must be a string, got "
-                                f"{type(raw).__name__}", dialogue=i, utterance=j)
+                raise DataError(
+                    path,
+                    f"'annotation.strategy' must be a string, got {type(raw).__name__}",
+                    dialogue=i,
+                    utterance=j,
+                )
             strategy = normalize_strategy(raw)
             if strategy is None:
                 if unknown_strategy is None:
-                    raise DataError(path, f"unknown strategy {raw!r} (expected one of "
-                                    f"{list(STRATEGIES)})", dialogue=i, utterance=j)
+                    raise DataError(
+                        path,
+                        f"unknown strategy {raw!r} (expected one of {list(STRATEGIES)})",
+                        dialogue=i,
+                        utterance=j,
+                    )
                 strategy = unknown_strategy
         out.append((role, content, strategy))
     return out
@@ -260,9 +303,13 @@ def _to_messages(utterances: list[tuple[str, str, str | None]]) -> list[Message]
 _META_KEYS = ("experience_type", "emotion_type", "problem_type", "situation")
 
 
-def load_esconv(path: str | Path, *, prefix: str = "esconv",
-                speakers: dict[str, str] | None = None,
-                unknown_strategy: str | None = None) -> list[Conversation]:
+def load_esconv(
+    path: str | Path,
+    *,
+    prefix: str = "esconv",
+    speakers: dict[str, str] | None = None,
+    unknown_strategy: str | None = None,
+) -> list[Conversation]:
     """Load and validate ESConv dialogues in the original schema (JSON list or JSON Lines).
 
     ``speakers`` maps lower-cased speaker names to "seeker"/"supporter" (default: ESConv's names
@@ -271,8 +318,10 @@ def load_esconv(path: str | Path, *, prefix: str = "esconv",
     """
     path = Path(path)
     if speakers is None:
-        speakers = {**{s: SEEKER for s in _SEEKER_NAMES},
-                    **{s: SUPPORTER for s in _SUPPORTER_NAMES}}
+        speakers = {
+            **{s: SEEKER for s in _SEEKER_NAMES},
+            **{s: SUPPORTER for s in _SUPPORTER_NAMES},
+        }
     convs = []
     for i, d in _iter_records(path):
         utts = _check_dialogue(path, i, d, speakers, unknown_strategy)
@@ -300,8 +349,12 @@ def load_chat(path: str | Path, *, prefix: str | None = None) -> list[Conversati
                 raise DataError(path, "a message must be a JSON object", dialogue=i, utterance=j)
             role, content = m.get("role"), m.get("content")
             if not isinstance(content, str):
-                raise DataError(path, f"'content' must be a string, got {type(content).__name__}",
-                                dialogue=i, utterance=j)
+                raise DataError(
+                    path,
+                    f"'content' must be a string, got {type(content).__name__}",
+                    dialogue=i,
+                    utterance=j,
+                )
             if role == "system":
                 continue
             if role == "user":
@@ -309,14 +362,23 @@ def load_chat(path: str | Path, *, prefix: str | None = None) -> list[Conversati
             elif role == "assistant":
                 strategy, text = parse_tagged(content)
                 if strategy is None:
-                    raise DataError(path, f"assistant message not written '[Strategy] text': "
-                                    f"{content[:60]!r}", dialogue=i, utterance=j)
+                    raise DataError(
+                        path,
+                        f"assistant message not written '[Strategy] text': {content[:60]!r}",
+                        dialogue=i,
+                        utterance=j,
+                    )
                 if not text:
-                    raise DataError(path, "empty reply after the strategy tag", dialogue=i,
-                                    utterance=j)
+                    raise DataError(
+                        path, "empty reply after the strategy tag", dialogue=i, utterance=j
+                    )
                 msgs.append(Message(SUPPORTER, text, strategy))
             else:
-                raise DataError(path, f"unknown role {role!r} (expected system, user or "
-                                "assistant)", dialogue=i, utterance=j)
+                raise DataError(
+                    path,
+                    f"unknown role {role!r} (expected system, user or assistant)",
+                    dialogue=i,
+                    utterance=j,
+                )
         convs.append(Conversation(f"{prefix}-{i:04d}", i, msgs))
     return convs

@@ -45,7 +45,7 @@ class HistoryFitter:
         of a transcript, where the history may start: 0 (nothing dropped), then the indices of
         its user messages or seeker lines)."""
         head = prompt[:1] if prompt and prompt[0]["role"] == "system" else []
-        history = prompt[len(head):]
+        history = prompt[len(head) :]
         if transcript.is_transcript(history):
             history = transcript.segments(history[0]["content"])
             seeker = [k for k, x in enumerate(history) if x.startswith(transcript.SEEKER_LINE)]
@@ -64,10 +64,14 @@ class HistoryFitter:
     def shortest(self, prompt: list[dict]) -> list[dict]:
         """The prompt with as much history dropped as the rules allow."""
         head, history, starts = self.split(prompt)
-        return self.join(head, history[starts[-1]:])
+        return self.join(head, history[starts[-1] :])
 
-    def fit(self, prompt: list[dict], reserve: int, exact: Callable[[list[dict]], T | None],
-            ) -> tuple[list[dict], T, int] | None:
+    def fit(
+        self,
+        prompt: list[dict],
+        reserve: int,
+        exact: Callable[[list[dict]], T | None],
+    ) -> tuple[list[dict], T, int] | None:
         """(kept prompt, ``exact(kept)``, messages dropped) for the longest history that
         ``exact`` accepts (it returns None when a prompt does not fit), or None when even the
         shortest does not. ``reserve``: the tokens needed beside the prompt's messages."""
@@ -77,15 +81,16 @@ class HistoryFitter:
             per = TEMPLATE_TOKENS if isinstance(history[i], dict) else 0  # a line has no template
             suffix[i] = suffix[i + 1] + self.cost(history[i]) + per
         fixed = sum(self.cost(m) + TEMPLATE_TOKENS for m in head) + reserve + TEMPLATE_TOKENS
-        pick = next((i for i, s in enumerate(starts) if fixed + suffix[s] <= self.budget),
-                    len(starts) - 1)
+        pick = next(
+            (i for i, s in enumerate(starts) if fixed + suffix[s] <= self.budget), len(starts) - 1
+        )
         for i in range(pick, len(starts)):
-            kept = self.join(head, history[starts[i]:])
+            kept = self.join(head, history[starts[i] :])
             got = exact(kept)
             if got is None:
                 continue
             if i > 0 and i == pick:
-                longer = self.join(head, history[starts[i - 1]:])
+                longer = self.join(head, history[starts[i - 1] :])
                 got_longer = exact(longer)
                 if got_longer is not None:  # the estimate dropped one message too many
                     i, kept, got = i - 1, longer, got_longer

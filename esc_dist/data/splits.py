@@ -10,8 +10,12 @@ from ..io import parse_json, read_text
 
 SPLITS = ("train", "validation", "test")
 _KEY_ALIASES = {
-    "train": "train", "train_inferred": "train",
-    "validation": "validation", "valid": "validation", "val": "validation", "dev": "validation",
+    "train": "train",
+    "train_inferred": "train",
+    "validation": "validation",
+    "valid": "validation",
+    "val": "validation",
+    "dev": "validation",
     "test": "test",
 }
 
@@ -34,8 +38,9 @@ def load_split_file(path: str | Path, n_dialogues: int) -> dict[str, list[int]]:
             continue
         if name in out:
             raise DataError(path, f"two keys name the {name} split")
-        if not isinstance(value, list) or not all(isinstance(x, int) and not isinstance(x, bool)
-                                                  for x in value):
+        if not isinstance(value, list) or not all(
+            isinstance(x, int) and not isinstance(x, bool) for x in value
+        ):
             raise DataError(path, f"split {key!r} must be a list of integers")
         out[name] = list(value)
     if not out:
@@ -44,8 +49,11 @@ def load_split_file(path: str | Path, n_dialogues: int) -> dict[str, list[int]]:
     for name, idx in out.items():
         for x in idx:
             if not 0 <= x < n_dialogues:
-                raise DataError(path, f"split {name!r}: index {x} outside the corpus of "
-                                f"{n_dialogues} dialogues", dialogue=x)
+                raise DataError(
+                    path,
+                    f"split {name!r}: index {x} outside the corpus of {n_dialogues} dialogues",
+                    dialogue=x,
+                )
             if x in seen:
                 where = "twice" if seen[x] == name else f"in both {seen[x]!r} and {name!r}"
                 raise DataError(path, f"dialogue {x} is listed {where}", dialogue=x)
@@ -56,12 +64,14 @@ def load_split_file(path: str | Path, n_dialogues: int) -> dict[str, list[int]]:
 def seeded_split(n_dialogues: int, fractions: list[float], seed: int) -> dict[str, list[int]]:
     """Shuffle dialogue indices with ``seed``; cut them by (train, validation, test) fractions."""
     if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
-        raise ConfigError(f"split fractions must be three non-negative numbers summing to 1, "
-                          f"got {fractions}", key="data.split_fractions")
+        raise ConfigError(
+            f"split fractions must be three non-negative numbers summing to 1, got {fractions}",
+            key="data.split_fractions",
+        )
     order = list(range(n_dialogues))
     random.Random(seed).shuffle(order)
     n_val = round(fractions[1] * n_dialogues)
     n_test = round(fractions[2] * n_dialogues)
     n_train = n_dialogues - n_val - n_test
-    parts = (order[:n_train], order[n_train:n_train + n_val], order[n_train + n_val:])
+    parts = (order[:n_train], order[n_train : n_train + n_val], order[n_train + n_val :])
     return {name: sorted(p) for name, p in zip(SPLITS, parts)}

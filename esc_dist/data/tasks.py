@@ -48,7 +48,8 @@ VANILLA_SYSTEM = (
 PLANNER_SYSTEM = (
     "You plan the next move of an emotional-support counsellor. Read the conversation and answer "
     "with the single support strategy the counsellor should use next, by its name only: "
-    + "; ".join(STRATEGIES) + "."
+    + "; ".join(STRATEGIES)
+    + "."
 )
 # The planner's system message for a transcript prompt (the strategies, then the whole dialogue in
 # the user message).
@@ -64,8 +65,9 @@ GENERATOR_SYSTEM = (
 )
 
 
-def _history_messages(history: Sequence[Message], tagged: bool,
-                      max_history: int | None) -> list[dict]:
+def _history_messages(
+    history: Sequence[Message], tagged: bool, max_history: int | None
+) -> list[dict]:
     msgs = list(history)
     if max_history is not None:
         msgs = msgs[-max_history:] if max_history > 0 else []
@@ -79,42 +81,60 @@ def _history_messages(history: Sequence[Message], tagged: bool,
     return out
 
 
-def vanilla_prompt(history: Sequence[Message], max_history: int | None = None,
-                   tagged: bool = True) -> list[dict]:
+def vanilla_prompt(
+    history: Sequence[Message], max_history: int | None = None, tagged: bool = True
+) -> list[dict]:
     """The joint model's prompt; ``tagged``: the supporter's past turns carry their strategy
     tags (``data.history_strategy_tags``)."""
     return [{"role": "system", "content": VANILLA_SYSTEM}] + _history_messages(
-        history, tagged, max_history)
+        history, tagged, max_history
+    )
 
 
-def planner_prompt(history: Sequence[Message], max_history: int | None = None,
-                   tagged: bool = True, form: str = "chat") -> list[dict]:
+def planner_prompt(
+    history: Sequence[Message],
+    max_history: int | None = None,
+    tagged: bool = True,
+    form: str = "chat",
+) -> list[dict]:
     """The planner's prompt in the ``form`` of :data:`PLANNER_PROMPTS`; ``tagged`` as in
     :func:`vanilla_prompt` (a transcript is never tagged)."""
     if form == "transcript":
         msgs = list(history)
         if max_history is not None:
             msgs = msgs[-max_history:] if max_history > 0 else []
-        return [{"role": "system", "content": PLANNER_TRANSCRIPT_SYSTEM},
-                {"role": "user", "content": transcript.render(msgs)}]
+        return [
+            {"role": "system", "content": PLANNER_TRANSCRIPT_SYSTEM},
+            {"role": "user", "content": transcript.render(msgs)},
+        ]
     if form != "chat":
-        raise ValueError(f"unknown planner prompt form {form!r} (expected one of "
-                         f"{PLANNER_PROMPTS})")
+        raise ValueError(
+            f"unknown planner prompt form {form!r} (expected one of {PLANNER_PROMPTS})"
+        )
     return [{"role": "system", "content": PLANNER_SYSTEM}] + _history_messages(
-        history, tagged, max_history)
+        history, tagged, max_history
+    )
 
 
-def generator_prompt(history: Sequence[Message], strategy: str,
-                     max_history: int | None = None) -> list[dict]:
+def generator_prompt(
+    history: Sequence[Message], strategy: str, max_history: int | None = None
+) -> list[dict]:
     system = GENERATOR_SYSTEM.format(strategy=strategy, description=DESCRIPTIONS[strategy])
     return [{"role": "system", "content": system}] + _history_messages(history, False, max_history)
 
 
-def task_example(turn: Turn, task: str, max_history: int | None = None,
-                 tagged: bool = True, planner_form: str = "chat") -> dict:
+def task_example(
+    turn: Turn,
+    task: str,
+    max_history: int | None = None,
+    tagged: bool = True,
+    planner_form: str = "chat",
+) -> dict:
     if task == "vanilla":
-        prompt, target = vanilla_prompt(turn.history, max_history, tagged), format_tagged(
-            turn.strategy, turn.reply)
+        prompt, target = (
+            vanilla_prompt(turn.history, max_history, tagged),
+            format_tagged(turn.strategy, turn.reply),
+        )
     elif task == "planner":
         prompt = planner_prompt(turn.history, max_history, tagged, planner_form)
         target = turn.strategy
@@ -122,34 +142,51 @@ def task_example(turn: Turn, task: str, max_history: int | None = None,
         prompt, target = generator_prompt(turn.history, turn.strategy, max_history), turn.reply
     else:
         raise ValueError(f"unknown task {task!r} (expected one of {TASKS})")
-    return {**_turn_fields(turn), "prompt": prompt,
-            "completion": [{"role": "assistant", "content": target}]}
+    return {
+        **_turn_fields(turn),
+        "prompt": prompt,
+        "completion": [{"role": "assistant", "content": target}],
+    }
 
 
-def build_task(turns_by_split: dict[str, list[Turn]], task: str, max_history: int | None = None,
-               tagged: bool = True, planner_form: str = "chat"):
+def build_task(
+    turns_by_split: dict[str, list[Turn]],
+    task: str,
+    max_history: int | None = None,
+    tagged: bool = True,
+    planner_form: str = "chat",
+):
     """A ``datasets.DatasetDict`` of one task, one split per key of ``turns_by_split``."""
     from datasets import Dataset, DatasetDict
 
-    return DatasetDict({
-        split: Dataset.from_list([task_example(t, task, max_history, tagged, planner_form)
-                                  for t in turns])
-        for split, turns in turns_by_split.items()
-    })
+    return DatasetDict(
+        {
+            split: Dataset.from_list(
+                [task_example(t, task, max_history, tagged, planner_form) for t in turns]
+            )
+            for split, turns in turns_by_split.items()
+        }
+    )
 
 
 def turn_record(turn: Turn) -> dict:
     """The raw turn (history as seeker/supporter messages) for stages that judge or rebuild
     prompts: mining, judging, inference."""
-    return {**_turn_fields(turn),
-            "history": [{"role": m.role, "text": m.text, "strategy": m.strategy}
-                        for m in turn.history]}
+    return {
+        **_turn_fields(turn),
+        "history": [{"role": m.role, "text": m.text, "strategy": m.strategy} for m in turn.history],
+    }
 
 
 def _turn_fields(turn: Turn) -> dict:
     """The identity and gold answer of a turn, first in every record built from it."""
-    return {"id": turn.id, "dialogue_id": turn.dialogue_id, "turn_index": turn.turn_index,
-            "strategy": turn.strategy, "reply": turn.reply}
+    return {
+        "id": turn.id,
+        "dialogue_id": turn.dialogue_id,
+        "turn_index": turn.turn_index,
+        "strategy": turn.strategy,
+        "reply": turn.reply,
+    }
 
 
 def history_messages(history: Iterable[dict]) -> list[Message]:
@@ -189,10 +226,13 @@ def _refuse_leaks(convs: list, split: dict[str, list[int]], source: str, corpus)
             key = tuple((m.role, m.text) for m in convs[i].messages)
             first = seen.setdefault(key, (name, i))
             if first[0] != name:
-                raise DataError(corpus, f"duplicate dialogue: dialogues {first[1]} ({first[0]}) "
-                                        f"and {i} ({name} in {source}) are identical, a leak "
-                                        "between splits; remove one from the corpus or put both "
-                                        "in the same split")
+                raise DataError(
+                    corpus,
+                    f"duplicate dialogue: dialogues {first[1]} ({first[0]}) "
+                    f"and {i} ({name} in {source}) are identical, a leak "
+                    "between splits; remove one from the corpus or put both "
+                    "in the same split",
+                )
 
 
 def prepare(cfg: DataConfig, out: str | Path) -> dict:
@@ -208,22 +248,32 @@ def prepare(cfg: DataConfig, out: str | Path) -> dict:
         "config": redact(asdict(cfg)),
         "inputs": {
             "esconv": {"path": str(cfg.esconv), "sha256": sha256_file(cfg.esconv)},
-            "split": {"path": str(cfg.split), "sha256": None if cfg.split == "seeded"
-                      else sha256_file(cfg.split)},
+            "split": {
+                "path": str(cfg.split),
+                "sha256": None if cfg.split == "seeded" else sha256_file(cfg.split),
+            },
         },
         "tasks": list(TASKS),
-        "counts": {name: {"dialogues": len(split[name]), "turns": len(turns[name]),
-                          "strategies": _strategy_counts(turns[name])} for name in SPLITS},
+        "counts": {
+            name: {
+                "dialogues": len(split[name]),
+                "turns": len(turns[name]),
+                "strategies": _strategy_counts(turns[name]),
+            }
+            for name in SPLITS
+        },
         "dialogues": split,
     }
     from datasets import Dataset, DatasetDict
 
     with staged_dir(out, "prepare", inputs) as tmp:
         for task in TASKS:
-            build_task(turns, task, cfg.max_history_messages, cfg.history_strategy_tags,
-                       cfg.planner_prompt).save_to_disk(str(tmp / task))
-        DatasetDict({split: Dataset.from_list([turn_record(t) for t in ts])
-                     for split, ts in turns.items()}).save_to_disk(str(tmp / "turns"))
+            build_task(
+                turns, task, cfg.max_history_messages, cfg.history_strategy_tags, cfg.planner_prompt
+            ).save_to_disk(str(tmp / task))
+        DatasetDict(
+            {split: Dataset.from_list([turn_record(t) for t in ts]) for split, ts in turns.items()}
+        ).save_to_disk(str(tmp / "turns"))
         manifest["seconds"] = round(time.time() - t0, 2)
         manifest["outputs"] = directory_outputs(tmp)
         write_manifest(tmp, manifest)
@@ -243,9 +293,11 @@ class PromptSettings(NamedTuple):
 
 def prompt_settings_of(data_dir: str | Path) -> PromptSettings:
     cfg = (read_manifest(data_dir) or {}).get("config") or {}
-    return PromptSettings(cfg.get("max_history_messages"),
-                          bool(cfg.get("history_strategy_tags", True)),
-                          str(cfg.get("planner_prompt", "chat")))
+    return PromptSettings(
+        cfg.get("max_history_messages"),
+        bool(cfg.get("history_strategy_tags", True)),
+        str(cfg.get("planner_prompt", "chat")),
+    )
 
 
 def load_task(data_dir: str | Path, task: str):
@@ -254,7 +306,8 @@ def load_task(data_dir: str | Path, task: str):
 
     data_dir = Path(data_dir)
     if not (data_dir / COMPLETED).is_file():
-        raise MissingInput(f"not a completed `esc-dist prepare` output (no {COMPLETED} marker)",
-                           path=data_dir)
+        raise MissingInput(
+            f"not a completed `esc-dist prepare` output (no {COMPLETED} marker)", path=data_dir
+        )
     require_verified(data_dir)
     return load_from_disk(str(data_dir / task))

@@ -30,17 +30,21 @@ _LINE_START = re.compile(r"(?:^|(?<=\n))(?=(?:seeker|supporter): )")
 def render(history: Iterable[Message]) -> str:
     """The transcript of ``history``: one ``role: text`` line per message, each ending in a
     newline."""
-    return "".join(f"{SEEKER_LINE if m.role == SEEKER else SUPPORTER_LINE}{m.text}\n"
-                   for m in history)
+    return "".join(
+        f"{SEEKER_LINE if m.role == SEEKER else SUPPORTER_LINE}{m.text}\n" for m in history
+    )
 
 
 def is_transcript(messages: Sequence[dict]) -> bool:
     """Whether a prompt without its system message is a transcript: one user message whose text
     is a series of ``seeker:`` / ``supporter:`` lines (a history cut to its last messages may
     start with a supporter line)."""
-    return (len(messages) == 1 and messages[0]["role"] == "user"
-            and messages[0]["content"].startswith((SEEKER_LINE, SUPPORTER_LINE))
-            and messages[0]["content"].endswith("\n"))
+    return (
+        len(messages) == 1
+        and messages[0]["role"] == "user"
+        and messages[0]["content"].startswith((SEEKER_LINE, SUPPORTER_LINE))
+        and messages[0]["content"].endswith("\n")
+    )
 
 
 def segments(text: str) -> list[str]:

@@ -91,31 +91,46 @@ class StrategyClassifier:
         correct = sum(p == g for p, g in zip(pred, strategies))
         labels = list(STRATEGIES)
         p, r, f, support = precision_recall_fscore_support(
-            strategies, pred, labels=labels, zero_division=0)
-        majority = max(STRATEGIES, key=lambda s: (self.train_counts.get(s, 0),
-                                                  -STRATEGIES.index(s)))
+            strategies, pred, labels=labels, zero_division=0
+        )
+        majority = max(
+            STRATEGIES, key=lambda s: (self.train_counts.get(s, 0), -STRATEGIES.index(s))
+        )
         self.evaluation = {
             "split": split,
             "n": n,
             "accuracy": _share(correct, n),
-            "macro_f1": round(float(f1_score(strategies, pred, labels=labels, average="macro",
-                                             zero_division=0)), 4) if n else None,
+            "macro_f1": round(
+                float(f1_score(strategies, pred, labels=labels, average="macro", zero_division=0)),
+                4,
+            )
+            if n
+            else None,
             "majority_strategy": majority,
             "majority_rate": _share(sum(g == majority for g in strategies), n),
-            "per_strategy": {s: {"n": int(support[i]), "precision": round(float(p[i]), 4),
-                                 "recall": round(float(r[i]), 4), "f1": round(float(f[i]), 4)}
-                             for i, s in enumerate(labels)},
+            "per_strategy": {
+                s: {
+                    "n": int(support[i]),
+                    "precision": round(float(p[i]), 4),
+                    "recall": round(float(r[i]), 4),
+                    "f1": round(float(f[i]), 4),
+                }
+                for i, s in enumerate(labels)
+            },
         }
         return self.evaluation
 
     def describe(self) -> dict:
         """What the classifier is and how well it does on gold replies (JSON-able)."""
-        return {"features": "tf-idf word 1-2-grams, lower-case, sublinear tf, min_df 1",
-                "model": "logistic regression (multinomial, saga, C=1, class_weight=balanced, "
-                         f"random_state={SEED})",
-                "ties": f"scores rounded to {TIE_DECIMALS} decimals; first in STRATEGIES order",
-                "train_size": self.train_size, "train_counts": dict(self.train_counts),
-                "evaluation": self.evaluation}
+        return {
+            "features": "tf-idf word 1-2-grams, lower-case, sublinear tf, min_df 1",
+            "model": "logistic regression (multinomial, saga, C=1, class_weight=balanced, "
+            f"random_state={SEED})",
+            "ties": f"scores rounded to {TIE_DECIMALS} decimals; first in STRATEGIES order",
+            "train_size": self.train_size,
+            "train_counts": dict(self.train_counts),
+            "evaluation": self.evaluation,
+        }
 
 
 def argmax_first(scores) -> list[int]:
@@ -123,8 +138,10 @@ def argmax_first(scores) -> list[int]:
     tie."""
     import numpy as np
 
-    return [int(i) for i in np.argmax(np.round(np.asarray(scores, dtype=np.float64),
-                                               TIE_DECIMALS), axis=1)]
+    return [
+        int(i)
+        for i in np.argmax(np.round(np.asarray(scores, dtype=np.float64), TIE_DECIMALS), axis=1)
+    ]
 
 
 def fit_classifier(replies: Sequence[str], strategies: Sequence[str]) -> StrategyClassifier:
@@ -135,15 +152,18 @@ def fit_classifier(replies: Sequence[str], strategies: Sequence[str]) -> Strateg
 
     if len(set(strategies)) < 2:
         raise ValueError("the classifier needs replies of at least two strategies")
-    vectorizer = TfidfVectorizer(lowercase=True, ngram_range=(1, 2), sublinear_tf=True,
-                                 min_df=1, dtype=np.float64)
+    vectorizer = TfidfVectorizer(
+        lowercase=True, ngram_range=(1, 2), sublinear_tf=True, min_df=1, dtype=np.float64
+    )
     x = vectorizer.fit_transform(list(replies))
-    model = LogisticRegression(solver="saga", C=1.0, class_weight="balanced", max_iter=1000,
-                               tol=1e-4, random_state=SEED)
+    model = LogisticRegression(
+        solver="saga", C=1.0, class_weight="balanced", max_iter=1000, tol=1e-4, random_state=SEED
+    )
     model.fit(x, list(strategies))
     counts = Counter(strategies)
-    return StrategyClassifier(vectorizer, model, len(strategies),
-                              {s: counts.get(s, 0) for s in STRATEGIES})
+    return StrategyClassifier(
+        vectorizer, model, len(strategies), {s: counts.get(s, 0) for s in STRATEGIES}
+    )
 
 
 def _gold(data_dir: str | Path, split: str) -> tuple[list[str], list[str]]:
@@ -156,8 +176,9 @@ def _gold(data_dir: str | Path, split: str) -> tuple[list[str], list[str]]:
     return [t["reply"] for t in rows], [t["strategy"] for t in rows]
 
 
-def train_classifier(data_dir: str | Path, *, train_split: str = "train",
-                     eval_split: str = "test") -> StrategyClassifier:
+def train_classifier(
+    data_dir: str | Path, *, train_split: str = "train", eval_split: str = "test"
+) -> StrategyClassifier:
     """Train on the gold replies of ``train_split`` of the prepared data and measure on those of
     ``eval_split`` (``classifier.evaluation``)."""
     clf = fit_classifier(*_gold(data_dir, train_split))
@@ -165,8 +186,9 @@ def train_classifier(data_dir: str | Path, *, train_split: str = "train",
     return clf
 
 
-def intended_strategy(record: Any, intended: Mapping[str, str | None] | None = None
-                      ) -> tuple[str | None, str]:
+def intended_strategy(
+    record: Any, intended: Mapping[str, str | None] | None = None
+) -> tuple[str | None, str]:
     """``(strategy the reply was meant to realise, where it came from)``:
 
     1. ``intended[id]`` when the mapping has the id (``"override"``; a None value skips it);
@@ -195,13 +217,18 @@ def _per_strategy(pairs: Iterable[tuple[str, str]]) -> dict[str, dict]:
     for want, got in pairs:
         n[want] += 1
         agree[want] += want == got
-    return {s: {"n": n[s], "agree": agree[s], "adherence": _share(agree[s], n[s])}
-            for s in STRATEGIES}
+    return {
+        s: {"n": n[s], "agree": agree[s], "adherence": _share(agree[s], n[s])} for s in STRATEGIES
+    }
 
 
-def adherence(records: Iterable[Any], classifier: StrategyClassifier, *,
-              intended: Mapping[str, str | None] | None = None,
-              keep_per_item: bool = False) -> dict:
+def adherence(
+    records: Iterable[Any],
+    classifier: StrategyClassifier,
+    *,
+    intended: Mapping[str, str | None] | None = None,
+    keep_per_item: bool = False,
+) -> dict:
     """How often the classifier's label of ``pred_reply`` is the intended strategy.
 
     ``records`` are predictions (mappings or :class:`esc_dist.eval.predictions.Prediction`);
@@ -232,8 +259,11 @@ def adherence(records: Iterable[Any], classifier: StrategyClassifier, *,
     labels = classifier.predict([str(_get(records[i], "pred_reply") or "") for i in keep])
     pairs = [(wanted[i][0], lab) for i, lab in zip(keep, labels)]
     agree = sum(w == lab for w, lab in pairs)
-    golds = [(str(_get(r, "gold_reply")), _get(r, "gold_strategy")) for r in records
-             if _get(r, "gold_strategy") in STRATEGIES and isinstance(_get(r, "gold_reply"), str)]
+    golds = [
+        (str(_get(r, "gold_reply")), _get(r, "gold_strategy"))
+        for r in records
+        if _get(r, "gold_strategy") in STRATEGIES and isinstance(_get(r, "gold_reply"), str)
+    ]
     gold_labels = classifier.predict([g for g, _ in golds])
     gold_pairs = [(s, lab) for (_, s), lab in zip(golds, gold_labels)]
     gold_agree = sum(s == lab for s, lab in gold_pairs)
@@ -247,15 +277,22 @@ def adherence(records: Iterable[Any], classifier: StrategyClassifier, *,
         "adherence": _share(agree, len(keep)),
         "per_strategy": _per_strategy(pairs),
         "labels": {s: label_counts.get(s, 0) for s in STRATEGIES},
-        "intended_from": {k: sources.get(k, 0) for k in
-                          ("override", "conditioned_on", "pred_strategy", "fallback", "none")},
-        "gold_reference": {"n": len(gold_pairs), "agree": gold_agree,
-                           "adherence": _share(gold_agree, len(gold_pairs)),
-                           "per_strategy": _per_strategy(gold_pairs)},
+        "intended_from": {
+            k: sources.get(k, 0)
+            for k in ("override", "conditioned_on", "pred_strategy", "fallback", "none")
+        },
+        "gold_reference": {
+            "n": len(gold_pairs),
+            "agree": gold_agree,
+            "adherence": _share(gold_agree, len(gold_pairs)),
+            "per_strategy": _per_strategy(gold_pairs),
+        },
         "classifier": classifier.describe(),
     }
     if keep_per_item:
         lab_of = dict(zip(keep, labels))
-        out["items"] = {str(_get(r, "id")): {"intended": wanted[i][0], "label": lab_of.get(i)}
-                        for i, r in enumerate(records)}
+        out["items"] = {
+            str(_get(r, "id")): {"intended": wanted[i][0], "label": lab_of.get(i)}
+            for i, r in enumerate(records)
+        }
     return out

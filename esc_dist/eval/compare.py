@@ -41,11 +41,16 @@ def load_report(path: str | Path) -> dict:
     except (ValueError, RecursionError) as e:  # not UTF-8, not JSON, nested too deeply
         raise DataError(p, f"not an evaluation report: unreadable JSON ({e})") from None
     if not isinstance(report, dict) or not {"name", "headline", "strategy"} <= set(report):
-        raise DataError(p, "not an evaluation report of `esc-dist eval` (expected keys name, "
-                           "headline, strategy)")
+        raise DataError(
+            p,
+            "not an evaluation report of `esc-dist eval` (expected keys name, headline, strategy)",
+        )
     if not isinstance(report.get("protocols"), dict) or set(report["protocols"]) != set(PROTOCOLS):
-        raise DataError(p, "an evaluation report without both protocols (written by an older "
-                           "esc-dist): run `esc-dist eval` on its predictions again")
+        raise DataError(
+            p,
+            "an evaluation report without both protocols (written by an older "
+            "esc-dist): run `esc-dist eval` on its predictions again",
+        )
     return report
 
 
@@ -56,9 +61,14 @@ def errors_of(report: dict) -> dict | None:
     return errors.get("openai") or errors.get("offline")
 
 
-def compare(report_dirs_or_files: Sequence[str | Path], names: Sequence[str] | None = None,
-            out_dir: str | Path | None = None, *, variant: str = "as_others",
-            protocol: str | None = None) -> tuple[dict, str]:
+def compare(
+    report_dirs_or_files: Sequence[str | Path],
+    names: Sequence[str] | None = None,
+    out_dir: str | Path | None = None,
+    *,
+    variant: str = "as_others",
+    protocol: str | None = None,
+) -> tuple[dict, str]:
     """Put several reports side by side; returns (comparison dict, Markdown).
 
     The comparison also holds (``other``) the columns the two protocols define differently
@@ -81,14 +91,20 @@ def compare(report_dirs_or_files: Sequence[str | Path], names: Sequence[str] | N
     if protocol not in PROTOCOLS:
         raise ConfigError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
     given = names is not None
-    names = list(names) if names is not None else [
-        r["name"] or (p.parent.name if p.suffix == ".json" else p.name)
-        for r, p in zip(reports, paths)]
+    names = (
+        list(names)
+        if names is not None
+        else [
+            r["name"] or (p.parent.name if p.suffix == ".json" else p.name)
+            for r, p in zip(reports, paths)
+        ]
+    )
     if len(names) != len(reports):
         raise ConfigError(f"{len(names)} names for {len(reports)} reports")
     for name in names:  # they title rows, legends and W&B keys
-        check_name(name, "system name" if given else "system name (from the report; --names "
-                   "gives another)")
+        check_name(
+            name, "system name" if given else "system name (from the report; --names gives another)"
+        )
     if len(set(names)) != len(names):
         raise ConfigError(f"system names must be distinct, got {names}")
     pref_key = "preference_kang" if protocol == "paper" else "preference"
@@ -103,45 +119,67 @@ def compare(report_dirs_or_files: Sequence[str | Path], names: Sequence[str] | N
         if gold:  # strategies given, not predicted: nothing to rank
             values.update(dict.fromkeys(GIVEN_STRATEGY_COLUMNS))
         other_values, other_std = _values(r, other, variant)
-        other_systems.append({"name": name, "gold_strategies": gold,
-                              "values": {k: None if gold and k in GIVEN_STRATEGY_COLUMNS
-                                         else other_values[k] for k in PROTOCOL_COLUMNS},
-                              "std": {k: other_std[k] for k in PROTOCOL_COLUMNS}})
+        other_systems.append(
+            {
+                "name": name,
+                "gold_strategies": gold,
+                "values": {
+                    k: None if gold and k in GIVEN_STRATEGY_COLUMNS else other_values[k]
+                    for k in PROTOCOL_COLUMNS
+                },
+                "std": {k: other_std[k] for k in PROTOCOL_COLUMNS},
+            }
+        )
         values["errors_any"] = errors["any_error"] if errors else None
         values["adherence"] = (r.get("adherence") or {}).get("adherence")
         # where the released 20-sweep fit is undefined, the converged fit stands in, marked
-        preferences = ({st: s["per_strategy"][st][pref_key] for st in STRATEGIES}
-                       if s else None)
+        preferences = {st: s["per_strategy"][st][pref_key] for st in STRATEGIES} if s else None
         fit = "converged" if protocol == "ours" else "paper"
         if preferences and any(v is None for v in preferences.values()):
             preferences = {st: s["per_strategy"][st]["preference"] for st in STRATEGIES}
             fit = "converged"
-        b_converged = (other_values["B"] if protocol == "paper" and values["B"] is None
-                       and not gold else None)
-        systems.append({
-            "name": name, "report": str(path), "input_sha256": r["input"].get("sha256"),
-            "gold_sha256": r["input"].get("gold_sha256"), "decodes": r["decodes"],
-            "decoding": r.get("decoding"), "values": values,
-            "std": std, "gold_strategies": gold,
-            "errors": errors,
-            "adherence_n": (r.get("adherence") or {}).get("evaluated"),
-            "preferences": preferences, "preferences_fit": fit,
-            # B of the converged fit where the paper's is undefined (shown in its place, marked)
-            "B_converged": b_converged})
-        warnings += [f"{name}: {w}" for w in decoding_warnings(protocol, r.get("decoding"),
-                                                                 r["decodes"])]
+        b_converged = (
+            other_values["B"] if protocol == "paper" and values["B"] is None and not gold else None
+        )
+        systems.append(
+            {
+                "name": name,
+                "report": str(path),
+                "input_sha256": r["input"].get("sha256"),
+                "gold_sha256": r["input"].get("gold_sha256"),
+                "decodes": r["decodes"],
+                "decoding": r.get("decoding"),
+                "values": values,
+                "std": std,
+                "gold_strategies": gold,
+                "errors": errors,
+                "adherence_n": (r.get("adherence") or {}).get("evaluated"),
+                "preferences": preferences,
+                "preferences_fit": fit,
+                # B of the converged fit where the paper's is undefined (shown in its place, marked)
+                "B_converged": b_converged,
+            }
+        )
+        warnings += [
+            f"{name}: {w}" for w in decoding_warnings(protocol, r.get("decoding"), r["decodes"])
+        ]
     best = {}
     for key, direction in COMPARE_COLUMNS.items():
         vals = [(x["values"][key], x["name"]) for x in systems if x["values"][key] is not None]
         if direction and len(vals) > 1:
             target = (min if direction == "min" else max)(v for v, _ in vals)
             best[key] = [n for v, n in vals if v == target]
-    comparison = {"protocol": protocol, "variant": variant, "columns": list(COMPARE_COLUMNS),
-                  "systems": systems, "best": best, "warnings": warnings,
-                  # the columns whose definitions differ, under the other protocol
-                  "other": {"protocol": other, "columns": list(PROTOCOL_COLUMNS),
-                            "systems": other_systems},
-                  "same_gold": len({x["gold_sha256"] for x in systems}) == 1}
+    comparison = {
+        "protocol": protocol,
+        "variant": variant,
+        "columns": list(COMPARE_COLUMNS),
+        "systems": systems,
+        "best": best,
+        "warnings": warnings,
+        # the columns whose definitions differ, under the other protocol
+        "other": {"protocol": other, "columns": list(PROTOCOL_COLUMNS), "systems": other_systems},
+        "same_gold": len({x["gold_sha256"] for x in systems}) == 1,
+    }
     markdown = render_comparison_markdown(comparison)
     if out_dir is not None:
         with staged_dir(out_dir, "compare", paths, keep=KEEP) as out:
@@ -153,8 +191,10 @@ def _values(report: dict, protocol: str, variant: str) -> tuple[dict, dict]:
     """A report's comparison columns under ``protocol``: (means, standard deviations)."""
     h = report["protocols"][protocol]["headline"]
     std = report["protocols"][protocol]["std"] or {}
-    return ({key: h.get(f"{key}_{variant}", h.get(key)) for key in COMPARE_COLUMNS},
-            {key: std.get(f"{key}_{variant}", std.get(key)) for key in COMPARE_COLUMNS})
+    return (
+        {key: h.get(f"{key}_{variant}", h.get(key)) for key in COMPARE_COLUMNS},
+        {key: std.get(f"{key}_{variant}", std.get(key)) for key in COMPARE_COLUMNS},
+    )
 
 
 def preference_label(system: dict, protocol: str) -> str:
@@ -164,22 +204,31 @@ def preference_label(system: dict, protocol: str) -> str:
     return f"{system['name']} (converged fit)" if converged else system["name"]
 
 
-def _write_comparison_files(comparison: dict, systems: list[dict], markdown: str,
-                            out: Path) -> None:
+def _write_comparison_files(
+    comparison: dict, systems: list[dict], markdown: str, out: Path
+) -> None:
     # a system whose released 20-sweep fit is undefined is drawn with its converged fit, so
     # labelled (the figure is never blank)
-    plot_preferences({preference_label(x, comparison["protocol"]):
-                      [x["preferences"][st] for st in STRATEGIES]
-                      for x in systems if x["preferences"]}, out / COMPARISON_PNG,
-                     title="Strategy preferences by system "
-                           f"({VARIANT_TITLES[comparison['variant']]}, "
-                           f"{comparison['protocol']} protocol)")
+    plot_preferences(
+        {
+            preference_label(x, comparison["protocol"]): [x["preferences"][st] for st in STRATEGIES]
+            for x in systems
+            if x["preferences"]
+        },
+        out / COMPARISON_PNG,
+        title="Strategy preferences by system "
+        f"({VARIANT_TITLES[comparison['variant']]}, "
+        f"{comparison['protocol']} protocol)",
+    )
     errors = {x["name"]: x["errors"] for x in systems if x["errors"]}
     if errors:
         from .plots import plot_error_rates
 
-        plot_error_rates(errors, out / COMPARISON_ERRORS_PNG,
-                         title="Psychological errors of the replies by system")
+        plot_error_rates(
+            errors,
+            out / COMPARISON_ERRORS_PNG,
+            title="Psychological errors of the replies by system",
+        )
     atomic_write_text(out / COMPARISON_MD, markdown)
     atomic_write_json(out / COMPARISON_JSON, comparison)
 
@@ -191,15 +240,28 @@ def log_comparison(run, comparison: dict, out_dir: str | Path) -> None:
         return
     import wandb
 
-    run.summary.update({f"compare/{x['name']}/{k}": v for x in comparison["systems"]
-                        for k, v in x["values"].items() if v is not None})
+    run.summary.update(
+        {
+            f"compare/{x['name']}/{k}": v
+            for x in comparison["systems"]
+            for k, v in x["values"].items()
+            if v is not None
+        }
+    )
     columns = ["system", *comparison["columns"], *STRATEGIES]
-    rows = [[x["name"], *(x["values"][k] for k in comparison["columns"]),
-             *((x["preferences"] or {}).get(st) for st in STRATEGIES)]
-            for x in comparison["systems"]]
+    rows = [
+        [
+            x["name"],
+            *(x["values"][k] for k in comparison["columns"]),
+            *((x["preferences"] or {}).get(st) for st in STRATEGIES),
+        ]
+        for x in comparison["systems"]
+    ]
     payload: dict[str, Any] = {"compare/systems": wandb.Table(columns=columns, data=rows)}
-    for key, name in (("compare/preferences", COMPARISON_PNG),
-                      ("compare/errors", COMPARISON_ERRORS_PNG)):
+    for key, name in (
+        ("compare/preferences", COMPARISON_PNG),
+        ("compare/errors", COMPARISON_ERRORS_PNG),
+    ):
         if (Path(out_dir) / name).is_file():
             payload[key] = wandb.Image(str(Path(out_dir) / name))
     run.log(payload)

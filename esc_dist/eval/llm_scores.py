@@ -40,8 +40,10 @@ _INTRO = (
     "reply, and only for {name}. The reference shows one good way to answer; the candidate does "
     "not have to resemble it to earn a high score.\n\n"
 )
-_OUTRO = ("\n\nAnswer with a single number from 0 to 5 and nothing else: no words, no "
-          "explanation, no formatting.")
+_OUTRO = (
+    "\n\nAnswer with a single number from 0 to 5 and nothing else: no words, no "
+    "explanation, no formatting."
+)
 
 RUBRICS: dict[str, str] = {
     "fluency": (
@@ -53,7 +55,8 @@ RUBRICS: dict[str, str] = {
         "unfinished sentence.\n"
         "3 - readable: a few noticeable errors or stiff, unnatural wording.\n"
         "4 - fluent: natural and clear, with at most a minor slip.\n"
-        "5 - flawless: natural, well-formed and smooth, as a careful native speaker writes."),
+        "5 - flawless: natural, well-formed and smooth, as a careful native speaker writes."
+    ),
     "professionalism": (
         "Professionalism: does the reply behave as a skilled counsellor would?\n"
         "0 - harmful: dismissive, insulting, blaming, or advice that could hurt the seeker.\n"
@@ -63,7 +66,8 @@ RUBRICS: dict[str, str] = {
         "3 - acceptable: respectful and on-topic, with some missteps of tone or focus.\n"
         "4 - professional: respectful, appropriate and well judged for this moment.\n"
         "5 - exemplary: what an experienced counsellor would say here: respectful, "
-        "well-bounded, and advancing the support skilfully."),
+        "well-bounded, and advancing the support skilfully."
+    ),
     "empathy": (
         "Empathy: does the reply recognise and respond to the seeker's feelings and situation?\n"
         "0 - none: ignores or invalidates the seeker's feelings, or is cold.\n"
@@ -72,7 +76,8 @@ RUBRICS: dict[str, str] = {
         "3 - adequate: acknowledges the seeker's feelings, but shallowly or only in part.\n"
         "4 - empathetic: shows it understood the seeker's specific feelings and situation.\n"
         "5 - deeply empathetic: accurately names and validates what the seeker feels, warmly "
-        "and specifically, so the seeker would feel truly heard."),
+        "and specifically, so the seeker would feel truly heard."
+    ),
     "helpfulness": (
         "Helpfulness: does the reply move the conversation forward in a way that helps the "
         "seeker?\n"
@@ -83,7 +88,8 @@ RUBRICS: dict[str, str] = {
         "idea) with clear room to do better.\n"
         "4 - helpful: a well-chosen next step that fits the seeker's needs at this point.\n"
         "5 - very helpful: the best next step here: it clearly helps the seeker understand, "
-        "cope or act."),
+        "cope or act."
+    ),
 }
 
 _NUMBER = re.compile(r"\s*(\d+(?:\.\d+)?)\s*\.?\s*")
@@ -114,25 +120,32 @@ def context_of(history: Sequence[Any] | None) -> tuple[str, str]:
     if history is None:
         return NOT_AVAILABLE, NOT_AVAILABLE
     if isinstance(history, (str, bytes)):
-        raise TypeError("a history is a list of messages (role, text, strategy), not text: the "
-                        "seeker's last message must be found in it")
+        raise TypeError(
+            "a history is a list of messages (role, text, strategy), not text: the "
+            "seeker's last message must be found in it"
+        )
     msgs = as_messages(history)
     last = next((m.text for m in reversed(msgs) if m.role == SEEKER and m.text.strip()), None)
     context = render_history(msgs) if msgs else NOT_AVAILABLE
     return context, _text(last)
 
 
-def score_messages(dimension: str, history: Sequence[Any] | None, reference: str | None,
-                   reply: str) -> list[dict]:
+def score_messages(
+    dimension: str, history: Sequence[Any] | None, reference: str | None, reply: str
+) -> list[dict]:
     """The chat messages that ask for one dimension's score of one reply."""
     context, last = context_of(history)
-    user = (f"Conversation so far:\n{context}\n\n"
-            f"The seeker's last message:\n{last}\n\n"
-            f"Reference reply (by a human supporter):\n{_text(reference)}\n\n"
-            f"Candidate reply to rate:\n{reply}\n\n"
-            f"Rate the candidate reply's {dimension} from 0 to 5. Answer with the number only.")
-    return [{"role": "system", "content": rubric_system(dimension)},
-            {"role": "user", "content": user}]
+    user = (
+        f"Conversation so far:\n{context}\n\n"
+        f"The seeker's last message:\n{last}\n\n"
+        f"Reference reply (by a human supporter):\n{_text(reference)}\n\n"
+        f"Candidate reply to rate:\n{reply}\n\n"
+        f"Rate the candidate reply's {dimension} from 0 to 5. Answer with the number only."
+    )
+    return [
+        {"role": "system", "content": rubric_system(dimension)},
+        {"role": "user", "content": user},
+    ]
 
 
 def parse_score(text: str) -> float:
@@ -147,9 +160,15 @@ def parse_score(text: str) -> float:
     return v
 
 
-def score_predictions(records: Iterable[Any], cfg: JudgeConfig, cache_dir: str | Path | None,
-                      histories: Mapping[str, Sequence[Any]] | None = None, *, client=None,
-                      keep_per_item: bool = False) -> dict:
+def score_predictions(
+    records: Iterable[Any],
+    cfg: JudgeConfig,
+    cache_dir: str | Path | None,
+    histories: Mapping[str, Sequence[Any]] | None = None,
+    *,
+    client=None,
+    keep_per_item: bool = False,
+) -> dict:
     """Score each record's ``pred_reply`` on the four dimensions and summarise.
 
     ``records`` are prediction records (mappings or objects with ``id``, ``pred_reply`` and
@@ -181,9 +200,13 @@ def score_predictions(records: Iterable[Any], cfg: JudgeConfig, cache_dir: str |
     if client is None:
         client = LLMClient.from_config(cfg, cache_dir, PROMPT_VERSION)
     ids = [str(_get(r, "id")) for r in records]
-    prompts = [score_messages(dim, histories.get(i), _get(r, "gold_reply"),
-                              str(_get(r, "pred_reply") or ""))
-               for i, r in zip(ids, records) for dim in DIMENSIONS]
+    prompts = [
+        score_messages(
+            dim, histories.get(i), _get(r, "gold_reply"), str(_get(r, "pred_reply") or "")
+        )
+        for i, r in zip(ids, records)
+        for dim in DIMENSIONS
+    ]
     results = client.map_text(prompts)
     check_failures(results, cfg.max_failed_share, "LLM scores")
     sums = dict.fromkeys(DIMENSIONS, 0.0)
@@ -192,7 +215,7 @@ def score_predictions(records: Iterable[Any], cfg: JudgeConfig, cache_dir: str |
     parse_failures = request_failures = 0
     for n, rid in enumerate(ids):
         scores: dict[str, float | None] = {}
-        for dim, res in zip(DIMENSIONS, results[4 * n:4 * n + 4]):
+        for dim, res in zip(DIMENSIONS, results[4 * n : 4 * n + 4]):
             score = None
             if res.ok:
                 try:
@@ -210,9 +233,13 @@ def score_predictions(records: Iterable[Any], cfg: JudgeConfig, cache_dir: str |
         items[rid] = scores
     scored = sum(1 for s in items.values() if all(v is not None for v in s.values()))
     if parse_failures or request_failures:
-        log.warning("LLM scores: %d malformed answer(s), %d failed request(s) out of %d "
-                    "(reply, dimension) judgements", parse_failures, request_failures,
-                    len(prompts))
+        log.warning(
+            "LLM scores: %d malformed answer(s), %d failed request(s) out of %d "
+            "(reply, dimension) judgements",
+            parse_failures,
+            request_failures,
+            len(prompts),
+        )
     out = {
         "protocol": PROTOCOL,
         "model": cfg.model,
@@ -224,9 +251,10 @@ def score_predictions(records: Iterable[Any], cfg: JudgeConfig, cache_dir: str |
         "request_failures": request_failures,
         "means": {k: (round(sums[k] / counts[k], 4) if counts[k] else None) for k in DIMENSIONS},
         "counts": counts,
-        "missing": {"history": sum(1 for i in ids if histories.get(i) is None),
-                    "reference": sum(1 for r in records
-                                     if _text(_get(r, "gold_reply")) == NOT_AVAILABLE)},
+        "missing": {
+            "history": sum(1 for i in ids if histories.get(i) is None),
+            "reference": sum(1 for r in records if _text(_get(r, "gold_reply")) == NOT_AVAILABLE),
+        },
         "client": client.stats(),
     }
     if keep_per_item:

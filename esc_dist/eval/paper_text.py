@@ -119,15 +119,16 @@ def tokenize(text: str) -> list[str]:
 
 
 def ngrams(tokens: Sequence[str], n: int) -> list[tuple[str, ...]]:
-    return [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+    return [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
 
 
 def bleu(hyp: Sequence[str], ref: Sequence[str], n: int) -> float:
     """Sentence BLEU-n of one reply against its gold reply (see the module docstring)."""
     weights = (1.0 / n,) * n + (0.0,) * (MAX_BLEU - n)
     try:
-        return float(sentence_bleu([list(ref)], list(hyp), weights=weights,
-                                   smoothing_function=_SMOOTHING))
+        return float(
+            sentence_bleu([list(ref)], list(hyp), weights=weights, smoothing_function=_SMOOTHING)
+        )
     except ZeroDivisionError:
         return 0.0
 
@@ -167,7 +168,7 @@ def rouge_l(hyp: Sequence[str], ref: Sequence[str], beta: float = ROUGE_BETA) ->
     if lcs == 0:
         return 0.0
     p, r = lcs / len(hyp), lcs / len(ref)
-    return ((1 + beta ** 2) * p * r) / (r + beta ** 2 * p)
+    return ((1 + beta**2) * p * r) / (r + beta**2 * p)
 
 
 def reply_scores(hyp: str, ref: str) -> dict[str, float]:
@@ -188,8 +189,11 @@ def paper_text_metrics(hyps: Sequence[str], refs: Sequence[str]) -> dict[str, fl
     if not hyps:
         raise ValueError("no responses to score")
     per_reply = [reply_scores(h, r) for h, r in zip(hyps, refs)]
-    keys = ([f"bleu_{n}" for n in range(1, MAX_BLEU + 1)]
-            + [f"distinct_{n}" for n in range(1, MAX_DISTINCT + 1)] + ["unigram_f1", "rouge_l"])
+    keys = (
+        [f"bleu_{n}" for n in range(1, MAX_BLEU + 1)]
+        + [f"distinct_{n}" for n in range(1, MAX_DISTINCT + 1)]
+        + ["unigram_f1", "rouge_l"]
+    )
     out: dict[str, float | int] = {"n": len(hyps)}
     for key in keys:
         out[key] = sum(s[key] for s in per_reply) / len(per_reply)

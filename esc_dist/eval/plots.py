@@ -55,8 +55,15 @@ def plot_confusion(counts: Sequence[Sequence[int]], path: str | Path, title: str
     im = ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0)
     fig.colorbar(im, ax=ax, label="share of the gold strategy's turns")
     for (r, c), v in np.ndenumerate(counts):
-        ax.text(c, r, f"{int(v)}", ha="center", va="center", fontsize=8,
-                color="white" if share[r, c] > 0.6 else "black")
+        ax.text(
+            c,
+            r,
+            f"{int(v)}",
+            ha="center",
+            va="center",
+            fontsize=8,
+            color="white" if share[r, c] > 0.6 else "black",
+        )
     names = [SHORT[s] for s in STRATEGIES]
     ax.set_xticks(range(len(names) + 1), names + ["(unparseable)"], rotation=45, ha="right")
     ax.set_yticks(range(len(names)), names)
@@ -67,8 +74,11 @@ def plot_confusion(counts: Sequence[Sequence[int]], path: str | Path, title: str
     return save_figure(fig, path)
 
 
-def plot_preferences(series: dict[str, Sequence[float]], path: str | Path,
-                     title: str = "Strategy preferences (Bradley-Terry)") -> Path:
+def plot_preferences(
+    series: dict[str, Sequence[float]],
+    path: str | Path,
+    title: str = "Strategy preferences (Bradley-Terry)",
+) -> Path:
     """Grouped bars of the 8 preferences for each named series, with the ideal 1.0 line."""
     fig = _new_figure(max(8.0, 1.0 + 0.35 * len(STRATEGIES) * max(1, len(series))), 4.8)
     ax = fig.add_subplot()
@@ -85,8 +95,11 @@ def plot_preferences(series: dict[str, Sequence[float]], path: str | Path,
     return save_figure(fig, path)
 
 
-def plot_error_rates(systems: Mapping[str, Mapping], path: str | Path,
-                     title: str = "Psychological errors of generated replies") -> Path:
+def plot_error_rates(
+    systems: Mapping[str, Mapping],
+    path: str | Path,
+    title: str = "Psychological errors of generated replies",
+) -> Path:
     """Grouped bars of the error rates of several systems: one group per error type and one for
     "none" (replies without error), one bar per system. ``systems`` maps a system's name to its
     :func:`esc_dist.eval.psych_errors.error_rates` result (``rates`` and ``none`` are read); a
@@ -100,12 +113,21 @@ def plot_error_rates(systems: Mapping[str, Mapping], path: str | Path,
         values = [result.get("rates", {}).get(g) for g in groups[:-1]] + [result.get("none")]
         pos = x - 0.4 + width * (i + 0.5)
         seen = [j for j, v in enumerate(values) if v is not None]
-        ax.bar(pos[seen], [values[j] for j in seen], width, color=f"C{i % 10}",
-               label=plot_text(name))
+        ax.bar(
+            pos[seen], [values[j] for j in seen], width, color=f"C{i % 10}", label=plot_text(name)
+        )
         for j, v in enumerate(values):
             if v is None:
-                ax.text(pos[j], 0.01, "n/a", ha="center", va="bottom", fontsize=6, rotation=90,
-                        color="grey")
+                ax.text(
+                    pos[j],
+                    0.01,
+                    "n/a",
+                    ha="center",
+                    va="bottom",
+                    fontsize=6,
+                    rotation=90,
+                    color="grey",
+                )
     ax.set_xticks(x, groups, rotation=20, ha="right")
     ax.set_ylim(0.0, 1.0)
     ax.set_ylabel("share of labelled replies")

@@ -19,8 +19,17 @@ from ..errors import PredictionsError
 from ..io import iter_jsonl
 from ..strategies import STRATEGIES
 
-REQUIRED_KEYS = ("id", "dialogue_id", "turn_index", "gold_strategy", "gold_reply",
-                 "pred_strategy", "pred_strategy_raw", "pred_reply", "mode")
+REQUIRED_KEYS = (
+    "id",
+    "dialogue_id",
+    "turn_index",
+    "gold_strategy",
+    "gold_reply",
+    "pred_strategy",
+    "pred_strategy_raw",
+    "pred_reply",
+    "mode",
+)
 
 
 @dataclass(frozen=True)
@@ -53,11 +62,15 @@ def _check(obj: object, path: Path, line: int) -> Prediction:
     if not isinstance(obj["turn_index"], int) or isinstance(obj["turn_index"], bool):
         raise fail(f"'turn_index' must be an integer, got {obj['turn_index']!r}")
     if obj["gold_strategy"] not in STRATEGIES:
-        raise fail(f"gold strategy {obj['gold_strategy']!r} is not one of the 8 strategies "
-                   f"({', '.join(STRATEGIES)})")
+        raise fail(
+            f"gold strategy {obj['gold_strategy']!r} is not one of the 8 strategies "
+            f"({', '.join(STRATEGIES)})"
+        )
     if obj["pred_strategy"] is not None and obj["pred_strategy"] not in STRATEGIES:
-        raise fail(f"'pred_strategy' {obj['pred_strategy']!r} must be one of the 8 strategies "
-                   "or null (unparseable)")
+        raise fail(
+            f"'pred_strategy' {obj['pred_strategy']!r} must be one of the 8 strategies "
+            "or null (unparseable)"
+        )
     if obj["mode"] not in MODES:
         raise fail(f"'mode' must be one of {', '.join(MODES)}, got {obj['mode']!r}")
     return Prediction(**{k: obj[k] for k in REQUIRED_KEYS})

@@ -96,8 +96,9 @@ def comparison_counts(confusion: np.ndarray) -> np.ndarray:
     return w
 
 
-def bradley_terry(wins: np.ndarray, tol: float = DEFAULT_TOL,
-                  max_iter: int = DEFAULT_MAX_ITER) -> tuple[np.ndarray, bool, int]:
+def bradley_terry(
+    wins: np.ndarray, tol: float = DEFAULT_TOL, max_iter: int = DEFAULT_MAX_ITER
+) -> tuple[np.ndarray, bool, int]:
     """Bradley–Terry strengths of a strongly connected win matrix, geometric mean 1.
 
     ``wins[i, j]`` is how often i beat j (the diagonal is ignored). Returns the strengths, whether
@@ -136,9 +137,12 @@ def _components(beats: np.ndarray) -> list[list[int]]:
     return comps
 
 
-def fit_preferences(confusion: np.ndarray | Sequence[Sequence[float]],
-                    labels: Sequence[str] | None = None, tol: float = DEFAULT_TOL,
-                    max_iter: int = DEFAULT_MAX_ITER) -> PreferenceFit:
+def fit_preferences(
+    confusion: np.ndarray | Sequence[Sequence[float]],
+    labels: Sequence[str] | None = None,
+    tol: float = DEFAULT_TOL,
+    max_iter: int = DEFAULT_MAX_ITER,
+) -> PreferenceFit:
     """Preferences and preference bias B from a gold-rows × predicted-columns count matrix.
 
     See the module docstring for the definition and its source. ``labels`` default to the 8
@@ -174,13 +178,19 @@ def fit_preferences(confusion: np.ndarray | Sequence[Sequence[float]],
     if observed:
         prefs[observed] *= len(observed) / prefs[observed].sum()
     if not converged:
-        log.warning("Bradley-Terry fit stopped after %d sweeps without converging (tol %g)",
-                    max_iter, tol)
+        log.warning(
+            "Bradley-Terry fit stopped after %d sweeps without converging (tol %g)", max_iter, tol
+        )
     return PreferenceFit(
-        labels=labels, preferences=[float(x) for x in prefs], bias=float(np.std(prefs)),
-        converged=bool(converged), iterations=iterations, mle_exists=len(comps) <= 1,
+        labels=labels,
+        preferences=[float(x) for x in prefs],
+        bias=float(np.std(prefs)),
+        converged=bool(converged),
+        iterations=iterations,
+        mle_exists=len(comps) <= 1,
         unobserved=[labels[i] for i in range(n) if i not in observed],
-        dominated=[labels[i] for i in sorted(dominated)])
+        dominated=[labels[i] for i in sorted(dominated)],
+    )
 
 
 def preference_bias(confusion: np.ndarray | Sequence[Sequence[float]]) -> float:
@@ -191,8 +201,9 @@ def preference_bias(confusion: np.ndarray | Sequence[Sequence[float]]) -> float:
 KANG_SWEEPS = 20
 
 
-def kang_preferences(confusion: np.ndarray | Sequence[Sequence[float]],
-                     sweeps: int = KANG_SWEEPS) -> tuple[list[float], float | None]:
+def kang_preferences(
+    confusion: np.ndarray | Sequence[Sequence[float]], sweeps: int = KANG_SWEEPS
+) -> tuple[list[float], float | None]:
     """Preferences and B exactly as the released scorers compute them (``strg_preference`` of
     Kang et al. and of DecoupledESC's ``bias.py``): from p = 1, ``sweeps`` Gauss–Seidel sweeps of
     the update in the module docstring (each strategy updated in turn with the values already

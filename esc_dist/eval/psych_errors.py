@@ -38,23 +38,24 @@ log = get_logger(__name__)
 
 NONE = "none"
 # The types each backend can detect, in the order of ERROR_TYPES.
-OFFLINE_TYPES: tuple[str, ...] = tuple(e for e in ERROR_TYPES
-                                       if e in (LACK_EMPATHY, EARLY_SHIFT, TEMPLATE))
+OFFLINE_TYPES: tuple[str, ...] = tuple(
+    e for e in ERROR_TYPES if e in (LACK_EMPATHY, EARLY_SHIFT, TEMPLATE)
+)
 BACKEND_TYPES: dict[str, tuple[str, ...]] = {"offline": OFFLINE_TYPES, "openai": ERROR_TYPES}
 # Part of the answer cache key: bump it whenever the prompt changes meaning.
 PROMPT_VERSION = "reply-errors-v1"
 
 _DEFINITIONS = {
     STRATEGY_MISMATCH: "the reply is not the kind of support this moment calls for, or it does "
-                       "not carry out the support strategy it was meant to realise",
+    "not carry out the support strategy it was meant to realise",
     TEMPLATE: "the reply is generic and impersonal -- it could be sent to anyone in any "
-              "conversation -- or it repeats what the supporter has already said",
+    "conversation -- or it repeats what the supporter has already said",
     LACK_EMPATHY: "the reply passes over, plays down or ignores the feelings the seeker has "
-                  "expressed",
+    "expressed",
     EMOTION_MISREAD: "the reply gets the seeker's emotion wrong: it names or assumes a feeling "
-                     "the seeker has not shown, or mistakes what they feel or how strongly",
+    "the seeker has not shown, or mistakes what they feel or how strongly",
     EARLY_SHIFT: "the reply turns to advice, solutions or information before the seeker's "
-                 "feelings have been acknowledged or explored",
+    "feelings have been acknowledged or explored",
 }
 
 ERRORS_SYSTEM = (
@@ -62,10 +63,10 @@ ERRORS_SYSTEM = (
     "help-seeker and a supporter, and then one reply the supporter could send next. Decide which "
     "of the following five errors that reply makes, taking it as the supporter's next message in "
     "this conversation:\n"
-    + "".join(f"- \"{name}\": {_DEFINITIONS[name]}.\n" for name in ERROR_TYPES)
+    + "".join(f'- "{name}": {_DEFINITIONS[name]}.\n' for name in ERROR_TYPES)
     + "A reply can make no error, one, or several. Judge only the reply, not the earlier "
     "messages. Answer with a single JSON object and nothing else, of the form "
-    "{\"errors\": [...]}, listing the names of the errors the reply makes exactly as written "
+    '{"errors": [...]}, listing the names of the errors the reply makes exactly as written '
     "above; the list is empty when the reply makes none of them."
 )
 
@@ -98,11 +99,13 @@ def error_messages(history: Sequence[Any], reply: str, strategy: str | None = No
         meant = f"{name} ({DESCRIPTIONS.get(name, '')})"
     else:
         meant = "not given (judge whether the reply suits this moment of the conversation)"
-    user = (f"Conversation so far:\n{render_history(history)}\n\n"
-            f"The seeker's last message:\n{last or '(the seeker has not said anything yet)'}\n\n"
-            f"The support strategy the reply was meant to realise: {meant}\n\n"
-            f"The supporter's reply to review:\n{reply}\n\n"
-            "Which of the five errors does this reply make? Answer with the JSON object only.")
+    user = (
+        f"Conversation so far:\n{render_history(history)}\n\n"
+        f"The seeker's last message:\n{last or '(the seeker has not said anything yet)'}\n\n"
+        f"The support strategy the reply was meant to realise: {meant}\n\n"
+        f"The supporter's reply to review:\n{reply}\n\n"
+        "Which of the five errors does this reply make? Answer with the JSON object only."
+    )
     return [{"role": "system", "content": ERRORS_SYSTEM}, {"role": "user", "content": user}]
 
 
@@ -127,8 +130,13 @@ def parse_errors(data: Mapping[str, Any]) -> list[str]:
     return [e for e in ERROR_TYPES if e in out]
 
 
-def _label_openai(ids: list[str], prompts: list[list[dict]], cfg: JudgeConfig,
-                  cache_dir: str | Path | None, client) -> tuple[dict, int, int, dict]:
+def _label_openai(
+    ids: list[str],
+    prompts: list[list[dict]],
+    cfg: JudgeConfig,
+    cache_dir: str | Path | None,
+    client,
+) -> tuple[dict, int, int, dict]:
     from ..llm_client import LLMClient, check_failures
 
     if client is None:
@@ -152,15 +160,26 @@ def _label_openai(ids: list[str], prompts: list[list[dict]], cfg: JudgeConfig,
             request_failures += 1
         labels[rid] = errors
     if parse_failures or request_failures:
-        log.warning("psychological error rates: %d malformed answer(s), %d failed request(s) "
-                    "out of %d; those replies are left out of the rates", parse_failures,
-                    request_failures, len(ids))
+        log.warning(
+            "psychological error rates: %d malformed answer(s), %d failed request(s) "
+            "out of %d; those replies are left out of the rates",
+            parse_failures,
+            request_failures,
+            len(ids),
+        )
     return labels, parse_failures, request_failures, client.stats()
 
 
-def error_rates(records: Iterable[Any], histories: Mapping[str, Sequence[Any]],
-                cfg: JudgeConfig, cache_dir: str | Path | None = None, *,
-                backend: str | None = None, client=None, keep_per_item: bool = False) -> dict:
+def error_rates(
+    records: Iterable[Any],
+    histories: Mapping[str, Sequence[Any]],
+    cfg: JudgeConfig,
+    cache_dir: str | Path | None = None,
+    *,
+    backend: str | None = None,
+    client=None,
+    keep_per_item: bool = False,
+) -> dict:
     """Label each record's ``pred_reply`` with the psychological errors it makes, and count.
 
     ``records`` are prediction records (mappings or objects with ``id``, ``pred_reply`` and
@@ -186,8 +205,11 @@ def error_rates(records: Iterable[Any], histories: Mapping[str, Sequence[Any]],
     ids = [str(_get(r, "id")) for r in records]
     missing = [i for i in ids if i not in histories]
     if missing:
-        raise DataError(None, f"psychological error rates: no dialogue history for "
-                              f"{len(missing)} prediction(s), first {missing[0]!r}")
+        raise DataError(
+            None,
+            f"psychological error rates: no dialogue history for "
+            f"{len(missing)} prediction(s), first {missing[0]!r}",
+        )
     replies = [str(_get(r, "pred_reply") or "") for r in records]
     out: dict[str, Any] = {"backend": backend}
     if backend == "offline":
@@ -195,33 +217,39 @@ def error_rates(records: Iterable[Any], histories: Mapping[str, Sequence[Any]],
         parse_failures = request_failures = 0
         out["version"] = RULES_VERSION
     else:
-        prompts = [error_messages(histories[i], reply, _get(r, "pred_strategy"))
-                   for i, reply, r in zip(ids, replies, records)]
+        prompts = [
+            error_messages(histories[i], reply, _get(r, "pred_strategy"))
+            for i, reply, r in zip(ids, replies, records)
+        ]
         labels, parse_failures, request_failures, counters = _label_openai(
-            ids, prompts, cfg, cache_dir, client)
+            ids, prompts, cfg, cache_dir, client
+        )
         out.update(model=cfg.model, version=f"{PROMPT_VERSION}:{cfg.model}")
     types = BACKEND_TYPES[backend]
     done = [labels[i] for i in ids if labels[i] is not None]
     labelled = len(done)
-    counts: dict[str, int | None] = {e: (sum(e in d for d in done) if e in types else None)
-                                     for e in ERROR_TYPES}
+    counts: dict[str, int | None] = {
+        e: (sum(e in d for d in done) if e in types else None) for e in ERROR_TYPES
+    }
     counts[NONE] = sum(not d for d in done)
     counts["any_error"] = labelled - counts[NONE]
 
     def share(c: int | None) -> float | None:
         return round(c / labelled, 4) if c is not None and labelled else None
 
-    out.update({
-        "types": list(types),
-        "n": len(records),
-        "labelled": labelled,
-        "parse_failures": parse_failures,
-        "request_failures": request_failures,
-        "rates": {e: share(counts[e]) for e in ERROR_TYPES},
-        "none": share(counts[NONE]),
-        "any_error": share(counts["any_error"]),
-        "counts": counts,
-    })
+    out.update(
+        {
+            "types": list(types),
+            "n": len(records),
+            "labelled": labelled,
+            "parse_failures": parse_failures,
+            "request_failures": request_failures,
+            "rates": {e: share(counts[e]) for e in ERROR_TYPES},
+            "none": share(counts[NONE]),
+            "any_error": share(counts["any_error"]),
+            "counts": counts,
+        }
+    )
     if backend == "openai":
         out["client"] = counters
     if keep_per_item:

@@ -62,23 +62,40 @@ CONFUSION_PNG, PREFERENCES_PNG, ERRORS_PNG = "confusion.png", "preferences.png",
 PAPER_DECODING = {"do_sample": True, "temperature": 0.7, "top_p": 0.95}
 STRATEGY_HEADLINE = ("accuracy", "Q", "weighted_f1", "B")
 TEXT_HEADLINE = {
-    "ours": (*(f"bleu_{n}" for n in range(1, MAX_BLEU + 1)), "rouge_l",
-             *(f"distinct_{n}" for n in range(1, MAX_DISTINCT + 1)),
-             *(f"distinct_{n}_per_response" for n in range(1, MAX_DISTINCT + 1)),
-             "unigram_f1", "mean_length"),
-    "paper": (*(f"bleu_{n}" for n in range(1, MAX_BLEU + 1)), "rouge_l",
-              *(f"distinct_{n}" for n in range(1, MAX_DISTINCT + 1)), "unigram_f1",
-              "mean_length"),
+    "ours": (
+        *(f"bleu_{n}" for n in range(1, MAX_BLEU + 1)),
+        "rouge_l",
+        *(f"distinct_{n}" for n in range(1, MAX_DISTINCT + 1)),
+        *(f"distinct_{n}_per_response" for n in range(1, MAX_DISTINCT + 1)),
+        "unigram_f1",
+        "mean_length",
+    ),
+    "paper": (
+        *(f"bleu_{n}" for n in range(1, MAX_BLEU + 1)),
+        "rouge_l",
+        *(f"distinct_{n}" for n in range(1, MAX_DISTINCT + 1)),
+        "unigram_f1",
+        "mean_length",
+    ),
 }
 # compare(): column key -> which direction is better (None: not ranked)
 COMPARE_COLUMNS: dict[str, str | None] = {
-    "Q": "max", "weighted_f1": "max", "accuracy": "max", "B": "min", "bleu_2": "max",
-    "rouge_l": "max", "distinct_2": "max", "errors_any": "min", "adherence": "max",
-    "unparseable": "min", "turns": None}
+    "Q": "max",
+    "weighted_f1": "max",
+    "accuracy": "max",
+    "B": "min",
+    "bleu_2": "max",
+    "rouge_l": "max",
+    "distinct_2": "max",
+    "errors_any": "min",
+    "adherence": "max",
+    "unparseable": "min",
+    "turns": None,
+}
 
 STRATEGY_DEFINITIONS = [
     "Strategy metrics are computed twice: *unparseable → Others* counts a prediction whose "
-    "strategy could not be parsed as \"Others\" (Kang et al.'s scorer); *unparseable excluded* "
+    'strategy could not be parsed as "Others" (Kang et al.\'s scorer); *unparseable excluded* '
     "drops those turns (DecoupledESC's bias.py, which reports their share).",
     "Q = macro-F1 and weighted-F1 from scikit-learn over the strategies present in gold or "
     "predictions (both protocols).",
@@ -112,16 +129,22 @@ def decode_scores(predictions: Sequence[Prediction]) -> dict:
     gold = [p.gold_strategy for p in predictions]
     pred = [p.pred_strategy for p in predictions]
     hyps, refs = [p.pred_reply for p in predictions], [p.gold_reply for p in predictions]
-    return {"strategy": strategy_metrics(gold, pred), "text": text_metrics(hyps, refs),
-            "paper_text": _paper_text().paper_text_metrics(hyps, refs)}
+    return {
+        "strategy": strategy_metrics(gold, pred),
+        "text": text_metrics(hyps, refs),
+        "paper_text": _paper_text().paper_text_metrics(hyps, refs),
+    }
 
 
 def protocol_headline(scores: dict, protocol: str) -> dict[str, Any]:
     """The headline values of one decode under ``protocol``."""
     s = scores["strategy"]
     n = s["n_turns"]
-    h: dict[str, Any] = {"turns": n, "unparseable": s["unparseable"],
-                         "unparseable_rate": s["unparseable"] / n}
+    h: dict[str, Any] = {
+        "turns": n,
+        "unparseable": s["unparseable"],
+        "unparseable_rate": s["unparseable"] / n,
+    }
     for variant in VARIANTS:
         v = s[variant]
         for key in STRATEGY_HEADLINE:
@@ -161,8 +184,10 @@ def _counts(predictions: Sequence[Prediction], strategy: dict) -> dict:
         "unparseable_rate": unparseable / n,
         "modes": dict(sorted(Counter(p.mode for p in predictions).items())),
         "gold_strategies": {s: gold.count(s) for s in STRATEGIES},
-        "predicted_strategies": {**{s: predicted.get(s, 0) for s in STRATEGIES},
-                                 "(unparseable)": unparseable},
+        "predicted_strategies": {
+            **{s: predicted.get(s, 0) for s in STRATEGIES},
+            "(unparseable)": unparseable,
+        },
     }
 
 
@@ -175,12 +200,16 @@ def decoding_warnings(protocol: str, decoding: dict | None, decodes: int) -> lis
     if protocol != "paper":
         return []
     if not decoding:
-        return ["the decoding of these predictions is unknown (no inference manifest beside "
-                "them): the paper protocol's metrics, perhaps not its decoding"]
+        return [
+            "the decoding of these predictions is unknown (no inference manifest beside "
+            "them): the paper protocol's metrics, perhaps not its decoding"
+        ]
     if any(decoding.get(k) != v for k, v in PAPER_DECODING.items()) or decoding.get("top_k"):
-        return ["these predictions were not decoded as the paper does (sampled, temperature "
-                "0.7, top-p 0.95): its metrics on other decoding, not comparable with published "
-                "figures"]
+        return [
+            "these predictions were not decoded as the paper does (sampled, temperature "
+            "0.7, top-p 0.95): its metrics on other decoding, not comparable with published "
+            "figures"
+        ]
     if decodes < 2:
         return ["one sampled decode: no standard deviation over seeds"]
     return []
@@ -190,10 +219,16 @@ def decoding_warnings(protocol: str, decoding: dict | None, decodes: int) -> lis
 # Building and writing a report
 
 
-def build_report(decodes: Sequence[Sequence[Prediction]], *, name: str = "",
-                 sources: Sequence[dict] = (), protocol: str = "paper",
-                 decoding: dict | None = None, llm_scores: dict | None = None,
-                 extra: dict | None = None) -> dict:
+def build_report(
+    decodes: Sequence[Sequence[Prediction]],
+    *,
+    name: str = "",
+    sources: Sequence[dict] = (),
+    protocol: str = "paper",
+    decoding: dict | None = None,
+    llm_scores: dict | None = None,
+    extra: dict | None = None,
+) -> dict:
     """All metrics of already-loaded predictions, one sequence per decode of the same turns (no
     files are read or written). ``extra`` (e.g. ``psych_errors``, ``adherence``) is copied in."""
     if protocol not in PROTOCOLS:
@@ -217,20 +252,33 @@ def build_report(decodes: Sequence[Sequence[Prediction]], *, name: str = "",
         "decodes": len(decodes),
         "decoding": decoding,
         "warnings": decoding_warnings(protocol, decoding, len(decodes)),
-        "input": {**(dict(sources[0]) if sources else {}), "files": list(sources),
-                  "turns": len(decodes[0]), "gold_sha256": key},
+        "input": {
+            **(dict(sources[0]) if sources else {}),
+            "files": list(sources),
+            "turns": len(decodes[0]),
+            "gold_sha256": key,
+        },
         "counts": _counts(decodes[0], first["strategy"]),
         "headline": dict(protocols[protocol]["headline"]),
         "protocols": protocols,
-        "per_decode": [{"source": (sources[i]["path"] if i < len(sources) else None),
-                        **{p: heads[p][i] for p in PROTOCOLS}} for i in range(len(decodes))],
+        "per_decode": [
+            {
+                "source": (sources[i]["path"] if i < len(sources) else None),
+                **{p: heads[p][i] for p in PROTOCOLS},
+            }
+            for i in range(len(decodes))
+        ],
         "strategy": first["strategy"],
         "text": first["text"],
         "paper_text": first["paper_text"],
         "llm_scores": llm_scores,
         **(extra or {}),
-        "definitions": [*STRATEGY_DEFINITIONS, *_paper_text().DEFINITIONS,
-                        *OURS_TEXT_DEFINITIONS, *(extra or {}).get("definitions", [])],
+        "definitions": [
+            *STRATEGY_DEFINITIONS,
+            *_paper_text().DEFINITIONS,
+            *OURS_TEXT_DEFINITIONS,
+            *(extra or {}).get("definitions", []),
+        ],
     }
 
 
@@ -241,9 +289,16 @@ def decoding_of(pred_path: Path) -> dict | None:
     return decoding if isinstance(decoding, dict) else None
 
 
-def evaluate(pred_paths: str | Path | Sequence[str | Path], out_dir: str | Path | None = None, *,
-             name: str | None = None, protocol: str = "paper", decoding: dict | None = None,
-             llm_scores: dict | None = None, extra: dict | None = None) -> dict:
+def evaluate(
+    pred_paths: str | Path | Sequence[str | Path],
+    out_dir: str | Path | None = None,
+    *,
+    name: str | None = None,
+    protocol: str = "paper",
+    decoding: dict | None = None,
+    llm_scores: dict | None = None,
+    extra: dict | None = None,
+) -> dict:
     """Score the predictions file(s) ``pred_paths`` (one per decode of the same turns) and write
     the report files into ``out_dir``.
 
@@ -252,8 +307,9 @@ def evaluate(pred_paths: str | Path | Sequence[str | Path], out_dir: str | Path 
     (any JSON-able dicts) are copied into the report and its Markdown. Returns the report dict
     (as written to ``report.json``).
     """
-    paths = [Path(pred_paths)] if isinstance(pred_paths, (str, Path)) else \
-        [Path(p) for p in pred_paths]
+    paths = (
+        [Path(pred_paths)] if isinstance(pred_paths, (str, Path)) else [Path(p) for p in pred_paths]
+    )
     if not paths:
         raise ConfigError("no predictions file to evaluate")
     out = Path(out_dir) if out_dir is not None else paths[0].parent / "report"
@@ -263,9 +319,15 @@ def evaluate(pred_paths: str | Path | Sequence[str | Path], out_dir: str | Path 
             raise DataError(p, f"not a decode of the same gold turns as {paths[0]}")
     if decoding is None:
         decoding = decoding_of(paths[0])
-    report = build_report(decodes, name=name or paths[0].stem, protocol=protocol,
-                          decoding=decoding, llm_scores=llm_scores, extra=extra,
-                          sources=[{"path": str(p), "sha256": sha256_file(p)} for p in paths])
+    report = build_report(
+        decodes,
+        name=name or paths[0].stem,
+        protocol=protocol,
+        decoding=decoding,
+        llm_scores=llm_scores,
+        extra=extra,
+        sources=[{"path": str(p), "sha256": sha256_file(p)} for p in paths],
+    )
     write_report(report, out, paths)
     return report
 
@@ -280,8 +342,9 @@ def report_files(report: dict) -> tuple[str, ...]:
     return REPORT_FILES + ((ERRORS_PNG,) if report.get("psych_errors") else ())
 
 
-def write_report(report: dict, out_dir: str | Path, inputs: Sequence[str | Path] = ()
-                 ) -> list[Path]:
+def write_report(
+    report: dict, out_dir: str | Path, inputs: Sequence[str | Path] = ()
+) -> list[Path]:
     """Write report.json, report.md, confusion.png, preferences.png (errors.png) as one set, then
     manifest.json with their records (what a rerun and `compare` check them against): built in a
     staged directory that replaces ``out_dir`` whole, so that an interrupted eval leaves the old
@@ -289,9 +352,14 @@ def write_report(report: dict, out_dir: str | Path, inputs: Sequence[str | Path]
     final = Path(out_dir)
     with staged_dir(final, "eval", inputs, keep=KEEP) as out:
         _write_report_files(report, out)
-        write_manifest(out, {"stage": "eval", "name": report["name"],
-                             "outputs": {name: output_record(out, name)
-                                         for name in report_files(report)}})
+        write_manifest(
+            out,
+            {
+                "stage": "eval",
+                "name": report["name"],
+                "outputs": {name: output_record(out, name) for name in report_files(report)},
+            },
+        )
     return [final / name for name in report_files(report)]
 
 
@@ -299,24 +367,32 @@ def _write_report_files(report: dict, out: Path) -> None:
     strategy = report["strategy"]
     primary = strategy["as_others"]
     excluded = strategy["excluded"]
-    plot_confusion(confusion_with_unparseable(strategy), out / CONFUSION_PNG,
-                   title=f"{report['name'] or 'predictions'}: gold × predicted strategy "
-                         f"({strategy['unparseable']} unparseable)")
+    plot_confusion(
+        confusion_with_unparseable(strategy),
+        out / CONFUSION_PNG,
+        title=f"{report['name'] or 'predictions'}: gold × predicted strategy "
+        f"({strategy['unparseable']} unparseable)",
+    )
     plot_preferences(
-        {f"{VARIANT_TITLES[v]} (B = {strategy[v]['B']:.3f})":
-         [strategy[v]["per_strategy"][s]["preference"] for s in STRATEGIES]
-         for v in VARIANTS if strategy[v] is not None},
+        {
+            f"{VARIANT_TITLES[v]} (B = {strategy[v]['B']:.3f})": [
+                strategy[v]["per_strategy"][s]["preference"] for s in STRATEGIES
+            ]
+            for v in VARIANTS
+            if strategy[v] is not None
+        },
         out / PREFERENCES_PNG,
         title=f"{report['name'] or 'predictions'}: strategy preferences "
-              f"(B = {primary['B']:.3f}"
-              + (f", excluded {excluded['B']:.3f})" if excluded else ")"))
+        f"(B = {primary['B']:.3f}" + (f", excluded {excluded['B']:.3f})" if excluded else ")"),
+    )
     if report.get("psych_errors"):
         from .plots import plot_error_rates
 
-        plot_error_rates({f"{backend} judge": rates
-                          for backend, rates in report["psych_errors"].items()},
-                         out / ERRORS_PNG,
-                         title=f"{report['name'] or 'predictions'}: psychological errors")
+        plot_error_rates(
+            {f"{backend} judge": rates for backend, rates in report["psych_errors"].items()},
+            out / ERRORS_PNG,
+            title=f"{report['name'] or 'predictions'}: psychological errors",
+        )
     atomic_write_text(out / REPORT_MD, render_markdown(report))
     atomic_write_json(out / REPORT_JSON, report)
 
@@ -344,8 +420,11 @@ def confusion_with_unparseable(strategy: dict) -> list[list[int]]:
 
 
 def _numeric(d: dict) -> dict[str, float]:
-    return {k: v for k, v in flatten(d).items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return {
+        k: v
+        for k, v in flatten(d).items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
 
 
 def log_report(run, report: dict, out_dir: str | Path) -> None:
@@ -359,33 +438,68 @@ def log_report(run, report: dict, out_dir: str | Path) -> None:
 
     summary = {f"eval/{k}": v for k, v in report["headline"].items() if v is not None}
     for protocol, values in report["protocols"].items():
-        summary.update({f"eval/{protocol}/{k}": v for k, v in values["headline"].items()
-                        if v is not None})
-        summary.update({f"eval/{protocol}/std/{k}": v
-                        for k, v in (values["std"] or {}).items() if v is not None})
-    summary.update({f"eval/llm/{k}": v
-                    for k, v in _numeric(report.get("llm_scores") or {}).items()})
+        summary.update(
+            {f"eval/{protocol}/{k}": v for k, v in values["headline"].items() if v is not None}
+        )
+        summary.update(
+            {
+                f"eval/{protocol}/std/{k}": v
+                for k, v in (values["std"] or {}).items()
+                if v is not None
+            }
+        )
+    summary.update(
+        {f"eval/llm/{k}": v for k, v in _numeric(report.get("llm_scores") or {}).items()}
+    )
     for backend, errors in (report.get("psych_errors") or {}).items():
-        summary.update({f"eval/errors/{backend}/{k}": v for k, v in errors["rates"].items()
-                        if v is not None})
-        summary.update({f"eval/errors/{backend}/none": errors["none"],
-                        f"eval/errors/{backend}/any_error": errors["any_error"]})
+        summary.update(
+            {f"eval/errors/{backend}/{k}": v for k, v in errors["rates"].items() if v is not None}
+        )
+        summary.update(
+            {
+                f"eval/errors/{backend}/none": errors["none"],
+                f"eval/errors/{backend}/any_error": errors["any_error"],
+            }
+        )
     if report.get("adherence"):
         summary["eval/adherence"] = report["adherence"].get("adherence")
     run.summary.update(summary)
     s = report["strategy"]
-    columns = ["strategy", "gold", "predicted", "precision", "recall", "f1", "preference",
-               "f1_excluded", "preference_excluded"]
+    columns = [
+        "strategy",
+        "gold",
+        "predicted",
+        "precision",
+        "recall",
+        "f1",
+        "preference",
+        "f1_excluded",
+        "preference_excluded",
+    ]
     rows = []
     for name in STRATEGIES:
         a = s["as_others"]["per_strategy"][name]
         e = s["excluded"]["per_strategy"][name] if s["excluded"] else {}
-        rows.append([name, a["support"], a["predicted"], a["precision"], a["recall"], a["f1"],
-                     a["preference"], e.get("f1"), e.get("preference")])
+        rows.append(
+            [
+                name,
+                a["support"],
+                a["predicted"],
+                a["precision"],
+                a["recall"],
+                a["f1"],
+                a["preference"],
+                e.get("f1"),
+                e.get("preference"),
+            ]
+        )
     payload: dict[str, Any] = {"eval/per_strategy": wandb.Table(columns=columns, data=rows)}
     out = Path(out_dir)
-    for key, fname in (("eval/confusion", CONFUSION_PNG), ("eval/preferences", PREFERENCES_PNG),
-                       ("eval/errors", ERRORS_PNG)):
+    for key, fname in (
+        ("eval/confusion", CONFUSION_PNG),
+        ("eval/preferences", PREFERENCES_PNG),
+        ("eval/errors", ERRORS_PNG),
+    ):
         if (out / fname).is_file():
             payload[key] = wandb.Image(str(out / fname))
     run.log(payload)

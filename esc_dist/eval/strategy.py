@@ -48,16 +48,24 @@ def _scores(gold: Sequence[str], pred: Sequence[str]) -> dict | None:
         return None
     g, p = np.asarray(gold, dtype=object), np.asarray(pred, dtype=object)
     prec, rec, f1, support = precision_recall_fscore_support(
-        g, p, labels=list(STRATEGIES), average=None, zero_division=0)
+        g, p, labels=list(STRATEGIES), average=None, zero_division=0
+    )
     conf = confusion_counts(gold, pred)
     predicted = conf.sum(axis=0)
     fit = fit_preferences(conf)
     kang, kang_bias = kang_preferences(conf)
-    per = {s: {"support": int(support[i]), "predicted": int(predicted[i]),
-               "precision": float(prec[i]), "recall": float(rec[i]), "f1": float(f1[i]),
-               "preference": fit.preferences[i],
-               "preference_kang": kang[i] if np.isfinite(kang[i]) else None}
-           for i, s in enumerate(STRATEGIES)}
+    per = {
+        s: {
+            "support": int(support[i]),
+            "predicted": int(predicted[i]),
+            "precision": float(prec[i]),
+            "recall": float(rec[i]),
+            "f1": float(f1[i]),
+            "preference": fit.preferences[i],
+            "preference_kang": kang[i] if np.isfinite(kang[i]) else None,
+        }
+        for i, s in enumerate(STRATEGIES)
+    }
     return {
         "n": len(gold),
         "accuracy": float(np.mean(g == p)),
@@ -81,8 +89,9 @@ def strategy_metrics(gold: Sequence[str], pred: Sequence[str | None]) -> dict:
     """
     if len(gold) != len(pred):
         raise ValueError(f"{len(gold)} gold labels but {len(pred)} predictions")
-    bad = [s for s in gold if s not in STRATEGIES] + [s for s in pred
-                                                     if s is not None and s not in STRATEGIES]
+    bad = [s for s in gold if s not in STRATEGIES] + [
+        s for s in pred if s is not None and s not in STRATEGIES
+    ]
     if bad:
         raise ValueError(f"not one of the 8 strategies: {bad[0]!r}")
     unparseable = Counter(g for g, p in zip(gold, pred) if p is None)

@@ -41,7 +41,7 @@ def tokenize(text: str) -> list[str]:
 
 
 def ngrams(tokens: Sequence[str], n: int) -> list[tuple[str, ...]]:
-    return [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+    return [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
 
 
 def corpus_bleu(hyps: Sequence[str], refs: Sequence[str], n: int) -> float:

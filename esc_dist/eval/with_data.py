@@ -27,8 +27,9 @@ from .predictions import Prediction
 log = get_logger(__name__)
 
 
-def histories_of(data_dir: str | Path, split: str,
-                 predictions: Sequence[Prediction], source: str | Path) -> dict[str, list]:
+def histories_of(
+    data_dir: str | Path, split: str, predictions: Sequence[Prediction], source: str | Path
+) -> dict[str, list]:
     """The history (a list of seeker/supporter messages) of every predicted turn, by id."""
     from ..data.tasks import load_task
 
@@ -38,13 +39,20 @@ def histories_of(data_dir: str | Path, split: str,
     histories = {t["id"]: t["history"] for t in turns[split]}
     missing = [p.id for p in predictions if p.id not in histories]
     if missing:
-        raise ConfigError(f"{source}: {len(missing)} prediction id(s) are not turns of split "
-                          f"{split!r} in {data_dir} (first: {missing[0]})")
+        raise ConfigError(
+            f"{source}: {len(missing)} prediction id(s) are not turns of split "
+            f"{split!r} in {data_dir} (first: {missing[0]})"
+        )
     return histories
 
 
-def data_metrics(predictions: Sequence[Prediction], recipe: Recipe, data_dir: str | Path,
-                 cache_dir: str | Path, source: str | Path) -> tuple[dict | None, dict]:
+def data_metrics(
+    predictions: Sequence[Prediction],
+    recipe: Recipe,
+    data_dir: str | Path,
+    cache_dir: str | Path,
+    source: str | Path,
+) -> tuple[dict | None, dict]:
     """(LLM rubric scores or None, the report's extra sections ``psych_errors`` and
     ``adherence``) of one decode's predictions; ``source`` names them in errors."""
     from .psych_errors import error_rates
@@ -52,14 +60,18 @@ def data_metrics(predictions: Sequence[Prediction], recipe: Recipe, data_dir: st
     split = recipe.infer.split
     histories = histories_of(data_dir, split, predictions, source)
     cache = Path(cache_dir)
-    extra: dict = {"psych_errors": {
-        "offline": error_rates(predictions, histories, recipe.judge, cache, backend="offline")}}
+    extra: dict = {
+        "psych_errors": {
+            "offline": error_rates(predictions, histories, recipe.judge, cache, backend="offline")
+        }
+    }
     llm_scores = None
     if recipe.eval.llm_judge:
         from .llm_scores import score_predictions
 
-        extra["psych_errors"]["openai"] = error_rates(predictions, histories, recipe.judge,
-                                                      cache, backend="openai")
+        extra["psych_errors"]["openai"] = error_rates(
+            predictions, histories, recipe.judge, cache, backend="openai"
+        )
         llm_scores = score_predictions(predictions, recipe.judge, cache, histories)
     if recipe.eval.adherence:
         from .adherence import adherence, train_classifier

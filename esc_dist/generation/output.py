@@ -60,13 +60,17 @@ def claim_output(out: str | Path, job: dict, name: str) -> dict | None:
                 return prev
             log.warning("%s: %s; making the output again", name, problem)
         else:
-            raise ConfigError(f"{out} already holds a completed {prev.get('stage', '')} "
-                              "output for other inputs (model, data or settings differ); remove "
-                              "it or choose another --out")
+            raise ConfigError(
+                f"{out} already holds a completed {prev.get('stage', '')} "
+                "output for other inputs (model, data or settings differ); remove "
+                "it or choose another --out"
+            )
     job_file = out / "job.json"
     if job_file.is_file() and read_json(job_file).get("fingerprint") != job["fingerprint"]:
-        raise ConfigError(f"{out} holds an unfinished run for other inputs (model, data or "
-                          "settings differ); remove it or choose another --out")
+        raise ConfigError(
+            f"{out} holds an unfinished run for other inputs (model, data or "
+            "settings differ); remove it or choose another --out"
+        )
     dist.barrier()  # every rank has looked before rank 0 writes: they all see the same state
     if dist.is_main():
         claim_dir(out, stage, inputs)

@@ -31,15 +31,15 @@ def load_tokenizer(model_dir: str | Path, trust_remote_code: bool = False):
 
 
 def prompt_ids(tokenizer, messages: Sequence[dict]) -> list[int]:
-    out = tokenizer.apply_chat_template(list(messages), tokenize=True,
-                                        add_generation_prompt=True)
+    out = tokenizer.apply_chat_template(list(messages), tokenize=True, add_generation_prompt=True)
     if isinstance(out, dict) or hasattr(out, "keys"):
         out = out["input_ids"]
     return list(out)
 
 
-def fit_prompts(items: Sequence[WorkItem], tokenizer, context: int | None,
-                source: str | Path | None = None) -> tuple[list[list[int]], list[int]]:
+def fit_prompts(
+    items: Sequence[WorkItem], tokenizer, context: int | None, source: str | Path | None = None
+) -> tuple[list[list[int]], list[int]]:
     """The prompt ids of every item and how many history messages were dropped from each.
 
     A prompt whose tokens and ``max_new_tokens`` exceed ``context`` loses its oldest history
@@ -57,6 +57,7 @@ def fit_prompts(items: Sequence[WorkItem], tokenizer, context: int | None,
         if key not in done:
             ids, dropped = prompt_ids(tokenizer, it.messages), 0
             if context is not None and len(ids) + max_new > context:
+
                 def within(kept: list[dict]) -> list[int] | None:
                     p = prompt_ids(tokenizer, kept)
                     return p if len(p) + max_new <= context else None
@@ -65,10 +66,12 @@ def fit_prompts(items: Sequence[WorkItem], tokenizer, context: int | None,
                 if fitted is None:
                     n = len(prompt_ids(tokenizer, fitter.shortest(it.messages)))
                     raise DataError(
-                        source, f"turn {it.seed_key}: the prompt does not fit the model's context "
+                        source,
+                        f"turn {it.seed_key}: the prompt does not fit the model's context "
                         f"of {context} tokens even with only its last seeker message kept ({n} "
                         f"prompt tokens + {max_new} new tokens)",
-                        dialogue=it.meta.get("dialogue_id"))
+                        dialogue=it.meta.get("dialogue_id"),
+                    )
                 _, ids, dropped = fitted
             done[key] = ids, dropped
         keys.append(key)
@@ -78,24 +81,30 @@ def fit_prompts(items: Sequence[WorkItem], tokenizer, context: int | None,
 class Replica:
     """A plain (non-ZeRO) model on this rank's device, in the dtype of ``precision``."""
 
-    def __init__(self, model_dir: str | Path, tokenizer, trust_remote_code: bool = False,
-                 attn_implementation: str | None = None, prefill: str = "auto",
-                 precision: str = "auto"):
+    def __init__(
+        self,
+        model_dir: str | Path,
+        tokenizer,
+        trust_remote_code: bool = False,
+        attn_implementation: str | None = None,
+        prefill: str = "auto",
+        precision: str = "auto",
+    ):
         import torch
 
         self.device, self.dtype = device_and_dtype(precision)
         self.prefill = resolve_prefill(prefill)
         deterministic_cuda()
-        self.model = loading.load_causal_lm(model_dir, self.dtype, trust_remote_code,
-                                            attn_implementation)
+        self.model = loading.load_causal_lm(
+            model_dir, self.dtype, trust_remote_code, attn_implementation
+        )
         self.model.to(self.device).eval()
         self.tok = tokenizer
         self.pad_id = tokenizer.pad_token_id
         stops = {tokenizer.eos_token_id, tokenizer.pad_token_id}
         gen_eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
         stops.update(gen_eos if isinstance(gen_eos, (list, tuple)) else [gen_eos])
-        self.stop_ids = torch.tensor(sorted(s for s in stops if s is not None),
-                                     device=self.device)
+        self.stop_ids = torch.tensor(sorted(s for s in stops if s is not None), device=self.device)
         params = inspect.signature(self.model.forward).parameters
         self.cache_kw = "cache" if "cache" in params else "past_key_values"
         self.first_kw = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
@@ -142,8 +151,9 @@ class Replica:
             merged.update(torch.cat(ks), torch.cat(vs), layer)
         return torch.cat(logits), merged
 
-    def generate_batch(self, items: Sequence[WorkItem], ids_list: Sequence[list[int]],
-                       seeds: Sequence[int]) -> list[dict]:
+    def generate_batch(
+        self, items: Sequence[WorkItem], ids_list: Sequence[list[int]], seeds: Sequence[int]
+    ) -> list[dict]:
         """Decode one batch with a KV cache; returns text, finish reason and token counts."""
         import torch
 
@@ -158,8 +168,8 @@ class Replica:
         ids = torch.full((n, width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((n, width), dtype=torch.long)
         for r, p in enumerate(ids_list):
-            ids[r, width - len(p):] = torch.tensor(p, dtype=torch.long)
-            mask[r, width - len(p):] = 1
+            ids[r, width - len(p) :] = torch.tensor(p, dtype=torch.long)
+            mask[r, width - len(p) :] = 1
         s = [it.sampling for it in items]
         max_new = [x.max_new_tokens for x in s]
         steps = max(max_new)
@@ -168,12 +178,14 @@ class Replica:
         for r, (x, seed) in enumerate(zip(s, seeds)):
             if x.do_sample:
                 g = torch.Generator().manual_seed(seed)
-                u[r, :x.max_new_tokens] = torch.rand(x.max_new_tokens, generator=g,
-                                                     dtype=torch.float64)
+                u[r, : x.max_new_tokens] = torch.rand(
+                    x.max_new_tokens, generator=g, dtype=torch.float64
+                )
         u = u.to(device=dev, dtype=torch.float32)
         do_sample = torch.tensor([x.do_sample for x in s], device=dev)
-        temperature = torch.tensor([x.temperature if x.do_sample else 1.0 for x in s],
-                                   dtype=torch.float32, device=dev)
+        temperature = torch.tensor(
+            [x.temperature if x.do_sample else 1.0 for x in s], dtype=torch.float32, device=dev
+        )
         top_p = torch.tensor([x.top_p for x in s], dtype=torch.float32, device=dev)
         top_k = torch.tensor([x.top_k for x in s], dtype=torch.long, device=dev)
         limit = torch.tensor(max_new, device=dev)
@@ -183,8 +195,9 @@ class Replica:
         ids, mask = ids.to(dev), mask.to(dev)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         done = self._prefill_per_row(ids_list, width) if self.prefill == "per_row" else None
-        logits, cache = done if done is not None else self._forward(ids, mask, pos, None,
-                                                                     first=True)
+        logits, cache = (
+            done if done is not None else self._forward(ids, mask, pos, None, first=True)
+        )
         next_pos = pos[:, -1:] + 1
         finished = torch.zeros(n, dtype=torch.bool, device=dev)
         if bar_steps:
@@ -208,15 +221,17 @@ class Replica:
         stop = set(self.stop_ids.tolist())
         results = []
         for r, row in enumerate(gen):
-            row = row[:max_new[r]]
+            row = row[: max_new[r]]
             cut = next((j for j, t in enumerate(row) if t in stop), None)
             kept = row if cut is None else row[:cut]
-            results.append({
-                "text": self.tok.decode(kept, skip_special_tokens=True),
-                "finish_reason": "length" if cut is None else "stop",
-                "prompt_tokens": len(ids_list[r]),
-                "new_tokens": len(kept),
-            })
+            results.append(
+                {
+                    "text": self.tok.decode(kept, skip_special_tokens=True),
+                    "finish_reason": "length" if cut is None else "stop",
+                    "prompt_tokens": len(ids_list[r]),
+                    "new_tokens": len(kept),
+                }
+            )
         return results
 
 
@@ -231,8 +246,10 @@ def _plain_kv(cache) -> list[tuple] | None:
     if layers is not None:
         from transformers.cache_utils import DynamicLayer
 
-        if not layers or any(type(layer) is not DynamicLayer
-                             or not getattr(layer, "is_initialized", True) for layer in layers):
+        if not layers or any(
+            type(layer) is not DynamicLayer or not getattr(layer, "is_initialized", True)
+            for layer in layers
+        ):
             return None
         return [(layer.keys, layer.values) for layer in layers]
     keys, values = getattr(cache, "key_cache", None), getattr(cache, "value_cache", None)
@@ -273,6 +290,9 @@ def device_and_dtype(precision: str = "auto"):
     and on a CPU with native bf16, else fp32; see :func:`esc_dist.dist.resolve_precision`)."""
     import torch
 
-    dev = torch.device("cuda", dist.cuda_device()) if torch.cuda.is_available() else \
-        torch.device("cpu")
+    dev = (
+        torch.device("cuda", dist.cuda_device())
+        if torch.cuda.is_available()
+        else torch.device("cpu")
+    )
     return dev, dist.torch_dtype(precision)

@@ -29,8 +29,9 @@ class Sampling:
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if not 0 <= self.min_new_tokens <= self.max_new_tokens:
-            raise ValueError(f"min_new_tokens must be in [0, max_new_tokens], got "
-                             f"{self.min_new_tokens}")
+            raise ValueError(
+                f"min_new_tokens must be in [0, max_new_tokens], got {self.min_new_tokens}"
+            )
         if self.do_sample:
             if not self.temperature > 0:
                 raise ValueError(f"temperature must be > 0 when sampling, got {self.temperature}")

@@ -72,21 +72,24 @@ def chunk_name(k: int) -> str:
     return f"{CHUNK_PREFIX}{k:06d}"
 
 
-def plan_layout(items: Sequence[WorkItem], lengths: Sequence[int], batch_size: int,
-                chunk_size: int) -> list[Chunk]:
+def plan_layout(
+    items: Sequence[WorkItem], lengths: Sequence[int], batch_size: int, chunk_size: int
+) -> list[Chunk]:
     """Cut the globally ordered items into fixed batches and group them into chunks.
 
     Order: prompt length descending, ties by id. A chunk's cost is its padded token count
     (rows × (longest prompt + most new tokens) summed over its batches).
     """
     order = sorted(range(len(items)), key=lambda i: (-lengths[i], items[i].id))
-    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     per_chunk = chunk_size // batch_size
     chunks = []
     for k, start in enumerate(range(0, len(batches), per_chunk)):
-        bs = batches[start:start + per_chunk]
-        cost = sum(len(b) * (max(lengths[i] for i in b)
-                             + max(items[i].sampling.max_new_tokens for i in b)) for b in bs)
+        bs = batches[start : start + per_chunk]
+        cost = sum(
+            len(b) * (max(lengths[i] for i in b) + max(items[i].sampling.max_new_tokens for i in b))
+            for b in bs
+        )
         chunks.append(Chunk(chunk_name(k), bs, cost))
     return chunks
 
@@ -100,12 +103,18 @@ def chunk_path(work_dir: Path, name: str) -> Path:
 
 
 def _record(item: WorkItem, result: dict) -> dict:
-    return {"id": item.id, "key": item.seed_key, "sample": item.sample,
-            "messages": item.messages, "meta": item.meta, **result}
+    return {
+        "id": item.id,
+        "key": item.seed_key,
+        "sample": item.sample,
+        "messages": item.messages,
+        "meta": item.meta,
+        **result,
+    }
 
 
 def existing_chunks(work_dir: Path) -> set[str]:
-    return {p.name[:-len(".jsonl")] for p in Path(work_dir).glob(f"{CHUNK_PREFIX}*.jsonl")}
+    return {p.name[: -len(".jsonl")] for p in Path(work_dir).glob(f"{CHUNK_PREFIX}*.jsonl")}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -140,13 +149,19 @@ def _raise_any(errors: list[Any]) -> None:
     for e in errors:
         if e is not None:
             kind, msg = e
-            raise {"PlanMismatch": PlanMismatch, "MergeError": MergeError}.get(
-                kind, RuntimeError)(msg)
+            raise {"PlanMismatch": PlanMismatch, "MergeError": MergeError}.get(kind, RuntimeError)(
+                msg
+            )
 
 
-def generate(items: Sequence[WorkItem], model_dir: str | Path, work_dir: str | Path,
-             cfg: EngineConfig, label: str = "generate", source: str | Path | None = None,
-             ) -> dict:
+def generate(
+    items: Sequence[WorkItem],
+    model_dir: str | Path,
+    work_dir: str | Path,
+    cfg: EngineConfig,
+    label: str = "generate",
+    source: str | Path | None = None,
+) -> dict:
     """Compute every item once over all ranks into ``work_dir``'s chunk files.
 
     Every rank calls this with the same items. Prompts are fitted to the model's context
@@ -168,27 +183,51 @@ def generate(items: Sequence[WorkItem], model_dir: str | Path, work_dir: str | P
     plist, dropped = fit_prompts(items, tok, context, source)
     shortened = sum(1 for n in dropped if n)
     if shortened:
-        log.warning("%s: %d of %d prompts shortened to the model's context of %d tokens "
-                    "(oldest history messages dropped)", label, shortened, len(items), context)
+        log.warning(
+            "%s: %d of %d prompts shortened to the model's context of %d tokens "
+            "(oldest history messages dropped)",
+            label,
+            shortened,
+            len(items),
+            context,
+        )
     lengths = [len(p) for p in plist]
     chunks = plan_layout(items, lengths, cfg.batch_size, cfg.chunk_size)
     device, dtype = device_and_dtype(cfg.precision)
-    fingerprint = sha256_json({
-        "engine": ENGINE_VERSION, "items": items_fingerprint(items),
-        "model": model_fp, "batch_size": cfg.batch_size,
-        "chunk_size": cfg.chunk_size, "seed": cfg.seed, "stream": cfg.stream,
-        "device": device.type, "dtype": str(dtype).replace("torch.", ""),
-        "attn_implementation": cfg.attn_implementation,
-        "prefill": resolve_prefill(cfg.prefill),
-    })
+    fingerprint = sha256_json(
+        {
+            "engine": ENGINE_VERSION,
+            "items": items_fingerprint(items),
+            "model": model_fp,
+            "batch_size": cfg.batch_size,
+            "chunk_size": cfg.chunk_size,
+            "seed": cfg.seed,
+            "stream": cfg.stream,
+            "device": device.type,
+            "dtype": str(dtype).replace("torch.", ""),
+            "attn_implementation": cfg.attn_implementation,
+            "prefill": resolve_prefill(cfg.prefill),
+        }
+    )
     layout_sha = sha256_json([[c.name, [ids[i] for i in c.indices]] for c in chunks])
-    plan = {"engine_version": ENGINE_VERSION, "fingerprint": fingerprint, "label": label,
-            "model": str(model_dir), "items": len(items), "batch_size": cfg.batch_size,
-            "chunk_size": cfg.chunk_size, "seed": cfg.seed, "stream": cfg.stream,
-            "device": device.type, "dtype": str(dtype).replace("torch.", ""),
-            "prefill": resolve_prefill(cfg.prefill), "layout_sha256": layout_sha,
-            "chunks": [{"name": c.name, "ids": [ids[i] for i in c.indices], "cost": c.cost}
-                       for c in chunks]}
+    plan = {
+        "engine_version": ENGINE_VERSION,
+        "fingerprint": fingerprint,
+        "label": label,
+        "model": str(model_dir),
+        "items": len(items),
+        "batch_size": cfg.batch_size,
+        "chunk_size": cfg.chunk_size,
+        "seed": cfg.seed,
+        "stream": cfg.stream,
+        "device": device.type,
+        "dtype": str(dtype).replace("torch.", ""),
+        "prefill": resolve_prefill(cfg.prefill),
+        "layout_sha256": layout_sha,
+        "chunks": [
+            {"name": c.name, "ids": [ids[i] for i in c.indices], "cost": c.cost} for c in chunks
+        ],
+    }
 
     # Rank 0 checks or writes the plan; every rank must have computed the same layout.
     error, present = None, None
@@ -204,12 +243,15 @@ def generate(items: Sequence[WorkItem], model_dir: str | Path, work_dir: str | P
                         f"{work_dir} holds chunks computed for other inputs (model, items, "
                         f"batch/chunk size, seed or device differ: plan fingerprint "
                         f"{str(prev_fp)[:12]} != {fingerprint[:12]}); remove "
-                        "the directory or write to another output")
+                        "the directory or write to another output"
+                    )
             else:
                 stray = existing_chunks(work_dir)
                 if stray:
-                    raise PlanMismatch(f"{work_dir} holds chunk files but no {PLAN}: remove "
-                                       "them or write to another output")
+                    raise PlanMismatch(
+                        f"{work_dir} holds chunk files but no {PLAN}: remove "
+                        "them or write to another output"
+                    )
                 atomic_write_json(old, plan)
             present = sorted(existing_chunks(work_dir))
         except PlanMismatch as e:
@@ -218,22 +260,44 @@ def generate(items: Sequence[WorkItem], model_dir: str | Path, work_dir: str | P
     _raise_any([g[0] for g in gathered])
     present = set(gathered[0][1])
     if len({g[2] for g in gathered}) != 1:
-        raise RuntimeError("ranks computed different chunk layouts (different tokenizer or "
-                           "inputs per rank?)")
+        raise RuntimeError(
+            "ranks computed different chunk layouts (different tokenizer or inputs per rank?)"
+        )
 
     remaining = [c for c in chunks if c.name not in present]
     world, me = dist.world_size(), dist.rank()
     mine = set(dist.shard_balanced([(c.name, c.cost) for c in remaining], world, me))
     todo = [c for c in remaining if c.name in mine]
-    log.info("%s: %d items in %d chunks; %d already done, %d to compute on %d rank(s), %d here",
-             label, len(items), len(chunks), len(present), len(remaining), world, len(todo))
+    log.info(
+        "%s: %d items in %d chunks; %d already done, %d to compute on %d rank(s), %d here",
+        label,
+        len(items),
+        len(chunks),
+        len(present),
+        len(remaining),
+        world,
+        len(todo),
+    )
 
-    stats = {"rank": me, "chunks": 0, "items": 0, "prompt_tokens": 0, "new_tokens": 0,
-             "seconds": 0.0, "load_seconds": 0.0}
+    stats = {
+        "rank": me,
+        "chunks": 0,
+        "items": 0,
+        "prompt_tokens": 0,
+        "new_tokens": 0,
+        "seconds": 0.0,
+        "load_seconds": 0.0,
+    }
     if todo:
         t_load = time.perf_counter()
-        replica = Replica(model_dir, tok, cfg.trust_remote_code, cfg.attn_implementation,
-                          cfg.prefill, cfg.precision)
+        replica = Replica(
+            model_dir,
+            tok,
+            cfg.trust_remote_code,
+            cfg.attn_implementation,
+            cfg.prefill,
+            cfg.precision,
+        )
         stats["load_seconds"] = round(time.perf_counter() - t_load, 3)
         delay = float(os.environ.get(_DELAY_ENV, "0") or 0)
         update, close = _progress(len(todo), f"{label} rank {me}")
@@ -268,15 +332,24 @@ def generate(items: Sequence[WorkItem], model_dir: str | Path, work_dir: str | P
     new_tokens = sum(r["new_tokens"] for r in per_rank)
     gen_wall = max((r["seconds"] for r in per_rank), default=0.0)
     return {
-        "label": label, "world_size": world, "items": len(items), "chunks": len(chunks),
-        "chunks_reused": len(present), "chunks_computed": sum(r["chunks"] for r in per_rank),
-        "items_computed": computed, "new_tokens": new_tokens,
-        "seconds": round(wall, 3), "generation_seconds": round(gen_wall, 3),
+        "label": label,
+        "world_size": world,
+        "items": len(items),
+        "chunks": len(chunks),
+        "chunks_reused": len(present),
+        "chunks_computed": sum(r["chunks"] for r in per_rank),
+        "items_computed": computed,
+        "new_tokens": new_tokens,
+        "seconds": round(wall, 3),
+        "generation_seconds": round(gen_wall, 3),
         "items_per_s": round(computed / gen_wall, 3) if gen_wall else None,
         "tokens_per_s": round(new_tokens / gen_wall, 3) if gen_wall else None,
-        "device": device.type, "dtype": str(dtype).replace("torch.", ""),
-        "context": context, "prompts_shortened": shortened,
-        "fingerprint": fingerprint, "per_rank": per_rank,
+        "device": device.type,
+        "dtype": str(dtype).replace("torch.", ""),
+        "context": context,
+        "prompts_shortened": shortened,
+        "fingerprint": fingerprint,
+        "per_rank": per_rank,
     }
 
 
@@ -292,34 +365,42 @@ def merge(work_dir: str | Path) -> list[dict]:
     work_dir = Path(work_dir)
     plan_file = work_dir / PLAN
     if not plan_file.is_file():
-        raise MergeError(f"{work_dir}: no {PLAN} (not a generation work directory, or the run "
-                         "never started)")
+        raise MergeError(
+            f"{work_dir}: no {PLAN} (not a generation work directory, or the run never started)"
+        )
+
     def bad(path: Path, problem: str) -> MergeError:
         return MergeError(problem, path=path)
 
     plan = load_json(plan_file, PLAN, bad)
     try:
-        chunks = [{"name": str(c["name"]), "ids": [str(i) for i in c["ids"]]}
-                  for c in plan["chunks"]]
+        chunks = [
+            {"name": str(c["name"]), "ids": [str(i) for i in c["ids"]]} for c in plan["chunks"]
+        ]
     except (KeyError, TypeError):
-        raise bad(plan_file, "not a plan written by esc-dist (expected chunks with names and "
-                             "ids); rerun the stage into a new output") from None
+        raise bad(
+            plan_file,
+            "not a plan written by esc-dist (expected chunks with names and "
+            "ids); rerun the stage into a new output",
+        ) from None
     expected: dict[str, str] = {}
     for c in chunks:
         for i in c["ids"]:
             expected[i] = c["name"]
-    missing_chunks = [c for c in chunks
-                      if not chunk_path(work_dir, c["name"]).is_file()]
+    missing_chunks = [c for c in chunks if not chunk_path(work_dir, c["name"]).is_file()]
     if missing_chunks:
         c = missing_chunks[0]
         more = f" (and {len(missing_chunks) - 1} more)" if len(missing_chunks) > 1 else ""
-        raise MergeError(f"{work_dir}: missing chunk {c['name']}.jsonl{more}: its "
-                         f"{len(c['ids'])} item(s) {', '.join(c['ids'][:5])}"
-                         f"{', ...' if len(c['ids']) > 5 else ''} were never written; rerun "
-                         "the stage to compute them")
+        raise MergeError(
+            f"{work_dir}: missing chunk {c['name']}.jsonl{more}: its "
+            f"{len(c['ids'])} item(s) {', '.join(c['ids'][:5])}"
+            f"{', ...' if len(c['ids']) > 5 else ''} were never written; rerun "
+            "the stage to compute them"
+        )
     seen: dict[str, str] = {}
     records = []
     for path in sorted(work_dir.glob(f"{CHUNK_PREFIX}*.jsonl")):
+
         def bad(line: int | None, problem: str, path: Path = path) -> MergeError:
             return MergeError(problem, path=path, line=line)
 
@@ -329,18 +410,21 @@ def merge(work_dir: str | Path) -> list[dict]:
             if not isinstance(rid, str):
                 raise bad(n, "a record without a string 'id'")
             if rid not in expected:
-                raise MergeError(f"{work_dir}: unknown id {rid!r} in {where} (not one of "
-                                 f"the {len(expected)} planned items)")
+                raise MergeError(
+                    f"{work_dir}: unknown id {rid!r} in {where} (not one of "
+                    f"the {len(expected)} planned items)"
+                )
             if rid in seen:
-                raise MergeError(f"{work_dir}: duplicated id {rid!r}: in {seen[rid]} and "
-                                 f"{where}")
+                raise MergeError(f"{work_dir}: duplicated id {rid!r}: in {seen[rid]} and {where}")
             seen[rid] = where
             records.append(rec)
     lost = [i for i in expected if i not in seen]
     if lost:
-        raise MergeError(f"{work_dir}: id {lost[0]!r} is missing (planned in "
-                         f"{expected[lost[0]]}.jsonl)"
-                         f"{f' and {len(lost) - 1} more' if len(lost) > 1 else ''}")
+        raise MergeError(
+            f"{work_dir}: id {lost[0]!r} is missing (planned in "
+            f"{expected[lost[0]]}.jsonl)"
+            f"{f' and {len(lost) - 1} more' if len(lost) > 1 else ''}"
+        )
     records.sort(key=lambda r: r["id"])
     return records
 
@@ -349,6 +433,8 @@ def throughput_summary(stats: dict) -> str:
     ips, tps = stats.get("items_per_s"), stats.get("tokens_per_s")
     if not stats.get("items_computed"):
         return f"{stats['label']}: nothing to compute ({stats['chunks_reused']} chunks reused)"
-    return (f"{stats['label']}: {stats['items_computed']} items in {stats['chunks_computed']} "
-            f"chunks on {stats['world_size']} rank(s), {ips:.1f} items/s, {tps:.1f} tokens/s"
-            + (f" ({stats['chunks_reused']} chunks reused)" if stats["chunks_reused"] else ""))
+    return (
+        f"{stats['label']}: {stats['items_computed']} items in {stats['chunks_computed']} "
+        f"chunks on {stats['world_size']} rank(s), {ips:.1f} items/s, {tps:.1f} tokens/s"
+        + (f" ({stats['chunks_reused']} chunks reused)" if stats["chunks_reused"] else "")
+    )

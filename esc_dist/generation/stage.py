@@ -89,33 +89,55 @@ def settings_errors(stage: str) -> Iterator[None]:
 
 
 def engine_config(recipe: Recipe, settings: Any, stream: str) -> EngineConfig:
-    return EngineConfig(batch_size=settings.batch_size, chunk_size=settings.chunk_size,
-                        seed=recipe.run.seed, stream=stream,
-                        trust_remote_code=recipe.model.trust_remote_code,
-                        attn_implementation=recipe.model.attn_implementation,
-                        precision=settings.precision)
+    return EngineConfig(
+        batch_size=settings.batch_size,
+        chunk_size=settings.chunk_size,
+        seed=recipe.run.seed,
+        stream=stream,
+        trust_remote_code=recipe.model.trust_remote_code,
+        attn_implementation=recipe.model.attn_implementation,
+        precision=settings.precision,
+    )
 
 
 def build_job(recipe: Recipe, stage: Stage) -> dict:
     """The job of ``stage`` (what ``job.json`` records and ``esc-dist merge`` reads)."""
     fps = {name: model_fingerprint(p) for name, p in stage.models.items()}
-    config = {stage.name: asdict(stage.settings), "seed": recipe.run.seed, **stage.extra_config,
-              "model": {"trust_remote_code": recipe.model.trust_remote_code,
-                        "attn_implementation": recipe.model.attn_implementation}}
+    config = {
+        stage.name: asdict(stage.settings),
+        "seed": recipe.run.seed,
+        **stage.extra_config,
+        "model": {
+            "trust_remote_code": recipe.model.trust_remote_code,
+            "attn_implementation": recipe.model.attn_implementation,
+        },
+    }
     # A stage whose one model input is named "model" (mining) fingerprints it as "model", any
     # other as "models": the fingerprints of existing outputs depend on it.
     models = {"model": fps["model"]} if list(fps) == ["model"] else {"models": fps}
     return {
-        "stage": stage.name, **stage.labels,
-        "inputs": {"data": {"path": str(stage.data_dir),
-                            "sha256": sha256_json(read_manifest(stage.data_dir) or {})},
-                   **{name: {"path": str(p), "fingerprint": fps[name]}
-                      for name, p in stage.models.items()}},
+        "stage": stage.name,
+        **stage.labels,
+        "inputs": {
+            "data": {
+                "path": str(stage.data_dir),
+                "sha256": sha256_json(read_manifest(stage.data_dir) or {}),
+            },
+            **{
+                name: {"path": str(p), "fingerprint": fps[name]} for name, p in stage.models.items()
+            },
+        },
         "config": config,
         # What the result depends on (paths and timings left out: the items carry the data).
-        "fingerprint": sha256_json({"stage": stage.name, **stage.labels, **models,
-                                    "config": config,
-                                    "items": items_fingerprint(stage.phases[0].items)}),
+        "fingerprint": sha256_json(
+            {
+                "stage": stage.name,
+                **stage.labels,
+                **models,
+                "config": config,
+                "items": items_fingerprint(stage.phases[0].items),
+            }
+        ),
     }
 
 
@@ -145,8 +167,12 @@ def run_stage(recipe: Recipe, stage: Stage, t0: float) -> dict:
     return manifest
 
 
-def run_phases(out: Path, phases: Sequence[Phase], engines: Sequence[EngineConfig],
-               data_dir: Path | None = None) -> dict:
+def run_phases(
+    out: Path,
+    phases: Sequence[Phase],
+    engines: Sequence[EngineConfig],
+    data_dir: Path | None = None,
+) -> dict:
     """Generate every phase over all ranks; returns the statistics by phase key (the only
     phase's own when its key is None). ``data_dir`` is named when a prompt cannot fit."""
     generation: dict = {}
@@ -154,8 +180,9 @@ def run_phases(out: Path, phases: Sequence[Phase], engines: Sequence[EngineConfi
         items = phase.items
         if callable(items):  # every rank reads the previous phase (after its barrier)
             items = items(merge(out / phases[k - 1].chunks))
-        generation[phase.key] = generate(items, phase.model_dir, out / phase.chunks, engine,
-                                         label=phase.label, source=data_dir)
+        generation[phase.key] = generate(
+            items, phase.model_dir, out / phase.chunks, engine, label=phase.label, source=data_dir
+        )
         log.info("%s", throughput_summary(generation[phase.key]))
     return generation[None] if list(generation) == [None] else generation
 
@@ -171,8 +198,13 @@ def world_size_of(generation: dict) -> int:
     return one["world_size"]
 
 
-def finalize(out: str | Path, job: dict, write_outputs: WriteOutputs,
-             generation: dict | None = None, t0: float | None = None) -> dict:
+def finalize(
+    out: str | Path,
+    job: dict,
+    write_outputs: WriteOutputs,
+    generation: dict | None = None,
+    t0: float | None = None,
+) -> dict:
     """Merge and verify the chunk files of ``out``, write the stage's outputs, its manifest and
     COMPLETED.
 

@@ -38,8 +38,10 @@ class EngineConfig:
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.chunk_size < self.batch_size or self.chunk_size % self.batch_size:
-            raise ValueError(f"chunk_size ({self.chunk_size}) must be a positive multiple of "
-                             f"batch_size ({self.batch_size})")
+            raise ValueError(
+                f"chunk_size ({self.chunk_size}) must be a positive multiple of "
+                f"batch_size ({self.batch_size})"
+            )
 
 
 def messages_sha(messages: Sequence[dict]) -> str:
@@ -47,5 +49,16 @@ def messages_sha(messages: Sequence[dict]) -> str:
 
 
 def items_fingerprint(items: Sequence[WorkItem]) -> str:
-    return sha256_json([[it.id, it.seed_key, it.sample, messages_sha(it.messages),
-                         asdict(it.sampling), sha256_json(it.meta)] for it in items])
+    return sha256_json(
+        [
+            [
+                it.id,
+                it.seed_key,
+                it.sample,
+                messages_sha(it.messages),
+                asdict(it.sampling),
+                sha256_json(it.meta),
+            ]
+            for it in items
+        ]
+    )

@@ -20,8 +20,12 @@ from __future__ import annotations
 CRITERIA: tuple[str, ...] = ("fluency", "professionalism", "empathy", "helpfulness", "overall")
 CHOICES: tuple[str, ...] = ("A", "tie", "B")
 
-STUDY_FILE, ITEMS_FILE, KEY_FILE, DB_FILE = ("study.json", "items.jsonl", "key.json",
-                                             "judgments.sqlite")
+STUDY_FILE, ITEMS_FILE, KEY_FILE, DB_FILE = (
+    "study.json",
+    "items.jsonl",
+    "key.json",
+    "judgments.sqlite",
+)
 STUDY_FORMAT = "esc-dist human-eval study 1"
 KEY_FORMAT = "esc-dist human-eval key 1"
 SYSTEMS: tuple[str, str] = ("system 1", "system 2")

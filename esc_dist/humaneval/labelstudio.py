@@ -28,30 +28,36 @@ from .study import Study
 
 STAGE = "human-eval-labelstudio"
 TASKS, CONFIG = "tasks.json", "labeling_config.xml"
-QUESTIONS = {"fluency": "Which reply is more fluent?",
-             "professionalism": "Which reply is more professional?",
-             "empathy": "Which reply shows more empathy?",
-             "helpfulness": "Which reply is more helpful?",
-             "overall": "Overall, which reply is better?"}
+QUESTIONS = {
+    "fluency": "Which reply is more fluent?",
+    "professionalism": "Which reply is more professional?",
+    "empathy": "Which reply shows more empathy?",
+    "helpfulness": "Which reply is more helpful?",
+    "overall": "Overall, which reply is better?",
+}
 
 
 def labeling_config() -> str:
     """The Label Studio labelling interface of a study (XML)."""
-    lines = ['<View>',
-             '  <Header value="The conversation so far"/>',
-             '  <Paragraphs name="context" value="$context" layout="dialogue" nameKey="role" '
-             'textKey="text"/>',
-             '  <Header value="Reply A"/>',
-             '  <Text name="reply_a" value="$reply_a"/>',
-             '  <Header value="Reply B"/>',
-             '  <Text name="reply_b" value="$reply_b"/>']
+    lines = [
+        "<View>",
+        '  <Header value="The conversation so far"/>',
+        '  <Paragraphs name="context" value="$context" layout="dialogue" nameKey="role" '
+        'textKey="text"/>',
+        '  <Header value="Reply A"/>',
+        '  <Text name="reply_a" value="$reply_a"/>',
+        '  <Header value="Reply B"/>',
+        '  <Text name="reply_b" value="$reply_b"/>',
+    ]
     for c in CRITERIA:
-        lines += [f'  <Header value={quoteattr(QUESTIONS[c])}/>',
-                  f'  <Choices name="{c}" toName="reply_a" choice="single-radio" '
-                  'required="true" showInline="true">',
-                  *(f'    <Choice value="{v}"/>' for v in CHOICES),
-                  '  </Choices>']
-    return "\n".join(lines + ['</View>', ''])
+        lines += [
+            f"  <Header value={quoteattr(QUESTIONS[c])}/>",
+            f'  <Choices name="{c}" toName="reply_a" choice="single-radio" '
+            'required="true" showInline="true">',
+            *(f'    <Choice value="{v}"/>' for v in CHOICES),
+            "  </Choices>",
+        ]
+    return "\n".join(lines + ["</View>", ""])
 
 
 def export_tasks(directory: str | Path, out: str | Path) -> Path:
@@ -59,8 +65,17 @@ def export_tasks(directory: str | Path, out: str | Path) -> Path:
     from ..outputs import staged_dir
 
     study = Study.open(directory)
-    tasks = [{"data": {"item_id": it["item_id"], "context": it["context"],
-                       "reply_a": it["A"], "reply_b": it["B"]}} for it in study.items]
+    tasks = [
+        {
+            "data": {
+                "item_id": it["item_id"],
+                "context": it["context"],
+                "reply_a": it["A"],
+                "reply_b": it["B"],
+            }
+        }
+        for it in study.items
+    ]
     with staged_dir(out, STAGE, [study.directory / ITEMS_FILE]) as tmp:
         atomic_write_json(tmp / TASKS, tasks)
         atomic_write_text(tmp / CONFIG, labeling_config())
@@ -87,10 +102,16 @@ def _choices(result, fail) -> dict[str, str]:
             continue
         value = r.get("value")
         picked = value.get("choices") if isinstance(value, dict) else None
-        if r.get("type") != "choices" or not isinstance(picked, list) or len(picked) != 1 \
-                or picked[0] not in CHOICES:
-            raise fail(f"{r.get('from_name')}: expected one choice of "
-                       f"{', '.join(CHOICES)}, got {value!r:.80}")
+        if (
+            r.get("type") != "choices"
+            or not isinstance(picked, list)
+            or len(picked) != 1
+            or picked[0] not in CHOICES
+        ):
+            raise fail(
+                f"{r.get('from_name')}: expected one choice of "
+                f"{', '.join(CHOICES)}, got {value!r:.80}"
+            )
         out[r["from_name"]] = picked[0]
     return out
 
@@ -104,6 +125,7 @@ def read_export(study: Study, path: Path) -> tuple[dict[tuple[str, str], dict], 
     found: dict[tuple[str, str], dict] = {}
     skipped = {"cancelled": 0, "incomplete": 0}
     for t, task in enumerate(export):
+
         def fail(problem: str, where: str = f"task {t}") -> DataError:
             return DataError(path, f"{where}: {problem}")
 
@@ -113,10 +135,14 @@ def read_export(study: Study, path: Path) -> tuple[dict[tuple[str, str], dict], 
         item = study.item(data["item_id"])
         if item is None:
             raise fail(f"item {data['item_id']!r} is not an item of {study.directory}")
-        if data.get("reply_a", item["A"]) != item["A"] or data.get("reply_b", item["B"]) != \
-                item["B"]:
-            raise fail(f"the replies of {data['item_id']} differ from the study's (an export of "
-                       "another study?)")
+        if (
+            data.get("reply_a", item["A"]) != item["A"]
+            or data.get("reply_b", item["B"]) != item["B"]
+        ):
+            raise fail(
+                f"the replies of {data['item_id']} differ from the study's (an export of "
+                "another study?)"
+            )
         annotations = task.get("annotations", [])
         if not isinstance(annotations, list):
             raise fail("'annotations' must be a list")
@@ -142,8 +168,14 @@ def import_export(directory: str | Path, export_path: str | Path) -> dict:
     study = Study.open(directory)
     export_path = Path(export_path)
     found, skipped = read_export(study, export_path)
-    counts = {"annotations": len(found), "new": 0, "replaced": 0, "unchanged": 0,
-              "annotators": len({a for a, _ in found}), "skipped": skipped}
+    counts = {
+        "annotations": len(found),
+        "new": 0,
+        "replaced": 0,
+        "unchanged": 0,
+        "annotators": len({a for a, _ in found}),
+        "skipped": skipped,
+    }
     with study.connection() as conn, store.transaction(conn):
         for (name, item_id), choices in sorted(found.items()):
             store.ensure_annotator(conn, name, "labelstudio")

@@ -44,10 +44,14 @@ def read_key(path: Path, study: Study) -> dict:
 
     if not isinstance(key, dict) or key.get("format") != KEY_FORMAT:
         raise fail(f"not an unblinding key of esc-dist (expected format {KEY_FORMAT!r})")
-    if key.get("study_id") != study.meta["study_id"] or \
-            key.get("items_sha256") != study.meta["items_sha256"]:
-        raise fail(f"belongs to another study (its study id or items sha256 differs from "
-                   f"{study.directory}'s)")
+    if (
+        key.get("study_id") != study.meta["study_id"]
+        or key.get("items_sha256") != study.meta["items_sha256"]
+    ):
+        raise fail(
+            f"belongs to another study (its study id or items sha256 differs from "
+            f"{study.directory}'s)"
+        )
     systems = key.get("systems")
     if not (isinstance(systems, dict) and all(isinstance(systems.get(s), str) for s in SYSTEMS)):
         raise fail(f"needs the names of {' and '.join(SYSTEMS)}", "systems")
@@ -57,8 +61,9 @@ def read_key(path: Path, study: Study) -> dict:
         raise fail("its items are not the study's items", "items")
     for item_id, side in sides.items():
         if not (isinstance(side, dict) and {side.get("A"), side.get("B")} == names):
-            raise fail(f"must name the two systems as A and B, got {side!r:.80}",
-                       f"items.{item_id}")
+            raise fail(
+                f"must name the two systems as A and B, got {side!r:.80}", f"items.{item_id}"
+            )
     return key
 
 
@@ -84,8 +89,13 @@ def fleiss(labels: dict[str, dict[str, int]]) -> dict:
 
     raters = sorted({a for by in labels.values() for a in by})
     complete = [item for item, by in labels.items() if len(by) == len(raters)]
-    out = {"kappa": None, "annotators": len(raters), "items": len(complete),
-           "items_left_out": len(labels) - len(complete), "note": None}
+    out = {
+        "kappa": None,
+        "annotators": len(raters),
+        "items": len(complete),
+        "items_left_out": len(labels) - len(complete),
+        "note": None,
+    }
     if len(raters) < 2:
         out["note"] = "fewer than two annotators"
     elif not complete:
@@ -123,15 +133,19 @@ def krippendorff_alpha(labels: dict[str, dict[str, int]]) -> dict:
         out["note"] = "no item judged by two annotators"
         return out
     with np.errstate(invalid="ignore", divide="ignore"):
-        out["alpha"] = _nan_to_none(krippendorff.alpha(
-            reliability_data=data, value_domain=[0, 1, 2], level_of_measurement="nominal"))
+        out["alpha"] = _nan_to_none(
+            krippendorff.alpha(
+                reliability_data=data, value_domain=[0, 1, 2], level_of_measurement="nominal"
+            )
+        )
     if out["alpha"] is None:
         out["note"] = "undefined: every judgment in one category"
     return out
 
 
-def bootstrap_shares(per_item: list[tuple[int, int, int]], n_resamples: int,
-                     seed: int | list[int]) -> dict[str, list[float]] | None:
+def bootstrap_shares(
+    per_item: list[tuple[int, int, int]], n_resamples: int, seed: int | list[int]
+) -> dict[str, list[float]] | None:
     """Percentile 95% intervals of the win/tie/lose shares, resampling items (each a tuple of
     its win, tie, lose counts) with replacement."""
     import numpy as np
@@ -152,8 +166,11 @@ def summarise(study: Study, key: dict, *, n_resamples: int = 2000, seed: int = 0
     are none."""
     judgments = study.judgments()
     if not judgments:
-        raise DataError(study.db, "no judgments yet: nothing to report (annotators judge on "
-                                  "the annotation page, or import-labelstudio brings theirs)")
+        raise DataError(
+            study.db,
+            "no judgments yet: nothing to report (annotators judge on "
+            "the annotation page, or import-labelstudio brings theirs)",
+        )
     system1, system2 = (key["systems"][s] for s in SYSTEMS)
     labels: dict[str, dict[str, dict[str, int]]] = {c: defaultdict(dict) for c in CRITERIA}
     for annotator, item_id, criterion, choice in judgments:
@@ -165,27 +182,41 @@ def summarise(study: Study, key: dict, *, n_resamples: int = 2000, seed: int = 0
     criteria = {}
     for k, criterion in enumerate(CRITERIA):
         by_item = labels[criterion]
-        per_item = [tuple(sum(code == o for code in by.values()) for o in range(3))
-                    for _, by in sorted(by_item.items())]
+        per_item = [
+            tuple(sum(code == o for code in by.values()) for o in range(3))
+            for _, by in sorted(by_item.items())
+        ]
         totals = [sum(x[o] for x in per_item) for o in range(3)]
         n = sum(totals)
         criteria[criterion] = {
-            "judgments": n, "items": len(per_item),
+            "judgments": n,
+            "items": len(per_item),
             "counts": dict(zip(OUTCOMES, totals)),
             "shares": {o: (totals[i] / n if n else None) for i, o in enumerate(OUTCOMES)},
             "ci95": bootstrap_shares(per_item, n_resamples, [seed, k]),
-            "fleiss": fleiss(by_item), "krippendorff": krippendorff_alpha(by_item)}
+            "fleiss": fleiss(by_item),
+            "krippendorff": krippendorff_alpha(by_item),
+        }
     identical = [i for i, side in key["items"].items() if side.get("identical")]
     return {
         "systems": {"system 1": system1, "system 2": system2},
         "outcomes": {"win": f"{system1} better", "tie": "tie", "lose": f"{system2} better"},
-        "study": str(study.directory), "study_id": study.meta["study_id"],
-        "counts": {"items": len(study.items), "judgments": len(judgments),
-                   "items_judged": len({i for _, i, _, _ in judgments}),
-                   "annotators": len(per_annotator), "identical_items": len(identical)},
+        "study": str(study.directory),
+        "study_id": study.meta["study_id"],
+        "counts": {
+            "items": len(study.items),
+            "judgments": len(judgments),
+            "items_judged": len({i for _, i, _, _ in judgments}),
+            "annotators": len(per_annotator),
+            "identical_items": len(identical),
+        },
         "annotators": dict(sorted(per_annotator.items())),
-        "bootstrap": {"resamples": n_resamples, "seed": seed, "unit": "item",
-                      "method": "percentile"},
+        "bootstrap": {
+            "resamples": n_resamples,
+            "seed": seed,
+            "unit": "item",
+            "method": "percentile",
+        },
         "criteria": criteria,
     }
 
@@ -203,31 +234,47 @@ def markdown(report: dict) -> str:
     # written and add no row or markup
     s1, s2 = (markdown_text(report["systems"][s]) for s in SYSTEMS)
     c = report["counts"]
-    lines = [f"# Human evaluation: {s1} vs {s2}", "",
-             f"{c['judgments']} judgments of {c['items_judged']}/{c['items']} items by "
-             f"{c['annotators']} annotator(s); {c['identical_items']} item(s) show two identical "
-             "replies. Win = "
-             f"{s1}'s reply judged better, lose = {s2}'s. Intervals: bootstrap 95% over items "
-             f"({report['bootstrap']['resamples']} resamples, seed {report['bootstrap']['seed']}).",
-             "", "| criterion | win | tie | lose | judgments | Fleiss' κ (items) | "
-                 "Krippendorff's α |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# Human evaluation: {s1} vs {s2}",
+        "",
+        f"{c['judgments']} judgments of {c['items_judged']}/{c['items']} items by "
+        f"{c['annotators']} annotator(s); {c['identical_items']} item(s) show two identical "
+        "replies. Win = "
+        f"{s1}'s reply judged better, lose = {s2}'s. Intervals: bootstrap 95% over items "
+        f"({report['bootstrap']['resamples']} resamples, seed {report['bootstrap']['seed']}).",
+        "",
+        "| criterion | win | tie | lose | judgments | Fleiss' κ (items) | Krippendorff's α |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for criterion, r in report["criteria"].items():
         cells = []
         for o in OUTCOMES:
             ci = r["ci95"][o] if r["ci95"] else None
-            cells.append(f"{_pct(r['shares'][o])} ({r['counts'][o]})"
-                         + (f" [{_pct(ci[0])}, {_pct(ci[1])}]" if ci else ""))
+            cells.append(
+                f"{_pct(r['shares'][o])} ({r['counts'][o]})"
+                + (f" [{_pct(ci[0])}, {_pct(ci[1])}]" if ci else "")
+            )
         f, a = r["fleiss"], r["krippendorff"]
-        lines.append(f"| {criterion} | {' | '.join(cells)} | {r['judgments']} | "
-                     f"{_num(f['kappa'])} ({f['items']}) | {_num(a['alpha'])} |")
-    notes = sorted({f"{name}: {r[key]['note']}" for r in report["criteria"].values()
-                    for key, name in (("fleiss", "Fleiss' κ"), ("krippendorff",
-                                                                  "Krippendorff's α"))
-                    if r[key]["note"]})
+        lines.append(
+            f"| {criterion} | {' | '.join(cells)} | {r['judgments']} | "
+            f"{_num(f['kappa'])} ({f['items']}) | {_num(a['alpha'])} |"
+        )
+    notes = sorted(
+        {
+            f"{name}: {r[key]['note']}"
+            for r in report["criteria"].values()
+            for key, name in (("fleiss", "Fleiss' κ"), ("krippendorff", "Krippendorff's α"))
+            if r[key]["note"]
+        }
+    )
     if notes:
         lines += ["", *(f"- {n}" for n in notes)]
-    lines += ["", "Items judged per annotator: " + ", ".join(
-        f"{markdown_text(a)} {n}" for a, n in report["annotators"].items()), ""]
+    lines += [
+        "",
+        "Items judged per annotator: "
+        + ", ".join(f"{markdown_text(a)} {n}" for a, n in report["annotators"].items()),
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -246,12 +293,19 @@ def plot(report: dict, path: Path) -> None:
     colours = {"win": "#2b8cbe", "tie": "#bdbdbd", "lose": "#e34a33"}
     for o in OUTCOMES:
         widths = [report["criteria"][c]["shares"][o] or 0.0 for c in criteria]
-        bars = ax.barh(criteria, widths, left=left, color=colours[o],
-                       label=plot_text(report["outcomes"][o]))
+        bars = ax.barh(
+            criteria, widths, left=left, color=colours[o], label=plot_text(report["outcomes"][o])
+        )
         for bar, w in zip(bars, widths):
             if w >= 0.06:
-                ax.text(bar.get_x() + w / 2, bar.get_y() + bar.get_height() / 2,
-                        f"{100 * w:.0f}%", ha="center", va="center", fontsize=8)
+                ax.text(
+                    bar.get_x() + w / 2,
+                    bar.get_y() + bar.get_height() / 2,
+                    f"{100 * w:.0f}%",
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                )
         left = [x + w for x, w in zip(left, widths)]
     ax.invert_yaxis()
     ax.set_xlim(0, 1)
@@ -262,16 +316,22 @@ def plot(report: dict, path: Path) -> None:
         fig.savefig(f, format="png")
 
 
-def write_report(directory: str | Path, out: str | Path | None = None, *,
-                 n_resamples: int = 2000, seed: int = 0,
-                 key_path: str | Path | None = None) -> tuple[dict, Path]:
+def write_report(
+    directory: str | Path,
+    out: str | Path | None = None,
+    *,
+    n_resamples: int = 2000,
+    seed: int = 0,
+    key_path: str | Path | None = None,
+) -> tuple[dict, Path]:
     """Summarise the study ``directory`` into ``out`` (default: its ``report/``):
     report.json, report.md and the chart. Returns (report, output directory)."""
     from ..outputs import staged_dir
 
     if n_resamples < 0:
-        raise ConfigError(f"--bootstrap {n_resamples}: the number of resamples must be >= 0 "
-                          "(0: no intervals)")
+        raise ConfigError(
+            f"--bootstrap {n_resamples}: the number of resamples must be >= 0 (0: no intervals)"
+        )
     study = Study.open(directory)
     key_path = Path(key_path) if key_path else study.directory / KEY_FILE
     key = read_key(key_path, study)

@@ -54,8 +54,10 @@ CREATE UNIQUE INDEX annotator_token ON annotators (token_hash);
 """
 
 
-COLUMNS = {"annotators": ("name", "token_hash", "kdf", "source", "created"),
-           "judgments": ("annotator", "item_id", "criterion", "choice", "submitted_at")}
+COLUMNS = {
+    "annotators": ("name", "token_hash", "kdf", "source", "created"),
+    "judgments": ("annotator", "item_id", "criterion", "choice", "submitted_at"),
+}
 
 
 def now() -> str:
@@ -80,8 +82,10 @@ def create(path: str | Path, study_id: str) -> None:
             for statement in SCHEMA.split(";"):
                 if statement.strip():
                     conn.execute(statement)
-            conn.executemany("INSERT INTO meta VALUES (?, ?)",
-                             [("schema_version", SCHEMA_VERSION), ("study_id", study_id)])
+            conn.executemany(
+                "INSERT INTO meta VALUES (?, ?)",
+                [("schema_version", SCHEMA_VERSION), ("study_id", study_id)],
+            )
     finally:
         conn.close()
 
@@ -93,8 +97,10 @@ def connection(path: str | Path, study_id: str | None = None) -> Iterator[sqlite
     :class:`DataError` naming it."""
     path = Path(path)
     if not path.is_file():
-        raise MissingInput("judgments database not found (not a study built by "
-                           "`esc-dist human-eval build`)", path=path)
+        raise MissingInput(
+            "judgments database not found (not a study built by `esc-dist human-eval build`)",
+            path=path,
+        )
     try:
         conn = _connect(path)
         try:
@@ -106,24 +112,32 @@ def connection(path: str | Path, study_id: str | None = None) -> Iterator[sqlite
         raise DataError(path, f"not a judgments database of esc-dist ({e})") from None
     try:
         if meta.get("schema_version") != SCHEMA_VERSION:
-            raise DataError(path, f"schema version {meta.get('schema_version')!r}, expected "
-                                  f"{SCHEMA_VERSION!r}")
+            raise DataError(
+                path, f"schema version {meta.get('schema_version')!r}, expected {SCHEMA_VERSION!r}"
+            )
         if study_id is not None and meta.get("study_id") != study_id:
-            raise DataError(path, "belongs to another study (its study id differs from "
-                                  "study.json's)")
+            raise DataError(
+                path, "belongs to another study (its study id differs from study.json's)"
+            )
         for table, columns in COLUMNS.items():
             found = tuple(r[1] for r in conn.execute(f"PRAGMA table_info({table})"))
             if found != columns:
-                raise DataError(path, f"the judgments database cannot be used: table {table} "
-                                      f"{'is missing' if not found else 'was changed'} "
-                                      "(changed outside esc-dist? restore it from a backup)")
+                raise DataError(
+                    path,
+                    f"the judgments database cannot be used: table {table} "
+                    f"{'is missing' if not found else 'was changed'} "
+                    "(changed outside esc-dist? restore it from a backup)",
+                )
         try:
             yield conn
         except sqlite3.DatabaseError as e:
             # a table dropped, renamed or changed by hand, a page gone bad, a lock held longer
             # than the busy timeout: the database's problem, said in one line
-            raise DataError(path, f"the judgments database cannot be used: {e} (damaged or "
-                                  "changed outside esc-dist? restore it from a backup)") from None
+            raise DataError(
+                path,
+                f"the judgments database cannot be used: {e} (damaged or "
+                "changed outside esc-dist? restore it from a backup)",
+            ) from None
     finally:
         conn.close()
 
@@ -160,8 +174,10 @@ def put_annotator(conn: sqlite3.Connection, name: str, *, rotate: bool = False) 
     transaction."""
     row = conn.execute("SELECT source FROM annotators WHERE name = ?", (name,)).fetchone()
     if row is not None and not rotate:
-        raise ConfigError(f"annotator {name!r} exists already (--rotate gives them a new "
-                          "token, which replaces the old one)")
+        raise ConfigError(
+            f"annotator {name!r} exists already (--rotate gives them a new "
+            "token, which replaces the old one)"
+        )
     if row is None and rotate:
         raise ConfigError(f"no annotator {name!r} to rotate (leave out --rotate to add them)")
     if row is not None and row[0] != "token":
@@ -169,18 +185,21 @@ def put_annotator(conn: sqlite3.Connection, name: str, *, rotate: bool = False) 
     token = secrets.token_urlsafe(32)
     digest = _hash(token)
     if row is None:
-        conn.execute("INSERT INTO annotators VALUES (?, ?, ?, 'token', ?)",
-                     (name, digest, KDF, now()))
+        conn.execute(
+            "INSERT INTO annotators VALUES (?, ?, ?, 'token', ?)", (name, digest, KDF, now())
+        )
     else:
-        conn.execute("UPDATE annotators SET token_hash = ?, kdf = ? WHERE name = ?",
-                     (digest, KDF, name))
+        conn.execute(
+            "UPDATE annotators SET token_hash = ?, kdf = ? WHERE name = ?", (digest, KDF, name)
+        )
     return token
 
 
 def ensure_annotator(conn: sqlite3.Connection, name: str, source: str) -> None:
     """An annotator without a token (imported judgments), added if missing."""
-    conn.execute("INSERT OR IGNORE INTO annotators VALUES (?, NULL, NULL, ?, ?)",
-                 (name, source, now()))
+    conn.execute(
+        "INSERT OR IGNORE INTO annotators VALUES (?, NULL, NULL, ?, ?)", (name, source, now())
+    )
 
 
 def find_token(conn: sqlite3.Connection, token: str) -> str | None:
@@ -189,8 +208,9 @@ def find_token(conn: sqlite3.Connection, token: str) -> str | None:
     if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_CHARS:
         return None
     digest = _hash(token)
-    row = conn.execute("SELECT name, token_hash FROM annotators WHERE token_hash = ? AND "
-                       "kdf = ?", (digest, KDF)).fetchone()
+    row = conn.execute(
+        "SELECT name, token_hash FROM annotators WHERE token_hash = ? AND kdf = ?", (digest, KDF)
+    ).fetchone()
     return row[0] if row is not None and hmac.compare_digest(row[1], digest) else None
 
 
@@ -199,29 +219,47 @@ def find_token(conn: sqlite3.Connection, token: str) -> str | None:
 
 
 def judged_items(conn: sqlite3.Connection, annotator: str) -> set[str]:
-    return {r[0] for r in conn.execute(
-        "SELECT DISTINCT item_id FROM judgments WHERE annotator = ?", (annotator,))}
+    return {
+        r[0]
+        for r in conn.execute(
+            "SELECT DISTINCT item_id FROM judgments WHERE annotator = ?", (annotator,)
+        )
+    }
 
 
 def item_choices(conn: sqlite3.Connection, annotator: str, item_id: str) -> dict[str, str]:
-    return dict(conn.execute("SELECT criterion, choice FROM judgments WHERE annotator = ? AND "
-                             "item_id = ?", (annotator, item_id)).fetchall())
+    return dict(
+        conn.execute(
+            "SELECT criterion, choice FROM judgments WHERE annotator = ? AND item_id = ?",
+            (annotator, item_id),
+        ).fetchall()
+    )
 
 
-def write_item(conn: sqlite3.Connection, annotator: str, item_id: str,
-               choices: Mapping[str, str], *, replace: bool = False) -> None:
+def write_item(
+    conn: sqlite3.Connection,
+    annotator: str,
+    item_id: str,
+    choices: Mapping[str, str],
+    *,
+    replace: bool = False,
+) -> None:
     """The rows of one judged item (call inside a transaction); ``replace`` drops the
     annotator's earlier rows of that item first."""
     if replace:
-        conn.execute("DELETE FROM judgments WHERE annotator = ? AND item_id = ?",
-                     (annotator, item_id))
+        conn.execute(
+            "DELETE FROM judgments WHERE annotator = ? AND item_id = ?", (annotator, item_id)
+        )
     when = now()
-    conn.executemany("INSERT INTO judgments VALUES (?, ?, ?, ?, ?)",
-                     [(annotator, item_id, c, v, when) for c, v in choices.items()])
+    conn.executemany(
+        "INSERT INTO judgments VALUES (?, ?, ?, ?, ?)",
+        [(annotator, item_id, c, v, when) for c, v in choices.items()],
+    )
 
 
 def all_judgments(conn: sqlite3.Connection) -> list[tuple[str, str, str, str]]:
     """(annotator, item_id, criterion, choice) of every judgment, in a fixed order."""
-    return conn.execute("SELECT annotator, item_id, criterion, choice FROM judgments "
-                        "ORDER BY annotator, item_id, criterion").fetchall()
-
+    return conn.execute(
+        "SELECT annotator, item_id, criterion, choice FROM judgments "
+        "ORDER BY annotator, item_id, criterion"
+    ).fetchall()

@@ -36,8 +36,10 @@ def check_annotator_name(name: str) -> str:
     letter or digit; not the Label Studio prefix), else :class:`ConfigError`."""
     check_name(name, "annotator name")
     if name.startswith(LABELSTUDIO_PREFIX):
-        raise ConfigError(f"annotator name {name!r}: names starting with {LABELSTUDIO_PREFIX!r} "
-                          "are kept for judgments imported from Label Studio")
+        raise ConfigError(
+            f"annotator name {name!r}: names starting with {LABELSTUDIO_PREFIX!r} "
+            "are kept for judgments imported from Label Studio"
+        )
     return name
 
 
@@ -48,8 +50,10 @@ def check_context(context: Any, fail) -> list[dict]:
         raise fail(f"'context' must be a list of messages, got {type(context).__name__}")
     for i, m in enumerate(context):
         if not (isinstance(m, dict) and m.get("role") in ROLES and isinstance(m.get("text"), str)):
-            raise fail(f"context message {i} must be an object with 'role' (seeker or "
-                       f"supporter) and 'text' (a string), got {m!r:.80}")
+            raise fail(
+                f"context message {i} must be an object with 'role' (seeker or "
+                f"supporter) and 'text' (a string), got {m!r:.80}"
+            )
     return [{"role": m["role"], "text": m["text"]} for m in context]
 
 
@@ -57,6 +61,7 @@ def read_items(path: Path) -> list[dict]:
     """The public items of a study, validated (each error names the file and the line)."""
     items, seen = [], {}
     for n, rec in iter_jsonl(path):
+
         def fail(problem: str, n: int = n) -> DataError:
             return DataError(path, problem, line=n)
 
@@ -68,14 +73,21 @@ def read_items(path: Path) -> list[dict]:
         if not isinstance(rec["item_id"], str) or not rec["item_id"]:
             raise fail(f"'item_id' must be a non-empty string, got {rec['item_id']!r}")
         if rec["item_id"] in seen:
-            raise fail(f"duplicate item_id {rec['item_id']!r} (first on line "
-                       f"{seen[rec['item_id']]})")
+            raise fail(
+                f"duplicate item_id {rec['item_id']!r} (first on line {seen[rec['item_id']]})"
+            )
         seen[rec["item_id"]] = n
         for side in ("A", "B"):
             if not isinstance(rec[side], str):
                 raise fail(f"reply {side!r} must be a string, got {rec[side]!r:.80}")
-        items.append({"item_id": rec["item_id"], "context": check_context(rec["context"], fail),
-                      "A": rec["A"], "B": rec["B"]})
+        items.append(
+            {
+                "item_id": rec["item_id"],
+                "context": check_context(rec["context"], fail),
+                "A": rec["A"],
+                "B": rec["B"],
+            }
+        )
     return items
 
 
@@ -127,11 +139,15 @@ class Study:
         items_path = directory / ITEMS_FILE
         items = read_items(items_path)
         if sha256_file(items_path) != meta["items_sha256"]:
-            raise DataError(items_path, f"changed since the study was built (its sha256 differs "
-                                        f"from {STUDY_FILE}'s): judgments would no longer match")
+            raise DataError(
+                items_path,
+                f"changed since the study was built (its sha256 differs "
+                f"from {STUDY_FILE}'s): judgments would no longer match",
+            )
         if len(items) != meta["counts"]["items"]:
-            raise DataError(items_path, f"{len(items)} items, {STUDY_FILE} says "
-                                        f"{meta['counts']['items']}")
+            raise DataError(
+                items_path, f"{len(items)} items, {STUDY_FILE} says {meta['counts']['items']}"
+            )
         study = cls(directory, meta, items)
         with study.connection():
             pass
@@ -201,19 +217,25 @@ class Study:
         if item_id not in self._by_id:
             raise JudgmentError(f"unknown item {item_id!r}")
         if not isinstance(choices, Mapping):
-            raise JudgmentError(f"item {item_id}: choices must be a mapping of criterion to "
-                                f"A, tie or B, got {type(choices).__name__}")
+            raise JudgmentError(
+                f"item {item_id}: choices must be a mapping of criterion to "
+                f"A, tie or B, got {type(choices).__name__}"
+            )
         missing = [c for c in CRITERIA if c not in choices]
         extra = [c for c in choices if c not in CRITERIA]
         if missing or extra:
-            parts = ([f"missing {', '.join(missing)}"] if missing else []) + \
-                    ([f"unknown {', '.join(map(repr, extra))}"] if extra else [])
-            raise JudgmentError(f"item {item_id}: every criterion needs a choice "
-                                f"({', '.join(CRITERIA)}): {'; '.join(parts)}")
+            parts = ([f"missing {', '.join(missing)}"] if missing else []) + (
+                [f"unknown {', '.join(map(repr, extra))}"] if extra else []
+            )
+            raise JudgmentError(
+                f"item {item_id}: every criterion needs a choice "
+                f"({', '.join(CRITERIA)}): {'; '.join(parts)}"
+            )
         for c in CRITERIA:
             if not isinstance(choices[c], str) or choices[c] not in CHOICES:
-                raise JudgmentError(f"item {item_id}: {c} must be one of "
-                                    f"{', '.join(CHOICES)}, got {choices[c]!r}")
+                raise JudgmentError(
+                    f"item {item_id}: {c} must be one of {', '.join(CHOICES)}, got {choices[c]!r}"
+                )
         return {c: choices[c] for c in CRITERIA}
 
     def submit(self, annotator: str, item_id: str, choices: Mapping[str, str]) -> None:
@@ -227,8 +249,9 @@ class Study:
             self._known(conn, annotator)
             with store.transaction(conn):
                 if store.item_choices(conn, annotator, item_id):
-                    raise AlreadyJudged(f"item {item_id}: {annotator} has judged it already "
-                                        "(a submission is final)")
+                    raise AlreadyJudged(
+                        f"item {item_id}: {annotator} has judged it already (a submission is final)"
+                    )
                 store.write_item(conn, annotator, item_id, row)
 
     def progress(self, annotator: str) -> tuple[int, int]:

@@ -33,13 +33,17 @@ def _cap(counts: Counter) -> int:
     return math.ceil(statistics.median(counts.values())) if counts else 0
 
 
-def balance(pairs: Sequence[Mapping[str, Any]], verdicts: Sequence[Mapping[str, Any]],
-            seed: int) -> tuple[list[dict], dict]:
+def balance(
+    pairs: Sequence[Mapping[str, Any]], verdicts: Sequence[Mapping[str, Any]], seed: int
+) -> tuple[list[dict], dict]:
     """The verdicts with the kept pairs over a cap turned into drops (reason ``balance``), and
     what was done: the caps and the counts per side before and after."""
     out = [dict(v) for v in verdicts]
-    kept = [i for i, (p, v) in enumerate(zip(pairs, verdicts))
-            if v["keep"] and p["role"] in BALANCED_ROLES]
+    kept = [
+        i
+        for i, (p, v) in enumerate(zip(pairs, verdicts))
+        if v["keep"] and p["role"] in BALANCED_ROLES
+    ]
     chosen = Counter(_sides(pairs[i])[0] for i in kept)
     rejected = Counter(_sides(pairs[i])[1] for i in kept)
     caps = {"chosen": _cap(chosen), "rejected": _cap(rejected)}
@@ -56,12 +60,18 @@ def balance(pairs: Sequence[Mapping[str, Any]], verdicts: Sequence[Mapping[str, 
             taken_r[r] += 1
             continue
         side, name = ("chosen", c) if taken_c[c] >= caps["chosen"] else ("rejected", r)
-        out[i].update(keep=False, reason=f"balance: {side} strategy {name} is at its cap of "
-                                         f"{caps[side]} pairs")
-    report = {"roles": list(BALANCED_ROLES), "caps": caps, "kept_before": len(kept),
-              "kept_after": sum(taken_c.values()),
-              "chosen_before": dict(sorted(chosen.items())),
-              "chosen_after": dict(sorted(taken_c.items())),
-              "rejected_before": dict(sorted(rejected.items())),
-              "rejected_after": dict(sorted(taken_r.items()))}
+        out[i].update(
+            keep=False,
+            reason=f"balance: {side} strategy {name} is at its cap of {caps[side]} pairs",
+        )
+    report = {
+        "roles": list(BALANCED_ROLES),
+        "caps": caps,
+        "kept_before": len(kept),
+        "kept_after": sum(taken_c.values()),
+        "chosen_before": dict(sorted(chosen.items())),
+        "chosen_after": dict(sorted(taken_c.items())),
+        "rejected_before": dict(sorted(rejected.items())),
+        "rejected_after": dict(sorted(taken_r.items())),
+    }
     return out, report

@@ -31,21 +31,35 @@ PROMPT_VERSION = "ipm-judge-v1"
 OFFLINE_RULES_VERSION = RULES_VERSION
 
 
-def verdict(pair_id: str, judge: str, reason: str, chosen: Sequence[str] = (),
-            rejected: Sequence[str] = (), keep: bool | None = None) -> dict:
+def verdict(
+    pair_id: str,
+    judge: str,
+    reason: str,
+    chosen: Sequence[str] = (),
+    rejected: Sequence[str] = (),
+    keep: bool | None = None,
+) -> dict:
     """A verdict record. ``keep`` defaults to the judge's rule: the chosen side shows no error
     and the rejected side at least one; without errors given, the pair is dropped."""
     chosen, rejected = list(chosen), list(rejected)
     if keep is None:
         keep = not chosen and bool(rejected)
-    return {"id": pair_id, "chosen_errors": chosen, "rejected_errors": rejected, "keep": keep,
-            "reason": reason, "judge": judge}
+    return {
+        "id": pair_id,
+        "chosen_errors": chosen,
+        "rejected_errors": rejected,
+        "keep": keep,
+        "reason": reason,
+        "judge": judge,
+    }
 
 
-def explain(chosen: Sequence[str], rejected: Sequence[str], chosen_why: str = "",
-            rejected_why: str = "") -> str:
+def explain(
+    chosen: Sequence[str], rejected: Sequence[str], chosen_why: str = "", rejected_why: str = ""
+) -> str:
     """The reason of a judged pair from the errors of each side, with the rules that found them
     (``*_why``) where the backend knows them."""
+
     def shows(side: str, errors: Sequence[str], why: str) -> str:
         return f"{side} shows {', '.join(errors)}" + (f" ({why})" if why else "")
 
@@ -61,8 +75,12 @@ def settled(pair: Mapping[str, Any], keep_unparseable: bool, judge: str) -> dict
     is not a strategy name (kept when ``keep_unparseable``), or a side identical to the other."""
     if pair["role"] == "planner" and normalize_strategy(pair.get("sampled_strategy")) is None:
         if keep_unparseable:
-            return verdict(pair["id"], judge, "kept: unparseable_sample (the sample is not a "
-                                              "strategy name)", keep=True)
+            return verdict(
+                pair["id"],
+                judge,
+                "kept: unparseable_sample (the sample is not a strategy name)",
+                keep=True,
+            )
         return verdict(pair["id"], judge, "unparseable_sample")
     if " ".join(str(pair["chosen"]).split()) == " ".join(str(pair["rejected"]).split()):
         return verdict(pair["id"], judge, "identical")
@@ -76,8 +94,13 @@ def judge_version(cfg: JudgeConfig) -> str:
     return f"{PROMPT_VERSION}:{cfg.model}"
 
 
-def judge_pairs(pairs: Sequence[Mapping[str, Any]], cfg: JudgeConfig,
-                cache_dir: str | Path | None = None, *, client=None) -> list[dict]:
+def judge_pairs(
+    pairs: Sequence[Mapping[str, Any]],
+    cfg: JudgeConfig,
+    cache_dir: str | Path | None = None,
+    *,
+    client=None,
+) -> list[dict]:
     """One verdict per pair, in order, from the backend ``cfg.backend``.
 
     ``cache_dir`` holds the LLM answers of the ``openai`` backend (unused offline); ``client``
@@ -85,8 +108,11 @@ def judge_pairs(pairs: Sequence[Mapping[str, Any]], cfg: JudgeConfig,
     """
     for p in pairs:
         if p.get("role") not in ROLES:
-            raise DataError(None, f"pair {p.get('id')!r}: unknown role {p.get('role')!r} "
-                                  f"(expected one of {', '.join(ROLES)})")
+            raise DataError(
+                None,
+                f"pair {p.get('id')!r}: unknown role {p.get('role')!r} "
+                f"(expected one of {', '.join(ROLES)})",
+            )
     # The backends build on this module, so they are imported when used.
     if cfg.backend == "offline":
         from .rules import judge_pair_offline

@@ -23,22 +23,22 @@ JUDGE_SYSTEM = (
     "help-seeker and a supporter. You will see the conversation so far and two candidate next "
     "moves of the supporter, A and B. For each candidate, list which of these three errors it "
     "makes, judged as the supporter's next move in this conversation:\n"
-    "- \"Lack Empathy\": it passes over, minimises or ignores the feelings the seeker has "
+    '- "Lack Empathy": it passes over, minimises or ignores the feelings the seeker has '
     "expressed.\n"
-    "- \"Early Emotion Shift\": it moves to advice, solutions or information before the "
+    '- "Early Emotion Shift": it moves to advice, solutions or information before the '
     "seeker's feelings have been acknowledged or explored.\n"
-    "- \"Template Response\": it is generic and unpersonalised -- it could be said to anyone, "
+    '- "Template Response": it is generic and unpersonalised -- it could be said to anyone, '
     "or it repeats what the supporter already said.\n"
     "A candidate may make none, one or several errors. Judge each candidate on its own; do not "
     "assume either one is better. Answer with one JSON object and nothing else, exactly: "
-    "{\"A_errors\": [...], \"B_errors\": [...]} using only the error names above."
+    '{"A_errors": [...], "B_errors": [...]} using only the error names above.'
 )
 
 
 def _candidate(pair: Mapping[str, Any], side: str) -> str:
     if pair["role"] == "planner":
         s = normalize_strategy(pair[side] if side == "chosen" else pair["sampled_strategy"])
-        return f"use the strategy \"{s}\" ({DESCRIPTIONS.get(s, '')})"
+        return f'use the strategy "{s}" ({DESCRIPTIONS.get(s, "")})'
     return pair[side]
 
 
@@ -49,14 +49,19 @@ def _a_is_chosen(pair_id: str) -> bool:
 
 def judge_messages(pair: Mapping[str, Any]) -> list[dict]:
     """The chat messages that ask the LLM judge about one pair."""
-    kind = ("the supporter's next strategy" if pair["role"] == "planner"
-            else "the supporter's next reply")
+    kind = (
+        "the supporter's next strategy"
+        if pair["role"] == "planner"
+        else "the supporter's next reply"
+    )
     a_side, b_side = ("chosen", "rejected") if _a_is_chosen(pair["id"]) else ("rejected", "chosen")
-    user = (f"Conversation so far:\n{render_history(pair['history'])}\n\n"
-            f"Two candidates for {kind}:\n"
-            f"A: {_candidate(pair, a_side)}\n"
-            f"B: {_candidate(pair, b_side)}\n\n"
-            "Which errors does each candidate make? Answer with the JSON object only.")
+    user = (
+        f"Conversation so far:\n{render_history(pair['history'])}\n\n"
+        f"Two candidates for {kind}:\n"
+        f"A: {_candidate(pair, a_side)}\n"
+        f"B: {_candidate(pair, b_side)}\n\n"
+        "Which errors does each candidate make? Answer with the JSON object only."
+    )
     return [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": user}]
 
 
@@ -82,8 +87,10 @@ def parse_judge_answer(data: Mapping[str, Any], pair_id: str) -> tuple[list[str]
     a, b = _error_list(data["A_errors"], "A_errors"), _error_list(data["B_errors"], "B_errors")
     return (a, b) if _a_is_chosen(pair_id) else (b, a)
 
-def judge_openai(pairs: Sequence[Mapping[str, Any]], cfg: JudgeConfig,
-                 cache_dir: str | Path | None, client=None) -> list[dict]:
+
+def judge_openai(
+    pairs: Sequence[Mapping[str, Any]], cfg: JudgeConfig, cache_dir: str | Path | None, client=None
+) -> list[dict]:
     """One verdict per pair, in order, from the LLM judge (``client`` replaces the
     :class:`esc_dist.llm_client.LLMClient` built from ``cfg``)."""
     from ..llm_client import LLMClient, check_failures
@@ -115,8 +122,11 @@ def judge_openai(pairs: Sequence[Mapping[str, Any]], cfg: JudgeConfig,
         verdicts[i] = verdict(pid, name, explain(chosen, rejected), chosen, rejected)
     counters = client.stats()
     if counters["request_failures"]:
-        log.warning("judge: %d request(s) failed for good (judge.max_failed_share=%g allows "
-                    "it); their pairs are dropped as judge_request_error (a rerun retries them, "
-                    "answers already received are cached)", counters["request_failures"],
-                    cfg.max_failed_share)
+        log.warning(
+            "judge: %d request(s) failed for good (judge.max_failed_share=%g allows "
+            "it); their pairs are dropped as judge_request_error (a rerun retries them, "
+            "answers already received are cached)",
+            counters["request_failures"],
+            cfg.max_failed_share,
+        )
     return verdicts  # type: ignore[return-value]

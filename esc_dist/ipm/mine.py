@@ -51,10 +51,14 @@ def mine_sampling(cfg: MineConfig, role: str) -> Sampling:
     max_new = cfg.max_new_tokens
     if role == "planner" and cfg.planner_max_new_tokens is not None:
         max_new = cfg.planner_max_new_tokens
-    return Sampling(max_new_tokens=max_new, do_sample=cfg.temperature > 0,
-                    temperature=cfg.temperature if cfg.temperature > 0 else 1.0,
-                    top_p=cfg.top_p, top_k=cfg.top_k,
-                    min_new_tokens=min(cfg.min_new_tokens, max_new))
+    return Sampling(
+        max_new_tokens=max_new,
+        do_sample=cfg.temperature > 0,
+        temperature=cfg.temperature if cfg.temperature > 0 else 1.0,
+        top_p=cfg.top_p,
+        top_k=cfg.top_k,
+        min_new_tokens=min(cfg.min_new_tokens, max_new),
+    )
 
 
 def mine_items(data_dir: str | Path, role: str, cfg: MineConfig) -> list[WorkItem]:
@@ -65,20 +69,35 @@ def mine_items(data_dir: str | Path, role: str, cfg: MineConfig) -> list[WorkIte
         raise ConfigError(f"unknown role {role!r} (expected one of {', '.join(ROLES)})")
     rows = sorted(load_task(data_dir, role)["train"], key=lambda r: r["id"])
     if cfg.max_turns is not None:
-        rows = rows[:cfg.max_turns]
+        rows = rows[: cfg.max_turns]
     history = {t["id"]: t["history"] for t in load_task(data_dir, "turns")["train"]}
     sampling = mine_sampling(cfg, role)
     items = []
     for row in rows:
         if row["id"] not in history:
-            raise ValueError(f"{data_dir}: turn {row['id']} of the {role} dataset is missing "
-                             "from the turns dataset")
-        meta = {"turn_id": row["id"], "role": role, "history": history[row["id"]],
-                "gold_strategy": row["strategy"], "gold_reply": row["reply"]}
+            raise ValueError(
+                f"{data_dir}: turn {row['id']} of the {role} dataset is missing "
+                "from the turns dataset"
+            )
+        meta = {
+            "turn_id": row["id"],
+            "role": role,
+            "history": history[row["id"]],
+            "gold_strategy": row["strategy"],
+            "gold_reply": row["reply"],
+        }
         prompt = [{"role": m["role"], "content": m["content"]} for m in row["prompt"]]
         for k in range(cfg.n_samples):
-            items.append(WorkItem(id=f"{row['id']}#s{k}", messages=prompt, sampling=sampling,
-                                  key=row["id"], sample=k, meta=meta))
+            items.append(
+                WorkItem(
+                    id=f"{row['id']}#s{k}",
+                    messages=prompt,
+                    sampling=sampling,
+                    key=row["id"],
+                    sample=k,
+                    meta=meta,
+                )
+            )
     return items
 
 
@@ -90,8 +109,9 @@ def _norm(text: str) -> str:
     return " ".join(text.split())
 
 
-def parse_sample(role: str, text: str, gold_strategy: str) -> tuple[str | None, str | None,
-                                                                    str | None]:
+def parse_sample(
+    role: str, text: str, gold_strategy: str
+) -> tuple[str | None, str | None, str | None]:
     """(sampled strategy, sampled reply, parse error reason or None) of one sample."""
     text = text.strip()
     if role == "planner":
@@ -105,14 +125,23 @@ def parse_sample(role: str, text: str, gold_strategy: str) -> tuple[str | None, 
         return None, None, "empty_output"
     s, reply = parse_tagged(text)
     if s is None:
-        reason = "unknown_strategy_tag" if text.startswith("[") and "]" in text \
-            else "no_strategy_tag"
+        reason = (
+            "unknown_strategy_tag" if text.startswith("[") and "]" in text else "no_strategy_tag"
+        )
         return None, reply, reason
     return s, reply, None
 
 
-def build_pair(role: str, pair_id: str, turn_id: str, prompt: list[dict], history: list[dict],
-               gold_strategy: str, gold_reply: str, text: str) -> tuple[dict | None, dict]:
+def build_pair(
+    role: str,
+    pair_id: str,
+    turn_id: str,
+    prompt: list[dict],
+    history: list[dict],
+    gold_strategy: str,
+    gold_reply: str,
+    text: str,
+) -> tuple[dict | None, dict]:
     """The pair of one sample (None when it matches the gold turn) and what was found.
 
     ``info`` holds ``status`` ("pair" or "same_as_gold"), ``sampled_strategy`` and
@@ -129,14 +158,27 @@ def build_pair(role: str, pair_id: str, turn_id: str, prompt: list[dict], histor
     else:
         chosen = format_tagged(gold_strategy, gold_reply)
         same = error is None and sampled == gold_strategy and _norm(reply) == _norm(gold_reply)
-    info = {"status": "same_as_gold" if same else "pair", "sampled_strategy": sampled,
-            "parse_error": error}
+    info = {
+        "status": "same_as_gold" if same else "pair",
+        "sampled_strategy": sampled,
+        "parse_error": error,
+    }
     if same:
         return None, info
-    pair = {"id": pair_id, "turn_id": turn_id, "role": role, "prompt": prompt,
-            "history": history, "gold_strategy": gold_strategy, "gold_reply": gold_reply,
-            "chosen": chosen, "rejected": raw, "sampled_strategy": sampled,
-            "sampled_reply": reply, "parse_error": error}
+    pair = {
+        "id": pair_id,
+        "turn_id": turn_id,
+        "role": role,
+        "prompt": prompt,
+        "history": history,
+        "gold_strategy": gold_strategy,
+        "gold_reply": gold_reply,
+        "chosen": chosen,
+        "rejected": raw,
+        "sampled_strategy": sampled,
+        "sampled_reply": reply,
+        "parse_error": error,
+    }
     return pair, info
 
 
@@ -146,10 +188,22 @@ def pairs_from_records(records: Iterable[Mapping[str, Any]]) -> tuple[list[dict]
     pairs, infos = [], []
     for r in records:
         m = r["meta"]
-        pair, info = build_pair(m["role"], r["id"], m["turn_id"], r["messages"], m["history"],
-                                m["gold_strategy"], m["gold_reply"], r["text"])
-        info.update(turn_id=m["turn_id"], gold_strategy=m["gold_strategy"],
-                    finish_reason=r.get("finish_reason"), new_tokens=r.get("new_tokens", 0))
+        pair, info = build_pair(
+            m["role"],
+            r["id"],
+            m["turn_id"],
+            r["messages"],
+            m["history"],
+            m["gold_strategy"],
+            m["gold_reply"],
+            r["text"],
+        )
+        info.update(
+            turn_id=m["turn_id"],
+            gold_strategy=m["gold_strategy"],
+            finish_reason=r.get("finish_reason"),
+            new_tokens=r.get("new_tokens", 0),
+        )
         infos.append(info)
         if pair is not None:
             pairs.append(pair)
@@ -195,8 +249,9 @@ def write_pairs(out: Path, job: dict) -> tuple[dict, dict]:
     return {"pairs": output_record(out, "pairs.jsonl")}, {k: stats[k] for k in COUNTS}
 
 
-def finalize(out: str | Path, job: dict, generation: dict | None = None,
-             t0: float | None = None) -> dict:
+def finalize(
+    out: str | Path, job: dict, generation: dict | None = None, t0: float | None = None
+) -> dict:
     """Merge and verify the chunk files of ``out``, write pairs, stats, manifest and COMPLETED.
 
     Used at the end of :func:`mine` (rank 0) and alone by ``esc-dist merge``.
@@ -209,21 +264,44 @@ def _wandb_summary(out: Path, manifest: dict, generation: dict) -> dict:
     flat = {f"mine/{k}": stats[k] for k in COUNTS + ("mean_new_tokens",)}
     for reason, c in stats["unparseable_reasons"].items():
         flat[f"mine/unparseable/{reason}"] = c
-    flat.update(generation_summary("mine", generation, (
-        "items_per_s", "tokens_per_s", "chunks_computed", "chunks_reused", "world_size",
-        "generation_seconds")))
+    flat.update(
+        generation_summary(
+            "mine",
+            generation,
+            (
+                "items_per_s",
+                "tokens_per_s",
+                "chunks_computed",
+                "chunks_reused",
+                "world_size",
+                "generation_seconds",
+            ),
+        )
+    )
     return flat
 
 
 def _report(out: Path, manifest: dict) -> None:
     c = manifest["counts"]
-    log.info("mine %s: %d turns, %d samples -> %d pairs (%d same as gold, %d unparseable) in %s",
-             manifest["role"], c["turns"], c["samples"], c["pairs"], c["same_as_gold"],
-             c["unparseable"], out)
+    log.info(
+        "mine %s: %d turns, %d samples -> %d pairs (%d same as gold, %d unparseable) in %s",
+        manifest["role"],
+        c["turns"],
+        c["samples"],
+        c["pairs"],
+        c["same_as_gold"],
+        c["unparseable"],
+        out,
+    )
 
 
-def mine(recipe: Recipe, role: str, model_dir: str | Path | None = None,
-         data_dir: str | Path | None = None, out: str | Path | None = None) -> dict:
+def mine(
+    recipe: Recipe,
+    role: str,
+    model_dir: str | Path | None = None,
+    data_dir: str | Path | None = None,
+    out: str | Path | None = None,
+) -> dict:
     """Mine one role's pairs under any launcher (every rank calls this); returns the manifest.
 
     A completed output with the same inputs is returned as is; one completed for other inputs is
@@ -238,8 +316,21 @@ def mine(recipe: Recipe, role: str, model_dir: str | Path | None = None,
     out = Path(out or run_dir / "ipm" / f"mine-{role}")
     with settings_errors("mine"):
         items = mine_items(data_dir, role, cfg)
-    return run_stage(recipe, Stage(
-        name="mine", labels={"role": role}, job_type=f"mine-{role}", out=out, data_dir=data_dir,
-        models={"model": model_dir}, settings=cfg,
-        phases=[Phase(f"mine-{role}", model_dir, CHUNKS, items)], write_outputs=write_pairs,
-        wandb_config={"items": len(items)}, wandb_summary=_wandb_summary, report=_report), t0)
+    return run_stage(
+        recipe,
+        Stage(
+            name="mine",
+            labels={"role": role},
+            job_type=f"mine-{role}",
+            out=out,
+            data_dir=data_dir,
+            models={"model": model_dir},
+            settings=cfg,
+            phases=[Phase(f"mine-{role}", model_dir, CHUNKS, items)],
+            write_outputs=write_pairs,
+            wandb_config={"items": len(items)},
+            wandb_summary=_wandb_summary,
+            report=_report,
+        ),
+        t0,
+    )

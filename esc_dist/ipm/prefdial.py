@@ -47,9 +47,20 @@ from .judge import ERRORS, judge_pairs, judge_version, verdict
 
 log = get_logger(__name__)
 
-PAIR_KEYS: tuple[str, ...] = ("id", "turn_id", "role", "prompt", "history", "gold_strategy",
-                              "gold_reply", "chosen", "rejected", "sampled_strategy",
-                              "sampled_reply", "parse_error")
+PAIR_KEYS: tuple[str, ...] = (
+    "id",
+    "turn_id",
+    "role",
+    "prompt",
+    "history",
+    "gold_strategy",
+    "gold_reply",
+    "chosen",
+    "rejected",
+    "sampled_strategy",
+    "sampled_reply",
+    "parse_error",
+)
 _PROMPT_ROLES = {"system", "user", "assistant"}
 _HISTORY_ROLES = {"seeker", "supporter"}
 MISMATCH = "mismatch"  # the verdicts' judge under ipm.planner_pairs: mismatch
@@ -93,18 +104,26 @@ def _check_pair(rec: Any, path: Path, line: int, role: str | None) -> dict:
     if not isinstance(prompt, list) or not prompt:
         raise bad("'prompt' must be a non-empty list of messages")
     for j, m in enumerate(prompt):
-        if not (isinstance(m, dict) and m.get("role") in _PROMPT_ROLES
-                and isinstance(m.get("content"), str)):
+        if not (
+            isinstance(m, dict)
+            and m.get("role") in _PROMPT_ROLES
+            and isinstance(m.get("content"), str)
+        ):
             raise bad(f"prompt[{j}] must be {{'role': system|user|assistant, 'content': str}}")
     history = rec["history"]
     if not isinstance(history, list):
         raise bad("'history' must be a list")
     for j, m in enumerate(history):
-        if not (isinstance(m, dict) and m.get("role") in _HISTORY_ROLES
-                and isinstance(m.get("text"), str)
-                and (m.get("strategy") is None or isinstance(m.get("strategy"), str))):
-            raise bad(f"history[{j}] must be {{'role': seeker|supporter, 'text': str, "
-                      "'strategy': str|null}")
+        if not (
+            isinstance(m, dict)
+            and m.get("role") in _HISTORY_ROLES
+            and isinstance(m.get("text"), str)
+            and (m.get("strategy") is None or isinstance(m.get("strategy"), str))
+        ):
+            raise bad(
+                f"history[{j}] must be {{'role': seeker|supporter, 'text': str, "
+                "'strategy': str|null}"
+            )
     return rec
 
 
@@ -115,8 +134,9 @@ def iter_pairs(path: str | Path, role: str | None = None) -> Iterator[tuple[int,
     for lineno, rec in iter_jsonl(path, lambda line, problem: PairsError(path, line, problem)):
         pair = _check_pair(rec, path, lineno, role)
         if pair["id"] in seen:
-            raise PairsError(path, lineno, f"duplicate id {pair['id']!r} (first on line "
-                                           f"{seen[pair['id']]})")
+            raise PairsError(
+                path, lineno, f"duplicate id {pair['id']!r} (first on line {seen[pair['id']]})"
+            )
         seen[pair["id"]] = lineno
         yield lineno, pair
 
@@ -149,8 +169,11 @@ def drop_category(verdict: Mapping[str, Any]) -> str:
     return verdict["reason"]  # unparseable_sample, identical, judge_parse_error, ...
 
 
-def compute_stats(pairs: Sequence[Mapping[str, Any]], verdicts: Sequence[Mapping[str, Any]],
-                  judge_counters: Mapping[str, int] | None = None) -> dict:
+def compute_stats(
+    pairs: Sequence[Mapping[str, Any]],
+    verdicts: Sequence[Mapping[str, Any]],
+    judge_counters: Mapping[str, int] | None = None,
+) -> dict:
     """The numbers of ``stats.json`` for pairs and their verdicts (same order)."""
     n = len(pairs)
     kept = [p for p, v in zip(pairs, verdicts) if v["keep"]]
@@ -208,9 +231,18 @@ def _features():
     from datasets import Features, List, Value
 
     msg = List({"role": Value("string"), "content": Value("string")})
-    return Features({"id": Value("string"), "turn_id": Value("string"), "role": Value("string"),
-                     "prompt": msg, "chosen": msg, "rejected": msg,
-                     "gold_strategy": Value("string"), "sampled_strategy": Value("string")})
+    return Features(
+        {
+            "id": Value("string"),
+            "turn_id": Value("string"),
+            "role": Value("string"),
+            "prompt": msg,
+            "chosen": msg,
+            "rejected": msg,
+            "gold_strategy": Value("string"),
+            "sampled_strategy": Value("string"),
+        }
+    )
 
 
 def save_dataset(pairs: Sequence[Mapping[str, Any]], path: Path) -> None:
@@ -221,24 +253,30 @@ def save_dataset(pairs: Sequence[Mapping[str, Any]], path: Path) -> None:
     columns = {k: [r[k] for r in rows] for k in features}  # keeps the columns when empty
     # datasets writes no shard at all for an empty dataset unless told to write one.
     Dataset.from_dict(columns, features=features).save_to_disk(
-        str(path), num_shards=1 if not rows else None)
+        str(path), num_shards=1 if not rows else None
+    )
 
 
 def _log_wandb(run, stats: dict) -> None:
     import wandb
 
-    flat = {"judge/pairs_in": stats["pairs_in"], "judge/kept": stats["kept"],
-            "judge/kept_ratio": stats["kept_ratio"],
-            "judge/mining_parse_errors": stats["mining"]["parse_errors"],
-            "judge/unparseable_strategy": stats["mining"]["unparseable_strategy"],
-            "judge/judge_parse_errors": stats["judge"]["parse_errors"],
-            "judge/judge_request_errors": stats["judge"]["request_errors"]}
+    flat = {
+        "judge/pairs_in": stats["pairs_in"],
+        "judge/kept": stats["kept"],
+        "judge/kept_ratio": stats["kept_ratio"],
+        "judge/mining_parse_errors": stats["mining"]["parse_errors"],
+        "judge/unparseable_strategy": stats["mining"]["unparseable_strategy"],
+        "judge/judge_parse_errors": stats["judge"]["parse_errors"],
+        "judge/judge_request_errors": stats["judge"]["request_errors"],
+    }
     for side in ("chosen", "rejected", "rejected_kept"):
         for e, c in stats["errors"][side].items():
             flat[f"judge/errors/{side}/{e}"] = c
     cols = list(STRATEGIES) + [UNPARSEABLE]
-    table = wandb.Table(columns=["gold_strategy"] + cols,
-                        data=[[g] + [stats["confusion"][g][c] for c in cols] for g in STRATEGIES])
+    table = wandb.Table(
+        columns=["gold_strategy"] + cols,
+        data=[[g] + [stats["confusion"][g][c] for c in cols] for g in STRATEGIES],
+    )
     run.log({**flat, "judge/confusion": table})
     run.summary.update(flat)
 
@@ -260,13 +298,23 @@ def default_cache_dir(out_dir: str | Path) -> Path:
 def mismatch_verdict(pair: Mapping[str, Any]) -> dict:
     """The verdict on a planner pair under ``ipm.planner_pairs: mismatch``: kept, not judged
     (mining made it because the sampled strategy is not the gold one)."""
-    what = ("the sample names no strategy" if pair["sampled_strategy"] is None
-            else f"sampled {pair['sampled_strategy']}, gold {pair['gold_strategy']}")
+    what = (
+        "the sample names no strategy"
+        if pair["sampled_strategy"] is None
+        else f"sampled {pair['sampled_strategy']}, gold {pair['gold_strategy']}"
+    )
     return verdict(pair["id"], MISMATCH, f"kept: mismatch ({what})", keep=True)
 
 
-def decide(pairs: Sequence[Mapping[str, Any]], cfg: JudgeConfig, planner_pairs: str, seed: int,
-           out_dir: Path, cache_dir: str | Path | None, client) -> tuple[list, dict | None, Any]:
+def decide(
+    pairs: Sequence[Mapping[str, Any]],
+    cfg: JudgeConfig,
+    planner_pairs: str,
+    seed: int,
+    out_dir: Path,
+    cache_dir: str | Path | None,
+    client,
+) -> tuple[list, dict | None, Any]:
     """The verdict on every pair, the balancing report (or None) and the LLM client that judged
     (or None). Planner pairs under ``mismatch`` are all kept unjudged; the others are judged (and
     balanced with ``judge.balance``)."""
@@ -290,10 +338,18 @@ def decide(pairs: Sequence[Mapping[str, Any]], cfg: JudgeConfig, planner_pairs: 
     return verdicts, balanced, client if judged else None
 
 
-def build_prefdial(pairs_jsonl: str | Path, out_dir: str | Path, cfg: JudgeConfig,
-                   recipe: Recipe | None = None, *, run=None, role: str | None = None,
-                   cache_dir: str | Path | None = None, client=None,
-                   planner_pairs: str | None = None) -> dict:
+def build_prefdial(
+    pairs_jsonl: str | Path,
+    out_dir: str | Path,
+    cfg: JudgeConfig,
+    recipe: Recipe | None = None,
+    *,
+    run=None,
+    role: str | None = None,
+    cache_dir: str | Path | None = None,
+    client=None,
+    planner_pairs: str | None = None,
+) -> dict:
     """Judge a pairs file and write the IPM-PrefDial output to ``out_dir``; returns the manifest.
 
     ``planner_pairs`` (default: the recipe's ``ipm.planner_pairs``, else ``judged``): under
@@ -310,9 +366,9 @@ def build_prefdial(pairs_jsonl: str | Path, out_dir: str | Path, cfg: JudgeConfi
     input_sha = sha256_file(pairs_jsonl)
     if planner_pairs is None:
         planner_pairs = recipe.ipm.planner_pairs if recipe is not None else "judged"
-    verdicts, balanced, client = decide(pairs, cfg, planner_pairs,
-                                        recipe.run.seed if recipe else 0, out_dir, cache_dir,
-                                        client)
+    verdicts, balanced, client = decide(
+        pairs, cfg, planner_pairs, recipe.run.seed if recipe else 0, out_dir, cache_dir, client
+    )
     counters = client.stats() if client is not None else None
     stats = compute_stats(pairs, verdicts, counters)
     stats["planner_pairs"] = planner_pairs
@@ -328,8 +384,12 @@ def build_prefdial(pairs_jsonl: str | Path, out_dir: str | Path, cfg: JudgeConfi
         "judge_name": judge_name(cfg, planner_pairs, stats["roles"]),
         "judge_version": judge_version(cfg),
         "planner_pairs": planner_pairs,
-        "counts": {"pairs_in": stats["pairs_in"], "kept": stats["kept"],
-                   "dropped": stats["dropped"], "kept_ratio": stats["kept_ratio"]},
+        "counts": {
+            "pairs_in": stats["pairs_in"],
+            "kept": stats["kept"],
+            "dropped": stats["dropped"],
+            "kept_ratio": stats["kept_ratio"],
+        },
         # judge requests that failed for good (at most judge.max_failed_share of them)
         "request_failures": stats["judge"]["request_errors"],
     }
@@ -347,8 +407,18 @@ def build_prefdial(pairs_jsonl: str | Path, out_dir: str | Path, cfg: JudgeConfi
     if run is not None:
         _log_wandb(run, stats)
     if balanced is not None:
-        log.info("balanced per chosen and rejected strategy (caps %s): %d of %d kept pairs stay",
-                 balanced["caps"], balanced["kept_after"], balanced["kept_before"])
-    log.info("judged %d pairs from %s: kept %d (%.1f%%) -> %s", stats["pairs_in"], pairs_jsonl,
-             stats["kept"], 100 * stats["kept_ratio"], out_dir)
+        log.info(
+            "balanced per chosen and rejected strategy (caps %s): %d of %d kept pairs stay",
+            balanced["caps"],
+            balanced["kept_after"],
+            balanced["kept_before"],
+        )
+    log.info(
+        "judged %d pairs from %s: kept %d (%.1f%%) -> %s",
+        stats["pairs_in"],
+        pairs_jsonl,
+        stats["kept"],
+        100 * stats["kept_ratio"],
+        out_dir,
+    )
     return manifest

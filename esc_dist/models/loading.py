@@ -60,8 +60,11 @@ def attention(name: str | None) -> str:
 
     from .. import dist
 
-    chosen = ("flash_attention_2" if dist.has_cuda() and importlib.util.find_spec("flash_attn")
-              else "sdpa")
+    chosen = (
+        "flash_attention_2"
+        if dist.has_cuda() and importlib.util.find_spec("flash_attn")
+        else "sdpa"
+    )
     if chosen not in _LOGGED:
         _LOGGED.add(chosen)
         from ..log import get_logger
@@ -73,15 +76,20 @@ def attention(name: str | None) -> str:
 _LOGGED: set[str] = set()
 
 
-def load_causal_lm(model_dir: str | Path, dtype, trust_remote_code: bool = False,
-                   attn_implementation: str | None = None):
+def load_causal_lm(
+    model_dir: str | Path,
+    dtype,
+    trust_remote_code: bool = False,
+    attn_implementation: str | None = None,
+):
     from transformers import AutoModelForCausalLM
 
     extra = {"attn_implementation": attention(attn_implementation)}
     check_model_dir(model_dir)
     with loading_errors(model_dir, "model"):
         return AutoModelForCausalLM.from_pretrained(
-            str(model_dir), dtype=dtype, trust_remote_code=trust_remote_code, **extra)
+            str(model_dir), dtype=dtype, trust_remote_code=trust_remote_code, **extra
+        )
 
 
 def model_context(model_dir: str | Path, tokenizer=None) -> int | None:
@@ -91,8 +99,7 @@ def model_context(model_dir: str | Path, tokenizer=None) -> int | None:
     config = read_json(Path(model_dir) / "config.json")
     limits = []
     for cfg in (config, config.get("text_config") or {}):
-        n = next((cfg[k] for k in CONTEXT_KEYS if isinstance(cfg.get(k), int) and cfg[k] > 0),
-                 None)
+        n = next((cfg[k] for k in CONTEXT_KEYS if isinstance(cfg.get(k), int) and cfg[k] > 0), None)
         if n is not None:
             limits.append(n)
             break

@@ -72,9 +72,14 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int):
         show_progress=False,
     )
     tok.train_from_iterator(texts, trainer)
-    hf = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=EOS,
-                                 pad_token=PAD, additional_special_tokens=[IM_START],
-                                 clean_up_tokenization_spaces=False)
+    hf = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=BOS,
+        eos_token=EOS,
+        pad_token=PAD,
+        additional_special_tokens=[IM_START],
+        clean_up_tokenization_spaces=False,
+    )
     hf.chat_template = CHAT_TEMPLATE
     hf.padding_side = "left"  # generation pads on the left; trainers set their own side
     return hf
@@ -85,8 +90,9 @@ def build_model(cfg: TinyModelConfig, tokenizer):
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
     if cfg.architecture != "llama":
-        raise ConfigError(f"tiny_model.architecture {cfg.architecture!r} is not supported; use "
-                          "'llama'")
+        raise ConfigError(
+            f"tiny_model.architecture {cfg.architecture!r} is not supported; use 'llama'"
+        )
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=cfg.hidden_size,
@@ -120,7 +126,8 @@ def build_tiny_model(cfg: TinyModelConfig, corpus: str | Path, out: str | Path) 
     with staged_dir(out, "tiny-model", [corpus]) as tmp:
         model.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
-        write_manifest(tmp, {"stage": "tiny-model", "config": cfg.__dict__,
-                             "corpus": str(corpus), **info})
+        write_manifest(
+            tmp, {"stage": "tiny-model", "config": cfg.__dict__, "corpus": str(corpus), **info}
+        )
         mark_completed(tmp)
     return info

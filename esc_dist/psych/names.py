@@ -14,7 +14,12 @@ EMOTION_MISREAD = "Emotion Misread"
 EARLY_SHIFT = "Early Emotion Shift"
 
 # The five types, in the study's order.
-ERROR_TYPES: tuple[str, ...] = (STRATEGY_MISMATCH, TEMPLATE, LACK_EMPATHY, EMOTION_MISREAD,
-                                EARLY_SHIFT)
+ERROR_TYPES: tuple[str, ...] = (
+    STRATEGY_MISMATCH,
+    TEMPLATE,
+    LACK_EMPATHY,
+    EMOTION_MISREAD,
+    EARLY_SHIFT,
+)
 # The three the offline rules (and the IPM judge) know, in the judge's order.
 RULE_ERRORS: tuple[str, ...] = (LACK_EMPATHY, EARLY_SHIFT, TEMPLATE)

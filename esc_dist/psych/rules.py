@@ -73,11 +73,13 @@ class Context:
         # The seeker's words are fresh when they are the last message (not the blank filler that
         # separates two supporter messages: then the supporter already answered them).
         fresh = bool(msgs) and msgs[-1].role == SEEKER and bool(msgs[-1].text.strip())
-        first_emotional = next((i for i, m in enumerate(msgs)
-                                if m.role == SEEKER and expresses_emotion(m.text)), None)
+        first_emotional = next(
+            (i for i, m in enumerate(msgs) if m.role == SEEKER and expresses_emotion(m.text)), None
+        )
         acknowledged = first_emotional is not None and any(
             m.role == SUPPORTER and (m.strategy == "Reflection of feelings" or acknowledges(m.text))
-            for m in msgs[first_emotional + 1:])
+            for m in msgs[first_emotional + 1 :]
+        )
         n_words = sum(len(content_words(t)) for t in seeker)
         lnorm = normalize(last)
         if n_words < 4 or GREETING.search(lnorm) and len(content_words(last)) < 4:
@@ -86,10 +88,18 @@ class Context:
             phase = "closing"
         else:
             phase = "body"
-        return cls(last_seeker=last, fresh=fresh, recent_seeker="\n".join(seeker[-2:]),
-                   seeker_words=n_words, emotion_expressed=first_emotional is not None,
-                   acknowledged=acknowledged, last_emotion=fresh and expresses_emotion(last),
-                   last_strong=fresh and strong_emotion(last), phase=phase, supporter=supporter)
+        return cls(
+            last_seeker=last,
+            fresh=fresh,
+            recent_seeker="\n".join(seeker[-2:]),
+            seeker_words=n_words,
+            emotion_expressed=first_emotional is not None,
+            acknowledged=acknowledged,
+            last_emotion=fresh and expresses_emotion(last),
+            last_strong=fresh and strong_emotion(last),
+            phase=phase,
+            supporter=supporter,
+        )
 
 
 def _normalised(text: str) -> str:
@@ -109,8 +119,9 @@ def _repeats(reply: str, earlier: Sequence[Message]) -> str | None:
     return None
 
 
-def reply_findings(history: Iterable[Message | Mapping[str, Any]], reply: str,
-                   context: Context | None = None) -> list[Finding]:
+def reply_findings(
+    history: Iterable[Message | Mapping[str, Any]], reply: str, context: Context | None = None
+) -> list[Finding]:
     """The offline rules LE1, LE2, ES1, TR1-TR4 on one supporter reply (see docs/judge.md)."""
     ctx = context or Context.of(history)
     text = normalize(reply)
@@ -120,20 +131,35 @@ def reply_findings(history: Iterable[Message | Mapping[str, Any]], reply: str,
     # Lack Empathy
     m = DISMISS.search(text)
     if m and expresses_emotion(ctx.recent_seeker):
-        found.append(Finding(LACK_EMPATHY, "LE1",
-                             f"dismisses the seeker's feeling ({m.group(0)!r})"))
-    elif (ctx.last_emotion and ctx.phase != "closing" and not acknowledges(text)
-          and not (words & content_words(ctx.last_seeker))):
-        found.append(Finding(LACK_EMPATHY, "LE2",
-                             "the seeker just expressed emotion; the reply neither acknowledges "
-                             "it nor takes up their words"))
+        found.append(
+            Finding(LACK_EMPATHY, "LE1", f"dismisses the seeker's feeling ({m.group(0)!r})")
+        )
+    elif (
+        ctx.last_emotion
+        and ctx.phase != "closing"
+        and not acknowledges(text)
+        and not (words & content_words(ctx.last_seeker))
+    ):
+        found.append(
+            Finding(
+                LACK_EMPATHY,
+                "LE2",
+                "the seeker just expressed emotion; the reply neither acknowledges "
+                "it nor takes up their words",
+            )
+        )
 
     # Early Emotion Shift
     pos = first_advice(text)
-    if pos is not None and ctx.emotion_expressed and not ctx.acknowledged \
-            and not acknowledges_before(text, pos):
-        found.append(Finding(EARLY_SHIFT, "ES1",
-                             "advice before the seeker's feelings were acknowledged"))
+    if (
+        pos is not None
+        and ctx.emotion_expressed
+        and not ctx.acknowledged
+        and not acknowledges_before(text, pos)
+    ):
+        found.append(
+            Finding(EARLY_SHIFT, "ES1", "advice before the seeker's feelings were acknowledged")
+        )
 
     # Template Response
     rep = _repeats(reply, ctx.supporter)
@@ -144,27 +170,40 @@ def reply_findings(history: Iterable[Message | Mapping[str, Any]], reply: str,
         rest = content_words(STOCK_FORMULA.sub(" ", text))
         recent = content_words(ctx.recent_seeker)
         if stock and len(rest) <= 3 and not (words & recent):
-            found.append(Finding(TEMPLATE, "TR2", f"a stock formula ({stock.group(0)!r}) with "
-                                                  "nothing specific to the seeker"))
-        elif ctx.fresh and not content_words(BACKCHANNEL.sub(" ", text)) and \
-                len(content_words(ctx.last_seeker)) >= 3:
+            found.append(
+                Finding(
+                    TEMPLATE,
+                    "TR2",
+                    f"a stock formula ({stock.group(0)!r}) with nothing specific to the seeker",
+                )
+            )
+        elif (
+            ctx.fresh
+            and not content_words(BACKCHANNEL.sub(" ", text))
+            and len(content_words(ctx.last_seeker)) >= 3
+        ):
             found.append(Finding(TEMPLATE, "TR3", "a content-free reply to a substantive message"))
         elif len(text.split()) <= 5 and "?" not in text and not acknowledges(text):
             found.append(Finding(TEMPLATE, "TR4", "a perfunctory reply of at most five words"))
     return found
 
 
-def strategy_findings(history: Iterable[Message | Mapping[str, Any]], strategy: str,
-                      context: Context | None = None) -> list[Finding]:
+def strategy_findings(
+    history: Iterable[Message | Mapping[str, Any]], strategy: str, context: Context | None = None
+) -> list[Finding]:
     """The offline rules P-ES, P-LE, P-TR on a strategy chosen as the next move."""
     ctx = context or Context.of(history)
     found: list[Finding] = []
     if strategy in _PLANNER_ADVICE and ctx.emotion_expressed and not ctx.acknowledged:
-        found.append(Finding(EARLY_SHIFT, "P-ES", f"{strategy} before the seeker's feelings were "
-                                                  "acknowledged"))
+        found.append(
+            Finding(
+                EARLY_SHIFT, "P-ES", f"{strategy} before the seeker's feelings were acknowledged"
+            )
+        )
     if strategy in _PLANNER_IGNORE and ctx.last_strong:
-        found.append(Finding(LACK_EMPATHY, "P-LE", f"{strategy} right after strongly expressed "
-                                                   "emotion"))
+        found.append(
+            Finding(LACK_EMPATHY, "P-LE", f"{strategy} right after strongly expressed emotion")
+        )
     if ctx.phase == "body":
         prev = [m.strategy for m in ctx.supporter[-2:]]
         if strategy != "Question" and len(prev) == 2 and all(p == strategy for p in prev):

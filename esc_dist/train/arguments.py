@@ -32,8 +32,11 @@ def resolve_deepspeed(name: str) -> Path:
     shipped = PACKAGE_DIR / path
     if shipped.is_file():
         return shipped
-    raise MissingInput(f"DeepSpeed config not found (neither in {Path.cwd()} nor among the "
-                       f"configs shipped in {PACKAGE_DIR / 'ds_configs'})", path=path)
+    raise MissingInput(
+        f"DeepSpeed config not found (neither in {Path.cwd()} nor among the "
+        f"configs shipped in {PACKAGE_DIR / 'ds_configs'})",
+        path=path,
+    )
 
 
 def deepspeed_config(cfg: TrainConfig, universal: bool = False) -> dict | None:
@@ -59,10 +62,12 @@ def accumulation(cfg: TrainConfig) -> int:
         return cfg.gradient_accumulation_steps
     per_step = cfg.per_device_train_batch_size * dist.world_size()
     if cfg.global_batch_size % per_step:
-        raise ConfigError(f"global_batch_size {cfg.global_batch_size} is not a multiple of "
-                          f"{cfg.per_device_train_batch_size} per device x "
-                          f"{dist.world_size()} ranks: choose a per-device batch or rank count "
-                          "that divides it")
+        raise ConfigError(
+            f"global_batch_size {cfg.global_batch_size} is not a multiple of "
+            f"{cfg.per_device_train_batch_size} per device x "
+            f"{dist.world_size()} ranks: choose a per-device batch or rank count "
+            "that divides it"
+        )
     return cfg.global_batch_size // per_step
 
 
@@ -70,8 +75,13 @@ def global_batch(cfg: TrainConfig) -> int:
     return cfg.per_device_train_batch_size * accumulation(cfg) * dist.world_size()
 
 
-LIGER_KERNELS = {"rope": True, "swiglu": True, "rms_norm": True, "cross_entropy": False,
-                 "fused_linear_cross_entropy": False}  # TRL computes the loss's head itself
+LIGER_KERNELS = {
+    "rope": True,
+    "swiglu": True,
+    "rms_norm": True,
+    "cross_entropy": False,
+    "fused_linear_cross_entropy": False,
+}  # TRL computes the loss's head itself
 
 
 def use_liger(cfg: TrainConfig) -> bool:
@@ -83,23 +93,41 @@ def use_liger(cfg: TrainConfig) -> bool:
 
     on = dist.has_cuda() and importlib.util.find_spec("liger_kernel") is not None
     if dist.is_main():
-        log.info("liger kernels: %s (liger: auto)", "on" if on else
-                 "off (no CUDA)" if not dist.has_cuda() else "off (liger-kernel not installed)")
+        log.info(
+            "liger kernels: %s (liger: auto)",
+            "on"
+            if on
+            else "off (no CUDA)"
+            if not dist.has_cuda()
+            else "off (liger-kernel not installed)",
+        )
     return on
 
 
-def trainer_arguments(cfg: TrainConfig, recipe: Recipe, paths: StagePaths, job: str,
-                      report_wandb: bool, ds: dict | None) -> dict[str, Any]:
+def trainer_arguments(
+    cfg: TrainConfig,
+    recipe: Recipe,
+    paths: StagePaths,
+    job: str,
+    report_wandb: bool,
+    ds: dict | None,
+) -> dict[str, Any]:
     """Keyword arguments shared by ``SFTConfig`` and ``DPOConfig``."""
     import torch
 
     precision = dist.resolve_precision(cfg.precision)
     accumulate = accumulation(cfg)
     if dist.is_main():
-        log.info("%s: %s, %s, world size %d, global batch %d (%d per device x %d accumulation)",
-                 job, f"DeepSpeed ZeRO-{zero_stage(ds)}" if ds else "no DeepSpeed", precision,
-                 dist.world_size(), global_batch(cfg), cfg.per_device_train_batch_size,
-                 accumulate)
+        log.info(
+            "%s: %s, %s, world size %d, global batch %d (%d per device x %d accumulation)",
+            job,
+            f"DeepSpeed ZeRO-{zero_stage(ds)}" if ds else "no DeepSpeed",
+            precision,
+            dist.world_size(),
+            global_batch(cfg),
+            cfg.per_device_train_batch_size,
+            accumulate,
+        )
     return dict(
         output_dir=str(paths.checkpoints),
         run_name=f"{recipe.run.name}/{job}",
@@ -130,6 +158,9 @@ def trainer_arguments(cfg: TrainConfig, recipe: Recipe, paths: StagePaths, job: 
         accelerator_config={"use_configured_state": True},
         disable_tqdm=not dist.is_main() or not os.isatty(2),
         max_length=cfg.max_length,
-        **({"use_liger_kernel": True, "liger_kernel_config": dict(LIGER_KERNELS)}
-           if use_liger(cfg) else {}),
+        **(
+            {"use_liger_kernel": True, "liger_kernel_config": dict(LIGER_KERNELS)}
+            if use_liger(cfg)
+            else {}
+        ),
     )

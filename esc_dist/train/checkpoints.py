@@ -22,8 +22,16 @@ log = get_logger(__name__)
 
 
 # Settings that do not change what is trained: a checkpoint stays resumable when only they change.
-_NOT_IN_KEY = ("resume", "save_steps", "save_total_limit", "logging_steps",
-               "dataloader_num_workers", "keep_checkpoints", "eval_steps", "eval_examples")
+_NOT_IN_KEY = (
+    "resume",
+    "save_steps",
+    "save_total_limit",
+    "logging_steps",
+    "dataloader_num_workers",
+    "keep_checkpoints",
+    "eval_steps",
+    "eval_examples",
+)
 
 
 def training_key(stage: str, role: str, recipe: Recipe, cfg: TrainConfig, inputs: dict) -> str:
@@ -32,13 +40,29 @@ def training_key(stage: str, role: str, recipe: Recipe, cfg: TrainConfig, inputs
     from .arguments import global_batch
 
     neutral = {k: v for (section, k), v in NEUTRAL_KEYS.items() if section == stage}
-    train = {k: v for k, v in asdict(cfg).items()
-             if k not in (*_NOT_IN_KEY, "per_device_train_batch_size",
-                          "gradient_accumulation_steps", "global_batch_size")
-             and not (k in neutral and v == neutral[k])}
+    train = {
+        k: v
+        for k, v in asdict(cfg).items()
+        if k
+        not in (
+            *_NOT_IN_KEY,
+            "per_device_train_batch_size",
+            "gradient_accumulation_steps",
+            "global_batch_size",
+        )
+        and not (k in neutral and v == neutral[k])
+    }
     train["global_batch"] = global_batch(cfg)
-    return sha256_json({"stage": stage, "role": role, "train": train, "seed": recipe.run.seed,
-                        "model": key_view(recipe)["model"], "inputs": inputs})
+    return sha256_json(
+        {
+            "stage": stage,
+            "role": role,
+            "train": train,
+            "seed": recipe.run.seed,
+            "model": key_view(recipe)["model"],
+            "inputs": inputs,
+        }
+    )
 
 
 def checkpoint_callback(key: str):
@@ -62,13 +86,23 @@ def checkpoint_callback(key: str):
                 ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
                 seconds = time.monotonic() - self.started if self.started else None
                 size = sum(f.stat().st_size for f in ckpt.rglob("*") if f.is_file())
-                atomic_write_json(ckpt / "esc_dist.json", {
-                    "world_size": dist.world_size(), "global_step": state.global_step,
-                    "key": key, "save_seconds": seconds, "bytes": size})
+                atomic_write_json(
+                    ckpt / "esc_dist.json",
+                    {
+                        "world_size": dist.world_size(),
+                        "global_step": state.global_step,
+                        "key": key,
+                        "save_seconds": seconds,
+                        "bytes": size,
+                    },
+                )
                 mark_completed(ckpt)
-                log.info("checkpoint-%d saved in %s (%s on this node's view of the disk)",
-                         state.global_step, f"{seconds:.1f} s" if seconds is not None else "?",
-                         disk_size(size))
+                log.info(
+                    "checkpoint-%d saved in %s (%s on this node's view of the disk)",
+                    state.global_step,
+                    f"{seconds:.1f} s" if seconds is not None else "?",
+                    disk_size(size),
+                )
             dist.barrier()
             return control
 
@@ -83,8 +117,11 @@ def stage_callbacks(key: str, cfg: TrainConfig, model_dir: str, checkpoints: Pat
     a preemption signal, and the free-space check before each checkpoint (disk.py)."""
     from .disk import disk_guard, precision_bytes
 
-    return [checkpoint_callback(key), preemption_callback(),
-            disk_guard(model_dir, checkpoints, precision_bytes(cfg))]
+    return [
+        checkpoint_callback(key),
+        preemption_callback(),
+        disk_guard(model_dir, checkpoints, precision_bytes(cfg)),
+    ]
 
 
 def preemption_callback():
@@ -111,8 +148,10 @@ def preemption_callback():
 
         def on_step_end(self, args, state, control, **kwargs):
             if dist.all_reduce_sum([float(self.requested)])[0] > 0 and not self.preempted:
-                log.warning("preemption signal: saving a checkpoint at step %d and stopping",
-                            state.global_step)
+                log.warning(
+                    "preemption signal: saving a checkpoint at step %d and stopping",
+                    state.global_step,
+                )
                 self.preempted = True
                 control.should_save = True
                 control.should_training_stop = True
@@ -125,8 +164,11 @@ def was_preempted(trainer) -> bool:
     """True when training stopped on a preemption signal (a checkpoint was saved)."""
     cb = next((c for c in trainer.callback_handler.callbacks if hasattr(c, "preempted")), None)
     if cb is not None and cb.preempted:
-        log.warning("stopped early at step %d on a preemption signal; the checkpoint is "
-                    "saved and the next run resumes from it", trainer.state.global_step)
+        log.warning(
+            "stopped early at step %d on a preemption signal; the checkpoint is "
+            "saved and the next run resumes from it",
+            trainer.state.global_step,
+        )
         return True
     return False
 
@@ -170,9 +212,12 @@ def find_resume_checkpoint(checkpoints: Path, resume: str, key: str) -> Path | N
             n += 1
             stale = checkpoints.with_name(f"{checkpoints.name}-stale-{n}")
         if dist.is_main():
-            log.warning("%s holds checkpoints of %s; moving them to %s and starting fresh",
-                        checkpoints, "another configuration" if resume == "auto" else
-                        "an earlier run (resume=never)", stale)
+            log.warning(
+                "%s holds checkpoints of %s; moving them to %s and starting fresh",
+                checkpoints,
+                "another configuration" if resume == "auto" else "an earlier run (resume=never)",
+                stale,
+            )
             os.replace(checkpoints, stale)
         dist.barrier()
     return None
@@ -211,18 +256,30 @@ def prepare_resume(ckpt: Path | None, poll_s: float = 2.0) -> bool:
     if converted:
         return True
     if dist.is_main():
-        log.info("checkpoint %s was written by %d ranks, this run has %d: converting it to a "
-                 "universal checkpoint", ckpt.name, saved, dist.world_size())
+        log.info(
+            "checkpoint %s was written by %d ranks, this run has %d: converting it to a "
+            "universal checkpoint",
+            ckpt.name,
+            saved,
+            dist.world_size(),
+        )
         t0 = time.time()
         try:
             from argparse import Namespace
 
             from deepspeed.checkpoint.ds_to_universal import main as ds_to_universal
 
-            ds_to_universal(Namespace(input_folder=str(src), output_folder=str(dst),
-                                      num_extract_workers=1, num_merge_workers=1,
-                                      keep_temp_folder=False, strict=True,
-                                      inject_missing_state=False))
+            ds_to_universal(
+                Namespace(
+                    input_folder=str(src),
+                    output_folder=str(dst),
+                    num_extract_workers=1,
+                    num_merge_workers=1,
+                    keep_temp_folder=False,
+                    strict=True,
+                    inject_missing_state=False,
+                )
+            )
         except BaseException:
             dst.mkdir(parents=True, exist_ok=True)
             (dst / FAILED).touch()
@@ -232,8 +289,10 @@ def prepare_resume(ckpt: Path | None, poll_s: float = 2.0) -> bool:
     else:
         while not (dst / COMPLETED).is_file():
             if (dst / FAILED).is_file():
-                raise ConversionFailed(f"{src}: rank 0 could not convert this checkpoint to a "
-                                      "universal one (its log says why)")
+                raise ConversionFailed(
+                    f"{src}: rank 0 could not convert this checkpoint to a "
+                    "universal one (its log says why)"
+                )
             time.sleep(poll_s)
     dist.barrier()
     return True

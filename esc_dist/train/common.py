@@ -49,8 +49,11 @@ def default_base_model(recipe: Recipe) -> str:
     if is_gguf(base):
         converted = Path(recipe.run.output_dir) / "models" / "base"
         if not (converted / "config.json").is_file():
-            raise MissingInput(f"model.base is a GGUF file ({base}): convert it first with "
-                               "`esc-dist base-model` (the pipeline does)", path=converted)
+            raise MissingInput(
+                f"model.base is a GGUF file ({base}): convert it first with "
+                "`esc-dist base-model` (the pipeline does)",
+                path=converted,
+            )
         return str(converted)
     return base or str(Path(recipe.run.output_dir) / "models" / "tiny")
 
@@ -86,9 +89,10 @@ class GlobalBatchLengthSampler:
         size = self.global_batch * self.mega
         batches = []
         for i in range(0, len(order), size):
-            chunk = sorted(order[i:i + size], key=lambda j: -self.lengths[j])
-            batches += [chunk[k:k + self.global_batch] for k in range(0, len(chunk),
-                                                                     self.global_batch)]
+            chunk = sorted(order[i : i + size], key=lambda j: -self.lengths[j])
+            batches += [
+                chunk[k : k + self.global_batch] for k in range(0, len(chunk), self.global_batch)
+            ]
         perm = torch.randperm(len(batches), generator=g).tolist()
         for b in perm:
             yield from batches[b]
@@ -103,8 +107,9 @@ class TrainerExtras:
         if lengths is None:
             return super()._get_train_sampler(train_dataset)
         a = self.args
-        global_batch = a.per_device_train_batch_size * a.gradient_accumulation_steps * max(
-            1, a.world_size)
+        global_batch = (
+            a.per_device_train_batch_size * a.gradient_accumulation_steps * max(1, a.world_size)
+        )
         return GlobalBatchLengthSampler(lengths, global_batch, a.data_seed or a.seed)
 
     def example_lengths(self, ds) -> list[int] | None:
@@ -146,4 +151,5 @@ def require_one_global_batch(n: int, cfg: TrainConfig, stage: str, role: str, wh
             f"{stage} {role}: {n} {what}, fewer than one global batch "
             f"({cfg.per_device_train_batch_size} per device x {accumulate} "
             f"accumulation x {world} ranks = {global_batch}); lower "
-            f"{stage}.per_device_train_batch_size or provide more data")
+            f"{stage}.per_device_train_batch_size or provide more data"
+        )

@@ -68,9 +68,12 @@ def require_space(path: Path, need: int, what: str) -> None:
     free = free_bytes(path) if dist.is_main() else 0
     short = dist.all_reduce_sum([float(dist.is_main() and free < need * MARGIN)])[0] > 0
     if short:
-        raise DiskFull(f"{what} needs about {size(need)} but only {size(free)} are free there "
-                       "(rank 0's view): free space, move run.output_dir, or set "
-                       "keep_checkpoints: false / a lower save_total_limit", path=path)
+        raise DiskFull(
+            f"{what} needs about {size(need)} but only {size(free)} are free there "
+            "(rank 0's view): free space, move run.output_dir, or set "
+            "keep_checkpoints: false / a lower save_total_limit",
+            path=path,
+        )
 
 
 def size(n: float) -> str:
@@ -90,10 +93,15 @@ def disk_guard(model_dir: str, checkpoints: Path, precision_bytes: int):
     class DiskGuard(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
             if control.should_save:
-                done = sorted((p for p in checkpoints.glob("checkpoint-*")
-                               if (p / "COMPLETED").is_file()), key=lambda p: p.stat().st_mtime)
-                need = (directory_bytes(done[-1]) if done
-                        else (n or 0) * CHECKPOINT_BYTES[precision_bytes])
+                done = sorted(
+                    (p for p in checkpoints.glob("checkpoint-*") if (p / "COMPLETED").is_file()),
+                    key=lambda p: p.stat().st_mtime,
+                )
+                need = (
+                    directory_bytes(done[-1])
+                    if done
+                    else (n or 0) * CHECKPOINT_BYTES[precision_bytes]
+                )
                 require_space(checkpoints, need, f"checkpoint-{state.global_step}")
             return control
 
@@ -120,5 +128,8 @@ def remove_checkpoints(checkpoints: Path, also: list[Path] = ()) -> None:
             freed += directory_bytes(d)
             shutil.rmtree(d, ignore_errors=True)
     if freed:
-        log.info("removed the checkpoints of %s (%s; keep_checkpoints: true keeps them)",
-                 checkpoints.parent.name, size(freed))
+        log.info(
+            "removed the checkpoints of %s (%s; keep_checkpoints: true keeps them)",
+            checkpoints.parent.name,
+            size(freed),
+        )

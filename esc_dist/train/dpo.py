@@ -37,8 +37,12 @@ from .tokens import PromptFitter, tokenized_cached
 
 log = get_logger(__name__)
 
-SUMMARY_KEYS = ("final_loss", "global_step", "final_reward_accuracy",
-                "final_reward_margin")  # W&B run summary
+SUMMARY_KEYS = (
+    "final_loss",
+    "global_step",
+    "final_reward_accuracy",
+    "final_reward_margin",
+)  # W&B run summary
 
 
 def dpo_row(ex: dict, fit: PromptFitter) -> dict | None:
@@ -46,8 +50,13 @@ def dpo_row(ex: dict, fit: PromptFitter) -> dict | None:
     if r is None:
         return None
     p, (chosen, rejected), dropped = r
-    return {"id": ex["id"], "prompt_ids": p, "chosen_ids": chosen, "rejected_ids": rejected,
-            "trimmed": dropped}
+    return {
+        "id": ex["id"],
+        "prompt_ids": p,
+        "chosen_ids": chosen,
+        "rejected_ids": rejected,
+        "trimmed": dropped,
+    }
 
 
 def load_pairs(pairs_dir: str | Path):
@@ -55,8 +64,9 @@ def load_pairs(pairs_dir: str | Path):
 
     pairs_dir = Path(pairs_dir)
     if not (pairs_dir / COMPLETED).is_file():
-        raise MissingInput(f"not a completed `esc-dist judge` output (no {COMPLETED} marker)",
-                           path=pairs_dir)
+        raise MissingInput(
+            f"not a completed `esc-dist judge` output (no {COMPLETED} marker)", path=pairs_dir
+        )
     require_verified(pairs_dir)
     ds = load_from_disk(str(pairs_dir / "dataset"))
     if len(ds) == 0:
@@ -82,8 +92,10 @@ def _dpo_trainer_class():
             cols = ds.column_names
             if not {"prompt_ids", "chosen_ids", "rejected_ids"} <= set(cols):
                 return None
-            return [len(p) + max(len(c), len(r)) for p, c, r in
-                    zip(ds["prompt_ids"], ds["chosen_ids"], ds["rejected_ids"])]
+            return [
+                len(p) + max(len(c), len(r))
+                for p, c, r in zip(ds["prompt_ids"], ds["chosen_ids"], ds["rejected_ids"])
+            ]
 
     return EscDPOTrainer
 
@@ -124,9 +136,14 @@ def shared_prompt_collator(tokenizer, model, args):
     tokenizer.pad_token = args.pad_token or tokenizer.pad_token or tokenizer.eos_token
     model.config.get_text_config().pad_token_id = tokenizer.pad_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    return SharedPromptCollator(DataCollatorForPreference(
-        pad_token_id=tokenizer.pad_token_id, max_length=args.max_length,
-        truncation_mode=args.truncation_mode, pad_to_multiple_of=args.pad_to_multiple_of))
+    return SharedPromptCollator(
+        DataCollatorForPreference(
+            pad_token_id=tokenizer.pad_token_id,
+            max_length=args.max_length,
+            truncation_mode=args.truncation_mode,
+            pad_to_multiple_of=args.pad_to_multiple_of,
+        )
+    )
 
 
 def use_shared_prompt(recipe: Recipe, model) -> bool:
@@ -137,36 +154,59 @@ def use_shared_prompt(recipe: Recipe, model) -> bool:
         return False
     attn = attention(recipe.model.attn_implementation)
     if not supports_shared_prompt(attn) or not packs_prompts(model):
-        log.info("dpo: prompts not shared (%s): chosen and rejected scored as two sequences",
-                 f"attention {attn} takes no 4D mask" if not supports_shared_prompt(attn)
-                 else "the model's logits are rescaled or routed")
+        log.info(
+            "dpo: prompts not shared (%s): chosen and rejected scored as two sequences",
+            f"attention {attn} takes no 4D mask"
+            if not supports_shared_prompt(attn)
+            else "the model's logits are rescaled or routed",
+        )
         return False
     return True
 
 
-def planner_guard(recipe: Recipe, role: str, data_dir: str | None, score, model_dir: str,
-                  paths):
+def planner_guard(recipe: Recipe, role: str, data_dir: str | None, score, model_dir: str, paths):
     """The validation guard of a planner DPO run (None when ``dpo.validation_every`` is 0 or the
     role is not the planner)."""
     cfg = recipe.dpo
     if role != "planner" or cfg.validation_every == 0:
         return None
     if score is None:
-        raise ValueError("dpo.validation_every needs a score function (the command layer "
-                         "passes esc_dist.eval.strategy.strategy_metrics)")
+        raise ValueError(
+            "dpo.validation_every needs a score function (the command layer "
+            "passes esc_dist.eval.strategy.strategy_metrics)"
+        )
     from ..models.loading import model_context
     from .guard import GUARD_NEW_TOKENS, PlannerGuard, validation_prompts
 
     data_dir = Path(data_dir or Path(recipe.run.output_dir) / "data")
     prompts, gold = validation_prompts(data_dir, cfg.validation_turns)
     tokenizer = load_tokenizer(model_dir, recipe.model.trust_remote_code)
-    return PlannerGuard(prompts, gold, tokenizer, score, paths.work, cfg.validation_every,
-                        cfg.export_best, cfg.best_q_tolerance, GUARD_NEW_TOKENS,
-                        cfg.per_device_train_batch_size * 2, model_context(model_dir, tokenizer))
+    return PlannerGuard(
+        prompts,
+        gold,
+        tokenizer,
+        score,
+        paths.work,
+        cfg.validation_every,
+        cfg.export_best,
+        cfg.best_q_tolerance,
+        GUARD_NEW_TOKENS,
+        cfg.per_device_train_batch_size * 2,
+        model_context(model_dir, tokenizer),
+    )
 
 
-def build_dpo_trainer(recipe: Recipe, role: str, pairs_dir: str, model_dir: str, paths,
-                      ds_cfg: dict | None, report_wandb: bool, key: str = "", guard=None):
+def build_dpo_trainer(
+    recipe: Recipe,
+    role: str,
+    pairs_dir: str,
+    model_dir: str,
+    paths,
+    ds_cfg: dict | None,
+    report_wandb: bool,
+    key: str = "",
+    guard=None,
+):
     """The configured DPO trainer for one role, and the tokenization stats of its pairs."""
     from trl import DPOConfig
 
@@ -175,17 +215,32 @@ def build_dpo_trainer(recipe: Recipe, role: str, pairs_dir: str, model_dir: str,
     if cfg.sft_weight > 0:
         losses.append("sft")
         weights.append(cfg.sft_weight)
-    args = DPOConfig(**trainer_arguments(cfg, recipe, paths, f"dpo-{role}", report_wandb, ds_cfg),
-                     beta=cfg.beta, loss_type=losses, loss_weights=weights,
-                     precompute_ref_log_probs=cfg.reference == "precomputed",
-                     precompute_ref_batch_size=cfg.per_device_train_batch_size)
+    args = DPOConfig(
+        **trainer_arguments(cfg, recipe, paths, f"dpo-{role}", report_wandb, ds_cfg),
+        beta=cfg.beta,
+        loss_type=losses,
+        loss_weights=weights,
+        precompute_ref_log_probs=cfg.reference == "precomputed",
+        precompute_ref_batch_size=cfg.per_device_train_batch_size,
+    )
     tokenizer = load_tokenizer(model_dir, recipe.model.trust_remote_code)
     pairs = load_pairs(pairs_dir)
-    train, stats = tokenized_cached(pairs, tokenizer, cfg.max_length, paths.work / "tokenized",
-                                    f"{role}-pairs", dpo_row,
-                                    ("id", "prompt_ids", "chosen_ids", "rejected_ids"))
-    log.info("dpo %s: %d pairs (%d with history trimmed, %d too long dropped)", role,
-             stats["examples"], stats["history_trimmed"], stats["dropped_too_long"])
+    train, stats = tokenized_cached(
+        pairs,
+        tokenizer,
+        cfg.max_length,
+        paths.work / "tokenized",
+        f"{role}-pairs",
+        dpo_row,
+        ("id", "prompt_ids", "chosen_ids", "rejected_ids"),
+    )
+    log.info(
+        "dpo %s: %d pairs (%d with history trimmed, %d too long dropped)",
+        role,
+        stats["examples"],
+        stats["history_trimmed"],
+        stats["dropped_too_long"],
+    )
     require_one_global_batch(len(train), cfg, "dpo", role, "preference pairs")
     model = load_policy(model_dir, recipe, cfg)
     shared = use_shared_prompt(recipe, model)
@@ -195,9 +250,14 @@ def build_dpo_trainer(recipe: Recipe, role: str, pairs_dir: str, model_dir: str,
         callbacks.insert(0, guard.callback())
     with _offloaded_reference(offload):
         trainer = _dpo_trainer_class()(
-            model=model, args=args, train_dataset=train, processing_class=tokenizer,
-            callbacks=callbacks, shared_prompt=shared,
-            data_collator=shared_prompt_collator(tokenizer, model, args) if shared else None)
+            model=model,
+            args=args,
+            train_dataset=train,
+            processing_class=tokenizer,
+            callbacks=callbacks,
+            shared_prompt=shared,
+            data_collator=shared_prompt_collator(tokenizer, model, args) if shared else None,
+        )
     if guard is not None:
         guard.trainer, guard.key = trainer, key
     return trainer, tokenizer, stats
@@ -206,15 +266,26 @@ def build_dpo_trainer(recipe: Recipe, role: str, pairs_dir: str, model_dir: str,
 def reward_summary(trainer) -> dict:
     """The last logged reward accuracy and margin (DPO's extra manifest fields)."""
     hist = trainer.state.log_history
-    return {"final_reward_accuracy": next((h["rewards/accuracies"] for h in reversed(hist)
-                                           if "rewards/accuracies" in h), None),
-            "final_reward_margin": next((h["rewards/margins"] for h in reversed(hist)
-                                         if "rewards/margins" in h), None)}
+    return {
+        "final_reward_accuracy": next(
+            (h["rewards/accuracies"] for h in reversed(hist) if "rewards/accuracies" in h), None
+        ),
+        "final_reward_margin": next(
+            (h["rewards/margins"] for h in reversed(hist) if "rewards/margins" in h), None
+        ),
+    }
 
 
-def train_dpo(recipe: Recipe, role: str, pairs_dir: str | None = None,
-              model_dir: str | None = None, out: str | None = None, *,
-              data_dir: str | None = None, score=None) -> dict | None:
+def train_dpo(
+    recipe: Recipe,
+    role: str,
+    pairs_dir: str | None = None,
+    model_dir: str | None = None,
+    out: str | None = None,
+    *,
+    data_dir: str | None = None,
+    score=None,
+) -> dict | None:
     """DPO of one role from its SFT export; returns the export manifest (None if preempted).
 
     ``data_dir`` (default: the run's ``data``) and ``score`` (strategy metrics of gold and
@@ -231,11 +302,25 @@ def train_dpo(recipe: Recipe, role: str, pairs_dir: str | None = None,
         inputs["validation"] = data_input(str(data_dir or run_dir / "data"))
 
     def extra(trainer) -> dict:
-        return {**reward_summary(trainer),
-                **({"guard": guard.outcome()} if guard is not None else {})}
+        return {
+            **reward_summary(trainer),
+            **({"guard": guard.outcome()} if guard is not None else {}),
+        }
 
-    build = functools.partial(build_dpo_trainer, recipe, role, pairs_dir, model_dir, paths,
-                              guard=guard)
+    build = functools.partial(
+        build_dpo_trainer, recipe, role, pairs_dir, model_dir, paths, guard=guard
+    )
     best = (lambda: guard.best_dir) if guard is not None and cfg.export_best else None
-    return run_training("dpo", role, recipe, cfg, inputs, model_dir, paths, build, SUMMARY_KEYS,
-                        extra_manifest=extra, exported_weights=best)
+    return run_training(
+        "dpo",
+        role,
+        recipe,
+        cfg,
+        inputs,
+        model_dir,
+        paths,
+        build,
+        SUMMARY_KEYS,
+        extra_manifest=extra,
+        exported_weights=best,
+    )

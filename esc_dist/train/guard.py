@@ -58,18 +58,27 @@ def validation_prompts(data_dir: str | Path, n: int) -> tuple[list[list[dict]], 
     if "validation" not in turns or len(turns["validation"]) == 0:
         from ..errors import ConfigError
 
-        raise ConfigError(f"{data_dir}: no validation turns for dpo.validation_every (prepare "
-                          "the data with a validation split, or set dpo.validation_every=0)")
+        raise ConfigError(
+            f"{data_dir}: no validation turns for dpo.validation_every (prepare "
+            "the data with a validation split, or set dpo.validation_every=0)"
+        )
     rows = sorted(turns["validation"], key=lambda t: t["id"])
     rows = [rows[i] for i in spread(len(rows), n)]
     max_history, tagged, form = prompt_settings_of(data_dir)
-    prompts = [planner_prompt(history_messages(t["history"]), max_history, tagged, form)
-               for t in rows]
+    prompts = [
+        planner_prompt(history_messages(t["history"]), max_history, tagged, form) for t in rows
+    ]
     return prompts, [t["strategy"] for t in rows]
 
 
-def greedy_strategies(model, tokenizer, prompts: Sequence[list[dict]], max_new_tokens: int,
-                      batch_size: int, context: int | None) -> list[str]:
+def greedy_strategies(
+    model,
+    tokenizer,
+    prompts: Sequence[list[dict]],
+    max_new_tokens: int,
+    batch_size: int,
+    context: int | None,
+) -> list[str]:
     """This rank's greedy decodes of ``prompts`` (its equal share: every rank runs as many
     batches and steps, as ZeRO-3 needs), gathered over the ranks in the prompts' order."""
     import torch
@@ -83,8 +92,7 @@ def greedy_strategies(model, tokenizer, prompts: Sequence[list[dict]], max_new_t
     items = [WorkItem(str(i), prompts[i], sampling) for i in mine]
     ids, _ = fit_prompts(items, tokenizer, context)
     ids += [ids[-1] if ids else tokenizer("x")["input_ids"]] * (per_rank - len(ids))
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else \
-        tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -92,20 +100,28 @@ def greedy_strategies(model, tokenizer, prompts: Sequence[list[dict]], max_new_t
     try:
         with torch.no_grad():
             for a in range(0, per_rank, batch_size):
-                batch = ids[a:a + batch_size]
+                batch = ids[a : a + batch_size]
                 width = max(len(x) for x in batch)
-                input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in batch],
-                                         device=device)
-                mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in batch],
-                                    device=device)
-                out = model.generate(input_ids=input_ids, attention_mask=mask,
-                                     max_new_tokens=max_new_tokens, min_new_tokens=1,
-                                     do_sample=False, pad_token_id=pad, use_cache=True,
-                                     synced_gpus=world > 1)
+                input_ids = torch.tensor(
+                    [[pad] * (width - len(x)) + x for x in batch], device=device
+                )
+                mask = torch.tensor(
+                    [[0] * (width - len(x)) + [1] * len(x) for x in batch], device=device
+                )
+                out = model.generate(
+                    input_ids=input_ids,
+                    attention_mask=mask,
+                    max_new_tokens=max_new_tokens,
+                    min_new_tokens=1,
+                    do_sample=False,
+                    pad_token_id=pad,
+                    use_cache=True,
+                    synced_gpus=world > 1,
+                )
                 texts += tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
     finally:
         model.train(was_training)
-    gathered = dist.all_gather_object(texts[:len(mine)])
+    gathered = dist.all_gather_object(texts[: len(mine)])
     return [t for part in gathered for t in part]
 
 
@@ -115,8 +131,13 @@ def summary(metrics: dict, pred: Sequence[str | None]) -> dict:
     and to no strategy at all."""
     m, n = metrics["as_others"], len(pred)
     shares = {s: sum(1 for p in pred if p == s) / n for s in STRATEGIES}
-    return {"B": m["B"], "Q": m["Q"], "accuracy": m["accuracy"],
-            "unparseable": sum(1 for p in pred if p is None) / n, "shares": shares}
+    return {
+        "B": m["B"],
+        "Q": m["Q"],
+        "accuracy": m["accuracy"],
+        "unparseable": sum(1 for p in pred if p is None) / n,
+        "shares": shares,
+    }
 
 
 class PlannerGuard:
@@ -127,19 +148,39 @@ class PlannerGuard:
     Q below the SFT model's that a step may lose and still be the best.
     """
 
-    def __init__(self, prompts: Sequence[list[dict]], gold: Sequence[str], tokenizer,
-                 score: Score, work: Path, every: int, export_best: bool, tolerance: float,
-                 max_new_tokens: int, batch_size: int, context: int | None):
+    def __init__(
+        self,
+        prompts: Sequence[list[dict]],
+        gold: Sequence[str],
+        tokenizer,
+        score: Score,
+        work: Path,
+        every: int,
+        export_best: bool,
+        tolerance: float,
+        max_new_tokens: int,
+        batch_size: int,
+        context: int | None,
+    ):
         self.prompts, self.gold, self.tok, self.score = list(prompts), list(gold), tokenizer, score
         self.work, self.every, self.export_best = Path(work), every, export_best
-        self.tolerance, self.max_new, self.batch, self.context = (tolerance, max_new_tokens,
-                                                                  batch_size, context)
+        self.tolerance, self.max_new, self.batch, self.context = (
+            tolerance,
+            max_new_tokens,
+            batch_size,
+            context,
+        )
         self.trainer, self.key = None, ""  # set by the stage once the trainer is built
         self.state: dict[str, Any] = self.fresh()
 
     def fresh(self) -> dict:
-        return {"key": self.key, "turns": len(self.prompts), "reference": None, "history": [],
-                "best": None}
+        return {
+            "key": self.key,
+            "turns": len(self.prompts),
+            "reference": None,
+            "history": [],
+            "best": None,
+        }
 
     def begin(self, model, step: int) -> None:
         """At the start of training: a fresh run evaluates the SFT model (step 0); a resumed one
@@ -151,8 +192,11 @@ class PlannerGuard:
             return
         self.state = self.fresh()
         if step > 0:
-            log.warning("guard: no state of this run to resume; the reference is the resumed "
-                        "step %d, not the SFT model", step)
+            log.warning(
+                "guard: no state of this run to resume; the reference is the resumed "
+                "step %d, not the SFT model",
+                step,
+            )
         self.record(model, step)
 
     @property
@@ -160,8 +204,9 @@ class PlannerGuard:
         return self.work / BEST_DIR
 
     def evaluate(self, model, step: int) -> dict:
-        texts = greedy_strategies(model, self.tok, self.prompts, self.max_new, self.batch,
-                                  self.context)
+        texts = greedy_strategies(
+            model, self.tok, self.prompts, self.max_new, self.batch, self.context
+        )
         pred = [parse_strategy(t.strip()) if t.strip() else None for t in texts]
         return {"step": step, **summary(self.score(self.gold, pred), pred)}
 
@@ -198,15 +243,26 @@ class PlannerGuard:
 
     def _log(self, entry: dict) -> None:
         ref = self.state["reference"]
-        logs = {"guard/B": entry["B"], "guard/Q": entry["Q"], "guard/accuracy": entry["accuracy"],
-                "guard/unparseable": entry["unparseable"], "guard/sft_B": ref["B"],
-                "guard/sft_Q": ref["Q"],
-                **{f"guard/share/{s}": v for s, v in entry["shares"].items()}}
+        logs = {
+            "guard/B": entry["B"],
+            "guard/Q": entry["Q"],
+            "guard/accuracy": entry["accuracy"],
+            "guard/unparseable": entry["unparseable"],
+            "guard/sft_B": ref["B"],
+            "guard/sft_Q": ref["Q"],
+            **{f"guard/share/{s}": v for s, v in entry["shares"].items()},
+        }
         top = sorted(entry["shares"].items(), key=lambda kv: -kv[1])[:3]
-        log.info("guard step %d on %d validation turns: B %.3f (SFT %.3f), Q %.1f (SFT %.1f), "
-                 "top %s", entry["step"], len(self.prompts), entry["B"], ref["B"],
-                 100 * entry["Q"], 100 * ref["Q"],
-                 ", ".join(f"{s} {100 * v:.0f}%" for s, v in top))
+        log.info(
+            "guard step %d on %d validation turns: B %.3f (SFT %.3f), Q %.1f (SFT %.1f), top %s",
+            entry["step"],
+            len(self.prompts),
+            entry["B"],
+            ref["B"],
+            100 * entry["Q"],
+            100 * ref["Q"],
+            ", ".join(f"{s} {100 * v:.0f}%" for s, v in top),
+        )
         # straight to the stage's W&B run (rank 0), on the trainer's step axis: the trainer's own
         # log() would fold its pending training metrics into these and clear them
         wandb = sys.modules.get("wandb")
@@ -216,8 +272,13 @@ class PlannerGuard:
 
     def outcome(self) -> dict:
         """What the manifest records: the reference, every evaluation, the best step."""
-        return {"turns": len(self.prompts), "every": self.every, "export_best": self.export_best,
-                "q_tolerance_points": self.tolerance, **self.state}
+        return {
+            "turns": len(self.prompts),
+            "every": self.every,
+            "export_best": self.export_best,
+            "q_tolerance_points": self.tolerance,
+            **self.state,
+        }
 
     def callback(self):
         from transformers import TrainerCallback

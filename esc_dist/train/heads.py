@@ -32,15 +32,24 @@ from .shared_prompt import SHARED_KEYS, packed_states
 
 # Config fields by which TRL's fused head rescales or soft-caps logits; a model with any of them
 # keeps TRL's head (the projection below is the plain one).
-_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "output_multiplier",
-                     "lm_head_multiplier", "logits_scaling")
+_LOGIT_TRANSFORMS = (
+    "final_logit_softcapping",
+    "logit_scale",
+    "output_multiplier",
+    "lm_head_multiplier",
+    "logits_scaling",
+)
 
 
 def _supported(model, temperature: float, cast_lm_head_to_fp32: bool) -> bool:
     text_config = model.config.get_text_config()
-    return (temperature == 1.0 and not cast_lm_head_to_fp32 and text_config is model.config
-            and not getattr(text_config, "output_router_logits", False)
-            and all(getattr(text_config, k, None) is None for k in _LOGIT_TRANSFORMS))
+    return (
+        temperature == 1.0
+        and not cast_lm_head_to_fp32
+        and text_config is model.config
+        and not getattr(text_config, "output_router_logits", False)
+        and all(getattr(text_config, k, None) is None for k in _LOGIT_TRANSFORMS)
+    )
 
 
 def completion_log_probs(model, outputs, args, labels, num_items_in_batch, kwargs):
@@ -80,8 +89,12 @@ def completion_log_probs(model, outputs, args, labels, num_items_in_batch, kwarg
 
     log_probs = scatter(log_probs)
     denominator = mask.sum().clamp(min=1) if num_items_in_batch is None else num_items_in_batch
-    return FusedCausalLMOutput(loss=-log_probs.sum() / denominator, log_probs=log_probs,
-                               label_mask=mask, **{k: scatter(v) for k, v in extra.items()})
+    return FusedCausalLMOutput(
+        loss=-log_probs.sum() / denominator,
+        log_probs=log_probs,
+        label_mask=mask,
+        **{k: scatter(v) for k, v in extra.items()},
+    )
 
 
 def add_completion_lm_head(model, outputs=("log_probs",)) -> None:
@@ -92,13 +105,24 @@ def add_completion_lm_head(model, outputs=("log_probs",)) -> None:
     trl_forward = model.forward
 
     @functools.wraps(type(model).forward)  # `generate` validates its kwargs against it
-    def forward(self, *args, fused_lm_head=False, labels=None, shift_labels=None,
-                num_items_in_batch=None, **kwargs):
-        if (not fused_lm_head or shift_labels is not None
-                or kwargs.get("output_router_logits")):
-            return trl_forward(*args, fused_lm_head=fused_lm_head, labels=labels,
-                               shift_labels=shift_labels, num_items_in_batch=num_items_in_batch,
-                               **kwargs)
+    def forward(
+        self,
+        *args,
+        fused_lm_head=False,
+        labels=None,
+        shift_labels=None,
+        num_items_in_batch=None,
+        **kwargs,
+    ):
+        if not fused_lm_head or shift_labels is not None or kwargs.get("output_router_logits"):
+            return trl_forward(
+                *args,
+                fused_lm_head=fused_lm_head,
+                labels=labels,
+                shift_labels=shift_labels,
+                num_items_in_batch=num_items_in_batch,
+                **kwargs,
+            )
         return completion_log_probs(self, outputs, args, labels, num_items_in_batch, kwargs)
 
     model.forward = types.MethodType(forward, model)
@@ -107,8 +131,9 @@ def add_completion_lm_head(model, outputs=("log_probs",)) -> None:
 def packs_prompts(model) -> bool:
     """Whether shared-prompt DPO (``shared_prompt.py``) can score this model: our head applies
     (its logits are plain projections) and TRL asks no MoE router logits of it."""
-    return (_supported(model, 1.0, False)
-            and not hasattr(model.config.get_text_config(), "output_router_logits"))
+    return _supported(model, 1.0, False) and not hasattr(
+        model.config.get_text_config(), "output_router_logits"
+    )
 
 
 @contextmanager
@@ -125,10 +150,15 @@ def completion_lm_head(everywhere: bool = False):
         return
     original = trl_dpo.add_fused_lm_head
 
-    def add_fused_lm_head(model, temperature=1.0, cast_lm_head_to_fp32=False,
-                          outputs=("log_probs",)):
-        original(model, temperature=temperature, cast_lm_head_to_fp32=cast_lm_head_to_fp32,
-                 outputs=outputs)
+    def add_fused_lm_head(
+        model, temperature=1.0, cast_lm_head_to_fp32=False, outputs=("log_probs",)
+    ):
+        original(
+            model,
+            temperature=temperature,
+            cast_lm_head_to_fp32=cast_lm_head_to_fp32,
+            outputs=outputs,
+        )
         if _supported(model, temperature, cast_lm_head_to_fp32):
             add_completion_lm_head(model, outputs)
 

@@ -19,21 +19,29 @@ def load_policy(path: str, recipe: Recipe, cfg: TrainConfig):
     """Load the model to train. Call *after* the trainer config exists: its live DeepSpeed config
     makes ``from_pretrained`` build the model already partitioned under ZeRO-3."""
     dtype = dist.torch_dtype(cfg.precision)
-    model = load_causal_lm(path, dtype, recipe.model.trust_remote_code,
-                           recipe.model.attn_implementation)
+    model = load_causal_lm(
+        path, dtype, recipe.model.trust_remote_code, recipe.model.attn_implementation
+    )
     if cfg.lora.enabled:
         from peft import LoraConfig, get_peft_model
 
         targets = cfg.lora.target_modules
-        model = get_peft_model(model, LoraConfig(
-            r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-            target_modules=targets[0] if targets == ["all-linear"] else targets,
-            task_type="CAUSAL_LM"))
+        model = get_peft_model(
+            model,
+            LoraConfig(
+                r=cfg.lora.r,
+                lora_alpha=cfg.lora.alpha,
+                lora_dropout=cfg.lora.dropout,
+                target_modules=targets[0] if targets == ["all-linear"] else targets,
+                task_type="CAUSAL_LM",
+            ),
+        )
     return model
 
 
-def export_model(trainer, tokenizer, paths: StagePaths, manifest: dict,
-                 weights: Path | None = None) -> None:
+def export_model(
+    trainer, tokenizer, paths: StagePaths, manifest: dict, weights: Path | None = None
+) -> None:
     """Save one HF directory (safetensors, config, tokenizer, generation config, manifest) at
     ``paths.export``, saved first inside the stage's work directory.
 

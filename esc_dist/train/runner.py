@@ -55,11 +55,19 @@ def stage_inputs(name: str, data_dir: str, model_dir: str) -> dict:
     return {name: data_input(data_dir), "model": model}
 
 
-def run_training(stage: str, role: str, recipe: Recipe, cfg: TrainConfig, inputs: dict,
-                 model_dir: str, paths: StagePaths, build_trainer: BuildTrainer,
-                 summary_keys: tuple[str, ...],
-                 extra_manifest: Callable[[Any], dict] | None = None,
-                 exported_weights: Callable[[], Path | None] | None = None) -> dict | None:
+def run_training(
+    stage: str,
+    role: str,
+    recipe: Recipe,
+    cfg: TrainConfig,
+    inputs: dict,
+    model_dir: str,
+    paths: StagePaths,
+    build_trainer: BuildTrainer,
+    summary_keys: tuple[str, ...],
+    extra_manifest: Callable[[Any], dict] | None = None,
+    exported_weights: Callable[[], Path | None] | None = None,
+) -> dict | None:
     """Train (resuming when a checkpoint of the same run exists) and export; returns the export
     manifest, or None when training stopped on a preemption signal (checkpoint saved, no export).
     ``exported_weights`` names a saved model directory to export instead of the last step's
@@ -69,8 +77,9 @@ def run_training(stage: str, role: str, recipe: Recipe, cfg: TrainConfig, inputs
     key = training_key(stage, role, recipe, cfg, inputs)
     ckpt = find_resume_checkpoint(paths.checkpoints, cfg.resume, key)
     ds_cfg = deepspeed_config(cfg, universal=prepare_resume(ckpt))
-    with tracking.stage_run(recipe, f"{stage}-{role}", paths.work,
-                            config={"stage": stage, "role": role}) as run:
+    with tracking.stage_run(
+        recipe, f"{stage}-{role}", paths.work, config={"stage": stage, "role": role}
+    ) as run:
         trainer, tokenizer, tok_stats = build_trainer(ds_cfg, run is not None, key)
         if ckpt is not None:
             log.info("resuming from %s", ckpt)
@@ -79,9 +88,13 @@ def run_training(stage: str, role: str, recipe: Recipe, cfg: TrainConfig, inputs
             return None
 
         manifest = base_manifest(stage, role, recipe, cfg, inputs, model_dir)
-        manifest.update(summarize_history(trainer), tokenization=tok_stats,
-                        resumed_from=str(ckpt) if ckpt else None, export_dir=str(paths.export),
-                        **(extra_manifest(trainer) if extra_manifest else {}))
+        manifest.update(
+            summarize_history(trainer),
+            tokenization=tok_stats,
+            resumed_from=str(ckpt) if ckpt else None,
+            export_dir=str(paths.export),
+            **(extra_manifest(trainer) if extra_manifest else {}),
+        )
         require_space(paths.work, export_need(model_dir, precision_bytes(cfg)), "the export")
         weights = exported_weights() if exported_weights else None
         export_model(trainer, tokenizer, paths, manifest, weights=weights)
@@ -90,15 +103,13 @@ def run_training(stage: str, role: str, recipe: Recipe, cfg: TrainConfig, inputs
         if recipe.hub.push and dist.is_main():
             from ..models.hub import push
 
-            url = push(paths.export, f"{recipe.hub.repo_prefix}-{stage}-{role}",
-                       recipe.hub.private)
+            url = push(paths.export, f"{recipe.hub.repo_prefix}-{stage}-{role}", recipe.hub.private)
             log.info("pushed %s to the Hugging Face Hub: %s", paths.export, url)
             if run is not None:
                 run.summary["hub_commit"] = url
         if run is not None:
             run.summary.update({k: manifest[k] for k in summary_keys})
-            tracking.log_reference(run, paths.export, f"{recipe.run.name}-{stage}-{role}",
-                                   "model")
+            tracking.log_reference(run, paths.export, f"{recipe.run.name}-{stage}-{role}", "model")
     return manifest
 
 
@@ -115,15 +126,21 @@ def claim_outputs(stage: str, paths: StagePaths, inputs: list[str]) -> None:
 
 def git_commit() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).resolve().parents[2], timeout=5)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).resolve().parents[2],
+            timeout=5,
+        )
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
 
 
-def base_manifest(stage: str, role: str, recipe: Recipe, cfg: TrainConfig, inputs: dict,
-                  base_model: str) -> dict:
+def base_manifest(
+    stage: str, role: str, recipe: Recipe, cfg: TrainConfig, inputs: dict, base_model: str
+) -> dict:
     return {
         "stage": stage,
         "role": role,
@@ -131,10 +148,12 @@ def base_manifest(stage: str, role: str, recipe: Recipe, cfg: TrainConfig, input
         "git_commit": git_commit(),
         "base_model": base_model,
         "inputs": inputs,
-        "config": redact({"train": asdict(cfg), "run": asdict(recipe.run),
-                          "model": asdict(recipe.model)}),
+        "config": redact(
+            {"train": asdict(cfg), "run": asdict(recipe.run), "model": asdict(recipe.model)}
+        ),
         "world_size": dist.world_size(),
     }
+
 
 def summarize_history(trainer) -> dict:
     """Final numbers of a finished run from the trainer's log history."""
@@ -145,8 +164,8 @@ def summarize_history(trainer) -> dict:
         "global_step": trainer.state.global_step,
         "final_loss": losses[-1] if losses else None,
         "mean_non_pad_fraction": sum(fracs) / len(fracs) if fracs else None,
-        "train_runtime_s": next((h["train_runtime"] for h in reversed(hist)
-                                 if "train_runtime" in h), None),
-        "final_eval_loss": next((h["eval_loss"] for h in reversed(hist) if "eval_loss" in h),
-                                None),
+        "train_runtime_s": next(
+            (h["train_runtime"] for h in reversed(hist) if "train_runtime" in h), None
+        ),
+        "final_eval_loss": next((h["eval_loss"] for h in reversed(hist) if "eval_loss" in h), None),
     }

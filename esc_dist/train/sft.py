@@ -65,8 +65,9 @@ def completion_loss(trainer, model, inputs, return_outputs=False, num_items_in_b
     outputs = model(**{k: v for k, v in inputs.items() if k != "labels"}, logits_to_keep=keep)
     logits = outputs.logits.float()
     target = target[:, keep].to(logits.device)
-    loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1),
-                           ignore_index=-100, reduction="sum")
+    loss = F.cross_entropy(
+        logits.reshape(-1, logits.size(-1)), target.reshape(-1), ignore_index=-100, reduction="sum"
+    )
     if num_items_in_batch is None:
         loss = loss / (target != -100).sum().clamp(min=1)
     else:
@@ -97,54 +98,105 @@ def _sft_trainer_class():
             if torch.cuda.is_available():
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             if not _accepts_logits_to_keep(self.accelerator.unwrap_model(model)):
-                return Trainer.compute_loss(self, model, inputs, return_outputs,
-                                            num_items_in_batch)
+                return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
             return completion_loss(self, model, inputs, return_outputs, num_items_in_batch)
 
     return EscSFTTrainer
 
 
-def build_sft_trainer(recipe: Recipe, role: str, data_dir: str, model_dir: str, paths,
-                      ds_cfg: dict | None, report_wandb: bool, key: str = ""):
+def build_sft_trainer(
+    recipe: Recipe,
+    role: str,
+    data_dir: str,
+    model_dir: str,
+    paths,
+    ds_cfg: dict | None,
+    report_wandb: bool,
+    key: str = "",
+):
     """The configured trainer for one role, and the tokenization stats of its data."""
     from trl import SFTConfig
 
     cfg = recipe.sft
     packing = cfg.packing and attention(recipe.model.attn_implementation) in PADDING_FREE_ATTENTION
     if cfg.packing and not packing:  # auto resolved to sdpa: packed examples would mix
-        log.info("sft %s: sft.packing off: attention is not flash attention here, "
-                 "length-grouped padded batches instead", role)
-    evaluate = ({"eval_strategy": "steps", "eval_steps": cfg.eval_steps,
-                 "per_device_eval_batch_size": cfg.per_device_train_batch_size}
-                if cfg.eval_steps else {})
-    args = SFTConfig(**trainer_arguments(cfg, recipe, paths, f"sft-{role}", report_wandb, ds_cfg),
-                     packing=packing, padding_free=packing, **evaluate)
+        log.info(
+            "sft %s: sft.packing off: attention is not flash attention here, "
+            "length-grouped padded batches instead",
+            role,
+        )
+    evaluate = (
+        {
+            "eval_strategy": "steps",
+            "eval_steps": cfg.eval_steps,
+            "per_device_eval_batch_size": cfg.per_device_train_batch_size,
+        }
+        if cfg.eval_steps
+        else {}
+    )
+    args = SFTConfig(
+        **trainer_arguments(cfg, recipe, paths, f"sft-{role}", report_wandb, ds_cfg),
+        packing=packing,
+        padding_free=packing,
+        **evaluate,
+    )
     tokenizer = load_tokenizer(model_dir, recipe.model.trust_remote_code)
     data = load_task(data_dir, role)
-    train, stats = tokenized_cached(data["train"], tokenizer, cfg.max_length,
-                                    paths.work / "tokenized", f"{role}-train", sft_row,
-                                    ("id", "input_ids", "labels"))
-    log.info("sft %s: %d training examples (%d with history trimmed, %d too long dropped)",
-             role, stats["examples"], stats["history_trimmed"], stats["dropped_too_long"])
+    train, stats = tokenized_cached(
+        data["train"],
+        tokenizer,
+        cfg.max_length,
+        paths.work / "tokenized",
+        f"{role}-train",
+        sft_row,
+        ("id", "input_ids", "labels"),
+    )
+    log.info(
+        "sft %s: %d training examples (%d with history trimmed, %d too long dropped)",
+        role,
+        stats["examples"],
+        stats["history_trimmed"],
+        stats["dropped_too_long"],
+    )
     require_one_global_batch(len(train), cfg, "sft", role, "training examples")
     validation = None
     if cfg.eval_steps:
         rows = spread(data["validation"], cfg.eval_examples)
-        validation, vstats = tokenized_cached(rows, tokenizer, cfg.max_length,
-                                              paths.work / "tokenized", f"{role}-validation",
-                                              sft_row, ("id", "input_ids", "labels"))
-        log.info("sft %s: validation loss every %d steps on %d validation examples", role,
-                 cfg.eval_steps, vstats["examples"])
+        validation, vstats = tokenized_cached(
+            rows,
+            tokenizer,
+            cfg.max_length,
+            paths.work / "tokenized",
+            f"{role}-validation",
+            sft_row,
+            ("id", "input_ids", "labels"),
+        )
+        log.info(
+            "sft %s: validation loss every %d steps on %d validation examples",
+            role,
+            cfg.eval_steps,
+            vstats["examples"],
+        )
     model = load_policy(model_dir, recipe, cfg)  # after args: ZeRO-3 partitions while loading
     callbacks = stage_callbacks(key, cfg, model_dir, paths.checkpoints)
-    trainer = _sft_trainer_class()(model=model, args=args, train_dataset=train,
-                                   eval_dataset=validation, processing_class=tokenizer,
-                                   callbacks=callbacks)
+    trainer = _sft_trainer_class()(
+        model=model,
+        args=args,
+        train_dataset=train,
+        eval_dataset=validation,
+        processing_class=tokenizer,
+        callbacks=callbacks,
+    )
     return trainer, tokenizer, stats
 
 
-def train_sft(recipe: Recipe, role: str, data_dir: str | None = None,
-              model_dir: str | None = None, out: str | None = None) -> dict | None:
+def train_sft(
+    recipe: Recipe,
+    role: str,
+    data_dir: str | None = None,
+    model_dir: str | None = None,
+    out: str | None = None,
+) -> dict | None:
     """Train one role and export it; returns the export manifest (None if preempted)."""
     cfg = recipe.sft
     start_stage(recipe, cfg, role)
@@ -153,5 +205,14 @@ def train_sft(recipe: Recipe, role: str, data_dir: str | None = None,
     paths = stage_paths(recipe, "sft", role, out)
 
     build = functools.partial(build_sft_trainer, recipe, role, data_dir, model_dir, paths)
-    return run_training("sft", role, recipe, cfg, stage_inputs("data", data_dir, model_dir),
-                        model_dir, paths, build, SUMMARY_KEYS)
+    return run_training(
+        "sft",
+        role,
+        recipe,
+        cfg,
+        stage_inputs("data", data_dir, model_dir),
+        model_dir,
+        paths,
+        build,
+        SUMMARY_KEYS,
+    )

@@ -52,28 +52,33 @@ class SharedPromptCollator:
 
         out = self.base(examples)
         n, width = len(examples), out["input_ids"].shape[1]
-        lengths = [(len(e["prompt_ids"]), len(e["chosen_ids"]), len(e["rejected_ids"]))
-                   for e in examples]
+        lengths = [
+            (len(e["prompt_ids"]), len(e["chosen_ids"]), len(e["rejected_ids"])) for e in examples
+        ]
         if any(p + max(c, r) > width for p, c, r in lengths):
-            raise ValueError("shared-prompt DPO needs untruncated pairs (the pairs are fitted "
-                             "to max_length when tokenized)")
+            raise ValueError(
+                "shared-prompt DPO needs untruncated pairs (the pairs are fitted "
+                "to max_length when tokenized)"
+            )
         s = max(p + c + r for p, c, r in lengths)
         ids = torch.full((n, s), self.pad_token_id, dtype=torch.long)
         pos = torch.zeros((n, s), dtype=torch.long)
         seg = torch.full((n, s), PAD, dtype=torch.long)
         source = torch.full((2 * n, width - 1), -1, dtype=torch.long)
         for i, (e, (p, c, r)) in enumerate(zip(examples, lengths)):
-            ids[i, :p + c + r] = torch.tensor(e["prompt_ids"] + e["chosen_ids"]
-                                              + e["rejected_ids"])
-            pos[i, :p + c] = torch.arange(p + c)
-            pos[i, p + c:p + c + r] = torch.arange(p, p + r)
-            seg[i, :p], seg[i, p:p + c], seg[i, p + c:p + c + r] = PROMPT, CHOSEN, REJECTED
+            ids[i, : p + c + r] = torch.tensor(
+                e["prompt_ids"] + e["chosen_ids"] + e["rejected_ids"]
+            )
+            pos[i, : p + c] = torch.arange(p + c)
+            pos[i, p + c : p + c + r] = torch.arange(p, p + r)
+            seg[i, :p], seg[i, p : p + c], seg[i, p + c : p + c + r] = PROMPT, CHOSEN, REJECTED
             base = i * s
-            source[i, :p + c - 1] = base + torch.arange(p + c - 1)  # chosen row: as packed
+            source[i, : p + c - 1] = base + torch.arange(p + c - 1)  # chosen row: as packed
             source[n + i, :p] = base + torch.arange(p)  # rejected row: the prompt's states,
-            source[n + i, p:p + r - 1] = base + p + c + torch.arange(r - 1)  # then its own
-        out.update(shared_input_ids=ids, shared_position_ids=pos, shared_segments=seg,
-                   shared_source=source)
+            source[n + i, p : p + r - 1] = base + p + c + torch.arange(r - 1)  # then its own
+        out.update(
+            shared_input_ids=ids, shared_position_ids=pos, shared_segments=seg, shared_source=source
+        )
         return out
 
 
@@ -86,8 +91,11 @@ def attention_mask(segments, dtype=None):
     s = segments.shape[1]
     idx = torch.arange(s, device=segments.device)
     causal = idx[None, :] <= idx[:, None]  # [query, key]
-    allowed = (causal[None] & (segments != PAD)[:, None, :]
-               & ~((segments == REJECTED)[:, :, None] & (segments == CHOSEN)[:, None, :]))
+    allowed = (
+        causal[None]
+        & (segments != PAD)[:, None, :]
+        & ~((segments == REJECTED)[:, :, None] & (segments == CHOSEN)[:, None, :])
+    )
     allowed |= torch.eye(s, dtype=torch.bool, device=segments.device)[None]
     if dtype is None:
         return allowed[:, None]
@@ -103,7 +111,9 @@ def packed_states(model, shared: dict):
     eager = getattr(model.config, "_attn_implementation", None) == "eager"
     dtype = model.get_input_embeddings().weight.dtype if eager else None
     hidden = model.base_model(
-        input_ids=shared["shared_input_ids"], position_ids=shared["shared_position_ids"],
+        input_ids=shared["shared_input_ids"],
+        position_ids=shared["shared_position_ids"],
         attention_mask=attention_mask(shared["shared_segments"], dtype),
-        use_cache=False).last_hidden_state
+        use_cache=False,
+    ).last_hidden_state
     return hidden.reshape(-1, hidden.shape[-1]), shared["shared_source"]

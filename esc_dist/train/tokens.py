@@ -18,8 +18,11 @@ from ..io import atomic_write_json, read_json, sha256_json
 from ..outputs import staged_dir
 
 
-def encode_prompt_completion(tokenizer, prompt: list[dict], completion: list[dict],
-                             ) -> tuple[list[int], list[int]]:
+def encode_prompt_completion(
+    tokenizer,
+    prompt: list[dict],
+    completion: list[dict],
+) -> tuple[list[int], list[int]]:
     """Token ids of the prompt (with the generation prompt) and of the completion after it.
 
     The whole conversation is rendered and tokenized once; the prompt ends where the rendered
@@ -28,14 +31,16 @@ def encode_prompt_completion(tokenizer, prompt: list[dict], completion: list[dic
     ptxt = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
     ftxt = tokenizer.apply_chat_template(prompt + completion, tokenize=False)
     if not ftxt.startswith(ptxt):
-        raise ValueError("the chat template renders the prompt differently when a completion "
-                         "follows; cannot mask the prompt tokens")
+        raise ValueError(
+            "the chat template renders the prompt differently when a completion "
+            "follows; cannot mask the prompt tokens"
+        )
     enc = tokenizer(ftxt, add_special_tokens=False, return_offsets_mapping=True)
     ids, offsets = enc["input_ids"], enc["offset_mapping"]
     cut = next((i for i, (a, _) in enumerate(offsets) if a >= len(ptxt)), len(ids))
     if cut and offsets[cut - 1][1] > len(ptxt):
         p = tokenizer(ptxt, add_special_tokens=False)["input_ids"]
-        if ids[:len(p)] != p:
+        if ids[: len(p)] != p:
             raise ValueError("the prompt's tokens are not a prefix of the conversation's tokens")
         cut = len(p)
     return ids[:cut], ids[cut:]
@@ -50,8 +55,11 @@ class PromptFitter(HistoryFitter):
         super().__init__(tokenizer, max_length)
         self.max_length = max_length
 
-    def __call__(self, prompt: list[dict], completions: list[list[dict]],
-                 ) -> tuple[list[int], list[list[int]], int] | None:
+    def __call__(
+        self,
+        prompt: list[dict],
+        completions: list[list[dict]],
+    ) -> tuple[list[int], list[list[int]], int] | None:
         """(prompt ids, ids of each completion, messages dropped), or None if nothing fits."""
         longest = max(completions, key=lambda c: sum(self.cost(m) for m in c))
 
@@ -79,8 +87,15 @@ def _tokenizer_key(tokenizer) -> str:
 RowFn = Callable[[dict, PromptFitter], dict | None]
 
 
-def tokenized_cached(ds, tokenizer, max_length: int, cache_root: Path, name: str,
-                     row_fn: RowFn, columns: Iterable[str]):
+def tokenized_cached(
+    ds,
+    tokenizer,
+    max_length: int,
+    cache_root: Path,
+    name: str,
+    row_fn: RowFn,
+    columns: Iterable[str],
+):
     """Tokenized dataset (``columns``) and stats, cached on disk; ``row_fn`` maps one example
     to a row (with ``trimmed``: messages dropped) or None when it cannot fit.
 
@@ -114,9 +129,13 @@ def tokenized_cached(ds, tokenizer, max_length: int, cache_root: Path, name: str
                 rows += part["rows"]
                 dropped += part["dropped"]
             rows.sort(key=lambda x: x["index"])
-            stats = {"examples": len(rows), "history_trimmed": sum(x["trimmed"] > 0 for x in rows),
-                     "dropped_too_long": len(dropped), "dropped_ids": sorted(dropped)[:20],
-                     "max_length": max_length}
+            stats = {
+                "examples": len(rows),
+                "history_trimmed": sum(x["trimmed"] > 0 for x in rows),
+                "dropped_too_long": len(dropped),
+                "dropped_ids": sorted(dropped)[:20],
+                "max_length": max_length,
+            }
             data = Dataset.from_dict({k: [x[k] for x in rows] for k in columns})
             with staged_dir(path, "token-cache") as tmp:
                 data.save_to_disk(str(tmp / "data"))

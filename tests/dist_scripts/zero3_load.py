@@ -16,8 +16,9 @@ dist.init(120, deepspeed=True)
 from trl import SFTConfig  # noqa: E402
 
 paths = stage_paths(recipe, "sft", "planner")
-args = SFTConfig(**trainer_arguments(recipe.sft, recipe, paths, "probe", False,
-                                     deepspeed_config(recipe.sft)))
+args = SFTConfig(
+    **trainer_arguments(recipe.sft, recipe, paths, "probe", False, deepspeed_config(recipe.sft))
+)
 model = load_policy(model_dir, recipe, recipe.sft)
 params = list(model.parameters())
 report = {

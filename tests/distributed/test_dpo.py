@@ -41,15 +41,35 @@ def setup(small_setup, tmp_path_factory):
 
 
 def dpo_args(setup, out, zero=3, grad_acc=1, extra=()):
-    ds = (f"dpo.deepspeed={ROOT}/esc_dist/ds_configs/zero{zero}.json" if zero
-          else "dpo.deepspeed=null")
-    return ["dpo", "--role", "planner", "--pairs", str(setup / "pairs"), "--model",
-            str(setup / "tiny"), "--out", str(out), f"run.output_dir={setup}", ds,
-            f"dpo.max_steps={STEPS}", "dpo.save_steps=2", "dpo.keep_checkpoints=true",
-            "dpo.logging_steps=1",
-            "dpo.per_device_train_batch_size=4", f"dpo.gradient_accumulation_steps={grad_acc}",
-            "dpo.learning_rate=2e-3", "dpo.warmup_ratio=0", "dpo.precision=fp32",
-            "run.dist_timeout_s=120", *extra]
+    ds = (
+        f"dpo.deepspeed={ROOT}/esc_dist/ds_configs/zero{zero}.json"
+        if zero
+        else "dpo.deepspeed=null"
+    )
+    return [
+        "dpo",
+        "--role",
+        "planner",
+        "--pairs",
+        str(setup / "pairs"),
+        "--model",
+        str(setup / "tiny"),
+        "--out",
+        str(out),
+        f"run.output_dir={setup}",
+        ds,
+        f"dpo.max_steps={STEPS}",
+        "dpo.save_steps=2",
+        "dpo.keep_checkpoints=true",
+        "dpo.logging_steps=1",
+        "dpo.per_device_train_batch_size=4",
+        f"dpo.gradient_accumulation_steps={grad_acc}",
+        "dpo.learning_rate=2e-3",
+        "dpo.warmup_ratio=0",
+        "dpo.precision=fp32",
+        "run.dist_timeout_s=120",
+        *extra,
+    ]
 
 
 def losses(out):
@@ -60,8 +80,9 @@ def losses(out):
 def reference(setup):
     """One process, no DeepSpeed, global batch 8 (4 x 2 accumulation)."""
     out = setup / "ref" / "dpo-planner"
-    launch(dpo_args(setup, out, zero=0, grad_acc=2), nproc=1, launcher="python",
-           log=setup / "ref.log")
+    launch(
+        dpo_args(setup, out, zero=0, grad_acc=2), nproc=1, launcher="python", log=setup / "ref.log"
+    )
     return out
 
 
@@ -84,8 +105,10 @@ def test_reward_accuracy_rises_and_margin_grows(reference):
         assert abs(first[k]) <= REWARD_TOL_AT_START, (k, first[k])
     assert min(acc[-3:]) > 0.9, acc
     assert margins[-1] > 3 * margins[1] > 0, margins
-    assert all(k in hist[-1] for k in ("rewards/chosen", "rewards/rejected", "logps/chosen",
-                                       "logps/rejected"))
+    assert all(
+        k in hist[-1]
+        for k in ("rewards/chosen", "rewards/rejected", "logps/chosen", "logps/rejected")
+    )
 
 
 @pytest.mark.parametrize("zero", [2, 3])
@@ -118,9 +141,10 @@ def test_live_reference_equals_precomputed(setup, zero3_run):
     """A live reference model (ZeRO-3 partitioned, parameters offloaded to CPU) gives the same
     losses as the precomputed reference log-probs, at every step, not only the first."""
     out = setup / "live" / "dpo-planner"
-    launch(dpo_args(setup, out, zero=3, extra=["dpo.reference=live",
-                                               "dpo.reference_offload=true"]),
-           log=setup / "live.log")
+    launch(
+        dpo_args(setup, out, zero=3, extra=["dpo.reference=live", "dpo.reference_offload=true"]),
+        log=setup / "live.log",
+    )
     pre, live = losses(zero3_run), losses(out)
     assert pre[0] == pytest.approx(0.6931, abs=1e-3)
     assert max(abs(a - b) for a, b in zip(pre, live)) <= LOSS_TOL, (pre, live)
@@ -152,9 +176,11 @@ def test_export_loads_without_deepspeed(zero3_run):
         "tok = AutoTokenizer.from_pretrained(d); m = AutoModelForCausalLM.from_pretrained(d)\n"
         "enc = tok.apply_chat_template([{'role': 'user', 'content': 'hi'}], "
         "add_generation_prompt=True, return_tensors='pt', return_dict=True)\n"
-        "print(m.generate(**enc, max_new_tokens=4, do_sample=False).shape)\n")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                       env=launch_env(), timeout=300)
+        "print(m.generate(**enc, max_new_tokens=4, do_sample=False).shape)\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=launch_env(), timeout=300
+    )
     assert r.returncode == 0, r.stderr[-3000:]
 
 
@@ -167,16 +193,30 @@ def in_process_trainer(setup, tmp_path, monkeypatch, reference, cpu_head=True, s
     from esc_dist.train.common import stage_paths
 
     single_rank(monkeypatch)
-    recipe = load_recipe(None, [f"run.output_dir={tmp_path}", "dpo.deepspeed=null",
-                                "dpo.per_device_train_batch_size=4", "wandb.mode=disabled",
-                                f"dpo.reference={reference}", "dpo.sft_weight=0.5",
-                                f"dpo.shared_prompt={str(shared).lower()}"])
+    recipe = load_recipe(
+        None,
+        [
+            f"run.output_dir={tmp_path}",
+            "dpo.deepspeed=null",
+            "dpo.per_device_train_batch_size=4",
+            "wandb.mode=disabled",
+            f"dpo.reference={reference}",
+            "dpo.sft_weight=0.5",
+            f"dpo.shared_prompt={str(shared).lower()}",
+        ],
+    )
     with monkeypatch.context() as m:
         if not cpu_head:
             m.setattr(dpo, "completion_lm_head", lambda everywhere: contextlib.nullcontext())
-        trainer, _, _ = dpo.build_dpo_trainer(recipe, "planner", str(setup / "pairs"),
-                                              str(setup / "tiny"),
-                                              stage_paths(recipe, "dpo", "planner"), None, False)
+        trainer, _, _ = dpo.build_dpo_trainer(
+            recipe,
+            "planner",
+            str(setup / "pairs"),
+            str(setup / "tiny"),
+            stage_paths(recipe, "dpo", "planner"),
+            None,
+            False,
+        )
     return trainer
 
 
@@ -190,18 +230,24 @@ def one_step(trainer) -> dict:
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
     models = [m for m in (trainer.model, trainer.ref_model) if m is not None]
     rows = []  # rows the LM head module projected, per call
-    hooks = [m.get_output_embeddings().register_forward_hook(
-        lambda mod, args, out, rows=rows: rows.append(args[0].shape[:-1].numel()))
-        for m in models]
+    hooks = [
+        m.get_output_embeddings().register_forward_hook(
+            lambda mod, args, out, rows=rows: rows.append(args[0].shape[:-1].numel())
+        )
+        for m in models
+    ]
     trainer.model.zero_grad()
     loss = trainer.compute_loss(trainer.model, dict(batch))
     loss.backward()
     for h in hooks:
         h.remove()
-    return {"loss": loss.item(), "rows": rows, "batch": batch,
-            "grads": {n: p.grad.clone() for n, p in trainer.model.named_parameters()},
-            "metrics": {k: v[-1] for mode in trainer._metrics.values()
-                        for k, v in mode.items()}}
+    return {
+        "loss": loss.item(),
+        "rows": rows,
+        "batch": batch,
+        "grads": {n: p.grad.clone() for n, p in trainer.model.named_parameters()},
+        "metrics": {k: v[-1] for mode in trainer._metrics.values() for k, v in mode.items()},
+    }
 
 
 @pytest.mark.parametrize("reference", ["precomputed", "live"])
@@ -210,9 +256,19 @@ def test_cpu_head_and_shared_prompt_equal_trl(setup, tmp_path, monkeypatch, refe
     dpo.shared_prompt each pair is one packed sequence (esc_dist/train/shared_prompt.py): in
     both, the DPO loss (+ SFT term), every parameter's gradient, the reference log-probs and the
     logged metrics equal those of TRL's fused head over two sequences per pair."""
-    runs = {impl: one_step(in_process_trainer(setup, tmp_path / impl, monkeypatch, reference,
-                                              cpu_head=impl != "trl", shared=impl == "shared"))
-            for impl in ("trl", "ours", "shared")}
+    runs = {
+        impl: one_step(
+            in_process_trainer(
+                setup,
+                tmp_path / impl,
+                monkeypatch,
+                reference,
+                cpu_head=impl != "trl",
+                shared=impl == "shared",
+            )
+        )
+        for impl in ("trl", "ours", "shared")
+    }
     trl = runs["trl"]
     assert "shared_input_ids" not in runs["ours"]["batch"]
     packed = runs["shared"]["batch"]
@@ -232,13 +288,13 @@ def test_cpu_head_and_shared_prompt_equal_trl(setup, tmp_path, monkeypatch, refe
         assert ours["rows"] == [labelled] * (2 if reference == "live" else 1), ours["rows"]
         if reference == "precomputed":
             for k in ("ref_chosen_logps", "ref_rejected_logps"):
-                torch.testing.assert_close(ours["batch"][k], trl["batch"][k], rtol=1e-5,
-                                           atol=1e-5)
+                torch.testing.assert_close(ours["batch"][k], trl["batch"][k], rtol=1e-5, atol=1e-5)
         assert ours["loss"] == pytest.approx(trl["loss"], rel=1e-5, abs=1e-6), impl
         assert ours["grads"].keys() == trl["grads"].keys()
         for name, g in trl["grads"].items():
-            torch.testing.assert_close(ours["grads"][name], g, rtol=1e-5, atol=1e-6,
-                                       msg=f"{impl} {name}")
+            torch.testing.assert_close(
+                ours["grads"][name], g, rtol=1e-5, atol=1e-6, msg=f"{impl} {name}"
+            )
         assert ours["metrics"].keys() == trl["metrics"].keys()
         for k, v in trl["metrics"].items():
             assert ours["metrics"][k] == pytest.approx(v, rel=1e-5, abs=1e-6), (impl, k)
@@ -254,10 +310,24 @@ def test_planner_guard_logs_validation_and_exports_the_best_step(setup):
     from esc_dist.strategies import STRATEGIES
 
     out = setup / "guard" / "dpo-planner"
-    launch(dpo_args(setup, out, zero=2, extra=[
-        "--data", str(setup / "data"), "dpo.validation_every=2", "dpo.validation_turns=10",
-        "dpo.export_best=true", "dpo.best_q_tolerance=100", "dpo.save_total_limit=10",
-        "dpo.learning_rate=2e-2"]), log=setup / "guard.log")
+    launch(
+        dpo_args(
+            setup,
+            out,
+            zero=2,
+            extra=[
+                "--data",
+                str(setup / "data"),
+                "dpo.validation_every=2",
+                "dpo.validation_turns=10",
+                "dpo.export_best=true",
+                "dpo.best_q_tolerance=100",
+                "dpo.save_total_limit=10",
+                "dpo.learning_rate=2e-2",
+            ],
+        ),
+        log=setup / "guard.log",
+    )
     guard = read_json(out / "manifest.json")["guard"]
     assert [h["step"] for h in guard["history"]] == [0, 2, 4, 6, 8]
     assert guard["reference"] == guard["history"][0] and guard["turns"] == 10
@@ -268,12 +338,20 @@ def test_planner_guard_logs_validation_and_exports_the_best_step(setup):
     best = min(ok, key=lambda h: (h["B"], h["step"]))
     assert guard["best"] == {"step": best["step"], "B": best["B"], "Q": best["Q"]}
     exported = export_weights(out)
-    at = {0: export_weights(setup / "tiny"), **{
-        k: export_weights(work_dir(out) / "checkpoints" / f"checkpoint-{k}") for k in (2, 4, 6, 8)}}
+    at = {
+        0: export_weights(setup / "tiny"),
+        **{
+            k: export_weights(work_dir(out) / "checkpoints" / f"checkpoint-{k}")
+            for k in (2, 4, 6, 8)
+        },
+    }
     assert_close_weights(exported, at[best["step"]], 0.0)
     # DPO moved the weights: the export is the chosen step's, not any step's
-    changed = [k for k in (2, 4, 6, 8) if not torch.equal(at[k]["model.norm.weight"],
-                                                          at[0]["model.norm.weight"])]
+    changed = [
+        k
+        for k in (2, 4, 6, 8)
+        if not torch.equal(at[k]["model.norm.weight"], at[0]["model.norm.weight"])
+    ]
     assert changed == [2, 4, 6, 8]
     runs = wait_for_offline_runs(work_dir(out) / "wandb")
     rows = [h for h in runs[0]["history"] if "guard/B" in h]

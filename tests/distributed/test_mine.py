@@ -73,25 +73,44 @@ def test_vanilla_pairs():
 
 def test_stats_from_records():
     def rec(k, text, gold="Question", finish="stop"):
-        return {"id": f"t{k // 2}#s{k % 2}", "messages": PROMPT, "text": text,
-                "finish_reason": finish, "new_tokens": 3,
-                "meta": {"turn_id": f"t{k // 2}", "role": "planner", "history": HIST,
-                         "gold_strategy": gold, "gold_reply": "x"}}
+        return {
+            "id": f"t{k // 2}#s{k % 2}",
+            "messages": PROMPT,
+            "text": text,
+            "finish_reason": finish,
+            "new_tokens": 3,
+            "meta": {
+                "turn_id": f"t{k // 2}",
+                "role": "planner",
+                "history": HIST,
+                "gold_strategy": gold,
+                "gold_reply": "x",
+            },
+        }
 
-    records = [rec(0, "Question"), rec(1, "Question"), rec(2, "Others"),
-               rec(3, "??", finish="length")]
+    records = [
+        rec(0, "Question"),
+        rec(1, "Question"),
+        rec(2, "Others"),
+        rec(3, "??", finish="length"),
+    ]
     pairs, stats = pairs_from_records(records[::-1])
     assert [p["id"] for p in pairs] == ["t1#s0", "t1#s1"]
     assert stats["turns"] == 2 and stats["samples"] == 4 and stats["pairs"] == 2
     assert stats["same_as_gold"] == 2 and stats["turns_without_pair"] == 1
     assert stats["unparseable"] == 1 and stats["unparseable_reasons"] == {"not_a_strategy": 1}
     assert stats["finish_reasons"] == {"length": 1, "stop": 3}
-    assert stats["confusion"]["Question"] == {**dict.fromkeys(STRATEGIES, 0), "Question": 2,
-                                              "Others": 1, "unparseable": 1}
+    assert stats["confusion"]["Question"] == {
+        **dict.fromkeys(STRATEGIES, 0),
+        "Question": 2,
+        "Others": 1,
+        "unparseable": 1,
+    }
 
 
 # ---------------------------------------------------------------------------------------------
 # Distributed mining with the tiny model (sampling at temperature 0.7)
+
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, esconv_dir):
@@ -99,11 +118,26 @@ def setup(tmp_path_factory, esconv_dir):
 
 
 def mine_args(setup, out, role="generator", model=None, extra=()):
-    return ["mine", "--role", role, "--model", str(model or setup / "tiny"),
-            "--data", str(setup / "data"), "--out", str(out), "mine.n_samples=2",
-            "mine.max_turns=48", "mine.temperature=0.7", "mine.max_new_tokens=12",
-            "mine.batch_size=4", "mine.chunk_size=8", "mine.precision=fp32",
-            "run.dist_timeout_s=120", *extra]
+    return [
+        "mine",
+        "--role",
+        role,
+        "--model",
+        str(model or setup / "tiny"),
+        "--data",
+        str(setup / "data"),
+        "--out",
+        str(out),
+        "mine.n_samples=2",
+        "mine.max_turns=48",
+        "mine.temperature=0.7",
+        "mine.max_new_tokens=12",
+        "mine.batch_size=4",
+        "mine.chunk_size=8",
+        "mine.precision=fp32",
+        "run.dist_timeout_s=120",
+        *extra,
+    ]
 
 
 # One process, one thread (the CPU is shared: no OpenMP spinning); W&B off where not checked.
@@ -122,8 +156,13 @@ def two_ranks(setup):
 @pytest.mark.distributed
 def test_two_ranks_equal_one_rank(setup, two_ranks):
     one = setup / "mine" / "one"
-    launch(mine_args(setup, one), nproc=1, launcher="python", env=ONE_THREAD,
-           log=setup / "mine-one.log")
+    launch(
+        mine_args(setup, one),
+        nproc=1,
+        launcher="python",
+        env=ONE_THREAD,
+        log=setup / "mine-one.log",
+    )
     a, b = (one / "pairs.jsonl").read_bytes(), (two_ranks / "pairs.jsonl").read_bytes()
     assert a == b and a
     m1, m2 = (json.loads((d / "manifest.json").read_text()) for d in (one, two_ranks))
@@ -187,9 +226,19 @@ def test_planner_mining_same_as_gold_and_judge(setup, tmp_path):
     from esc_dist.data.tasks import load_task
 
     out = setup / "mine" / "planner"
-    launch(mine_args(setup, out, role="planner", model=setup / "parrot-planner",
-                     extra=["mine.max_turns=40", "mine.planner_max_new_tokens=12"]),
-           nproc=1, launcher="python", env=ONE_THREAD, log=setup / "mine-planner.log")
+    launch(
+        mine_args(
+            setup,
+            out,
+            role="planner",
+            model=setup / "parrot-planner",
+            extra=["mine.max_turns=40", "mine.planner_max_new_tokens=12"],
+        ),
+        nproc=1,
+        launcher="python",
+        env=ONE_THREAD,
+        log=setup / "mine-planner.log",
+    )
     gold = {r["id"]: r["strategy"] for r in load_task(setup / "data", "planner")["train"]}
     first = sorted(gold)[:40]
     same = sum(gold[t] == PLANNER_ANSWER for t in first)
@@ -205,9 +254,14 @@ def test_planner_mining_same_as_gold_and_judge(setup, tmp_path):
 
 
 def _merge_cli(out):
-    return subprocess.run([sys.executable, "-m", "esc_dist", "merge", "--out", str(out)],
-                          capture_output=True, text=True, env=launch_env(), cwd=ROOT,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "esc_dist", "merge", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        env=launch_env(),
+        cwd=ROOT,
+        timeout=300,
+    )
 
 
 @pytest.mark.distributed
@@ -229,7 +283,12 @@ def test_merge_command(setup, two_ranks, tmp_path):
 
 @pytest.mark.distributed
 def test_completed_output_for_other_inputs_is_refused(setup, two_ranks):
-    r = launch(mine_args(setup, two_ranks, extra=["mine.temperature=0.9"]), nproc=1,
-               launcher="python", env=ONE_THREAD, check=False)
+    r = launch(
+        mine_args(setup, two_ranks, extra=["mine.temperature=0.9"]),
+        nproc=1,
+        launcher="python",
+        env=ONE_THREAD,
+        check=False,
+    )
     assert r.returncode == 2
     assert "already holds a completed mine output for other inputs" in r.stdout, r.stdout[-3000:]

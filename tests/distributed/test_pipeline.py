@@ -16,21 +16,29 @@ def test_plan_covers_every_stage_in_order():
     assert names[:2] == ["prepare", "tiny-model"]
     for stage in ("sft", "mine", "judge", "dpo"):
         assert [n for n in names if n.startswith(stage + "-")] == [
-            f"{stage}-{r}" for r in ("planner", "generator", "vanilla")]
+            f"{stage}-{r}" for r in ("planner", "generator", "vanilla")
+        ]
     assert names.index("judge-vanilla") < names.index("dpo-planner")
     assert [n for n in names if n.startswith("infer-")] == [
-        f"infer-{s}" for s in (*SYSTEMS, *GOLD_SYSTEMS)]
+        f"infer-{s}" for s in (*SYSTEMS, *GOLD_SYSTEMS)
+    ]
     assert names[-1] == "compare"
     without = plan(load_recipe(None, ["eval.generator_gold=false"]))
     assert [s.name for s in without if s.name.startswith("eval-")] == [f"eval-{s}" for s in SYSTEMS]
     # the protocol decides the decoding: it is part of the inference stages' keys only
     from esc_dist.pipeline import stage_key
 
-    keys = {p: {s.name: stage_key(s, r) for s in plan(r)} for p, r in (
-        ("paper", load_recipe(None)), ("ours", load_recipe(None, ["eval.protocol=ours"])))}
+    keys = {
+        p: {s.name: stage_key(s, r) for s in plan(r)}
+        for p, r in (
+            ("paper", load_recipe(None)),
+            ("ours", load_recipe(None, ["eval.protocol=ours"])),
+        )
+    }
     changed = {n for n in keys["paper"] if keys["paper"][n] != keys["ours"][n]}
     assert {n for n in changed if not n.startswith(("eval-", "compare"))} == {
-        f"infer-{s}" for s in (*SYSTEMS, *GOLD_SYSTEMS)}
+        f"infer-{s}" for s in (*SYSTEMS, *GOLD_SYSTEMS)
+    }
     # a real model skips the tiny-model stage and trains from model.base
     real = plan(load_recipe(None, ["model.base=/models/qwen"]))
     assert "tiny-model" not in [s.name for s in real]
@@ -49,20 +57,39 @@ def test_judge_stage_key_follows_the_judge_rules(monkeypatch, tmp_path):
     monkeypatch.setattr(judge, "OFFLINE_RULES_VERSION", "offline-rules-test")
     after = keys(recipe)
     assert {n for n in before if before[n] != after[n]} == {
-        "judge-planner", "judge-generator", "judge-vanilla"}
+        "judge-planner",
+        "judge-generator",
+        "judge-vanilla",
+    }
     llm = load_recipe(None, [f"run.output_dir={tmp_path}", "judge.backend=openai"])
-    other = load_recipe(None, [f"run.output_dir={tmp_path}", "judge.backend=openai",
-                               "judge.model=another-model"])
+    other = load_recipe(
+        None, [f"run.output_dir={tmp_path}", "judge.backend=openai", "judge.model=another-model"]
+    )
     assert keys(llm)["judge-planner"] != keys(other)["judge-planner"]
 
 
 def _pipeline(tmp_path, *extra, out=None, cwd=ROOT):
     return subprocess.run(
-        [sys.executable, "-m", "esc_dist", "pipeline", "--config",
-         str(ROOT / "configs" / "tiny-cpu.yaml"), f"run.output_dir={out or tmp_path / 'run'}",
-         f"data.esconv={TEST_DATA / 'tiny_esconv.json'}", "data.split=seeded",
-         "data.split_fractions=[0.34,0.33,0.33]", "tiny_model.vocab_size=600", *extra],
-        capture_output=True, text=True, env=launch_env(), timeout=300, cwd=cwd)
+        [
+            sys.executable,
+            "-m",
+            "esc_dist",
+            "pipeline",
+            "--config",
+            str(ROOT / "configs" / "tiny-cpu.yaml"),
+            f"run.output_dir={out or tmp_path / 'run'}",
+            f"data.esconv={TEST_DATA / 'tiny_esconv.json'}",
+            "data.split=seeded",
+            "data.split_fractions=[0.34,0.33,0.33]",
+            "tiny_model.vocab_size=600",
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        env=launch_env(),
+        timeout=300,
+        cwd=cwd,
+    )
 
 
 def test_up_to_date_stages_are_skipped_and_changes_rerun(tmp_path):
@@ -81,8 +108,9 @@ def test_up_to_date_stages_are_skipped_and_changes_rerun(tmp_path):
     assert "skipped" in next(x for x in lines if "prepare" in x)
     assert "done in" in next(x for x in lines if "tiny-model" in x)
     # new data makes everything downstream stale
-    r = _pipeline(tmp_path, "--only", "prepare,tiny-model", "tiny_model.seed=3",
-                  "data.split_seed=5")
+    r = _pipeline(
+        tmp_path, "--only", "prepare,tiny-model", "tiny_model.seed=3", "data.split_seed=5"
+    )
     assert r.stdout.count("done in") == 2, r.stdout
     # the resolved recipe every stage reads, secrets redacted
     assert "split_seed: 5" in (run / "recipe.yaml").read_text()
@@ -96,8 +124,10 @@ def test_the_run_directory_spelling_does_not_make_stages_stale(tmp_path):
     mtime = model.stat().st_mtime_ns
     for spelling in ("./runs/x", str(tmp_path / "runs" / "x"), "runs/../runs/x"):
         r = _pipeline(tmp_path, "--only", "prepare,tiny-model", out=spelling, cwd=tmp_path)
-        assert r.returncode == 0 and r.stdout.count("up to date, skipped") == 2, \
-            (spelling, r.stdout + r.stderr)
+        assert r.returncode == 0 and r.stdout.count("up to date, skipped") == 2, (
+            spelling,
+            r.stdout + r.stderr,
+        )
     assert model.stat().st_mtime_ns == mtime
 
 
@@ -108,8 +138,9 @@ def test_a_rerun_with_the_same_output_leaves_later_stages_current(tmp_path):
     assert r.returncode == 0 and r.stdout.count("done in") == 2, r.stdout + r.stderr
     manifest = tmp_path / "run" / "data" / "manifest.json"
     data = json.loads(manifest.read_text())
-    manifest.write_text(json.dumps({**data, "seconds": data["seconds"] + 7.5,
-                                    "git_commit": "0" * 40}))
+    manifest.write_text(
+        json.dumps({**data, "seconds": data["seconds"] + 7.5, "git_commit": "0" * 40})
+    )
     r = _pipeline(tmp_path, "--only", "prepare,tiny-model")
     assert r.stdout.count("up to date, skipped") == 2, r.stdout
     manifest.write_text(json.dumps({**data, "tasks": data["tasks"][:1]}))
@@ -126,7 +157,7 @@ def test_a_cut_output_is_made_again(tmp_path):
     assert r.returncode == 0 and r.stdout.count("done in") == 2, r.stdout + r.stderr
     data = tmp_path / "run" / "data"
     arrow = next((data / "turns" / "train").glob("*.arrow"))
-    arrow.write_bytes(arrow.read_bytes()[:arrow.stat().st_size // 3])
+    arrow.write_bytes(arrow.read_bytes()[: arrow.stat().st_size // 3])
     r = _pipeline(tmp_path, "--only", "prepare,tiny-model")
     assert r.returncode == 0, r.stdout + r.stderr
     lines = r.stdout.splitlines()
@@ -142,13 +173,22 @@ def test_a_stage_trained_by_its_launch_script_is_current_for_the_pipeline(tmp_pa
     does: a second launch/sft.sh, and the dependency run that launch/dpo.sh starts with, find
     it up to date instead of training it again."""
     short = ["sft.max_steps=3", "sft.per_device_train_batch_size=1"]
-    over = [f"run.output_dir={tmp_path / 'run'}", f"data.esconv={TEST_DATA / 'tiny_esconv.json'}",
-            "data.split=seeded", "data.split_fractions=[0.34,0.33,0.33]",
-            "tiny_model.vocab_size=600", *short]
+    over = [
+        f"run.output_dir={tmp_path / 'run'}",
+        f"data.esconv={TEST_DATA / 'tiny_esconv.json'}",
+        "data.split=seeded",
+        "data.split_fractions=[0.34,0.33,0.33]",
+        "tiny_model.vocab_size=600",
+        *short,
+    ]
     sft = lambda: subprocess.run(  # noqa: E731
         ["bash", str(ROOT / "launch" / "sft.sh"), "planner", "configs/tiny-cpu.yaml", *over],
-        capture_output=True, text=True, cwd=ROOT, timeout=300,
-        env=launch_env(LAUNCHER="torchrun", NPROC="2"))
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+        env=launch_env(LAUNCHER="torchrun", NPROC="2"),
+    )
     r = sft()
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     out = tmp_path / "run" / "models" / "sft-planner"
@@ -163,8 +203,12 @@ def test_a_stage_trained_by_its_launch_script_is_current_for_the_pipeline(tmp_pa
 
 
 def test_failed_stage_stops_and_names_its_log(tmp_path):
-    r = _pipeline(tmp_path, "--only", "prepare,tiny-model,sft-planner",
-                  "sft.deepspeed=/nonexistent/zero3.json")
+    r = _pipeline(
+        tmp_path,
+        "--only",
+        "prepare,tiny-model,sft-planner",
+        "sft.deepspeed=/nonexistent/zero3.json",
+    )
     assert r.returncode == 1
     log = tmp_path / "run" / "logs" / "sft-planner.log"
     assert f"full log: {log}" in r.stderr

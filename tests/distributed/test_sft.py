@@ -41,15 +41,35 @@ def setup(small_setup, tmp_path_factory):
 
 
 def sft_args(setup, out, zero=3, grad_acc=1, role="planner", extra=()):
-    ds = (f"sft.deepspeed={ROOT}/esc_dist/ds_configs/zero{zero}.json" if zero
-          else "sft.deepspeed=null")
-    return ["sft", "--role", role, "--data", str(setup / "data"), "--model", str(setup / "tiny"),
-            "--out", str(out), f"run.output_dir={setup}", ds, f"sft.max_steps={STEPS}",
-            "sft.save_steps=2", "sft.keep_checkpoints=true", "sft.logging_steps=1",
-            "sft.per_device_train_batch_size=4",
-            f"sft.gradient_accumulation_steps={grad_acc}", "sft.warmup_ratio=0",
-            "sft.learning_rate=1e-3",  # the tolerances below were measured at this rate
-            "sft.precision=fp32", "run.dist_timeout_s=120", *extra]
+    ds = (
+        f"sft.deepspeed={ROOT}/esc_dist/ds_configs/zero{zero}.json"
+        if zero
+        else "sft.deepspeed=null"
+    )
+    return [
+        "sft",
+        "--role",
+        role,
+        "--data",
+        str(setup / "data"),
+        "--model",
+        str(setup / "tiny"),
+        "--out",
+        str(out),
+        f"run.output_dir={setup}",
+        ds,
+        f"sft.max_steps={STEPS}",
+        "sft.save_steps=2",
+        "sft.keep_checkpoints=true",
+        "sft.logging_steps=1",
+        "sft.per_device_train_batch_size=4",
+        f"sft.gradient_accumulation_steps={grad_acc}",
+        "sft.warmup_ratio=0",
+        "sft.learning_rate=1e-3",  # the tolerances below were measured at this rate
+        "sft.precision=fp32",
+        "run.dist_timeout_s=120",
+        *extra,
+    ]
 
 
 def losses(out):
@@ -68,8 +88,9 @@ def weights(out):
 def reference(setup):
     """One process, no DeepSpeed, global batch 8 (4 x 2 accumulation)."""
     out = setup / "ref" / "sft-planner"
-    launch(sft_args(setup, out, zero=0, grad_acc=2), nproc=1, launcher="python",
-           log=setup / "ref.log")
+    launch(
+        sft_args(setup, out, zero=0, grad_acc=2), nproc=1, launcher="python", log=setup / "ref.log"
+    )
     return out
 
 
@@ -77,8 +98,11 @@ def reference(setup):
 def zero3_run(setup):
     out = setup / "z3" / "sft-planner"
     env = launch_env(WANDB_API_KEY="wandb-secret-0123456789", OPENAI_API_KEY="sk-judge-secret-42")
-    launch(sft_args(setup, out, zero=3, extra=["sft.save_total_limit=3"]), env=env,
-           log=setup / "z3.log")
+    launch(
+        sft_args(setup, out, zero=3, extra=["sft.save_total_limit=3"]),
+        env=env,
+        log=setup / "z3.log",
+    )
     return out
 
 
@@ -104,8 +128,10 @@ def test_bf16_losses_track_fp32(setup, reference, zero):
     """bf16 under ZeRO (what ``precision: auto`` picks on a CPU with native bf16) follows the
     fp32 loss curve; bf16 rounding moves each step's loss by up to BF16_LOSS_TOL (relative)."""
     out = setup / f"bf16-z{zero}" / "sft-planner"
-    launch(sft_args(setup, out, zero=zero, extra=["sft.precision=bf16"]),
-           log=setup / f"bf16-z{zero}.log")
+    launch(
+        sft_args(setup, out, zero=zero, extra=["sft.precision=bf16"]),
+        log=setup / f"bf16-z{zero}.log",
+    )
     ref, got = losses(reference), losses(out)
     rel = [abs(a - b) / a for a, b in zip(ref, got)]
     print(f"bf16 zero{zero}: losses {got} vs fp32 {ref}, max relative difference {max(rel):.2e}")
@@ -139,8 +165,9 @@ def test_export_loads_without_deepspeed_and_generates(zero3_run):
         "assert out.shape[1] > enc['input_ids'].shape[1]\n"
         "print('generated', repr(tok.decode(out[0][enc['input_ids'].shape[1]:])))\n"
     )
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                       env=launch_env(), timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=launch_env(), timeout=300
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "generated" in r.stdout
 
@@ -152,8 +179,13 @@ def test_wandb_offline_run_has_metrics_and_no_secret(zero3_run):
     run = runs[0]
     assert run["run"]["job_type"] == "sft-planner" and run["run"]["group"] == "tiny-cpu"
     keys = set().union(*[h.keys() for h in run["history"]])
-    for k in ("train/loss", "train/learning_rate", "train/grad_norm", "train/non_pad_fraction",
-              "train/tokens_per_second"):
+    for k in (
+        "train/loss",
+        "train/learning_rate",
+        "train/grad_norm",
+        "train/non_pad_fraction",
+        "train/tokens_per_second",
+    ):
         assert k in keys, sorted(keys)
     steps = [h["train/loss"] for h in run["history"] if "train/loss" in h]
     assert len(steps) == STEPS
@@ -190,11 +222,16 @@ def test_resume_on_one_rank_from_two_rank_checkpoint(setup, zero3_run, batch):
     out = setup / f"onerank-{batch}" / "sft-planner"
     ckpts = out.with_name("sft-planner.work") / "checkpoints"
     ckpts.mkdir(parents=True)
-    shutil.copytree(zero3_run.with_name("sft-planner.work") / "checkpoints" / "checkpoint-2",
-                    ckpts / "checkpoint-2")
+    shutil.copytree(
+        zero3_run.with_name("sft-planner.work") / "checkpoints" / "checkpoint-2",
+        ckpts / "checkpoint-2",
+    )
     extra = ["sft.save_total_limit=3"]
-    args = (sft_args(setup, out, zero=3, grad_acc=2, extra=extra) if batch == "accumulation"
-            else sft_args(setup, out, zero=3, extra=[*extra, "sft.global_batch_size=8"]))
+    args = (
+        sft_args(setup, out, zero=3, grad_acc=2, extra=extra)
+        if batch == "accumulation"
+        else sft_args(setup, out, zero=3, extra=[*extra, "sft.global_batch_size=8"])
+    )
     log = setup / f"onerank-{batch}.log"
     launch(args, nproc=1, launcher="torchrun", log=log)
     assert "global batch 8 (4 per device x 2 accumulation)" in log.read_text()
@@ -252,18 +289,22 @@ def test_universal_conversion_outlasts_the_process_group_timeout(setup, zero3_ru
 
     one = setup / "written-by-one" / "sft-planner"
     extra = ["sft.global_batch_size=8", "sft.save_total_limit=3"]
-    launch(sft_args(setup, one, zero=3, extra=extra), nproc=1, launcher="torchrun",
-           log=setup / "written-by-one.log")
+    launch(
+        sft_args(setup, one, zero=3, extra=extra),
+        nproc=1,
+        launcher="torchrun",
+        log=setup / "written-by-one.log",
+    )
     out = setup / "slow-conversion" / "sft-planner"
     ckpts = out.with_name("sft-planner.work") / "checkpoints"
     ckpts.mkdir(parents=True)
-    shutil.copytree(one.with_name("sft-planner.work") / "checkpoints" / "checkpoint-2",
-                    ckpts / "checkpoint-2")
+    shutil.copytree(
+        one.with_name("sft-planner.work") / "checkpoints" / "checkpoint-2", ckpts / "checkpoint-2"
+    )
     (tmp_path / "sitecustomize.py").write_text(SLOW_CONVERSION)
     env = launch_env(PYTHONPATH=f"{tmp_path}:{ROOT}", SLOW_CONVERSION_S="45")
     log = setup / "slow-conversion.log"
-    launch(sft_args(setup, out, zero=3, extra=[*extra, "run.dist_timeout_s=15"]), env=env,
-           log=log)
+    launch(sft_args(setup, out, zero=3, extra=[*extra, "run.dist_timeout_s=15"]), env=env, log=log)
     text = log.read_text()
     assert "converting it to a universal checkpoint" in text
     converted = [float(x) for x in re.findall(r"converted global_step2_universal in (\d+) s", text)]
@@ -278,10 +319,21 @@ def test_zero3_loading_partitions_the_model(setup, tmp_path):
     """The model is built partitioned: no rank ever holds the whole set of weights."""
     out = tmp_path / "probe"
     r = subprocess.run(
-        [str(VENV_BIN / "torchrun"), "--nproc_per_node=2", f"--master_port={free_port()}",
-         str(ROOT / "tests" / "dist_scripts" / "zero3_load.py"), str(setup / "tiny"),
-         str(ROOT / "esc_dist" / "ds_configs" / "zero3.json"), str(out)],
-        capture_output=True, text=True, env=launch_env(), timeout=300, cwd=ROOT)
+        [
+            str(VENV_BIN / "torchrun"),
+            "--nproc_per_node=2",
+            f"--master_port={free_port()}",
+            str(ROOT / "tests" / "dist_scripts" / "zero3_load.py"),
+            str(setup / "tiny"),
+            str(ROOT / "esc_dist" / "ds_configs" / "zero3.json"),
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        env=launch_env(),
+        timeout=300,
+        cwd=ROOT,
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     reports = [json.loads((tmp_path / f"probe.rank{i}.json").read_text()) for i in (0, 1)]
     full = reports[0]["full"]
@@ -299,11 +351,25 @@ def in_process_trainer(setup, tmp_path, monkeypatch, role):
     from esc_dist.train.sft import build_sft_trainer
 
     single_rank(monkeypatch)
-    recipe = load_recipe(None, [f"run.output_dir={tmp_path}", "sft.deepspeed=null",
-                                "sft.per_device_train_batch_size=4", "wandb.mode=disabled",
-                                "sft.precision=fp32"])
-    return build_sft_trainer(recipe, role, str(setup / "data"), str(setup / "tiny"),
-                             stage_paths(recipe, "sft", role), None, False)
+    recipe = load_recipe(
+        None,
+        [
+            f"run.output_dir={tmp_path}",
+            "sft.deepspeed=null",
+            "sft.per_device_train_batch_size=4",
+            "wandb.mode=disabled",
+            "sft.precision=fp32",
+        ],
+    )
+    return build_sft_trainer(
+        recipe,
+        role,
+        str(setup / "data"),
+        str(setup / "tiny"),
+        stage_paths(recipe, "sft", role),
+        None,
+        False,
+    )
 
 
 def test_labels_masked_outside_completion(setup, tmp_path, monkeypatch):
@@ -316,46 +382,76 @@ def test_labels_masked_outside_completion(setup, tmp_path, monkeypatch):
     assert ((labels != -100) <= (mask == 1)).all()  # no loss on padding
     from datasets import load_from_disk
 
-    gold = {r["id"]: r["completion"][0]["content"]
-            for r in load_from_disk(str(setup / "data" / "vanilla"))["train"]}
+    gold = {
+        r["id"]: r["completion"][0]["content"]
+        for r in load_from_disk(str(setup / "data" / "vanilla"))["train"]
+    }
     learned = [tok.decode(row[lab != -100]) for row, lab in zip(ids, labels)]
     assert all(t.endswith(tok.eos_token + "\n") for t in learned)
     assert {t[: -len(tok.eos_token + "\n")] for t in learned} <= set(gold.values())
     # everything before the completion is masked: the prompt's last token is the assistant header
     for row, lab in zip(ids, labels):
         first = int((lab != -100).nonzero()[0])
-        assert tok.decode(row[max(0, first - 6):first]).endswith("<|im_start|>assistant\n")
+        assert tok.decode(row[max(0, first - 6) : first]).endswith("<|im_start|>assistant\n")
 
 
 @pytest.mark.parametrize("launcher", ["deepspeed", "accelerate"])
 def test_other_launchers(setup, reference, launcher):
     """The same command under the deepspeed launcher and accelerate launch (2 ranks)."""
     out = setup / f"via-{launcher}" / "sft-planner"
-    args = [a if not a.startswith("sft.max_steps") else "sft.max_steps=2"
-            for a in sft_args(setup, out, zero=2)]
+    args = [
+        a if not a.startswith("sft.max_steps") else "sft.max_steps=2"
+        for a in sft_args(setup, out, zero=2)
+    ]
     if launcher == "accelerate":
-        cmd = [str(VENV_BIN / "accelerate"), "launch", "--use_deepspeed", "--num_processes=2",
-               "--num_machines=1", f"--main_process_port={free_port()}", "-m", "esc_dist"]
+        cmd = [
+            str(VENV_BIN / "accelerate"),
+            "launch",
+            "--use_deepspeed",
+            "--num_processes=2",
+            "--num_machines=1",
+            f"--main_process_port={free_port()}",
+            "-m",
+            "esc_dist",
+        ]
     else:
-        cmd = [str(VENV_BIN / "deepspeed"), "--num_gpus=2", f"--master_port={free_port()}",
-               "--module", "esc_dist"]
-    r = subprocess.run(cmd + args, env=launch_env(), capture_output=True, text=True, timeout=600,
-                       cwd=ROOT)
+        cmd = [
+            str(VENV_BIN / "deepspeed"),
+            "--num_gpus=2",
+            f"--master_port={free_port()}",
+            "--module",
+            "esc_dist",
+        ]
+    r = subprocess.run(
+        cmd + args, env=launch_env(), capture_output=True, text=True, timeout=600, cwd=ROOT
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     m = json.loads((out / "manifest.json").read_text())
     assert m["world_size"] == 2 and m["global_step"] == 2
-    state = json.loads((out.with_name("sft-planner.work") / "checkpoints" / "checkpoint-2"
-                        / "trainer_state.json").read_text())
+    state = json.loads(
+        (
+            out.with_name("sft-planner.work")
+            / "checkpoints"
+            / "checkpoint-2"
+            / "trainer_state.json"
+        ).read_text()
+    )
     first = next(h["loss"] for h in state["log_history"] if "loss" in h)
     assert abs(first - losses(reference)[0]) <= LOSS_TOL
 
 
 def test_lora_option_exports_a_merged_model(setup):
     out = setup / "lora" / "sft-generator"
-    args = [a if not a.startswith("sft.max_steps") else "sft.max_steps=2"
-            for a in sft_args(setup, out, zero=0, role="generator",
-                              extra=["sft.lora.enabled=true", "sft.lora.r=4",
-                                     "sft.learning_rate=1e-2"])]
+    args = [
+        a if not a.startswith("sft.max_steps") else "sft.max_steps=2"
+        for a in sft_args(
+            setup,
+            out,
+            zero=0,
+            role="generator",
+            extra=["sft.lora.enabled=true", "sft.lora.r=4", "sft.learning_rate=1e-2"],
+        )
+    ]
     launch(args, nproc=1, launcher="python", log=setup / "lora.log")
     assert not list(out.glob("adapter_*"))
     base, tuned = load_file(str(setup / "tiny" / "model.safetensors")), weights(out)
@@ -366,8 +462,9 @@ def test_lora_option_exports_a_merged_model(setup):
 
 
 @pytest.mark.parametrize("role", ["planner", "generator"])
-def test_cpu_completion_loss_equals_trl_fused_and_full_logits_loss(setup, tmp_path, monkeypatch,
-                                                                    role):
+def test_cpu_completion_loss_equals_trl_fused_and_full_logits_loss(
+    setup, tmp_path, monkeypatch, role
+):
     """The CPU loss path (LM head on completion positions only) gives the same loss and
     gradients as TRL's fused LM head (the GPU path) and as the plain full-logits loss."""
     from transformers import Trainer
@@ -379,8 +476,12 @@ def test_cpu_completion_loss_equals_trl_fused_and_full_logits_loss(setup, tmp_pa
     batch = next(iter(trainer.get_train_dataloader()))
     n = int((batch["labels"][:, 1:] != -100).sum())
     results = []
-    for impl in (SFTTrainer.compute_loss, Trainer.compute_loss, completion_loss,
-                 type(trainer).compute_loss):
+    for impl in (
+        SFTTrainer.compute_loss,
+        Trainer.compute_loss,
+        completion_loss,
+        type(trainer).compute_loss,
+    ):
         trainer.model.zero_grad()
         loss = impl(trainer, trainer.model, dict(batch), num_items_in_batch=torch.tensor(n))
         loss.backward()

@@ -17,12 +17,24 @@ COMMON = ["run.dist_timeout_s=300", "wandb.mode=disabled"]
 
 
 def train_args(stage, setup, model, out, extra=()):
-    return [f"{stage}.deepspeed={ROOT}/esc_dist/ds_configs/zero3.json",
-            f"{stage}.max_steps={STEPS}", f"{stage}.per_device_train_batch_size=2",
-            f"{stage}.max_length=256", f"{stage}.logging_steps=1", f"{stage}.save_steps=1000",
-            f"{stage}.keep_checkpoints=true", f"{stage}.warmup_ratio=0",
-            f"{stage}.precision=fp32", "--model", str(model), "--out", str(out),
-            f"run.output_dir={setup}", *COMMON, *extra]
+    return [
+        f"{stage}.deepspeed={ROOT}/esc_dist/ds_configs/zero3.json",
+        f"{stage}.max_steps={STEPS}",
+        f"{stage}.per_device_train_batch_size=2",
+        f"{stage}.max_length=256",
+        f"{stage}.logging_steps=1",
+        f"{stage}.save_steps=1000",
+        f"{stage}.keep_checkpoints=true",
+        f"{stage}.warmup_ratio=0",
+        f"{stage}.precision=fp32",
+        "--model",
+        str(model),
+        "--out",
+        str(out),
+        f"run.output_dir={setup}",
+        *COMMON,
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -36,9 +48,17 @@ def setup(small_setup, tmp_path_factory):
 @pytest.fixture(scope="module")
 def sft_run(setup, smol_base):
     out = setup / "sft-planner"
-    launch(["sft", "--role", "planner", "--data", str(setup / "data"),
-            *train_args("sft", setup, smol_base, out, ["sft.learning_rate=5e-5"])],
-           log=setup / "sft.log")
+    launch(
+        [
+            "sft",
+            "--role",
+            "planner",
+            "--data",
+            str(setup / "data"),
+            *train_args("sft", setup, smol_base, out, ["sft.learning_rate=5e-5"]),
+        ],
+        log=setup / "sft.log",
+    )
     return out
 
 
@@ -62,9 +82,17 @@ def test_zero3_sft_starts_from_the_pretrained_weights(sft_run, smol_base):
 
 def test_zero3_dpo_from_the_sft_export(setup, sft_run):
     out = setup / "dpo-planner"
-    launch(["dpo", "--role", "planner", "--pairs", str(setup / "pairs"),
-            *train_args("dpo", setup, sft_run, out, ["dpo.learning_rate=1e-5"])],
-           log=setup / "dpo.log")
+    launch(
+        [
+            "dpo",
+            "--role",
+            "planner",
+            "--pairs",
+            str(setup / "pairs"),
+            *train_args("dpo", setup, sft_run, out, ["dpo.learning_rate=1e-5"]),
+        ],
+        log=setup / "dpo.log",
+    )
     hist = log_history(out, STEPS)
     assert hist[0]["loss"] == pytest.approx(math.log(2), abs=1e-3)  # policy == reference
     assert all(math.isfinite(h["loss"]) for h in hist)
@@ -81,19 +109,34 @@ def test_labels_are_the_reply_under_the_smol_template(setup, smol_base, tmp_path
     from esc_dist.train.sft import build_sft_trainer
 
     single_rank(monkeypatch)
-    recipe = load_recipe(None, [f"run.output_dir={tmp_path}", "sft.deepspeed=null",
-                                "sft.per_device_train_batch_size=4", "sft.max_length=256",
-                                "sft.precision=fp32", *COMMON])
-    trainer, tok, stats = build_sft_trainer(recipe, "generator", str(setup / "data"),
-                                            str(smol_base), stage_paths(recipe, "sft", "g"),
-                                            None, False)
-    gold = {r["id"]: r["completion"][0]["content"]
-            for r in load_from_disk(str(setup / "data" / "generator"))["train"]}
+    recipe = load_recipe(
+        None,
+        [
+            f"run.output_dir={tmp_path}",
+            "sft.deepspeed=null",
+            "sft.per_device_train_batch_size=4",
+            "sft.max_length=256",
+            "sft.precision=fp32",
+            *COMMON,
+        ],
+    )
+    trainer, tok, stats = build_sft_trainer(
+        recipe,
+        "generator",
+        str(setup / "data"),
+        str(smol_base),
+        stage_paths(recipe, "sft", "g"),
+        None,
+        False,
+    )
+    gold = {
+        r["id"]: r["completion"][0]["content"]
+        for r in load_from_disk(str(setup / "data" / "generator"))["train"]
+    }
     batch = next(iter(trainer.get_train_dataloader()))
     for row, lab, mask in zip(batch["input_ids"], batch["labels"], batch["attention_mask"]):
         learned = tok.decode(row[lab != -100])
-        assert learned.endswith("<|im_end|>\n") and learned[:-len("<|im_end|>\n")] in \
-            gold.values()
+        assert learned.endswith("<|im_end|>\n") and learned[: -len("<|im_end|>\n")] in gold.values()
         first = int((lab != -100).nonzero()[0])
         prompt = tok.decode(row[:first][mask[:first] == 1])
         assert prompt.startswith("<|im_start|>system\n") and "SmolLM" not in prompt
@@ -118,8 +161,9 @@ def test_shared_prompt_log_probs_equal_two_sequences(setup, smol_base, attn):
 
     tok = load_tokenizer(str(smol_base), False)
     collate = SharedPromptCollator(DataCollatorForPreference(pad_token_id=tok.pad_token_id))
-    model = AutoModelForCausalLM.from_pretrained(str(smol_base), dtype=torch.float32,
-                                                 attn_implementation=attn).eval()
+    model = AutoModelForCausalLM.from_pretrained(
+        str(smol_base), dtype=torch.float32, attn_implementation=attn
+    ).eval()
     add_fused_lm_head(model)
     add_completion_lm_head(model)
     for role in ("planner", "generator"):

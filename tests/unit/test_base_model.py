@@ -13,8 +13,10 @@ from esc_dist.models.chatml import PROBES, chatml_template
 from esc_dist.models.gguf import SMOLLM2, marked_template, render, resolve_gguf
 from tests.helpers import ROOT, assert_one_line_error, run_cli
 
-PROMPT = [{"role": "system", "content": "You are a supportive listener."},
-          {"role": "user", "content": "I lost my job and I feel anxious. I don't know what to do."}]
+PROMPT = [
+    {"role": "system", "content": "You are a supportive listener."},
+    {"role": "user", "content": "I lost my job and I feel anxious. I don't know what to do."},
+]
 
 
 def gguf_template() -> str:
@@ -40,21 +42,29 @@ def test_tokenizer_special_tokens_and_chat_template(smol_base):
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(smol_base)
-    assert (tok.bos_token, tok.eos_token, tok.pad_token) == ("<|im_start|>", "<|im_end|>",
-                                                              "<|im_end|>")
+    assert (tok.bos_token, tok.eos_token, tok.pad_token) == (
+        "<|im_start|>",
+        "<|im_end|>",
+        "<|im_end|>",
+    )
     assert len(tok) == 49152 and tok.model_max_length == 8192
     assert "{% generation %}" in tok.chat_template
     # renders exactly like the model's own template (its default system message included)
     source = gguf_template()
     for probe in PROBES:
         for gen in (False, True):
-            assert tok.apply_chat_template(probe, tokenize=False, add_generation_prompt=gen) == \
-                render(source, probe, gen)
+            assert tok.apply_chat_template(
+                probe, tokenize=False, add_generation_prompt=gen
+            ) == render(source, probe, gen)
     assert render(source, PROBES[0], True).startswith(
-        "<|im_start|>system\nYou are a helpful AI assistant named SmolLM")
+        "<|im_start|>system\nYou are a helpful AI assistant named SmolLM"
+    )
     # the generation markers cover the reply and its end token, nothing else
-    enc = tok.apply_chat_template(PROMPT + [{"role": "assistant", "content": "I hear you."}],
-                                  return_assistant_tokens_mask=True, return_dict=True)
+    enc = tok.apply_chat_template(
+        PROMPT + [{"role": "assistant", "content": "I hear you."}],
+        return_assistant_tokens_mask=True,
+        return_dict=True,
+    )
     marked = [i for i, m in zip(enc["input_ids"], enc["assistant_masks"]) if m]
     assert tok.decode(marked) == "I hear you.<|im_end|>"
 
@@ -66,27 +76,34 @@ def test_export_reloads_with_plain_transformers_and_equals_the_gguf_model(smol_b
 
     src = resolve_gguf(SMOLLM2)
     tok = AutoTokenizer.from_pretrained(smol_base)
-    ids = tok.apply_chat_template(PROMPT, add_generation_prompt=True, return_tensors="pt",
-                                  return_dict=True)
+    ids = tok.apply_chat_template(
+        PROMPT, add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
     plain = AutoModelForCausalLM.from_pretrained(smol_base, dtype=torch.float32).eval()
-    gguf = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name,
-                                                dtype=torch.float32).eval()
+    gguf = AutoModelForCausalLM.from_pretrained(
+        src.parent, gguf_file=src.name, dtype=torch.float32
+    ).eval()
     with torch.no_grad():
         a, b = plain(**ids).logits, gguf(**ids).logits
     assert torch.equal(a, b)
     out = plain.generate(**ids, max_new_tokens=12, do_sample=False)
-    reply = tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+    reply = tok.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
     assert reply.startswith("I'm so sorry to hear"), reply
 
 
 def test_non_chatml_template_is_refused_with_a_way_out(tmp_path):
-    llama3 = ("{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
-              "{{ m['content'] }}<|eot_id|>{% endfor %}")
+    llama3 = (
+        "{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
+        "{{ m['content'] }}<|eot_id|>{% endfor %}"
+    )
     with pytest.raises(DataError, match="--chat-template"):
         marked_template(llama3, tmp_path / "x.gguf")
     with pytest.raises(DataError, match="--chat-template"):  # ChatML, but not ours
-        marked_template("{% for m in messages %}<|im_start|>{{ m['role'] }} "
-                        "{{ m['content'] }}<|im_end|>{% endfor %}", tmp_path / "x.gguf")
+        marked_template(
+            "{% for m in messages %}<|im_start|>{{ m['role'] }} "
+            "{{ m['content'] }}<|im_end|>{% endfor %}",
+            tmp_path / "x.gguf",
+        )
     kept = chatml_template("x")
     assert marked_template(kept, tmp_path / "x.gguf") == kept
 
@@ -125,9 +142,15 @@ def test_broken_gguf_file_gets_one_line(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("flags,expected", [
-    ("fpu sse avx2", False), ("fpu avx512f avx512_bf16", True), ("amx_bf16 amx_tile", True),
-    ("avx512f avx512bw", False)])
+@pytest.mark.parametrize(
+    "flags,expected",
+    [
+        ("fpu sse avx2", False),
+        ("fpu avx512f avx512_bf16", True),
+        ("amx_bf16 amx_tile", True),
+        ("avx512f avx512bw", False),
+    ],
+)
 def test_cpu_bf16_is_read_from_the_flags(flags, expected):
     info = f"processor\t: 0\nflags\t\t: {flags}\nbugs\t\t: avx512_bf16\n"
     assert dist.cpu_has_bf16(info) is expected

@@ -22,7 +22,8 @@ def test_mini_smol_section_is_rendered_from_the_result_files():
     agg = smol.aggregate(seeds)
     assert smol.render(seeds, variants, agg) == committed_section(smol.START, smol.END)
     assert smol.render_summary(seeds, agg) == committed_section(
-        smol.SUMMARY_START, smol.SUMMARY_END, smol.README)
+        smol.SUMMARY_START, smol.SUMMARY_END, smol.README
+    )
 
 
 def test_mini_smol_json_holds_the_committed_results():

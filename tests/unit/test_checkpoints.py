@@ -10,8 +10,7 @@ from esc_dist.train.checkpoints import find_resume_checkpoint
 def _ckpt(root, step, key, complete=True):
     d = root / "checkpoints" / f"checkpoint-{step}"
     d.mkdir(parents=True)
-    (d / "esc_dist.json").write_text(json.dumps({"world_size": 2, "global_step": step,
-                                                 "key": key}))
+    (d / "esc_dist.json").write_text(json.dumps({"world_size": 2, "global_step": step, "key": key}))
     if complete:
         (d / "COMPLETED").write_text("")
     return d

@@ -18,8 +18,12 @@ def test_expected_subcommands_exist():
 
 @pytest.mark.parametrize("cmd", _subcommands())
 def test_help(cmd):
-    r = subprocess.run([sys.executable, "-m", "esc_dist", cmd, "--help"], capture_output=True,
-                       text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "esc_dist", cmd, "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith(f"usage: esc-dist {cmd}")
     assert "--config" in r.stdout
@@ -28,14 +32,18 @@ def test_help(cmd):
 def test_console_script_installed():
     import shutil
 
-    exe = shutil.which("esc-dist") or str(__import__("pathlib").Path(sys.executable).parent
-                                         / "esc-dist")
+    exe = shutil.which("esc-dist") or str(
+        __import__("pathlib").Path(sys.executable).parent / "esc-dist"
+    )
     r = subprocess.run([exe, "--version"], capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout.startswith("esc-dist ")
 
 
 def test_bad_override_is_a_clear_error(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "esc_dist", "prepare", "--out", str(tmp_path / "o"),
-                        "data.nope=1"], capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "esc_dist", "prepare", "--out", str(tmp_path / "o"), "data.nope=1"],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 2
     assert "unknown key 'data.nope'" in r.stderr

@@ -11,33 +11,81 @@ NOWHERE = "/nonexistent/esc-dist"
 # Per subcommand: arguments a careless user might give, and a word the message must contain.
 BAD_ARGUMENTS = {
     "prepare": (["--esconv", f"{NOWHERE}/esconv.json", "--out", "{tmp}/data"], "file not found"),
-    "tiny-model": (["--corpus", f"{NOWHERE}/esconv.json", "--out", "{tmp}/tiny"],
-                   "file not found"),
-    "base-model": (["--gguf", f"{NOWHERE}/model.gguf", "--out", "{tmp}/base"],
-                   "GGUF file not found"),
-    "sft": (["--role", "planner", "--data", f"{NOWHERE}/data", "--model", f"{NOWHERE}/model",
-             "--out", "{tmp}/sft", "sft.deepspeed=null"], NOWHERE),
-    "dpo": (["--role", "planner", "--pairs", f"{NOWHERE}/pairs", "--model", f"{NOWHERE}/m",
-             "--out", "{tmp}/dpo", "dpo.deepspeed=null"], NOWHERE),
-    "mine": (["--role", "planner", "--data", f"{NOWHERE}/data", "--model", f"{NOWHERE}/m",
-              "--out", "{tmp}/mine"], NOWHERE),
-    "infer": (["--mode", "decoupled", "--model", f"{NOWHERE}/m", "--out", "{tmp}/pred"],
-              "--model not for --mode decoupled: decoupled inference takes --planner and "
-              "--generator"),
+    "tiny-model": (["--corpus", f"{NOWHERE}/esconv.json", "--out", "{tmp}/tiny"], "file not found"),
+    "base-model": (
+        ["--gguf", f"{NOWHERE}/model.gguf", "--out", "{tmp}/base"],
+        "GGUF file not found",
+    ),
+    "sft": (
+        [
+            "--role",
+            "planner",
+            "--data",
+            f"{NOWHERE}/data",
+            "--model",
+            f"{NOWHERE}/model",
+            "--out",
+            "{tmp}/sft",
+            "sft.deepspeed=null",
+        ],
+        NOWHERE,
+    ),
+    "dpo": (
+        [
+            "--role",
+            "planner",
+            "--pairs",
+            f"{NOWHERE}/pairs",
+            "--model",
+            f"{NOWHERE}/m",
+            "--out",
+            "{tmp}/dpo",
+            "dpo.deepspeed=null",
+        ],
+        NOWHERE,
+    ),
+    "mine": (
+        [
+            "--role",
+            "planner",
+            "--data",
+            f"{NOWHERE}/data",
+            "--model",
+            f"{NOWHERE}/m",
+            "--out",
+            "{tmp}/mine",
+        ],
+        NOWHERE,
+    ),
+    "infer": (
+        ["--mode", "decoupled", "--model", f"{NOWHERE}/m", "--out", "{tmp}/pred"],
+        "--model not for --mode decoupled: decoupled inference takes --planner and --generator",
+    ),
     "merge": (["--out", f"{NOWHERE}/mine"], "no job.json"),
-    "judge": (["--role", "planner", "--pairs", f"{NOWHERE}/pairs.jsonl", "--out", "{tmp}/j"],
-              "file not found"),
+    "judge": (
+        ["--role", "planner", "--pairs", f"{NOWHERE}/pairs.jsonl", "--out", "{tmp}/j"],
+        "file not found",
+    ),
     "eval": ([f"{NOWHERE}/predictions.jsonl", "--out", "{tmp}/report"], "file not found"),
     "compare": ([f"{NOWHERE}/report", "--out", "{tmp}/cmp"], "no evaluation report"),
     "pipeline": (["--only", "sft-plannerr", "run.output_dir={tmp}/run"], "unknown stage"),
     "stage": (["show", "sft-plannerr", "run.output_dir={tmp}/run"], "unknown stage"),
-    "chat": (["--planner", f"{NOWHERE}/planner", "--generator", f"{NOWHERE}/generator"],
-             NOWHERE),
+    "chat": (["--planner", f"{NOWHERE}/planner", "--generator", f"{NOWHERE}/generator"], NOWHERE),
     "demo": (["--run", f"{NOWHERE}/run"], NOWHERE),
     "doctor": ([f"model.base={NOWHERE}/model"], "1 check(s) failed: model"),
     "download": (["Qwen2.5-7B-Instruct"], "is not a Hugging Face model id (org/name)"),
-    "human-eval": (["build", f"{NOWHERE}/a.jsonl", f"{NOWHERE}/b.jsonl", "--names", "x,y",
-                    "--out", "{tmp}/study"], "file not found"),
+    "human-eval": (
+        [
+            "build",
+            f"{NOWHERE}/a.jsonl",
+            f"{NOWHERE}/b.jsonl",
+            "--names",
+            "x,y",
+            "--out",
+            "{tmp}/study",
+        ],
+        "file not found",
+    ),
 }
 
 # Recipe problems any subcommand meets first, with a word of the message.
@@ -68,7 +116,8 @@ def test_bad_recipe_is_one_line(command, tmp_path):
     """Each subcommand meets one of the recipe problems (each problem several subcommands)."""
     args, _ = BAD_ARGUMENTS[command]
     # demo --run reads the run's own recipe first: it meets the missing recipe
-    recipe, needle = BAD_RECIPES[4 if command == "demo"
-                                 else NAMES.index(command) % len(BAD_RECIPES)]
+    recipe, needle = BAD_RECIPES[
+        4 if command == "demo" else NAMES.index(command) % len(BAD_RECIPES)
+    ]
     r = run_cli([command, *args, *recipe], tmp_path)
     assert_one_line_error(r, command, needle)

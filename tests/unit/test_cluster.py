@@ -12,11 +12,22 @@ def test_flash_attention_named_without_the_package_is_one_line(tmp_path):
 
     if importlib.util.find_spec("flash_attn") is not None:
         pytest.skip("flash-attn is installed here")
-    r = run_cli(["stage", "init", f"run.output_dir={tmp_path}/run",
-                 "model.attn_implementation=flash_attention_2"], tmp_path)
-    assert_one_line_error(r, "stage", "'model.attn_implementation' is flash_attention_2 but the "
-                                      "flash-attn package is not installed here: `pip install "
-                                      "flash-attn --no-build-isolation`")
+    r = run_cli(
+        [
+            "stage",
+            "init",
+            f"run.output_dir={tmp_path}/run",
+            "model.attn_implementation=flash_attention_2",
+        ],
+        tmp_path,
+    )
+    assert_one_line_error(
+        r,
+        "stage",
+        "'model.attn_implementation' is flash_attention_2 but the "
+        "flash-attn package is not installed here: `pip install "
+        "flash-attn --no-build-isolation`",
+    )
 
 
 def test_auto_attention_is_sdpa_without_a_gpu_and_says_so(caplog):
@@ -37,8 +48,11 @@ def test_auto_attention_picks_flash_on_a_gpu_where_it_imports(monkeypatch):
 
     monkeypatch.setattr(dist, "has_cuda", lambda: True)
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: object() if name == "flash_attn" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: object() if name == "flash_attn" else real(name, *a),
+    )
     assert loading.attention("auto") == "flash_attention_2"
 
 
@@ -56,29 +70,36 @@ def test_packing_needs_flash_attention_and_sdpa_still_mixes_packed_examples(smal
         with pytest.raises(ConfigError, match="'sft.packing' needs padding-free attention"):
             load_recipe(None, ["sft.packing=true", f"model.attn_implementation={attn}"])
     load_recipe(None, ["sft.packing=true", "model.attn_implementation=auto"])
-    m = AutoModelForCausalLM.from_pretrained(str(small_setup / "tiny"),
-                                             attn_implementation="sdpa").eval()
+    m = AutoModelForCausalLM.from_pretrained(
+        str(small_setup / "tiny"), attn_implementation="sdpa"
+    ).eval()
     g = torch.Generator().manual_seed(0)
     a, b = torch.randint(5, 1000, (1, 7), generator=g), torch.randint(5, 1000, (1, 5), generator=g)
     with torch.no_grad():
         alone = m(input_ids=b).logits
-        packed = m(input_ids=torch.cat([a, b], 1),
-                   position_ids=torch.cat([torch.arange(7), torch.arange(5)])[None]).logits
+        packed = m(
+            input_ids=torch.cat([a, b], 1),
+            position_ids=torch.cat([torch.arange(7), torch.arange(5)])[None],
+        ).logits
     assert (packed[:, 7:] - alone).abs().max() > 1e-3
 
 
 def test_the_vllm_mining_backend_is_refused_at_validation(tmp_path):
-    r = run_cli(["stage", "init", f"run.output_dir={tmp_path}/run", "mine.backend=vllm"],
-                tmp_path)
+    r = run_cli(["stage", "init", f"run.output_dir={tmp_path}/run", "mine.backend=vllm"], tmp_path)
     assert_one_line_error(r, "stage", "'mine.backend' must be hf")
 
 
-@pytest.mark.parametrize("gpus,local,expected", [
-    (1, 0, 0), (1, 3, 0),  # --gpus-per-task=1 / --gpu-bind=single: one device per task
-    (8, 0, 0), (8, 5, 5),  # every task sees the node's GPUs (or the site's CUDA_VISIBLE_DEVICES)
-    (4, 3, 3),
-    (2, 3, None),  # 4 tasks on 2 visible GPUs: a launch mistake
-])
+@pytest.mark.parametrize(
+    "gpus,local,expected",
+    [
+        (1, 0, 0),
+        (1, 3, 0),  # --gpus-per-task=1 / --gpu-bind=single: one device per task
+        (8, 0, 0),
+        (8, 5, 5),  # every task sees the node's GPUs (or the site's CUDA_VISIBLE_DEVICES)
+        (4, 3, 3),
+        (2, 3, None),  # 4 tasks on 2 visible GPUs: a launch mistake
+    ],
+)
 def test_gpu_binding_under_each_srun_mode(monkeypatch, gpus, local, expected):
     import torch
 
@@ -125,11 +146,13 @@ def test_a_global_batch_trains_the_same_steps_on_any_node_count(monkeypatch):
         keys[world] = training_key("sft", "planner", recipe, recipe.sft, {})
     assert len(set(keys.values())) == 1
     monkeypatch.setenv("WORLD_SIZE", "24")
-    with pytest.raises(ConfigError, match="global_batch_size 64 is not a multiple of 2 per "
-                                          "device x 24 ranks"):
+    with pytest.raises(
+        ConfigError, match="global_batch_size 64 is not a multiple of 2 per device x 24 ranks"
+    ):
         accumulation(recipe.sft)
-    fixed = load_recipe(None, ["sft.per_device_train_batch_size=2",
-                               "sft.gradient_accumulation_steps=2"])
+    fixed = load_recipe(
+        None, ["sft.per_device_train_batch_size=2", "sft.gradient_accumulation_steps=2"]
+    )
     monkeypatch.setenv("WORLD_SIZE", "16")
     k16 = training_key("sft", "planner", fixed, fixed.sft, {})
     monkeypatch.setenv("WORLD_SIZE", "8")
@@ -159,12 +182,29 @@ def test_checkpoints_go_once_the_export_is_complete(small_setup, tmp_path):
 
     for keep in (False, True):
         out = tmp_path / f"keep-{keep}" / "sft"
-        r = run_cli(["sft", "--role", "planner", "--data", str(small_setup / "data"), "--model",
-                     str(small_setup / "tiny"), "--out", str(out),
-                     f"run.output_dir={out.parent}", "sft.deepspeed=null", "sft.max_steps=4",
-                     "sft.save_steps=2", "sft.per_device_train_batch_size=2",
-                     "sft.precision=fp32", f"sft.keep_checkpoints={str(keep).lower()}"],
-                    tmp_path, {"DS_ACCELERATOR": "cpu", "WANDB_MODE": "offline"}, timeout=600)
+        r = run_cli(
+            [
+                "sft",
+                "--role",
+                "planner",
+                "--data",
+                str(small_setup / "data"),
+                "--model",
+                str(small_setup / "tiny"),
+                "--out",
+                str(out),
+                f"run.output_dir={out.parent}",
+                "sft.deepspeed=null",
+                "sft.max_steps=4",
+                "sft.save_steps=2",
+                "sft.per_device_train_batch_size=2",
+                "sft.precision=fp32",
+                f"sft.keep_checkpoints={str(keep).lower()}",
+            ],
+            tmp_path,
+            {"DS_ACCELERATOR": "cpu", "WANDB_MODE": "offline"},
+            timeout=600,
+        )
         assert r.returncode == 0, r.stderr[-3000:]
         ckpts = out.with_name("sft.work") / "checkpoints"
         (run,) = wait_for_offline_runs(out.with_name("sft.work") / "wandb")
@@ -174,10 +214,11 @@ def test_checkpoints_go_once_the_export_is_complete(small_setup, tmp_path):
         assert art["refs"] and all(ref.startswith(out.resolve().as_uri()) for ref in art["refs"])
         assert run["run"]["job_type"] == "sft-planner"
         if keep:
-            assert sorted(p.name for p in ckpts.glob("checkpoint-*")) == ["checkpoint-2",
-                                                                        "checkpoint-4"]
-            meta = __import__("json").loads((ckpts / "checkpoint-4" / "esc_dist.json")
-                                            .read_text())
+            assert sorted(p.name for p in ckpts.glob("checkpoint-*")) == [
+                "checkpoint-2",
+                "checkpoint-4",
+            ]
+            meta = __import__("json").loads((ckpts / "checkpoint-4" / "esc_dist.json").read_text())
             assert meta["save_seconds"] > 0 and meta["bytes"] > 0  # what the signal lead needs
         else:
             assert not ckpts.exists()
@@ -208,8 +249,11 @@ def test_a_save_that_would_not_fit_stops_before_writing(small_setup, tmp_path, m
     monkeypatch.setattr(disk.shutil, "disk_usage", lambda p: usage(1, 0, n * 13))
     guard.on_step_end(None, state, control)  # fits: parameters x 12 bytes in fp32
     monkeypatch.setattr(disk.shutil, "disk_usage", lambda p: usage(1, 0, n * 10))
-    with pytest.raises(disk.DiskFull, match=r"checkpoint-6 needs about .* MB but only .* MB "
-                                            r"are free there") as e:
+    with pytest.raises(
+        disk.DiskFull,
+        match=r"checkpoint-6 needs about .* MB but only .* MB "
+        r"are free there",
+    ) as e:
         guard.on_step_end(None, state, control)
     assert str(ckpts) in str(e.value) and "\n" not in str(e.value)
     previous = ckpts / "checkpoint-4"  # a measured checkpoint sets the size from then on
@@ -230,8 +274,10 @@ def fake_nvidia_smi(tmp_path) -> dict:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
     tool = bin_dir / "nvidia-smi"
-    tool.write_text("#!/bin/sh\necho 'GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-0)'\n"
-                    "echo 'GPU 1: NVIDIA H100 80GB HBM3 (UUID: GPU-1)'\n")
+    tool.write_text(
+        "#!/bin/sh\necho 'GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-0)'\n"
+        "echo 'GPU 1: NVIDIA H100 80GB HBM3 (UUID: GPU-1)'\n"
+    )
     tool.chmod(0o755)
     return {"PATH": f"{bin_dir}:/usr/bin:/bin"}
 
@@ -242,28 +288,47 @@ def test_doctor_reports_every_check_on_a_healthy_cpu_node(tmp_path):
     names = [line.split()[1] for line in r.stdout.splitlines()]
     assert names == ["packages", "gpus", "bf16", "attention", "model", "hf", "disk", "wandb"]
     assert "torch 2." in r.stdout and "deepspeed" in r.stdout and "trl 1." in r.stdout
-    assert "none (CPU run: gloo" in r.stdout and "sdpa (model.attn_implementation: auto)" \
-        in r.stdout
+    assert (
+        "none (CPU run: gloo" in r.stdout and "sdpa (model.attn_implementation: auto)" in r.stdout
+    )
 
 
-def test_a_cpu_torch_on_a_gpu_node_is_an_error_for_doctor_and_every_stage(tmp_path,
-                                                                         small_setup):
+def test_a_cpu_torch_on_a_gpu_node_is_an_error_for_doctor_and_every_stage(tmp_path, small_setup):
     env = fake_nvidia_smi(tmp_path)
     r = run_cli(["doctor", f"run.output_dir={tmp_path}/run"], tmp_path, env)
     assert_one_line_error(r, "doctor", "1 check(s) failed: gpus")
     assert "error gpus       the driver lists 2 GPU(s) but torch" in r.stdout
-    r = run_cli(["sft", "--role", "planner", "--data", str(small_setup / "data"), "--model",
-                 str(small_setup / "tiny"), "--out", str(tmp_path / "sft"),
-                 f"run.output_dir={tmp_path}", "sft.deepspeed=null"], tmp_path, env)
+    r = run_cli(
+        [
+            "sft",
+            "--role",
+            "planner",
+            "--data",
+            str(small_setup / "data"),
+            "--model",
+            str(small_setup / "tiny"),
+            "--out",
+            str(tmp_path / "sft"),
+            f"run.output_dir={tmp_path}",
+            "sft.deepspeed=null",
+        ],
+        tmp_path,
+        env,
+    )
     assert_one_line_error(r, "sft", "the driver lists 2 GPU(s) but torch")
     assert not (tmp_path / "sft").exists()
 
 
 def test_doctor_finds_a_missing_model_and_too_little_disk(tmp_path):
-    huge = ("model.shape={hidden_size: 65536, num_hidden_layers: 400, intermediate_size: "
-            "262144, num_attention_heads: 64, vocab_size: 256000}")
-    r = run_cli(["doctor", f"run.output_dir={tmp_path}/run", "model.base=esc/absent", huge],
-                tmp_path, {"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"})
+    huge = (
+        "model.shape={hidden_size: 65536, num_hidden_layers: 400, intermediate_size: "
+        "262144, num_attention_heads: 64, vocab_size: 256000}"
+    )
+    r = run_cli(
+        ["doctor", f"run.output_dir={tmp_path}/run", "model.base=esc/absent", huge],
+        tmp_path,
+        {"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"},
+    )
     assert_one_line_error(r, "doctor", "2 check(s) failed: model, disk")
     lines = {line.split()[1]: line for line in r.stdout.splitlines()}
     assert lines["model"].startswith("error") and "esc-dist download esc/absent" in lines["model"]
@@ -279,8 +344,17 @@ def test_the_7b_recipes_dry_run_without_a_gpu(tmp_path, recipe, billions):
     from tests.helpers import ROOT
 
     run = tmp_path / "run"
-    r = run_cli(["pipeline", "--config", str(ROOT / "configs" / f"{recipe}.yaml"), "--dry-run",
-                 f"run.output_dir={run}"], ROOT, {"HF_HOME": str(tmp_path / "hf")})
+    r = run_cli(
+        [
+            "pipeline",
+            "--config",
+            str(ROOT / "configs" / f"{recipe}.yaml"),
+            "--dry-run",
+            f"run.output_dir={run}",
+        ],
+        ROOT,
+        {"HF_HOME": str(tmp_path / "hf")},
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     stages = plan(load_recipe(ROOT / "configs" / f"{recipe}.yaml", [f"run.output_dir={run}"]))
     assert sum(" to run " in line for line in r.stdout.splitlines()) == len(stages)
@@ -302,20 +376,43 @@ def test_an_export_carries_its_model_card(small_setup, tmp_path):
     from esc_dist.train.card import model_card
 
     out = tmp_path / "sft"
-    r = run_cli(["sft", "--role", "planner", "--data", str(small_setup / "data"), "--model",
-                 str(small_setup / "tiny"), "--out", str(out), f"run.output_dir={tmp_path}",
-                 "sft.deepspeed=null", "sft.max_steps=2", "sft.per_device_train_batch_size=2",
-                 "sft.learning_rate=3e-4", "sft.precision=fp32"], tmp_path,
-                {"DS_ACCELERATOR": "cpu"}, timeout=600)
+    r = run_cli(
+        [
+            "sft",
+            "--role",
+            "planner",
+            "--data",
+            str(small_setup / "data"),
+            "--model",
+            str(small_setup / "tiny"),
+            "--out",
+            str(out),
+            f"run.output_dir={tmp_path}",
+            "sft.deepspeed=null",
+            "sft.max_steps=2",
+            "sft.per_device_train_batch_size=2",
+            "sft.learning_rate=3e-4",
+            "sft.precision=fp32",
+        ],
+        tmp_path,
+        {"DS_ACCELERATOR": "cpu"},
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     card = (out / "README.md").read_text()
     m = json.loads((out / "manifest.json").read_text())
     assert card == model_card({k: v for k, v in m.items() if k != "outputs"})
     assert "README.md" in m["outputs"]
-    for text in ("# tiny-cpu: planner, SFT", "picks the next ESConv support strategy",
-                 f"from `{small_setup / 'tiny'}`", "CC BY-NC 4.0", "- learning_rate: 0.0003",
-                 "- steps: 2", f"- final training loss: {m['final_loss']}",
-                 "Evaluated as `decoupled-sft`"):
+    for text in (
+        "# tiny-cpu: planner, SFT",
+        "picks the next ESConv support strategy",
+        f"from `{small_setup / 'tiny'}`",
+        "CC BY-NC 4.0",
+        "- learning_rate: 0.0003",
+        "- steps: 2",
+        f"- final training loss: {m['final_loss']}",
+        "Evaluated as `decoupled-sft`",
+    ):
         assert text in card, text
 
 
@@ -325,15 +422,38 @@ def test_sft_logs_a_validation_loss(small_setup, tmp_path):
     import json
 
     out = tmp_path / "sft"
-    r = run_cli(["sft", "--role", "planner", "--data", str(small_setup / "data"), "--model",
-                 str(small_setup / "tiny"), "--out", str(out), f"run.output_dir={tmp_path}",
-                 "sft.deepspeed=null", "sft.max_steps=5", "sft.per_device_train_batch_size=4",
-                 "sft.learning_rate=3e-3", "sft.precision=fp32", "sft.eval_steps=2",
-                 "sft.eval_examples=16", "sft.keep_checkpoints=true", "sft.save_steps=5"],
-                tmp_path, {"DS_ACCELERATOR": "cpu"}, timeout=600)
+    r = run_cli(
+        [
+            "sft",
+            "--role",
+            "planner",
+            "--data",
+            str(small_setup / "data"),
+            "--model",
+            str(small_setup / "tiny"),
+            "--out",
+            str(out),
+            f"run.output_dir={tmp_path}",
+            "sft.deepspeed=null",
+            "sft.max_steps=5",
+            "sft.per_device_train_batch_size=4",
+            "sft.learning_rate=3e-3",
+            "sft.precision=fp32",
+            "sft.eval_steps=2",
+            "sft.eval_examples=16",
+            "sft.keep_checkpoints=true",
+            "sft.save_steps=5",
+        ],
+        tmp_path,
+        {"DS_ACCELERATOR": "cpu"},
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
-    state = json.loads((out.with_name("sft.work") / "checkpoints" / "checkpoint-5"
-                        / "trainer_state.json").read_text())
+    state = json.loads(
+        (
+            out.with_name("sft.work") / "checkpoints" / "checkpoint-5" / "trainer_state.json"
+        ).read_text()
+    )
     evals = [(h["step"], h["eval_loss"]) for h in state["log_history"] if "eval_loss" in h]
     m = json.loads((out / "manifest.json").read_text())
     assert [s for s, _ in evals] == [2, 4, 5], evals  # every 2 steps and the last one
@@ -353,9 +473,11 @@ def test_liger_is_auto_off_without_a_gpu_and_refused_when_required(tmp_path, cap
         assert use_liger(recipe.sft) is False
     assert "liger kernels: off (no CUDA) (liger: auto)" in caplog.text
     assert use_liger(load_recipe(None, ["sft.liger=false"]).sft) is False
-    needle = ("'sft.liger' is true but the liger-kernel package is not installed here"
-              if importlib.util.find_spec("liger_kernel") is None
-              else "'sft.liger' is true but Liger's kernels need a CUDA GPU")
+    needle = (
+        "'sft.liger' is true but the liger-kernel package is not installed here"
+        if importlib.util.find_spec("liger_kernel") is None
+        else "'sft.liger' is true but Liger's kernels need a CUDA GPU"
+    )
     r = run_cli(["stage", "init", f"run.output_dir={tmp_path}/run", "sft.liger=true"], tmp_path)
     assert_one_line_error(r, "stage", needle)
 
@@ -364,8 +486,12 @@ def test_after_the_export_checkpoints_stale_ones_and_the_best_step_copy_go(tmp_p
     from esc_dist.train.disk import remove_checkpoints
 
     work = tmp_path / "dpo-planner.work"
-    for d in ("checkpoints/checkpoint-20", "checkpoints-stale-1/checkpoint-4", "guard-best",
-              "tokenized"):
+    for d in (
+        "checkpoints/checkpoint-20",
+        "checkpoints-stale-1/checkpoint-4",
+        "guard-best",
+        "tokenized",
+    ):
         (work / d).mkdir(parents=True)
         (work / d / "weights.bin").write_bytes(b"x" * 1000)
     with caplog.at_level("INFO"):

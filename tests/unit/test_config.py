@@ -22,9 +22,17 @@ def test_every_recipe_in_configs_loads():
 
 
 def test_dotted_overrides_are_typed():
-    r = load_recipe(None, ["data.max_history_messages=8", "tiny_model.hidden_size=64",
-                           "data.split_fractions=[0.5, 0.25, 0.25]", "run.name=x",
-                           "data.max_dialogues.train=10", "wandb.mode=offline"])
+    r = load_recipe(
+        None,
+        [
+            "data.max_history_messages=8",
+            "tiny_model.hidden_size=64",
+            "data.split_fractions=[0.5, 0.25, 0.25]",
+            "run.name=x",
+            "data.max_dialogues.train=10",
+            "wandb.mode=offline",
+        ],
+    )
     assert r.data.max_history_messages == 8 and r.tiny_model.hidden_size == 64
     assert r.data.split_fractions == [0.5, 0.25, 0.25] and r.run.name == "x"
     assert r.data.max_dialogues == {"train": 10, "validation": None, "test": None}
@@ -37,19 +45,22 @@ def test_float_written_like_yaml_1_1_string(tmp_path):
     assert load_recipe(p).data.split_fractions == [0.8, 0.1, 0.1]
 
 
-@pytest.mark.parametrize("yaml_text,message", [
-    ("dta:\n  esconv: x\n", "unknown key 'dta'; did you mean 'data'?"),
-    ("data:\n  esconvv: x\n", "unknown key 'data.esconvv'; did you mean 'data.esconv'?"),
-    ("tiny_model:\n  hidden_size: big\n", "'tiny_model.hidden_size' must be int, got 'big'"),
-    ("tiny_model:\n  hidden_size: 1.5\n", "'tiny_model.hidden_size' must be int"),
-    ("model:\n  trust_remote_code: yes please\n", "'model.trust_remote_code' must be bool"),
-    ("wandb:\n  mode: loud\n", "choose one of 'auto', 'online', 'offline', 'disabled'"),
-    ("data:\n  split_fractions: [0.5, 0.5, 0.5]\n", "summing to 1"),
-    ("data:\n  max_dialogues: {training: 3}\n", "unknown split(s) ['training']"),
-    ("data: 3\n", "'data' must be a mapping"),
-    ("- a\n- b\n", "a recipe must be a mapping"),
-    ("data: [\n", "invalid YAML"),
-])
+@pytest.mark.parametrize(
+    "yaml_text,message",
+    [
+        ("dta:\n  esconv: x\n", "unknown key 'dta'; did you mean 'data'?"),
+        ("data:\n  esconvv: x\n", "unknown key 'data.esconvv'; did you mean 'data.esconv'?"),
+        ("tiny_model:\n  hidden_size: big\n", "'tiny_model.hidden_size' must be int, got 'big'"),
+        ("tiny_model:\n  hidden_size: 1.5\n", "'tiny_model.hidden_size' must be int"),
+        ("model:\n  trust_remote_code: yes please\n", "'model.trust_remote_code' must be bool"),
+        ("wandb:\n  mode: loud\n", "choose one of 'auto', 'online', 'offline', 'disabled'"),
+        ("data:\n  split_fractions: [0.5, 0.5, 0.5]\n", "summing to 1"),
+        ("data:\n  max_dialogues: {training: 3}\n", "unknown split(s) ['training']"),
+        ("data: 3\n", "'data' must be a mapping"),
+        ("- a\n- b\n", "a recipe must be a mapping"),
+        ("data: [\n", "invalid YAML"),
+    ],
+)
 def test_bad_recipes_name_file_and_key(tmp_path, yaml_text, message):
     p = tmp_path / "bad.yaml"
     p.write_text(yaml_text)
@@ -58,13 +69,16 @@ def test_bad_recipes_name_file_and_key(tmp_path, yaml_text, message):
     assert str(p) in str(e.value) and message in str(e.value), str(e.value)
 
 
-@pytest.mark.parametrize("override,message", [
-    ("data.esconvv=x", "unknown key 'data.esconvv'"),
-    ("nope=1", "unknown key 'nope'"),
-    ("run.name.extra=1", "'run.name' is not a section"),
-    ("tiny_model.num_layers=two", "'tiny_model.num_layers' must be int"),
-    ("no_equals_sign", "expected key.path=value"),
-])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("data.esconvv=x", "unknown key 'data.esconvv'"),
+        ("nope=1", "unknown key 'nope'"),
+        ("run.name.extra=1", "'run.name' is not a section"),
+        ("tiny_model.num_layers=two", "'tiny_model.num_layers' must be int"),
+        ("no_equals_sign", "expected key.path=value"),
+    ],
+)
 def test_bad_overrides(override, message):
     with pytest.raises(ConfigError) as e:
         load_recipe(None, [override])
@@ -72,13 +86,24 @@ def test_bad_overrides(override, message):
 
 
 def test_redact_hides_secrets():
-    d = {"wandb": {"api_key": "abc123", "project": "p"}, "judge": [{"token": "t"}],
-         "empty_token": None, "max_new_tokens": 64, "api_key_env": "OPENAI_API_KEY",
-         "HUB_TOKEN": "h", "client_secret": "s"}
-    assert redact(d) == {"wandb": {"api_key": "***", "project": "p"}, "judge": [{"token": "***"}],
-                         "empty_token": None, "max_new_tokens": 64,
-                         "api_key_env": "OPENAI_API_KEY", "HUB_TOKEN": "***",
-                         "client_secret": "***"}
+    d = {
+        "wandb": {"api_key": "abc123", "project": "p"},
+        "judge": [{"token": "t"}],
+        "empty_token": None,
+        "max_new_tokens": 64,
+        "api_key_env": "OPENAI_API_KEY",
+        "HUB_TOKEN": "h",
+        "client_secret": "s",
+    }
+    assert redact(d) == {
+        "wandb": {"api_key": "***", "project": "p"},
+        "judge": [{"token": "***"}],
+        "empty_token": None,
+        "max_new_tokens": 64,
+        "api_key_env": "OPENAI_API_KEY",
+        "HUB_TOKEN": "***",
+        "client_secret": "***",
+    }
     assert "abc123" not in dump_recipe(Recipe())
 
 
@@ -90,11 +115,14 @@ def test_recipe_round_trips_through_yaml(tmp_path):
     assert dataclasses.asdict(r)["run"]["name"] == "rt"
 
 
-@pytest.mark.parametrize("override, message", [
-    ("mine.min_new_tokens=-1", "'mine.min_new_tokens' must be >= 0"),
-    ("infer.max_new_tokens=0", "'infer.max_new_tokens' must be >= 1"),
-    ("infer.planner_max_new_tokens=0", "'infer.planner_max_new_tokens' must be >= 1"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("mine.min_new_tokens=-1", "'mine.min_new_tokens' must be >= 0"),
+        ("infer.max_new_tokens=0", "'infer.max_new_tokens' must be >= 1"),
+        ("infer.planner_max_new_tokens=0", "'infer.planner_max_new_tokens' must be >= 1"),
+    ],
+)
 def test_generation_budgets_are_checked(override, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_recipe(None, [override])

@@ -24,27 +24,47 @@ class Saver:
         self.saves.append(self.step)
 
 
-def scripted(tmp_path: Path, script: dict[int, tuple[float, float]], key="k1",
-             tolerance=1.0) -> PlannerGuard:
-    guard = PlannerGuard([[{"role": "user", "content": "x"}]], ["Question"], None, None,
-                         tmp_path, 2, True, tolerance, 8, 4, None)
+def scripted(
+    tmp_path: Path, script: dict[int, tuple[float, float]], key="k1", tolerance=1.0
+) -> PlannerGuard:
+    guard = PlannerGuard(
+        [[{"role": "user", "content": "x"}]],
+        ["Question"],
+        None,
+        None,
+        tmp_path,
+        2,
+        True,
+        tolerance,
+        8,
+        4,
+        None,
+    )
     guard.trainer, guard.key = Saver(), key
 
     def evaluate(model, step):
         guard.trainer.step = step
         b, q = script[step]
-        return {"step": step, "B": b, "Q": q, "accuracy": q, "unparseable": 0.0,
-                "shares": dict.fromkeys(STRATEGIES, 1 / 8)}
+        return {
+            "step": step,
+            "B": b,
+            "Q": q,
+            "accuracy": q,
+            "unparseable": 0.0,
+            "shares": dict.fromkeys(STRATEGIES, 1 / 8),
+        }
 
     guard.evaluate = evaluate
     return guard
 
 
-SCRIPT = {0: (1.0, 0.200),  # the SFT model
-          2: (0.8, 0.191),  # lower B, Q 0.9 points down: the best so far
-          4: (0.5, 0.150),  # lowest B, but Q 5 points down: not eligible
-          6: (0.9, 0.210),  # eligible, B not lower
-          8: (0.7, 0.199)}  # the best
+SCRIPT = {
+    0: (1.0, 0.200),  # the SFT model
+    2: (0.8, 0.191),  # lower B, Q 0.9 points down: the best so far
+    4: (0.5, 0.150),  # lowest B, but Q 5 points down: not eligible
+    6: (0.9, 0.210),  # eligible, B not lower
+    8: (0.7, 0.199),
+}  # the best
 
 
 def test_the_best_step_is_the_lowest_b_within_the_q_tolerance(tmp_path):
@@ -56,8 +76,13 @@ def test_the_best_step_is_the_lowest_b_within_the_q_tolerance(tmp_path):
     assert (tmp_path / BEST_DIR / "step.txt").read_text() == "8"
     saved = read_json(tmp_path / GUARD_JSON)
     assert saved["best"] == {"step": 8, "B": 0.7, "Q": 0.199}
-    assert saved["reference"]["step"] == 0 and [h["step"] for h in saved["history"]] == \
-        [0, 2, 4, 6, 8]
+    assert saved["reference"]["step"] == 0 and [h["step"] for h in saved["history"]] == [
+        0,
+        2,
+        4,
+        6,
+        8,
+    ]
     assert guard.outcome()["best"]["step"] == 8
     # a stricter tolerance: step 2 (0.9 points down) no longer qualifies, so step 6 (B 0.9
     # under the SFT model's 1.0) is the best until step 8

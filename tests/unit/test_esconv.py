@@ -44,14 +44,24 @@ def test_paper_conventions_on_a_small_file():
     # dialogue 1: supporter opens -> "Hi"; two supporter utterances -> blank seeker between;
     # the trailing seeker utterance is dropped
     assert [m.text for m in convs[1].messages] == [
-        OPENING_SEEKER, "Hi, welcome. I am here to listen.", "Thanks. My exams start next week.",
-        "What worries you most about them?", BLANK_SEEKER,
-        "Many students feel the same way before exams."]
+        OPENING_SEEKER,
+        "Hi, welcome. I am here to listen.",
+        "Thanks. My exams start next week.",
+        "What worries you most about them?",
+        BLANK_SEEKER,
+        "Many students feel the same way before exams.",
+    ]
     # dialogue 2: consecutive seeker utterances joined with a newline
     assert convs[2].messages[0].text == "My friend lied to me\nand I do not know what to do"
     turns = list(iter_turns(convs))
-    assert [t.id for t in turns] == ["esconv-0000-t000", "esconv-0000-t001", "esconv-0001-t000",
-                                     "esconv-0001-t001", "esconv-0001-t002", "esconv-0002-t000"]
+    assert [t.id for t in turns] == [
+        "esconv-0000-t000",
+        "esconv-0000-t001",
+        "esconv-0001-t000",
+        "esconv-0001-t001",
+        "esconv-0001-t002",
+        "esconv-0002-t000",
+    ]
     assert turns[4].strategy == "Affirmation and Reassurance"
     assert [m.text for m in turns[4].history][-1] == BLANK_SEEKER
 
@@ -86,12 +96,16 @@ def _norm(text):
 
 
 def _key(turn):
-    return (turn.strategy, _norm(turn.reply),
-            [(m.role, _norm(m.text), m.strategy) for m in turn.history])
+    return (
+        turn.strategy,
+        _norm(turn.reply),
+        [(m.role, _norm(m.text), m.strategy) for m in turn.history],
+    )
 
 
-@pytest.mark.parametrize("split,fname,n", [("test", "ESC_sft_test.json", 1792),
-                                           ("val", "ESC_sft_val.json", 1821)])
+@pytest.mark.parametrize(
+    "split,fname,n", [("test", "ESC_sft_test.json", 1792), ("val", "ESC_sft_val.json", 1821)]
+)
 def test_turns_reproduce_paper_files_exactly(esconv, esconv_dir, split, fname, n):
     index = json.loads((esconv_dir / "splits" / "decoupledesc_split.json").read_text())[split]
     ours = list(iter_turns([esconv[i] for i in index]))
@@ -102,5 +116,6 @@ def test_turns_reproduce_paper_files_exactly(esconv, esconv_dir, split, fname, n
     mismatches = [(a.id, b.id) for a, b in zip(ours, theirs) if _key(a) != _key(b)]
     assert mismatches == []
     # the structure of the history (roles, blank and opening messages) is identical too
-    assert [[m.role for m in t.history] for t in ours] == [[m.role for m in t.history]
-                                                          for t in theirs]
+    assert [[m.role for m in t.history] for t in ours] == [
+        [m.role for m in t.history] for t in theirs
+    ]

@@ -35,8 +35,12 @@ def test_strategy_metrics_unparseable_as_others_by_hand():
     assert a["Q"] == pytest.approx((4 / 7 + 2 / 3 + 1 / 2 + 2 / 5 + 0) / 5)  # 449/1050
     assert a["weighted_f1"] == pytest.approx((3 * 4 / 7 + 2 * 2 / 3 + 2 * 1 / 2 + 2 * 2 / 5) / 10)
     others = a["per_strategy"][OTH]
-    assert (others["precision"], others["recall"], others["support"], others["predicted"]) == \
-        pytest.approx((1 / 3, 1 / 2, 2, 3))
+    assert (
+        others["precision"],
+        others["recall"],
+        others["support"],
+        others["predicted"],
+    ) == pytest.approx((1 / 3, 1 / 2, 2, 3))
     assert a["per_strategy"][INF]["f1"] == 0.0
     conf = np.array(a["confusion"])
     assert conf.sum() == 10 and np.trace(conf) == 5
@@ -69,8 +73,9 @@ def test_preferences_of_the_fixture_by_hand():
     assert a["preference_fit"]["dominated"] == [RP, INF]
     # excluded: RF beats Q, Q beats RP and Others: RF alone on top (4 observed -> 4.0)
     e = m["excluded"]
-    assert [e["per_strategy"][s]["preference"] for s in STRATEGIES] == \
-        pytest.approx([0, 0, 4, 1, 1, 1, 1, 0])
+    assert [e["per_strategy"][s]["preference"] for s in STRATEGIES] == pytest.approx(
+        [0, 0, 4, 1, 1, 1, 1, 0]
+    )
     assert e["B"] == pytest.approx(math.sqrt(1.5))  # 1.2247
 
 
@@ -117,8 +122,10 @@ def test_more_bias_means_larger_b():
     def b(p_constant):  # predict the gold label, but "Question" with probability p_constant
         pred = [Q if rng.random() < p_constant else g for g in gold]
         # a little uniform noise keeps the comparison graph connected
-        pred = [STRATEGIES[(STRATEGIES.index(g) + 1) % 8] if i % 9 == 0 else p
-                for i, (g, p) in enumerate(zip(gold, pred))]
+        pred = [
+            STRATEGIES[(STRATEGIES.index(g) + 1) % 8] if i % 9 == 0 else p
+            for i, (g, p) in enumerate(zip(gold, pred))
+        ]
         return strategy_metrics(gold, pred)["as_others"]["B"]
 
     values = [b(p) for p in (0.0, 0.3, 0.7)]
@@ -188,8 +195,9 @@ def test_released_fit_equals_an_independent_transcription(seed):
     conf[np.arange(8), (np.arange(8) + 1) % 8] += 1  # a cycle: every strategy beats and is beaten
     prefs, bias = kang_preferences(conf)
     ref_prefs, ref_bias = _released_scorer(conf.tolist())
-    assert (prefs == pytest.approx(ref_prefs, rel=1e-12)
-            and bias == pytest.approx(ref_bias, rel=1e-12))
+    assert prefs == pytest.approx(ref_prefs, rel=1e-12) and bias == pytest.approx(
+        ref_bias, rel=1e-12
+    )
     assert sum(prefs) == pytest.approx(8)
     # 20 sweeps stop near, not exactly at, the converged fit
     assert bias == pytest.approx(fit_preferences(conf).bias, abs=0.05)
@@ -224,8 +232,9 @@ def _bt_loglik_fit(wins: np.ndarray) -> np.ndarray:
         grad = (w * (1 - pr)).sum(axis=1) - (w * (1 - pr)).sum(axis=0)
         return -ll, -grad[1:]
 
-    res = minimize(negll, np.zeros(n - 1), jac=True, method="BFGS",
-                   options={"gtol": 1e-11, "maxiter": 10_000})
+    res = minimize(
+        negll, np.zeros(n - 1), jac=True, method="BFGS", options={"gtol": 1e-11, "maxiter": 10_000}
+    )
     p = np.exp(np.concatenate([[0.0], res.x]))
     return p * n / p.sum()
 
@@ -301,10 +310,16 @@ def test_rejects_bad_matrices():
 # ---------------------------------------------------------------------------------------------
 # Text metrics (hand-computed on three pairs)
 
-HYPS = ["I am so sorry to hear that.", "How long have you felt this way?",
-        "I am here. I am here for you."]
-REFS = ["I am sorry to hear that you lost your job.", "How long have you been feeling this way?",
-        "I am here for you, always."]
+HYPS = [
+    "I am so sorry to hear that.",
+    "How long have you felt this way?",
+    "I am here. I am here for you.",
+]
+REFS = [
+    "I am sorry to hear that you lost your job.",
+    "How long have you been feeling this way?",
+    "I am here for you, always.",
+]
 # 13a tokens: hyps 8 + 8 + 10 = 26, refs 11 + 9 + 8 = 28 -> brevity penalty exp(1 - 28/26).
 # Clipped matches / totals: 1-grams (7+7+6)/26, 2-grams (4+5+4)/23, 3-grams (2+3+3)/20,
 # 4-grams (1+1+2)/17.
@@ -313,8 +328,16 @@ P = [20 / 26, 13 / 23, 8 / 20, 4 / 17]
 
 
 def test_tokenizer():
-    assert tokenize("I am here for you, always.") == ["i", "am", "here", "for", "you", ",",
-                                                      "always", "."]
+    assert tokenize("I am here for you, always.") == [
+        "i",
+        "am",
+        "here",
+        "for",
+        "you",
+        ",",
+        "always",
+        ".",
+    ]
 
 
 def test_text_metrics_by_hand():

@@ -21,12 +21,25 @@ from tests.helpers import wait_for_offline_runs
 from tests.unit.test_eval_metrics import GOLD, HYPS, PRED, REFS
 
 
-def _row(i: int, gold: str, pred: str | None, reply: str = "I hear you.",
-         gold_reply: str = "I hear you, that is hard.", mode: str = "decoupled") -> dict:
-    return {"id": f"esconv-{i // 4:04d}-t{i % 4:03d}", "dialogue_id": f"esconv-{i // 4:04d}",
-            "turn_index": i % 4, "gold_strategy": gold, "gold_reply": gold_reply,
-            "pred_strategy": pred, "pred_strategy_raw": pred or "[Sarcasm] whatever",
-            "pred_reply": reply, "mode": mode}
+def _row(
+    i: int,
+    gold: str,
+    pred: str | None,
+    reply: str = "I hear you.",
+    gold_reply: str = "I hear you, that is hard.",
+    mode: str = "decoupled",
+) -> dict:
+    return {
+        "id": f"esconv-{i // 4:04d}-t{i % 4:03d}",
+        "dialogue_id": f"esconv-{i // 4:04d}",
+        "turn_index": i % 4,
+        "gold_strategy": gold,
+        "gold_reply": gold_reply,
+        "pred_strategy": pred,
+        "pred_strategy_raw": pred or "[Sarcasm] whatever",
+        "pred_reply": reply,
+        "mode": mode,
+    }
 
 
 def _write(path: Path, rows: list[dict]) -> Path:
@@ -61,18 +74,30 @@ def test_loads_a_good_file(fixture_preds):
     assert preds[0].id == "esconv-0000-t000" and preds[9].turn_index == 1
 
 
-@pytest.mark.parametrize("line, problem", [
-    ("{not json", "invalid JSON"),
-    ('["a list"]', "expected a JSON object"),
-    (json.dumps({k: v for k, v in _row(9, "Question", "Question").items() if k != "pred_reply"}),
-     "missing key(s) 'pred_reply'"),
-    (json.dumps(_row(9, "Questions", "Question")), "gold strategy 'Questions' is not one of"),
-    (json.dumps(_row(9, "Question", "Sarcasm")), "'pred_strategy' 'Sarcasm' must be one of"),
-    (json.dumps(_row(9, "Question", None, mode="joint")), "'mode' must be one of"),
-    (json.dumps({**_row(9, "Question", None), "turn_index": "3"}), "'turn_index' must be an int"),
-    (json.dumps(_row(0, "Question", "Question")),
-     "duplicate id 'esconv-0000-t000' (first on line 1)"),
-])
+@pytest.mark.parametrize(
+    "line, problem",
+    [
+        ("{not json", "invalid JSON"),
+        ('["a list"]', "expected a JSON object"),
+        (
+            json.dumps(
+                {k: v for k, v in _row(9, "Question", "Question").items() if k != "pred_reply"}
+            ),
+            "missing key(s) 'pred_reply'",
+        ),
+        (json.dumps(_row(9, "Questions", "Question")), "gold strategy 'Questions' is not one of"),
+        (json.dumps(_row(9, "Question", "Sarcasm")), "'pred_strategy' 'Sarcasm' must be one of"),
+        (json.dumps(_row(9, "Question", None, mode="joint")), "'mode' must be one of"),
+        (
+            json.dumps({**_row(9, "Question", None), "turn_index": "3"}),
+            "'turn_index' must be an int",
+        ),
+        (
+            json.dumps(_row(0, "Question", "Question")),
+            "duplicate id 'esconv-0000-t000' (first on line 1)",
+        ),
+    ],
+)
 def test_bad_input_names_file_and_line(tmp_path, line, problem):
     good = [json.dumps(_row(i, "Question", "Question")) for i in range(3)]
     path = tmp_path / "p.jsonl"
@@ -97,12 +122,18 @@ def test_empty_and_missing_files(tmp_path):
 
 
 def test_evaluate_writes_report_files(fixture_preds):
-    report = evaluate(fixture_preds, llm_scores={"judge": "offline", "empathy": 3.25},
-                      protocol="ours")
+    report = evaluate(
+        fixture_preds, llm_scores={"judge": "offline", "empathy": 3.25}, protocol="ours"
+    )
     out = fixture_preds.parent / "report"  # default: next to the predictions
     assert sorted(p.name for p in out.iterdir()) == [
-        ".esc-dist-output", "confusion.png", "manifest.json", "preferences.png", "report.json",
-        "report.md"]
+        ".esc-dist-output",
+        "confusion.png",
+        "manifest.json",
+        "preferences.png",
+        "report.json",
+        "report.md",
+    ]
     on_disk = json.loads((out / "report.json").read_text())
     assert on_disk == json.loads(json.dumps(report))
     assert on_disk["input"]["sha256"] == hashlib.sha256(fixture_preds.read_bytes()).hexdigest()
@@ -142,8 +173,9 @@ def test_evaluate_writes_report_files(fixture_preds):
 
 def test_evaluate_when_every_strategy_is_unparseable(tmp_path):
     rows = [_row(i, s, None) for i, s in enumerate(STRATEGIES)]
-    report = evaluate(_write(tmp_path / "p.jsonl", rows), tmp_path / "out", name="broken",
-                      protocol="ours")
+    report = evaluate(
+        _write(tmp_path / "p.jsonl", rows), tmp_path / "out", name="broken", protocol="ours"
+    )
     assert report["headline"]["B_excluded"] is None
     assert report["headline"]["B_as_others"] == pytest.approx(math.sqrt(7))  # always "Others"
     assert report["strategy"]["excluded"] is None
@@ -164,8 +196,11 @@ def test_compare(tmp_path):
     perfect = _system(tmp_path, "perfect", gold)
     constant = _system(tmp_path, "constant", ["Question"] * len(gold))
     flaky = _system(tmp_path, "flaky", [None if i % 4 == 0 else g for i, g in enumerate(gold)])
-    comparison, md = compare([perfect, constant / "report.json", flaky],
-                             ["Decoupled-DPO", "Vanilla-SFT", "Decoupled-SFT"], tmp_path / "cmp")
+    comparison, md = compare(
+        [perfect, constant / "report.json", flaky],
+        ["Decoupled-DPO", "Vanilla-SFT", "Decoupled-SFT"],
+        tmp_path / "cmp",
+    )
     values = {x["name"]: x["values"] for x in comparison["systems"]}
     assert values["Decoupled-DPO"]["B"] == 0.0 and values["Decoupled-DPO"]["Q"] == 1.0
     assert values["Vanilla-SFT"]["B"] == pytest.approx(math.sqrt(7))
@@ -176,7 +211,11 @@ def test_compare(tmp_path):
     assert comparison["same_gold"] is True
     assert "| Vanilla-SFT |" in md and "2.6458" in md and "| **0.0000** |" in md
     assert {p.name for p in (tmp_path / "cmp").iterdir()} == {
-        ".esc-dist-output", "comparison.json", "comparison.md", "comparison_preferences.png"}
+        ".esc-dist-output",
+        "comparison.json",
+        "comparison.md",
+        "comparison_preferences.png",
+    }
     assert json.loads((tmp_path / "cmp" / "comparison.json").read_text())["variant"] == "as_others"
     with Image.open(tmp_path / "cmp" / "comparison_preferences.png") as im:
         assert im.format == "PNG"
@@ -191,25 +230,46 @@ def test_compare(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # Protocols and decodes
 
-PAPER = {"protocol": "paper", "do_sample": True, "temperature": 0.7, "top_p": 0.95, "top_k": 0,
-         "decodes": 3}
+PAPER = {
+    "protocol": "paper",
+    "do_sample": True,
+    "temperature": 0.7,
+    "top_p": 0.95,
+    "top_k": 0,
+    "decodes": 3,
+}
 
 
 def _decodes(tmp_path: Path) -> list[Path]:
     """Three decodes of the same 24 gold turns (every strategy gold three times), differing in
     their strategy predictions and replies."""
     gold = [s for s in STRATEGIES for _ in range(3)]
-    words = ["I hear you", "that sounds hard", "what happened then", "you are not alone",
-             "maybe talk to a friend", "I felt the same once"]
+    words = [
+        "I hear you",
+        "that sounds hard",
+        "what happened then",
+        "you are not alone",
+        "maybe talk to a friend",
+        "I felt the same once",
+    ]
     paths = []
     for k in range(3):
-        rows = [_row(i, g,
-                     STRATEGIES[(i // 3 + (i + k) % 3 + (k > 0)) % 8] if (i + k) % 5 else None,
-                     reply=f"{words[(i + k) % 6]} . {words[(i * k) % 6]}",
-                     gold_reply=f"{words[i % 6]} , {words[(i + 3) % 6]}")
-                for i, g in enumerate(gold)]
-        paths.append(_write(tmp_path / ("predictions.jsonl" if k == 0
-                                        else f"predictions.decode-{k}.jsonl"), rows))
+        rows = [
+            _row(
+                i,
+                g,
+                STRATEGIES[(i // 3 + (i + k) % 3 + (k > 0)) % 8] if (i + k) % 5 else None,
+                reply=f"{words[(i + k) % 6]} . {words[(i * k) % 6]}",
+                gold_reply=f"{words[i % 6]} , {words[(i + 3) % 6]}",
+            )
+            for i, g in enumerate(gold)
+        ]
+        paths.append(
+            _write(
+                tmp_path / ("predictions.jsonl" if k == 0 else f"predictions.decode-{k}.jsonl"),
+                rows,
+            )
+        )
     return paths
 
 
@@ -229,13 +289,20 @@ def test_paper_protocol_is_the_mean_and_std_over_decodes(tmp_path):
     assert report["headline"] == paper["headline"]
     # independent computations, decode by decode
     decodes = [load_predictions(p) for p in paths]
-    bleu = [paper_text_metrics([x.pred_reply for x in d], [x.gold_reply for x in d])["bleu_2"]
-            for d in decodes]
-    corpus = [text_metrics([x.pred_reply for x in d], [x.gold_reply for x in d])["bleu_2"]
-              for d in decodes]
-    b_kang = [kang_preferences(confusion_counts(
-        [x.gold_strategy for x in d], [x.pred_strategy or "Others" for x in d]))[1]
-        for d in decodes]
+    bleu = [
+        paper_text_metrics([x.pred_reply for x in d], [x.gold_reply for x in d])["bleu_2"]
+        for d in decodes
+    ]
+    corpus = [
+        text_metrics([x.pred_reply for x in d], [x.gold_reply for x in d])["bleu_2"]
+        for d in decodes
+    ]
+    b_kang = [
+        kang_preferences(
+            confusion_counts([x.gold_strategy for x in d], [x.pred_strategy or "Others" for x in d])
+        )[1]
+        for d in decodes
+    ]
     assert None not in b_kang
     assert paper["headline"]["bleu_2"] == pytest.approx(statistics.fmean(bleu))
     assert paper["std"]["bleu_2"] == pytest.approx(statistics.stdev(bleu))
@@ -245,8 +312,10 @@ def test_paper_protocol_is_the_mean_and_std_over_decodes(tmp_path):
     # Q is defined alike; B is not
     assert paper["headline"]["Q_as_others"] == ours["headline"]["Q_as_others"]
     assert paper["headline"]["B_as_others"] != ours["headline"]["B_as_others"]
-    assert "distinct_2_per_response" in ours["headline"] and \
-        "distinct_2_per_response" not in paper["headline"]
+    assert (
+        "distinct_2_per_response" in ours["headline"]
+        and "distinct_2_per_response" not in paper["headline"]
+    )
     assert [d["paper"]["bleu_2"] for d in report["per_decode"]] == pytest.approx(bleu)
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "| Metric | paper protocol (headline) | our protocol |" in md
@@ -263,13 +332,16 @@ def test_paper_protocol_is_the_mean_and_std_over_decodes(tmp_path):
     assert "**Paper protocol** (`paper`)" in md_paper
     # and the columns defined differently, under the other protocol too
     other = cmp_paper["other"]
-    assert other["protocol"] == "ours" and other["columns"] == ["B", "bleu_2", "rouge_l",
-                                                                "distinct_2"]
+    assert other["protocol"] == "ours" and other["columns"] == [
+        "B",
+        "bleu_2",
+        "rouge_l",
+        "distinct_2",
+    ]
     assert other["systems"][0]["values"]["B"] == ours["headline"]["B_as_others"]
     assert other["systems"][0]["std"]["bleu_2"] == ours["std"]["bleu_2"]
     assert "## Under our protocol (`ours`)" in md_paper
-    assert cmp_ours["other"]["systems"][0]["values"]["B"] == pytest.approx(
-        statistics.fmean(b_kang))
+    assert cmp_ours["other"]["systems"][0]["values"]["B"] == pytest.approx(statistics.fmean(b_kang))
 
 
 def test_decodes_must_share_their_gold_turns(tmp_path):
@@ -282,18 +354,24 @@ def test_decodes_must_share_their_gold_turns(tmp_path):
     assert not (tmp_path / "rep").exists()
 
 
-@pytest.mark.parametrize("decoding, warning", [
-    ({**PAPER, "do_sample": False, "decodes": 1}, "not decoded as the paper does"),
-    ({**PAPER, "temperature": 1.0}, "not decoded as the paper does"),
-    (None, "decoding of these predictions is unknown"),
-])
+@pytest.mark.parametrize(
+    "decoding, warning",
+    [
+        ({**PAPER, "do_sample": False, "decodes": 1}, "not decoded as the paper does"),
+        ({**PAPER, "temperature": 1.0}, "not decoded as the paper does"),
+        (None, "decoding of these predictions is unknown"),
+    ],
+)
 def test_paper_protocol_warns_about_other_decoding(tmp_path, decoding, warning):
-    report = evaluate(_decodes(tmp_path)[0], tmp_path / "rep", protocol="paper",
-                      decoding=decoding)
+    report = evaluate(_decodes(tmp_path)[0], tmp_path / "rep", protocol="paper", decoding=decoding)
     assert len(report["warnings"]) == 1 and warning in report["warnings"][0]
     assert f"**Warning:** {report['warnings'][0]}" in (tmp_path / "rep" / "report.md").read_text()
-    assert evaluate(_decodes(tmp_path)[0], tmp_path / "rep2", protocol="ours",
-                    decoding=decoding)["warnings"] == []
+    assert (
+        evaluate(_decodes(tmp_path)[0], tmp_path / "rep2", protocol="ours", decoding=decoding)[
+            "warnings"
+        ]
+        == []
+    )
 
 
 def test_eval_cli_takes_every_decode_the_inference_manifest_lists(tmp_path):
@@ -301,8 +379,9 @@ def test_eval_cli_takes_every_decode_the_inference_manifest_lists(tmp_path):
 
     paths = _decodes(tmp_path)
     assert decode_files([paths[0]]) == [paths[0]]  # no manifest: the file alone
-    (tmp_path / "manifest.json").write_text(json.dumps({"counts": {"decodes": [
-        p.name for p in paths]}, "config": {"decoding": PAPER}}))
+    (tmp_path / "manifest.json").write_text(
+        json.dumps({"counts": {"decodes": [p.name for p in paths]}, "config": {"decoding": PAPER}})
+    )
     assert decode_files([paths[0]]) == paths
     assert decode_files([paths[1]]) == [paths[1]]  # another file: as given
     report = evaluate(decode_files([paths[0]]), tmp_path / "rep")
@@ -317,22 +396,30 @@ def test_error_rates_and_adherence_in_report_and_comparison(tmp_path):
 
     paths = _decodes(tmp_path)
     preds = load_predictions(paths[0])
-    sad = [{"role": "seeker", "text": "I failed my exam and I feel so sad about it.",
-            "strategy": None}]
+    sad = [
+        {"role": "seeker", "text": "I failed my exam and I feel so sad about it.", "strategy": None}
+    ]
     histories = {p.id: sad for p in preds}
     offline = error_rates(preds, histories, JudgeConfig(), None, backend="offline")
     assert offline["n"] == len(preds) and offline["rates"]["Emotion Misread"] is None
-    adherence = {"adherence": 0.25, "evaluated": 20, "skipped": 4,
-                 "per_strategy": {s: {"n": 3, "agree": 1, "adherence": 1 / 3} for s in STRATEGIES},
-                 "gold_reference": {"adherence": 0.5, "per_strategy": {}},
-                 "classifier": {"train_size": 100, "evaluation": {"accuracy": 0.5, "n": 24}}}
-    for name, extra in (("a", {"psych_errors": {"offline": offline}, "adherence": adherence}),
-                        ("b", None)):
+    adherence = {
+        "adherence": 0.25,
+        "evaluated": 20,
+        "skipped": 4,
+        "per_strategy": {s: {"n": 3, "agree": 1, "adherence": 1 / 3} for s in STRATEGIES},
+        "gold_reference": {"adherence": 0.5, "per_strategy": {}},
+        "classifier": {"train_size": 100, "evaluation": {"accuracy": 0.5, "n": 24}},
+    }
+    for name, extra in (
+        ("a", {"psych_errors": {"offline": offline}, "adherence": adherence}),
+        ("b", None),
+    ):
         evaluate(paths, tmp_path / name, name=name, decoding=PAPER, extra=extra)
     report = json.loads((tmp_path / "a" / "report.json").read_text())
     assert report["psych_errors"]["offline"] == offline and report["adherence"] == adherence
-    assert ((tmp_path / "a" / "errors.png").is_file()
-            and not (tmp_path / "b" / "errors.png").exists())
+    assert (tmp_path / "a" / "errors.png").is_file() and not (
+        tmp_path / "b" / "errors.png"
+    ).exists()
     assert "errors.png" in json.loads((tmp_path / "a" / "manifest.json").read_text())["outputs"]
     md = (tmp_path / "a" / "report.md").read_text()
     assert "## Psychological errors of the replies" in md and "| Emotion Misread | not seen |" in md
@@ -352,8 +439,9 @@ def test_error_rates_and_adherence_in_report_and_comparison(tmp_path):
 
 
 def test_log_report_and_comparison_to_offline_wandb(tmp_path, fixture_preds, wandb_env):
-    report = evaluate(fixture_preds, tmp_path / "rep", llm_scores={"empathy": 3.5, "note": "x"},
-                      protocol="ours")
+    report = evaluate(
+        fixture_preds, tmp_path / "rep", llm_scores={"empathy": 3.5, "note": "x"}, protocol="ours"
+    )
     comparison, _ = compare([tmp_path / "rep"], ["Decoupled-DPO"], tmp_path / "cmp")
     log_report(None, report, tmp_path / "rep")  # no run: nothing happens
     run = start_run(Recipe(), "eval", tmp_path / "wb")
@@ -361,8 +449,11 @@ def test_log_report_and_comparison_to_offline_wandb(tmp_path, fixture_preds, wan
     log_comparison(run, comparison, tmp_path / "cmp")
     run.finish()
     [r] = wait_for_offline_runs(tmp_path / "wb" / "wandb")
-    assert r["run"] is not None, (r["file"], r["file"].stat().st_size,
-                                  sorted(p.name for p in r["file"].parent.iterdir()))
+    assert r["run"] is not None, (
+        r["file"],
+        r["file"].stat().st_size,
+        sorted(p.name for p in r["file"].parent.iterdir()),
+    )
     assert r["run"]["job_type"] == "eval"
     s = r["summary"]
     assert s["eval/Q_as_others"] == pytest.approx(449 / 1050)
@@ -371,7 +462,8 @@ def test_log_report_and_comparison_to_offline_wandb(tmp_path, fixture_preds, wan
     assert s["eval/unparseable"] == 2
     assert s["eval/ours/Q_as_others"] == pytest.approx(449 / 1050)
     assert s["eval/paper/bleu_2"] == pytest.approx(
-        report["protocols"]["paper"]["headline"]["bleu_2"])
+        report["protocols"]["paper"]["headline"]["bleu_2"]
+    )
     assert s["eval/llm/empathy"] == 3.5 and "eval/llm/note" not in s
     assert s["compare/Decoupled-DPO/B"] == pytest.approx(math.sqrt(5 / 12))
     logged = {k: v for row in r["history"] for k, v in row.items()}
@@ -408,31 +500,46 @@ def test_cli_eval_and_compare(tmp_path, fixture_preds, wandb_env, monkeypatch, c
     report_dir = fixture_preds.parent / "report"
     assert (report_dir / "report.json").is_file()
     [r] = wait_for_offline_runs(report_dir / "wandb")
-    assert r["run"] is not None, (r["file"], r["file"].stat().st_size,
-                                  sorted(p.name for p in r["file"].parent.iterdir()))
+    assert r["run"] is not None, (
+        r["file"],
+        r["file"].stat().st_size,
+        sorted(p.name for p in r["file"].parent.iterdir()),
+    )
     assert r["run"]["job_type"] == "eval-dec-dpo" and r["run"]["group"] == "cli-test"
     assert r["summary"]["eval/Q_as_others"] == pytest.approx(449 / 1050)
     # the report directory, logged by reference (nothing uploaded)
     [art] = [a for a in r["artifacts"] if a["type"] == "report"]
     assert art["name"] == "cli-test-eval-dec-dpo"
-    assert art["refs"] and all(ref.startswith(report_dir.resolve().as_uri())
-                               for ref in art["refs"])
+    assert art["refs"] and all(ref.startswith(report_dir.resolve().as_uri()) for ref in art["refs"])
 
     # compare: trailing overrides must not be taken for report directories
     monkeypatch.delenv("WANDB_MODE")
-    args = _parse(["compare", str(report_dir), str(report_dir / "report.json"),
-                   "--names", "A, B", "--out", str(tmp_path / "cmp"), "wandb.mode=disabled"])
+    args = _parse(
+        [
+            "compare",
+            str(report_dir),
+            str(report_dir / "report.json"),
+            "--names",
+            "A, B",
+            "--out",
+            str(tmp_path / "cmp"),
+            "wandb.mode=disabled",
+        ]
+    )
     assert args.func(args) == 0
     assert "| A |" in capsys.readouterr().out
     assert (tmp_path / "cmp" / "comparison.md").is_file()
     assert not (tmp_path / "cmp" / "wandb").exists()  # disabled by the override
 
 
-@pytest.mark.parametrize("argv", [
-    ["eval", "p.jsonl", "--out", "o", "a.b=1", "c.d=2"],
-    ["eval", "--out", "o", "p.jsonl", "a.b=1", "c.d=2"],
-    ["eval", "a.b=1", "p.jsonl", "--out", "o", "c.d=2"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["eval", "p.jsonl", "--out", "o", "a.b=1", "c.d=2"],
+        ["eval", "--out", "o", "p.jsonl", "a.b=1", "c.d=2"],
+        ["eval", "a.b=1", "p.jsonl", "--out", "o", "c.d=2"],
+    ],
+)
 def test_cli_eval_positionals_around_options(argv):
     args = _parse(argv)
     assert (args.predictions, args.out, args.overrides) == (["p.jsonl"], "o", ["a.b=1", "c.d=2"])
@@ -440,8 +547,12 @@ def test_cli_eval_positionals_around_options(argv):
 
 def test_cli_compare_arguments():
     args = _parse(["compare", "r1", "r2", "--names", "A,B", "--out", "o", "x.y=1"])
-    assert (args.reports, args.names, args.out, args.overrides) == (["r1", "r2"], "A,B", "o",
-                                                                     ["x.y=1"])
+    assert (args.reports, args.names, args.out, args.overrides) == (
+        ["r1", "r2"],
+        "A,B",
+        "o",
+        ["x.y=1"],
+    )
     with pytest.raises(SystemExit):  # --out is required
         _parse(["compare", "r1"])
 
@@ -460,10 +571,12 @@ def test_undefined_paper_b_shows_the_converged_fit_marked(tmp_path):
     shows the converged fit's B and preferences in its place, marked as such, never a blank."""
     gold = [s for s in STRATEGIES for _ in range(3)]
     constant = _system(tmp_path, "constant", ["Question"] * len(gold))
-    spread_out = _system(tmp_path, "spread", [STRATEGIES[(i + i // 3) % 8]
-                                              for i in range(len(gold))])
-    comparison, md = compare([constant, spread_out], ["Vanilla-SFT", "Decoupled-SFT"],
-                             tmp_path / "cmp", protocol="paper")
+    spread_out = _system(
+        tmp_path, "spread", [STRATEGIES[(i + i // 3) % 8] for i in range(len(gold))]
+    )
+    comparison, md = compare(
+        [constant, spread_out], ["Vanilla-SFT", "Decoupled-SFT"], tmp_path / "cmp", protocol="paper"
+    )
     by = {x["name"]: x for x in comparison["systems"]}
     const = by["Vanilla-SFT"]
     ours = load_report(constant)["protocols"]["ours"]["headline"]["B_as_others"]

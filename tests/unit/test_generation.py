@@ -32,9 +32,14 @@ def setup(tmp_path_factory, esconv_dir):
 
 def _choose(logits, do_sample, temperature, top_p, top_k, u):
     n = logits.shape[0]
-    return choose_tokens(logits, torch.tensor(do_sample), torch.full((n,), temperature),
-                         torch.full((n,), top_p), torch.full((n,), top_k, dtype=torch.long),
-                         torch.tensor(u, dtype=torch.float32))
+    return choose_tokens(
+        logits,
+        torch.tensor(do_sample),
+        torch.full((n,), temperature),
+        torch.full((n,), top_p),
+        torch.full((n,), top_k, dtype=torch.long),
+        torch.tensor(u, dtype=torch.float32),
+    )
 
 
 def test_choose_tokens_filters_and_row_independence():
@@ -47,7 +52,7 @@ def test_choose_tokens_filters_and_row_independence():
     # a row's token depends only on its own logits and u
     full = _choose(logits, [True] * 4, 0.7, 0.9, 0, [0.1, 0.5, 0.9, 0.42])
     for r in range(4):
-        alone = _choose(logits[r:r + 1], [True], 0.7, 0.9, 0, [[0.1, 0.5, 0.9, 0.42][r]])
+        alone = _choose(logits[r : r + 1], [True], 0.7, 0.9, 0, [[0.1, 0.5, 0.9, 0.42][r]])
         assert alone.item() == full[r].item()
     # top-p: only the nucleus is ever drawn; top-k: only the k best
     row = torch.tensor([[4.0, 3.0, 2.0, 0.0, -1.0, -2.0]])
@@ -63,7 +68,7 @@ def test_choose_tokens_filters_and_row_independence():
 def test_row_seed_is_stable_and_distinct():
     assert row_seed(42, "mine-planner", "t1", 0) == row_seed(42, "mine-planner", "t1", 0)
     seeds = {row_seed(42, s, k, i) for s in ("a", "b") for k in ("t1", "t2") for i in (0, 1)}
-    assert len(seeds) == 8 and all(0 <= s < 2 ** 63 for s in seeds)
+    assert len(seeds) == 8 and all(0 <= s < 2**63 for s in seeds)
 
 
 def _prompts(setup, n):
@@ -94,7 +99,7 @@ def test_greedy_batch_equals_transformers_generate(setup, prefill):
     enc = tok.pad({"input_ids": ids}, return_tensors="pt")
     ref = rep.model.generate(**enc, max_new_tokens=10, do_sample=False)
     for r, row in zip(ours, ref):
-        assert r["text"] == tok.decode(row[enc["input_ids"].shape[1]:], skip_special_tokens=True)
+        assert r["text"] == tok.decode(row[enc["input_ids"].shape[1] :], skip_special_tokens=True)
     assert len({r["text"] for r in ours}) == len(ours)
 
 
@@ -103,6 +108,7 @@ def test_min_new_tokens_bars_stop_tokens_like_transformers(setup):
     many tokens, exactly as HF generate's min_new_tokens does."""
     tok = load_tokenizer(setup / "tiny")
     rep = Replica(setup / "tiny", tok)
+
     def favour_eos(module, args, out):  # make the end-of-text token the favourite everywhere
         out = out.clone()
         out[..., tok.eos_token_id] += 100.0
@@ -111,8 +117,9 @@ def test_min_new_tokens_bars_stop_tokens_like_transformers(setup):
     rep.model.get_output_embeddings().register_forward_hook(favour_eos)
     prompts = _prompts(setup, 6)
     ids = [prompt_ids(tok, m) for _, m in prompts]
-    eager = rep.generate_batch([WorkItem(i, m, Sampling(max_new_tokens=6)) for i, m in prompts],
-                               ids, [0] * len(ids))
+    eager = rep.generate_batch(
+        [WorkItem(i, m, Sampling(max_new_tokens=6)) for i, m in prompts], ids, [0] * len(ids)
+    )
     assert all(r["new_tokens"] == 0 and r["finish_reason"] == "stop" for r in eager)
     items = [WorkItem(i, m, Sampling(max_new_tokens=6, min_new_tokens=3)) for i, m in prompts]
     ours = rep.generate_batch(items, ids, [0] * len(ids))
@@ -120,7 +127,7 @@ def test_min_new_tokens_bars_stop_tokens_like_transformers(setup):
     ref = rep.model.generate(**enc, max_new_tokens=6, min_new_tokens=3, do_sample=False)
     for r, row in zip(ours, ref):
         assert r["new_tokens"] >= 3
-        assert r["text"] == tok.decode(row[enc["input_ids"].shape[1]:], skip_special_tokens=True)
+        assert r["text"] == tok.decode(row[enc["input_ids"].shape[1] :], skip_special_tokens=True)
     with pytest.raises(ValueError, match="min_new_tokens"):
         Sampling(max_new_tokens=2, min_new_tokens=3)
 
@@ -128,7 +135,7 @@ def test_min_new_tokens_bars_stop_tokens_like_transformers(setup):
 def test_sampled_row_does_not_depend_on_its_batch_partners(setup):
     tok = load_tokenizer(setup / "tiny")
     rep = Replica(setup / "tiny", tok)
-    (_, msgs), = _prompts(setup, 1)
+    ((_, msgs),) = _prompts(setup, 1)
     s = Sampling(max_new_tokens=12, do_sample=True, temperature=0.7, top_p=0.95)
     a, b, c = (WorkItem(k, msgs, s, key="t", sample=i) for i, k in enumerate("abc"))
     ids = [prompt_ids(tok, msgs)] * 2
@@ -153,8 +160,9 @@ def test_generate_chunks_resume_and_merge_errors(setup, tmp_path):
     assert stats["per_rank"][0]["items"] == 10 and stats["tokens_per_s"] > 0
     records = merge(work)
     assert [r["id"] for r in records] == sorted(it.id for it in items)
-    assert all(r["meta"] == {"k": r["key"]} and r["finish_reason"] in ("stop", "length")
-               for r in records)
+    assert all(
+        r["meta"] == {"k": r["key"]} and r["finish_reason"] in ("stop", "length") for r in records
+    )
     # a rerun computes nothing; other settings over the same directory are refused
     again = generate(items, setup / "tiny", work, cfg)
     assert again["chunks_reused"] == 3 and again["chunks_computed"] == 0
@@ -195,7 +203,6 @@ def test_generate_chunks_resume_and_merge_errors(setup, tmp_path):
     lost = json.loads(lines[0])["id"]
     with pytest.raises(MergeError, match=rf"id '{lost}' is missing \(planned in chunk-000002"):
         merge(broken)
-
 
 
 def test_claim_output_refuses_other_inputs(tmp_path):

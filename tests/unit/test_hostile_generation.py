@@ -50,15 +50,23 @@ def _hostile_data(root, esconv_dir, speaker: str):
     huge = _huge_text()
     for d in (TRAIN, TEST):
         dialog = dialogues[d]["dialog"]
-        k = next(k for k in range(2, len(dialog) - 2)
-                 if dialog[k]["speaker"] == speaker and dialog[k + 1]["speaker"] != speaker)
+        k = next(
+            k
+            for k in range(2, len(dialog) - 2)
+            if dialog[k]["speaker"] == speaker and dialog[k + 1]["speaker"] != speaker
+        )
         dialog[k]["content"] = huge
     esconv = root / "esconv.json"
     esconv.write_text(json.dumps(dialogues), encoding="utf-8")
-    prepare(DataConfig(esconv=str(esconv),
-                       split=str(esconv_dir / "splits" / "decoupledesc_split.json"),
-                       max_dialogues={"train": 1, "validation": 1, "test": 1},
-                       max_history_messages=6), root / "data")
+    prepare(
+        DataConfig(
+            esconv=str(esconv),
+            split=str(esconv_dir / "splits" / "decoupledesc_split.json"),
+            max_dialogues={"train": 1, "validation": 1, "test": 1},
+            max_history_messages=6,
+        ),
+        root / "data",
+    )
     return root / "data"
 
 
@@ -79,7 +87,7 @@ def _check_fitted(records, tok, context):
     assert shortened
     for r in records:
         msgs, n = r["messages"], r.get("messages_dropped", 0)
-        kept = msgs[:1] + msgs[1 + n:]
+        kept = msgs[:1] + msgs[1 + n :]
         assert len(prompt_ids(tok, kept)) == r["prompt_tokens"]
         assert r["prompt_tokens"] + MAX_NEW <= context
         last_user = max(i for i, m in enumerate(msgs) if m["role"] == "user")
@@ -89,9 +97,16 @@ def _check_fitted(records, tok, context):
 
 
 def test_mining_fits_a_huge_history_message_to_the_context(setup, long_history, tmp_path):
-    recipe = load_recipe(None, ["wandb.mode=disabled", "mine.n_samples=1",
-                                f"mine.max_new_tokens={MAX_NEW}",
-                                "mine.batch_size=4", "mine.chunk_size=8"])
+    recipe = load_recipe(
+        None,
+        [
+            "wandb.mode=disabled",
+            "mine.n_samples=1",
+            f"mine.max_new_tokens={MAX_NEW}",
+            "mine.batch_size=4",
+            "mine.chunk_size=8",
+        ],
+    )
     out = tmp_path / "mine"
     manifest = mine(recipe, "vanilla", setup / "tiny", long_history, out)
     tok = load_tokenizer(setup / "tiny")
@@ -102,16 +117,23 @@ def test_mining_fits_a_huge_history_message_to_the_context(setup, long_history, 
     assert manifest["generation"]["context"] == context
     assert manifest["counts"]["samples"] == len(chunk_records(out / "chunks")) > len(shortened)
     # the pairs keep the whole prompt: DPO fits it to its own budget
-    assert any(len(m["content"]) >= HUGE for p in read_jsonl(out / "pairs.jsonl")
-               for m in p["prompt"])
+    assert any(
+        len(m["content"]) >= HUGE for p in read_jsonl(out / "pairs.jsonl") for m in p["prompt"]
+    )
 
 
 def test_inference_fits_a_huge_history_message_to_the_context(setup, long_history, tmp_path):
-    recipe = load_recipe(None, ["wandb.mode=disabled", f"infer.max_new_tokens={MAX_NEW}",
-                                "infer.batch_size=4", "infer.chunk_size=8"])
+    recipe = load_recipe(
+        None,
+        [
+            "wandb.mode=disabled",
+            f"infer.max_new_tokens={MAX_NEW}",
+            "infer.batch_size=4",
+            "infer.chunk_size=8",
+        ],
+    )
     out = tmp_path / "infer"
-    manifest = infer(recipe, "vanilla", long_history, "test", out,
-                     model=setup / "parrot-vanilla")
+    manifest = infer(recipe, "vanilla", long_history, "test", out, model=setup / "parrot-vanilla")
     tok = load_tokenizer(setup / "parrot-vanilla")
     shortened = _check_fitted(chunk_records(out / "chunks" / "vanilla"), tok, 1024)
     assert manifest["generation"]["vanilla"]["prompts_shortened"] == len(shortened)
@@ -122,12 +144,30 @@ def test_inference_fits_a_huge_history_message_to_the_context(setup, long_histor
 
 def test_a_huge_last_seeker_message_is_refused_in_one_line(setup, long_seeker, tmp_path):
     out = tmp_path / "mine"
-    r = subprocess.run([sys.executable, "-m", "esc_dist", "mine", "--role", "vanilla",
-                        "--model", str(setup / "tiny"), "--data", str(long_seeker),
-                        "--out", str(out), "mine.n_samples=1", f"mine.max_new_tokens={MAX_NEW}",
-                        "wandb.mode=disabled"],
-                       capture_output=True, text=True, cwd=ROOT, timeout=600,
-                       env=launch_env(OMP_NUM_THREADS="1"))
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "esc_dist",
+            "mine",
+            "--role",
+            "vanilla",
+            "--model",
+            str(setup / "tiny"),
+            "--data",
+            str(long_seeker),
+            "--out",
+            str(out),
+            "mine.n_samples=1",
+            f"mine.max_new_tokens={MAX_NEW}",
+            "wandb.mode=disabled",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+        env=launch_env(OMP_NUM_THREADS="1"),
+    )
     assert r.returncode == 2, r.stderr[-3000:]
     assert "Traceback" not in r.stderr
     errors = [line for line in r.stderr.splitlines() if "esc-dist mine: error:" in line]
@@ -150,8 +190,9 @@ def test_refusal_names_the_dialogue_and_turn_of_an_inference_item(setup, long_se
 
 
 def test_prompts_that_fit_give_the_same_bytes_as_without_fitting(setup, tmp_path, monkeypatch):
-    items = mine_items(setup / "data", "vanilla", MineConfig(n_samples=1, max_turns=12,
-                                                              max_new_tokens=MAX_NEW))
+    items = mine_items(
+        setup / "data", "vanilla", MineConfig(n_samples=1, max_turns=12, max_new_tokens=MAX_NEW)
+    )
     cfg = EngineConfig(batch_size=4, chunk_size=8, seed=3, stream="t")
     fitted = generate(items, setup / "tiny", tmp_path / "fitted", cfg)
     assert fitted["prompts_shortened"] == 0 and fitted["context"] == 1024
@@ -167,10 +208,15 @@ def test_prompts_that_fit_give_the_same_bytes_as_without_fitting(setup, tmp_path
 def test_fitter_keeps_system_and_last_seeker_message(setup):
     tok = load_tokenizer(setup / "tiny")
     long = "word " * 400
-    prompt = [{"role": "system", "content": "be kind"}, {"role": "assistant", "content": "hi"},
-              {"role": "user", "content": long}, {"role": "assistant", "content": long},
-              {"role": "user", "content": "short"}, {"role": "assistant", "content": "ok"},
-              {"role": "user", "content": "last one"}]
+    prompt = [
+        {"role": "system", "content": "be kind"},
+        {"role": "assistant", "content": "hi"},
+        {"role": "user", "content": long},
+        {"role": "assistant", "content": long},
+        {"role": "user", "content": "short"},
+        {"role": "assistant", "content": "ok"},
+        {"role": "user", "content": "last one"},
+    ]
     fit = HistoryFitter(tok, 200)
 
     def within(kept):

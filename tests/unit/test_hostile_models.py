@@ -29,7 +29,7 @@ def _no_tokenizer(d):
 
 def _truncated(d):
     w = d / "model.safetensors"
-    w.write_bytes(w.read_bytes()[:w.stat().st_size // 2])
+    w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
 
 
 def _garbled_header(d):
@@ -72,9 +72,14 @@ def _broken(setup, tmp_path, how: str):
 
 
 def _run(args):
-    return subprocess.run([sys.executable, "-m", "esc_dist", *args, "wandb.mode=disabled"],
-                          capture_output=True, text=True, cwd=ROOT, timeout=600,
-                          env=launch_env(OMP_NUM_THREADS="1", WANDB_MODE="disabled"))
+    return subprocess.run(
+        [sys.executable, "-m", "esc_dist", *args, "wandb.mode=disabled"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+        env=launch_env(OMP_NUM_THREADS="1", WANDB_MODE="disabled"),
+    )
 
 
 def _assert_one_line(r, command: str, model, problem: str):
@@ -88,23 +93,61 @@ def _assert_one_line(r, command: str, model, problem: str):
 @pytest.mark.parametrize("how", ["no_tokenizer", "truncated", "garbled_header", "no_config"])
 def test_infer_refuses_a_broken_model_in_one_line(setup, tmp_path, how):
     model = _broken(setup, tmp_path, how)
-    r = _run(["infer", "--mode", "vanilla", "--model", str(model), "--data", str(setup / "data"),
-              "--split", "test", "--out", str(tmp_path / "out"), "infer.max_new_tokens=4"])
+    r = _run(
+        [
+            "infer",
+            "--mode",
+            "vanilla",
+            "--model",
+            str(model),
+            "--data",
+            str(setup / "data"),
+            "--split",
+            "test",
+            "--out",
+            str(tmp_path / "out"),
+            "infer.max_new_tokens=4",
+        ]
+    )
     _assert_one_line(r, "infer", model, BREAKS[how][1])
 
 
 @pytest.mark.parametrize("how", ["truncated", "no_tokenizer"])
 def test_mine_refuses_a_broken_model_in_one_line(setup, tmp_path, how):
     model = _broken(setup, tmp_path, how)
-    r = _run(["mine", "--role", "planner", "--model", str(model), "--data", str(setup / "data"),
-              "--out", str(tmp_path / "out"), "mine.n_samples=1", "mine.max_new_tokens=4"])
+    r = _run(
+        [
+            "mine",
+            "--role",
+            "planner",
+            "--model",
+            str(model),
+            "--data",
+            str(setup / "data"),
+            "--out",
+            str(tmp_path / "out"),
+            "mine.n_samples=1",
+            "mine.max_new_tokens=4",
+        ]
+    )
     _assert_one_line(r, "mine", model, BREAKS[how][1])
 
 
 def test_sft_refuses_a_model_without_config_in_one_line(setup, tmp_path):
     model = _broken(setup, tmp_path, "no_config")
-    r = _run(["sft", "--role", "planner", "--model", str(model), "--data", str(setup / "data"),
-              "--out", str(tmp_path / "out")])
+    r = _run(
+        [
+            "sft",
+            "--role",
+            "planner",
+            "--model",
+            str(model),
+            "--data",
+            str(setup / "data"),
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     _assert_one_line(r, "sft", model, "no config.json")
 
 

@@ -27,8 +27,11 @@ CORPUS = TEST_DATA / "tiny_esconv.json"
 def esc(*args, env: dict | None = None, code: str | None = None) -> subprocess.CompletedProcess:
     """``python -m esc_dist ARGS`` (or ``python -c CODE ARGS``) in a fresh process."""
     full_env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": str(ROOT), **(env or {})}
-    cmd = [sys.executable, "-c", code, *map(str, args)] if code else \
-        [sys.executable, "-m", "esc_dist", *map(str, args)]
+    cmd = (
+        [sys.executable, "-c", code, *map(str, args)]
+        if code
+        else [sys.executable, "-m", "esc_dist", *map(str, args)]
+    )
     return subprocess.run(cmd, capture_output=True, text=True, env=full_env, cwd=ROOT)
 
 
@@ -39,8 +42,12 @@ def prepare_args(out, corpus=CORPUS, *extra):
 def snapshot(root: Path) -> dict[str, str]:
     """Every file under ``root`` (or ``root`` itself) by relative path and sha256."""
     files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
-    return {str(p.relative_to(root) if p != root else p.name):
-            hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+    return {
+        str(p.relative_to(root) if p != root else p.name): hashlib.sha256(
+            p.read_bytes()
+        ).hexdigest()
+        for p in files
+    }
 
 
 def refused(r: subprocess.CompletedProcess, path: Path, how: str = "choose another --out"):
@@ -153,8 +160,16 @@ def test_an_output_of_another_stage_is_refused(prepared, tmp_path, preds):
 def test_judge_refuses_its_own_input_directory(user_dir, tmp_path):
     pairs = write_pairs(user_dir / "pairs.jsonl", GENERATOR)
     before = snapshot(user_dir)
-    r = esc("judge", "--role", "generator", "--pairs", pairs, "--out", user_dir,
-            env={"WANDB_MODE": "offline"})
+    r = esc(
+        "judge",
+        "--role",
+        "generator",
+        "--pairs",
+        pairs,
+        "--out",
+        user_dir,
+        env={"WANDB_MODE": "offline"},
+    )
     refused(r, user_dir)
     assert snapshot(user_dir) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]  # no wandb/ left anywhere
@@ -163,8 +178,16 @@ def test_judge_refuses_its_own_input_directory(user_dir, tmp_path):
 def test_judge_validates_its_input_before_writing(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text("{not json\n")
-    r = esc("judge", "--role", "generator", "--pairs", bad, "--out", tmp_path / "out",
-            env={"WANDB_MODE": "offline"})
+    r = esc(
+        "judge",
+        "--role",
+        "generator",
+        "--pairs",
+        bad,
+        "--out",
+        tmp_path / "out",
+        env={"WANDB_MODE": "offline"},
+    )
     assert r.returncode == 2 and "bad.jsonl, line 1" in r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.jsonl"]
 
@@ -172,11 +195,21 @@ def test_judge_validates_its_input_before_writing(tmp_path):
 def test_judge_keeps_wandb_beside_its_output_and_reruns(tmp_path):
     pairs = write_pairs(tmp_path / "pairs.jsonl", GENERATOR)
     out = tmp_path / "prefdial" / "generator"
-    home = {v: str(tmp_path / "wandb-home") for v in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR",
-                                                      "WANDB_DATA_DIR")}
+    home = {
+        v: str(tmp_path / "wandb-home")
+        for v in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR")
+    }
     for _ in range(2):  # the second run replaces its own output
-        r = esc("judge", "--role", "generator", "--pairs", pairs, "--out", out,
-                env={"WANDB_MODE": "offline", **home})
+        r = esc(
+            "judge",
+            "--role",
+            "generator",
+            "--pairs",
+            pairs,
+            "--out",
+            out,
+            env={"WANDB_MODE": "offline", **home},
+        )
         assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in out.parent.iterdir()) == ["generator", "generator.wandb"]
     assert (out.parent / "generator.wandb" / MARKER).read_text() == "judge\n"
@@ -240,8 +273,11 @@ def test_training_refuses_user_dirs_for_export_and_work(user_dir, tmp_path):
     with pytest.raises(ConfigError, match="did not create"):
         claim_outputs("sft", StagePaths(tmp_path / "x", work), [])
     with pytest.raises(ConfigError, match="own input"):
-        claim_outputs("dpo", StagePaths(tmp_path / "m" / "dpo", tmp_path / "m" / "dpo.work"),
-                      [str(tmp_path / "m")])
+        claim_outputs(
+            "dpo",
+            StagePaths(tmp_path / "m" / "dpo", tmp_path / "m" / "dpo.work"),
+            [str(tmp_path / "m")],
+        )
     assert snapshot(user_dir) == before and (work / "mine.txt").read_text() == "x"
     claim_outputs("sft", StagePaths(tmp_path / "ok", tmp_path / "ok.work"), [])
     assert (tmp_path / "ok.work" / MARKER).read_text() == "sft\n"
@@ -356,8 +392,10 @@ def test_eval_rerun_keeps_its_caches(preds, tmp_path):
 @pytest.mark.parametrize("mask", [0o022, 0o077])
 def test_created_files_and_directories_follow_the_umask(tmp_path, mask):
     out = tmp_path / "out"
-    code = ("import os, sys; os.umask(int(sys.argv[1], 8)); sys.argv = sys.argv[1:]; "
-            "from esc_dist.cli import main; sys.exit(main(sys.argv[1:]))")
+    code = (
+        "import os, sys; os.umask(int(sys.argv[1], 8)); sys.argv = sys.argv[1:]; "
+        "from esc_dist.cli import main; sys.exit(main(sys.argv[1:]))"
+    )
     r = esc(oct(mask), *prepare_args(out), code=code)
     assert r.returncode == 0, r.stderr
     for p in (out, out / "vanilla"):
@@ -411,9 +449,22 @@ def test_prepare_killed_leaves_a_whole_output_and_reruns(tmp_path, point):
 def test_two_writers_of_one_output_leave_a_consistent_output(tmp_path):
     out = tmp_path / "data"
     env = dict(os.environ, WANDB_MODE="disabled", PYTHONPATH=str(ROOT))
-    procs = [subprocess.Popen([sys.executable, "-m", "esc_dist", *map(str, prepare_args(
-        out, CORPUS, f"data.split_seed={seed}"))], env=env, cwd=ROOT, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True) for seed in (11, 12)]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "esc_dist",
+                *map(str, prepare_args(out, CORPUS, f"data.split_seed={seed}")),
+            ],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for seed in (11, 12)
+    ]
     results = [(p.wait(), p.stderr.read()) for p in procs]
     assert [rc for rc, _ in results] == [0, 0], results  # both succeed; the last swap wins
     manifest = json.loads((out / "manifest.json").read_text())
@@ -421,7 +472,8 @@ def test_two_writers_of_one_output_leave_a_consistent_output(tmp_path):
     from datasets import load_from_disk
 
     turns = load_from_disk(str(out / "turns"))  # the datasets are those of the manifest
-    assert {k: sorted({int(d.split("-")[1]) for d in v["dialogue_id"]})
-            for k, v in turns.items()} == {k: sorted(v) for k, v in manifest["dialogues"].items()}
+    assert {
+        k: sorted({int(d.split("-")[1]) for d in v["dialogue_id"]}) for k, v in turns.items()
+    } == {k: sorted(v) for k, v in manifest["dialogues"].items()}
     assert (out / MARKER).read_text() == "prepare\n"
     no_temp_dirs(tmp_path)

@@ -77,11 +77,18 @@ def test_redact_text_hides_each_shape(shape):
 
 
 def test_redact_text_keeps_what_is_no_secret():
-    for text in ("judge.api_key_env=OPENAI_API_KEY", "sha256: " + "a" * 64,
-                 "git_commit: " + "b" * 40, "https://api.openai.com/v1", "max_new_tokens: 64",
-                 "runs/tiny-cpu/prefdial/planner/pairs.jsonl"):
+    for text in (
+        "judge.api_key_env=OPENAI_API_KEY",
+        "sha256: " + "a" * 64,
+        "git_commit: " + "b" * 40,
+        "https://api.openai.com/v1",
+        "max_new_tokens: 64",
+        "runs/tiny-cpu/prefdial/planner/pairs.jsonl",
+    ):
         assert redact_text(text) == text
-    assert redact_text("https://alice:pw@judge.example.com/v1") == "https://***@judge.example.com/v1"
+    assert (
+        redact_text("https://alice:pw@judge.example.com/v1") == "https://***@judge.example.com/v1"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -100,8 +107,16 @@ def test_saved_recipe(shape, tmp_path, capsys):
 def test_judge_manifest_and_wandb(shape, tmp_path, capsys, monkeypatch, offline_wandb):
     pairs = write_pairs(tmp_path / "pairs.jsonl", GENERATOR)
     out = tmp_path / "prefdial" / "generator"
-    argv = ["judge", "--role", "generator", "--pairs", str(pairs), "--out", str(out),
-            CARRIERS[shape]]
+    argv = [
+        "judge",
+        "--role",
+        "generator",
+        "--pairs",
+        str(pairs),
+        "--out",
+        str(out),
+        CARRIERS[shape],
+    ]
     monkeypatch.setattr(sys, "argv", ["esc-dist", *argv])  # W&B records the command line
     assert main(argv) == 0
     manifest = read_json(out / "manifest.json")
@@ -111,23 +126,26 @@ def test_judge_manifest_and_wandb(shape, tmp_path, capsys, monkeypatch, offline_
     assert_nowhere(SECRETS[shape], tmp_path, capsys)
 
 
-@pytest.mark.parametrize("shape", ["openai", "openai-project", "anthropic", "huggingface",
-                                   "wandb"])
+@pytest.mark.parametrize("shape", ["openai", "openai-project", "anthropic", "huggingface", "wandb"])
 def test_key_typed_as_the_variable_name(shape, tmp_path, capsys):
     run = tmp_path / "run"
-    assert main(["stage", "init", f"run.output_dir={run}",
-                 f"judge.api_key_env={SECRETS[shape]}"]) == 2
+    assert (
+        main(["stage", "init", f"run.output_dir={run}", f"judge.api_key_env={SECRETS[shape]}"]) == 2
+    )
     _, err = assert_nowhere(SECRETS[shape], tmp_path, capsys)
     assert "'judge.api_key_env'" in err and "put the NAME of the variable here, not the key" in err
     assert len(err.strip().splitlines()) == 1 and not run.exists()
 
 
-@pytest.mark.parametrize("override", [
-    f"judge.concurrency={SECRETS['openai']}",
-    f"judge.timeout=https://alice:{SECRETS['url-password']}@judge.example.com/v1",
-    f"judge.max_retries=Bearer {SECRETS['bearer']}",
-    f"judge.backend={SECRETS['huggingface']}",
-])
+@pytest.mark.parametrize(
+    "override",
+    [
+        f"judge.concurrency={SECRETS['openai']}",
+        f"judge.timeout=https://alice:{SECRETS['url-password']}@judge.example.com/v1",
+        f"judge.max_retries=Bearer {SECRETS['bearer']}",
+        f"judge.backend={SECRETS['huggingface']}",
+    ],
+)
 def test_bad_override_errors_hide_the_value(override, tmp_path, capsys):
     assert main(["stage", "init", f"run.output_dir={tmp_path / 'run'}", override]) == 2
     secret = next(s for s in SECRETS.values() if s in override)
@@ -135,8 +153,9 @@ def test_bad_override_errors_hide_the_value(override, tmp_path, capsys):
     assert "error:" in err and "***" in err
 
 
-@pytest.mark.parametrize("tag", [f"WANDB_API_KEY={SECRETS['wandb']}",
-                                 f"Authorization: Bearer {SECRETS['bearer']}"])
+@pytest.mark.parametrize(
+    "tag", [f"WANDB_API_KEY={SECRETS['wandb']}", f"Authorization: Bearer {SECRETS['bearer']}"]
+)
 def test_secret_as_a_tag_is_refused_without_showing_it(tag, tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["stage", "init", f"run.output_dir={run}", f"wandb.tags=['{tag}']"]) == 2
@@ -160,17 +179,29 @@ def test_saved_url_credentials_are_not_used(monkeypatch):
         LLMClient("https://***@judge.example.com/v1", "m", api_key_env="")
 
 
-def test_key_in_the_environment_works_and_is_written_nowhere(tmp_path, capsys, monkeypatch,
-                                                             offline_wandb):
+def test_key_in_the_environment_works_and_is_written_nowhere(
+    tmp_path, capsys, monkeypatch, offline_wandb
+):
     secret = SECRETS["openai-project"]
     monkeypatch.setenv("ESC_DIST_TEST_JUDGE_KEY", secret)
     server = FakeServer()
     try:
         pairs = write_pairs(tmp_path / "pairs.jsonl", GENERATOR)
         out = tmp_path / "prefdial" / "generator"
-        argv = ["judge", "--role", "generator", "--pairs", str(pairs), "--out", str(out),
-                "--backend", "openai", f"judge.base_url={server.url}", "judge.model=fake-judge",
-                "judge.api_key_env=ESC_DIST_TEST_JUDGE_KEY"]
+        argv = [
+            "judge",
+            "--role",
+            "generator",
+            "--pairs",
+            str(pairs),
+            "--out",
+            str(out),
+            "--backend",
+            "openai",
+            f"judge.base_url={server.url}",
+            "judge.model=fake-judge",
+            "judge.api_key_env=ESC_DIST_TEST_JUDGE_KEY",
+        ]
         monkeypatch.setattr(sys, "argv", ["esc-dist", *argv])
         assert main(argv) == 0
     finally:

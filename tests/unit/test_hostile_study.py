@@ -18,8 +18,23 @@ from esc_dist.names import is_name, markdown_text, plot_text
 from tests.unit.test_eval_report import fixture_preds, wandb_env  # noqa: F401 (fixtures)
 from tests.unit.test_human_eval import ALL_A, NAME1, NAME2, _pair, _pred, _study, _write
 
-BAD_NAMES = ["alice\n", "a\nb", "a\tb", "a b", "x$y$", "$\\alpha$", "a|b", "<b>x</b>", "a,b",
-             "a/b", "", "-lead", "a" * 65, "é", "a\r"]
+BAD_NAMES = [
+    "alice\n",
+    "a\nb",
+    "a\tb",
+    "a b",
+    "x$y$",
+    "$\\alpha$",
+    "a|b",
+    "<b>x</b>",
+    "a,b",
+    "a/b",
+    "",
+    "-lead",
+    "a" * 65,
+    "é",
+    "a\r",
+]
 
 
 def one_line_error(capsys, command: str, needle: str) -> str:
@@ -44,21 +59,38 @@ def test_the_character_set(name):
 def test_recipe_names_are_checked(key, value, tmp_path, capsys):
     run = tmp_path / "run"
     # double-quoted YAML: \n and \t are the characters
-    assert main(["stage", "init", f"run.output_dir={run}",
-                 f"{key}=\"{value[1:-1]}\""]) == 2
+    assert main(["stage", "init", f"run.output_dir={run}", f'{key}="{value[1:-1]}"']) == 2
     one_line_error(capsys, "stage", f"'{key}'")
     assert not run.exists()
 
 
 def test_a_tag_with_a_newline_is_refused(tmp_path, capsys):
-    assert main(["stage", "init", f"run.output_dir={tmp_path / 'run'}",
-                 'wandb.tags=["ok", "two\\nlines"]']) == 2
+    assert (
+        main(
+            [
+                "stage",
+                "init",
+                f"run.output_dir={tmp_path / 'run'}",
+                'wandb.tags=["ok", "two\\nlines"]',
+            ]
+        )
+        == 2
+    )
     one_line_error(capsys, "stage", "'wandb.tags' entry")
 
 
 def test_the_job_plan_stays_one_line_per_job(tmp_path, capsys):
-    assert main(["stage", "jobs", f"run.output_dir={tmp_path / 'run'}",
-                 'run.name="x\\tfake\\nprepare\\tevil"']) == 2
+    assert (
+        main(
+            [
+                "stage",
+                "jobs",
+                f"run.output_dir={tmp_path / 'run'}",
+                'run.name="x\\tfake\\nprepare\\tevil"',
+            ]
+        )
+        == 2
+    )
     one_line_error(capsys, "stage", "'run.name'")
 
 
@@ -73,23 +105,28 @@ def test_annotator_names(name, tmp_path, capsys):
 @pytest.mark.parametrize("names", ["a$b,c", "a\nb,c", "a|b,c", "a,<i>c</i>"])
 def test_system_names_of_a_study(names, tmp_path, capsys):
     a, b = _pair(tmp_path, 2)
-    assert main(["human-eval", "build", str(a), str(b), "--names", names,
-                 "--out", str(tmp_path / "s")]) == 2
+    assert (
+        main(
+            ["human-eval", "build", str(a), str(b), "--names", names, "--out", str(tmp_path / "s")]
+        )
+        == 2
+    )
     one_line_error(capsys, "human-eval", "system name")
     assert not (tmp_path / "s").exists()
 
 
 def test_eval_and_compare_names(tmp_path, fixture_preds, wandb_env, capsys):  # noqa: F811
-    assert main(["eval", str(fixture_preds), "--name", "$x^2$", "--out",
-                 str(tmp_path / "r")]) == 2
+    assert main(["eval", str(fixture_preds), "--name", "$x^2$", "--out", str(tmp_path / "r")]) == 2
     one_line_error(capsys, "eval", "--name")
     assert not (tmp_path / "r").exists()
     assert main(["eval", str(fixture_preds), "--name", "dec", "--out", str(tmp_path / "r")]) == 0
     capsys.readouterr()
-    assert main(["compare", str(tmp_path / "r"), "--names", "$a$", "--out",
-                 str(tmp_path / "c")]) == 2
+    assert (
+        main(["compare", str(tmp_path / "r"), "--names", "$a$", "--out", str(tmp_path / "c")]) == 2
+    )
     one_line_error(capsys, "compare", "system name")
     from esc_dist.eval.plots import plot_preferences  # a chart reads `$` as text, not a formula
+
     plot_preferences({"$\\frac{1}{$": [1.0] * 8}, tmp_path / "p.png", "a $ b $")
     assert (tmp_path / "p.png").stat().st_size > 0
 
@@ -117,11 +154,14 @@ def test_imported_and_older_names_are_escaped_in_the_report(tmp_path, capsys):
         side["A"], side["B"] = swap[side["A"]], swap[side["B"]]
     (study / "key.json").write_text(json.dumps(key))
     with sqlite3.connect(study / "judgments.sqlite") as conn:
-        conn.execute("INSERT INTO annotators VALUES (?, NULL, NULL, 'labelstudio', 'x')",
-                     ("labelstudio:1\n| forged | 1 | 2 |",))
-        conn.executemany("INSERT INTO judgments VALUES (?, ?, ?, ?, 'x')",
-                         [("labelstudio:1\n| forged | 1 | 2 |", "item-0001", c, "A")
-                          for c in ALL_A])
+        conn.execute(
+            "INSERT INTO annotators VALUES (?, NULL, NULL, 'labelstudio', 'x')",
+            ("labelstudio:1\n| forged | 1 | 2 |",),
+        )
+        conn.executemany(
+            "INSERT INTO judgments VALUES (?, ?, ?, ?, 'x')",
+            [("labelstudio:1\n| forged | 1 | 2 |", "item-0001", c, "A") for c in ALL_A],
+        )
     assert main(["human-eval", "report", str(study), "--bootstrap", "10"]) == 0
     md = (study / "report" / "report.md").read_text()
     table = [x for x in md.splitlines() if x.startswith("|")]
@@ -134,10 +174,20 @@ def test_imported_and_older_names_are_escaped_in_the_report(tmp_path, capsys):
 def test_labelstudio_user_ids_are_names(completed_by, tmp_path, capsys):
     study = _study(tmp_path, 2)
     item = Study.open(study).items[0]
-    export = [{"data": {"item_id": item["item_id"], "reply_a": item["A"], "reply_b": item["B"]},
-               "annotations": [{"completed_by": completed_by, "result": [
-                   {"from_name": c, "type": "choices", "value": {"choices": ["A"]}}
-                   for c in ALL_A]}]}]
+    export = [
+        {
+            "data": {"item_id": item["item_id"], "reply_a": item["A"], "reply_b": item["B"]},
+            "annotations": [
+                {
+                    "completed_by": completed_by,
+                    "result": [
+                        {"from_name": c, "type": "choices", "value": {"choices": ["A"]}}
+                        for c in ALL_A
+                    ],
+                }
+            ],
+        }
+    ]
     path = tmp_path / "export.json"
     path.write_text(json.dumps(export))
     assert main(["human-eval", "import-labelstudio", str(study), str(path)]) == 2
@@ -149,19 +199,32 @@ def test_labelstudio_user_ids_are_names(completed_by, tmp_path, capsys):
 # A study pairs replies to the same turns
 
 
-@pytest.mark.parametrize("field,value", [("turn_index", 7), ("gold_reply", "Something else."),
-                                         ("dialogue_id", "esconv-9999"),
-                                         ("history", [{"role": "seeker", "text": "Other."}])])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("turn_index", 7),
+        ("gold_reply", "Something else."),
+        ("dialogue_id", "esconv-9999"),
+        ("history", [{"role": "seeker", "text": "Other."}]),
+    ],
+)
 def test_paired_records_must_be_the_same_turn(field, value, tmp_path, capsys):
     a = _write(tmp_path / "a.jsonl", [_pred(i, f"first {i}") for i in range(4)])
     rows = [_pred(i, f"second {i}") for i in range(4)]
     rows[2][field] = value
     b = _write(tmp_path / "b.jsonl", rows)
-    with pytest.raises(DataError, match=rf"1 id\(s\) name another turn.*{rows[2]['id']} "
-                                        rf"\({field}\)"):
+    with pytest.raises(
+        DataError,
+        match=rf"1 id\(s\) name another turn.*{rows[2]['id']} "
+        rf"\({field}\)",
+    ):
         build_study(a, b, "x,y", tmp_path / "s")
-    assert main(["human-eval", "build", str(a), str(b), "--names", "x,y", "--out",
-                 str(tmp_path / "s")]) == 2
+    assert (
+        main(
+            ["human-eval", "build", str(a), str(b), "--names", "x,y", "--out", str(tmp_path / "s")]
+        )
+        == 2
+    )
     one_line_error(capsys, "human-eval", f"({field})")
     assert not (tmp_path / "s").exists()
 
@@ -170,12 +233,15 @@ def test_paired_records_must_be_the_same_turn(field, value, tmp_path, capsys):
 # A damaged database
 
 
-@pytest.mark.parametrize("damage", [
-    "DROP TABLE judgments",
-    "ALTER TABLE annotators RENAME TO people",
-    "DROP TABLE annotators",
-    "ALTER TABLE judgments RENAME COLUMN choice TO pick",
-])
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "DROP TABLE judgments",
+        "ALTER TABLE annotators RENAME TO people",
+        "DROP TABLE annotators",
+        "ALTER TABLE judgments RENAME COLUMN choice TO pick",
+    ],
+)
 def test_a_damaged_table_is_one_line(damage, tmp_path, capsys):
     study = _study(tmp_path, 2)
     token = Study.open(study).add_annotator("alice")
@@ -184,8 +250,7 @@ def test_a_damaged_table_is_one_line(damage, tmp_path, capsys):
     with sqlite3.connect(study / "judgments.sqlite") as conn:
         conn.execute("PRAGMA foreign_keys = OFF")
         conn.execute(damage)
-    for argv in (["report", str(study), "--bootstrap", "10"],
-                 ["add-annotator", str(study), "bob"]):
+    for argv in (["report", str(study), "--bootstrap", "10"], ["add-annotator", str(study), "bob"]):
         assert main(["human-eval", *argv]) == 2
         one_line_error(capsys, "human-eval", "judgments database cannot be used")
     with pytest.raises(DataError):
@@ -199,8 +264,12 @@ def test_a_name_with_a_line_break_keeps_the_error_on_one_line(tmp_path, capsys):
     rows = [_pred(i, "y") for i in range(2)]
     rows[0]["id"] = "line\nbreak"
     b = _write(tmp_path / "b.jsonl", rows)
-    assert main(["human-eval", "build", str(a), str(b), "--names", "x,y", "--out",
-                 str(tmp_path / "s2")]) == 2
+    assert (
+        main(
+            ["human-eval", "build", str(a), str(b), "--names", "x,y", "--out", str(tmp_path / "s2")]
+        )
+        == 2
+    )
     one_line_error(capsys, "human-eval", "line\\nbreak")
 
 
@@ -212,8 +281,21 @@ def test_an_empty_pairs_file_is_not_judged(tmp_path, capsys):
     pairs = tmp_path / "pairs.jsonl"
     for content in ("", "\n\n"):
         pairs.write_text(content)
-        assert main(["judge", "--role", "generator", "--pairs", str(pairs), "--out",
-                     str(tmp_path / "out"), "wandb.mode=disabled"]) == 2
+        assert (
+            main(
+                [
+                    "judge",
+                    "--role",
+                    "generator",
+                    "--pairs",
+                    str(pairs),
+                    "--out",
+                    str(tmp_path / "out"),
+                    "wandb.mode=disabled",
+                ]
+            )
+            == 2
+        )
         one_line_error(capsys, "judge", f"{pairs}: no pairs to judge")
         assert not (tmp_path / "out").exists()
 
@@ -227,8 +309,12 @@ def test_a_bad_byte_is_told_at_its_line(bad_line, tmp_path, capsys):
     lines[bad_line - 1] = lines[bad_line - 1].replace(b"reply", b"r\xe9ply")  # latin-1
     b = tmp_path / "b.jsonl"
     b.write_bytes(b"\n".join(lines))
-    assert main(["human-eval", "build", str(a), str(b), "--names", "x,y", "--out",
-                 str(tmp_path / "s")]) == 2
+    assert (
+        main(
+            ["human-eval", "build", str(a), str(b), "--names", "x,y", "--out", str(tmp_path / "s")]
+        )
+        == 2
+    )
     one_line_error(capsys, "human-eval", f"{b}, line {bad_line}: not UTF-8 text")
 
 

@@ -32,15 +32,27 @@ NAME1, NAME2 = "Zephyr-DPO", "Quokka-SFT"  # names that cannot occur in any repl
 
 
 def _pred(i: int, reply: str, history: bool = True) -> dict:
-    rec = {"id": f"esconv-{i // 3:04d}-t{i % 3:03d}", "dialogue_id": f"esconv-{i // 3:04d}",
-           "turn_index": i % 3, "gold_strategy": "Question", "gold_reply": "How are you?",
-           "pred_strategy": "Question", "pred_strategy_raw": "Question", "pred_reply": reply,
-           "mode": "decoupled"}
+    rec = {
+        "id": f"esconv-{i // 3:04d}-t{i % 3:03d}",
+        "dialogue_id": f"esconv-{i // 3:04d}",
+        "turn_index": i % 3,
+        "gold_strategy": "Question",
+        "gold_reply": "How are you?",
+        "pred_strategy": "Question",
+        "pred_strategy_raw": "Question",
+        "pred_reply": reply,
+        "mode": "decoupled",
+    }
     if history:
-        rec["history"] = [{"role": "seeker", "text": f"I lost my job {i}.", "strategy": None},
-                          {"role": "supporter", "text": " ", "strategy": None},
-                          {"role": "supporter", "text": f"That sounds hard {i}.",
-                           "strategy": "Reflection of feelings"}]
+        rec["history"] = [
+            {"role": "seeker", "text": f"I lost my job {i}.", "strategy": None},
+            {"role": "supporter", "text": " ", "strategy": None},
+            {
+                "role": "supporter",
+                "text": f"That sounds hard {i}.",
+                "strategy": "Reflection of feelings",
+            },
+        ]
     return rec
 
 
@@ -51,8 +63,13 @@ def _write(path: Path, rows: list[dict]) -> Path:
 
 def _pair(tmp: Path, n: int, history: bool = True, identical: tuple[int, ...] = ()):
     a = _write(tmp / "a.jsonl", [_pred(i, f"first reply {i}", history) for i in range(n)])
-    b = _write(tmp / "b.jsonl", [_pred(i, f"first reply {i}" if i in identical
-                                       else f"second reply {i}", history) for i in range(n)])
+    b = _write(
+        tmp / "b.jsonl",
+        [
+            _pred(i, f"first reply {i}" if i in identical else f"second reply {i}", history)
+            for i in range(n)
+        ],
+    )
     return a, b
 
 
@@ -106,9 +123,13 @@ def test_items_are_blind_and_sides_balanced_and_seeded(tmp_path):
 def test_key_unblinds(tmp_path):
     study = _study(tmp_path, n=9)
     key = _key(study)
-    replies = {name: {r["id"]: r["pred_reply"] for r in
-                      map(json.loads, (tmp_path / f).read_text().splitlines())}
-               for name, f in ((NAME1, "a.jsonl"), (NAME2, "b.jsonl"))}
+    replies = {
+        name: {
+            r["id"]: r["pred_reply"]
+            for r in map(json.loads, (tmp_path / f).read_text().splitlines())
+        }
+        for name, f in ((NAME1, "a.jsonl"), (NAME2, "b.jsonl"))
+    }
     assert key["systems"] == {"system 1": NAME1, "system 2": NAME2}
     for it in _items(study):
         side = key["items"][it["item_id"]]
@@ -121,8 +142,10 @@ def test_sample_of_items(tmp_path):
     a, b = _pair(tmp_path, 10)
     build_study(a, b, [NAME1, NAME2], tmp_path / "s", items=4, seed=7)
     key = _key(tmp_path / "s")
-    assert len(_items(tmp_path / "s")) == 4 and sum(
-        s["A"] == NAME1 for s in key["items"].values()) == 2
+    assert (
+        len(_items(tmp_path / "s")) == 4
+        and sum(s["A"] == NAME1 for s in key["items"].values()) == 2
+    )
     build_study(a, b, [NAME1, NAME2], tmp_path / "t", items=4, seed=7)
     assert _key(tmp_path / "t")["items"] == key["items"]
 
@@ -131,12 +154,19 @@ def test_contexts_from_prepared_data(tmp_path, esconv_dir):
     from esc_dist.config import DataConfig
     from esc_dist.data.tasks import load_task, prepare
 
-    prepare(DataConfig(esconv=str(esconv_dir / "esconv.json"),
-                       split=str(esconv_dir / "splits" / "decoupledesc_split.json"),
-                       max_dialogues={"train": 1, "validation": 1, "test": 1}), tmp_path / "data")
+    prepare(
+        DataConfig(
+            esconv=str(esconv_dir / "esconv.json"),
+            split=str(esconv_dir / "splits" / "decoupledesc_split.json"),
+            max_dialogues={"train": 1, "validation": 1, "test": 1},
+        ),
+        tmp_path / "data",
+    )
     turns = list(load_task(tmp_path / "data", "turns")["test"])[:5]
-    rows = [{**_pred(0, "x", history=False), "id": t["id"], "pred_reply": f"reply {k}"}
-            for k, t in enumerate(turns)]
+    rows = [
+        {**_pred(0, "x", history=False), "id": t["id"], "pred_reply": f"reply {k}"}
+        for k, t in enumerate(turns)
+    ]
     a = _write(tmp_path / "a.jsonl", rows)
     b = _write(tmp_path / "b.jsonl", [{**r, "pred_reply": r["pred_reply"] + "!"} for r in rows])
     build_study(a, b, "x,y", tmp_path / "s", data_dir=tmp_path / "data")
@@ -144,8 +174,9 @@ def test_contexts_from_prepared_data(tmp_path, esconv_dir):
     key = _key(tmp_path / "s")
     for it in _items(tmp_path / "s"):
         history = by_turn[key["items"][it["item_id"]]["turn_id"]]["history"]
-        assert it["context"] == [{"role": m["role"], "text": m["text"]} for m in history
-                                 if m["text"].strip()]
+        assert it["context"] == [
+            {"role": m["role"], "text": m["text"]} for m in history if m["text"].strip()
+        ]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -169,8 +200,10 @@ def test_tokens(tmp_path):
             assert not any(t.encode() in data for t in (t_alice, t_bob, new)), p
     with sqlite3.connect(study.db) as conn:
         rows = conn.execute("SELECT name, token_hash FROM annotators ORDER BY name").fetchall()
-    assert rows == [("alice", hashlib.sha256(new.encode()).digest()),
-                    ("bob", hashlib.sha256(t_bob.encode()).digest())]
+    assert rows == [
+        ("alice", hashlib.sha256(new.encode()).digest()),
+        ("bob", hashlib.sha256(t_bob.encode()).digest()),
+    ]
 
 
 @pytest.mark.parametrize("name", ["", "has space", "labelstudio:7", "x" * 65, "-dash"])
@@ -210,16 +243,22 @@ def test_orders_differ_and_resume(tmp_path):
 def test_submit_checks_and_rows(tmp_path):
     study = Study.open(_study(tmp_path, n=4))
     study.add_annotator("alice"), study.add_annotator("bob")
-    ok = {"fluency": "A", "professionalism": "tie", "empathy": "B", "helpfulness": "A",
-          "overall": "B"}
-    bad = [("alice", "item-0001", {k: v for k, v in ok.items() if k != "empathy"},
-            "missing empathy"),
-           ("alice", "item-0001", {**ok, "humour": "A"}, "unknown 'humour'"),
-           ("alice", "item-0001", {**ok, "empathy": "C"}, "empathy must be one of A, tie, B"),
-           ("alice", "item-0001", {**ok, "empathy": None}, "got None"),
-           ("alice", "item-9999", ok, "unknown item"),
-           ("mallory", "item-0001", ok, "unknown annotator"),
-           ("alice", "item-0001", ["A"] * 5, "must be a mapping")]
+    ok = {
+        "fluency": "A",
+        "professionalism": "tie",
+        "empathy": "B",
+        "helpfulness": "A",
+        "overall": "B",
+    }
+    bad = [
+        ("alice", "item-0001", {k: v for k, v in ok.items() if k != "empathy"}, "missing empathy"),
+        ("alice", "item-0001", {**ok, "humour": "A"}, "unknown 'humour'"),
+        ("alice", "item-0001", {**ok, "empathy": "C"}, "empathy must be one of A, tie, B"),
+        ("alice", "item-0001", {**ok, "empathy": None}, "got None"),
+        ("alice", "item-9999", ok, "unknown item"),
+        ("mallory", "item-0001", ok, "unknown annotator"),
+        ("alice", "item-0001", ["A"] * 5, "must be a mapping"),
+    ]
     for annotator, item_id, choices, message in bad:
         with pytest.raises(JudgmentError, match=message):
             study.submit(annotator, item_id, choices)
@@ -234,9 +273,11 @@ def test_submit_checks_and_rows(tmp_path):
         rows = set(conn.execute("SELECT annotator, item_id, criterion, choice FROM judgments"))
         mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
     assert mode == "wal"
-    assert rows == ({("alice", "item-0001", c, v) for c, v in ok.items()}
-                    | {("bob", "item-0001", c, "A") for c in CRITERIA}
-                    | {("alice", "item-0003", c, "A") for c in CRITERIA})
+    assert rows == (
+        {("alice", "item-0001", c, v) for c, v in ok.items()}
+        | {("bob", "item-0001", c, "A") for c in CRITERIA}
+        | {("alice", "item-0003", c, "A") for c in CRITERIA}
+    )
 
 
 SUBMITTER = textwrap.dedent("""
@@ -270,9 +311,16 @@ def test_two_processes_submit_at_once(tmp_path):
         study.add_annotator(name)
     start = tmp_path / "start"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    procs = [subprocess.Popen([sys.executable, "-c", SUBMITTER, str(path), me, str(start)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-             for me in ("p1", "p2")]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", SUBMITTER, str(path), me, str(start)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for me in ("p1", "p2")
+    ]
     deadline = time.monotonic() + 120
     while not all(Path(f"{start}.{me}").exists() for me in ("p1", "p2")):
         assert time.monotonic() < deadline and all(p.poll() is None for p in procs)
@@ -283,8 +331,10 @@ def test_two_processes_submit_at_once(tmp_path):
     assert sum(int(o) for o, _ in outs) == 30  # each shared item stored once, by one of them
     with sqlite3.connect(path / "judgments.sqlite") as conn:
         per = dict(conn.execute("SELECT annotator, COUNT(*) FROM judgments GROUP BY annotator"))
-        mixed = conn.execute("SELECT item_id FROM judgments WHERE annotator = 'shared' GROUP BY "
-                             "item_id HAVING COUNT(DISTINCT choice) > 1").fetchall()
+        mixed = conn.execute(
+            "SELECT item_id FROM judgments WHERE annotator = 'shared' GROUP BY "
+            "item_id HAVING COUNT(DISTINCT choice) > 1"
+        ).fetchall()
     assert per == {"p1": 150, "p2": 150, "shared": 150}
     assert mixed == []  # no item holds rows of both processes' submissions
 
@@ -296,13 +346,19 @@ def test_a_held_write_lock_is_waited_for(tmp_path):
     Study.open(path).add_annotator("alice")
     holder = sqlite3.connect(path / "judgments.sqlite", isolation_level=None)
     holder.execute("BEGIN IMMEDIATE")
-    script = ("import sys, time; from esc_dist.humaneval.study import Study; "
-              "s = Study.open(sys.argv[1]); print('ready', flush=True); t = time.time(); "
-              "s.submit('alice', 'item-0002', {c: 'B' for c in Study.CRITERIA}); "
-              "print('stored', round(time.time() - t, 1))")
-    p = subprocess.Popen([sys.executable, "-c", script, str(path)], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, env={**os.environ,
-                                                                 "PYTHONPATH": str(ROOT)})
+    script = (
+        "import sys, time; from esc_dist.humaneval.study import Study; "
+        "s = Study.open(sys.argv[1]); print('ready', flush=True); t = time.time(); "
+        "s.submit('alice', 'item-0002', {c: 'B' for c in Study.CRITERIA}); "
+        "print('stored', round(time.time() - t, 1))"
+    )
+    p = subprocess.Popen(
+        [sys.executable, "-c", script, str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert p.stdout.readline().strip() == "ready"  # imports done: next it submits
     time.sleep(2)
     assert p.poll() is None  # still waiting for the lock
@@ -330,8 +386,12 @@ KILLED = textwrap.dedent("""
 def test_sigkill_loses_no_committed_judgment(tmp_path):
     path = _study(tmp_path, n=10)
     Study.open(path).add_annotator("alice")
-    p = subprocess.Popen([sys.executable, "-c", KILLED, str(path), "4"], stdout=subprocess.PIPE,
-                         text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    p = subprocess.Popen(
+        [sys.executable, "-c", KILLED, str(path), "4"],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     done = [p.stdout.readline().strip() for _ in range(4)]
     p.send_signal(signal.SIGKILL)
     p.wait(timeout=30)
@@ -401,8 +461,7 @@ def _judge(path: Path, table: list[list[int | None]], criteria=CRITERIA, ties=()
                 continue
             system = {0: NAME1, 2: NAME2}.get(label)
             choice = "tie" if label == 1 else ("A" if side["A"] == system else "B")
-            study.submit(name, it["item_id"],
-                         {c: "tie" if c in ties else choice for c in criteria})
+            study.submit(name, it["item_id"], {c: "tie" if c in ties else choice for c in criteria})
     return study
 
 
@@ -422,8 +481,13 @@ def test_report_equals_hand_computation(tmp_path):
     fluency = report["criteria"]["fluency"]
     assert fluency["shares"]["tie"] == 1.0 and fluency["fleiss"]["kappa"] is None
     assert "one category" in fluency["fleiss"]["note"] and fluency["krippendorff"]["alpha"] is None
-    assert report["counts"] == {"items": 4, "judgments": 60, "items_judged": 4, "annotators": 3,
-                                "identical_items": 0}
+    assert report["counts"] == {
+        "items": 4,
+        "judgments": 60,
+        "items_judged": 4,
+        "annotators": 3,
+        "identical_items": 0,
+    }
     assert json.loads((out / "report.json").read_text()) == report
     assert "| overall | 50.0% (6)" in (out / "report.md").read_text()
     assert (out / "win_tie_lose.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -449,8 +513,9 @@ def test_bootstrap_intervals(tmp_path):
     study.add_annotator("a"), study.add_annotator("b")
     for k, item_id in enumerate(study.order("a")):
         for name in ("a", "b"):
-            study.submit(name, item_id, {c: ("A", "tie", "B")[(k + len(name)) % 3]
-                                         for c in CRITERIA})
+            study.submit(
+                name, item_id, {c: ("A", "tie", "B")[(k + len(name)) % 3] for c in CRITERIA}
+            )
     r1 = write_report(path, tmp_path / "r1", n_resamples=300, seed=5)[0]
     r2 = write_report(path, tmp_path / "r2", n_resamples=300, seed=5)[0]
     r3 = write_report(path, tmp_path / "r3", n_resamples=300, seed=6)[0]
@@ -475,7 +540,8 @@ def test_labelstudio_round_trip(tmp_path):
     assert NAME1 not in json.dumps(tasks) and NAME2 not in json.dumps(tasks)
     config = ET.fromstring((tmp_path / "ls" / "labeling_config.xml").read_text())
     assert {c.get("name"): [x.get("value") for x in c] for c in config.iter("Choices")} == {
-        c: ["A", "tie", "B"] for c in CRITERIA}
+        c: ["A", "tie", "B"] for c in CRITERIA
+    }
     # what Label Studio exports after three users labelled the same as the native annotators
     native_rows = {(a, i): {} for a, i, _, _ in Study.open(native).judgments()}
     for a, i, c, v in Study.open(native).judgments():
@@ -484,19 +550,35 @@ def test_labelstudio_round_trip(tmp_path):
     export = []
     for t, task in enumerate(tasks):
         item_id = task["data"]["item_id"]
-        annotations = [{"id": 10 * t + k, "completed_by": users[a], "was_cancelled": False,
-                        "result": [{"from_name": c, "to_name": "reply_a", "type": "choices",
-                                    "value": {"choices": [v]}} for c, v in
-                                   native_rows[a, item_id].items()]
-                        + [{"from_name": "notes", "type": "textarea", "value": {"text": ["hm"]}}]}
-                       for k, a in enumerate("abc") if (a, item_id) in native_rows]
+        annotations = [
+            {
+                "id": 10 * t + k,
+                "completed_by": users[a],
+                "was_cancelled": False,
+                "result": [
+                    {
+                        "from_name": c,
+                        "to_name": "reply_a",
+                        "type": "choices",
+                        "value": {"choices": [v]},
+                    }
+                    for c, v in native_rows[a, item_id].items()
+                ]
+                + [{"from_name": "notes", "type": "textarea", "value": {"text": ["hm"]}}],
+            }
+            for k, a in enumerate("abc")
+            if (a, item_id) in native_rows
+        ]
         annotations.append({"completed_by": 4, "was_cancelled": True, "result": []})
         annotations.append({"completed_by": 5, "result": annotations[0]["result"][:2]})
         export.append({"id": t + 1, "data": task["data"], "annotations": annotations})
     (tmp_path / "export.json").write_text(json.dumps(export))
     counts = import_export(via_ls, tmp_path / "export.json")
     assert (counts["new"], counts["annotators"], counts["skipped"]) == (
-        11, 3, {"cancelled": 4, "incomplete": 4})
+        11,
+        3,
+        {"cancelled": 4, "incomplete": 4},
+    )
     again = import_export(via_ls, tmp_path / "export.json")
     assert (again["new"], again["unchanged"]) == (0, 11)
     r_native = write_report(native, n_resamples=200)[0]
@@ -512,8 +594,23 @@ def test_labelstudio_round_trip(tmp_path):
 def test_cli_flow(tmp_path, capsys):
     a, b = _pair(tmp_path, 6)
     study = tmp_path / "s"
-    assert main(["human-eval", "build", str(a), str(b), "--names", f"{NAME1},{NAME2}",
-                 "--out", str(study), "--seed", "4"]) == 0
+    assert (
+        main(
+            [
+                "human-eval",
+                "build",
+                str(a),
+                str(b),
+                "--names",
+                f"{NAME1},{NAME2}",
+                "--out",
+                str(study),
+                "--seed",
+                "4",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     assert main(["human-eval", "add-annotator", str(study), "alice"]) == 0
     out, err = capsys.readouterr()
@@ -523,8 +620,20 @@ def test_cli_flow(tmp_path, capsys):
     assert s.authenticate(token) == "alice"
     while (item := s.next_item("alice")) is not None:
         s.submit("alice", item["item_id"], ALL_A)
-    assert main(["human-eval", "report", str(study), "--bootstrap", "100",
-                 "--config", str(ROOT / "configs" / "tiny-cpu.yaml")]) == 0
+    assert (
+        main(
+            [
+                "human-eval",
+                "report",
+                str(study),
+                "--bootstrap",
+                "100",
+                "--config",
+                str(ROOT / "configs" / "tiny-cpu.yaml"),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert f"# Human evaluation: {NAME1} vs {NAME2}" in out and token not in out
     assert (study / "report" / "report.json").is_file()
@@ -542,35 +651,68 @@ def _cli_error(capsys, args: list[str], needle: str) -> str:
 def test_cli_errors(tmp_path, capsys):
     a, b = _pair(tmp_path, 6)
     c = _write(tmp_path / "c.jsonl", [_pred(i, "r") for i in range(1, 7)])
-    line = _cli_error(capsys, ["build", str(a), str(c), "--names", "x,y", "--out",
-                               str(tmp_path / "s")], "not predictions of the same turns")
+    line = _cli_error(
+        capsys,
+        ["build", str(a), str(c), "--names", "x,y", "--out", str(tmp_path / "s")],
+        "not predictions of the same turns",
+    )
     assert str(a) in line and str(c) in line and "esconv-0000-t000" in line
     (tmp_path / "nohist").mkdir()
     a0, b0 = _pair(tmp_path / "nohist", 3, history=False)
-    _cli_error(capsys, ["build", str(a0), str(b0), "--names", "x,y", "--out",
-                        str(tmp_path / "s")], "give --data DIR")
-    _cli_error(capsys, ["build", str(a), str(b), "--names", "x,x", "--out", str(tmp_path / "s")],
-               "different names")
-    _cli_error(capsys, ["build", str(a), str(b), "--names", "x,y", "--out", str(tmp_path / "s"),
-                        "--items", "7"], "--items 7: choose 1 to 6")
-    assert main(["human-eval", "build", str(a), str(b), "--names", "x,y", "--out",
-                 str(tmp_path / "s")]) == 0
+    _cli_error(
+        capsys,
+        ["build", str(a0), str(b0), "--names", "x,y", "--out", str(tmp_path / "s")],
+        "give --data DIR",
+    )
+    _cli_error(
+        capsys,
+        ["build", str(a), str(b), "--names", "x,x", "--out", str(tmp_path / "s")],
+        "different names",
+    )
+    _cli_error(
+        capsys,
+        ["build", str(a), str(b), "--names", "x,y", "--out", str(tmp_path / "s"), "--items", "7"],
+        "--items 7: choose 1 to 6",
+    )
+    assert (
+        main(
+            ["human-eval", "build", str(a), str(b), "--names", "x,y", "--out", str(tmp_path / "s")]
+        )
+        == 0
+    )
     study = tmp_path / "s"
-    _cli_error(capsys, ["build", str(a), str(b), "--names", "x,y", "--out", str(study)],
-               "a study is built once")
+    _cli_error(
+        capsys,
+        ["build", str(a), str(b), "--names", "x,y", "--out", str(study)],
+        "a study is built once",
+    )
     _cli_error(capsys, ["report", str(study)], "no judgments yet")
     _cli_error(capsys, ["add-annotator", str(study), "bad name"], "annotator name 'bad name'")
     _cli_error(capsys, ["add-annotator", str(study), "bob", "--rotate"], "no annotator 'bob'")
     _cli_error(capsys, ["report", str(tmp_path)], "study.json: study file not found")
     result = [{"from_name": "empathy", "type": "choices", "value": {"choices": ["C"]}}]
-    (tmp_path / "export.json").write_text(json.dumps([{
-        "data": {"item_id": "item-0001"}, "annotations": [{"completed_by": 1, "result": result}]}]))
-    line = _cli_error(capsys, ["import-labelstudio", str(study), str(tmp_path / "export.json")],
-                      "task 0 (item-0001), annotation 0: empathy: expected one choice")
+    (tmp_path / "export.json").write_text(
+        json.dumps(
+            [
+                {
+                    "data": {"item_id": "item-0001"},
+                    "annotations": [{"completed_by": 1, "result": result}],
+                }
+            ]
+        )
+    )
+    line = _cli_error(
+        capsys,
+        ["import-labelstudio", str(study), str(tmp_path / "export.json")],
+        "task 0 (item-0001), annotation 0: empathy: expected one choice",
+    )
     assert "export.json" in line
     (tmp_path / "export.json").write_text('{"not": "a list"}')
-    _cli_error(capsys, ["import-labelstudio", str(study), str(tmp_path / "export.json")],
-               "expected a JSON list of tasks")
+    _cli_error(
+        capsys,
+        ["import-labelstudio", str(study), str(tmp_path / "export.json")],
+        "expected a JSON list of tasks",
+    )
     # a changed items file, a broken key
     key = json.loads((study / "key.json").read_text())
     (study / "key.json").write_text(json.dumps({**key, "items": {}}))
@@ -581,8 +723,11 @@ def test_cli_errors(tmp_path, capsys):
         f.write('{"item_id": "item-0099", "context": [], "A": "", "B": ""}\n')
     _cli_error(capsys, ["report", str(study)], "changed since the study was built")
     (study / "items.jsonl").write_text('{"item_id": "item-0001", "context": "hi"}\n')
-    _cli_error(capsys, ["export-labelstudio", str(study), "--out", str(tmp_path / "ls")],
-               "items.jsonl, line 1: missing key(s) 'A', 'B'")
+    _cli_error(
+        capsys,
+        ["export-labelstudio", str(study), "--out", str(tmp_path / "ls")],
+        "items.jsonl, line 1: missing key(s) 'A', 'B'",
+    )
 
 
 def test_missing_extra_is_one_line(tmp_path, capsys, monkeypatch):
@@ -594,16 +739,31 @@ def test_missing_extra_is_one_line(tmp_path, capsys, monkeypatch):
 
 def test_subprocess_error_is_one_line(tmp_path):
     a, _ = _pair(tmp_path, 3)
-    r = run_cli(["human-eval", "build", str(a), str(tmp_path / "missing.jsonl"), "--names",
-                 "x,y", "--out", "{tmp}/s"], tmp_path)
+    r = run_cli(
+        [
+            "human-eval",
+            "build",
+            str(a),
+            str(tmp_path / "missing.jsonl"),
+            "--names",
+            "x,y",
+            "--out",
+            "{tmp}/s",
+        ],
+        tmp_path,
+    )
     assert_one_line_error(r, "human-eval", "missing.jsonl")
 
 
 def test_the_page_context_is_escaped():
     from esc_dist.app.annotate import context_html
 
-    out = context_html([{"role": "seeker", "text": "<script>x()</script> & <b>hi</b>"},
-                        {"role": "supporter", "text": "ok"}])
+    out = context_html(
+        [
+            {"role": "seeker", "text": "<script>x()</script> & <b>hi</b>"},
+            {"role": "supporter", "text": "ok"},
+        ]
+    )
     assert "<script>" not in out and "<b>hi" not in out
     assert "&lt;script&gt;x()&lt;/script&gt; &amp; &lt;b&gt;hi&lt;/b&gt;" in out
     assert out.count("<p ") == 2

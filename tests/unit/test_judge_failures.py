@@ -34,11 +34,25 @@ def judge(tmp_path, url, *extra):
     pairs = tmp_path / "pairs.jsonl"
     if not pairs.exists():
         write_pairs(pairs, GENERATOR)
-    return main(["judge", "--role", "generator", "--pairs", str(pairs),
-                 "--out", str(tmp_path / "prefdial"), "--backend", "openai",
-                 f"judge.base_url={url}", "judge.model=fake-judge",
-                 "judge.api_key_env=ESC_DIST_NO_KEY", "judge.max_retries=1", "wandb.mode=disabled",
-                 *extra])
+    return main(
+        [
+            "judge",
+            "--role",
+            "generator",
+            "--pairs",
+            str(pairs),
+            "--out",
+            str(tmp_path / "prefdial"),
+            "--backend",
+            "openai",
+            f"judge.base_url={url}",
+            "judge.model=fake-judge",
+            "judge.api_key_env=ESC_DIST_NO_KEY",
+            "judge.max_retries=1",
+            "wandb.mode=disabled",
+            *extra,
+        ]
+    )
 
 
 def always_500(body):
@@ -62,8 +76,9 @@ def test_endpoint_answering_500_fails_the_judge(tmp_path, server, capsys):
     assert not (tmp_path / "prefdial").exists()
 
 
-def test_unreachable_endpoint_fails_the_judge_and_keeps_the_previous_output(tmp_path, server,
-                                                                             capsys):
+def test_unreachable_endpoint_fails_the_judge_and_keeps_the_previous_output(
+    tmp_path, server, capsys
+):
     assert judge(tmp_path, server.url) == 0  # a good output first
     assert judge(tmp_path, dead_url()) == 0  # every answer is in the cache: no request is made
     before = snapshot(tmp_path / "prefdial")
@@ -92,15 +107,17 @@ def test_allowed_share_passes_and_is_recorded(tmp_path, server, capsys):
     stats = read_json(out / "stats.json")
     assert stats["judge"]["request_errors"] == stats["judge"]["client"]["request_failures"] == 1
     verdicts = [json.loads(line) for line in (out / "judged.jsonl").read_text().splitlines()]
-    assert [v["verdict"]["reason"] for v in verdicts if v["id"] == "d1-t001#s0"] == \
-        ["judge_request_error"]
+    assert [v["verdict"]["reason"] for v in verdicts if v["id"] == "d1-t001#s0"] == [
+        "judge_request_error"
+    ]
 
 
 def test_llm_scores_fail_unless_the_share_is_allowed(server):
     records = [{"id": f"t{i}", "gold_reply": "g", "pred_reply": f"reply {i}"} for i in range(4)]
     server.respond = always_500
-    cfg = JudgeConfig(backend="openai", model="fake-judge", base_url=server.url, api_key_env="",
-                      max_retries=0)
+    cfg = JudgeConfig(
+        backend="openai", model="fake-judge", base_url=server.url, api_key_env="", max_retries=0
+    )
     with pytest.raises(LLMError, match="LLM scores: 16 of 16 requests failed for good"):
         score_predictions(records, cfg, None)
     cfg.max_failed_share = 1.0
@@ -108,8 +125,9 @@ def test_llm_scores_fail_unless_the_share_is_allowed(server):
     assert out["request_failures"] == 16 and out["scored"] == 0
 
 
-def test_eval_with_unreachable_llm_judge_keeps_the_previous_report(tmp_path, small_setup, capsys,
-                                                                   monkeypatch):
+def test_eval_with_unreachable_llm_judge_keeps_the_previous_report(
+    tmp_path, small_setup, capsys, monkeypatch
+):
     from datasets import load_from_disk
 
     # W&B off as the overrides below say (an exported WANDB_MODE would win over them, and an
@@ -118,18 +136,47 @@ def test_eval_with_unreachable_llm_judge_keeps_the_previous_report(tmp_path, sma
 
     turns = load_from_disk(str(small_setup / "data" / "turns"))["test"]
     pred = tmp_path / "predictions.jsonl"
-    pred.write_text("".join(json.dumps({
-        "id": t["id"], "dialogue_id": t["dialogue_id"], "turn_index": t["turn_index"],
-        "gold_strategy": t["strategy"], "gold_reply": t["reply"], "pred_strategy": t["strategy"],
-        "pred_strategy_raw": t["strategy"], "pred_reply": t["reply"], "mode": "decoupled"}) + "\n"
-        for t in turns))
+    pred.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "id": t["id"],
+                    "dialogue_id": t["dialogue_id"],
+                    "turn_index": t["turn_index"],
+                    "gold_strategy": t["strategy"],
+                    "gold_reply": t["reply"],
+                    "pred_strategy": t["strategy"],
+                    "pred_strategy_raw": t["strategy"],
+                    "pred_reply": t["reply"],
+                    "mode": "decoupled",
+                }
+            )
+            + "\n"
+            for t in turns
+        )
+    )
     out = tmp_path / "report"
     assert main(["eval", str(pred), "--out", str(out), "wandb.mode=disabled"]) == 0
     before = snapshot(out)
-    assert main(["eval", str(pred), "--out", str(out), "--data", str(small_setup / "data"),
-                 "eval.llm_judge=true", "judge.backend=openai", f"judge.base_url={dead_url()}",
-                 "judge.api_key_env=ESC_DIST_NO_KEY", "judge.max_retries=0",
-                 "wandb.mode=disabled"]) == 2
+    assert (
+        main(
+            [
+                "eval",
+                str(pred),
+                "--out",
+                str(out),
+                "--data",
+                str(small_setup / "data"),
+                "eval.llm_judge=true",
+                "judge.backend=openai",
+                f"judge.base_url={dead_url()}",
+                "judge.api_key_env=ESC_DIST_NO_KEY",
+                "judge.max_retries=0",
+                "wandb.mode=disabled",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     n = len(turns)  # the error labels (one request a reply) are asked first
     assert f"psychological error rates: {n} of {n} requests failed for good" in err

@@ -73,14 +73,20 @@ def test_context_phases_and_freshness():
     assert Context.of(dialogue("Hi")).phase == "opening"
     body = dialogue(*OPEN, "My manager keeps moving my deadlines without telling me")
     assert Context.of(body).phase == "body"
-    closing = dialogue(*OPEN, "My manager keeps moving my deadlines", "That sounds stressful.",
-                       "Thanks a lot for the chat, bye")
+    closing = dialogue(
+        *OPEN,
+        "My manager keeps moving my deadlines",
+        "That sounds stressful.",
+        "Thanks a lot for the chat, bye",
+    )
     assert Context.of(closing).phase == "closing"
     fresh = dialogue(*OPEN, "I am so scared of the surgery tomorrow")
     assert Context.of(fresh).last_emotion and Context.of(fresh).last_strong
     # Blank filler between two supporter messages: the seeker's words were answered already.
-    stale = fresh + [{"role": "supporter", "text": "Tell me more.", "strategy": "Question"},
-                     {"role": "seeker", "text": " ", "strategy": None}]
+    stale = fresh + [
+        {"role": "supporter", "text": "Tell me more.", "strategy": "Question"},
+        {"role": "seeker", "text": " ", "strategy": None},
+    ]
     assert not Context.of(stale).last_emotion
 
 
@@ -104,25 +110,33 @@ def test_le2_ignored_emotion():
     assert rules(grief, "I'm so sorry about your cat.") == []  # acknowledges
     assert rules(grief, "How old was your cat?") == []  # takes up the seeker's words
     # Not when the seeker is closing the conversation ...
-    bye = dialogue(*OPEN, "My old cat died yesterday", "That sounds painful.",
-                   "I still feel sad but thanks for listening, bye")
+    bye = dialogue(
+        *OPEN,
+        "My old cat died yesterday",
+        "That sounds painful.",
+        "I still feel sad but thanks for listening, bye",
+    )
     assert rules(bye, "Bye now.") == []
     # ... nor when the emotional message was already answered (blank filler after it).
-    stale = grief + [{"role": "supporter", "text": "That is heartbreaking.", "strategy": None},
-                     {"role": "seeker", "text": " ", "strategy": None}]
+    stale = grief + [
+        {"role": "supporter", "text": "That is heartbreaking.", "strategy": None},
+        {"role": "seeker", "text": " ", "strategy": None},
+    ]
     assert "LE2" not in rules(stale, "What is your favourite film?")
 
 
 def test_es1_advice_before_acknowledgement():
     job = dialogue(*OPEN, "I lost my job today and I am really anxious about money.")
-    assert rules(job, "You should update your resume and apply for a new job this week.") \
-        == ["ES1"]
+    assert rules(job, "You should update your resume and apply for a new job this week.") == ["ES1"]
     # The reply acknowledges before it advises.
-    assert rules(job, "I'm sorry, losing a job is scary. Maybe you could update your resume.") \
-        == []
+    assert rules(job, "I'm sorry, losing a job is scary. Maybe you could update your resume.") == []
     # An earlier supporter turn acknowledged the feeling already.
-    later = dialogue(*OPEN, "I lost my job today and I am really anxious about money.",
-                     "That sounds really stressful, I'm sorry.", "Yes, I do not know what to do.")
+    later = dialogue(
+        *OPEN,
+        "I lost my job today and I am really anxious about money.",
+        "That sounds really stressful, I'm sorry.",
+        "Yes, I do not know what to do.",
+    )
     assert rules(later, "You should update your resume and apply for a new job this week.") == []
     # Advice where no emotion was expressed is fine.
     cook = dialogue(*OPEN, "I want to learn to cook pasta for my friends.")
@@ -130,8 +144,12 @@ def test_es1_advice_before_acknowledgement():
 
 
 def test_tr1_repetition():
-    h = dialogue(*OPEN, "My brother borrowed my car and crashed it.",
-                 "What did your brother say about the crash?", "He said it was not his fault.")
+    h = dialogue(
+        *OPEN,
+        "My brother borrowed my car and crashed it.",
+        "What did your brother say about the crash?",
+        "He said it was not his fault.",
+    )
     assert rules(h, "What did your brother say about the crash?") == ["TR1"]
     assert rules(h, "Whose fault was it according to the insurance?") == []
 
@@ -139,10 +157,16 @@ def test_tr1_repetition():
 def test_tr2_stock_formula():
     h = dialogue(*OPEN, "My sister stopped talking to me after our argument about the wedding.")
     assert rules(h, "Everything will be fine, stay positive!") == ["TR2"]
-    assert rules(h, "Don't worry, a sister often comes around once the wedding argument cools "
-                    "down.") == []  # personal: takes up the seeker's words
-    bye = dialogue(*OPEN, "My sister stopped talking to me", "That must be hard.",
-                   "Thank you so much for listening, bye!")
+    assert (
+        rules(h, "Don't worry, a sister often comes around once the wedding argument cools down.")
+        == []
+    )  # personal: takes up the seeker's words
+    bye = dialogue(
+        *OPEN,
+        "My sister stopped talking to me",
+        "That must be hard.",
+        "Thank you so much for listening, bye!",
+    )
     assert rules(bye, "Good luck, take care!") == []  # closing formulas are fine at the close
 
 
@@ -171,9 +195,13 @@ def test_p_es():
     assert srules(STRESSED, "Providing Suggestions") == ["P-ES"]
     assert srules(STRESSED, "Information") == ["P-ES"]
     assert srules(STRESSED, "Reflection of feelings") == []
-    acked = dialogue(*OPEN, "I have been stressed about my exams.",
-                     "Exams can weigh on anyone.", "Yes, especially the maths one.",
-                     strategies=["Question", "Reflection of feelings"])
+    acked = dialogue(
+        *OPEN,
+        "I have been stressed about my exams.",
+        "Exams can weigh on anyone.",
+        "Yes, especially the maths one.",
+        strategies=["Question", "Reflection of feelings"],
+    )
     assert srules(acked, "Providing Suggestions") == []
 
 
@@ -187,14 +215,26 @@ def test_p_le():
 
 
 def test_p_tr():
-    h = dialogue(*OPEN, "My neighbour plays drums every night.", "I once had a loud neighbour.",
-                 "Did it stop?", "I moved out in the end.", "I cannot afford to move though.",
-                 strategies=["Question", "Self-disclosure", "Self-disclosure"])
+    h = dialogue(
+        *OPEN,
+        "My neighbour plays drums every night.",
+        "I once had a loud neighbour.",
+        "Did it stop?",
+        "I moved out in the end.",
+        "I cannot afford to move though.",
+        strategies=["Question", "Self-disclosure", "Self-disclosure"],
+    )
     assert srules(h, "Self-disclosure") == ["P-TR"]
     assert srules(h, "Question") == []
-    q = dialogue(*OPEN, "My neighbour plays drums every night.", "When does he play?",
-                 "Mostly after ten.", "How long has this been going on?",
-                 "Since the summer started.", strategies=["Question", "Question", "Question"])
+    q = dialogue(
+        *OPEN,
+        "My neighbour plays drums every night.",
+        "When does he play?",
+        "Mostly after ten.",
+        "How long has this been going on?",
+        "Since the summer started.",
+        strategies=["Question", "Question", "Question"],
+    )
     assert srules(q, "Question") == []  # asking again is exploring, not a stock move
     lonely = dialogue(*OPEN, "I feel alone since my best friend moved abroad last month.")
     assert srules(lonely, "Others") == ["P-TR"]  # small talk after expressed emotion
@@ -205,44 +245,83 @@ def test_p_tr():
 # Pairs: keep / drop
 
 
-def pair(role, history, chosen, rejected, pid="d-t001#s0", gold="Reflection of feelings",
-         sampled=None, sampled_reply=None):
-    return {"id": pid, "turn_id": pid.split("#")[0], "role": role,
-            "prompt": [{"role": "system", "content": "sys"}], "history": history,
-            "gold_strategy": gold, "gold_reply": "x", "chosen": chosen, "rejected": rejected,
-            "sampled_strategy": sampled if role != "generator" else gold,
-            "sampled_reply": sampled_reply if role != "planner" else None, "parse_error": None}
+def pair(
+    role,
+    history,
+    chosen,
+    rejected,
+    pid="d-t001#s0",
+    gold="Reflection of feelings",
+    sampled=None,
+    sampled_reply=None,
+):
+    return {
+        "id": pid,
+        "turn_id": pid.split("#")[0],
+        "role": role,
+        "prompt": [{"role": "system", "content": "sys"}],
+        "history": history,
+        "gold_strategy": gold,
+        "gold_reply": "x",
+        "chosen": chosen,
+        "rejected": rejected,
+        "sampled_strategy": sampled if role != "generator" else gold,
+        "sampled_reply": sampled_reply if role != "planner" else None,
+        "parse_error": None,
+    }
 
 
 def test_keep_when_only_rejected_errs():
-    p = pair("generator", SAD_EXAM, "I'm sorry, failing the driving exam twice must be hard.",
-             "Come on, it's not that bad, just move on.",
-             sampled_reply="Come on, it's not that bad, just move on.")
+    p = pair(
+        "generator",
+        SAD_EXAM,
+        "I'm sorry, failing the driving exam twice must be hard.",
+        "Come on, it's not that bad, just move on.",
+        sampled_reply="Come on, it's not that bad, just move on.",
+    )
     v = judge_pair_offline(p)
-    assert v == {"id": p["id"], "chosen_errors": [], "rejected_errors": [LACK_EMPATHY],
-                 "keep": True, "reason": v["reason"], "judge": "offline"}
+    assert v == {
+        "id": p["id"],
+        "chosen_errors": [],
+        "rejected_errors": [LACK_EMPATHY],
+        "keep": True,
+        "reason": v["reason"],
+        "judge": "offline",
+    }
     assert v["reason"].startswith("kept:") and "LE1" in v["reason"]
 
 
 def test_drop_when_chosen_errs_or_rejected_is_clean():
-    bad_chosen = pair("generator", SAD_EXAM, "Come on, it's not that bad, just move on.",
-                      "What is your favourite film?")
+    bad_chosen = pair(
+        "generator",
+        SAD_EXAM,
+        "Come on, it's not that bad, just move on.",
+        "What is your favourite film?",
+    )
     v = judge_pair_offline(bad_chosen)
     assert not v["keep"] and v["chosen_errors"] == [LACK_EMPATHY]
     assert v["reason"].startswith("dropped: chosen")
-    clean = pair("generator", SAD_EXAM, "I'm sorry, that must be hard.",
-                 "Oh no, failing the exam again sounds upsetting.")
+    clean = pair(
+        "generator",
+        SAD_EXAM,
+        "I'm sorry, that must be hard.",
+        "Oh no, failing the exam again sounds upsetting.",
+    )
     v = judge_pair_offline(clean)
     assert not v["keep"] and v["rejected_errors"] == [] and "no error" in v["reason"]
 
 
 def test_planner_pairs():
-    ok = pair("planner", STRESSED, "Reflection of feelings", "Providing Suggestions",
-              sampled="Providing Suggestions")
+    ok = pair(
+        "planner",
+        STRESSED,
+        "Reflection of feelings",
+        "Providing Suggestions",
+        sampled="Providing Suggestions",
+    )
     v = judge_pair_offline(ok)
     assert v["keep"] and v["rejected_errors"] == [EARLY_SHIFT]
-    unparseable = pair("planner", STRESSED, "Reflection of feelings", "I think maybe",
-                       sampled=None)
+    unparseable = pair("planner", STRESSED, "Reflection of feelings", "I think maybe", sampled=None)
     v = judge_pair_offline(unparseable)  # a malformed sample: kept as a rejection, not judged
     assert v["keep"] and v["rejected_errors"] == [] and "unparseable_sample" in v["reason"]
     v = judge_pair_offline(unparseable, keep_unparseable=False)
@@ -253,20 +332,29 @@ def test_planner_pairs():
 
 def test_vanilla_pairs_use_the_reply_without_tag():
     job = dialogue(*OPEN, "I lost my job today and I am really anxious about money.")
-    p = pair("vanilla", job, "[Reflection of feelings] Losing a job is scary, I'm sorry.",
-             "[Providing Suggestions] You should look for a new job tonight.",
-             sampled="Providing Suggestions", sampled_reply="You should look for a new job "
-                                                            "tonight.")
+    p = pair(
+        "vanilla",
+        job,
+        "[Reflection of feelings] Losing a job is scary, I'm sorry.",
+        "[Providing Suggestions] You should look for a new job tonight.",
+        sampled="Providing Suggestions",
+        sampled_reply="You should look for a new job tonight.",
+    )
     v = judge_pair_offline(p)
     assert v["keep"] and v["rejected_errors"] == [EARLY_SHIFT]
 
 
 def test_error_names_and_order():
     assert ERRORS == ("Lack Empathy", "Early Emotion Shift", "Template Response")
-    h = dialogue(*OPEN, "My cat died and I am heartbroken.", "Everything will be fine.",
-                 "I still cry every day.")
-    p = pair("generator", h, "I'm so sorry, losing your cat hurts.",
-             "Everything will be fine.")  # repeats (TR1) and ignores the emotion (LE2)
+    h = dialogue(
+        *OPEN,
+        "My cat died and I am heartbroken.",
+        "Everything will be fine.",
+        "I still cry every day.",
+    )
+    p = pair(
+        "generator", h, "I'm so sorry, losing your cat hurts.", "Everything will be fine."
+    )  # repeats (TR1) and ignores the emotion (LE2)
     v = judge_pair_offline(p)
     assert v["rejected_errors"] == [LACK_EMPATHY, TEMPLATE]
 
@@ -275,8 +363,16 @@ def test_deterministic_and_order_independent():
     pairs = [
         pair("generator", SAD_EXAM, "I'm sorry, that must be hard.", "Ok.", pid=f"d-t{i:03d}#s0")
         for i in range(3)
-    ] + [pair("planner", STRESSED, "Reflection of feelings", "Information", pid="p#s0",
-              sampled="Information")]
+    ] + [
+        pair(
+            "planner",
+            STRESSED,
+            "Reflection of feelings",
+            "Information",
+            pid="p#s0",
+            sampled="Information",
+        )
+    ]
     snapshot = copy.deepcopy(pairs)
     a = judge_pairs(pairs, JudgeConfig())
     b = judge_pairs(copy.deepcopy(pairs), JudgeConfig())

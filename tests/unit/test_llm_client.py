@@ -35,33 +35,51 @@ def key(monkeypatch):
 
 
 def client(server, tmp_path=None, **kw) -> LLMClient:
-    opts = dict(api_key_env=KEY_ENV, concurrency=4, max_retries=3, timeout=5.0,
-                cache_dir=(tmp_path / "cache") if tmp_path else None, base_delay=0.001,
-                max_delay=0.01)
+    opts = dict(
+        api_key_env=KEY_ENV,
+        concurrency=4,
+        max_retries=3,
+        timeout=5.0,
+        cache_dir=(tmp_path / "cache") if tmp_path else None,
+        base_delay=0.001,
+        max_delay=0.01,
+    )
     opts.update(kw)
     return LLMClient(server.url, "fake-judge", **opts)
 
 
 def cfg_for(server, **kw) -> JudgeConfig:
-    return JudgeConfig(backend="openai", model="fake-judge", base_url=server.url,
-                       api_key_env=KEY_ENV, **kw)
+    return JudgeConfig(
+        backend="openai", model="fake-judge", base_url=server.url, api_key_env=KEY_ENV, **kw
+    )
 
 
 def ask(text="hello"):
     return [{"role": "system", "content": "Answer in JSON."}, {"role": "user", "content": text}]
 
 
-SAD = [{"role": "seeker", "text": "Hi", "strategy": None},
-       {"role": "supporter", "text": "Hello, how are you?", "strategy": "Question"},
-       {"role": "seeker", "text": "I feel sad since my friend moved away.", "strategy": None}]
+SAD = [
+    {"role": "seeker", "text": "Hi", "strategy": None},
+    {"role": "supporter", "text": "Hello, how are you?", "strategy": "Question"},
+    {"role": "seeker", "text": "I feel sad since my friend moved away.", "strategy": None},
+]
 
 
 def pair(pid, chosen, rejected, role="generator"):
-    return {"id": pid, "turn_id": pid.split("#")[0], "role": role,
-            "prompt": [{"role": "system", "content": "s"}], "history": SAD,
-            "gold_strategy": "Reflection of feelings", "gold_reply": chosen, "chosen": chosen,
-            "rejected": rejected, "sampled_strategy": "Reflection of feelings",
-            "sampled_reply": rejected, "parse_error": None}
+    return {
+        "id": pid,
+        "turn_id": pid.split("#")[0],
+        "role": role,
+        "prompt": [{"role": "system", "content": "s"}],
+        "history": SAD,
+        "gold_strategy": "Reflection of feelings",
+        "gold_reply": chosen,
+        "chosen": chosen,
+        "rejected": rejected,
+        "sampled_strategy": "Reflection of feelings",
+        "sampled_reply": rejected,
+        "parse_error": None,
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -71,7 +89,7 @@ def pair(pid, chosen, rejected, role="generator"):
 def test_parse_json_answer():
     assert parse_json_answer('{"a": 1}') == {"a": 1}
     assert parse_json_answer('```json\n{"a": [1, 2]}\n```') == {"a": [1, 2]}
-    assert parse_json_answer("```\n{\"a\": 1}\n```") == {"a": 1}
+    assert parse_json_answer('```\n{"a": 1}\n```') == {"a": 1}
     for bad in ('Here you go: {"a": 1}', "[1, 2]", '{"a": 1', "", "```json\n{]\n```"):
         with pytest.raises(JSONAnswerError):
             parse_json_answer(bad)
@@ -93,12 +111,15 @@ def test_well_formed_answers_and_request_shape(server, key):
 
 
 def test_judge_pairs_openai(server, key, tmp_path):
-    pairs = [pair("a#s0", "Losing a friend nearby is hard.", "BAD reply"),
-             pair("b#s0", "That sounds lonely.", "I hear you, that is sad."),
-             pair("c#s0", "BAD chosen", "BAD rejected"),
-             pair("d#s0", "Moving apart hurts.", "MALFORMED please")]
-    verdicts = judge_pairs(pairs, cfg_for(server), tmp_path / "cache",
-                           client=client(server, tmp_path))
+    pairs = [
+        pair("a#s0", "Losing a friend nearby is hard.", "BAD reply"),
+        pair("b#s0", "That sounds lonely.", "I hear you, that is sad."),
+        pair("c#s0", "BAD chosen", "BAD rejected"),
+        pair("d#s0", "Moving apart hurts.", "MALFORMED please"),
+    ]
+    verdicts = judge_pairs(
+        pairs, cfg_for(server), tmp_path / "cache", client=client(server, tmp_path)
+    )
     by = {v["id"]: v for v in verdicts}
     assert [v["id"] for v in verdicts] == ["a#s0", "b#s0", "c#s0", "d#s0"]
     assert by["a#s0"]["keep"] and by["a#s0"]["rejected_errors"] == ["Template Response"]
@@ -109,26 +130,37 @@ def test_judge_pairs_openai(server, key, tmp_path):
 
 
 def test_malformed_answers_are_counted_not_raised(server, key):
-    server.script = [Reply(content="not json at all"),
-                     Reply(content='{"A_errors": ["Rudeness"], "B_errors": []}'),
-                     Reply(raw=b"<html>oops</html>")]
-    pairs = [pair("x#s0", "fine", "fine too"), pair("y#s0", "ok", "also ok"),
-             pair("z#s0", "one", "two")]
+    server.script = [
+        Reply(content="not json at all"),
+        Reply(content='{"A_errors": ["Rudeness"], "B_errors": []}'),
+        Reply(raw=b"<html>oops</html>"),
+    ]
+    pairs = [
+        pair("x#s0", "fine", "fine too"),
+        pair("y#s0", "ok", "also ok"),
+        pair("z#s0", "one", "two"),
+    ]
     c = client(server, concurrency=1)
     # one request in three fails for good: allowed here (by default it fails the judge)
     verdicts = judge_pairs(pairs, cfg_for(server, max_failed_share=0.5), None, client=c)
     # Not JSON, and JSON naming an unknown error: parse errors; a body that is no chat
     # completion at all: a failed request.
-    assert [v["reason"] for v in verdicts] == ["judge_parse_error", "judge_parse_error",
-                                               "judge_request_error"]
+    assert [v["reason"] for v in verdicts] == [
+        "judge_parse_error",
+        "judge_parse_error",
+        "judge_request_error",
+    ]
     assert not any(v["keep"] for v in verdicts)
     assert c.stats()["parse_failures"] == 2 and c.stats()["request_failures"] == 1
 
 
 def test_plain_text_answers_share_cache_and_retries(server, key, tmp_path):
     c = client(server, tmp_path, concurrency=1)
-    server.script = [Reply(status=500, raw=b"{}"), Reply(content=" 4.\n"),
-                     Reply(content="not json, fine here")]
+    server.script = [
+        Reply(status=500, raw=b"{}"),
+        Reply(content=" 4.\n"),
+        Reply(content="not json, fine here"),
+    ]
     results = c.map_text([ask("one"), ask("two"), ask("one")])
     assert [r.ok for r in results] == [True, True, True]
     assert [r.text for r in results] == [" 4.\n", "not json, fine here", " 4.\n"]
@@ -152,8 +184,11 @@ def test_parse_failure_counter(server, key):
 
 def test_429_and_500_are_retried(server, key):
     c = client(server, max_retries=3)
-    server.script = [Reply(status=429, raw=b"{}"), Reply(status=500, raw=b"{}"),
-                     Reply(status=503, raw=b"{}")]
+    server.script = [
+        Reply(status=429, raw=b"{}"),
+        Reply(status=500, raw=b"{}"),
+        Reply(status=503, raw=b"{}"),
+    ]
     res = c.chat_json(ask("A: x\nB: y"))
     assert res.ok
     s = c.stats()
@@ -326,20 +361,36 @@ def candidate_of(body) -> str:
     return body["messages"][-1]["content"].split("Candidate reply to rate:\n")[1].split("\n\n")[0]
 
 
-LOST = [{"role": "seeker", "text": "Hi there", "strategy": None},
-        {"role": "supporter", "text": "Hello, what is on your mind?", "strategy": "Question"},
-        {"role": "seeker", "text": "I lost my keys and my job on the same day.", "strategy": None}]
+LOST = [
+    {"role": "seeker", "text": "Hi there", "strategy": None},
+    {"role": "supporter", "text": "Hello, what is on your mind?", "strategy": "Question"},
+    {"role": "seeker", "text": "I lost my keys and my job on the same day.", "strategy": None},
+]
 
 
 def scored_records(n=3):
-    return [{"id": f"t{i}", "gold_strategy": "Question", "gold_reply": f"GOLD reference {i}",
-             "pred_strategy": "Question", "pred_reply": f"candidate reply number {i}" + "!" * i}
-            for i in range(n)]
+    return [
+        {
+            "id": f"t{i}",
+            "gold_strategy": "Question",
+            "gold_reply": f"GOLD reference {i}",
+            "pred_strategy": "Question",
+            "pred_reply": f"candidate reply number {i}" + "!" * i,
+        }
+        for i in range(n)
+    ]
 
 
 def test_parse_score_is_strict():
-    for text, v in (("4", 4.0), (" 3 ", 3.0), ("4.", 4.0), ("0", 0.0), ("5", 5.0),
-                    ("3.5", 3.5), ("\n2.\n", 2.0)):
+    for text, v in (
+        ("4", 4.0),
+        (" 3 ", 3.0),
+        ("4.", 4.0),
+        ("0", 0.0),
+        ("5", 5.0),
+        ("3.5", 3.5),
+        ("\n2.\n", 2.0),
+    ):
         assert parse_score(text) == v
     for bad in ("", "Score: 4", "**4**", "4/5", "6", "5.5", "four", "4 out of 5", "-1", "4, 5"):
         with pytest.raises(ValueError):
@@ -348,8 +399,9 @@ def test_parse_score_is_strict():
 
 def test_four_rubric_prompts_carry_reference_and_last_seeker_message(server, key):
     records = scored_records(1)
-    out = score_predictions(records, cfg_for(server), None, {"t0": LOST},
-                            client=client(server), keep_per_item=True)
+    out = score_predictions(
+        records, cfg_for(server), None, {"t0": LOST}, client=client(server), keep_per_item=True
+    )
     assert out["protocol"] == PROTOCOL == "four-rubric-with-reference"
     assert len(server.requests) == out["requests"] == 4
     assert sorted(dimension_of(r["body"]) for r in server.requests) == sorted(DIMENSIONS)
@@ -358,8 +410,7 @@ def test_four_rubric_prompts_carry_reference_and_last_seeker_message(server, key
         assert body["temperature"] == 0  # greedy judging
         user = body["messages"][-1]["content"]
         assert "Reference reply (by a human supporter):\nGOLD reference 0\n" in user
-        assert ("The seeker's last message:\nI lost my keys and my job on the same day.\n"
-                in user)
+        assert "The seeker's last message:\nI lost my keys and my job on the same day.\n" in user
         assert "Supporter [Question]: Hello, what is on your mind?" in user  # the context
         assert candidate_of(body) == "candidate reply number 0"
         system = body["messages"][0]["content"]
@@ -381,18 +432,32 @@ def test_malformed_answer_for_one_dimension_keeps_the_other_three(server, key):
     server.respond = respond
     records = scored_records(3)
     c = client(server)
-    out = score_predictions(records, cfg_for(server), None, {r["id"]: LOST for r in records},
-                            client=c, keep_per_item=True)
+    out = score_predictions(
+        records,
+        cfg_for(server),
+        None,
+        {r["id"]: LOST for r in records},
+        client=c,
+        keep_per_item=True,
+    )
     assert out["n"] == 3 and out["requests"] == 12
     assert out["parse_failures"] == 3 and out["request_failures"] == 0
     assert c.stats()["parse_failures"] == 3
     assert out["scored"] == 0 and out["scored_requests"] == 9  # no reply has all four
     assert out["counts"] == {"fluency": 3, "professionalism": 3, "empathy": 3, "helpfulness": 0}
-    assert out["means"] == {"fluency": 4.0, "professionalism": 4.0, "empathy": 4.0,
-                            "helpfulness": None}
+    assert out["means"] == {
+        "fluency": 4.0,
+        "professionalism": 4.0,
+        "empathy": 4.0,
+        "helpfulness": None,
+    }
     for scores in out["items"].values():
-        assert scores == {"fluency": 4.0, "professionalism": 4.0, "empathy": 4.0,
-                          "helpfulness": None}
+        assert scores == {
+            "fluency": 4.0,
+            "professionalism": 4.0,
+            "empathy": 4.0,
+            "helpfulness": None,
+        }
 
 
 def _varied(body) -> Reply:
@@ -400,16 +465,23 @@ def _varied(body) -> Reply:
     dim, cand = dimension_of(body), candidate_of(body)
     if "MALFORMED" in cand:
         return Reply(content="I would say four")
-    return Reply(content=f"{(len(cand) + DIMENSIONS.index(dim)) % 6}" + ("." if "!" in cand
-                                                                          else ""))
+    return Reply(
+        content=f"{(len(cand) + DIMENSIONS.index(dim)) % 6}" + ("." if "!" in cand else "")
+    )
 
 
 def test_means_match_an_independent_computation_and_rerun_is_free(server, key, tmp_path):
     records = scored_records(5) + [{"id": "bad", "gold_reply": "g", "pred_reply": "MALFORMED"}]
     server.respond = _varied
     histories = {r["id"]: LOST for r in records}
-    first = score_predictions(records, cfg_for(server), tmp_path / "cache", histories,
-                              client=client(server, tmp_path), keep_per_item=True)
+    first = score_predictions(
+        records,
+        cfg_for(server),
+        tmp_path / "cache",
+        histories,
+        client=client(server, tmp_path),
+        keep_per_item=True,
+    )
     expected = {}
     for k, dim in enumerate(DIMENSIONS):
         vals = [(len(r["pred_reply"]) + k) % 6 for r in records[:5]]
@@ -421,32 +493,51 @@ def test_means_match_an_independent_computation_and_rerun_is_free(server, key, t
     assert len(server.requests) == first["requests"] == 24
     # A second run on the same cache asks nothing and gives the same scores.
     c = client(server, tmp_path)
-    second = score_predictions(records, cfg_for(server), tmp_path / "cache", histories,
-                               client=c, keep_per_item=True)
+    second = score_predictions(
+        records, cfg_for(server), tmp_path / "cache", histories, client=c, keep_per_item=True
+    )
     assert len(server.requests) == 24 and c.stats()["requests"] == 0
     assert c.stats()["cache_hits"] == 24
-    assert {k: v for k, v in second.items() if k != "client"} == \
-        {k: v for k, v in first.items() if k != "client"}
+    assert {k: v for k, v in second.items() if k != "client"} == {
+        k: v for k, v in first.items() if k != "client"
+    }
 
 
 def test_score_predictions_out_of_range_and_cache(server, key, tmp_path):
-    records = [{"id": "t1", "gold_reply": "g", "pred_reply": "How did that feel?"},
-               {"id": "t2", "gold_reply": "g", "pred_reply": "BAD reply"},
-               {"id": "t3", "gold_reply": "g", "pred_reply": "MALFORMED"}]
+    records = [
+        {"id": "t1", "gold_reply": "g", "pred_reply": "How did that feel?"},
+        {"id": "t2", "gold_reply": "g", "pred_reply": "BAD reply"},
+        {"id": "t3", "gold_reply": "g", "pred_reply": "MALFORMED"},
+    ]
     cfg = cfg_for(server)
-    out = score_predictions(records, cfg, tmp_path / "cache", {"t1": LOST},
-                            client=client(server, tmp_path), keep_per_item=True)
+    out = score_predictions(
+        records,
+        cfg,
+        tmp_path / "cache",
+        {"t1": LOST},
+        client=client(server, tmp_path),
+        keep_per_item=True,
+    )
     assert out["n"] == 3 and out["scored"] == 2 and out["parse_failures"] == 4
-    assert out["means"] == {"fluency": 4.0, "professionalism": 4.0, "empathy": 2.5,
-                            "helpfulness": 4.0}
+    assert out["means"] == {
+        "fluency": 4.0,
+        "professionalism": 4.0,
+        "empathy": 2.5,
+        "helpfulness": 4.0,
+    }
     assert out["counts"] == dict.fromkeys(DIMENSIONS, 2)
     assert out["items"]["t3"] == dict.fromkeys(DIMENSIONS)
     assert out["missing"] == {"history": 2, "reference": 0}
     # Out-of-range scores are malformed too; the rerun of the rest comes from the cache.
     server.script = [Reply(content="9") for _ in range(4)]
     c = client(server, tmp_path, concurrency=1)
-    out2 = score_predictions(records + [{"id": "t4", "gold_reply": "g", "pred_reply": "new"}],
-                             cfg, None, {"t1": LOST}, client=c)
+    out2 = score_predictions(
+        records + [{"id": "t4", "gold_reply": "g", "pred_reply": "new"}],
+        cfg,
+        None,
+        {"t1": LOST},
+        client=c,
+    )
     assert out2["parse_failures"] == 8 and out2["scored"] == 2
     assert c.stats()["cache_hits"] == 12 and c.stats()["requests"] == 4
 
@@ -460,16 +551,33 @@ def test_eval_llm_judge_scores(server, key, small_setup, tmp_path, capsys):
 
     turns = load_from_disk(str(small_setup / "data" / "turns"))["test"]
     pred = tmp_path / "predictions.jsonl"
-    rows = [{"id": t["id"], "dialogue_id": t["dialogue_id"], "turn_index": t["turn_index"],
-             "gold_strategy": t["strategy"], "gold_reply": t["reply"],
-             "pred_strategy": t["strategy"], "pred_strategy_raw": t["strategy"],
-             "pred_reply": "BAD reply" if i == 0 else t["reply"], "mode": "decoupled"}
-            for i, t in enumerate(turns)]
+    rows = [
+        {
+            "id": t["id"],
+            "dialogue_id": t["dialogue_id"],
+            "turn_index": t["turn_index"],
+            "gold_strategy": t["strategy"],
+            "gold_reply": t["reply"],
+            "pred_strategy": t["strategy"],
+            "pred_strategy_raw": t["strategy"],
+            "pred_reply": "BAD reply" if i == 0 else t["reply"],
+            "mode": "decoupled",
+        }
+        for i, t in enumerate(turns)
+    ]
     pred.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "report"
-    common = [str(pred), "--out", str(out), "eval.llm_judge=true", "judge.backend=openai",
-              f"judge.base_url={server.url}", "judge.model=fake-judge",
-              f"judge.api_key_env={KEY_ENV}", "wandb.mode=disabled"]
+    common = [
+        str(pred),
+        "--out",
+        str(out),
+        "eval.llm_judge=true",
+        "judge.backend=openai",
+        f"judge.base_url={server.url}",
+        "judge.model=fake-judge",
+        f"judge.api_key_env={KEY_ENV}",
+        "wandb.mode=disabled",
+    ]
     assert main(["eval", *common]) == 2
     assert "eval.llm_judge needs --data DIR" in capsys.readouterr().err
     assert main(["eval", *common, "--data", str(small_setup / "data")]) == 0

@@ -54,7 +54,9 @@ BY_HAND = {
         "bleu_3": 0.5,
         "bleu_4": (5 / 6 * 3 / 5 * 1 / 4 * 1 / 6) ** 0.25,
         # 5 unique of 6 unigrams ("the" twice); 5 of 5 bigrams; 4 of 4 trigrams
-        "distinct_1": 5 / 6, "distinct_2": 1.0, "distinct_3": 1.0,
+        "distinct_1": 5 / 6,
+        "distinct_2": 1.0,
+        "distinct_3": 1.0,
         # overlap 5, P = R = 5/6
         "unigram_f1": 5 / 6,
         # LCS the cat on the mat = 5, P = R = 5/6, so F = 5/6 whatever beta
@@ -67,22 +69,36 @@ BY_HAND = {
         "bleu_3": E1 * (1 * 1 / 2 * 1 / 2) ** (1 / 3),
         "bleu_4": E1 * (1 * 1 / 2 * 1 / 2 * 1 / 4) ** 0.25,  # = e^-1 / 2
         # 3 of 3 unigrams, 2 of 2 bigrams, 1 of 1 trigram
-        "distinct_1": 1.0, "distinct_2": 1.0, "distinct_3": 1.0,
+        "distinct_1": 1.0,
+        "distinct_2": 1.0,
+        "distinct_3": 1.0,
         # overlap 3: P = 1, R = 1/2, F1 = 2/3
         "unigram_f1": 2 / 3,
         # LCS i see . = 3: P = 1, R = 1/2, F = 2.44 * 0.5 / (0.5 + 1.44) = 1.22 / 1.94
         "rouge_l": 1.22 / 1.94,
         "length": 3,
     },
-    "C": {"bleu_1": 0.0, "bleu_2": 0.0, "bleu_3": 0.0, "bleu_4": 0.0, "distinct_1": 0.0,
-          "distinct_2": 0.0, "distinct_3": 0.0, "unigram_f1": 0.0, "rouge_l": 0.0, "length": 0},
+    "C": {
+        "bleu_1": 0.0,
+        "bleu_2": 0.0,
+        "bleu_3": 0.0,
+        "bleu_4": 0.0,
+        "distinct_1": 0.0,
+        "distinct_2": 0.0,
+        "distinct_3": 0.0,
+        "unigram_f1": 0.0,
+        "rouge_l": 0.0,
+        "length": 0,
+    },
     "D": {
         "bleu_1": 1 / 2,
         "bleu_2": (1 / 2 * 1 / 2) ** 0.5,
         "bleu_3": (1 / 2 * 1 / 2 * 1 / 4) ** (1 / 3),
         "bleu_4": (1 / 2 * 1 / 2 * 1 / 4 * 1 / 8) ** 0.25,
         # 1 unique of 2 unigrams, 1 of 1 bigram, no trigram -> 0 (and counted in the mean)
-        "distinct_1": 1 / 2, "distinct_2": 1.0, "distinct_3": 0.0,
+        "distinct_1": 1 / 2,
+        "distinct_2": 1.0,
+        "distinct_3": 0.0,
         # overlap min(2, 1) = 1: P = R = 1/2
         "unigram_f1": 1 / 2,
         # LCS "no" = 1: P = R = 1/2
@@ -101,8 +117,19 @@ def test_reply_scores_by_hand(i, name):
 def test_paper_text_metrics_are_the_means_of_the_replies():
     m = pt.paper_text_metrics(HYPS, REFS)
     assert m["n"] == 4
-    assert set(m) == {"n", "bleu_1", "bleu_2", "bleu_3", "bleu_4", "distinct_1", "distinct_2",
-                      "distinct_3", "unigram_f1", "rouge_l", "mean_length"}
+    assert set(m) == {
+        "n",
+        "bleu_1",
+        "bleu_2",
+        "bleu_3",
+        "bleu_4",
+        "distinct_1",
+        "distinct_2",
+        "distinct_3",
+        "unigram_f1",
+        "rouge_l",
+        "mean_length",
+    }
     for key in pt.reply_scores("a", "a"):
         mean = sum(BY_HAND[n][key] for n in "ABCD") / 4
         assert m["mean_length" if key == "length" else key] == pytest.approx(mean, abs=1e-12)
@@ -198,8 +225,9 @@ def test_bleu_agrees_with_sacrebleu_exp_smoothing(n):
 def test_bleu_is_the_papers_corpus_bleu_call_on_one_pair(n):
     weights = [1.0 / n] * n + (4 - n) * [0.0]  # as in the paper's calc_bleu_k
     for h, r in _token_pairs():
-        expected = corpus_bleu([[r]], [h], weights=weights,
-                               smoothing_function=SmoothingFunction().method3)
+        expected = corpus_bleu(
+            [[r]], [h], weights=weights, smoothing_function=SmoothingFunction().method3
+        )
         assert pt.bleu(h, r, n) == pytest.approx(expected, rel=1e-12)
 
 
@@ -231,21 +259,82 @@ def test_distinct_and_f1_agree_with_text_py_where_defined_alike():
 # Tokens: NLTK's word_tokenize of the lower-cased text.
 
 TOKENS = {
-    "I can't do this. Mr. Smith isn't here!":
-        ["i", "ca", "n't", "do", "this", ".", "mr.", "smith", "is", "n't", "here", "!"],
-    "You're right... I'll try it tomorrow, won't I?":
-        ["you", "'re", "right", "...", "i", "'ll", "try", "it", "tomorrow", ",", "wo", "n't",
-         "i", "?"],
-    'Thank you!! It\'s 5 p.m. and I\'m "fine" (mostly).':
-        ["thank", "you", "!", "!", "it", "'s", "5", "p.m.", "and", "i", "'m", "``", "fine", "''",
-         "(", "mostly", ")", "."],
+    "I can't do this. Mr. Smith isn't here!": [
+        "i",
+        "ca",
+        "n't",
+        "do",
+        "this",
+        ".",
+        "mr.",
+        "smith",
+        "is",
+        "n't",
+        "here",
+        "!",
+    ],
+    "You're right... I'll try it tomorrow, won't I?": [
+        "you",
+        "'re",
+        "right",
+        "...",
+        "i",
+        "'ll",
+        "try",
+        "it",
+        "tomorrow",
+        ",",
+        "wo",
+        "n't",
+        "i",
+        "?",
+    ],
+    "Thank you!! It's 5 p.m. and I'm \"fine\" (mostly).": [
+        "thank",
+        "you",
+        "!",
+        "!",
+        "it",
+        "'s",
+        "5",
+        "p.m.",
+        "and",
+        "i",
+        "'m",
+        "``",
+        "fine",
+        "''",
+        "(",
+        "mostly",
+        ")",
+        ".",
+    ],
     # lower-cased first, Punkt does not end a sentence after "u.s.", so "u.s." stays whole
     # (tokenising the cased text gives "u.s", "." instead)
-    "I moved to the U.S. It was hard.":
-        ["i", "moved", "to", "the", "u.s.", "it", "was", "hard", "."],
+    "I moved to the U.S. It was hard.": [
+        "i",
+        "moved",
+        "to",
+        "the",
+        "u.s.",
+        "it",
+        "was",
+        "hard",
+        ".",
+    ],
     # a number then a lower-case word: no sentence break (Punkt's orthographic table)
-    "I have 2. cats at home. they're great":
-        ["i", "have", "2.", "cats", "at", "home", ".", "they", "'re", "great"],
+    "I have 2. cats at home. they're great": [
+        "i",
+        "have",
+        "2.",
+        "cats",
+        "at",
+        "home",
+        ".",
+        "they",
+        "'re",
+        "great",
+    ],
     "": [],
     "   ": [],
 }
@@ -270,10 +359,12 @@ def _write_punkt_tab(root: Path) -> None:
     d.mkdir(parents=True)
     (d / "abbrev_types.txt").write_text("\n".join(e.ABBREV_TYPES), encoding="utf-8")
     (d / "sent_starters.txt").write_text("\n".join(e.SENT_STARTERS), encoding="utf-8")
-    (d / "collocations.tab").write_text("\n".join("\t".join(c) for c in e.COLLOCATIONS),
-                                        encoding="utf-8")
+    (d / "collocations.tab").write_text(
+        "\n".join("\t".join(c) for c in e.COLLOCATIONS), encoding="utf-8"
+    )
     (d / "ortho_context.tab").write_text(
-        "\n".join(f"{k}\t{v}" for k, v in e.ORTHO_CONTEXT.items()), encoding="utf-8")
+        "\n".join(f"{k}\t{v}" for k, v in e.ORTHO_CONTEXT.items()), encoding="utf-8"
+    )
 
 
 def test_same_tokens_as_nltk_word_tokenize_loading_punkt_tab(tmp_path, monkeypatch):
@@ -285,10 +376,17 @@ def test_same_tokens_as_nltk_word_tokenize_loading_punkt_tab(tmp_path, monkeypat
     monkeypatch.setattr(nltk.data, "path", [str(tmp_path)])
     nltk_tokenize._get_punkt_tokenizer.cache_clear()
     try:
-        texts = list(TOKENS) + [h for pair in SENTENCES for h in pair] + [
-            "He lives in Washington D.C. Still, I miss him.", "We met at 5 p.m. The talk was long.",
-            "I don't know.I really don't.", "IT!! thank you!!! ok...", "Dr. Who? No. 5 is fine.",
-        ]
+        texts = (
+            list(TOKENS)
+            + [h for pair in SENTENCES for h in pair]
+            + [
+                "He lives in Washington D.C. Still, I miss him.",
+                "We met at 5 p.m. The talk was long.",
+                "I don't know.I really don't.",
+                "IT!! thank you!!! ok...",
+                "Dr. Who? No. 5 is fine.",
+            ]
+        )
         for text in texts:
             for variant in (text, text.lower()):
                 assert pt._SENTENCES.tokenize(variant) == nltk.sent_tokenize(variant)
@@ -309,9 +407,12 @@ PUNKT_TABLES_SHA256 = "ea0460a547a98d5fd444bfbe5bfd58bb391b352ec7762ff175bd5b684
 
 
 def _digest(e) -> str:
-    parts = ["\n".join(sorted(e.ABBREV_TYPES)), "\n".join(sorted(e.SENT_STARTERS)),
-             "\n".join(sorted("\t".join(c) for c in e.COLLOCATIONS)),
-             "\n".join(f"{k}\t{v}" for k, v in sorted(e.ORTHO_CONTEXT.items()))]
+    parts = [
+        "\n".join(sorted(e.ABBREV_TYPES)),
+        "\n".join(sorted(e.SENT_STARTERS)),
+        "\n".join(sorted("\t".join(c) for c in e.COLLOCATIONS)),
+        "\n".join(f"{k}\t{v}" for k, v in sorted(e.ORTHO_CONTEXT.items())),
+    ]
     return hashlib.sha256("\n\n".join(parts).encode()).hexdigest()
 
 
@@ -319,8 +420,12 @@ def test_punkt_tables_are_the_checked_ones():
     from punkt.data import english as e
 
     assert e.SOURCE == "punkt_tab:english"
-    assert (len(e.ABBREV_TYPES), len(e.SENT_STARTERS), len(e.COLLOCATIONS),
-            len(e.ORTHO_CONTEXT)) == (156, 39, 37, 20366)
+    assert (
+        len(e.ABBREV_TYPES),
+        len(e.SENT_STARTERS),
+        len(e.COLLOCATIONS),
+        len(e.ORTHO_CONTEXT),
+    ) == (156, 39, 37, 20366)
     assert not e.NUMERIC_ABBREV_TYPES  # NLTK's Punkt has no such table
     assert _digest(e) == PUNKT_TABLES_SHA256
     p = pt.punkt_parameters()
@@ -346,10 +451,19 @@ def test_tokenize_needs_no_nltk_data(tmp_path):
     empty = tmp_path / "nltk_data"
     empty.mkdir()
     env = {k: v for k, v in os.environ.items() if k != "NLTK_DATA"}
-    env.update(NLTK_DATA=str(empty), HOME=str(tmp_path),
-               PYTHONPATH=os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]))
-    done = subprocess.run([sys.executable, "-c", _NO_NLTK_DATA], env=env, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120)
+    env.update(
+        NLTK_DATA=str(empty),
+        HOME=str(tmp_path),
+        PYTHONPATH=os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]),
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", _NO_NLTK_DATA],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr + done.stdout
     assert done.stdout.strip() == "ok"
     assert list(empty.iterdir()) == []  # and nothing was downloaded into it

@@ -12,27 +12,32 @@ from esc_dist.data.fitting import HistoryFitter
 from esc_dist.data.tasks import PLANNER_TRANSCRIPT_SYSTEM, planner_prompt, prepare
 from esc_dist.strategies import STRATEGIES
 
-HISTORY = [Message("seeker", "Hi"),
-           Message("supporter", "Hello, how are you today?", "Question"),
-           Message("seeker", "Not great.\nI lost my job on Friday."),
-           Message("supporter", "I'm so sorry to hear that.", "Reflection of feelings"),
-           Message("seeker", " "),  # the blank seeker message between two supporter turns
-           Message("supporter", "That must have been a shock.", "Reflection of feelings"),
-           Message("seeker", "It was. I don't know what to do now.")]
+HISTORY = [
+    Message("seeker", "Hi"),
+    Message("supporter", "Hello, how are you today?", "Question"),
+    Message("seeker", "Not great.\nI lost my job on Friday."),
+    Message("supporter", "I'm so sorry to hear that.", "Reflection of feelings"),
+    Message("seeker", " "),  # the blank seeker message between two supporter turns
+    Message("supporter", "That must have been a shock.", "Reflection of feelings"),
+    Message("seeker", "It was. I don't know what to do now."),
+]
 
 
 def test_transcript_prompt_renders_a_known_dialogue_exactly():
     prompt = planner_prompt(HISTORY, None, True, "transcript")
     assert prompt == [
         {"role": "system", "content": PLANNER_TRANSCRIPT_SYSTEM},
-        {"role": "user", "content":
-            "seeker: Hi\n"
+        {
+            "role": "user",
+            "content": "seeker: Hi\n"
             "supporter: Hello, how are you today?\n"
             "seeker: Not great.\nI lost my job on Friday.\n"
             "supporter: I'm so sorry to hear that.\n"
             "seeker:  \n"
             "supporter: That must have been a shock.\n"
-            "seeker: It was. I don't know what to do now.\n"}]
+            "seeker: It was. I don't know what to do now.\n",
+        },
+    ]
     # the system message lists the eight strategies; no strategy tag reaches the transcript,
     # whatever history_strategy_tags says
     assert all(s in PLANNER_TRANSCRIPT_SYSTEM for s in STRATEGIES)
@@ -41,7 +46,8 @@ def test_transcript_prompt_renders_a_known_dialogue_exactly():
     # max_history keeps the last messages, as for chat prompts
     assert planner_prompt(HISTORY, 3, True, "transcript")[1]["content"] == (
         "seeker:  \nsupporter: That must have been a shock.\n"
-        "seeker: It was. I don't know what to do now.\n")
+        "seeker: It was. I don't know what to do now.\n"
+    )
 
 
 def test_segments_give_the_text_back_and_one_line_per_message():
@@ -79,10 +85,9 @@ def test_fitting_drops_the_oldest_lines_and_keeps_a_seeker_line_first():
         assert "".join(lines[dropped:]) == text
         longer = [k for k in range(dropped) if lines[k].startswith("seeker: ")]
         if longer:
-            assert words(prompt[:1]) + len("".join(lines[longer[-1]:]).split()) > budget
+            assert words(prompt[:1]) + len("".join(lines[longer[-1] :]).split()) > budget
     # the shortest keeps only the last seeker line
-    assert fitter.shortest(prompt)[1]["content"] == \
-        "seeker: It was. I don't know what to do now.\n"
+    assert fitter.shortest(prompt)[1]["content"] == "seeker: It was. I don't know what to do now.\n"
 
 
 def test_a_window_starting_with_the_supporter_is_kept_whole_when_it_fits():
@@ -100,8 +105,9 @@ def test_a_window_starting_with_the_supporter_is_kept_whole_when_it_fits():
         kept, _, dropped = fitter.fit(prompt, 0, lambda kept: kept)
         assert (kept, dropped) == (prompt, 0)
         tight = words(prompt) - 1
-        kept, _, dropped = fitter.fit(prompt, 0,
-                                      lambda kept: kept if words(kept) <= tight else None)
+        kept, _, dropped = fitter.fit(
+            prompt, 0, lambda kept: kept if words(kept) <= tight else None
+        )
         assert dropped == 1
         first = kept[1]["content"] if prompt is window else kept[1]["role"]
         assert first.startswith("seeker: ") if prompt is window else first == "user"
@@ -113,16 +119,18 @@ def test_prepared_transcripts_are_rebuilt_by_inference(tmp_path, esconv_dir):
     from esc_dist.data.tasks import prompt_settings_of
     from esc_dist.infer import planner_items
 
-    cfg = DataConfig(esconv=str(esconv_dir / "esconv.json"),
-                     split=str(esconv_dir / "splits" / "decoupledesc_split.json"),
-                     max_dialogues={"train": 2, "validation": 1, "test": 2},
-                     max_history_messages=None, planner_prompt="transcript")
+    cfg = DataConfig(
+        esconv=str(esconv_dir / "esconv.json"),
+        split=str(esconv_dir / "splits" / "decoupledesc_split.json"),
+        max_dialogues={"train": 2, "validation": 1, "test": 2},
+        max_history_messages=None,
+        planner_prompt="transcript",
+    )
     prepare(cfg, tmp_path / "data")
     assert prompt_settings_of(tmp_path / "data").planner_form == "transcript"
     planner = load_from_disk(str(tmp_path / "data" / "planner"))["test"]
     turns = load_from_disk(str(tmp_path / "data" / "turns"))["test"]
-    assert all(len(p) == 2 and p[1]["content"].startswith("seeker: ")
-               for p in planner["prompt"])
+    assert all(len(p) == 2 and p[1]["content"].startswith("seeker: ") for p in planner["prompt"])
     rebuilt = planner_items(turns, None, None, False, 0, "transcript")
     assert [it.messages for it in rebuilt] == planner["prompt"]
     # the other tasks keep their chat prompts

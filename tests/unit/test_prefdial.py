@@ -19,25 +19,45 @@ from esc_dist.strategies import STRATEGIES
 
 def history(*texts):
     roles = ["seeker", "supporter"]
-    return [{"role": roles[i % 2], "text": t, "strategy": None if i % 2 == 0 else "Question"}
-            for i, t in enumerate(texts)]
+    return [
+        {"role": roles[i % 2], "text": t, "strategy": None if i % 2 == 0 else "Question"}
+        for i, t in enumerate(texts)
+    ]
 
 
-EXAM = history("Hello there", "Hi, what would you like to talk about today?",
-               "I failed my driving exam again and I feel so sad about it.")
-EXAMS = history("Hello there", "Hi, what would you like to talk about today?",
-                "I have been stressed about my exams.")
+EXAM = history(
+    "Hello there",
+    "Hi, what would you like to talk about today?",
+    "I failed my driving exam again and I feel so sad about it.",
+)
+EXAMS = history(
+    "Hello there",
+    "Hi, what would you like to talk about today?",
+    "I have been stressed about my exams.",
+)
 
 
 def record(pid, role, hist, chosen, rejected, gold, sampled, sampled_reply, parse_error=None):
-    return {"id": pid, "turn_id": pid.split("#")[0], "role": role,
-            "prompt": [{"role": "system", "content": f"{role} system prompt"},
-                       *({"role": "user" if m["role"] == "seeker" else "assistant",
-                          "content": m["text"]} for m in hist)],
-            "history": hist, "gold_strategy": gold,
-            "gold_reply": chosen if role == "generator" else "gold reply",
-            "chosen": chosen, "rejected": rejected, "sampled_strategy": sampled,
-            "sampled_reply": sampled_reply, "parse_error": parse_error}
+    return {
+        "id": pid,
+        "turn_id": pid.split("#")[0],
+        "role": role,
+        "prompt": [
+            {"role": "system", "content": f"{role} system prompt"},
+            *(
+                {"role": "user" if m["role"] == "seeker" else "assistant", "content": m["text"]}
+                for m in hist
+            ),
+        ],
+        "history": hist,
+        "gold_strategy": gold,
+        "gold_reply": chosen if role == "generator" else "gold reply",
+        "chosen": chosen,
+        "rejected": rejected,
+        "sampled_strategy": sampled,
+        "sampled_reply": sampled_reply,
+        "parse_error": parse_error,
+    }
 
 
 def gen(pid, chosen, rejected, gold="Reflection of feelings"):
@@ -54,14 +74,40 @@ GENERATOR = [
 ]
 
 PLANNER = [
-    record("d3-t001#s0", "planner", EXAMS, "Reflection of feelings", "Providing Suggestions",
-           "Reflection of feelings", "Providing Suggestions", None),  # kept: P-ES
-    record("d3-t001#s1", "planner", EXAMS, "Question", "Affirmation and Reassurance",
-           "Question", "Affirmation and Reassurance", None),  # no error
-    record("d3-t002#s0", "planner", EXAMS, "Reflection of feelings", "Maybe a question???",
-           "Reflection of feelings", None, None, "not a strategy name"),  # unparseable
-    record("d3-t003#s0", "planner", EXAMS, "Information", "Others", "Information", "Others",
-           None),  # chosen P-ES
+    record(
+        "d3-t001#s0",
+        "planner",
+        EXAMS,
+        "Reflection of feelings",
+        "Providing Suggestions",
+        "Reflection of feelings",
+        "Providing Suggestions",
+        None,
+    ),  # kept: P-ES
+    record(
+        "d3-t001#s1",
+        "planner",
+        EXAMS,
+        "Question",
+        "Affirmation and Reassurance",
+        "Question",
+        "Affirmation and Reassurance",
+        None,
+    ),  # no error
+    record(
+        "d3-t002#s0",
+        "planner",
+        EXAMS,
+        "Reflection of feelings",
+        "Maybe a question???",
+        "Reflection of feelings",
+        None,
+        None,
+        "not a strategy name",
+    ),  # unparseable
+    record(
+        "d3-t003#s0", "planner", EXAMS, "Information", "Others", "Information", "Others", None
+    ),  # chosen P-ES
 ]
 
 
@@ -71,8 +117,11 @@ def write_pairs(path: Path, records) -> Path:
 
 
 def snapshot(directory: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(directory)): p.read_bytes()
-            for p in sorted(directory.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(directory)): p.read_bytes()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -105,8 +154,11 @@ def test_generator_build(tmp_path):
     assert stats["errors"]["chosen"] == {LACK_EMPATHY: 1, EARLY_SHIFT: 0, TEMPLATE: 1}
     assert stats["errors"]["rejected"] == {LACK_EMPATHY: 3, EARLY_SHIFT: 0, TEMPLATE: 2}
     assert stats["errors"]["rejected_kept"] == {LACK_EMPATHY: 2, EARLY_SHIFT: 0, TEMPLATE: 1}
-    assert stats["drop_reasons"] == {"chosen_has_error": 1, "identical": 1,
-                                     "rejected_has_no_error": 1}
+    assert stats["drop_reasons"] == {
+        "chosen_has_error": 1,
+        "identical": 1,
+        "rejected_has_no_error": 1,
+    }
     assert stats["confusion"]["Reflection of feelings"]["Reflection of feelings"] == 5
 
 
@@ -117,14 +169,23 @@ def test_dataset_is_trl_conversational_dpo(tmp_path):
     build_prefdial(write_pairs(tmp_path / "p.jsonl", GENERATOR), out, JudgeConfig())
     ds = load_from_disk(str(out / "dataset"))
     assert len(ds) == 2
-    assert set(ds.column_names) == {"prompt", "chosen", "rejected", "id", "turn_id", "role",
-                                    "gold_strategy", "sampled_strategy"}
+    assert set(ds.column_names) == {
+        "prompt",
+        "chosen",
+        "rejected",
+        "id",
+        "turn_id",
+        "role",
+        "gold_strategy",
+        "sampled_strategy",
+    }
     row = ds[0]
     assert row["id"] == "d1-t001#s0" and row["turn_id"] == "d1-t001" and row["role"] == "generator"
     assert row["prompt"] == GENERATOR[0]["prompt"]
     assert row["chosen"] == [{"role": "assistant", "content": KIND}]
-    assert row["rejected"] == [{"role": "assistant",
-                                "content": "Come on, it's not that bad, just move on."}]
+    assert row["rejected"] == [
+        {"role": "assistant", "content": "Come on, it's not that bad, just move on."}
+    ]
     assert row["gold_strategy"] == row["sampled_strategy"] == "Reflection of feelings"
 
 
@@ -137,9 +198,11 @@ def test_planner_stats_and_confusion(tmp_path):
     assert stats["errors"]["rejected"][EARLY_SHIFT] == 1
     assert stats["errors"]["chosen"][EARLY_SHIFT] == 1
     assert stats["drop_reasons"] == {"chosen_has_error": 1, "rejected_has_no_error": 1}
-    assert stats["mining"] == {"parse_errors": 1,
-                               "parse_error_reasons": {"not a strategy name": 1},
-                               "unparseable_strategy": 1}
+    assert stats["mining"] == {
+        "parse_errors": 1,
+        "parse_error_reasons": {"not a strategy name": 1},
+        "unparseable_strategy": 1,
+    }
     conf = stats["confusion"]
     assert list(conf) == list(STRATEGIES)
     assert all(list(row) == list(STRATEGIES) + ["unparseable"] for row in conf.values())
@@ -199,24 +262,39 @@ def _lines(*objs):
 GOOD = GENERATOR[0]
 
 
-@pytest.mark.parametrize("text, role, where, problem", [
-    (_lines(GOOD, '{"id": "broken",'), None, "line 2", "invalid JSON"),
-    (_lines(GOOD, "", "[1, 2]"), None, "line 3", "must be a JSON object"),
-    (_lines({k: v for k, v in GOOD.items() if k != "rejected"}), None, "line 1",
-     "missing key(s) rejected"),
-    (_lines({**GOOD, "score": 1}), None, "line 1", "unexpected key(s) score"),
-    (_lines({**GOOD, "role": "critic"}), None, "line 1", "unknown role 'critic'"),
-    (_lines(GOOD), "planner", "line 1", "role 'generator' in a planner pairs file"),
-    (_lines(GOOD, GENERATOR[1], GOOD), None, "line 3", "duplicate id 'd1-t001#s0' (first on "
-                                                       "line 1)"),
-    (_lines({**GOOD, "gold_strategy": "Advice"}), None, "line 1", "'gold_strategy' 'Advice'"),
-    (_lines({**GOOD, "sampled_strategy": "Advice"}), None, "line 1", "'sampled_strategy'"),
-    (_lines({**GOOD, "prompt": [{"role": "robot", "content": "x"}]}), None, "line 1",
-     "prompt[0]"),
-    (_lines({**GOOD, "history": [{"role": "seeker"}]}), None, "line 1", "history[0]"),
-    (_lines({**GOOD, "chosen": 3}), None, "line 1", "'chosen' must be a string"),
-    (_lines(GOOD) + json.dumps(GENERATOR[1])[:40], None, "line 2", "truncated JSON"),
-])
+@pytest.mark.parametrize(
+    "text, role, where, problem",
+    [
+        (_lines(GOOD, '{"id": "broken",'), None, "line 2", "invalid JSON"),
+        (_lines(GOOD, "", "[1, 2]"), None, "line 3", "must be a JSON object"),
+        (
+            _lines({k: v for k, v in GOOD.items() if k != "rejected"}),
+            None,
+            "line 1",
+            "missing key(s) rejected",
+        ),
+        (_lines({**GOOD, "score": 1}), None, "line 1", "unexpected key(s) score"),
+        (_lines({**GOOD, "role": "critic"}), None, "line 1", "unknown role 'critic'"),
+        (_lines(GOOD), "planner", "line 1", "role 'generator' in a planner pairs file"),
+        (
+            _lines(GOOD, GENERATOR[1], GOOD),
+            None,
+            "line 3",
+            "duplicate id 'd1-t001#s0' (first on line 1)",
+        ),
+        (_lines({**GOOD, "gold_strategy": "Advice"}), None, "line 1", "'gold_strategy' 'Advice'"),
+        (_lines({**GOOD, "sampled_strategy": "Advice"}), None, "line 1", "'sampled_strategy'"),
+        (
+            _lines({**GOOD, "prompt": [{"role": "robot", "content": "x"}]}),
+            None,
+            "line 1",
+            "prompt[0]",
+        ),
+        (_lines({**GOOD, "history": [{"role": "seeker"}]}), None, "line 1", "history[0]"),
+        (_lines({**GOOD, "chosen": 3}), None, "line 1", "'chosen' must be a string"),
+        (_lines(GOOD) + json.dumps(GENERATOR[1])[:40], None, "line 2", "truncated JSON"),
+    ],
+)
 def test_bad_records_name_file_and_line(tmp_path, text, role, where, problem):
     path = tmp_path / "bad.jsonl"
     path.write_text(text, encoding="utf-8")
@@ -245,11 +323,16 @@ class StubClient:
 
     def map_json(self, prompts):
         self.calls += len(prompts)
-        return self.results[:len(prompts)]
+        return self.results[: len(prompts)]
 
     def stats(self):
-        return {"requests": self.calls, "retries": 0, "cache_hits": 0, "parse_failures": 1,
-                "request_failures": 0}
+        return {
+            "requests": self.calls,
+            "retries": 0,
+            "cache_hits": 0,
+            "parse_failures": 1,
+            "request_failures": 0,
+        }
 
     def count(self, name, n=1):
         pass
@@ -261,16 +344,20 @@ def test_openai_backend_parse_errors_are_dropped_and_counted(tmp_path):
     pid = GENERATOR[0]["id"]
     rej = "A_errors" if not _a_is_chosen(pid) else "B_errors"
     other = "B_errors" if rej == "A_errors" else "A_errors"
-    stub = StubClient([ChatResult(True, data={rej: ["Lack Empathy"], other: []}),
-                       ChatResult(False, text="garbage", error="parse: not valid JSON")])
+    stub = StubClient(
+        [
+            ChatResult(True, data={rej: ["Lack Empathy"], other: []}),
+            ChatResult(False, text="garbage", error="parse: not valid JSON"),
+        ]
+    )
     cfg = JudgeConfig(backend="openai", model="stub")
     out = tmp_path / "out"
-    manifest = build_prefdial(write_pairs(tmp_path / "p.jsonl", GENERATOR[:2]), out, cfg,
-                              client=stub)
+    manifest = build_prefdial(
+        write_pairs(tmp_path / "p.jsonl", GENERATOR[:2]), out, cfg, client=stub
+    )
     stats = read_json(out / "stats.json")
     assert manifest["judge_name"] == "openai:stub" and stats["kept"] == 1
-    assert stats["judge"]["parse_errors"] == 1 and stats["drop_reasons"] == {
-        "judge_parse_error": 1}
+    assert stats["judge"]["parse_errors"] == 1 and stats["drop_reasons"] == {"judge_parse_error": 1}
     assert stats["judge"]["client"]["requests"] == 2
 
 
@@ -286,8 +373,9 @@ def test_wandb_logging(tmp_path):
     import wandb
 
     run = FakeRun()
-    build_prefdial(write_pairs(tmp_path / "p.jsonl", PLANNER), tmp_path / "out", JudgeConfig(),
-                   run=run)
+    build_prefdial(
+        write_pairs(tmp_path / "p.jsonl", PLANNER), tmp_path / "out", JudgeConfig(), run=run
+    )
     (row,) = run.logged
     assert row["judge/pairs_in"] == 4 and row["judge/kept"] == 2
     assert row["judge/errors/rejected/Early Emotion Shift"] == 1
@@ -314,8 +402,19 @@ def test_cli(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("WANDB_MODE", "offline")
     pairs = write_pairs(tmp_path / "p.jsonl", GENERATOR)
     out = tmp_path / "prefdial" / "generator"
-    args = _parse(["judge", "--role", "generator", "--pairs", str(pairs),
-                                 "--out", str(out), "--backend", "offline"])
+    args = _parse(
+        [
+            "judge",
+            "--role",
+            "generator",
+            "--pairs",
+            str(pairs),
+            "--out",
+            str(out),
+            "--backend",
+            "offline",
+        ]
+    )
     assert args.func(args) == 0
     assert "kept 2" in capsys.readouterr().out
     assert read_json(out / "manifest.json")["recipe"]["judge"]["backend"] == "offline"
@@ -327,14 +426,30 @@ def test_cli(tmp_path, monkeypatch, capsys):
     # A planner run on a generator file: a clear error naming the file and line.
     from esc_dist.cli import main
 
-    assert main(["judge", "--role", "planner", "--pairs", str(pairs),
-                 "--out", str(tmp_path / "o2")]) == 2
+    assert (
+        main(["judge", "--role", "planner", "--pairs", str(pairs), "--out", str(tmp_path / "o2")])
+        == 2
+    )
     assert f"{pairs}, line 1: role 'generator'" in capsys.readouterr().err
     # The openai backend without a key for a remote endpoint.
     monkeypatch.delenv("ESC_DIST_NO_SUCH_KEY", raising=False)
-    assert main(["judge", "--role", "generator", "--pairs", str(pairs),
-                 "--out", str(tmp_path / "o3"), "--backend", "openai",
-                 "judge.api_key_env=ESC_DIST_NO_SUCH_KEY"]) == 2
+    assert (
+        main(
+            [
+                "judge",
+                "--role",
+                "generator",
+                "--pairs",
+                str(pairs),
+                "--out",
+                str(tmp_path / "o3"),
+                "--backend",
+                "openai",
+                "judge.api_key_env=ESC_DIST_NO_SUCH_KEY",
+            ]
+        )
+        == 2
+    )
     assert "ESC_DIST_NO_SUCH_KEY" in capsys.readouterr().err
 
 
@@ -345,22 +460,47 @@ def test_cli(tmp_path, monkeypatch, capsys):
 def skewed_planner_pairs():
     """Kept-looking planner pairs whose rejected side is one-sided: 12 x Others, 7 x Providing
     Suggestions, 3 x Information, 1 x Question, 2 unparseable, over varied gold strategies."""
-    rejected = (["Others"] * 12 + ["Providing Suggestions"] * 7 + ["Information"] * 3
-                + ["Question"] + [None] * 2)
+    rejected = (
+        ["Others"] * 12
+        + ["Providing Suggestions"] * 7
+        + ["Information"] * 3
+        + ["Question"]
+        + [None] * 2
+    )
     golds = [s for s in STRATEGIES if s not in ("Others",)]
     pairs = []
     for i, r in enumerate(rejected):
         gold = golds[i % 3] if i < 19 else golds[3 + i % 4]
         if gold == r:
             gold = "Reflection of feelings"
-        pairs.append(record(f"d{i}-t001#s0", "planner", EXAMS, gold, r or "???", gold, r, None,
-                            None if r else "not a strategy name"))
+        pairs.append(
+            record(
+                f"d{i}-t001#s0",
+                "planner",
+                EXAMS,
+                gold,
+                r or "???",
+                gold,
+                r,
+                None,
+                None if r else "not a strategy name",
+            )
+        )
     return pairs
 
 
 def kept_verdicts(pairs):
-    return [{"id": p["id"], "chosen_errors": [], "rejected_errors": [EARLY_SHIFT],
-             "keep": True, "reason": "kept", "judge": "offline"} for p in pairs]
+    return [
+        {
+            "id": p["id"],
+            "chosen_errors": [],
+            "rejected_errors": [EARLY_SHIFT],
+            "keep": True,
+            "reason": "kept",
+            "judge": "offline",
+        }
+        for p in pairs
+    ]
 
 
 def median_cap(values):
@@ -377,7 +517,10 @@ def test_balance_caps_each_side_at_its_median():
 
     pairs = skewed_planner_pairs()
     out, report = balance(pairs, kept_verdicts(pairs), seed=0)
-    side = lambda p: (p["gold_strategy"], p["sampled_strategy"] or "unparseable")  # noqa: E731
+
+    def side(p):
+        return (p["gold_strategy"], p["sampled_strategy"] or "unparseable")
+
     chosen0 = Counter(side(p)[0] for p in pairs)
     rejected0 = Counter(side(p)[1] for p in pairs)
     caps = {"chosen": median_cap(chosen0.values()), "rejected": median_cap(rejected0.values())}
@@ -403,8 +546,10 @@ def test_balance_is_independent_of_file_order_and_follows_the_seed():
     from esc_dist.ipm.balance import balance
 
     pairs = skewed_planner_pairs()
-    kept = lambda ps, seed: {p["id"] for p, v in  # noqa: E731
-                             zip(ps, balance(ps, kept_verdicts(ps), seed)[0]) if v["keep"]}
+
+    def kept(ps, seed):
+        return {p["id"] for p, v in zip(ps, balance(ps, kept_verdicts(ps), seed)[0]) if v["keep"]}
+
     shuffled = pairs[:]
     random.Random(1).shuffle(shuffled)
     assert kept(pairs, 0) == kept(shuffled, 0)
@@ -439,6 +584,8 @@ def test_balanced_build(tmp_path):
     assert after["drop_reasons"]["balance"] == before["kept"] - after["kept"]
     assert len(load_from_disk(str(out / "dataset"))) == after["kept"]
     judged = [json.loads(line) for line in (out / "judged.jsonl").open()]
-    assert sum(j["verdict"]["reason"].startswith("balance: ") for j in judged) == \
-        after["drop_reasons"]["balance"]
+    assert (
+        sum(j["verdict"]["reason"].startswith("balance: ") for j in judged)
+        == after["drop_reasons"]["balance"]
+    )
     assert max(bal["rejected_after"].values()) <= bal["caps"]["rejected"]

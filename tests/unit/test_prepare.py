@@ -16,10 +16,22 @@ from tests.helpers import TEST_DATA
 def prepared(tmp_path_factory, esconv_dir):
     """`esc-dist prepare` through the CLI, as the issue's acceptance command runs it."""
     out = tmp_path_factory.mktemp("prep") / "data"
-    r = subprocess.run([sys.executable, "-m", "esc_dist", "prepare",
-                        "--esconv", str(esconv_dir / "esconv.json"),
-                        "--split", str(esconv_dir / "splits" / "decoupledesc_split.json"),
-                        "--out", str(out)], capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "esc_dist",
+            "prepare",
+            "--esconv",
+            str(esconv_dir / "esconv.json"),
+            "--split",
+            str(esconv_dir / "splits" / "decoupledesc_split.json"),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     return out
 
@@ -30,8 +42,9 @@ def test_prepare_test_split_equals_paper_file(prepared, esconv_dir):
         test = load_from_disk(str(prepared / task))["test"]
         assert len(test) == 1792
         assert test["strategy"] == [t.strategy for t in paper]
-        assert [" ".join(r.split()) for r in test["reply"]] == [" ".join(t.reply.split())
-                                                                for t in paper]
+        assert [" ".join(r.split()) for r in test["reply"]] == [
+            " ".join(t.reply.split()) for t in paper
+        ]
 
 
 def test_manifest(prepared, esconv_dir):
@@ -40,15 +53,28 @@ def test_manifest(prepared, esconv_dir):
     # the default recipe trains on the first 32 training dialogues and keeps validation and
     # test whole
     assert {k: (v["dialogues"], v["turns"]) for k, v in m["counts"].items()} == {
-        "train": (32, m["counts"]["train"]["turns"]), "validation": (130, 1821),
-        "test": (130, 1792)}
+        "train": (32, m["counts"]["train"]["turns"]),
+        "validation": (130, 1821),
+        "test": (130, 1792),
+    }
     assert 350 < m["counts"]["train"]["turns"] < 650
     # strategy counts of the data README for the DecoupledESC test split
     assert list(m["counts"]["test"]["strategies"].values()) == [
-        365, 125, 154, 157, 283, 276, 98, 334]
+        365,
+        125,
+        154,
+        157,
+        283,
+        276,
+        98,
+        334,
+    ]
     import hashlib
-    assert m["inputs"]["esconv"]["sha256"] == hashlib.sha256(
-        (esconv_dir / "esconv.json").read_bytes()).hexdigest()
+
+    assert (
+        m["inputs"]["esconv"]["sha256"]
+        == hashlib.sha256((esconv_dir / "esconv.json").read_bytes()).hexdigest()
+    )
     assert m["config"]["split"].endswith("decoupledesc_split.json")
 
 
@@ -68,8 +94,9 @@ def test_task_formats(prepared):
     # vanilla and planner histories show earlier strategies, the generator's does not
     earlier = [m["content"] for m in v["prompt"] if m["role"] == "assistant"]
     assert earlier and all(parse_tagged(t)[0] for t in earlier)
-    assert all(parse_tagged(m["content"])[0] is None
-               for m in g["prompt"] if m["role"] == "assistant")
+    assert all(
+        parse_tagged(m["content"])[0] is None for m in g["prompt"] if m["role"] == "assistant"
+    )
 
 
 def test_turns_dataset_keeps_raw_history(prepared, esconv_dir):
@@ -94,10 +121,12 @@ def test_ids_are_unique_and_stable(prepared):
 
 
 def test_max_history_and_max_dialogues(tmp_path, esconv_dir):
-    cfg = DataConfig(esconv=str(esconv_dir / "esconv.json"),
-                     split=str(esconv_dir / "splits" / "decoupledesc_split.json"),
-                     max_dialogues={"train": 5, "validation": 2, "test": None},
-                     max_history_messages=3)
+    cfg = DataConfig(
+        esconv=str(esconv_dir / "esconv.json"),
+        split=str(esconv_dir / "splits" / "decoupledesc_split.json"),
+        max_dialogues={"train": 5, "validation": 2, "test": None},
+        max_history_messages=3,
+    )
     m = prepare(cfg, tmp_path / "d")
     assert [m["counts"][k]["dialogues"] for k in ("train", "validation", "test")] == [5, 2, 130]
     ds = load_from_disk(str(tmp_path / "d" / "generator"))
@@ -105,16 +134,23 @@ def test_max_history_and_max_dialogues(tmp_path, esconv_dir):
 
 
 def test_seeded_prepare(tmp_path):
-    cfg = DataConfig(esconv=str(TEST_DATA / "tiny_esconv.json"), split="seeded",
-                     split_fractions=[0.34, 0.33, 0.33], split_seed=1)
+    cfg = DataConfig(
+        esconv=str(TEST_DATA / "tiny_esconv.json"),
+        split="seeded",
+        split_fractions=[0.34, 0.33, 0.33],
+        split_seed=1,
+    )
     m = prepare(cfg, tmp_path / "d")
     assert sum(v["dialogues"] for v in m["counts"].values()) == 3
     assert m["inputs"]["split"]["sha256"] is None
 
 
 def test_failed_prepare_keeps_previous_output(tmp_path):
-    cfg = DataConfig(esconv=str(TEST_DATA / "tiny_esconv.json"), split="seeded",
-                     split_fractions=[0.34, 0.33, 0.33])
+    cfg = DataConfig(
+        esconv=str(TEST_DATA / "tiny_esconv.json"),
+        split="seeded",
+        split_fractions=[0.34, 0.33, 0.33],
+    )
     prepare(cfg, tmp_path / "d")
     before = (tmp_path / "d" / "manifest.json").read_text()
     bad = DataConfig(esconv=str(TEST_DATA / "malformed" / "truncated.json"), split="seeded")
@@ -125,21 +161,39 @@ def test_failed_prepare_keeps_previous_output(tmp_path):
 
 
 def test_cli_reports_bad_data_with_location(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "esc_dist", "prepare", "--esconv",
-                        str(TEST_DATA / "malformed" / "unknown_speaker.json"), "--split", "seeded",
-                        "--out", str(tmp_path / "o")], capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "esc_dist",
+            "prepare",
+            "--esconv",
+            str(TEST_DATA / "malformed" / "unknown_speaker.json"),
+            "--split",
+            "seeded",
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 2
     assert "unknown_speaker.json, dialogue 1, utterance 2: unknown speaker 'helper'" in r.stderr
     assert not (tmp_path / "o").exists()
 
 
 def test_full_split_counts(tmp_path, esconv_dir):
-    cfg = DataConfig(esconv=str(esconv_dir / "esconv.json"),
-                     split=str(esconv_dir / "splits" / "decoupledesc_split.json"),
-                     max_dialogues={"train": None, "validation": None, "test": None})
+    cfg = DataConfig(
+        esconv=str(esconv_dir / "esconv.json"),
+        split=str(esconv_dir / "splits" / "decoupledesc_split.json"),
+        max_dialogues={"train": None, "validation": None, "test": None},
+    )
     m = prepare(cfg, tmp_path / "full")
     assert {k: (v["dialogues"], v["turns"]) for k, v in m["counts"].items()} == {
-        "train": (1040, 14763), "validation": (130, 1821), "test": (130, 1792)}
+        "train": (1040, 14763),
+        "validation": (130, 1821),
+        "test": (130, 1792),
+    }
 
 
 def test_history_without_strategy_tags(tmp_path, esconv_dir):
@@ -149,10 +203,12 @@ def test_history_without_strategy_tags(tmp_path, esconv_dir):
     from esc_dist.data.tasks import prompt_settings_of
     from esc_dist.infer import planner_items, vanilla_items
 
-    cfg = DataConfig(esconv=str(esconv_dir / "esconv.json"),
-                     split=str(esconv_dir / "splits" / "decoupledesc_split.json"),
-                     max_dialogues={"train": 3, "validation": 1, "test": 2},
-                     history_strategy_tags=False)
+    cfg = DataConfig(
+        esconv=str(esconv_dir / "esconv.json"),
+        split=str(esconv_dir / "splits" / "decoupledesc_split.json"),
+        max_dialogues={"train": 3, "validation": 1, "test": 2},
+        history_strategy_tags=False,
+    )
     prepare(cfg, tmp_path / "plain")
     prepare(DataConfig(**{**cfg.__dict__, "history_strategy_tags": True}), tmp_path / "tagged")
     assert prompt_settings_of(tmp_path / "plain").tagged is False
@@ -163,8 +219,9 @@ def test_history_without_strategy_tags(tmp_path, esconv_dir):
         tagged = load_from_disk(str(tmp_path / "tagged" / task))["test"]
         said = [m["content"] for row in plain for m in row["prompt"] if m["role"] == "assistant"]
         assert said and all(parse_tagged(t)[0] is None for t in said)
-        tagged_said = [m["content"] for row in tagged for m in row["prompt"]
-                       if m["role"] == "assistant"]
+        tagged_said = [
+            m["content"] for row in tagged for m in row["prompt"] if m["role"] == "assistant"
+        ]
         assert len(tagged_said) == len(said) and all(parse_tagged(t)[0] for t in tagged_said)
         assert [parse_tagged(t)[1] for t in tagged_said] == said  # same words, tags dropped
         assert plain["completion"] == tagged["completion"]

@@ -36,8 +36,14 @@ SECRET = "sk-test-psych-0123456789-do-not-leak"
 
 def dialogue(*texts):
     """History records alternating seeker/supporter, starting with the seeker."""
-    return [{"role": "seeker" if i % 2 == 0 else "supporter", "text": t,
-             "strategy": None if i % 2 == 0 else "Question"} for i, t in enumerate(texts)]
+    return [
+        {
+            "role": "seeker" if i % 2 == 0 else "supporter",
+            "text": t,
+            "strategy": None if i % 2 == 0 else "Question",
+        }
+        for i, t in enumerate(texts)
+    ]
 
 
 OPEN = ("Hello there", "Hi, what would you like to talk about today?")
@@ -51,14 +57,22 @@ CASES = {
     "es": (JOB, "You should update your resume and apply for a new job this week.", [ES]),
     "tr": (SISTER, "Everything will be fine, stay positive!", [TR]),
     "none": (EXAM, "I'm sorry, failing the driving exam twice must be hard.", []),
-    "le+es": (JOB, "Calm down. You should update your resume and apply for a new job this week.",
-              [LE, ES]),
+    "le+es": (
+        JOB,
+        "Calm down. You should update your resume and apply for a new job this week.",
+        [LE, ES],
+    ),
 }
 
 
 def test_names_and_order():
-    assert ERROR_TYPES == ("Strategy Mismatch", "Template Response", "Lack Empathy",
-                           "Emotion Misread", "Early Emotion Shift")
+    assert ERROR_TYPES == (
+        "Strategy Mismatch",
+        "Template Response",
+        "Lack Empathy",
+        "Emotion Misread",
+        "Early Emotion Shift",
+    )
     assert NONE == "none"
 
 
@@ -70,15 +84,37 @@ def test_offline_reply_errors(case):
 
 def test_offline_rates_against_a_count():
     # label of each record, written out by hand (not computed by the rules)
-    plan = [("a", "le"), ("b", "es"), ("c", "tr"), ("d", "tr"), ("e", "none"), ("f", "le+es"),
-            ("g", "none"), ("h", "tr")]
-    expected = {"a": [LE], "b": [ES], "c": [TR], "d": [TR], "e": [], "f": [LE, ES], "g": [],
-                "h": [TR]}
+    plan = [
+        ("a", "le"),
+        ("b", "es"),
+        ("c", "tr"),
+        ("d", "tr"),
+        ("e", "none"),
+        ("f", "le+es"),
+        ("g", "none"),
+        ("h", "tr"),
+    ]
+    expected = {
+        "a": [LE],
+        "b": [ES],
+        "c": [TR],
+        "d": [TR],
+        "e": [],
+        "f": [LE, ES],
+        "g": [],
+        "h": [TR],
+    }
     records = [{"id": i, "pred_reply": CASES[c][1], "pred_strategy": None} for i, c in plan]
     histories = {i: CASES[c][0] for i, c in plan}
     # the backend argument wins over the recipe's; offline needs no endpoint
-    out = error_rates(records, histories, JudgeConfig(backend="openai"), None,
-                      backend="offline", keep_per_item=True)
+    out = error_rates(
+        records,
+        histories,
+        JudgeConfig(backend="openai"),
+        None,
+        backend="offline",
+        keep_per_item=True,
+    )
     n = len(plan)
     count = {t: sum(t in e for e in expected.values()) for t in ERROR_TYPES}
     clean = sum(not e for e in expected.values())
@@ -86,17 +122,28 @@ def test_offline_rates_against_a_count():
     assert out["backend"] == "offline" and "model" not in out and "client" not in out
     assert out["version"] == "offline-rules-v2"
     assert out["types"] == [TR, LE, ES]
-    assert (out["n"], out["labelled"], out["parse_failures"], out["request_failures"]) \
-        == (n, n, 0, 0)
-    assert out["rates"] == {SM: None, TR: round(3 / n, 4), LE: round(2 / n, 4), EM: None,
-                            ES: round(2 / n, 4)}
+    assert (out["n"], out["labelled"], out["parse_failures"], out["request_failures"]) == (
+        n,
+        n,
+        0,
+        0,
+    )
+    assert out["rates"] == {
+        SM: None,
+        TR: round(3 / n, 4),
+        LE: round(2 / n, 4),
+        EM: None,
+        ES: round(2 / n, 4),
+    }
     assert out["none"] == round(clean / n, 4) and out["any_error"] == round((n - clean) / n, 4)
     assert out["counts"] == {SM: None, TR: 3, LE: 2, EM: None, ES: 2, NONE: 2, "any_error": 6}
     assert out["items"] == expected
+
     # objects work as well as mappings
     class Pred:
         def __init__(self, rid, reply):
             self.id, self.pred_reply, self.pred_strategy = rid, reply, None
+
     objs = [Pred(r["id"], r["pred_reply"]) for r in records]
     assert error_rates(objs, histories, JudgeConfig(), None)["rates"] == out["rates"]
 
@@ -106,8 +153,9 @@ def test_empty_and_bad_inputs():
     assert out["n"] == out["labelled"] == 0 and out["none"] is None
     assert set(out["rates"].values()) == {None}
     with pytest.raises(DataError, match="no dialogue history"):
-        error_rates([{"id": "x", "pred_reply": "hi", "pred_strategy": None}], {}, JudgeConfig(),
-                    None)
+        error_rates(
+            [{"id": "x", "pred_reply": "hi", "pred_strategy": None}], {}, JudgeConfig(), None
+        )
     with pytest.raises(ConfigError, match="unknown judge backend"):
         error_rates([], {}, JudgeConfig(), None, backend="oracle")
 
@@ -115,8 +163,13 @@ def test_empty_and_bad_inputs():
 def test_parse_errors():
     assert parse_errors({"errors": []}) == []
     assert parse_errors({"errors": ["early  emotion shift", "STRATEGY MISMATCH", SM]}) == [SM, ES]
-    for bad in ({"errors": ["Rudeness"]}, {"errors": "Lack Empathy"}, {"errors": [3]},
-                {"errors": [], "why": "x"}, {"A_errors": []}):
+    for bad in (
+        {"errors": ["Rudeness"]},
+        {"errors": "Lack Empathy"},
+        {"errors": [3]},
+        {"errors": [], "why": "x"},
+        {"A_errors": []},
+    ):
         with pytest.raises(ValueError):
             parse_errors(bad)
 
@@ -135,10 +188,13 @@ def test_prompt():
 
 
 def test_eval_does_not_import_ipm():
-    code = ("import sys, esc_dist.eval.psych_errors, esc_dist.eval.plots; "
-            "print([m for m in sys.modules if m.startswith('esc_dist.ipm')])")
-    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                       check=True)
+    code = (
+        "import sys, esc_dist.eval.psych_errors, esc_dist.eval.plots; "
+        "print([m for m in sys.modules if m.startswith('esc_dist.ipm')])"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
     assert r.stdout.strip() == "[]"
 
 
@@ -153,14 +209,22 @@ def key(monkeypatch):
 
 
 def cfg_for(server, **kw) -> JudgeConfig:
-    return JudgeConfig(backend="openai", model="fake-judge", base_url=server.url,
-                       api_key_env=KEY_ENV, **kw)
+    return JudgeConfig(
+        backend="openai", model="fake-judge", base_url=server.url, api_key_env=KEY_ENV, **kw
+    )
 
 
 def fast_client(server, cache_dir, **kw) -> LLMClient:
-    opts = dict(api_key_env=KEY_ENV, concurrency=4, max_retries=2, timeout=5.0,
-                cache_dir=cache_dir, prompt_version=PROMPT_VERSION, base_delay=0.001,
-                max_delay=0.01)
+    opts = dict(
+        api_key_env=KEY_ENV,
+        concurrency=4,
+        max_retries=2,
+        timeout=5.0,
+        cache_dir=cache_dir,
+        prompt_version=PROMPT_VERSION,
+        base_delay=0.001,
+        max_delay=0.01,
+    )
     opts.update(kw)
     return LLMClient(server.url, "fake-judge", **opts)
 
@@ -182,8 +246,14 @@ def scripted(body: dict) -> Reply:
     return Reply(content=ANSWERS[re.match(r"r\d+", reply).group(0)])
 
 
-RECORDS = [{"id": f"t{k}", "pred_reply": f"r{k} some reply",
-            "pred_strategy": "Question" if k % 2 else None} for k in range(1, 7)]
+RECORDS = [
+    {
+        "id": f"t{k}",
+        "pred_reply": f"r{k} some reply",
+        "pred_strategy": "Question" if k % 2 else None,
+    }
+    for k in range(1, 7)
+]
 HISTORIES = {r["id"]: EXAM for r in RECORDS}
 
 
@@ -196,10 +266,20 @@ def test_openai_rates_retry_and_cache(server, key, tmp_path):
     assert out["backend"] == "openai" and out["model"] == "fake-judge"
     assert out["version"] == f"{PROMPT_VERSION}:fake-judge"
     assert out["types"] == list(ERROR_TYPES)
-    assert (out["n"], out["labelled"], out["parse_failures"], out["request_failures"]) \
-        == (6, 4, 2, 0)
-    assert out["items"] == {"t1": [SM, EM], "t2": [], "t3": [TR, LE], "t4": None, "t5": None,
-                            "t6": [ES]}
+    assert (out["n"], out["labelled"], out["parse_failures"], out["request_failures"]) == (
+        6,
+        4,
+        2,
+        0,
+    )
+    assert out["items"] == {
+        "t1": [SM, EM],
+        "t2": [],
+        "t3": [TR, LE],
+        "t4": None,
+        "t5": None,
+        "t6": [ES],
+    }
     assert out["counts"] == {SM: 1, TR: 1, LE: 1, EM: 1, ES: 1, NONE: 1, "any_error": 3}
     assert out["rates"] == dict.fromkeys(ERROR_TYPES, 0.25)
     assert out["none"] == 0.25 and out["any_error"] == 0.75
@@ -214,8 +294,9 @@ def test_openai_rates_retry_and_cache(server, key, tmp_path):
     again = error_rates(RECORDS, HISTORIES, cfg, cache, client=c2, keep_per_item=True)
     assert len(server.requests) == 7 and c2.stats()["requests"] == 0
     assert c2.stats()["cache_hits"] == 6
-    assert {k: v for k, v in again.items() if k != "client"} == \
-        {k: v for k, v in out.items() if k != "client"}
+    assert {k: v for k, v in again.items() if k != "client"} == {
+        k: v for k, v in out.items() if k != "client"
+    }
 
 
 def test_openai_request_failures(server, key, tmp_path):
@@ -226,11 +307,21 @@ def test_openai_request_failures(server, key, tmp_path):
     fail_twice = [Reply(status=500, raw=b"{}"), Reply(status=500, raw=b"{}")]
     server.script = list(fail_twice)
     with pytest.raises(LLMError, match="psychological error rates: 1 of 2 requests failed"):
-        error_rates(records, histories, cfg_for(server), None,
-                    client=fast_client(server, None, concurrency=1, max_retries=1))
+        error_rates(
+            records,
+            histories,
+            cfg_for(server),
+            None,
+            client=fast_client(server, None, concurrency=1, max_retries=1),
+        )
     server.script = list(fail_twice)
-    out = error_rates(records, histories, cfg_for(server, max_failed_share=0.5), None,
-                      client=fast_client(server, None, concurrency=1, max_retries=1))
+    out = error_rates(
+        records,
+        histories,
+        cfg_for(server, max_failed_share=0.5),
+        None,
+        client=fast_client(server, None, concurrency=1, max_retries=1),
+    )
     assert out["request_failures"] == 1 and out["labelled"] == 1 and out["n"] == 2
     assert out["rates"] == dict.fromkeys(ERROR_TYPES, 0.0) and out["none"] == 1.0
 
@@ -257,8 +348,12 @@ def test_openai_key_never_in_the_cache(server, key, tmp_path):
 def test_plot_error_rates(tmp_path):
     from PIL import Image
 
-    offline = error_rates([{"id": "a", "pred_reply": CASES["le"][1], "pred_strategy": None}],
-                          {"a": EXAM}, JudgeConfig(), None)
+    offline = error_rates(
+        [{"id": "a", "pred_reply": CASES["le"][1], "pred_strategy": None}],
+        {"a": EXAM},
+        JudgeConfig(),
+        None,
+    )
     llm = {"rates": dict.fromkeys(ERROR_TYPES, 0.2), "none": 0.4}
     path = plot_error_rates({"sft": offline, "dpo": llm}, tmp_path / "errors.png", "Errors")
     assert path == tmp_path / "errors.png"

@@ -65,8 +65,15 @@ def logs():
 
 
 def cfg_for(server, **kw) -> JudgeConfig:
-    opts = dict(backend="openai", model=server.model, base_url=server.url, api_key_env=KEY_ENV,
-                concurrency=2, max_retries=1, timeout=TIMEOUT)
+    opts = dict(
+        backend="openai",
+        model=server.model,
+        base_url=server.url,
+        api_key_env=KEY_ENV,
+        concurrency=2,
+        max_retries=1,
+        timeout=TIMEOUT,
+    )
     opts.update(kw)
     return JudgeConfig(**opts)
 
@@ -81,8 +88,10 @@ def assert_no_secret(secret: str, root: Path, *texts) -> None:
 
 
 def ask(text: str) -> list[dict]:
-    return [{"role": "system", "content": "Answer with one JSON object and nothing else."},
-            {"role": "user", "content": text}]
+    return [
+        {"role": "system", "content": "Answer with one JSON object and nothing else."},
+        {"role": "user", "content": text},
+    ]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -91,9 +100,16 @@ def ask(text: str) -> list[dict]:
 
 def test_chat_call_is_answered_cached_and_reused(llama_server, key, tmp_path, logs):
     messages = ask('Is the sky blue? Answer exactly {"answer": "yes"} or {"answer": "no"}.')
-    c = LLMClient(llama_server.url, llama_server.model, api_key_env=KEY_ENV,
-                  cache_dir=tmp_path / "cache", temperature=0.0, max_tokens=48, timeout=TIMEOUT,
-                  max_retries=1)
+    c = LLMClient(
+        llama_server.url,
+        llama_server.model,
+        api_key_env=KEY_ENV,
+        cache_dir=tmp_path / "cache",
+        temperature=0.0,
+        max_tokens=48,
+        timeout=TIMEOUT,
+        max_retries=1,
+    )
     first = c.chat_json(messages)
     stats = c.stats()
     assert (stats["calls"], stats["requests"], stats["cache_hits"]) == (1, 1, 0)
@@ -107,12 +123,21 @@ def test_chat_call_is_answered_cached_and_reused(llama_server, key, tmp_path, lo
     entry = read_json(cached[0])
     assert entry["answer"] == first.text and entry["model"] == llama_server.model
 
-    again = LLMClient(llama_server.url, llama_server.model, api_key_env=KEY_ENV,
-                      cache_dir=tmp_path / "cache", temperature=0.0, max_tokens=48,
-                      timeout=TIMEOUT)
+    again = LLMClient(
+        llama_server.url,
+        llama_server.model,
+        api_key_env=KEY_ENV,
+        cache_dir=tmp_path / "cache",
+        temperature=0.0,
+        max_tokens=48,
+        timeout=TIMEOUT,
+    )
     second = again.chat_json(messages)
-    assert second.cached and (second.ok, second.data, second.text) == \
-        (first.ok, first.data, first.text)
+    assert second.cached and (second.ok, second.data, second.text) == (
+        first.ok,
+        first.data,
+        first.text,
+    )
     assert again.stats()["requests"] == 0 and again.stats()["cache_hits"] == 1
     assert_no_secret(key, tmp_path, *logs, repr(c), first, second)
 
@@ -120,8 +145,13 @@ def test_chat_call_is_answered_cached_and_reused(llama_server, key, tmp_path, lo
 def test_wrong_key_is_refused_and_not_leaked(llama_server, monkeypatch, tmp_path, logs):
     wrong = "sk-wrong-0123456789-do-not-leak"
     monkeypatch.setenv(KEY_ENV, wrong)
-    c = LLMClient(llama_server.url, llama_server.model, api_key_env=KEY_ENV,
-                  cache_dir=tmp_path / "cache", timeout=TIMEOUT)
+    c = LLMClient(
+        llama_server.url,
+        llama_server.model,
+        api_key_env=KEY_ENV,
+        cache_dir=tmp_path / "cache",
+        timeout=TIMEOUT,
+    )
     with pytest.raises(LLMError) as exc:
         c.chat_json(ask("hello"))
     message = str(exc.value)
@@ -177,11 +207,26 @@ def test_judge_stage_openai(llama_server, key, tmp_path, logs, capsys):
     pairs = write_pairs(tmp_path / "pairs.jsonl", GENERATOR)
 
     def judge(url):
-        return main(["judge", "--role", "generator", "--pairs", str(pairs),
-                     "--out", str(tmp_path / "prefdial"), "--backend", "openai",
-                     f"judge.base_url={url}", f"judge.model={llama_server.model}",
-                     f"judge.api_key_env={KEY_ENV}", f"judge.timeout={TIMEOUT}",
-                     "judge.concurrency=2", "judge.max_retries=1", "wandb.mode=disabled"])
+        return main(
+            [
+                "judge",
+                "--role",
+                "generator",
+                "--pairs",
+                str(pairs),
+                "--out",
+                str(tmp_path / "prefdial"),
+                "--backend",
+                "openai",
+                f"judge.base_url={url}",
+                f"judge.model={llama_server.model}",
+                f"judge.api_key_env={KEY_ENV}",
+                f"judge.timeout={TIMEOUT}",
+                "judge.concurrency=2",
+                "judge.max_retries=1",
+                "wandb.mode=disabled",
+            ]
+        )
 
     assert judge(llama_server.url) == 0
     out = tmp_path / "prefdial"
@@ -197,15 +242,19 @@ def test_judge_stage_openai(llama_server, key, tmp_path, logs, capsys):
     client = stats["judge"]["client"]
     assert client["requests"] == len(ASKED) and client["request_failures"] == 0
     assert stats["judge"]["request_errors"] == manifest["request_failures"] == 0
-    assert stats["judge"]["parse_errors"] == client["parse_failures"] == \
-        sum(v["reason"] == "judge_parse_error" for v in verdicts)
+    assert (
+        stats["judge"]["parse_errors"]
+        == client["parse_failures"]
+        == sum(v["reason"] == "judge_parse_error" for v in verdicts)
+    )
     assert manifest["judge_name"] == f"openai:{llama_server.model}"
 
     assert judge(dead_url()) == 0  # nothing listens there: every answer comes from the cache
     rerun = read_json(out / "stats.json")["judge"]["client"]
     assert rerun["requests"] == 0 and rerun["cache_hits"] == len(ASKED)
-    assert [json.loads(line)["verdict"] for line in
-            (out / "judged.jsonl").read_text().splitlines()] == verdicts
+    assert [
+        json.loads(line)["verdict"] for line in (out / "judged.jsonl").read_text().splitlines()
+    ] == verdicts
     std = capsys.readouterr()
     assert_no_secret(key, tmp_path, *logs, std.out, std.err)
 
@@ -215,15 +264,29 @@ def test_judge_stage_openai(llama_server, key, tmp_path, logs, capsys):
 
 
 def test_score_predictions(llama_server, key, tmp_path, logs):
-    records = [{"id": "t1", "gold_strategy": "Question", "gold_reply": "What happened at work?",
-                "pred_strategy": "Question", "pred_reply": "How did that make you feel?"},
-               {"id": "t2", "gold_strategy": "Reflection of feelings",
-                "gold_reply": "You sound really hurt.", "pred_strategy": "Others",
-                "pred_reply": "Just get over it."},
-               {"id": "t3", "gold_strategy": "Affirmation and Reassurance",
-                "gold_reply": "It is brave of you to talk about it.",
-                "pred_strategy": "Affirmation and Reassurance",
-                "pred_reply": "I am sorry you lost your job; that sounds really hard."}]
+    records = [
+        {
+            "id": "t1",
+            "gold_strategy": "Question",
+            "gold_reply": "What happened at work?",
+            "pred_strategy": "Question",
+            "pred_reply": "How did that make you feel?",
+        },
+        {
+            "id": "t2",
+            "gold_strategy": "Reflection of feelings",
+            "gold_reply": "You sound really hurt.",
+            "pred_strategy": "Others",
+            "pred_reply": "Just get over it.",
+        },
+        {
+            "id": "t3",
+            "gold_strategy": "Affirmation and Reassurance",
+            "gold_reply": "It is brave of you to talk about it.",
+            "pred_strategy": "Affirmation and Reassurance",
+            "pred_reply": "I am sorry you lost your job; that sounds really hard.",
+        },
+    ]
     lost = [{"role": "seeker", "text": "I lost my job today.", "strategy": None}]
     histories = {"t1": lost, "t3": lost}
     cfg = cfg_for(llama_server)
@@ -236,8 +299,9 @@ def test_score_predictions(llama_server, key, tmp_path, logs):
     assert list((tmp_path / "cache").rglob("*.json"))
     # The rerun needs no request: nothing listens at its endpoint, and a failed request would
     # fail the scoring (judge.max_failed_share is 0).
-    again = score_predictions(records, replace(cfg, base_url=dead_url()), tmp_path / "cache",
-                              histories)
+    again = score_predictions(
+        records, replace(cfg, base_url=dead_url()), tmp_path / "cache", histories
+    )
     assert {k: again[k] for k in SCORE_KEYS} == {k: out[k] for k in SCORE_KEYS}
     assert_no_secret(key, tmp_path, *logs)
 
@@ -248,9 +312,16 @@ def test_error_rates(llama_server, key, tmp_path, logs):
     from esc_dist.eval.psych_errors import ERROR_TYPES, error_rates
 
     lost = [{"role": "seeker", "text": "I lost my job today and I feel awful.", "strategy": None}]
-    records = [{"id": f"t{i}", "pred_strategy": "Question", "pred_reply": reply}
-               for i, reply in enumerate(["How are you feeling about it?", "Just get over it.",
-                                          "You should apply for new jobs right now."])]
+    records = [
+        {"id": f"t{i}", "pred_strategy": "Question", "pred_reply": reply}
+        for i, reply in enumerate(
+            [
+                "How are you feeling about it?",
+                "Just get over it.",
+                "You should apply for new jobs right now.",
+            ]
+        )
+    ]
     histories = {r["id"]: lost for r in records}
     cfg = cfg_for(llama_server)
     out = error_rates(records, histories, cfg, tmp_path / "cache", backend="openai")
@@ -259,8 +330,10 @@ def test_error_rates(llama_server, key, tmp_path, logs):
     if out["labelled"]:
         assert set(out["rates"]) == set(ERROR_TYPES)
         assert all(0 <= v <= 1 for v in out["rates"].values())
-    again = error_rates(records, histories, replace(cfg, base_url=dead_url()),
-                        tmp_path / "cache", backend="openai")
-    assert {k: again[k] for k in ("labelled", "parse_failures", "rates", "none")} == \
-        {k: out[k] for k in ("labelled", "parse_failures", "rates", "none")}
+    again = error_rates(
+        records, histories, replace(cfg, base_url=dead_url()), tmp_path / "cache", backend="openai"
+    )
+    assert {k: again[k] for k in ("labelled", "parse_failures", "rates", "none")} == {
+        k: out[k] for k in ("labelled", "parse_failures", "rates", "none")
+    }
     assert_no_secret(key, tmp_path, *logs)

@@ -6,8 +6,10 @@ from esc_dist.data.splits import load_split_file, seeded_split
 from esc_dist.errors import DataError
 
 
-@pytest.mark.parametrize("fname,sizes", [("decoupledesc_split.json", (1040, 130, 130)),
-                                         ("zcj_seed13_split.json", (910, 195, 195))])
+@pytest.mark.parametrize(
+    "fname,sizes",
+    [("decoupledesc_split.json", (1040, 130, 130)), ("zcj_seed13_split.json", (910, 195, 195))],
+)
 def test_published_split_files(esconv_dir, fname, sizes):
     split = load_split_file(esconv_dir / "splits" / fname, 1300)
     assert tuple(len(split[k]) for k in ("train", "validation", "test")) == sizes
@@ -37,14 +39,17 @@ def test_seeded_split_rejects_bad_fractions():
         seeded_split(10, [0.5, 0.2, 0.2], 0)
 
 
-@pytest.mark.parametrize("content,message", [
-    ({"train": [0, 1], "test": [1, 2]}, "dialogue 1 is listed in both 'train' and 'test'"),
-    ({"train": [0, 0]}, "dialogue 0 is listed twice"),
-    ({"train": [0, 99]}, "index 99 outside the corpus of 10 dialogues"),
-    ({"train": "0,1"}, "split 'train' must be a list of integers"),
-    ({"description": "x"}, "no split found"),
-    ([0, 1], "must be a JSON object"),
-])
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        ({"train": [0, 1], "test": [1, 2]}, "dialogue 1 is listed in both 'train' and 'test'"),
+        ({"train": [0, 0]}, "dialogue 0 is listed twice"),
+        ({"train": [0, 99]}, "index 99 outside the corpus of 10 dialogues"),
+        ({"train": "0,1"}, "split 'train' must be a list of integers"),
+        ({"description": "x"}, "no split found"),
+        ([0, 1], "must be a JSON object"),
+    ],
+)
 def test_bad_split_files(tmp_path, content, message):
     p = tmp_path / "split.json"
     p.write_text(json.dumps(content))

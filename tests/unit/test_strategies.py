@@ -8,20 +8,23 @@ from esc_dist.strategies import (
 )
 
 
-@pytest.mark.parametrize("raw,expected", [
-    ("Question", "Question"),
-    ("  question ", "Question"),
-    ("QUESTIONS", "Question"),
-    ("restatement  or   paraphrasing", "Restatement or Paraphrasing"),
-    ("Reflection_of_feelings", "Reflection of feelings"),
-    ("self disclosure", "Self-disclosure"),
-    ("[Providing Suggestions]", "Providing Suggestions"),
-    ("Other", "Others"),
-    ("Hugging", None),
-    ("Direct Guidance", None),
-    ("", None),
-    (None, None),
-])
+@pytest.mark.parametrize(
+    "raw,expected",
+    [
+        ("Question", "Question"),
+        ("  question ", "Question"),
+        ("QUESTIONS", "Question"),
+        ("restatement  or   paraphrasing", "Restatement or Paraphrasing"),
+        ("Reflection_of_feelings", "Reflection of feelings"),
+        ("self disclosure", "Self-disclosure"),
+        ("[Providing Suggestions]", "Providing Suggestions"),
+        ("Other", "Others"),
+        ("Hugging", None),
+        ("Direct Guidance", None),
+        ("", None),
+        (None, None),
+    ],
+)
 def test_normalize(raw, expected):
     assert normalize_strategy(raw) == expected
 
@@ -32,8 +35,10 @@ def test_every_canonical_name_maps_to_itself():
 
 def test_parse_tagged():
     assert parse_tagged("[Question] How are you?") == ("Question", "How are you?")
-    assert parse_tagged("[self-disclosure]I felt that too.") == ("Self-disclosure",
-                                                                 "I felt that too.")
+    assert parse_tagged("[self-disclosure]I felt that too.") == (
+        "Self-disclosure",
+        "I felt that too.",
+    )
     assert parse_tagged("No tag here") == (None, "No tag here")
     assert parse_tagged("[Hugs] there there") == (None, "[Hugs] there there")
 

@@ -32,8 +32,9 @@ def test_reload_and_generate(tiny_model_dir):
     text = "I have been feeling anxious about my exams."
     assert tok.decode(tok(text)["input_ids"]) == text  # byte-level BPE round trip
     msgs = [{"role": "system", "content": "Be kind."}, {"role": "user", "content": text}]
-    enc = tok.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt",
-                                  return_dict=True)
+    enc = tok.apply_chat_template(
+        msgs, add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
     out = model.generate(**enc, max_new_tokens=8, do_sample=False)
     assert out.shape[1] > enc["input_ids"].shape[1]
     # greedy generation is deterministic
@@ -43,8 +44,10 @@ def test_reload_and_generate(tiny_model_dir):
 
 def test_chat_template_marks_assistant_tokens(tiny_model_dir):
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    msgs = [{"role": "user", "content": "I lost my job."},
-            {"role": "assistant", "content": "[Question] How are you coping?"}]
+    msgs = [
+        {"role": "user", "content": "I lost my job."},
+        {"role": "assistant", "content": "[Question] How are you coping?"},
+    ]
     enc = tok.apply_chat_template(msgs, return_dict=True, return_assistant_tokens_mask=True)
     marked = [i for i, m in zip(enc["input_ids"], enc["assistant_masks"]) if m]
     assert tok.decode(marked) == "[Question] How are you coping?" + EOS
@@ -54,10 +57,12 @@ def test_datasets_usable_as_is_by_trl(tmp_path, esconv_dir, tiny_model_dir):
     """TRL's SFTTrainer reads a prepared dataset unchanged and puts the loss on the completion."""
     from trl import SFTConfig, SFTTrainer
 
-    cfg = DataConfig(esconv=str(esconv_dir / "esconv.json"),
-                     split=str(esconv_dir / "splits" / "decoupledesc_split.json"),
-                     max_dialogues={"train": 2, "validation": 1, "test": 1},
-                     max_history_messages=4)
+    cfg = DataConfig(
+        esconv=str(esconv_dir / "esconv.json"),
+        split=str(esconv_dir / "splits" / "decoupledesc_split.json"),
+        max_dialogues={"train": 2, "validation": 1, "test": 1},
+        max_history_messages=4,
+    )
     prepare(cfg, tmp_path / "data")
     from datasets import load_from_disk
 
@@ -65,9 +70,16 @@ def test_datasets_usable_as_is_by_trl(tmp_path, esconv_dir, tiny_model_dir):
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     for task in ("vanilla", "planner", "generator"):
         train = load_from_disk(str(tmp_path / "data" / task))["train"]
-        args = SFTConfig(output_dir=str(tmp_path / "o"), max_steps=1, report_to=[], use_cpu=True,
-                         bf16=False, max_length=1024, save_strategy="no",
-                         per_device_train_batch_size=2)
+        args = SFTConfig(
+            output_dir=str(tmp_path / "o"),
+            max_steps=1,
+            report_to=[],
+            use_cpu=True,
+            bf16=False,
+            max_length=1024,
+            save_strategy="no",
+            per_device_train_batch_size=2,
+        )
         trainer = SFTTrainer(model=model, args=args, train_dataset=train, processing_class=tok)
         assert len(trainer.train_dataset) == len(train)  # nothing dropped or truncated away
         for row in trainer.train_dataset:

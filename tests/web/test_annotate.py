@@ -32,21 +32,38 @@ N = 4
 
 
 def _pred(i: int, reply: str) -> dict:
-    return {"id": f"esconv-9{i:03d}-t001", "dialogue_id": f"esconv-9{i:03d}", "turn_index": 1,
-            "gold_strategy": "Question", "gold_reply": "How are you?",
-            "pred_strategy": "Question", "pred_strategy_raw": "Question", "pred_reply": reply,
-            "mode": "decoupled",
-            "history": [{"role": "seeker", "text": f"I lost my job last week ({i}). "
-                         + (HOSTILE if i == 1 else ""), "strategy": None}]}
+    return {
+        "id": f"esconv-9{i:03d}-t001",
+        "dialogue_id": f"esconv-9{i:03d}",
+        "turn_index": 1,
+        "gold_strategy": "Question",
+        "gold_reply": "How are you?",
+        "pred_strategy": "Question",
+        "pred_strategy_raw": "Question",
+        "pred_reply": reply,
+        "mode": "decoupled",
+        "history": [
+            {
+                "role": "seeker",
+                "text": f"I lost my job last week ({i}). " + (HOSTILE if i == 1 else ""),
+                "strategy": None,
+            }
+        ],
+    }
 
 
 @pytest.fixture()
 def study(tmp_path) -> Path:
     a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
-    a.write_text("".join(json.dumps(_pred(i, f"That must be hard, number {i}.")) + "\n"
-                         for i in range(N)))
-    b.write_text("".join(json.dumps(_pred(i, HOSTILE if i == 0 else f"Try to relax {i}."))
-                         + "\n" for i in range(N)))
+    a.write_text(
+        "".join(json.dumps(_pred(i, f"That must be hard, number {i}.")) + "\n" for i in range(N))
+    )
+    b.write_text(
+        "".join(
+            json.dumps(_pred(i, HOSTILE if i == 0 else f"Try to relax {i}.")) + "\n"
+            for i in range(N)
+        )
+    )
     build_study(a, b, f"{NAME1},{NAME2}", tmp_path / "study", seed=1)
     return tmp_path / "study"
 
@@ -64,9 +81,22 @@ class Server:
         env = dict(os.environ, PYTHONPATH=str(ROOT), GRADIO_ANALYTICS_ENABLED="False")
         with open(self.log, "a") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "esc_dist", "human-eval", "serve", str(self.study),
-                 "--port", str(self.port)], cwd=ROOT, env=env, stdout=log,
-                stderr=subprocess.STDOUT, start_new_session=True)
+                [
+                    sys.executable,
+                    "-m",
+                    "esc_dist",
+                    "human-eval",
+                    "serve",
+                    str(self.study),
+                    "--port",
+                    str(self.port),
+                ],
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         deadline = time.time() + 120
         while time.time() < deadline:
             if self.proc.poll() is not None:
@@ -105,8 +135,9 @@ def _wait(driver, cond, timeout=60):
     from selenium.webdriver.support.ui import WebDriverWait
 
     # the page re-renders while it is read: an element gone stale is read again
-    return WebDriverWait(driver, timeout,
-                         ignored_exceptions=(StaleElementReferenceException,)).until(cond)
+    return WebDriverWait(
+        driver, timeout, ignored_exceptions=(StaleElementReferenceException,)
+    ).until(cond)
 
 
 def _css(driver, sel):
@@ -133,8 +164,11 @@ def shown_item(driver) -> dict | None:
     found = [_css(driver, sel) for sel in ("#context", "#reply-a textarea", "#reply-b textarea")]
     if not all(found):
         return None
-    return {"context": found[0][0].text, "A": found[1][0].get_attribute("value"),
-            "B": found[2][0].get_attribute("value")}
+    return {
+        "context": found[0][0].text,
+        "A": found[1][0].get_attribute("value"),
+        "B": found[2][0].get_attribute("value"),
+    }
 
 
 def judge(driver, choices: dict[str, str]) -> None:
@@ -146,8 +180,12 @@ def judge(driver, choices: dict[str, str]) -> None:
         option.click()
     _css(driver, "#submit")[0].click()
     # the next item is on the page (every item's replies differ), or the end
-    _wait(driver, lambda d: progress(d) != before and (
-        "All" in progress(d) or shown_item(d) not in (None, item)))
+    _wait(
+        driver,
+        lambda d: (
+            progress(d) != before and ("All" in progress(d) or shown_item(d) not in (None, item))
+        ),
+    )
     if "All" not in progress(driver):  # a new item starts with nothing ticked
         _wait(driver, lambda d: not _css(d, "[id^=crit-] input:checked"), timeout=10)
 
@@ -300,12 +338,21 @@ def _call(url: str, fn_index: int, data: list, session: str) -> dict:
     """One event of the page called directly over Gradio's queue API, as any client could."""
     import httpx
 
-    r = httpx.post(url + "gradio_api/queue/join", timeout=30, json={
-        "data": data, "fn_index": fn_index, "session_hash": session, "event_data": None,
-        "trigger_id": None})
+    r = httpx.post(
+        url + "gradio_api/queue/join",
+        timeout=30,
+        json={
+            "data": data,
+            "fn_index": fn_index,
+            "session_hash": session,
+            "event_data": None,
+            "trigger_id": None,
+        },
+    )
     r.raise_for_status()
-    with httpx.stream("GET", url + f"gradio_api/queue/data?session_hash={session}",
-                      timeout=60) as stream:
+    with httpx.stream(
+        "GET", url + f"gradio_api/queue/data?session_hash={session}", timeout=60
+    ) as stream:
         for line in stream.iter_lines():
             if line.startswith("data:"):
                 msg = json.loads(line[5:])
@@ -322,8 +369,9 @@ def test_the_api_gives_nothing_without_a_token(study, server):
     texts = [t for it in items for t in (it["A"], it["B"])]
     # a forged session state, even with a real token in it, is not this session's state
     forged = {"annotator": "ann", "token": token, "item_id": items[0]["item_id"]}
-    answer = json.dumps(_call(server.url, fns["on_submit"], [forged, *["A"] * len(CRITERIA)],
-                              "forged0001"))
+    answer = json.dumps(
+        _call(server.url, fns["on_submit"], [forged, *["A"] * len(CRITERIA)], "forged0001")
+    )
     assert "Please sign in" in answer
     for bad in ("wrong", "", token[:-1]):
         answer = json.dumps(_call(server.url, fns["on_signin"], [bad], f"bad{len(bad):07d}"))

@@ -23,9 +23,12 @@ def demo(chat_models):
 
     # greedy decoding: the tiny planner's majority strategy, the same on every machine
     recipe = load_recipe(None, ["eval.protocol=ours", "infer.do_sample=false"])
-    systems = load_systems(recipe, planner=chat_models["planner"],
-                           generator=chat_models["generator"],
-                           vanilla=chat_models["generator"])
+    systems = load_systems(
+        recipe,
+        planner=chat_models["planner"],
+        generator=chat_models["generator"],
+        vanilla=chat_models["generator"],
+    )
     page, url = serve_demo(systems, port=free_port(), block=False)
     yield url
     page.close()
@@ -34,8 +37,10 @@ def demo(chat_models):
 def bubbles(driver, column: str, who: str) -> list[str]:
     from selenium.webdriver.common.by import By
 
-    return [e.text for e in driver.find_elements(
-        By.CSS_SELECTOR, f"#chat-{column} [data-testid='{who}']")]
+    return [
+        e.text
+        for e in driver.find_elements(By.CSS_SELECTOR, f"#chat-{column} [data-testid='{who}']")
+    ]
 
 
 def send(driver, text: str, turns: int) -> None:
@@ -43,11 +48,13 @@ def send(driver, text: str, turns: int) -> None:
     from selenium.webdriver.support.ui import WebDriverWait
 
     box = WebDriverWait(driver, 60).until(
-        lambda d: d.find_element(By.CSS_SELECTOR, "#message textarea"))
+        lambda d: d.find_element(By.CSS_SELECTOR, "#message textarea")
+    )
     box.send_keys(text)
     driver.find_element(By.ID, "send").click()
     WebDriverWait(driver, 120).until(
-        lambda d: all(len(bubbles(d, c, "bot")) >= turns for c in ("decoupled", "vanilla")))
+        lambda d: all(len(bubbles(d, c, "bot")) >= turns for c in ("decoupled", "vanilla"))
+    )
 
 
 def test_a_message_gets_a_strategy_and_a_reply_per_system(browser, demo):

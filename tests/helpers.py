@@ -164,14 +164,19 @@ def rank_pid(launcher_pid: int, rank: str) -> int | None:
 
 
 def kill_rank_when(
-    args: list[str], marker: Path, log: Path, rank: str = "1", timeout: float = 300
+    args: list[str],
+    marker: Path,
+    log: Path,
+    rank: str = "1",
+    timeout: float = 300,
+    env: dict | None = None,
 ) -> None:
     """Launch 2 ranks, SIGKILL ``rank`` as soon as ``marker`` exists, and wait for the launcher
     to give up (it must fail)."""
     import signal
     import time
 
-    proc = launch(args, background=True, log=log)
+    proc = launch(args, background=True, log=log, env=env)
     deadline = time.time() + timeout
     try:
         while not marker.exists():

@@ -409,7 +409,7 @@ class MineConfig:
     max_new_tokens: int = 32
     batch_size: int = 16
     chunk_size: int = 64  # turns per atomic commit of a shard file
-    backend: Literal["hf", "vllm"] = "hf"
+    backend: Literal["hf", "vllm"] = "hf"  # vllm: the server of the vllm section
     max_turns: int | None = None  # mine only the first N training turns (by id order); null: all
     top_k: int = 0  # 0: no top-k filter
     planner_max_new_tokens: int | None = 8  # planner samples are short; null: max_new_tokens
@@ -424,13 +424,6 @@ class MineConfig:
             self.temperature >= 0, source, "mine.temperature", ">= 0 (0: greedy)", self.temperature
         )
         _count_or_null(source, "mine.max_turns", self.max_turns)
-        _require(
-            self.backend == "hf",
-            source,
-            "mine.backend",
-            "hf (batched Transformers replicas per rank; no vLLM backend in this version)",
-            self.backend,
-        )
 
 
 @dataclass
@@ -494,6 +487,7 @@ class InferConfig:
     # sampled decodes (seeds 0..N-1) when decoding samples (always under eval.protocol: paper);
     # greedy decoding is decoded once
     decode_seeds: int = 3
+    backend: Literal["hf", "vllm"] = "hf"  # vllm: the server of the vllm section
 
     def validate(self, source: str) -> None:
         _check_lengths("infer", self, source)
@@ -508,6 +502,32 @@ class InferConfig:
             self.split,
         )
         _count_or_null(source, "infer.max_dialogues", self.max_dialogues)
+
+
+@dataclass
+class VllmConfig:
+    """The vLLM server of ``mine.backend: vllm`` and ``infer.backend: vllm``
+    (esc_dist/generation/server.py)."""
+
+    # a running OpenAI-compatible vLLM server (http://host:port/v1) that serves the stage's model
+    url: str | None = None
+    # or the Python of a vLLM install (its own venv): esc-dist starts one server per node and
+    # model, on 127.0.0.1, and stops it when the stage is done
+    python: str | None = None
+    args: list[str] = field(default_factory=list)  # more server arguments, e.g. --max-model-len
+    start_timeout_s: int = 900
+    request_timeout_s: int = 600
+
+    def validate(self, source: str) -> None:
+        _at_least(source, "vllm", self, 1, "start_timeout_s")
+        _at_least(source, "vllm", self, 1, "request_timeout_s")
+        _require(
+            self.url is None or re.fullmatch(r"https?://\S+", self.url) is not None,
+            source,
+            "vllm.url",
+            "an http(s) URL such as http://127.0.0.1:8000/v1",
+            self.url,
+        )
 
 
 @dataclass
@@ -576,6 +596,7 @@ class Recipe:
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     dpo: DpoConfig = field(default_factory=DpoConfig)
     infer: InferConfig = field(default_factory=InferConfig)
+    vllm: VllmConfig = field(default_factory=VllmConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     hub: HubConfig = field(default_factory=HubConfig)
@@ -585,6 +606,15 @@ class Recipe:
 
     def validate(self, source: str) -> None:
         """Checks that span sections (each section checks its own keys)."""
+        for section in ("mine", "infer"):
+            if getattr(self, section).backend == "vllm" and (
+                (self.vllm.url is None) == (self.vllm.python is None)
+            ):
+                raise ConfigError(
+                    f"{source}: '{section}.backend: vllm' needs a server: set vllm.url (a "
+                    "running server) or vllm.python (a vLLM install that esc-dist starts), "
+                    "not both"
+                )
         attn = self.model.attn_implementation
         if self.sft.packing and attn not in (*PADDING_FREE_ATTENTION, *AUTO_ATTENTION):
             raise ConfigError(
@@ -605,6 +635,7 @@ AUTO_ATTENTION = (None, "auto")  # flash attention where it can run, else sdpa
 # left out of stage and checkpoint keys while at that value, so adding them made no finished
 # stage stale and no checkpoint unresumable.
 NEUTRAL_KEYS = {
+    ("infer", "backend"): "hf",
     ("model", "revision"): None,
     ("sft", "global_batch_size"): None,
     ("dpo", "global_batch_size"): None,

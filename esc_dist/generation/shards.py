@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -41,6 +42,14 @@ from .replica import (
     resolve_prefill,
 )
 from .sampling import row_seed
+from .server import (
+    NodeServer,
+    ServerReplica,
+    check_served,
+    server_context,
+    stop_tokens,
+    vllm_dtype,
+)
 from .work import EngineConfig, WorkItem, items_fingerprint
 
 log = get_logger(__name__)
@@ -154,6 +163,33 @@ def _raise_any(errors: list[Any]) -> None:
             )
 
 
+def _compute(todo, items, plist, dropped, replica, cfg, work_dir, label, stats) -> None:
+    """Generate this rank's chunks (``todo``) with ``replica``, each written atomically."""
+    delay = float(os.environ.get(_DELAY_ENV, "0") or 0)
+    update, close = _progress(len(todo), f"{label} rank {stats['rank']}")
+    t_gen = time.perf_counter()
+    for c in todo:
+        lines = []
+        for b in c.batches:
+            batch = [items[i] for i in b]
+            seeds = [row_seed(cfg.seed, cfg.stream, it.seed_key, it.sample) for it in batch]
+            results = replica.generate_batch(batch, [plist[i] for i in b], seeds)
+            for i, it, res in zip(b, batch, results):
+                if dropped[i]:
+                    res["messages_dropped"] = dropped[i]
+                lines.append(jsonl_line(_record(it, res)))
+                stats["prompt_tokens"] += res["prompt_tokens"]
+                stats["new_tokens"] += res["new_tokens"]
+        atomic_write_text(chunk_path(work_dir, c.name), "\n".join(lines) + "\n")
+        stats["chunks"] += 1
+        stats["items"] += len(lines)
+        update(1)
+        if delay:
+            time.sleep(delay)
+    close()
+    stats["seconds"] = round(time.perf_counter() - t_gen, 3)
+
+
 def generate(
     items: Sequence[WorkItem],
     model_dir: str | Path,
@@ -180,6 +216,8 @@ def generate(
     model_fp = model_fingerprint(model_dir)  # refuses a broken model directory first
     tok = load_tokenizer(model_dir, cfg.trust_remote_code)
     context = model_context(model_dir, tok)
+    if cfg.backend == "vllm":
+        context = server_context(cfg.server, context)
     plist, dropped = fit_prompts(items, tok, context, source)
     shortened = sum(1 for n in dropped if n)
     if shortened:
@@ -207,6 +245,8 @@ def generate(
             "dtype": str(dtype).replace("torch.", ""),
             "attn_implementation": cfg.attn_implementation,
             "prefill": resolve_prefill(cfg.prefill),
+            # the vLLM backend samples with its own random numbers (.server)
+            **({"backend": "vllm"} if cfg.backend == "vllm" else {}),
         }
     )
     layout_sha = sha256_json([[c.name, [ids[i] for i in c.indices]] for c in chunks])
@@ -279,54 +319,46 @@ def generate(
         len(todo),
     )
 
-    stats = {
-        "rank": me,
-        "chunks": 0,
-        "items": 0,
-        "prompt_tokens": 0,
-        "new_tokens": 0,
-        "seconds": 0.0,
-        "load_seconds": 0.0,
-    }
-    if todo:
-        t_load = time.perf_counter()
-        replica = Replica(
-            model_dir,
-            tok,
-            cfg.trust_remote_code,
-            cfg.attn_implementation,
-            cfg.prefill,
-            cfg.precision,
-        )
-        stats["load_seconds"] = round(time.perf_counter() - t_load, 3)
-        delay = float(os.environ.get(_DELAY_ENV, "0") or 0)
-        update, close = _progress(len(todo), f"{label} rank {me}")
-        t_gen = time.perf_counter()
-        for c in todo:
-            lines = []
-            for b in c.batches:
-                batch = [items[i] for i in b]
-                seeds = [row_seed(cfg.seed, cfg.stream, it.seed_key, it.sample) for it in batch]
-                results = replica.generate_batch(batch, [plist[i] for i in b], seeds)
-                for i, it, res in zip(b, batch, results):
-                    if dropped[i]:
-                        res["messages_dropped"] = dropped[i]
-                    lines.append(jsonl_line(_record(it, res)))
-                    stats["prompt_tokens"] += res["prompt_tokens"]
-                    stats["new_tokens"] += res["new_tokens"]
-            atomic_write_text(chunk_path(work_dir, c.name), "\n".join(lines) + "\n")
-            stats["chunks"] += 1
-            stats["items"] += len(lines)
-            update(1)
-            if delay:
-                time.sleep(delay)
-        close()
-        stats["seconds"] = round(time.perf_counter() - t_gen, 3)
-        del replica
-    secs = stats["seconds"]
-    stats["items_per_s"] = round(stats["items"] / secs, 3) if secs else None
-    stats["tokens_per_s"] = round(stats["new_tokens"] / secs, 3) if secs else None
-    per_rank = _agree(stats)  # also the barrier: every chunk is on disk after this
+    node = None
+    if remaining and cfg.backend == "vllm":  # every rank: the node's server serves them all
+        node = NodeServer(cfg.server, model_dir, work_dir, vllm_dtype(dtype), cfg.seed, context)
+    with node if node is not None else nullcontext():
+        if todo and node is None:
+            t_load = time.perf_counter()
+            replica = Replica(
+                model_dir,
+                tok,
+                cfg.trust_remote_code,
+                cfg.attn_implementation,
+                cfg.prefill,
+                cfg.precision,
+            )
+            load = time.perf_counter() - t_load
+        elif todo:
+            replica = ServerReplica(
+                node.url,
+                check_served(node.url, model_dir),
+                stop_tokens(tok, model_dir),
+                cfg.server["request_timeout_s"],
+            )
+            load = 0.0
+        stats = {
+            "rank": me,
+            "chunks": 0,
+            "items": 0,
+            "prompt_tokens": 0,
+            "new_tokens": 0,
+            "seconds": 0.0,
+            "load_seconds": 0.0,
+        }
+        if todo:
+            stats["load_seconds"] = round(load, 3)
+            _compute(todo, items, plist, dropped, replica, cfg, work_dir, label, stats)
+            del replica
+        secs = stats["seconds"]
+        stats["items_per_s"] = round(stats["items"] / secs, 3) if secs else None
+        stats["tokens_per_s"] = round(stats["new_tokens"] / secs, 3) if secs else None
+        per_rank = _agree(stats)  # also the barrier: every chunk is on disk after this
     wall = time.perf_counter() - t0
     computed = sum(r["items"] for r in per_rank)
     new_tokens = sum(r["new_tokens"] for r in per_rank)

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from .. import __version__, dist, tracking
-from ..config import Recipe
+from ..config import NEUTRAL_KEYS, Recipe
 from ..errors import ConfigError, EscError
 from ..io import mark_completed, model_fingerprint, read_manifest, sha256_json, write_manifest
 from ..log import get_logger
@@ -97,14 +97,21 @@ def engine_config(recipe: Recipe, settings: Any, stream: str) -> EngineConfig:
         trust_remote_code=recipe.model.trust_remote_code,
         attn_implementation=recipe.model.attn_implementation,
         precision=settings.precision,
+        backend=settings.backend,
+        server=asdict(recipe.vllm) if settings.backend == "vllm" else None,
     )
 
 
 def build_job(recipe: Recipe, stage: Stage) -> dict:
     """The job of ``stage`` (what ``job.json`` records and ``esc-dist merge`` reads)."""
     fps = {name: model_fingerprint(p) for name, p in stage.models.items()}
+    settings = {  # keys added later, at their neutral value, keep older outputs' jobs
+        k: v
+        for k, v in asdict(stage.settings).items()
+        if NEUTRAL_KEYS.get((stage.name, k), object()) != v
+    }
     config = {
-        stage.name: asdict(stage.settings),
+        stage.name: settings,
         "seed": recipe.run.seed,
         **stage.extra_config,
         "model": {

@@ -239,6 +239,7 @@ class LLMClient:
             concurrency=cfg.concurrency,
             max_retries=cfg.max_retries,
             timeout=cfg.timeout,
+            max_tokens=cfg.max_tokens,
             cache_dir=cache_dir,
             prompt_version=prompt_version,
             **kwargs,

@@ -113,23 +113,14 @@ def smol_base(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def llama_server(tmp_path_factory):
-    """A real OpenAI-compatible server (tests/llama_server.py: llama.cpp serving SmolLM2-135M),
-    started once per test session and stopped at its end. Skipped when llama-cpp-python[server]
-    is not installed, unless ESC_DIST_REQUIRE_LLAMA_SERVER=1 (CI), which makes that a failure."""
-    from tests.llama_server import REQUIRE_ENV, LlamaServer, required, unavailable
+def llm_server(tmp_path_factory, smol_base):
+    """A real OpenAI-compatible chat endpoint (tests/vllm_server.py: vLLM serving SmolLM2-135M
+    behind an API key), started once per test session and stopped at its end. Skipped without
+    the vLLM environment, unless ESC_DIST_REQUIRE_VLLM=1 (CI), which makes that a failure."""
+    from tests.vllm_server import ChatServer, require_vllm
 
-    reason = unavailable()
-    if reason:
-        if required():
-            pytest.fail(f"{reason} ({REQUIRE_ENV}=1)")
-        pytest.skip(reason)
-    server = LlamaServer(tmp_path_factory.mktemp("llama-server"))
-    try:
-        server.wait_ready()
-    except RuntimeError as e:
-        server.stop()
-        pytest.fail(str(e))
+    require_vllm()
+    server = ChatServer(smol_base, tmp_path_factory.mktemp("vllm-chat"))
     yield server
     server.stop()
 

@@ -447,6 +447,7 @@ class JudgeConfig:
     concurrency: int = 8
     max_retries: int = 6
     timeout: float = 60.0
+    max_tokens: int = 512  # the longest answer asked for (a verdict's JSON needs far fewer)
     # Keep planner pairs whose sample is not a strategy name (a format error) without judging.
     keep_unparseable: bool = True
     # Cut the kept planner and vanilla pairs so that no chosen and no rejected strategy holds
@@ -467,6 +468,7 @@ class JudgeConfig:
         )
         _at_least(source, "judge", self, 1, "concurrency")
         _at_least(source, "judge", self, 0, "max_retries")
+        _at_least(source, "judge", self, 1, "max_tokens")
         _require(self.timeout > 0, source, "judge.timeout", "> 0 seconds", self.timeout)
 
 
@@ -636,6 +638,7 @@ AUTO_ATTENTION = (None, "auto")  # flash attention where it can run, else sdpa
 # stage stale and no checkpoint unresumable.
 NEUTRAL_KEYS = {
     ("infer", "backend"): "hf",
+    ("judge", "max_tokens"): 512,
     ("model", "revision"): None,
     ("sft", "global_batch_size"): None,
     ("dpo", "global_batch_size"): None,

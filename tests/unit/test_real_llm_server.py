@@ -1,6 +1,6 @@
 """The OpenAI-compatible client, the LLM judge and the LLM reply scores end to end against a real
-server: llama.cpp (llama-cpp-python's server) serving SmolLM2-135M-Instruct on the CPU, with an
-API key it checks (the ``llama_server`` fixture, tests/llama_server.py).
+server: vLLM serving SmolLM2-135M-Instruct on the CPU, with an API key it checks (the
+``llm_server`` fixture, tests/vllm_server.py).
 
 A 135M model often answers something that is not the JSON asked for, so these tests check what
 esc-dist guarantees whatever the model says: every item gets a verdict or scores, or is counted as
@@ -31,18 +31,20 @@ from tests.helpers import LogCapture
 from tests.unit.test_judge_failures import dead_url
 from tests.unit.test_prefdial import GENERATOR, write_pairs
 
-pytestmark = pytest.mark.llama_server
+pytestmark = pytest.mark.llm_server
 
 KEY_ENV = "ESC_DIST_TEST_LLAMA_KEY"
 TIMEOUT = 300.0  # seconds per attempt: the server answers one request at a time, on 2 cores
+# tokens an answer may take: the 135M model rambles on in prose to 512, a minute an answer
+MAX_TOKENS = 48
 ASKED = [p["id"] for p in GENERATOR if p["chosen"] != p["rejected"]]  # one pair is settled
 SCORE_KEYS = ("n", "scored", "parse_failures", "request_failures")
 
 
 @pytest.fixture
-def key(monkeypatch, llama_server) -> str:
-    monkeypatch.setenv(KEY_ENV, llama_server.api_key)
-    return llama_server.api_key
+def key(monkeypatch, llm_server) -> str:
+    monkeypatch.setenv(KEY_ENV, llm_server.api_key)
+    return llm_server.api_key
 
 
 @pytest.fixture
@@ -73,6 +75,7 @@ def cfg_for(server, **kw) -> JudgeConfig:
         concurrency=2,
         max_retries=1,
         timeout=TIMEOUT,
+        max_tokens=MAX_TOKENS,
     )
     opts.update(kw)
     return JudgeConfig(**opts)
@@ -98,11 +101,11 @@ def ask(text: str) -> list[dict]:
 # The client
 
 
-def test_chat_call_is_answered_cached_and_reused(llama_server, key, tmp_path, logs):
+def test_chat_call_is_answered_cached_and_reused(llm_server, key, tmp_path, logs):
     messages = ask('Is the sky blue? Answer exactly {"answer": "yes"} or {"answer": "no"}.')
     c = LLMClient(
-        llama_server.url,
-        llama_server.model,
+        llm_server.url,
+        llm_server.model,
         api_key_env=KEY_ENV,
         cache_dir=tmp_path / "cache",
         temperature=0.0,
@@ -121,11 +124,11 @@ def test_chat_call_is_answered_cached_and_reused(llama_server, key, tmp_path, lo
     cached = list((tmp_path / "cache").rglob("*.json"))
     assert len(cached) == 1
     entry = read_json(cached[0])
-    assert entry["answer"] == first.text and entry["model"] == llama_server.model
+    assert entry["answer"] == first.text and entry["model"] == llm_server.model
 
     again = LLMClient(
-        llama_server.url,
-        llama_server.model,
+        llm_server.url,
+        llm_server.model,
         api_key_env=KEY_ENV,
         cache_dir=tmp_path / "cache",
         temperature=0.0,
@@ -142,12 +145,12 @@ def test_chat_call_is_answered_cached_and_reused(llama_server, key, tmp_path, lo
     assert_no_secret(key, tmp_path, *logs, repr(c), first, second)
 
 
-def test_wrong_key_is_refused_and_not_leaked(llama_server, monkeypatch, tmp_path, logs):
+def test_wrong_key_is_refused_and_not_leaked(llm_server, monkeypatch, tmp_path, logs):
     wrong = "sk-wrong-0123456789-do-not-leak"
     monkeypatch.setenv(KEY_ENV, wrong)
     c = LLMClient(
-        llama_server.url,
-        llama_server.model,
+        llm_server.url,
+        llm_server.model,
         api_key_env=KEY_ENV,
         cache_dir=tmp_path / "cache",
         timeout=TIMEOUT,
@@ -159,7 +162,7 @@ def test_wrong_key_is_refused_and_not_leaked(llama_server, monkeypatch, tmp_path
     assert c.stats()["requests"] == 1 and c.stats()["retries"] == 0  # not retried
     assert not (tmp_path / "cache").exists()  # failed requests are not cached
     text = "".join(traceback.format_exception(exc.value)) + repr(c)
-    for secret in (wrong, llama_server.api_key):
+    for secret in (wrong, llm_server.api_key):
         assert secret not in text and not any(secret in line for line in logs)
 
 
@@ -182,11 +185,11 @@ def check_verdicts(verdicts: list[dict], model: str) -> None:
             assert v["reason"].startswith("kept: " if v["keep"] else "dropped: ")
 
 
-def test_judge_pairs_openai(llama_server, key, tmp_path, logs):
-    cfg = cfg_for(llama_server)
+def test_judge_pairs_openai(llm_server, key, tmp_path, logs):
+    cfg = cfg_for(llm_server)
     client = LLMClient.from_config(cfg, tmp_path / "cache", PROMPT_VERSION)
     verdicts = judge_pairs(GENERATOR, cfg, tmp_path / "cache", client=client)
-    check_verdicts(verdicts, llama_server.model)
+    check_verdicts(verdicts, llm_server.model)
     stats = client.stats()
     assert stats["calls"] == stats["requests"] == len(ASKED)  # no retry, nothing cached yet
     assert stats["request_failures"] == stats["retries"] == stats["cache_hits"] == 0
@@ -201,7 +204,7 @@ def test_judge_pairs_openai(llama_server, key, tmp_path, logs):
     assert_no_secret(key, tmp_path, *logs, repr(client))
 
 
-def test_judge_stage_openai(llama_server, key, tmp_path, logs, capsys):
+def test_judge_stage_openai(llm_server, key, tmp_path, logs, capsys):
     """`esc-dist judge --backend openai`: the stage's outputs add up; a rerun against an endpoint
     that is gone gets every answer from the cache."""
     pairs = write_pairs(tmp_path / "pairs.jsonl", GENERATOR)
@@ -219,21 +222,22 @@ def test_judge_stage_openai(llama_server, key, tmp_path, logs, capsys):
                 "--backend",
                 "openai",
                 f"judge.base_url={url}",
-                f"judge.model={llama_server.model}",
+                f"judge.model={llm_server.model}",
                 f"judge.api_key_env={KEY_ENV}",
                 f"judge.timeout={TIMEOUT}",
                 "judge.concurrency=2",
                 "judge.max_retries=1",
+                f"judge.max_tokens={MAX_TOKENS}",
                 "wandb.mode=disabled",
             ]
         )
 
-    assert judge(llama_server.url) == 0
+    assert judge(llm_server.url) == 0
     out = tmp_path / "prefdial"
     assert (out / COMPLETED).is_file()
     judged = [json.loads(line) for line in (out / "judged.jsonl").read_text().splitlines()]
     verdicts = [j["verdict"] for j in judged]
-    check_verdicts(verdicts, llama_server.model)
+    check_verdicts(verdicts, llm_server.model)
     stats, manifest = read_json(out / "stats.json"), read_json(out / "manifest.json")
     assert stats["pairs_in"] == len(GENERATOR) == stats["kept"] + stats["dropped"]
     assert sum(stats["drop_reasons"].values()) == stats["dropped"]
@@ -247,7 +251,7 @@ def test_judge_stage_openai(llama_server, key, tmp_path, logs, capsys):
         == client["parse_failures"]
         == sum(v["reason"] == "judge_parse_error" for v in verdicts)
     )
-    assert manifest["judge_name"] == f"openai:{llama_server.model}"
+    assert manifest["judge_name"] == f"openai:{llm_server.model}"
 
     assert judge(dead_url()) == 0  # nothing listens there: every answer comes from the cache
     rerun = read_json(out / "stats.json")["judge"]["client"]
@@ -263,7 +267,7 @@ def test_judge_stage_openai(llama_server, key, tmp_path, logs, capsys):
 # LLM reply scores
 
 
-def test_score_predictions(llama_server, key, tmp_path, logs):
+def test_score_predictions(llm_server, key, tmp_path, logs):
     records = [
         {
             "id": "t1",
@@ -289,7 +293,7 @@ def test_score_predictions(llama_server, key, tmp_path, logs):
     ]
     lost = [{"role": "seeker", "text": "I lost my job today.", "strategy": None}]
     histories = {"t1": lost, "t3": lost}
-    cfg = cfg_for(llama_server)
+    cfg = cfg_for(llm_server)
     out = score_predictions(records, cfg, tmp_path / "cache", histories)
     assert out["n"] == len(records) and out["request_failures"] == 0
     # every (reply, rubric) judgement is a score or a counted malformed answer
@@ -306,7 +310,7 @@ def test_score_predictions(llama_server, key, tmp_path, logs):
     assert_no_secret(key, tmp_path, *logs)
 
 
-def test_error_rates(llama_server, key, tmp_path, logs):
+def test_error_rates(llm_server, key, tmp_path, logs):
     """The LLM labeller of psychological errors against the real server: each reply labelled or
     its malformed answer counted, the rates over the labelled ones, a rerun from the cache."""
     from esc_dist.eval.psych_errors import ERROR_TYPES, error_rates
@@ -323,7 +327,7 @@ def test_error_rates(llama_server, key, tmp_path, logs):
         )
     ]
     histories = {r["id"]: lost for r in records}
-    cfg = cfg_for(llama_server)
+    cfg = cfg_for(llm_server)
     out = error_rates(records, histories, cfg, tmp_path / "cache", backend="openai")
     assert out["n"] == 3 and out["request_failures"] == 0
     assert out["labelled"] + out["parse_failures"] == 3

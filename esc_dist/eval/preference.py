@@ -193,11 +193,6 @@ def fit_preferences(
     )
 
 
-def preference_bias(confusion: np.ndarray | Sequence[Sequence[float]]) -> float:
-    """B alone: the population standard deviation of the fitted preferences."""
-    return fit_preferences(confusion).bias
-
-
 KANG_SWEEPS = 20
 
 

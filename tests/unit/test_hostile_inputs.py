@@ -244,6 +244,21 @@ def test_default_deepspeed_config_is_found_outside_the_checkout(tmp_path, monkey
     )
 
 
+def test_top_level_ds_configs_is_the_package_s(monkeypatch, tmp_path):
+    """The checkout's ds_configs/ is a link to the package's: one copy, and a recipe's
+    ds_configs/zero3.json is the same file from the checkout's root and from elsewhere."""
+    from esc_dist.train.arguments import PACKAGE_DIR, resolve_deepspeed
+    from tests.helpers import ROOT
+
+    top = ROOT / "ds_configs"
+    assert top.is_symlink() and top.resolve() == (PACKAGE_DIR / "ds_configs").resolve()
+    for cwd in (ROOT, tmp_path):
+        monkeypatch.chdir(cwd)
+        for name in ("zero2.json", "zero3.json", "zero3_offload.json"):
+            got = resolve_deepspeed(f"ds_configs/{name}").resolve()
+            assert got == (PACKAGE_DIR / "ds_configs" / name).resolve()
+
+
 def test_missing_deepspeed_config_names_it(tmp_path, monkeypatch):
     from esc_dist.config import load_recipe
     from esc_dist.errors import MissingInput

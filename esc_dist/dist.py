@@ -15,38 +15,9 @@ import socket
 import sys
 from typing import Any, Iterable, Sequence
 
+from .hardware import cpu_has_bf16, has_cuda, require_gpus_usable
+
 _CPU_PATCHED = False
-
-
-def has_cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
-# CPU flags of a native bf16 dot product (AVX512-BF16, Intel AMX): without them PyTorch's bf16
-# matmuls on the CPU fall back to slow paths (measured 0.3 GFLOP/s against 106 in fp32 on an
-# AVX2-only EPYC), so ``auto`` stays fp32 there.
-CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
-
-
-def cpu_has_bf16(cpuinfo: str | None = None) -> bool:
-    """Whether this CPU computes in bf16 natively (its /proc/cpuinfo flags; False elsewhere)."""
-    if cpuinfo is None:
-        try:
-            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-                cpuinfo = f.read()
-        except OSError:
-            return False
-    flags = set(
-        re.findall(
-            r"[\w.]+",
-            "\n".join(
-                line.partition(":")[2] for line in cpuinfo.splitlines() if line.startswith("flags")
-            ),
-        )
-    )
-    return any(f in flags for f in CPU_BF16_FLAGS)
 
 
 def resolve_precision(precision: str) -> str:
@@ -201,8 +172,6 @@ def init(timeout_s: int = 1800, deepspeed: bool = False) -> None:
     if has_cuda():
         torch.cuda.set_device(cuda_device())
     else:
-        from .doctor import require_gpus_usable
-
         require_gpus_usable()  # a CPU torch on a GPU node: one line, not a silent CPU run
         patch_cpu_deepspeed()
         _cpu_threads()

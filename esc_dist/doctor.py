@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
-import shutil
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 from .config import Recipe
-from .errors import ConfigError
+from .hardware import cpu_has_bf16, driver_gpus, gpu_mismatch
 
 PACKAGES = (
     "torch",
@@ -48,18 +46,6 @@ def version(pkg: str) -> str | None:
         return None
 
 
-def driver_gpus() -> list[str]:
-    """The GPUs the NVIDIA driver lists (``nvidia-smi -L``); empty without the tool."""
-    exe = shutil.which("nvidia-smi")
-    if exe is None:
-        return []
-    try:
-        out = subprocess.run([exe, "-L"], capture_output=True, text=True, timeout=30).stdout
-    except (OSError, subprocess.SubprocessError):
-        return []
-    return [line.strip() for line in out.splitlines() if line.startswith("GPU ")]
-
-
 def gpu_check() -> Check:
     """GPUs the driver sees against those torch sees: a CPU torch on a GPU node is an error
     (it would train on the CPU, silently and ~100x slower)."""
@@ -68,14 +54,9 @@ def gpu_check() -> Check:
     listed = driver_gpus()
     seen = torch.cuda.device_count() if torch.cuda.is_available() else 0
     build = f"torch {torch.__version__} (CUDA {torch.version.cuda or 'none'})"
-    if listed and not seen:
-        return Check(
-            "gpus",
-            "error",
-            f"the driver lists {len(listed)} GPU(s) but {build} sees none: install a "
-            "CUDA build of torch (https://pytorch.org/get-started/locally/) or check "
-            "CUDA_VISIBLE_DEVICES",
-        )
+    problem = gpu_mismatch()
+    if problem:
+        return Check("gpus", "error", problem)
     if seen:
         name = torch.cuda.get_device_name(0)
         return Check(
@@ -88,17 +69,8 @@ def gpu_check() -> Check:
     return Check("gpus", "ok", f"none (CPU run: gloo, {os.cpu_count()} cores); {build}")
 
 
-def require_gpus_usable() -> None:
-    """What a stage launch checks: stop with one line where :func:`gpu_check` errs."""
-    c = gpu_check()
-    if c.status == "error":
-        raise ConfigError(c.detail)
-
-
 def precision_check() -> Check:
     import torch
-
-    from . import dist
 
     if torch.cuda.is_available():
         ok = torch.cuda.is_bf16_supported()
@@ -110,7 +82,7 @@ def precision_check() -> Check:
             else "no bf16 on this GPU: precision auto "
             "trains in fp32 (fp16 is possible, set it explicitly)",
         )
-    native = dist.cpu_has_bf16()
+    native = cpu_has_bf16()
     return Check(
         "bf16",
         "ok",

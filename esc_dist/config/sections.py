@@ -316,7 +316,7 @@ class TrainConfig:
         if self.liger:
             import importlib.util
 
-            from ..dist import has_cuda
+            from ..hardware import has_cuda
 
             if importlib.util.find_spec("liger_kernel") is None:
                 raise ConfigError(

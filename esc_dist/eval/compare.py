@@ -19,13 +19,13 @@ from ..strategies import STRATEGIES
 from .markdown import VARIANT_TITLES, render_comparison_markdown
 from .plots import plot_preferences
 from .report import COMPARE_COLUMNS, KEEP, REPORT_JSON, decoding_warnings
+from .views import COMPARISON_ERRORS_PNG, COMPARISON_PNG, preference_label
 
 COMPARISON_JSON, COMPARISON_MD = "comparison.json", "comparison.md"
 # columns without meaning for a generator given the gold strategies
 GIVEN_STRATEGY_COLUMNS = ("Q", "weighted_f1", "accuracy", "B", "unparseable")
 # the columns the two protocols define differently (shown under the other protocol too)
 PROTOCOL_COLUMNS = ("B", "bleu_2", "rouge_l", "distinct_2")
-COMPARISON_PNG, COMPARISON_ERRORS_PNG = "comparison_preferences.png", "comparison_errors.png"
 
 
 def load_report(path: str | Path) -> dict:
@@ -195,13 +195,6 @@ def _values(report: dict, protocol: str, variant: str) -> tuple[dict, dict]:
         {key: h.get(f"{key}_{variant}", h.get(key)) for key in COMPARE_COLUMNS},
         {key: std.get(f"{key}_{variant}", std.get(key)) for key in COMPARE_COLUMNS},
     )
-
-
-def preference_label(system: dict, protocol: str) -> str:
-    """A system's name, marked when its preferences are the converged fit's under the paper
-    protocol (its 20-sweep fit undefined)."""
-    converged = protocol == "paper" and system.get("preferences_fit") == "converged"
-    return f"{system['name']} (converged fit)" if converged else system["name"]
 
 
 def _write_comparison_files(

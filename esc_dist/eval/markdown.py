@@ -8,6 +8,15 @@ from typing import Any, Sequence
 from ..constants import PROTOCOLS, VARIANTS
 from ..strategies import STRATEGIES
 from .text import MAX_BLEU, MAX_DISTINCT
+from .views import (
+    COMPARISON_ERRORS_PNG,
+    COMPARISON_PNG,
+    CONFUSION_PNG,
+    ERRORS_PNG,
+    PREFERENCES_PNG,
+    confusion_with_unparseable,
+    preference_label,
+)
 
 VARIANT_TITLES = {"as_others": "unparseable → Others", "excluded": "unparseable excluded"}
 PROTOCOL_TITLES = {"paper": "paper protocol", "ours": "our protocol"}
@@ -207,7 +216,6 @@ def _adherence_section(adh: dict) -> list[str]:
 
 
 def render_markdown(report: dict) -> str:
-    from .report import CONFUSION_PNG, ERRORS_PNG, PREFERENCES_PNG, confusion_with_unparseable
 
     s, c, src = report["strategy"], report["counts"], report["input"]
     title = report["name"] or src.get("path", "predictions")
@@ -344,7 +352,6 @@ def render_markdown(report: dict) -> str:
 
 
 def render_comparison_markdown(comparison: dict) -> str:
-    from .compare import COMPARISON_ERRORS_PNG, COMPARISON_PNG, preference_label
 
     variant, protocol = comparison["variant"], comparison["protocol"]
     columns = [

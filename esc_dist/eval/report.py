@@ -55,9 +55,9 @@ from .plots import plot_confusion, plot_preferences
 from .predictions import Prediction, load_predictions
 from .strategy import strategy_metrics
 from .text import MAX_BLEU, MAX_DISTINCT, text_metrics
+from .views import CONFUSION_PNG, ERRORS_PNG, PREFERENCES_PNG, confusion_with_unparseable
 
 REPORT_JSON, REPORT_MD = "report.json", "report.md"
-CONFUSION_PNG, PREFERENCES_PNG, ERRORS_PNG = "confusion.png", "preferences.png", "errors.png"
 # the paper's decoding (DecoupledESC inference scripts)
 PAPER_DECODING = {"do_sample": True, "temperature": 0.7, "top_p": 0.95}
 STRATEGY_HEADLINE = ("accuracy", "Q", "weighted_f1", "B")
@@ -395,24 +395,6 @@ def _write_report_files(report: dict, out: Path) -> None:
         )
     atomic_write_text(out / REPORT_MD, render_markdown(report))
     atomic_write_json(out / REPORT_JSON, report)
-
-
-def confusion_with_unparseable(strategy: dict) -> list[list[int]]:
-    """Gold rows × 9 columns: parsed predictions of the 8 strategies, then the unparseable ones.
-
-    (In the ``as_others`` confusion matrix the unparseable are inside the "Others" column.)
-    """
-    others = STRATEGIES.index("Others")
-    rows = []
-    for i, gold in enumerate(STRATEGIES):
-        row = list(strategy["as_others"]["confusion"][i])
-        row[others] -= strategy["unparseable_by_gold"][gold]
-        rows.append(row + [strategy["unparseable_by_gold"][gold]])
-    return rows
-
-
-# ---------------------------------------------------------------------------------------------
-# Comparison
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from ..config import JudgeConfig
 from ..data.esconv import render_history
 from ..log import get_logger
 from ..strategies import DESCRIPTIONS, normalize_strategy
-from .judge import ERRORS, PROMPT_VERSION, explain, settled, verdict
+from .verdicts import ERRORS, PROMPT_VERSION, explain, settled, verdict
 
 log = get_logger(__name__)
 

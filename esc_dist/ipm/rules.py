@@ -8,7 +8,7 @@ from typing import Any, Mapping
 
 from ..psych.rules import Context, Finding, errors_of, reply_findings, strategy_findings
 from ..strategies import normalize_strategy, parse_tagged
-from .judge import explain, settled, verdict
+from .verdicts import explain, settled, verdict
 
 
 def _details(findings: list[Finding]) -> str:

@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .. import dist
 from ..config import Recipe, TrainConfig
-from ..errors import ConfigError, DataError, MissingInput
+from ..errors import DataError, MissingInput
 from ..io import parse_json, read_text
 from ..log import get_logger
-
-if TYPE_CHECKING:
-    from .common import StagePaths
+from .common import StagePaths, accumulation, global_batch
 
 log = get_logger(__name__)
 
@@ -53,26 +51,6 @@ def deepspeed_config(cfg: TrainConfig, universal: bool = False) -> dict | None:
 
 def zero_stage(ds: dict | None) -> int:
     return int((ds or {}).get("zero_optimization", {}).get("stage", 0))
-
-
-def accumulation(cfg: TrainConfig) -> int:
-    """Gradient accumulation steps on this world size: ``gradient_accumulation_steps``, or
-    derived from ``global_batch_size`` (which must be a multiple of per device x ranks)."""
-    if cfg.global_batch_size is None:
-        return cfg.gradient_accumulation_steps
-    per_step = cfg.per_device_train_batch_size * dist.world_size()
-    if cfg.global_batch_size % per_step:
-        raise ConfigError(
-            f"global_batch_size {cfg.global_batch_size} is not a multiple of "
-            f"{cfg.per_device_train_batch_size} per device x "
-            f"{dist.world_size()} ranks: choose a per-device batch or rank count "
-            "that divides it"
-        )
-    return cfg.global_batch_size // per_step
-
-
-def global_batch(cfg: TrainConfig) -> int:
-    return cfg.per_device_train_batch_size * accumulation(cfg) * dist.world_size()
 
 
 LIGER_KERNELS = {

@@ -37,7 +37,7 @@ _NOT_IN_KEY = (
 def training_key(stage: str, role: str, recipe: Recipe, cfg: TrainConfig, inputs: dict) -> str:
     """What a training run's checkpoints belong to: its settings, seed and inputs. The batch
     enters as the global batch, so a run may resume on another number of ranks."""
-    from .arguments import global_batch
+    from .common import global_batch
 
     neutral = {k: v for (section, k), v in NEUTRAL_KEYS.items() if section == stage}
     train = {

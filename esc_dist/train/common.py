@@ -142,8 +142,6 @@ class TrainerExtras:
 def require_one_global_batch(n: int, cfg: TrainConfig, stage: str, role: str, what: str) -> None:
     """Refuse a dataset smaller than one global batch (ZeRO-3 ranks left without data hang or
     crash), with the settings to change."""
-    from .arguments import accumulation
-
     world, accumulate = dist.world_size(), accumulation(cfg)
     global_batch = cfg.per_device_train_batch_size * accumulate * world
     if n < global_batch:
@@ -153,3 +151,23 @@ def require_one_global_batch(n: int, cfg: TrainConfig, stage: str, role: str, wh
             f"accumulation x {world} ranks = {global_batch}); lower "
             f"{stage}.per_device_train_batch_size or provide more data"
         )
+
+
+def accumulation(cfg: TrainConfig) -> int:
+    """Gradient accumulation steps on this world size: ``gradient_accumulation_steps``, or
+    derived from ``global_batch_size`` (which must be a multiple of per device x ranks)."""
+    if cfg.global_batch_size is None:
+        return cfg.gradient_accumulation_steps
+    per_step = cfg.per_device_train_batch_size * dist.world_size()
+    if cfg.global_batch_size % per_step:
+        raise ConfigError(
+            f"global_batch_size {cfg.global_batch_size} is not a multiple of "
+            f"{cfg.per_device_train_batch_size} per device x "
+            f"{dist.world_size()} ranks: choose a per-device batch or rank count "
+            "that divides it"
+        )
+    return cfg.global_batch_size // per_step
+
+
+def global_batch(cfg: TrainConfig) -> int:
+    return cfg.per_device_train_batch_size * accumulation(cfg) * dist.world_size()

@@ -84,9 +84,9 @@ def test_packing_needs_flash_attention_and_sdpa_still_mixes_packed_examples(smal
     assert (packed[:, 7:] - alone).abs().max() > 1e-3
 
 
-def test_the_vllm_mining_backend_is_refused_at_validation(tmp_path):
+def test_the_vllm_backend_without_a_server_is_refused_at_validation(tmp_path):
     r = run_cli(["stage", "init", f"run.output_dir={tmp_path}/run", "mine.backend=vllm"], tmp_path)
-    assert_one_line_error(r, "stage", "'mine.backend' must be hf")
+    assert_one_line_error(r, "stage", "'mine.backend: vllm' needs a server")
 
 
 @pytest.mark.parametrize(
@@ -135,8 +135,8 @@ def test_a_global_batch_trains_the_same_steps_on_any_node_count(monkeypatch):
     """sft.global_batch_size: the accumulation follows the world size, so the checkpoint key
     (and the steps) of a run requeued onto fewer GPUs are those of the first attempt."""
     from esc_dist.config import ConfigError, load_recipe
-    from esc_dist.train.arguments import accumulation
     from esc_dist.train.checkpoints import training_key
+    from esc_dist.train.common import accumulation
 
     recipe = load_recipe(None, ["sft.global_batch_size=64", "sft.per_device_train_batch_size=2"])
     keys = {}

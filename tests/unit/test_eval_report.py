@@ -14,7 +14,8 @@ from esc_dist.config import Recipe
 from esc_dist.errors import DataError, PredictionsError
 from esc_dist.eval.compare import compare, load_report, log_comparison
 from esc_dist.eval.predictions import load_predictions
-from esc_dist.eval.report import confusion_with_unparseable, evaluate, log_report
+from esc_dist.eval.report import evaluate, log_report
+from esc_dist.eval.views import confusion_with_unparseable
 from esc_dist.strategies import STRATEGIES
 from esc_dist.tracking import start_run
 from tests.helpers import wait_for_offline_runs

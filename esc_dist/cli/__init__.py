@@ -15,46 +15,12 @@ process group is torn down either way.
 from __future__ import annotations
 
 import argparse
-import re
 import sys
-from dataclasses import dataclass
-from typing import Callable
 
 from .. import __version__
-from ..config import Recipe, load_recipe
 from ..errors import EscError
 from ..redaction import redact_text
-
-
-@dataclass(frozen=True)
-class Command:
-    name: str
-    run: Callable[[argparse.Namespace], int]
-    help: str
-    description: str
-    arguments: Callable[[argparse.ArgumentParser], None]
-
-
-def recipe_of(args: argparse.Namespace, extra: list[str] | None = None) -> Recipe:
-    """The recipe of ``--config`` with the command line's overrides, then ``extra`` ones."""
-    return load_recipe(args.config, list(args.overrides) + list(extra or []))
-
-
-def is_main() -> bool:
-    from .. import dist
-
-    return dist.is_main()
-
-
-_OVERRIDE_WORD = re.compile(r"^[A-Za-z_]\w*\.[\w.\-]+=")
-
-
-def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
-    """Separate ``section.key=value`` recipe overrides from the other words, wherever they are."""
-    rest, overrides = [], []
-    for word in argv:
-        (overrides if _OVERRIDE_WORD.match(word) else rest).append(word)
-    return rest, overrides
+from .common import Command, error_message, split_overrides  # noqa: F401 (the CLI's face)
 
 
 def commands() -> list[Command]:
@@ -104,19 +70,6 @@ def build_parser() -> argparse.ArgumentParser:
             "section.key=value words, e.g. sft.learning_rate=2e-5 run.output_dir=runs/x."
         )
     return parser
-
-
-def error_message(e: BaseException) -> str | None:
-    """The one-line message of an error the user caused, or None for a bug."""
-    if isinstance(e, EscError):
-        message = str(e)
-    elif isinstance(e, OSError) and e.filename is not None:
-        message = redact_text(f"{e.filename}: {e.strerror or e}")
-    else:
-        return None
-    # a value quoted from the user's files (an id, a name) may hold a line break: shown escaped,
-    # the message stays one line
-    return message.replace("\r", "\\r").replace("\n", "\\n")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from ..errors import ConfigError
-from . import Command, error_message, recipe_of
+from .common import Command, error_message, recipe_of
 
 
 def systems_of(args: argparse.Namespace):

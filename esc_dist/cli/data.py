@@ -8,7 +8,7 @@ import argparse
 import json
 
 from ..errors import ConfigError
-from . import Command, recipe_of
+from .common import Command, recipe_of
 
 
 def run_prepare(args: argparse.Namespace) -> int:

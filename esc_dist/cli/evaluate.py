@@ -12,7 +12,7 @@ from .. import tracking
 from ..constants import PROTOCOLS, ROLES, VARIANTS
 from ..errors import ConfigError, PairsError
 from ..names import check_name
-from . import Command, recipe_of
+from .common import Command, recipe_of
 
 
 def run_judge(args: argparse.Namespace) -> int:

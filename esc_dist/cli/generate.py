@@ -9,7 +9,7 @@ from pathlib import Path
 from ..constants import MODES, ROLES
 from ..errors import ConfigError, MergeError
 from ..models.hub import model_path
-from . import Command, is_main, recipe_of
+from .common import Command, is_main, recipe_of
 
 
 def run_mine(args: argparse.Namespace) -> int:

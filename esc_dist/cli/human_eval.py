@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import Command, recipe_of
+from .common import Command, recipe_of
 
 
 def run_build(args: argparse.Namespace) -> int:

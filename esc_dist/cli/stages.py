@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..config import Recipe
 from ..errors import ConfigError
-from . import Command, recipe_of, split_overrides
+from .common import Command, recipe_of, split_overrides
 
 
 def run_pipeline_cmd(args: argparse.Namespace) -> int:

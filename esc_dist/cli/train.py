@@ -6,7 +6,7 @@ import argparse
 
 from ..constants import PREEMPTED_EXIT, ROLES
 from ..models.hub import model_path
-from . import Command, is_main, recipe_of
+from .common import Command, is_main, recipe_of
 
 
 def _train(args: argparse.Namespace) -> int:

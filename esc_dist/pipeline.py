@@ -40,6 +40,7 @@ from .log import get_logger
 from .models import hub
 from .models.gguf import is_gguf, resolve_gguf
 from .outputs import remove_output
+from .versions import code_version
 
 log = get_logger(__name__)
 
@@ -329,6 +330,9 @@ def stage_key(stage: Stage, recipe: Recipe) -> str:
     }
     if stage.code is not None:
         key["code"] = stage.code
+    version = code_version(stage.args[0])
+    if version is not None:
+        key["code_version"] = version
     return sha256_json(key)
 
 

@@ -16,6 +16,7 @@ from ..config import NEUTRAL_KEYS, Recipe, TrainConfig, key_view
 from ..errors import EscError
 from ..io import COMPLETED, atomic_write_json, mark_completed, read_json, sha256_json
 from ..log import get_logger
+from ..versions import code_version
 from .disk import size as disk_size
 
 log = get_logger(__name__)
@@ -61,6 +62,9 @@ def training_key(stage: str, role: str, recipe: Recipe, cfg: TrainConfig, inputs
             "seed": recipe.run.seed,
             "model": key_view(recipe)["model"],
             "inputs": inputs,
+            # the code's version (esc_dist/versions.py) where bumped: older checkpoints are not
+            # resumed by changed code
+            **({"code_version": v} if (v := code_version(stage)) else {}),
         }
     )
 

@@ -136,9 +136,9 @@ def patch_cpu_deepspeed() -> None:
     if _CPU_PATCHED or has_cuda():
         return
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    import deepspeed.comm.torch  # noqa: F401  (module must be imported before patching)
+    from .internals import set_internal
 
-    sys.modules["deepspeed.comm.torch"].build_shm_op = lambda: None
+    set_internal("deepspeed.comm.torch", "build_shm_op", lambda: None)
     _CPU_PATCHED = True
 
 

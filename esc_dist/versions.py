@@ -60,12 +60,12 @@ RECORDED_PYTHON = (3, 11)  # the syntax trees' dump differs between Python versi
 RECORDED: dict[str, str] = {
     "prepare": "c4c1e91f39b26b73",
     "tiny-model": "1e2ea46eb1dacf70",
-    "base-model": "82d1db72e11dcb0f",
-    "sft": "820f673408222e0c",
-    "mine": "a8f9a32e5841fc29",
+    "base-model": "787719e828f1e741",
+    "sft": "b9c92ec9101cefbb",
+    "mine": "0b4b516c2bce0626",
     "judge": "5feaaf2003833471",
-    "dpo": "f94febac4086f661",
-    "infer": "f0e32f554e142b5d",
+    "dpo": "1595275dc10de37b",
+    "infer": "d0c862e5e938076e",
     "eval": "1c44d7e0eb2543a0",
     "compare": "c741349d548f71e3",
 }

@@ -19,6 +19,7 @@ from typing import Sequence
 from .. import dist
 from ..data.fitting import HistoryFitter
 from ..errors import DataError
+from ..internals import internal
 from ..models import loading
 from .sampling import choose_tokens
 from .work import WorkItem, messages_sha
@@ -244,8 +245,7 @@ def _plain_kv(cache) -> list[tuple] | None:
         return None
     layers = getattr(cache, "layers", None)
     if layers is not None:
-        from transformers.cache_utils import DynamicLayer
-
+        DynamicLayer = internal("transformers.cache_utils", "DynamicLayer")
         if not layers or any(
             type(layer) is not DynamicLayer or not getattr(layer, "is_initialized", True)
             for layer in layers

@@ -27,6 +27,7 @@ import re
 from pathlib import Path
 
 from ..errors import ConfigError, DataError, MissingInput
+from ..internals import internal
 from ..io import directory_outputs, mark_completed, read_text, sha256_file, write_manifest
 from ..outputs import check_output, staged_dir
 from .chatml import PROBES, chatml_template
@@ -118,8 +119,9 @@ def marked_template(source: str | None, where: Path) -> str:
 
 
 def render(template: str, messages: list[dict], add_generation_prompt: bool) -> str:
-    from transformers.utils.chat_template_utils import render_jinja_template
-
+    render_jinja_template = internal(
+        "transformers.utils.chat_template_utils", "render_jinja_template"
+    )
     rendered, _ = render_jinja_template(
         [messages], chat_template=template, add_generation_prompt=add_generation_prompt
     )

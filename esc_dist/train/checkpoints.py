@@ -14,6 +14,7 @@ from pathlib import Path
 from .. import dist
 from ..config import NEUTRAL_KEYS, Recipe, TrainConfig, key_view
 from ..errors import EscError
+from ..internals import internal
 from ..io import COMPLETED, atomic_write_json, mark_completed, read_json, sha256_json
 from ..log import get_logger
 from ..versions import code_version
@@ -271,7 +272,7 @@ def prepare_resume(ckpt: Path | None, poll_s: float = 2.0) -> bool:
         try:
             from argparse import Namespace
 
-            from deepspeed.checkpoint.ds_to_universal import main as ds_to_universal
+            ds_to_universal = internal("deepspeed.checkpoint.ds_to_universal", "main")
 
             ds_to_universal(
                 Namespace(

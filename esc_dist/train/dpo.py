@@ -24,6 +24,7 @@ from pathlib import Path
 from .. import dist
 from ..config import Recipe
 from ..errors import DataError, MissingInput
+from ..internals import internal, patched, require_method
 from ..io import COMPLETED, require_verified
 from ..log import get_logger
 from ..models.loading import attention, load_tokenizer
@@ -77,6 +78,9 @@ def load_pairs(pairs_dir: str | Path):
 def _dpo_trainer_class():
     from trl import DPOTrainer
 
+    for private in ("_prepare_dataset", "_get_train_sampler"):  # overridden below
+        require_method(DPOTrainer, private)
+
     class EscDPOTrainer(TrainerExtras, DPOTrainer):
         def __init__(self, *args, shared_prompt: bool = False, **kwargs):
             # see heads.py: the LM head at completions only (always under shared prompts)
@@ -107,31 +111,28 @@ def _offloaded_reference(enabled: bool):
     if not enabled:
         yield
         return
-    import trl.trainer.dpo_trainer as trl_dpo
 
-    original = trl_dpo.prepare_deepspeed
+    def offloaded(original):
+        def prepare_offloaded(model, accelerator):
+            zero = accelerator.state.deepspeed_plugin.deepspeed_config["zero_optimization"]
+            zero["offload_param"] = {"device": "cpu", "pin_memory": dist.has_cuda()}
+            try:
+                return original(model, accelerator)
+            finally:
+                zero.pop("offload_param", None)
 
-    def prepare_offloaded(model, accelerator):
-        zero = accelerator.state.deepspeed_plugin.deepspeed_config["zero_optimization"]
-        zero["offload_param"] = {"device": "cpu", "pin_memory": dist.has_cuda()}
-        try:
-            return original(model, accelerator)
-        finally:
-            zero.pop("offload_param", None)
+        return prepare_offloaded
 
-    trl_dpo.prepare_deepspeed = prepare_offloaded
-    try:
+    with patched("trl.trainer.dpo_trainer", "prepare_deepspeed", offloaded):
         yield
-    finally:
-        trl_dpo.prepare_deepspeed = original
 
 
 def shared_prompt_collator(tokenizer, model, args):
     """TRL's preference collator, with its pad token chosen as TRL chooses it, wrapped to add
     the packed ``[prompt | chosen | rejected]`` batch (shared_prompt.py)."""
-    from trl.trainer.dpo_trainer import DataCollatorForPreference
-
     from .shared_prompt import SharedPromptCollator
+
+    DataCollatorForPreference = internal("trl.trainer.dpo_trainer", "DataCollatorForPreference")
 
     tokenizer.pad_token = args.pad_token or tokenizer.pad_token or tokenizer.eos_token
     model.config.get_text_config().pad_token_id = tokenizer.pad_token_id

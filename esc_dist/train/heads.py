@@ -28,6 +28,7 @@ import functools
 import types
 from contextlib import contextmanager
 
+from ..internals import internal, patched
 from .shared_prompt import SHARED_KEYS, packed_states
 
 # Config fields by which TRL's fused head rescales or soft-caps logits; a model with any of them
@@ -55,8 +56,8 @@ def _supported(model, temperature: float, cast_lm_head_to_fp32: bool) -> bool:
 def completion_log_probs(model, outputs, args, labels, num_items_in_batch, kwargs):
     """TRL's ``FusedCausalLMOutput`` for ``labels``, the head applied at labelled positions only."""
     import torch
-    from trl.trainer.utils import FusedCausalLMOutput
 
+    FusedCausalLMOutput = internal("trl.trainer.utils", "FusedCausalLMOutput")
     shared = {k: kwargs.pop(k) for k in SHARED_KEYS if k in kwargs}
     if shared:  # shared-prompt DPO: TRL's rows read from the packed batch's states
         states, source = packed_states(model, shared)
@@ -143,27 +144,25 @@ def completion_lm_head(everywhere: bool = False):
     without CUDA, or ``everywhere`` (shared-prompt DPO, whose packed batch only our head reads).
     For models whose logits TRL rescales, TRL's head stays."""
     import torch
-    import trl.trainer.dpo_trainer as trl_dpo
 
     if torch.cuda.is_available() and not everywhere:
         yield
         return
-    original = trl_dpo.add_fused_lm_head
 
-    def add_fused_lm_head(
-        model, temperature=1.0, cast_lm_head_to_fp32=False, outputs=("log_probs",)
-    ):
-        original(
-            model,
-            temperature=temperature,
-            cast_lm_head_to_fp32=cast_lm_head_to_fp32,
-            outputs=outputs,
-        )
-        if _supported(model, temperature, cast_lm_head_to_fp32):
-            add_completion_lm_head(model, outputs)
+    def ours_on_top(original):
+        def add_fused_lm_head(
+            model, temperature=1.0, cast_lm_head_to_fp32=False, outputs=("log_probs",)
+        ):
+            original(
+                model,
+                temperature=temperature,
+                cast_lm_head_to_fp32=cast_lm_head_to_fp32,
+                outputs=outputs,
+            )
+            if _supported(model, temperature, cast_lm_head_to_fp32):
+                add_completion_lm_head(model, outputs)
 
-    trl_dpo.add_fused_lm_head = add_fused_lm_head
-    try:
+        return add_fused_lm_head
+
+    with patched("trl.trainer.dpo_trainer", "add_fused_lm_head", ours_on_top):
         yield
-    finally:
-        trl_dpo.add_fused_lm_head = original

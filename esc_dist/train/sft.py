@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..config import PADDING_FREE_ATTENTION, Recipe
 from ..data.tasks import load_task
+from ..internals import require_method
 from ..log import get_logger
 from ..models.loading import attention, load_tokenizer
 from .arguments import trainer_arguments
@@ -81,6 +82,8 @@ def _sft_trainer_class():
     import torch
     from transformers import Trainer
     from trl import SFTTrainer
+
+    require_method(SFTTrainer, "_get_train_sampler")  # overridden by TrainerExtras
 
     class EscSFTTrainer(TrainerExtras, SFTTrainer):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):

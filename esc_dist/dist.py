@@ -192,10 +192,12 @@ def init(timeout_s: int = 1800, deepspeed: bool = False) -> None:
         if rank() == 0:
             from .log import get_logger
 
+            # one process without a launcher has no process group (accelerate makes none)
+            group = td.get_backend() if td.is_initialized() else "none (one process)"
             get_logger(__name__).info(
                 "process group: %s, world size %d%s",
-                td.get_backend(),
-                td.get_world_size(),
+                group,
+                td.get_world_size() if td.is_initialized() else 1,
                 f", {torch.cuda.get_device_name()}" if has_cuda() else "",
             )
 

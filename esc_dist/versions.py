@@ -62,10 +62,10 @@ RECORDED: dict[str, str] = {
     "tiny-model": "1e2ea46eb1dacf70",
     "base-model": "787719e828f1e741",
     "sft": "b9c92ec9101cefbb",
-    "mine": "0b4b516c2bce0626",
+    "mine": "06e3469305e8241c",
     "judge": "5feaaf2003833471",
     "dpo": "1595275dc10de37b",
-    "infer": "d0c862e5e938076e",
+    "infer": "24f190de6fcbc7a9",
     "eval": "1c44d7e0eb2543a0",
     "compare": "c741349d548f71e3",
 }

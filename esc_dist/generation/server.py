@@ -136,12 +136,6 @@ class Server:
                 self.proc.wait()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _die_with_parent() -> None:
     """In the server's process: SIGTERM when the rank that started it dies (Linux), so that a
     killed rank leaves no server behind."""
@@ -160,7 +154,7 @@ def start_server(
     (its own process group, output to ``log_path``); returns before it is ready."""
     if not Path(python).is_file():
         raise ConfigError(f"vllm.python {python}: no such file (the Python of a vLLM install)")
-    port = _free_port()
+    port = dist.free_port()
     cmd = [
         python, "-m", "vllm.entrypoints.openai.api_server",
         "--model", str(Path(model_dir).resolve()), "--host", "127.0.0.1", "--port", str(port),

@@ -1,4 +1,4 @@
-"""Shared-prompt DPO on CPU: step time of SmolLM2-135M on planner and generator pairs.
+"""Packed DPO batches on CPU: step time of SmolLM2-135M on planner and generator pairs.
 
 For each role, the same pairs, batch, ``max_length`` and precision (fp32), one process, no
 DeepSpeed, measured steps after one of warm-up:
@@ -7,6 +7,9 @@ DeepSpeed, measured steps after one of warm-up:
   (``dpo.shared_prompt``), precomputed reference;
 - ``esc-dist-two-sequence`` -- the path before it (``dpo.shared_prompt=false``): two sequences
   per pair, precomputed reference;
+- ``esc-dist-padding-free``, ``esc-dist-two-sequence-padding-free`` -- the same with
+  ``dpo.padding_free=true``: the batch in one row, no padding, a 4D mask over the row (on
+  sdpa; what decides ``padding_free: null`` = off there);
 - ``trl-default`` -- TRL's ``DPOTrainer`` with its defaults (live reference, its fused head).
 
 Pairs: the study's transcript prompts (``configs/planner-smol.yaml``'s data settings); planner,
@@ -30,7 +33,13 @@ from benchmarks.mini_replication import ROOT, write_section
 
 RESULT = ROOT / "benchmarks" / "results" / "dpo_shared_prompt-cpu-smol.json"
 START, END = "<!-- dpo-shared-prompt:start -->", "<!-- dpo-shared-prompt:end -->"
-KINDS = ("esc-dist", "esc-dist-two-sequence", "trl-default")
+KINDS = (
+    "esc-dist",
+    "esc-dist-two-sequence",
+    "esc-dist-padding-free",
+    "esc-dist-two-sequence-padding-free",
+    "trl-default",
+)
 
 
 def real_pairs(data_dir, tokenizer, role: str, n: int = 4) -> list[dict]:
@@ -73,15 +82,15 @@ def bf16_closeness(base: Path, data: Path, role: str, n: int = 4) -> dict:
 
     from esc_dist.models.loading import load_tokenizer
     from esc_dist.train.heads import add_completion_lm_head
-    from esc_dist.train.shared_prompt import SharedPromptCollator
+    from esc_dist.train.packing import PairCollator
 
     tok = load_tokenizer(str(base), False)
-    batch = SharedPromptCollator(DataCollatorForPreference(pad_token_id=tok.pad_token_id))(
+    batch = PairCollator(DataCollatorForPreference(pad_token_id=tok.pad_token_id))(
         real_pairs(data, tok, role, n)
     )
     labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)
     plain = {k: batch[k] for k in ("input_ids", "attention_mask")}
-    shared = {k: v for k, v in batch.items() if k.startswith("shared_")}
+    shared = {k: v for k, v in batch.items() if k.startswith("packed_")}
     out = {}
     for dtype in (torch.float32, torch.bfloat16):
         model = AutoModelForCausalLM.from_pretrained(str(base), dtype=dtype).eval()
@@ -111,16 +120,19 @@ def bf16_closeness(base: Path, data: Path, role: str, n: int = 4) -> dict:
 
 def render(r: dict) -> str:
     rows = [
-        "| role | run | s/step | pair tokens/s | vs two-sequence | vs TRL default |",
-        "|---|---|---|---|---|---|",
+        "| role | run | s/step | pair tokens/s | non-pad share of computed | vs two-sequence "
+        "| vs TRL default |",
+        "|---|---|---|---|---|---|---|",
     ]
     for role in ("planner", "generator"):
         two, trl = r[f"{role}/esc-dist-two-sequence"], r[f"{role}/trl-default"]
-        for kind in KINDS:
+        for kind in (k for k in KINDS if f"{role}/{k}" in r):
             m = r[f"{role}/{kind}"]
+            share = m.get("non_pad_fraction")
             rows.append(
                 f"| {role} | {kind} | {1 / m['steps_per_s']:.1f} | "
                 f"{m['non_pad_tokens_per_s']:,.0f} | "
+                f"{'–' if share is None else f'{100 * share:.0f}%'} | "
                 f"{m['steps_per_s'] / two['steps_per_s']:.2f}x | "
                 f"{m['steps_per_s'] / trl['steps_per_s']:.2f}x |"
             )
@@ -145,7 +157,7 @@ def render(r: dict) -> str:
     return "\n".join(
         [
             START,
-            "## Shared-prompt DPO on CPU: SmolLM2-135M, planner and generator pairs",
+            "## Packed DPO batches on CPU: SmolLM2-135M, planner and generator pairs",
             "",
             f"`python -m benchmarks.dpo_shared_prompt`, {r['date']}, {r['cpu']} ({r['cores']} "
             f"cores, {'AVX-512 bf16' if r['native_bf16'] else 'no native bf16'}), one process, "

@@ -96,12 +96,15 @@ def run(
             train_dataset=load_pairs(pairs_dir),
             processing_class=load_tokenizer(str(model_dir)),
         )
-    else:  # esc-dist, esc-dist-live, esc-dist-two-sequence (dpo.shared_prompt off)
-        reference = "live" if kind == "esc-dist-live" else "precomputed"
+    else:  # esc-dist[-live|-two-sequence][-padding-free] (shared prompt off, one row on)
+        reference = "live" if kind.startswith("esc-dist-live") else "precomputed"
         recipe = replace(
             recipe,
             dpo=replace(
-                recipe.dpo, reference=reference, shared_prompt=kind != "esc-dist-two-sequence"
+                recipe.dpo,
+                reference=reference,
+                shared_prompt="two-sequence" not in kind,
+                padding_free=kind.endswith("padding-free"),
             ),
         )
         paths = stage_paths(recipe, "dpo", f"bench-{kind}", str(work / kind))

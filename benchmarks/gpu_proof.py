@@ -5,9 +5,12 @@ tokenizer; a Llama model of a given shape stands in for Qwen2.5 (no attention bi
 
 - ``sft``: SFT through the project's trainer on the Qwen2.5-7B shape cut to ``--layers`` layers
   (per-layer MFU is what matters): no DeepSpeed, ZeRO-2 and ZeRO-3; with and without Liger's
-  kernels and padded vs padding-free (packed) where the machine can run them (Liger: CUDA and the
-  package; packing: flash attention), else recorded as skipped with the reason;
-- ``dpo``: DPO pairs/s on generator pairs of the same model, prompts shared vs two sequences;
+  kernels where the machine can run them (CUDA and the package; else recorded as skipped with
+  the reason), and padded vs padding-free (``sft.padding_free``: TRL's with flash attention,
+  ours with a 4D mask on sdpa);
+- ``dpo``: DPO pairs/s on generator pairs of the same model, prompts shared vs two sequences,
+  and padding-free (``dpo.padding_free``: two sequences per pair on flash attention, shared
+  prompts and a 4D mask on sdpa);
 - ``mine``: new tokens/s of the generation engine mining a 0.5B-shaped model;
 - ``recipe``: the first SFT steps of ``configs/qwen2.5-7b.yaml`` through the real ``esc-dist
   sft`` stage (its ZeRO-3, precision, attention, Liger and packing settings) on the 7B shape
@@ -146,6 +149,7 @@ def measure(part: str, spec: dict, args) -> dict:
         "warmup_ratio=0",
         f"deepspeed={deepspeed}",
         f"liger={str(spec.get('liger', False)).lower()}",
+        f"padding_free={str(spec.get('padding_free', False)).lower()}",
         "keep_checkpoints=true",
     ]
     recipe = load_recipe(
@@ -154,8 +158,7 @@ def measure(part: str, spec: dict, args) -> dict:
             f"run.output_dir={work}",
             "wandb.mode=disabled",
             *[f"{s}.{c}" for s in ("sft", "dpo") for c in common],
-            f"sft.packing={str(spec.get('packing', False)).lower()}",
-            *(["model.attn_implementation=auto"] if spec.get("packing") else []),
+            *(["model.attn_implementation=auto"] if spec.get("flash") else []),
         ],
     )
     dist.init(1800, deepspeed=bool(ds))
@@ -356,14 +359,15 @@ def variants(args) -> list[tuple[str, dict]]:
             else {"name": "sft ZeRO-3 + Liger", "skipped": "no CUDA or no liger-kernel"},
         )
     )
+    free = "flash attention" if flash else "4D mask"
     out.append(
         (
             "sft",
-            {"name": "sft ZeRO-3 padding-free", "zero": 3, "packing": True}
-            if flash
-            else {
-                "name": "sft ZeRO-3 padding-free",
-                "skipped": "no flash-attn (packing needs flash attention)",
+            {
+                "name": f"sft ZeRO-3 padding-free ({free})",
+                "zero": 3,
+                "padding_free": True,
+                "flash": flash,
             },
         )
     )
@@ -378,6 +382,18 @@ def variants(args) -> list[tuple[str, dict]]:
         )
         for s in (True, False)
     ]
+    out.append(
+        (
+            "dpo",
+            {
+                "name": f"dpo ZeRO-3 padding-free ({free})",
+                "zero": 3,
+                "shared": not flash,
+                "padding_free": True,
+                "flash": flash,
+            },
+        )
+    )
     return out
 
 

@@ -39,14 +39,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 from esc_dist.config import load_recipe
 from esc_dist.constants import SYSTEM_TITLES, SYSTEMS
-from esc_dist.data.tasks import load_task
 from esc_dist.dist import free_port
+from esc_dist.eval.baselines import BASELINES, strategy_baselines
 from esc_dist.eval.compare import load_report
 from esc_dist.eval.plots import plot_preferences
 from esc_dist.eval.predictions import load_predictions
 from esc_dist.eval.report import evaluate
 from esc_dist.eval.strategy import strategy_metrics
 from esc_dist.io import COMPLETED, atomic_write_json, atomic_write_text, read_json
+from esc_dist.layout import RunLayout, work_dir
 from esc_dist.pipeline import launcher_cmd, plan
 from esc_dist.strategies import STRATEGIES
 
@@ -55,7 +56,6 @@ RESULTS_MD = ROOT / "benchmarks" / "RESULTS.md"
 OUT_JSON = ROOT / "benchmarks" / "results" / "mini_replication.json"
 PLOTS = ROOT / "benchmarks" / "results" / "mini_replication"
 START, END = "<!-- mini-replication:start -->", "<!-- mini-replication:end -->"
-BASELINES = {"majority": "Majority", "prior": "Random by train prior", "bow_lr": "Bag-of-words LR"}
 # (beta, learning rate, sft_weight)
 SWEEP = [
     (0.1, 5e-5, 1.0),
@@ -126,47 +126,21 @@ def scores_of_labels(gold: list[str], pred: list[str]) -> dict:
     }
 
 
-def dialogue_text(prompt: list[dict]) -> str:
-    return " \n ".join(m["content"] for m in prompt if m["role"] != "system")
-
-
-def baseline_predictions(data_dir: Path, seed: int, ids: set[str]) -> tuple[list[str], dict]:
-    """The gold strategies of the test turns ``ids`` (those the systems predicted) and the three
-    baselines' predictions of them, in the test split's order."""
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import LogisticRegression
-
-    task = load_task(str(data_dir), "planner")
-    train, test = task["train"], task["test"].filter(lambda r: r["id"] in ids)
-    gold_train, gold = list(train["strategy"]), list(test["strategy"])
-    counts = {s: gold_train.count(s) for s in STRATEGIES}
-    majority = max(STRATEGIES, key=lambda s: counts[s])
-    prior = np.array([counts[s] for s in STRATEGIES], dtype=float) / len(gold_train)
-    rng = np.random.default_rng(seed)
-    random_pred = [STRATEGIES[i] for i in rng.choice(len(STRATEGIES), size=len(gold), p=prior)]
-    vec = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True)
-    x_train = vec.fit_transform([dialogue_text(p) for p in train["prompt"]])
-    clf = LogisticRegression(max_iter=2000, C=1.0)
-    clf.fit(x_train, gold_train)
-    lr_pred = list(clf.predict(vec.transform([dialogue_text(p) for p in test["prompt"]])))
-    return gold, {"majority": [majority] * len(gold), "prior": random_pred, "bow_lr": lr_pred}
-
-
 def baselines(data_dir: Path, seed: int, ids: set[str]) -> dict:
     """The three baselines' scores on the test turns ``ids``."""
-    gold, preds = baseline_predictions(data_dir, seed, ids)
+    gold, preds = strategy_baselines(data_dir, seed, ids)
     return {name: scores_of_labels(gold, pred) for name, pred in preds.items()}
 
 
 def seed_results(runs: Path, seed: int) -> dict | None:
-    run = runs / f"seed-{seed}"
-    reports = {s: run / "reports" / s / "report.json" for s in SYSTEMS}
+    run = RunLayout(runs / f"seed-{seed}")
+    reports = {s: run.report(s) / "report.json" for s in SYSTEMS}
     if not all(p.is_file() for p in reports.values()):
         return None
     out = {s: scores_of_report(load_report(p)) for s, p in reports.items()}
-    predicted = run / "predictions" / "decoupled-sft" / "predictions.jsonl"
+    predicted = run.predictions("decoupled-sft") / "predictions.jsonl"
     ids = {p.id for p in load_predictions(predicted)}
-    out.update(baselines(run / "data", seed, ids))
+    out.update(baselines(run.data, seed, ids))
     return out
 
 
@@ -186,12 +160,13 @@ def launch(recipe, args: list[str], log: Path) -> None:
 
 def sweep(config: Path, runs: Path, seed: int, points) -> list[dict]:
     """Planner DPO for each (beta, lr, sft_weight) from the seed's SFT planner and pairs."""
-    base = runs / f"seed-{seed}"
+    base = RunLayout(runs / f"seed-{seed}")
     results = []
     for beta, lr, sft_weight in points:
         tag = f"beta{beta:g}-lr{lr:g}-sft{sft_weight:g}"
-        out = runs / "sweep" / f"seed-{seed}" / tag
-        out.mkdir(parents=True, exist_ok=True)
+        var = RunLayout(work_dir(base.root, f"sweep-{tag}"))  # the point's own layout
+        planner, pred = var.model("dpo", "planner"), var.predictions("decoupled-dpo")
+        var.logs.mkdir(parents=True, exist_ok=True)
         overrides = [
             *seed_overrides(seed, runs),
             f"dpo.beta={beta}",
@@ -200,7 +175,7 @@ def sweep(config: Path, runs: Path, seed: int, points) -> list[dict]:
         ]
         recipe = load_recipe(config, overrides)
         t0 = time.time()
-        if not (out / "planner" / COMPLETED).is_file():
+        if not (planner / COMPLETED).is_file():
             launch(
                 recipe,
                 [
@@ -208,18 +183,18 @@ def sweep(config: Path, runs: Path, seed: int, points) -> list[dict]:
                     "--role",
                     "planner",
                     "--pairs",
-                    str(base / "prefdial/planner"),
+                    str(base.pairs("planner")),
                     "--model",
-                    str(base / "models/sft-planner"),
+                    str(base.model("sft", "planner")),
                     "--out",
-                    str(out / "planner"),
+                    str(planner),
                     "--config",
                     str(config),
                     *overrides,
                 ],
-                out / "dpo.log",
+                var.log("dpo-planner"),
             )
-        if not (out / "predictions" / COMPLETED).is_file():
+        if not (pred / COMPLETED).is_file():
             launch(
                 recipe,
                 [
@@ -227,23 +202,23 @@ def sweep(config: Path, runs: Path, seed: int, points) -> list[dict]:
                     "--mode",
                     "decoupled",
                     "--planner",
-                    str(out / "planner"),
+                    str(planner),
                     "--generator",
-                    str(base / "models/sft-generator"),
+                    str(base.model("sft", "generator")),
                     "--data",
-                    str(base / "data"),
+                    str(base.data),
                     "--split",
                     "test",
                     "--out",
-                    str(out / "predictions"),
+                    str(pred),
                     "--config",
                     str(config),
                     *overrides,
                 ],
-                out / "infer.log",
+                var.log("infer-decoupled-dpo"),
             )
-        report = evaluate(out / "predictions" / "predictions.jsonl", out / "report", name=tag)
-        manifest = read_json(out / "planner" / "manifest.json")
+        report = evaluate(pred / "predictions.jsonl", var.report("decoupled-dpo"), name=tag)
+        manifest = read_json(planner / "manifest.json")
         results.append(
             {
                 "beta": beta,

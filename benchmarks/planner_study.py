@@ -50,9 +50,7 @@ import time
 from pathlib import Path
 
 from benchmarks.mini_replication import (
-    BASELINES,
     ROOT,
-    baseline_predictions,
     launch,
     mean_std,
     stage_seconds,
@@ -60,9 +58,11 @@ from benchmarks.mini_replication import (
 )
 from esc_dist.config import load_recipe
 from esc_dist.dist import resolve_precision
+from esc_dist.eval.baselines import BASELINES, strategy_baselines
 from esc_dist.eval.predictions import load_predictions
 from esc_dist.eval.strategy import strategy_metrics
 from esc_dist.io import COMPLETED, atomic_write_json, read_json
+from esc_dist.layout import RunLayout, training_work, work_dir
 from esc_dist.strategies import STRATEGIES
 
 CONFIG = ROOT / "configs" / "planner-smol.yaml"
@@ -78,14 +78,15 @@ def overrides(seed: int, runs: Path, extra: tuple[str, ...] = ()) -> list[str]:
     return [f"run.seed={seed}", f"run.output_dir={runs / f'seed-{seed}'}", *extra]
 
 
-def drop_checkpoints(run: Path) -> None:
+def drop_checkpoints(run: RunLayout) -> None:
     """Remove the training checkpoints of the planner stages whose export is complete (a few
     GB each; the export is all later steps read)."""
     import shutil
 
-    for stage in ("sft-planner", "dpo-planner"):
-        if (run / "models" / stage / COMPLETED).is_file():
-            shutil.rmtree(run / "models" / f"{stage}.work" / "checkpoints", ignore_errors=True)
+    for stage in ("sft", "dpo"):
+        export = run.model(stage, "planner")
+        if (export / COMPLETED).is_file():
+            shutil.rmtree(training_work(export) / "checkpoints", ignore_errors=True)
 
 
 def machine() -> dict:
@@ -104,7 +105,16 @@ def machine() -> dict:
     }
 
 
-def pipeline(config: Path, seed: int, runs: Path, stages: tuple[str, ...]) -> None:
+def pipeline(
+    config: Path,
+    seed: int,
+    runs: Path,
+    stages: tuple[str, ...],
+    extra: tuple[str, ...] = (),
+    reuse: Path | None = None,
+) -> None:
+    """``stages`` of the seed's run (``extra``: more overrides; ``reuse``: the run this one is
+    a variant of, see ``esc-dist pipeline --reuse``)."""
     r = subprocess.run(
         [
             sys.executable,
@@ -115,7 +125,8 @@ def pipeline(config: Path, seed: int, runs: Path, stages: tuple[str, ...]) -> No
             str(config),
             "--only",
             ",".join(stages),
-            *overrides(seed, runs),
+            *(["--reuse", str(reuse)] if reuse else []),
+            *overrides(seed, runs, extra),
         ],
         cwd=ROOT,
     )
@@ -127,7 +138,7 @@ def predict(
     config: Path, seed: int, runs: Path, planner: Path, out: Path, extra: tuple[str, ...] = ()
 ) -> Path:
     """Planner-only predictions of every test turn (skipped when complete)."""
-    run = runs / f"seed-{seed}"
+    run = RunLayout(runs / f"seed-{seed}")
     if not (out / COMPLETED).is_file():
         out.parent.mkdir(parents=True, exist_ok=True)
         ov = overrides(seed, runs, extra)
@@ -140,7 +151,7 @@ def predict(
                 "--planner",
                 str(planner),
                 "--data",
-                str(run / "data"),
+                str(run.data),
                 "--split",
                 "test",
                 "--out",
@@ -173,11 +184,11 @@ def scores_of(path: Path) -> tuple[dict, dict[str, str]]:
     return scores([p.gold_strategy for p in preds], [p.pred_strategy for p in preds]), gold
 
 
-def mining_summary(run: Path) -> dict:
+def mining_summary(run: RunLayout) -> dict:
     """What the mined and kept planner pairs teach: per strategy, how often it is chosen minus
     how often it is rejected (the direction DPO pushes it)."""
-    mined = read_json(run / "ipm" / "mine-planner" / "stats.json")
-    kept = read_json(run / "prefdial" / "planner" / "stats.json")
+    mined = read_json(run.mined("planner") / "stats.json")
+    kept = read_json(run.pairs("planner") / "stats.json")
     conf = kept["confusion_kept"]
     chosen = {s: sum(conf[s].values()) for s in STRATEGIES}
     rejected = {s: sum(conf[g][s] for g in STRATEGIES) for s in STRATEGIES}
@@ -195,7 +206,7 @@ def mining_summary(run: Path) -> dict:
 
 
 def seed_piece_mining(config: Path, seed: int, runs: Path) -> dict:
-    run = runs / f"seed-{seed}"
+    run = RunLayout(runs / f"seed-{seed}")
     recipe = load_recipe(config, overrides(seed, runs))
     secs = stage_seconds(recipe)
     out = {
@@ -207,15 +218,15 @@ def seed_piece_mining(config: Path, seed: int, runs: Path) -> dict:
         "seconds": {k: secs.get(k) for k in THROUGH_MINE},
         "mining": mining_summary(run),
     }
-    out["train_turns"] = read_json(run / "data" / "manifest.json")["counts"]["train"]["turns"]
+    out["train_turns"] = read_json(run.data / "manifest.json")["counts"]["train"]["turns"]
     return out
 
 
 def seed_piece_dpo(config: Path, seed: int, runs: Path) -> dict:
     """After DPO: its time and summary, and the validation guard's trajectory (B, Q and the
     strategy shares on the validation turns at step 0 and every dpo.validation_every steps)."""
-    run = runs / f"seed-{seed}"
-    m = read_json(run / "models" / "dpo-planner" / "manifest.json")
+    run = RunLayout(runs / f"seed-{seed}")
+    m = read_json(run.model("dpo", "planner") / "manifest.json")
     recipe = load_recipe(config, overrides(seed, runs))
     return {
         "seed": seed,
@@ -258,10 +269,10 @@ def sweep_point(config: Path, seed: int, runs: Path, lr: float, steps: int, ever
     seed's DPO stage when it has them (same pairs, same reference: the pass is not repeated)."""
     import shutil
 
-    run = runs / f"seed-{seed}"
-    out = run / "sweep" / f"lr{lr:g}"
-    work = out.with_name(out.name + ".work")
-    done = run / "models" / "dpo-planner.work"
+    run = RunLayout(runs / f"seed-{seed}")
+    out = work_dir(run.root, "sweep") / f"lr{lr:g}"
+    work = training_work(out)
+    done = training_work(run.model("dpo", "planner"))
     if not work.exists() and (done / "tokenized").is_dir():
         work.mkdir(parents=True)
         shutil.copy(done / ".esc-dist-output", work)
@@ -283,11 +294,11 @@ def sweep_point(config: Path, seed: int, runs: Path, lr: float, steps: int, ever
                 "--role",
                 "planner",
                 "--pairs",
-                str(run / "prefdial" / "planner"),
+                str(run.pairs("planner")),
                 "--model",
-                str(run / "models" / "sft-planner"),
+                str(run.model("sft", "planner")),
                 "--data",
-                str(run / "data"),
+                str(run.data),
                 "--out",
                 str(out),
                 "--config",
@@ -355,28 +366,28 @@ def adopt_sweep_point(config: Path, seed: int, runs: Path) -> str | None:
 
 
 def seed_piece_all(config: Path, seed: int, runs: Path, first_seed: bool) -> dict:
-    run = runs / f"seed-{seed}"
+    run = RunLayout(runs / f"seed-{seed}")
     out = seed_piece_mining(config, seed, runs)
     recipe = load_recipe(config, overrides(seed, runs))
     out["seconds"] = {k: v for k, v in stage_seconds(recipe).items() if k in STAGES}
     systems, gold = {}, None
     t0 = time.time()
     for name, planner in (
-        ("sft", run / "models" / "sft-planner"),
-        ("dpo", run / "models" / "dpo-planner"),
-        *([("zero_shot", run / "models" / "base")] if first_seed else []),
+        ("sft", run.model("sft", "planner")),
+        ("dpo", run.model("dpo", "planner")),
+        *([("zero_shot", run.base)] if first_seed else []),
     ):
-        path = predict(config, seed, runs, planner, run / "extra" / f"planner-{name}-test")
+        path = predict(config, seed, runs, planner, work_dir(run.root, f"planner-{name}-test"))
         systems[name], gold = scores_of(path)
     out["seconds"]["test_predictions"] = round(time.time() - t0)
     ids = set(gold)
-    gold_list, base = baseline_predictions(run / "data", seed, ids)
+    gold_list, base = strategy_baselines(run.data, seed, ids)
     systems.update({b: scores(gold_list, pred) for b, pred in base.items()})
     out["gold_shares"] = {
         s: sum(1 for g in gold_list if g == s) / len(gold_list) for s in STRATEGIES
     }
     out["systems"] = systems
-    out["guard"] = read_json(run / "models" / "dpo-planner" / "manifest.json").get("guard")
+    out["guard"] = read_json(run.model("dpo", "planner") / "manifest.json").get("guard")
     return out
 
 
@@ -388,8 +399,8 @@ def samples_probe(config: Path, seed: int, runs: Path, turns: int = 300, n: int 
 
     from esc_dist.ipm.prefdial import read_pairs
 
-    run = runs / f"seed-{seed}"
-    out = run / "extra" / f"mine-probe-n{n}"
+    run = RunLayout(runs / f"seed-{seed}")
+    out = work_dir(run.root, f"mine-probe-n{n}")
     ov = overrides(seed, runs, (f"mine.n_samples={n}", f"mine.max_turns={turns}"))
     t0 = time.time()
     if not (out / COMPLETED).is_file():
@@ -401,9 +412,9 @@ def samples_probe(config: Path, seed: int, runs: Path, turns: int = 300, n: int 
                 "--role",
                 "planner",
                 "--data",
-                str(run / "data"),
+                str(run.data),
                 "--model",
-                str(run / "models" / "sft-planner"),
+                str(run.model("sft", "planner")),
                 "--out",
                 str(out),
                 "--config",
@@ -435,57 +446,23 @@ def samples_probe(config: Path, seed: int, runs: Path, turns: int = 300, n: int 
 
 def variant_judged(config: Path, seed: int, runs: Path) -> dict:
     """The seed's mined planner pairs through the offline judge, their DPO, the test
-    predictions."""
-    run = runs / f"seed-{seed}"
-    var = run / "variants" / "judged"
+    predictions: the pipeline with ``ipm.planner_pairs=judged`` into RUN/extra/judged, reusing
+    the seed's run for every stage the setting does not touch (data, SFT, mining)."""
+    run = RunLayout(runs / f"seed-{seed}")
+    var = RunLayout(work_dir(run.root, "judged"))
     extra = ("ipm.planner_pairs=judged",)
-    ov = overrides(seed, runs, extra)
-    recipe = load_recipe(config, ov)
     t0 = time.time()
-    if not (var / "prefdial" / COMPLETED).is_file():
-        var.mkdir(parents=True, exist_ok=True)
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "esc_dist",
-                "judge",
-                "--role",
-                "planner",
-                "--pairs",
-                str(run / "ipm" / "mine-planner" / "pairs.jsonl"),
-                "--out",
-                str(var / "prefdial"),
-                "--config",
-                str(config),
-                *ov,
-            ],
-            cwd=ROOT,
-            check=True,
-        )
-    if not (var / "dpo-planner" / COMPLETED).is_file():
-        launch(
-            recipe,
-            [
-                "dpo",
-                "--role",
-                "planner",
-                "--pairs",
-                str(var / "prefdial"),
-                "--model",
-                str(run / "models" / "sft-planner"),
-                "--data",
-                str(run / "data"),
-                "--out",
-                str(var / "dpo-planner"),
-                "--config",
-                str(config),
-                *ov,
-            ],
-            var / "dpo.log",
-        )
-    path = predict(config, seed, runs, var / "dpo-planner", var / "planner-dpo-test", extra)
-    kept = read_json(var / "prefdial" / "stats.json")
+    pipeline(config, seed, runs, STAGES, (*extra, f"run.output_dir={var.root}"), reuse=run.root)
+    drop_checkpoints(var)
+    path = predict(
+        config,
+        seed,
+        runs,
+        var.model("dpo", "planner"),
+        work_dir(var.root, "planner-dpo-test"),
+        extra,
+    )
+    kept = read_json(var.pairs("planner") / "stats.json")
     conf = kept["confusion_kept"]
     return {
         "seed": seed,
@@ -498,7 +475,7 @@ def variant_judged(config: Path, seed: int, runs: Path) -> dict:
             s: sum(conf[s].values()) - sum(conf[g][s] for g in STRATEGIES) for s in STRATEGIES
         },
         "dpo": scores_of(path)[0],
-        "guard": read_json(var / "dpo-planner" / "manifest.json").get("guard"),
+        "guard": read_json(var.model("dpo", "planner") / "manifest.json").get("guard"),
     }
 
 
@@ -761,7 +738,7 @@ def main() -> None:
             pipeline(
                 args.config, seed, args.runs, THROUGH_MINE if args.through == "mine" else STAGES
             )
-            drop_checkpoints(args.runs / f"seed-{seed}")
+            drop_checkpoints(RunLayout(args.runs / f"seed-{seed}"))
             atomic_write_json(
                 RESULTS / f"seed-{seed}.mining.json",
                 seed_piece_mining(args.config, seed, args.runs),

@@ -48,7 +48,6 @@ from pathlib import Path
 
 from benchmarks.mini_replication import (
     ROOT,
-    baseline_predictions,
     launch,
     mean_std,
     stage_seconds,
@@ -56,11 +55,13 @@ from benchmarks.mini_replication import (
 )
 from esc_dist.config import load_recipe
 from esc_dist.constants import SYSTEM_TITLES, SYSTEMS
+from esc_dist.eval.baselines import BASELINES, strategy_baselines
 from esc_dist.eval.compare import load_report
 from esc_dist.eval.plots import plot_preferences
 from esc_dist.eval.predictions import load_predictions
 from esc_dist.eval.strategy import strategy_metrics
 from esc_dist.io import COMPLETED, atomic_write_json, read_json
+from esc_dist.layout import RunLayout, work_dir
 from esc_dist.psych.names import ERROR_TYPES
 from esc_dist.strategies import STRATEGIES
 
@@ -71,11 +72,7 @@ START, END = "<!-- mini-smol:start -->", "<!-- mini-smol:end -->"
 README = ROOT / "README.md"
 SUMMARY_START, SUMMARY_END = "<!-- mini-smol-summary:start -->", "<!-- mini-smol-summary:end -->"
 ZERO_SHOT = "zero-shot"
-LABEL_BASELINES = {
-    "majority": "Majority",
-    "prior": "Random by train prior",
-    "bow_lr": "Bag-of-words LR",
-}
+LABEL_BASELINES = BASELINES
 TITLES = {**SYSTEM_TITLES, ZERO_SHOT: "SmolLM2 zero-shot", **LABEL_BASELINES}
 ROWS = (*SYSTEMS, ZERO_SHOT, *LABEL_BASELINES)
 STRATEGY_COLS = ("Q", "weighted_f1", "accuracy", "B", "B_converged", "used", "unparseable")
@@ -145,11 +142,11 @@ def infer_and_eval(
 ) -> Path:
     """Infer one system on the test turns of ``data`` (default: the run's; the pipeline's
     decoding) and evaluate it, unless done; returns its report directory. Outputs go to
-    RUN/extra/NAME."""
-    base = run / "extra" / name
-    pred, report = base / "predictions", base / "report"
-    data = data or run / "data"
-    base.mkdir(parents=True, exist_ok=True)
+    RUN/extra/NAME, laid out as a run of its own."""
+    var, system = RunLayout(work_dir(run, name)), Path(name).name
+    pred, report = var.predictions(system), var.report(system)
+    data = data or RunLayout(run).data
+    var.logs.mkdir(parents=True, exist_ok=True)
     if not (pred / COMPLETED).is_file():
         launch(
             recipe,
@@ -166,7 +163,7 @@ def infer_and_eval(
                 str(config),
                 *overrides,
             ],
-            base / "infer.log",
+            var.log(f"infer-{system}"),
         )
     if not (report / "report.json").is_file():
         esc(
@@ -183,14 +180,14 @@ def infer_and_eval(
                 str(config),
                 *overrides,
             ],
-            base / "eval.log",
+            var.log(f"eval-{system}"),
         )
     return report
 
 
 def zero_shot(config: Path, overrides: list[str], run: Path) -> Path:
     recipe = load_recipe(config, overrides)
-    base = run / "models" / "base"
+    base = RunLayout(run).base
     return infer_and_eval(
         recipe,
         config,
@@ -206,8 +203,8 @@ def balanced_variant(config: Path, runs: Path, seed: int) -> dict[str, Path]:
     score Vanilla-DPO and Decoupled-DPO with them; returns the report directory per system."""
     overrides = [*seed_overrides(seed, runs), "judge.balance=true"]
     recipe = load_recipe(config, overrides)
-    run = runs / f"seed-{seed}"
-    extra = run / "extra" / "balanced"
+    run = RunLayout(runs / f"seed-{seed}")
+    extra = work_dir(run.root, "balanced")
     extra.mkdir(parents=True, exist_ok=True)
     for role in ("planner", "vanilla"):
         kept, model = extra / f"prefdial-{role}", extra / f"dpo-{role}"
@@ -218,7 +215,7 @@ def balanced_variant(config: Path, runs: Path, seed: int) -> dict[str, Path]:
                     "--role",
                     role,
                     "--pairs",
-                    str(run / "ipm" / f"mine-{role}" / "pairs.jsonl"),
+                    str(run.mined(role) / "pairs.jsonl"),
                     "--out",
                     str(kept),
                     "--config",
@@ -237,7 +234,7 @@ def balanced_variant(config: Path, runs: Path, seed: int) -> dict[str, Path]:
                     "--pairs",
                     str(kept),
                     "--model",
-                    str(run / "models" / f"sft-{role}"),
+                    str(run.model("sft", role)),
                     "--out",
                     str(model),
                     "--config",
@@ -251,7 +248,7 @@ def balanced_variant(config: Path, runs: Path, seed: int) -> dict[str, Path]:
             recipe,
             config,
             overrides,
-            run,
+            run.root,
             "balanced/vanilla-dpo",
             ["--mode", "vanilla", "--model", str(extra / "dpo-vanilla")],
         ),
@@ -259,7 +256,7 @@ def balanced_variant(config: Path, runs: Path, seed: int) -> dict[str, Path]:
             recipe,
             config,
             overrides,
-            run,
+            run.root,
             "balanced/decoupled-dpo",
             [
                 "--mode",
@@ -267,7 +264,7 @@ def balanced_variant(config: Path, runs: Path, seed: int) -> dict[str, Path]:
                 "--planner",
                 str(extra / "dpo-planner"),
                 "--generator",
-                str(run / "models" / "dpo-generator"),
+                str(run.model("dpo", "generator")),
             ],
         ),
     }
@@ -278,8 +275,8 @@ def no_tags_variant(config: Path, runs: Path, seed: int) -> dict[str, Path]:
     planner again, and Decoupled-SFT/-DPO with the seed's generators; the report per system."""
     overrides = [*seed_overrides(seed, runs), "data.history_strategy_tags=false"]
     recipe = load_recipe(config, overrides)
-    run = runs / f"seed-{seed}"
-    extra = run / "extra" / "no-tags"
+    run = RunLayout(runs / f"seed-{seed}")
+    extra = work_dir(run.root, "no-tags")
     data, sft, mined = extra / "data", extra / "sft-planner", extra / "mine-planner"
     kept, dpo = extra / "prefdial-planner", extra / "dpo-planner"
     extra.mkdir(parents=True, exist_ok=True)
@@ -296,7 +293,7 @@ def no_tags_variant(config: Path, runs: Path, seed: int) -> dict[str, Path]:
                 "--data",
                 str(data),
                 "--model",
-                str(run / "models" / "base"),
+                str(run.base),
                 "--out",
                 str(sft),
             ],
@@ -355,7 +352,7 @@ def no_tags_variant(config: Path, runs: Path, seed: int) -> dict[str, Path]:
             recipe,
             config,
             overrides,
-            run,
+            run.root,
             f"no-tags/{stage_name}",
             [
                 "--mode",
@@ -363,7 +360,7 @@ def no_tags_variant(config: Path, runs: Path, seed: int) -> dict[str, Path]:
                 "--planner",
                 str(planner),
                 "--generator",
-                str(run / "models" / f"{stage}-generator"),
+                str(run.model(stage, "generator")),
             ],
             data=data,
         )
@@ -439,7 +436,7 @@ def scores_of_labels(gold: list[str], pred: list[str]) -> dict:
 
 def extra_seconds(run: Path) -> float:
     """The seconds the zero-shot baseline's inference took (its manifest's run facts)."""
-    manifest = run / "extra" / ZERO_SHOT / "predictions" / "manifest.json"
+    manifest = RunLayout(work_dir(run, ZERO_SHOT)).predictions(ZERO_SHOT) / "manifest.json"
     return float(read_json(manifest).get("seconds") or 0) if manifest.is_file() else 0.0
 
 
@@ -447,7 +444,7 @@ def seed_result(
     config: Path, runs: Path, seed: int, reports: dict[str, Path], variant: str | None = None
 ) -> dict:
     """The numbers of one finished seed (or variant): every system and the baselines."""
-    run = runs / f"seed-{seed}"
+    run = RunLayout(runs / f"seed-{seed}")
     rows = {s: scores_of_report(load_report(p / "report.json")) for s, p in reports.items()}
     recipe = load_recipe(config, seed_overrides(seed, runs))
     config = config.resolve()
@@ -464,17 +461,15 @@ def seed_result(
         stages = stage_seconds(recipe)
         out["stage_seconds"] = stages
         out["pipeline_seconds"] = round(sum(v or 0 for v in stages.values()), 1)
-        out["zero_shot_seconds"] = round(extra_seconds(run), 1)
-        pred = run / "predictions" / "decoupled-sft" / "predictions.jsonl"
-        gold, preds = baseline_predictions(
-            run / "data", seed, {p.id for p in load_predictions(pred)}
-        )
+        out["zero_shot_seconds"] = round(extra_seconds(run.root), 1)
+        pred = run.predictions("decoupled-sft") / "predictions.jsonl"
+        gold, preds = strategy_baselines(run.data, seed, {p.id for p in load_predictions(pred)})
         out["systems"].update({k: scores_of_labels(gold, v) for k, v in preds.items()})
     judged = {}
     for role in ("planner", "generator", "vanilla"):
-        stats = run / "prefdial" / role / "stats.json"
+        stats = run.pairs(role) / "stats.json"
         if variant is not None:
-            stats = run / "extra" / variant / f"prefdial-{role}" / "stats.json"
+            stats = work_dir(run.root, variant) / f"prefdial-{role}" / "stats.json"
         if stats.is_file():
             st = read_json(stats)
             judged[role] = {
@@ -504,9 +499,9 @@ def save_result(result: dict, seed: int, variant: str | None = None) -> None:
 def run_seed(config: Path, runs: Path, seed: int) -> None:
     overrides = seed_overrides(seed, runs)
     run_pipeline(config, overrides)
-    run = runs / f"seed-{seed}"
-    reports = {s: run / "reports" / s for s in SYSTEMS}
-    reports[ZERO_SHOT] = zero_shot(config, overrides, run)
+    run = RunLayout(runs / f"seed-{seed}")
+    reports = {s: run.report(s) for s in SYSTEMS}
+    reports[ZERO_SHOT] = zero_shot(config, overrides, run.root)
     save_result(seed_result(config, runs, seed, reports), seed)
 
 

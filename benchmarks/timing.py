@@ -1,4 +1,6 @@
-"""Timing helpers for the benchmark scripts: measured steps and non-pad tokens of a trainer."""
+"""Timing helpers for the benchmark scripts: measured steps and tokens of a trainer (counted as
+``esc_dist.train.packing.token_counts`` counts them: the batch's unpadded tokens, the same work
+unit for every layout, and the fraction of the computed tokens that are not padding)."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ class TrainerMeter:
         import torch
         from transformers import TrainerCallback
 
-        self.tokens = self.padded = 0
+        self.tokens = self.real = self.computed = 0
         self.t0 = self.t1 = None
         meter = self
 
@@ -36,13 +38,12 @@ class TrainerMeter:
 
         def counted(model, inputs, *a, **k):
             if trainer.state.global_step >= warmup:
-                m = inputs.get("attention_mask")
-                if m is None:  # padding-free (packed) batches: every position is a token
-                    m = inputs["input_ids"]
-                    meter.tokens += int(m.numel())
-                else:
-                    meter.tokens += int(m.sum())
-                meter.padded += int(m.numel())
+                from esc_dist.train.packing import token_counts
+
+                useful, real, computed = token_counts(inputs)
+                meter.tokens += useful
+                meter.real += real
+                meter.computed += computed
             return inner(model, inputs, *a, **k)
 
         trainer.training_step = counted
@@ -55,5 +56,5 @@ class TrainerMeter:
             "steps": self.steps,
             "steps_per_s": self.steps / seconds,
             "non_pad_tokens_per_s": self.tokens / seconds,
-            "non_pad_fraction": self.tokens / max(1, self.padded),
+            "non_pad_fraction": self.real / max(1, self.computed),
         }

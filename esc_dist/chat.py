@@ -28,6 +28,7 @@ from .errors import ConfigError
 from .generation import Replica, Sampling, WorkItem, fit_prompts, load_tokenizer, row_seed
 from .infer import decoding, infer_sampling, planned
 from .io import check_model_dir
+from .layout import RunLayout
 from .models.loading import model_context
 from .strategies import parse_tagged
 
@@ -198,9 +199,9 @@ class ChatSystem:
 
 
 def run_models(run_dir: str | Path, stage: str) -> dict[str, Path]:
-    """The model directories of a pipeline run: ``RUN/models/{stage}-{role}``."""
-    models = Path(run_dir) / "models"
-    return {role: models / f"{stage}-{role}" for role in ROLES}
+    """The model directories of a pipeline run (``RunLayout.model``)."""
+    run = RunLayout(Path(run_dir))
+    return {role: run.model(stage, role) for role in ROLES}
 
 
 def load_systems(recipe: Recipe, *, planner=None, generator=None, vanilla=None) -> dict:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .config import Recipe
 from .constants import ROLES
+from .layout import RunLayout
 
 GB = 1e9
 
@@ -45,7 +46,7 @@ def model_shape(recipe: Recipe) -> tuple[dict | None, str]:
     if base is None:
         return None, "unknown (the tiny model is built by the pipeline)"
     if is_gguf(base):
-        candidates.append(Path(recipe.run.output_dir) / "models" / "base")
+        candidates.append(RunLayout.of(recipe).base)
     elif hub.is_hub_id(base):
         try:
             candidates.append(Path(hub.resolve(base, recipe.model.revision)))

@@ -47,8 +47,9 @@ from .constants import MODES
 from .data.tasks import prompt_settings_of
 from .errors import ConfigError
 from .generation import Sampling, WorkItem, merge, stage
-from .generation.stage import Phase, Stage, generation_summary, run_stage, settings_errors
+from .generation.stage import GenerationStage, Phase, generation_summary, run_stage, settings_errors
 from .io import output_record, write_jsonl
+from .layout import RunLayout
 from .log import get_logger
 from .strategies import parse_strategy, parse_tagged
 
@@ -379,20 +380,20 @@ def infer(
     cfg = recipe.infer
     split = split or cfg.split
     dist.init(recipe.run.dist_timeout_s)
-    run_dir = Path(recipe.run.output_dir)
-    data_dir = Path(data_dir or run_dir / "data")
-    out = Path(out or run_dir / "predictions" / f"{mode}-{split}")
+    run = RunLayout.of(recipe)
+    data_dir = Path(data_dir or run.data)
+    out = Path(out or run.predictions(f"{mode}-{split}"))
     if mode == "decoupled":
         models = {
-            "planner": Path(planner or run_dir / "models" / "sft-planner"),
-            "generator": Path(generator or run_dir / "models" / "sft-generator"),
+            "planner": Path(planner or run.model("sft", "planner")),
+            "generator": Path(generator or run.model("sft", "generator")),
         }
     elif mode == "planner":
-        models = {"planner": Path(planner or run_dir / "models" / "sft-planner")}
+        models = {"planner": Path(planner or run.model("sft", "planner"))}
     elif mode == "generator-gold":
-        models = {"generator": Path(generator or run_dir / "models" / "sft-generator")}
+        models = {"generator": Path(generator or run.model("sft", "generator"))}
     else:
-        models = {"vanilla": Path(model or run_dir / "models" / "sft-vanilla")}
+        models = {"vanilla": Path(model or run.model("sft", "vanilla"))}
     turns = load_turns(data_dir, split, cfg.max_dialogues)
     if not turns:
         raise ConfigError(f"{data_dir}: split {split!r} has no supporter turns")
@@ -440,7 +441,7 @@ def infer(
             )
     return run_stage(
         recipe,
-        Stage(
+        GenerationStage(
             name="infer",
             labels={"mode": mode, "split": split},
             job_type=f"infer-{mode}",

@@ -36,6 +36,7 @@ from .io import (
     verify_outputs,
 )
 from .ipm.judge import judge_version
+from .layout import RunLayout, training_work
 from .log import get_logger
 from .models import hub
 from .models.gguf import is_gguf, resolve_gguf
@@ -63,12 +64,12 @@ def evaluated_systems(recipe: Recipe) -> dict[str, tuple[str, str]]:
 
 
 def plan(recipe: Recipe) -> list[Stage]:
-    run = Path(recipe.run.output_dir)
-    data, models = run / "data", run / "models"
+    run = RunLayout.of(recipe)
+    data = run.data
     stages = [Stage("prepare", ["prepare", "--out", str(data)], data, ("data",))]
     base = recipe.model.base
     if base is None:
-        base_dir = models / "tiny"
+        base_dir = run.tiny
         # the tokenizer learns from the training split only
         stages.append(
             Stage(
@@ -81,7 +82,7 @@ def plan(recipe: Recipe) -> list[Stage]:
         )
         base_inputs = [base_dir]
     elif is_gguf(base):
-        base_dir, source = models / "base", resolve_gguf(base)
+        base_dir, source = run.base, resolve_gguf(base)
         stat = source.stat()  # the file's identity is part of the stage's key
         stages.append(
             Stage(
@@ -112,16 +113,16 @@ def plan(recipe: Recipe) -> list[Stage]:
                     "--model",
                     str(base_dir),
                     "--out",
-                    str(models / f"sft-{role}"),
+                    str(run.model("sft", role)),
                 ],
-                models / f"sft-{role}",
+                run.model("sft", role),
                 ("sft", "model"),
                 [data, *base_inputs],
                 distributed=True,
             )
         )
     for role in ROLES:
-        mined = run / "ipm" / f"mine-{role}"
+        mined = run.mined(role)
         stages.append(
             Stage(
                 f"mine-{role}",
@@ -132,18 +133,18 @@ def plan(recipe: Recipe) -> list[Stage]:
                     "--data",
                     str(data),
                     "--model",
-                    str(models / f"sft-{role}"),
+                    str(run.model("sft", role)),
                     "--out",
                     str(mined),
                 ],
                 mined,
                 ("mine", "model"),
-                [data, models / f"sft-{role}"],
+                [data, run.model("sft", role)],
                 distributed=True,
             )
         )
     for role in ROLES:
-        mined, kept = run / "ipm" / f"mine-{role}", run / "prefdial" / role
+        mined, kept = run.mined(role), run.pairs(role)
         args = ["judge", "--role", role, "--pairs", str(mined / "pairs.jsonl"), "--out", str(kept)]
         if role != "planner":
             stage = Stage(
@@ -167,20 +168,20 @@ def plan(recipe: Recipe) -> list[Stage]:
             "--role",
             role,
             "--pairs",
-            str(run / "prefdial" / role),
+            str(run.pairs(role)),
             "--model",
-            str(models / f"sft-{role}"),
+            str(run.model("sft", role)),
             "--out",
-            str(models / f"dpo-{role}"),
+            str(run.model("dpo", role)),
         ]
-        inputs = [run / "prefdial" / role, models / f"sft-{role}"]
+        inputs = [run.pairs(role), run.model("sft", role)]
         if role == "planner" and recipe.dpo.validation_every > 0:  # the guard's validation turns
             args, inputs = args + ["--data", str(data)], inputs + [data]
         stages.append(
             Stage(
                 f"dpo-{role}",
                 args,
-                models / f"dpo-{role}",
+                run.model("dpo", role),
                 ("dpo", "model"),
                 inputs,
                 distributed=True,
@@ -188,21 +189,16 @@ def plan(recipe: Recipe) -> list[Stage]:
         )
     systems = evaluated_systems(recipe)
     for system, (mode, stage) in systems.items():
-        pred = run / "predictions" / system
+        pred = run.predictions(system)
         if mode == "vanilla":
-            model_args = ["--model", str(models / f"{stage}-vanilla")]
-            inputs = [models / f"{stage}-vanilla"]
+            inputs = [run.model(stage, "vanilla")]
+            model_args = ["--model", str(inputs[0])]
         elif mode == "generator-gold":
-            model_args = ["--generator", str(models / f"{stage}-generator")]
-            inputs = [models / f"{stage}-generator"]
+            inputs = [run.model(stage, "generator")]
+            model_args = ["--generator", str(inputs[0])]
         else:
-            model_args = [
-                "--planner",
-                str(models / f"{stage}-planner"),
-                "--generator",
-                str(models / f"{stage}-generator"),
-            ]
-            inputs = [models / f"{stage}-planner", models / f"{stage}-generator"]
+            inputs = [run.model(stage, "planner"), run.model(stage, "generator")]
+            model_args = ["--planner", str(inputs[0]), "--generator", str(inputs[1])]
         # the protocol decides the decoding (infer reads eval.protocol)
         stages.append(
             Stage(
@@ -230,7 +226,7 @@ def plan(recipe: Recipe) -> list[Stage]:
     # data gives the histories (error rates) and the gold training replies (adherence).
     eval_keys = ("eval", "judge") if recipe.eval.llm_judge else ("eval",)
     for system in systems:
-        pred, report = run / "predictions" / system, run / "reports" / system
+        pred, report = run.predictions(system), run.report(system)
         stages.append(
             Stage(
                 f"eval-{system}",
@@ -249,14 +245,14 @@ def plan(recipe: Recipe) -> list[Stage]:
                 [pred, data],
             )
         )
-    reports = [str(run / "reports" / s) for s in systems]
-    comparison = run / "reports" / "comparison"
+    reports = [run.report(s) for s in systems]
+    comparison = run.comparison
     stages.append(
         Stage(
             "compare",
             [
                 "compare",
-                *reports,
+                *map(str, reports),
                 "--names",
                 ",".join(SYSTEM_TITLES[s] for s in systems),
                 "--out",
@@ -264,7 +260,7 @@ def plan(recipe: Recipe) -> list[Stage]:
             ],
             comparison,
             ("eval",),
-            [run / "reports" / s for s in systems],
+            reports,
         )
     )
     return stages
@@ -336,15 +332,15 @@ def stage_key(stage: Stage, recipe: Recipe) -> str:
     return sha256_json(key)
 
 
-def clear_stale(stage: Stage, key: str, run: Path) -> None:
+def clear_stale(stage: Stage, key: str, run: RunLayout) -> None:
     """Remove the outputs (and training work directory) that a stage left for other inputs or
     settings, so that it starts clean; an interrupted attempt with the same key is kept, so that
     the stage resumes from its checkpoints or chunks. Only esc-dist's own outputs are removed
     (:func:`esc_dist.outputs.remove_output`); anything else stops the run with an error."""
-    attempt = run / ".pipeline" / f"{stage.name}.json"
+    attempt = run.attempt(stage.name)
     keys = [read_json(p).get("key") for p in (attempt, stage.out / "pipeline.json") if p.is_file()]
     if any(k != key for k in keys):
-        for path in (stage.out, stage.out.with_name(stage.out.name + ".work")):
+        for path in (stage.out, training_work(stage.out)):
             if path.exists():
                 log.info("%s: inputs or settings changed, removing %s", stage.name, path)
                 remove_output(path)
@@ -441,7 +437,7 @@ def resolve(recipe: Recipe) -> Recipe:
 
 
 def recipe_file(recipe: Recipe) -> Path:
-    return Path(recipe.run.output_dir) / "recipe.yaml"
+    return RunLayout.of(recipe).recipe
 
 
 def write_recipe(recipe: Recipe) -> Path:
@@ -469,7 +465,7 @@ def run_stage(
     (output to ``log_path``, else to this terminal), check that its output is complete and record
     it as current under ``key`` (its :func:`stage_key`, which the caller computed to see that it
     was stale). Returns the seconds it took; raises :class:`StageError` when it fails."""
-    clear_stale(stage, key, Path(recipe.run.output_dir))
+    clear_stale(stage, key, RunLayout.of(recipe))
     cmd = stage_cmd(recipe, stage, index)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     t0 = time.time()
@@ -491,31 +487,40 @@ def run_stage(
     return seconds
 
 
-def run_pipeline(recipe: Recipe, only: list[str] | None = None, force: bool = False) -> Path:
-    """Run (or resume) every stage; returns the comparison directory."""
+def run_pipeline(
+    recipe: Recipe,
+    only: list[str] | None = None,
+    force: bool = False,
+    reuse: str | Path | None = None,
+) -> Path:
+    """Run (or resume) every stage; returns the comparison directory. ``reuse``: a finished
+    run this one is a variant of, whose stages it does not need to run again it reads
+    (:func:`plan_reusing`)."""
     recipe = resolve(recipe)
-    run = Path(recipe.run.output_dir)
-    run.mkdir(parents=True, exist_ok=True)
+    run = RunLayout.of(recipe)
+    run.root.mkdir(parents=True, exist_ok=True)
     write_recipe(recipe)
-    stages = plan(recipe)
+    stages, reused = plan_reusing(recipe, reuse) if reuse else (plan(recipe), set())
     if only:
         unknown = set(only) - {s.name for s in stages}
         if unknown:
             raise ConfigError(
                 f"unknown stage(s) {sorted(unknown)}; stages are {[s.name for s in stages]}"
             )
-    logs = run / "logs"
-    logs.mkdir(exist_ok=True)
+    run.logs.mkdir(exist_ok=True)
     t_all = time.time()
     for i, stage in enumerate(stages, 1):
         if only and stage.name not in only:
             continue
         head = f"[{i:2d}/{len(stages)}] {stage.name:<20}"
+        if stage.name in reused:
+            print(f"{head} reused from {reuse}", flush=True)
+            continue
         key = stage_key(stage, recipe)
         if not force and is_current(stage, key):
             print(f"{head} up to date, skipped", flush=True)
             continue
-        log_path = logs / f"{stage.name}.log"
+        log_path = run.log(stage.name)
         where = f"{recipe.pipeline.nproc} ranks" if stage.distributed else "1 process"
         print(f"{head} running on {where} ...", end="", flush=True)
         t0 = time.time()
@@ -527,7 +532,7 @@ def run_pipeline(recipe: Recipe, only: list[str] | None = None, force: bool = Fa
             print("\n".join("    " + line for line in tail), file=sys.stderr)
             raise
         print(f" done in {seconds:.0f}s", flush=True)
-    comparison = run / "reports" / "comparison"
+    comparison = next(s.out for s in stages if s.name == "compare")  # another run's if reused
     made = (
         f"comparison: {comparison / 'comparison.md'}"
         if not only or "compare" in only
@@ -535,6 +540,59 @@ def run_pipeline(recipe: Recipe, only: list[str] | None = None, force: bool = Fa
     )
     print(f"pipeline finished in {time.time() - t_all:.0f}s; {made}", flush=True)
     return comparison
+
+
+# ---------------------------------------------------------------------------------------------
+# Variants of a run (`esc-dist pipeline --reuse RUN`): stages that would compute exactly what
+# another run already holds read it from there
+
+
+def _moved(stage: Stage, moved: dict[Path, Path]) -> Stage:
+    """``stage`` with its inputs (and the paths in its arguments) that are reused outputs of
+    another run pointing there."""
+
+    def path(p: Path) -> Path:
+        for ours, theirs in moved.items():
+            if p == ours or ours in p.parents:
+                return theirs / p.relative_to(ours)
+        return p
+
+    def arg(a: str) -> str:
+        return str(path(Path(a))) if a and not a.startswith("-") and "=" not in a else a
+
+    return dataclasses.replace(
+        stage, args=[arg(a) for a in stage.args], inputs=[path(p) for p in stage.inputs]
+    )
+
+
+def plan_reusing(recipe: Recipe, base: str | Path) -> tuple[list[Stage], set[str]]:
+    """The plan of ``recipe`` over the run in ``base``: a stage whose inputs are all reused
+    (or outside both runs) and whose key, computed with the base run's paths, is the key the
+    base run finished it with is not run again: later stages read its output in ``base``.
+    Returns the stages (reused ones pointing into ``base``) and the names of those reused."""
+    theirs_recipe = dataclasses.replace(
+        recipe, run=dataclasses.replace(recipe.run, output_dir=canonical_output_dir(str(base)))
+    )
+    ours, theirs = plan(recipe), {s.name: s for s in plan(theirs_recipe)}
+    ours_root = RunLayout.of(recipe).root
+    moved: dict[Path, Path] = {}
+    stages, reused = [], set()
+    for stage in ours:
+        stage = _moved(stage, moved)
+        other = theirs.get(stage.name)
+        inside = [p for p in stage.inputs if p == ours_root or ours_root in p.parents]
+        if (
+            other is not None
+            and not inside  # every input it reads is the base run's (or outside both)
+            and other.out != stage.out
+            and is_current(other, stage_key(other, theirs_recipe))
+        ):
+            moved[stage.out] = other.out
+            stages.append(other)
+            reused.add(stage.name)
+        else:
+            stages.append(stage)
+    return stages, reused
 
 
 # ---------------------------------------------------------------------------------------------

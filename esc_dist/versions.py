@@ -46,14 +46,15 @@ SOURCES: dict[str, tuple[str, ...]] = {
                 "strategies.py"),
     "tiny-model": ("models/tiny.py", "models/chatml.py"),
     "base-model": ("models/gguf.py", "models/chatml.py"),
-    "sft": ("train/sft.py", *_TRAIN),
+    "sft": ("train/sft.py", "train/packing.py", *_TRAIN),
     "mine": ("ipm/mine.py", *_GENERATE),
-    "judge": ("ipm/prefdial.py", "ipm/balance.py", "ipm/verdicts.py"),
-    "dpo": ("train/dpo.py", "train/heads.py", "train/shared_prompt.py", "train/guard.py",
+    "judge": ("ipm/stage.py", "ipm/prefdial.py", "ipm/balance.py", "ipm/verdicts.py"),
+    "dpo": ("train/dpo.py", "train/heads.py", "train/packing.py", "train/guard.py",
             *_TRAIN),
     "infer": ("infer.py", *_GENERATE),
     "eval": ("eval/", "psych/"),
-    "compare": ("eval/compare.py", "eval/markdown.py", "eval/views.py", "eval/plots.py"),
+    "compare": ("eval/stage.py", "eval/compare.py", "eval/markdown.py", "eval/views.py",
+                "eval/plots.py"),
 }  # fmt: skip
 
 RECORDED_PYTHON = (3, 11)  # the syntax trees' dump differs between Python versions
@@ -61,13 +62,13 @@ RECORDED: dict[str, str] = {
     "prepare": "c4c1e91f39b26b73",
     "tiny-model": "1e2ea46eb1dacf70",
     "base-model": "787719e828f1e741",
-    "sft": "b9c92ec9101cefbb",
-    "mine": "06e3469305e8241c",
-    "judge": "5feaaf2003833471",
-    "dpo": "1595275dc10de37b",
-    "infer": "24f190de6fcbc7a9",
-    "eval": "1c44d7e0eb2543a0",
-    "compare": "c741349d548f71e3",
+    "sft": "dcdc22bfe1758a4f",
+    "mine": "408a071ff5536b18",
+    "judge": "3714b1f7b8f1c2df",
+    "dpo": "2ededf38ef1468ab",
+    "infer": "a9d546979cc1adff",
+    "eval": "ad780342593250ca",
+    "compare": "6d55ba185f70d7a7",
 }
 
 

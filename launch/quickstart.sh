@@ -12,12 +12,14 @@ recipe="${1:-configs/smol-cpu.yaml}"
 shift || true
 export WANDB_MODE="${WANDB_MODE:-offline}" TOKENIZERS_PARALLELISM=false
 "$venv/bin/esc-dist" pipeline --config "$recipe" "$@"
-run_dir="$("$venv/bin/python" -c "from esc_dist.config import load_recipe; import sys; print(load_recipe(sys.argv[1], sys.argv[2:]).run.output_dir)" "$recipe" "$@")"
+# where the outputs are: the run layout's answer, not a path spelled here
+out() { local stage=$1; shift; "$venv/bin/esc-dist" stage out "$stage" "$recipe" "$@"; }
+comparison="$(out compare "$@")/comparison.md"
 echo
-cat "$run_dir/reports/comparison/comparison.md"
+cat "$comparison"
 echo
 echo "Decoupled-SFT, test turns 20-23 (gold, then predicted strategy and reply):"
-"$venv/bin/python" - "$run_dir/predictions/decoupled-sft/predictions.jsonl" <<'PY'
+"$venv/bin/python" - "$(out infer-decoupled-sft "$@")/predictions.jsonl" <<'PY'
 import json, sys
 rows = [json.loads(line) for line in open(sys.argv[1], encoding="utf-8")]
 for r in rows[20:24]:
@@ -25,4 +27,4 @@ for r in rows[20:24]:
     print(f"  {' ' * len(r['id'])}  pred [{r['pred_strategy']}] {r['pred_reply'][:90]}")
 PY
 echo
-echo "comparison table: $run_dir/reports/comparison/comparison.md"
+echo "comparison table: $comparison"

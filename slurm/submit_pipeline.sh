@@ -41,13 +41,13 @@ export ESC_DIST_ROOT=$root
 # shellcheck source=common.sh
 source "$root/slurm/common.sh"
 esc_setup_env
-run_dir=$(esc_stages init "${args[@]}" $( ((dry)) && echo --dry-run))
+esc_stages init "${args[@]}" $( ((dry)) && echo --dry-run) > /dev/null
 plan=$(esc_stages jobs "${args[@]}" $( ((force)) && echo --force))
 if [[ -z $plan ]]; then
-  echo "every stage is up to date: $run_dir/reports/comparison/comparison.md"
+  echo "every stage is up to date: $(esc_stages out compare "${args[@]}")/comparison.md"
   exit 0
 fi
-logs="$run_dir/logs/slurm"
+logs=$(esc_stages out slurm-logs "${args[@]}")
 (( dry )) || mkdir -p "$logs"
 mapfile -t jobs <<<"$plan"
 
@@ -94,4 +94,4 @@ for n in "${!jobs[@]}"; do
   ids[$key]=${id%%;*}
   printf '%-22s %-8s %s\n' "$key" "${ids[$key]}" "$stages$after"
 done
-(( dry )) || echo "submitted ${#jobs[@]} jobs; logs: $logs; comparison: $run_dir/reports/comparison/comparison.md"
+(( dry )) || echo "submitted ${#jobs[@]} jobs; logs: $logs; comparison: $(esc_stages out compare "${args[@]}")/comparison.md"

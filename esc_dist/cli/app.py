@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..layout import RunLayout
 from .common import Command, error_message, recipe_of
 
 
@@ -15,7 +16,7 @@ def systems_of(args: argparse.Namespace):
     from ..chat import load_systems, run_models
 
     if args.run and args.config is None:  # the run's own recipe: its prompts and decoding
-        args.config = str(Path(args.run) / "recipe.yaml")
+        args.config = str(RunLayout(Path(args.run)).recipe)
     recipe = recipe_of(args)
     from ..models.hub import model_path
 

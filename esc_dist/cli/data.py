@@ -8,6 +8,7 @@ import argparse
 import json
 
 from ..errors import ConfigError
+from ..layout import RunLayout
 from .common import Command, recipe_of
 
 
@@ -20,7 +21,7 @@ def run_prepare(args: argparse.Namespace) -> int:
     recipe = recipe_of(args, extra)
     from ..data.tasks import prepare  # after the recipe: its errors come without the import
 
-    out = args.out or f"{recipe.run.output_dir}/data"
+    out = args.out or str(RunLayout.of(recipe).data)
     manifest = prepare(recipe.data, out)
     summary = {
         k: {"dialogues": v["dialogues"], "turns": v["turns"]} for k, v in manifest["counts"].items()
@@ -40,7 +41,7 @@ def run_tiny_model(args: argparse.Namespace) -> int:
 
     recipe = recipe_of(args)
     corpus = args.corpus or recipe.data.esconv
-    out = args.out or f"{recipe.run.output_dir}/models/tiny"
+    out = args.out or str(RunLayout.of(recipe).tiny)
     info = build_tiny_model(recipe.tiny_model, corpus, out)
     print(
         f"wrote a {info['architecture']} model with {info['parameters']:,} parameters and a "
@@ -61,7 +62,7 @@ def run_base_model(args: argparse.Namespace) -> int:
     from ..models.gguf import SMOLLM2, convert_gguf, is_gguf
 
     spec = args.gguf or (recipe.model.base if is_gguf(recipe.model.base) else SMOLLM2)
-    out = args.out or f"{recipe.run.output_dir}/models/base"
+    out = args.out or str(RunLayout.of(recipe).base)
     m = convert_gguf(spec, out, args.chat_template)
     print(
         f"wrote {m['architecture']} ({m['parameters']:,} parameters, float32"

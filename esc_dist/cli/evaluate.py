@@ -8,47 +8,15 @@ import argparse
 import json
 from pathlib import Path
 
-from .. import tracking
 from ..constants import PROTOCOLS, ROLES, VARIANTS
-from ..errors import ConfigError, PairsError
-from ..names import check_name
 from .common import Command, recipe_of
 
 
 def run_judge(args: argparse.Namespace) -> int:
-    from ..io import require_verified
-    from ..ipm.prefdial import build_prefdial, read_pairs
-    from ..outputs import check_output, claim_dir
-    from ..tracking import resolve_mode, stage_run
+    from ..ipm.stage import judge_stage
 
     recipe = recipe_of(args, [f"judge.backend={args.backend}"] if args.backend else [])
-    out = check_output(
-        args.out or f"{recipe.run.output_dir}/prefdial/{args.role}", "judge", [args.pairs]
-    )
-    require_verified(Path(args.pairs).parent)  # a mining output changed or cut since it was made
-    # a bad input fails before anything is written; so does an empty one (nothing to judge
-    # is a mistake upstream, not an empty preference dataset)
-    if not read_pairs(Path(args.pairs), args.role):
-        raise PairsError(
-            args.pairs,
-            None,
-            "no pairs to judge (the file holds no record): check "
-            "the mining output it came from (esc-dist mine)",
-        )
-    # The W&B files live in a directory of their own beside the output (the output is replaced
-    # whole when the build completes), named after it, so that the run id follows the output.
-    wandb_dir = out.with_name(out.name + ".wandb")
-    if resolve_mode(recipe.wandb) != "disabled":
-        claim_dir(wandb_dir, "judge", [args.pairs])
-    with stage_run(
-        recipe,
-        f"judge-{args.role}",
-        wandb_dir,
-        config={"pairs": str(args.pairs), "out": str(out), "role": args.role},
-    ) as run:
-        manifest = build_prefdial(
-            args.pairs, out, recipe.judge, recipe, run=run, role=args.role, cache_dir=args.cache_dir
-        )
+    manifest, out = judge_stage(recipe, args.role, args.pairs, args.out, args.cache_dir)
     print(
         f"judged {manifest['counts']['pairs_in']} {args.role} pairs with "
         f"{manifest['judge_name']}: kept {manifest['counts']['kept']} -> {out}: "
@@ -138,102 +106,28 @@ def _print_headline(report: dict, out: Path) -> None:
     print(f"wrote report.json, report.md and figures to {out}")
 
 
-def _read_llm_scores(path: str) -> dict:
-    try:
-        scores = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError) as e:
-        raise ConfigError(f"cannot read a JSON object ({e})", path=path) from None
-    if not isinstance(scores, dict):
-        raise ConfigError("expected a JSON object of LLM-judge scores", path=path)
-    return scores
-
-
-def decode_files(paths: list[Path]) -> list[Path]:
-    """The predictions files to score: as given, or -- for the one ``predictions.jsonl`` of an
-    inference output that made several decodes -- all of them, as its manifest lists them."""
-    from ..io import read_manifest
-
-    if len(paths) != 1 or paths[0].name != "predictions.jsonl":
-        return paths
-    names = ((read_manifest(paths[0].parent) or {}).get("counts") or {}).get("decodes")
-    if (
-        not isinstance(names, list)
-        or len(names) < 2
-        or not all(isinstance(n, str) and "/" not in n for n in names)
-    ):
-        return paths
-    return [paths[0].parent / n for n in names]
-
-
 def run_eval(args: argparse.Namespace) -> int:
-    from ..eval.report import evaluate, log_report
-    from ..outputs import check_output, claim_dir
-    from ..tracking import stage_run
+    from ..eval.stage import eval_stage
 
     recipe = recipe_of(args)
-    preds = decode_files([Path(p) for p in args.predictions])
-    inputs = [*preds, args.llm_scores, args.data]
-    out = check_output(args.out or preds[0].parent / "report", "eval", inputs)
-    # the name titles the report's rows and charts and the W&B job type
-    name = check_name(
-        args.name if args.name is not None else preds[0].stem,
-        "--name"
-        if args.name is not None
-        else "system name (the predictions file's stem; --name gives another)",
-    )
-    llm_scores = _read_llm_scores(args.llm_scores) if args.llm_scores else None
-    extra = None
-    if recipe.eval.llm_judge:
-        if llm_scores is not None:
-            raise ConfigError("give either --llm-scores or eval.llm_judge=true, not both")
-        if not args.data:
-            raise ConfigError(
-                "eval.llm_judge needs --data DIR (the prepared data, for the "
-                "dialogue histories the judge reads)"
-            )
-    if args.data:
-        from ..eval.predictions import load_predictions
-        from ..eval.with_data import data_metrics
-
-        first = load_predictions(preds[0])  # validated before any request is made
-        if recipe.eval.llm_judge:  # the judge's answer cache lives in the report directory
-            claim_dir(out, "eval", inputs)
-        judged, extra = data_metrics(first, recipe, args.data, out / "llm_cache", preds[0])
-        llm_scores = judged or llm_scores
-        if judged:
-            print(
-                f"LLM judge {judged['model']} ({judged['protocol']}): {judged['scored']}/"
-                f"{judged['n']} replies scored on all four, {judged['parse_failures']} "
-                f"malformed and {judged['request_failures']} failed of {judged['requests']} "
-                "judgements; "
-                + "  ".join(
-                    f"{k} {v:.2f}" if v is not None else f"{k} –"
-                    for k, v in judged["means"].items()
-                )
-            )
-    else:
+    if not args.data:
         print("(no --data: psychological error rates and strategy adherence are not computed)")
-    if len(preds) > 1:
-        print(f"eval {name}: {len(preds)} decodes: {', '.join(p.name for p in preds)}")
-    report = evaluate(
-        preds, out, name=name, protocol=recipe.eval.protocol, llm_scores=llm_scores, extra=extra
-    )
-    _print_headline(report, out)
-    with stage_run(
-        recipe,
-        f"eval-{name}",
-        out,
-        config={
-            "eval": {
-                "name": name,
-                "predictions": [str(p) for p in preds],
-                "protocol": report["protocol"],
-                "sha256": report["input"]["sha256"],
-            }
-        },
-    ) as run:
-        log_report(run, report, out)
-        tracking.log_reference(run, out, f"{recipe.run.name}-eval-{name}", "report")
+    done = eval_stage(recipe, args.predictions, args.out, args.name, args.llm_scores, args.data)
+    judged = done.judged
+    if judged:
+        print(
+            f"LLM judge {judged['model']} ({judged['protocol']}): {judged['scored']}/"
+            f"{judged['n']} replies scored on all four, {judged['parse_failures']} "
+            f"malformed and {judged['request_failures']} failed of {judged['requests']} "
+            "judgements; "
+            + "  ".join(
+                f"{k} {v:.2f}" if v is not None else f"{k} –" for k, v in judged["means"].items()
+            )
+        )
+    if len(done.decodes) > 1:
+        names = ", ".join(p.name for p in done.decodes)
+        print(f"eval {done.report['name']}: {len(done.decodes)} decodes: {names}")
+    _print_headline(done.report, done.out)
     return 0
 
 
@@ -275,32 +169,15 @@ def eval_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_compare(args: argparse.Namespace) -> int:
-    from ..eval.compare import compare, log_comparison
-    from ..tracking import stage_run
+    from ..eval.stage import compare_stage
 
     recipe = recipe_of(args)
     names = [n.strip() for n in args.names.split(",")] if args.names else None
-    out = Path(args.out)
-    comparison, markdown = compare(
-        args.reports, names, out, variant=args.variant, protocol=args.protocol
+    _, markdown = compare_stage(
+        recipe, args.reports, args.out, names, variant=args.variant, protocol=args.protocol
     )
     print(markdown)
-    print(f"wrote comparison.json, comparison.md, comparison_preferences.png to {out}")
-    with stage_run(
-        recipe,
-        "compare",
-        out,
-        config={
-            "compare": {
-                "reports": [str(r) for r in args.reports],
-                "names": [x["name"] for x in comparison["systems"]],
-                "variant": args.variant,
-                "protocol": comparison["protocol"],
-            }
-        },
-    ) as run:
-        log_comparison(run, comparison, out)
-        tracking.log_reference(run, out, f"{recipe.run.name}-comparison", "report")
+    print(f"wrote comparison.json, comparison.md, comparison_preferences.png to {args.out}")
     return 0
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..config import Recipe
 from ..errors import ConfigError
+from ..layout import RunLayout
 from .common import Command, recipe_of, split_overrides
 
 
@@ -20,7 +21,7 @@ def run_pipeline_cmd(args: argparse.Namespace) -> int:
     only = [s.strip() for s in args.only.split(",")] if args.only else None
     if args.dry_run:
         return dry_run(args)
-    run_pipeline(recipe_of(args), only=only, force=args.force)
+    run_pipeline(recipe_of(args), only=only, force=args.force, reuse=args.reuse)
     return 0
 
 
@@ -34,11 +35,19 @@ def dry_run(args: argparse.Namespace) -> int:
     from ..estimates import needs
 
     recipe = pipeline.resolve(recipe_of(args))
-    stages = pipeline.plan(recipe)
+    if args.reuse:
+        stages, reused = pipeline.plan_reusing(recipe, args.reuse)
+    else:
+        stages, reused = pipeline.plan(recipe), set()
     print(f"run directory: {recipe.run.output_dir}")
     for i, st in enumerate(stages, 1):
         key = pipeline.stage_key(st, recipe)
-        state = "up to date" if not args.force and pipeline.is_current(st, key) else "to run"
+        if st.name in reused:
+            state = "reused"
+        elif not args.force and pipeline.is_current(st, key):
+            state = "up to date"
+        else:
+            state = "to run"
         where = (
             f"{recipe.pipeline.nproc} ranks ({recipe.pipeline.launcher})"
             if st.distributed
@@ -92,6 +101,13 @@ def pipeline_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--only", metavar="STAGE,...", help="run only these stages (e.g. sft-planner)")
     p.add_argument("--force", action="store_true", help="rerun stages even when up to date")
     p.add_argument(
+        "--reuse",
+        metavar="RUN",
+        help="a finished run this recipe is a variant of: stages whose inputs and settings "
+        "are unchanged are read from RUN instead of run again (the variant's own stages run "
+        "into run.output_dir)",
+    )
+    p.add_argument(
         "--dry-run",
         action="store_true",
         help="print the stages, the Slurm jobs "
@@ -111,8 +127,8 @@ def run_doctor(args: argparse.Namespace) -> int:
     return 0
 
 
-ACTIONS = ("init", "show", "start", "done", "run", "jobs", "status")
-NAMED = ("show", "start", "done", "run")  # actions on one stage
+ACTIONS = ("init", "show", "out", "start", "done", "run", "jobs", "status")
+NAMED = ("show", "out", "start", "done", "run")  # actions on one stage
 
 
 def _recipe(args: argparse.Namespace) -> Recipe:
@@ -206,9 +222,12 @@ def run_stage_cmd(args: argparse.Namespace) -> int:
         print(Path(recipe.run.output_dir))
     elif args.action == "show":
         _show(recipe, name)
+    elif args.action == "out":  # where a stage writes: scripts ask instead of spelling paths
+        place = RunLayout.of(recipe).place(name)
+        print(place if place is not None else pipeline.find_stage(recipe, name)[1].out)
     elif args.action == "start":
         _, stage = pipeline.find_stage(recipe, name)
-        pipeline.clear_stale(stage, pipeline.stage_key(stage, recipe), Path(recipe.run.output_dir))
+        pipeline.clear_stale(stage, pipeline.stage_key(stage, recipe), RunLayout.of(recipe))
     elif args.action == "done":
         _, stage = pipeline.find_stage(recipe, name)
         marker = pipeline.done_marker(stage.out)
@@ -240,10 +259,8 @@ def run_stage_cmd(args: argparse.Namespace) -> int:
         if stale:
             print(f"not finished: {', '.join(stale)}", file=sys.stderr)
             return 1
-        print(
-            f"every stage is finished; comparison: "
-            f"{Path(recipe.run.output_dir) / 'reports' / 'comparison' / 'comparison.md'}"
-        )
+        comparison = RunLayout.of(recipe).comparison / "comparison.md"
+        print(f"every stage is finished; comparison: {comparison}")
     return 0
 
 
@@ -254,7 +271,7 @@ def stage_arguments(p: argparse.ArgumentParser) -> None:
         "words",
         nargs="*",
         metavar="[STAGE] [RECIPE.yaml]",
-        help="the stage (show, start, done, run), then optionally the recipe",
+        help="the stage (show, out, start, done, run), then optionally the recipe",
     )
     p.add_argument("--seconds", type=float, help="(done) how long the stage ran")
     p.add_argument(
@@ -270,6 +287,8 @@ One stage of the pipeline at a time, exactly as `esc-dist pipeline` runs it.
 
   init   [RECIPE]           write RUN/recipe.yaml (the resolved recipe), print RUN
   show   STAGE [RECIPE]     shell assignments describing STAGE (ESC_STAGE_ARGS, ...)
+  out    STAGE [RECIPE]     print the directory STAGE writes, or a place of the run
+                            layout: run, recipe, logs, slurm-logs
   start  STAGE [RECIPE]     clear what STAGE left for other inputs or settings
   done   STAGE [RECIPE]     check STAGE's output is complete, record it as up to date
   run    STAGE [RECIPE]     start + run it with pipeline.launcher on pipeline.nproc ranks + done

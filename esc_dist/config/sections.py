@@ -259,6 +259,13 @@ class TrainConfig:
     # null = auto (on with CUDA, the liger-kernel package and a model it supports); true:
     # required (refused where it cannot run); false: off
     liger: bool | None = None
+    # Padding-free batches (esc_dist/train/packing.py): a micro-batch's sequences in one row, no
+    # pad token computed, attention kept inside each sequence. null = auto: on with flash
+    # attention (its variable-length kernels cost nothing extra), off on sdpa/eager, where the
+    # row's 4D mask makes attention quadratic in the whole row; true / false: as said (true on
+    # sdpa/eager uses that mask). SFT: TRL's padding_free on flash, ours on sdpa/eager; DPO:
+    # ours everywhere (TRL 1.16's DPO falls back to padding).
+    padding_free: bool | None = None
     max_length: int = 512
     gradient_checkpointing: bool = False
     # auto: bf16 on a GPU that has it and on a CPU with native bf16 (AVX512-BF16/AMX), else fp32
@@ -358,7 +365,7 @@ class DpoConfig(TrainConfig):
     sft_weight: float = 0.0  # adds weight * NLL of the chosen reply (RPO-style mixing)
     reference: Literal["precomputed", "live"] = "precomputed"
     reference_offload: bool = False  # live reference under ZeRO-3: offload its params to CPU
-    # score a pair as one sequence [prompt | chosen | rejected] (esc_dist/train/shared_prompt.py):
+    # score a pair as one sequence [prompt | chosen | rejected] (esc_dist/train/packing.py):
     # the prompt computed once, log-probs equal to two sequences'; flash_attention_2 falls back
     shared_prompt: bool = True
     # The planner's validation guard (esc_dist/train/guard.py): every N steps (and before the
@@ -624,6 +631,16 @@ class Recipe:
                 "model.attn_implementation to auto or flash_attention_2 (GPU; "
                 f"{attn or 'sdpa'} lets packed examples see each other)"
             )
+        for section in ("sft", "dpo"):
+            if getattr(self, section).padding_free and attn not in (
+                *PADDING_FREE_ATTENTION,
+                *AUTO_ATTENTION,
+                *MASK_ATTENTION,
+            ):
+                raise ConfigError(
+                    f"{source}: '{section}.padding_free' needs flash attention, sdpa or eager "
+                    f"(model.attn_implementation is {attn}): set one, or padding_free: null"
+                )
 
 
 # Attention implementations that keep packed examples apart (sft.packing needs one). SDPA does
@@ -631,6 +648,7 @@ class Recipe:
 FLASH_ATTENTION = ("flash_attention_2", "flash_attention_3")
 PADDING_FREE_ATTENTION = (*FLASH_ATTENTION, "kernels-community/flash-attn")
 AUTO_ATTENTION = (None, "auto")  # flash attention where it can run, else sdpa
+MASK_ATTENTION = ("sdpa", "eager")  # take a 4D mask (shared prompts, padding-free rows)
 
 
 # Recipe keys added after outputs were made, with the value that keeps those outputs' meaning:
@@ -644,6 +662,8 @@ NEUTRAL_KEYS = {
     ("dpo", "global_batch_size"): None,
     ("sft", "liger"): None,
     ("dpo", "liger"): None,
+    ("sft", "padding_free"): None,
+    ("dpo", "padding_free"): None,
 }
 # Keys that never change a stage's outputs (only what is kept beside them).
 NOT_IN_KEYS = (

@@ -1,6 +1,6 @@
 """The one runner of the generation stages (mining, inference).
 
-A stage describes itself as a :class:`Stage`: its name and labels (``role``; ``mode`` and
+A stage describes itself as a :class:`GenerationStage`: its name and labels (``role``; ``mode`` and
 ``split``), its inputs (data directory, models by name), its recipe section, its phases (each
 one :func:`generate` pass into a chunk directory of the output) and how the merged records
 become its own output files. :func:`run_stage` does the rest, the same way for every stage:
@@ -57,7 +57,7 @@ class Phase:
 
 
 @dataclass
-class Stage:
+class GenerationStage:
     """What one generation stage run is made of; :func:`run_stage` runs it."""
 
     name: str  # "mine" | "infer": the job's and the manifest's "stage", the recipe section
@@ -102,7 +102,7 @@ def engine_config(recipe: Recipe, settings: Any, stream: str) -> EngineConfig:
     )
 
 
-def build_job(recipe: Recipe, stage: Stage) -> dict:
+def build_job(recipe: Recipe, stage: GenerationStage) -> dict:
     """The job of ``stage`` (what ``job.json`` records and ``esc-dist merge`` reads)."""
     fps = {name: model_fingerprint(p) for name, p in stage.models.items()}
     settings = {  # keys added later, at their neutral value, keep older outputs' jobs
@@ -148,7 +148,7 @@ def build_job(recipe: Recipe, stage: Stage) -> dict:
     }
 
 
-def run_stage(recipe: Recipe, stage: Stage, t0: float) -> dict:
+def run_stage(recipe: Recipe, stage: GenerationStage, t0: float) -> dict:
     """Run ``stage`` over all ranks (every rank calls this, after ``dist.init``) and return its
     manifest; ``t0`` is when the stage started (the manifest's ``seconds``)."""
     with settings_errors(stage.name):

@@ -33,8 +33,15 @@ from ..config import MineConfig, Recipe
 from ..constants import ROLES, UNPARSEABLE
 from ..errors import ConfigError
 from ..generation import Sampling, WorkItem, merge, stage
-from ..generation.stage import Phase, Stage, generation_summary, run_stage, settings_errors
+from ..generation.stage import (
+    GenerationStage,
+    Phase,
+    generation_summary,
+    run_stage,
+    settings_errors,
+)
 from ..io import atomic_write_json, output_record, read_json, write_jsonl
+from ..layout import RunLayout
 from ..log import get_logger
 from ..strategies import STRATEGIES, format_tagged, parse_strategy, parse_tagged
 
@@ -310,15 +317,15 @@ def mine(
     t0 = time.time()
     cfg = recipe.mine
     dist.init(recipe.run.dist_timeout_s)
-    run_dir = Path(recipe.run.output_dir)
-    data_dir = Path(data_dir or run_dir / "data")
-    model_dir = Path(model_dir or run_dir / "models" / f"sft-{role}")
-    out = Path(out or run_dir / "ipm" / f"mine-{role}")
+    run = RunLayout.of(recipe)
+    data_dir = Path(data_dir or run.data)
+    model_dir = Path(model_dir or run.model("sft", role))
+    out = Path(out or run.mined(role))
     with settings_errors("mine"):
         items = mine_items(data_dir, role, cfg)
     return run_stage(
         recipe,
-        Stage(
+        GenerationStage(
             name="mine",
             labels={"role": role},
             job_type=f"mine-{role}",

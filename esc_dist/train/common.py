@@ -17,6 +17,7 @@ from pathlib import Path
 from .. import dist
 from ..config import Recipe, TrainConfig
 from ..errors import ConfigError, MissingInput
+from ..layout import RunLayout, training_work
 
 # ---------------------------------------------------------------------------------------------
 # Paths
@@ -33,8 +34,8 @@ class StagePaths:
 
 
 def stage_paths(recipe: Recipe, stage: str, role: str, out: str | None = None) -> StagePaths:
-    export = Path(out) if out else Path(recipe.run.output_dir) / "models" / f"{stage}-{role}"
-    return StagePaths(export=export, work=export.with_name(export.name + ".work"))
+    export = Path(out) if out else RunLayout.of(recipe).model(stage, role)
+    return StagePaths(export=export, work=training_work(export))
 
 
 def default_base_model(recipe: Recipe) -> str:
@@ -47,7 +48,7 @@ def default_base_model(recipe: Recipe) -> str:
     if hub.is_hub_id(base):
         return hub.resolve(base, recipe.model.revision)
     if is_gguf(base):
-        converted = Path(recipe.run.output_dir) / "models" / "base"
+        converted = RunLayout.of(recipe).base
         if not (converted / "config.json").is_file():
             raise MissingInput(
                 f"model.base is a GGUF file ({base}): convert it first with "
@@ -55,7 +56,7 @@ def default_base_model(recipe: Recipe) -> str:
                 path=converted,
             )
         return str(converted)
-    return base or str(Path(recipe.run.output_dir) / "models" / "tiny")
+    return base or str(RunLayout.of(recipe).tiny)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -118,24 +119,27 @@ class TrainerExtras:
         return [len(x) for x in ds["input_ids"]]
 
     def training_step(self, model, inputs, *args, **kwargs):
-        masks = [v for k, v in inputs.items() if k.endswith("attention_mask") and v is not None]
-        stats = getattr(self, "_esc_tokens", [0.0, 0.0])
-        for m in masks:
-            stats[0] += float(m.sum())
-            stats[1] += float(m.numel())
+        from .packing import token_counts
+
+        stats = getattr(self, "_esc_tokens", [0.0, 0.0, 0.0])
+        for i, v in enumerate(token_counts(inputs)):
+            stats[i] += v
         self._esc_tokens = stats
         return super().training_step(model, inputs, *args, **kwargs)
 
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        """``non_pad_fraction``: of the tokens computed, those not padding; ``tokens_per_second``:
+        the batch's tokens as TRL would compute them (unpadded, prompts once per sequence) per
+        second, so that packed and unpacked layouts compare by it."""
         if self.model.training and "loss" in logs:
-            real, total = dist.all_reduce_sum(getattr(self, "_esc_tokens", [0.0, 0.0]))
+            useful, real, total = dist.all_reduce_sum(getattr(self, "_esc_tokens", [0.0, 0.0, 0.0]))
             now = time.perf_counter()
             start = getattr(self, "_esc_t0", None)
             if total > 0:
                 logs["non_pad_fraction"] = real / total
             if start is not None and now > start:
-                logs["tokens_per_second"] = real / (now - start)
-            self._esc_tokens, self._esc_t0 = [0.0, 0.0], now
+                logs["tokens_per_second"] = useful / (now - start)
+            self._esc_tokens, self._esc_t0 = [0.0, 0.0, 0.0], now
         super().log(logs, *args, **kwargs)
 
 

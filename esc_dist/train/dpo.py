@@ -26,6 +26,7 @@ from ..config import Recipe
 from ..errors import DataError, MissingInput
 from ..internals import internal, patched, require_method
 from ..io import COMPLETED, require_verified
+from ..layout import RunLayout
 from ..log import get_logger
 from ..models.loading import attention, load_tokenizer
 from .arguments import trainer_arguments, zero_stage
@@ -82,9 +83,9 @@ def _dpo_trainer_class():
         require_method(DPOTrainer, private)
 
     class EscDPOTrainer(TrainerExtras, DPOTrainer):
-        def __init__(self, *args, shared_prompt: bool = False, **kwargs):
-            # see heads.py: the LM head at completions only (always under shared prompts)
-            with completion_lm_head(everywhere=shared_prompt):
+        def __init__(self, *args, packed: bool = False, **kwargs):
+            # see heads.py: the LM head at completions only (always for packed batches)
+            with completion_lm_head(everywhere=packed):
                 super().__init__(*args, **kwargs)
 
         def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
@@ -127,42 +128,51 @@ def _offloaded_reference(enabled: bool):
         yield
 
 
-def shared_prompt_collator(tokenizer, model, args):
+def pair_collator(tokenizer, model, args, shared: bool, padding_free: bool):
     """TRL's preference collator, with its pad token chosen as TRL chooses it, wrapped to add
-    the packed ``[prompt | chosen | rejected]`` batch (shared_prompt.py)."""
-    from .shared_prompt import SharedPromptCollator
+    the packed batch (packing.py): pairs as ``[prompt | chosen | rejected]`` when ``shared``,
+    all in one row when ``padding_free``."""
+    from .packing import PairCollator
 
     DataCollatorForPreference = internal("trl.trainer.dpo_trainer", "DataCollatorForPreference")
 
     tokenizer.pad_token = args.pad_token or tokenizer.pad_token or tokenizer.eos_token
     model.config.get_text_config().pad_token_id = tokenizer.pad_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    return SharedPromptCollator(
+    return PairCollator(
         DataCollatorForPreference(
             pad_token_id=tokenizer.pad_token_id,
             max_length=args.max_length,
             truncation_mode=args.truncation_mode,
             pad_to_multiple_of=args.pad_to_multiple_of,
-        )
+        ),
+        shared=shared,
+        one_row=padding_free,
     )
 
 
-def use_shared_prompt(recipe: Recipe, model) -> bool:
-    """``dpo.shared_prompt`` where the attention backend and the model allow it (logged)."""
-    from .shared_prompt import supports_shared_prompt
+def packing(recipe: Recipe, model) -> tuple[bool, bool]:
+    """(shared prompt, padding-free) of this run's DPO batches: ``dpo.shared_prompt`` and
+    ``dpo.padding_free`` (null: on with flash attention) where the attention backend and the
+    model allow them; what is left off is logged once."""
+    from ..config import PADDING_FREE_ATTENTION
+    from .packing import takes_mask
 
-    if not recipe.dpo.shared_prompt:
-        return False
-    attn = attention(recipe.model.attn_implementation)
-    if not supports_shared_prompt(attn) or not packs_prompts(model):
+    cfg, attn = recipe.dpo, attention(recipe.model.attn_implementation)
+    plain = packs_prompts(model)
+    why_not = None if plain else "the model's logits are rescaled or routed"
+    shared = cfg.shared_prompt and plain and takes_mask(attn)
+    if cfg.shared_prompt and not shared:
         log.info(
             "dpo: prompts not shared (%s): chosen and rejected scored as two sequences",
-            f"attention {attn} takes no 4D mask"
-            if not supports_shared_prompt(attn)
-            else "the model's logits are rescaled or routed",
+            why_not or f"attention {attn} takes no 4D mask",
         )
-        return False
-    return True
+    flash = attn in PADDING_FREE_ATTENTION
+    padding_free = flash if cfg.padding_free is None else cfg.padding_free
+    if padding_free and not (plain and (flash or takes_mask(attn))):
+        log.info("dpo: batches padded (%s)", why_not or f"attention {attn} cannot keep rows apart")
+        padding_free = False
+    return shared, padding_free
 
 
 def planner_guard(recipe: Recipe, role: str, data_dir: str | None, score, model_dir: str, paths):
@@ -179,7 +189,7 @@ def planner_guard(recipe: Recipe, role: str, data_dir: str | None, score, model_
     from ..models.loading import model_context
     from .guard import GUARD_NEW_TOKENS, PlannerGuard, validation_prompts
 
-    data_dir = Path(data_dir or Path(recipe.run.output_dir) / "data")
+    data_dir = Path(data_dir or RunLayout.of(recipe).data)
     prompts, gold = validation_prompts(data_dir, cfg.validation_turns)
     tokenizer = load_tokenizer(model_dir, recipe.model.trust_remote_code)
     return PlannerGuard(
@@ -244,7 +254,7 @@ def build_dpo_trainer(
     )
     require_one_global_batch(len(train), cfg, "dpo", role, "preference pairs")
     model = load_policy(model_dir, recipe, cfg)
-    shared = use_shared_prompt(recipe, model)
+    shared, padding_free = packing(recipe, model)
     offload = cfg.reference == "live" and cfg.reference_offload and zero_stage(ds_cfg) == 3
     callbacks = stage_callbacks(key, cfg, model_dir, paths.checkpoints)
     if guard is not None:  # before the checkpoint marker: a step's guard state is saved first
@@ -256,8 +266,10 @@ def build_dpo_trainer(
             train_dataset=train,
             processing_class=tokenizer,
             callbacks=callbacks,
-            shared_prompt=shared,
-            data_collator=shared_prompt_collator(tokenizer, model, args) if shared else None,
+            packed=shared or padding_free,
+            data_collator=pair_collator(tokenizer, model, args, shared, padding_free)
+            if shared or padding_free
+            else None,
         )
     if guard is not None:
         guard.trainer, guard.key = trainer, key
@@ -293,14 +305,14 @@ def train_dpo(
     predicted labels) serve the planner's validation guard (``dpo.validation_every``)."""
     cfg = recipe.dpo
     start_stage(recipe, cfg, role)
-    run_dir = Path(recipe.run.output_dir)
-    pairs_dir = pairs_dir or str(run_dir / "prefdial" / role)
-    model_dir = model_dir or str(run_dir / "models" / f"sft-{role}")
+    run = RunLayout.of(recipe)
+    pairs_dir = pairs_dir or str(run.pairs(role))
+    model_dir = model_dir or str(run.model("sft", role))
     paths = stage_paths(recipe, "dpo", role, out)
     guard = planner_guard(recipe, role, data_dir, score, model_dir, paths)
     inputs = stage_inputs("pairs", pairs_dir, model_dir)
     if guard is not None:
-        inputs["validation"] = data_input(str(data_dir or run_dir / "data"))
+        inputs["validation"] = data_input(str(data_dir or run.data))
 
     def extra(trainer) -> dict:
         return {

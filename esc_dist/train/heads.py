@@ -29,7 +29,7 @@ import types
 from contextlib import contextmanager
 
 from ..internals import internal, patched
-from .shared_prompt import SHARED_KEYS, packed_states
+from .packing import PACKED_KEYS, packed_states
 
 # Config fields by which TRL's fused head rescales or soft-caps logits; a model with any of them
 # keeps TRL's head (the projection below is the plain one).
@@ -58,9 +58,9 @@ def completion_log_probs(model, outputs, args, labels, num_items_in_batch, kwarg
     import torch
 
     FusedCausalLMOutput = internal("trl.trainer.utils", "FusedCausalLMOutput")
-    shared = {k: kwargs.pop(k) for k in SHARED_KEYS if k in kwargs}
-    if shared:  # shared-prompt DPO: TRL's rows read from the packed batch's states
-        states, source = packed_states(model, shared)
+    packed = {k: kwargs.pop(k) for k in PACKED_KEYS if k in kwargs}
+    if packed:  # shared-prompt or padding-free DPO: TRL's rows read from the packed states
+        states, source = packed_states(model, packed)
         labels = labels[:, 1:].to(states.device)
         mask = labels != -100
         rows = states[source.to(states.device)[mask]]
@@ -130,7 +130,7 @@ def add_completion_lm_head(model, outputs=("log_probs",)) -> None:
 
 
 def packs_prompts(model) -> bool:
-    """Whether shared-prompt DPO (``shared_prompt.py``) can score this model: our head applies
+    """Whether packed DPO batches (``packing.py``) can score this model: our head applies
     (its logits are plain projections) and TRL asks no MoE router logits of it."""
     return _supported(model, 1.0, False) and not hasattr(
         model.config.get_text_config(), "output_router_logits"
@@ -141,7 +141,7 @@ def packs_prompts(model) -> bool:
 def completion_lm_head(everywhere: bool = False):
     """While TRL's DPO trainer is built, have its ``add_fused_lm_head`` (applied to the policy
     and a live reference, before the reference log-probs are precomputed) add our head on top:
-    without CUDA, or ``everywhere`` (shared-prompt DPO, whose packed batch only our head reads).
+    without CUDA, or ``everywhere`` (packed DPO batches, which only our head reads).
     For models whose logits TRL rescales, TRL's head stays."""
     import torch
 

@@ -3,24 +3,27 @@
 Examples are tokenized here, not by TRL, so that a long dialogue is never cut through the reply:
 the oldest history messages are dropped until prompt + completion fit ``max_length``. The loss is
 on the completion tokens only (prompt labels are -100). Batches are length-grouped by global
-batch (see ``GlobalBatchLengthSampler``) or packed padding-free when flash attention is on.
+batch (see ``GlobalBatchLengthSampler``); ``sft.padding_free`` puts a micro-batch in one row
+without padding (TRL's on flash attention, ``packing.SftPaddingFreeCollator`` on sdpa/eager), and
+``sft.packing`` (flash attention only) packs examples to ``max_length`` rows.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
-from pathlib import Path
 
 from ..config import PADDING_FREE_ATTENTION, Recipe
 from ..data.tasks import load_task
 from ..internals import require_method
+from ..layout import RunLayout
 from ..log import get_logger
 from ..models.loading import attention, load_tokenizer
 from .arguments import trainer_arguments
 from .checkpoints import stage_callbacks
 from .common import TrainerExtras, default_base_model, require_one_global_batch, stage_paths
 from .models import load_policy
+from .packing import SftPaddingFreeCollator, takes_mask
 from .runner import run_training, stage_inputs, start_stage
 from .tokens import PromptFitter, tokenized_cached
 
@@ -98,7 +101,9 @@ def _sft_trainer_class():
             give the NLL of the completion tokens averaged over the global batch (tested equal);
             TRL's entropy and token accuracy are then not logged.
             """
-            if torch.cuda.is_available():
+            mask = inputs.get("attention_mask")
+            one_row = mask is not None and mask.dim() == 4  # our padding-free batch
+            if torch.cuda.is_available() and not one_row:  # TRL's metrics read a 2D mask
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             if not _accepts_logits_to_keep(self.accelerator.unwrap_model(model)):
                 return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
@@ -121,13 +126,19 @@ def build_sft_trainer(
     from trl import SFTConfig
 
     cfg = recipe.sft
-    packing = cfg.packing and attention(recipe.model.attn_implementation) in PADDING_FREE_ATTENTION
+    attn = attention(recipe.model.attn_implementation)
+    flash = attn in PADDING_FREE_ATTENTION
+    packing = cfg.packing and flash
     if cfg.packing and not packing:  # auto resolved to sdpa: packed examples would mix
         log.info(
             "sft %s: sft.packing off: attention is not flash attention here, "
             "length-grouped padded batches instead",
             role,
         )
+    padding_free = packing or (flash if cfg.padding_free is None else cfg.padding_free)
+    if padding_free and not (flash or takes_mask(attn)):
+        log.info("sft %s: batches padded: attention %s cannot keep examples apart", role, attn)
+        padding_free = False
     evaluate = (
         {
             "eval_strategy": "steps",
@@ -140,7 +151,7 @@ def build_sft_trainer(
     args = SFTConfig(
         **trainer_arguments(cfg, recipe, paths, f"sft-{role}", report_wandb, ds_cfg),
         packing=packing,
-        padding_free=packing,
+        padding_free=padding_free and flash,
         **evaluate,
     )
     tokenizer = load_tokenizer(model_dir, recipe.model.trust_remote_code)
@@ -182,9 +193,16 @@ def build_sft_trainer(
         )
     model = load_policy(model_dir, recipe, cfg)  # after args: ZeRO-3 partitions while loading
     callbacks = stage_callbacks(key, cfg, model_dir, paths.checkpoints)
+    collator = None
+    if padding_free and not flash:  # ours: one row and a 4D mask (additive for eager)
+        weights = model.get_input_embeddings().weight.dtype
+        collator = SftPaddingFreeCollator(
+            tokenizer.pad_token_id, weights if attn == "eager" else None
+        )
     trainer = _sft_trainer_class()(
         model=model,
         args=args,
+        data_collator=collator,
         train_dataset=train,
         eval_dataset=validation,
         processing_class=tokenizer,
@@ -203,7 +221,7 @@ def train_sft(
     """Train one role and export it; returns the export manifest (None if preempted)."""
     cfg = recipe.sft
     start_stage(recipe, cfg, role)
-    data_dir = data_dir or str(Path(recipe.run.output_dir) / "data")
+    data_dir = data_dir or str(RunLayout.of(recipe).data)
     model_dir = model_dir or default_base_model(recipe)
     paths = stage_paths(recipe, "sft", role, out)
 

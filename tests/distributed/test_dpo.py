@@ -184,10 +184,12 @@ def test_export_loads_without_deepspeed(zero3_run):
     assert r.returncode == 0, r.stderr[-3000:]
 
 
-def in_process_trainer(setup, tmp_path, monkeypatch, reference, cpu_head=True, shared=False):
+def in_process_trainer(
+    setup, tmp_path, monkeypatch, reference, cpu_head=True, shared=False, padding_free=False
+):
     """A DPO trainer built in this process (one rank, no DeepSpeed, batch 4 pairs), not trained;
     ``cpu_head=False`` keeps TRL's fused LM head (what the GPU runs); ``shared``: shared-prompt
-    batches (dpo.shared_prompt)."""
+    batches (dpo.shared_prompt); ``padding_free``: a batch in one row (dpo.padding_free)."""
     from esc_dist.config import load_recipe
     from esc_dist.train import dpo
     from esc_dist.train.common import stage_paths
@@ -203,6 +205,7 @@ def in_process_trainer(setup, tmp_path, monkeypatch, reference, cpu_head=True, s
             f"dpo.reference={reference}",
             "dpo.sft_weight=0.5",
             f"dpo.shared_prompt={str(shared).lower()}",
+            f"dpo.padding_free={str(padding_free).lower()}",
         ],
     )
     with monkeypatch.context() as m:
@@ -251,31 +254,40 @@ def one_step(trainer) -> dict:
 
 
 @pytest.mark.parametrize("reference", ["precomputed", "live"])
-def test_cpu_head_and_shared_prompt_equal_trl(setup, tmp_path, monkeypatch, reference):
-    """On CPU the LM head runs at completion positions only (esc_dist/train/heads.py), and with
-    dpo.shared_prompt each pair is one packed sequence (esc_dist/train/shared_prompt.py): in
-    both, the DPO loss (+ SFT term), every parameter's gradient, the reference log-probs and the
-    logged metrics equal those of TRL's fused head over two sequences per pair."""
+def test_cpu_head_and_packed_batches_equal_trl(setup, tmp_path, monkeypatch, reference):
+    """On CPU the LM head runs at completion positions only (esc_dist/train/heads.py), and the
+    batches may be packed (esc_dist/train/packing.py): each pair one [prompt | chosen |
+    rejected] sequence (dpo.shared_prompt), all sequences in one row without padding
+    (dpo.padding_free), or both. In each, the DPO loss (+ SFT term), every parameter's gradient,
+    the reference log-probs and the logged metrics equal those of TRL's fused head over two
+    padded sequences per pair."""
+    layouts = {  # (cpu head, shared, padding-free)
+        "trl": (False, False, False),
+        "ours": (True, False, False),
+        "shared": (True, True, False),
+        "free": (True, False, True),
+        "shared-free": (True, True, True),
+    }
     runs = {
         impl: one_step(
             in_process_trainer(
-                setup,
-                tmp_path / impl,
-                monkeypatch,
-                reference,
-                cpu_head=impl != "trl",
-                shared=impl == "shared",
+                setup, tmp_path / impl, monkeypatch, reference, head, shared, padding_free
             )
         )
-        for impl in ("trl", "ours", "shared")
+        for impl, (head, shared, padding_free) in layouts.items()
     }
     trl = runs["trl"]
-    assert "shared_input_ids" not in runs["ours"]["batch"]
-    packed = runs["shared"]["batch"]
-    # one packed row per pair, shorter than its two sequences
-    assert packed["shared_input_ids"].shape[0] == 4
-    assert (packed["shared_segments"] >= 0).sum() < trl["batch"]["attention_mask"].sum()
-    for impl in ("ours", "shared"):
+    assert "packed_input_ids" not in runs["ours"]["batch"]
+    real = trl["batch"]["attention_mask"].sum()
+    shared, free = runs["shared"]["batch"], runs["free"]["batch"]
+    # one packed row per pair, with fewer real tokens than its two sequences
+    assert shared["packed_input_ids"].shape[0] == 4
+    assert 0 < (shared["packed_sequences"] >= 0).sum() < real
+    # padding-free: one row of exactly the real tokens, or of the shared ones
+    assert free["packed_input_ids"].shape == (1, real)
+    both = runs["shared-free"]["batch"]["packed_sequences"]
+    assert both.shape == (1, (shared["packed_sequences"] >= 0).sum()) and (both >= 0).all()
+    for impl in ("ours", "shared", "free", "shared-free"):
         ours = runs[impl]
         ids, completion = ours["batch"]["input_ids"], ours["batch"]["completion_mask"]
         assert torch.equal(ids, trl["batch"]["input_ids"])

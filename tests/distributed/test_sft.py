@@ -344,8 +344,9 @@ def test_zero3_loading_partitions_the_model(setup, tmp_path):
     assert sum(rep["local"] for rep in reports) >= full
 
 
-def in_process_trainer(setup, tmp_path, monkeypatch, role):
-    """An SFT trainer built in this process (one rank, no DeepSpeed, batch 4), not trained."""
+def in_process_trainer(setup, tmp_path, monkeypatch, role, *extra):
+    """An SFT trainer built in this process (one rank, no DeepSpeed, batch 4), not trained;
+    ``extra``: more overrides."""
     from esc_dist.config import load_recipe
     from esc_dist.train.common import stage_paths
     from esc_dist.train.sft import build_sft_trainer
@@ -359,6 +360,7 @@ def in_process_trainer(setup, tmp_path, monkeypatch, role):
             "sft.per_device_train_batch_size=4",
             "wandb.mode=disabled",
             "sft.precision=fp32",
+            *extra,
         ],
     )
     return build_sft_trainer(
@@ -495,3 +497,35 @@ def test_cpu_completion_loss_equals_trl_fused_and_full_logits_loss(
     trainer.model.zero_grad()
     mean = completion_loss(trainer, trainer.model, dict(batch)).item()
     assert abs(mean - fused) < 1e-5 * abs(fused), (mean, fused)
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_padding_free_batches_equal_padded(setup, tmp_path, monkeypatch, attn):
+    """sft.padding_free on sdpa/eager (esc_dist/train/packing.py): a micro-batch in one row, no
+    pad token, position ids restarting at each example and a 4D mask keeping each to itself:
+    the loss and every gradient equal those of the padded batch of the same examples."""
+    over = (f"model.attn_implementation={attn}",)
+    padded, _, _ = in_process_trainer(setup, tmp_path / "padded", monkeypatch, "planner", *over)
+    free, _, _ = in_process_trainer(
+        setup, tmp_path / "free", monkeypatch, "planner", *over, "sft.padding_free=true"
+    )
+    free.model.load_state_dict(padded.model.state_dict())
+    examples = [padded.train_dataset[i] for i in range(4)]
+    a, b = padded.data_collator(examples), free.data_collator(examples)
+    assert (a["attention_mask"] == 0).any()  # the padded batch has padding
+    lengths = [len(e["input_ids"]) for e in examples]
+    assert b["input_ids"].shape == (1, sum(lengths)) and b["attention_mask"].dim() == 4
+    starts = torch.tensor([0, *lengths[:-1]]).cumsum(0)
+    assert (b["position_ids"][0, starts] == 0).all()
+    n = int((a["labels"][:, 1:] != -100).sum())
+    assert int((b["labels"][:, 1:] != -100).sum()) == n  # the same tokens learned
+    results = []
+    for trainer, batch in ((padded, a), (free, b)):
+        trainer.model.zero_grad()
+        loss = trainer.compute_loss(trainer.model, dict(batch), num_items_in_batch=torch.tensor(n))
+        loss.backward()
+        results.append((loss.item(), [p.grad.clone() for p in trainer.model.parameters()]))
+    (la, ga), (lb, gb) = results
+    assert lb == pytest.approx(la, rel=1e-5)
+    for x, y in zip(ga, gb):
+        torch.testing.assert_close(y, x, rtol=1e-4, atol=1e-6)

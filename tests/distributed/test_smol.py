@@ -144,11 +144,12 @@ def test_labels_are_the_reply_under_the_smol_template(setup, smol_base, tmp_path
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
-def test_shared_prompt_log_probs_equal_two_sequences(setup, smol_base, attn):
-    """Shared-prompt DPO (esc_dist/train/shared_prompt.py) on SmolLM2 and real planner and
-    generator pairs, fp32: every completion token's log-prob read from the packed
-    [prompt | chosen | rejected] row equals the one from its own sequence (1e-4 absolute; bf16
-    is measured by benchmarks/dpo_step.py, too slow for a CPU test)."""
+def test_packed_log_probs_equal_two_sequences(setup, smol_base, attn):
+    """Packed DPO batches (esc_dist/train/packing.py) on SmolLM2 and real planner and generator
+    pairs, fp32: every completion token's log-prob read from a packed row equals the one from its
+    own padded sequence (1e-4 absolute): pairs as [prompt | chosen | rejected] rows (the
+    default), and on sdpa also padding-free, shared or not (bf16 is measured by the
+    benchmarks, too slow for a CPU test)."""
     import torch
     from transformers import AutoModelForCausalLM
     from trl.trainer.dpo_trainer import DataCollatorForPreference
@@ -157,24 +158,29 @@ def test_shared_prompt_log_probs_equal_two_sequences(setup, smol_base, attn):
     from benchmarks.dpo_shared_prompt import real_pairs
     from esc_dist.models.loading import load_tokenizer
     from esc_dist.train.heads import add_completion_lm_head
-    from esc_dist.train.shared_prompt import SharedPromptCollator
+    from esc_dist.train.packing import PairCollator
 
     tok = load_tokenizer(str(smol_base), False)
-    collate = SharedPromptCollator(DataCollatorForPreference(pad_token_id=tok.pad_token_id))
+    base = DataCollatorForPreference(pad_token_id=tok.pad_token_id)
+    layouts = [(True, False)] + ([(True, True), (False, True)] if attn == "sdpa" else [])
     model = AutoModelForCausalLM.from_pretrained(
         str(smol_base), dtype=torch.float32, attn_implementation=attn
     ).eval()
     add_fused_lm_head(model)
     add_completion_lm_head(model)
     for role in ("planner", "generator"):
-        batch = collate(real_pairs(setup / "data", tok, role))
-        labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)
-        plain = {k: batch[k] for k in ("input_ids", "attention_mask")}
-        shared = {k: v for k, v in batch.items() if k.startswith("shared_")}
-        with torch.no_grad():
-            two = model(**plain, labels=labels, fused_lm_head=True).log_probs
-            one = model(**plain, **shared, labels=labels, fused_lm_head=True).log_probs
-        done = labels[:, 1:] != -100
-        assert done.sum() > 0 and (two[done] < 0).all()
-        torch.testing.assert_close(one, two, rtol=0, atol=1e-4, msg=role)
-        torch.testing.assert_close(one.sum(1), two.sum(1), rtol=1e-5, atol=1e-4, msg=role)
+        pairs = real_pairs(setup / "data", tok, role)
+        for shared, one_row in layouts:
+            batch = PairCollator(base, shared, one_row)(pairs)
+            labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)
+            plain = {k: batch[k] for k in ("input_ids", "attention_mask")}
+            packed = {k: v for k, v in batch.items() if k.startswith("packed_")}
+            assert (packed["packed_sequences"] < 0).any() != one_row  # padding-free: no pad
+            with torch.no_grad():
+                two = model(**plain, labels=labels, fused_lm_head=True).log_probs
+                one = model(**plain, **packed, labels=labels, fused_lm_head=True).log_probs
+            done = labels[:, 1:] != -100
+            assert done.sum() > 0 and (two[done] < 0).all()
+            what = f"{role}, shared {shared}, one row {one_row}"
+            torch.testing.assert_close(one, two, rtol=0, atol=1e-4, msg=what)
+            torch.testing.assert_close(one.sum(1), two.sum(1), rtol=1e-5, atol=1e-4, msg=what)

@@ -373,3 +373,32 @@ def test_text_metric_edge_cases():
     assert perfect["unigram_f1"] == pytest.approx(1.0)
     with pytest.raises(ValueError):
         text_metrics(["a"], [])
+
+
+def test_strategy_baselines(small_setup):
+    """The studies' label baselines on a prepared split: gold in the split's order, the majority
+    and prior drawn from the training turns, and a bag-of-words model over the same turns."""
+    from collections import Counter
+
+    from esc_dist.data.tasks import load_task
+    from esc_dist.eval.baselines import BASELINES, dialogue_text, strategy_baselines
+
+    data = small_setup / "data"
+    task = load_task(str(data), "planner")
+    train, test = list(task["train"]), list(task["test"])
+    gold, preds = strategy_baselines(data, seed=3)
+    assert gold == [r["strategy"] for r in test] and set(preds) == set(BASELINES)
+    counts = Counter(r["strategy"] for r in train)
+    assert set(preds["majority"]) == {counts.most_common(1)[0][0]}
+    assert all(len(p) == len(gold) for p in preds.values())
+    assert set(preds["prior"]) <= set(counts)  # only strategies seen in training are drawn
+    again = strategy_baselines(data, seed=3)[1]["prior"]
+    other = strategy_baselines(data, seed=4)[1]["prior"]
+    assert again == preds["prior"] and other != preds["prior"]
+    assert set(preds["bow_lr"]) <= set(counts)  # it predicts classes it was trained on
+    # a subset of turns keeps the split's order
+    ids = [r["id"] for r in test][::2]
+    sub_gold, sub = strategy_baselines(data, seed=3, ids=set(ids))
+    assert sub_gold == [r["strategy"] for r in test if r["id"] in set(ids)]
+    assert sub["bow_lr"] == [p for r, p in zip(test, preds["bow_lr"]) if r["id"] in set(ids)]
+    assert "system" not in dialogue_text([{"role": "system", "content": "system"}])

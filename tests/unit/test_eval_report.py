@@ -376,7 +376,7 @@ def test_paper_protocol_warns_about_other_decoding(tmp_path, decoding, warning):
 
 
 def test_eval_cli_takes_every_decode_the_inference_manifest_lists(tmp_path):
-    from esc_dist.cli.evaluate import decode_files
+    from esc_dist.eval.stage import decode_files
 
     paths = _decodes(tmp_path)
     assert decode_files([paths[0]]) == [paths[0]]  # no manifest: the file alone

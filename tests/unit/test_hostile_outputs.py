@@ -309,22 +309,24 @@ def test_staged_dir_refuses_a_directory_filled_during_the_build(tmp_path):
 
 def test_pipeline_clear_stale_removes_only_its_own_outputs(tmp_path):
     from esc_dist.io import atomic_write_json
+    from esc_dist.layout import RunLayout
     from esc_dist.pipeline import Stage, clear_stale
 
     run = tmp_path / "run"
+    layout = RunLayout(run)
     user = run / "data"
     user.mkdir(parents=True)
     (user / "precious.txt").write_text("mine")
     atomic_write_json(run / ".pipeline" / "prepare.json", {"key": "old"})
     with pytest.raises(ConfigError, match="did not create"):
-        clear_stale(Stage("prepare", [], user, ("data",)), "new", run)
+        clear_stale(Stage("prepare", [], user, ("data",)), "new", layout)
     assert (user / "precious.txt").read_text() == "mine"
     ours = run / "models" / "sft-planner"
     for d in (ours, ours.with_name("sft-planner.work")):
         d.mkdir(parents=True)
         (d / MARKER).write_text("sft\n")
     atomic_write_json(run / ".pipeline" / "sft-planner.json", {"key": "old"})
-    clear_stale(Stage("sft-planner", [], ours, ("sft",)), "new", run)
+    clear_stale(Stage("sft-planner", [], ours, ("sft",)), "new", layout)
     assert not ours.exists() and not ours.with_name("sft-planner.work").exists()
 
 

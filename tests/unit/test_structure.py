@@ -2,6 +2,7 @@
 directly or in a loop, also not through an import inside a function."""
 
 import ast
+import re
 from pathlib import Path
 
 from tests.helpers import ROOT
@@ -77,3 +78,39 @@ def test_no_import_circles():
 
 def test_the_check_sees_a_circle():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+# A path inside a run directory, spelled out: `/ "models"`, `"reports/..."`, `$run_dir/reports/`
+_RUN_PATH_PY = re.compile(
+    r'/ "(models|prefdial|ipm|predictions|reports|logs|\.pipeline)"'
+    r'|"recipe\.yaml"|output_dir\}/|\}/(models|prefdial|ipm|predictions|reports|logs)/'
+    r'|"(models|prefdial|ipm|predictions|reports)/(?![\w/]*\.py")'
+)
+_RUN_PATH_SH = re.compile(r"\}?/(reports|predictions|models|prefdial|ipm|logs)/|recipe\.yaml")
+
+
+def run_path_spellings(files, pattern) -> list[str]:
+    found = []
+    for f in files:
+        for i, line in enumerate(f.read_text().splitlines(), 1):
+            if pattern.search(line.split("#", 1)[0]):
+                found.append(f"{f.relative_to(ROOT)}:{i}: {line.strip()}")
+    return found
+
+
+def test_the_run_layout_is_spelled_in_one_place():
+    """Every path into a run directory comes from esc_dist/layout.py (RunLayout): the package,
+    the studies and the scripts (which ask `esc-dist stage out`) spell none of their own."""
+    py = [
+        f
+        for d in ("esc_dist", "benchmarks")
+        for f in sorted((ROOT / d).rglob("*.py"))
+        if f != PKG / "layout.py"
+    ]
+    sh = [f for d in ("slurm", "launch") for f in sorted((ROOT / d).glob("*.sh"))]
+    sh += sorted((ROOT / "slurm").glob("*.sbatch"))
+    found = run_path_spellings(py, _RUN_PATH_PY) + run_path_spellings(sh, _RUN_PATH_SH)
+    assert not found, "run paths spelled outside esc_dist/layout.py:\n" + "\n".join(found)
+    # the check sees a spelling
+    sample = ROOT / "tests" / "unit" / "test_structure.py"
+    assert run_path_spellings([sample], re.compile(r'"reports/comparison"'))

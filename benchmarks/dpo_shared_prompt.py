@@ -29,7 +29,7 @@ import os
 import time
 from pathlib import Path
 
-from benchmarks.mini_replication import ROOT, write_section
+from benchmarks.report import ROOT, write_section
 
 RESULT = ROOT / "benchmarks" / "results" / "dpo_shared_prompt-cpu-smol.json"
 START, END = "<!-- dpo-shared-prompt:start -->", "<!-- dpo-shared-prompt:end -->"

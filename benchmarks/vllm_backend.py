@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.mini_replication import ROOT, write_section
+from benchmarks.report import ROOT, write_section
 
 RESULT = ROOT / "benchmarks" / "results" / "vllm_backend-cpu-smol.json"
 START, END = "<!-- vllm-backend:start -->", "<!-- vllm-backend:end -->"

@@ -103,7 +103,7 @@ def test_the_run_layout_is_spelled_in_one_place():
     the studies and the scripts (which ask `esc-dist stage out`) spell none of their own."""
     py = [
         f
-        for d in ("esc_dist", "benchmarks")
+        for d in ("esc_dist", "benchmarks", "experiments")
         for f in sorted((ROOT / d).rglob("*.py"))
         if f != PKG / "layout.py"
     ]

@@ -14,11 +14,11 @@ With ``--sweep`` it also trains the planner's DPO for a grid of (beta, learning 
 weight) from the first seed's SFT planner and judged pairs, and scores Decoupled inference with
 each (the first seed's SFT generator writes the replies) on the test split.
 
-Writes ``benchmarks/results/mini_replication.json`` (every number, per seed), the per-strategy
-preference plots ``benchmarks/results/mini_replication/*.png``, and the section between the
-``mini-replication`` markers of ``benchmarks/RESULTS.md``.
+Writes ``experiments/results/mini_replication.json`` (every number, per seed), the per-strategy
+preference plots ``experiments/results/mini_replication/*.png``, and the section between the
+``mini-replication`` markers of ``experiments/RESULTS.md``.
 
-Usage: python -m benchmarks.mini_replication [--seeds 0,1,2] [--sweep] [--skip-seeds]
+Usage: python -m experiments.mini_replication [--seeds 0,1,2] [--sweep] [--skip-seeds]
        [--report-only]
 """
 
@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
 import subprocess
 import sys
 import time
@@ -35,26 +34,30 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-
 from esc_dist.config import load_recipe
 from esc_dist.constants import SYSTEM_TITLES, SYSTEMS
-from esc_dist.dist import free_port
 from esc_dist.eval.baselines import BASELINES, strategy_baselines
 from esc_dist.eval.compare import load_report
 from esc_dist.eval.plots import plot_preferences
 from esc_dist.eval.predictions import load_predictions
 from esc_dist.eval.report import evaluate
 from esc_dist.eval.strategy import strategy_metrics
-from esc_dist.io import COMPLETED, atomic_write_json, atomic_write_text, read_json
+from esc_dist.io import COMPLETED, atomic_write_json, read_json
 from esc_dist.layout import RunLayout, work_dir
-from esc_dist.pipeline import launcher_cmd, plan
+from esc_dist.pipeline import plan
 from esc_dist.strategies import STRATEGIES
+from experiments.common import (
+    RESULTS,
+    ROOT,
+    launch,
+    mean_std,
+    stage_seconds,
+    write_section,
+)
 
 CONFIG = ROOT / "configs" / "mini-cpu.yaml"
-RESULTS_MD = ROOT / "benchmarks" / "RESULTS.md"
-OUT_JSON = ROOT / "benchmarks" / "results" / "mini_replication.json"
-PLOTS = ROOT / "benchmarks" / "results" / "mini_replication"
+OUT_JSON = RESULTS / "mini_replication.json"
+PLOTS = RESULTS / "mini_replication"
 START, END = "<!-- mini-replication:start -->", "<!-- mini-replication:end -->"
 # (beta, learning rate, sft_weight)
 SWEEP = [
@@ -92,15 +95,6 @@ def run_seed(config: Path, seed: int, runs: Path) -> None:
     ]
     print(f"seed {seed}: {' '.join(cmd[3:])}", flush=True)
     subprocess.run(cmd, check=True, cwd=ROOT)
-
-
-def stage_seconds(recipe) -> dict:
-    out = {}
-    for stage in plan(recipe):
-        state = Path(stage.out) / "pipeline.json"
-        if state.is_file():
-            out[stage.name] = read_json(state).get("seconds")
-    return out
 
 
 def scores_of_report(report: dict) -> dict:
@@ -142,20 +136,6 @@ def seed_results(runs: Path, seed: int) -> dict | None:
     ids = {p.id for p in load_predictions(predicted)}
     out.update(baselines(run.data, seed, ids))
     return out
-
-
-def launch(recipe, args: list[str], log: Path) -> None:
-    cmd = launcher_cmd(recipe.pipeline.launcher, recipe.pipeline.nproc, free_port()) + args
-    with open(log, "w") as f:
-        r = subprocess.run(
-            cmd,
-            stdout=f,
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-            env=dict(os.environ, PYTHONUNBUFFERED="1"),
-        )
-    if r.returncode != 0:
-        raise RuntimeError(f"{' '.join(args[:3])} failed; log: {log}")
 
 
 def sweep(config: Path, runs: Path, seed: int, points) -> list[dict]:
@@ -234,13 +214,6 @@ def sweep(config: Path, runs: Path, seed: int, points) -> list[dict]:
     return results
 
 
-def mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
-    v = [x for x in values if x is not None]
-    if not v:
-        return None, None
-    return float(np.mean(v)), (float(np.std(v, ddof=1)) if len(v) > 1 else None)
-
-
 def aggregate(per_seed: dict[str, dict]) -> dict:
     systems = [*SYSTEMS, *BASELINES]
     agg = {}
@@ -303,13 +276,13 @@ def render(results: dict) -> str:
         START,
         "## Mini-replication on CPU: does Decoupled-DPO lower preference bias?",
         "",
-        f"Produced by `python -m benchmarks.mini_replication` on {results['date']}, "
+        f"Produced by `python -m experiments.mini_replication` on {results['date']}, "
         f"{results['machine']}; recipe `configs/mini-cpu.yaml`, "
         f"{len(seeds)} seed{'s' * (len(seeds) > 1)} ({', '.join(seeds)}; "
         f"`run.seed` and `tiny_model.seed` both set to the seed). Test split of "
         f"DecoupledESC, {results['test_turns']} supporter turns; mean ± sample std over "
         "seeds. Strategy metrics count an unparseable prediction as *Others*. Every "
-        "number is in `benchmarks/results/mini_replication.json`.",
+        "number is in `experiments/results/mini_replication.json`.",
         "",
         "| system | " + " | ".join(names[c] for c in cols) + " |",
         "|---" * (len(cols) + 1) + "|",
@@ -366,17 +339,6 @@ def render(results: dict) -> str:
         lines.append("")
     lines.append(END)
     return "\n".join(lines)
-
-
-def write_section(text: str, start: str = START, end: str = END, path: Path = RESULTS_MD) -> None:
-    """Replace the section between the markers ``start`` and ``end`` of ``path`` (RESULTS.md)
-    with ``text`` (which holds them), or append it."""
-    md = path.read_text(encoding="utf-8")
-    if start in md and end in md:
-        md = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: text, md, flags=re.S)
-    else:
-        md = md.rstrip("\n") + "\n\n" + text + "\n"
-    atomic_write_text(path, md)
 
 
 def main() -> None:
@@ -437,7 +399,7 @@ def main() -> None:
     atomic_write_json(OUT_JSON, results)
     plot_all(per_seed, results["aggregate"])
     text = render(results)
-    write_section(text)
+    write_section(text, START, END)
     print(text)
 
 

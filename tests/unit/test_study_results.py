@@ -1,12 +1,12 @@
-"""The SmolLM2 mini-replication's section of benchmarks/RESULTS.md and its short table in the README
-are what its driver renders from the committed result files: no number in them is typed by hand or
-left over from an older run."""
+"""The studies' sections of experiments/RESULTS.md (and the SmolLM2 mini-replication's short table
+in the README) are what their drivers render from the committed result files: no number in them
+is typed by hand or left over from an older run."""
 
 import json
 import re
 
-from benchmarks import smol_replication as smol
-from benchmarks.mini_replication import RESULTS_MD
+from experiments import smol_replication as smol
+from experiments.common import RESULTS_MD
 
 
 def committed_section(start: str, end: str, path=RESULTS_MD) -> str:
@@ -52,6 +52,6 @@ def test_the_seed_stages_a_variant_runs_hold_everything_they_read():
 
 
 def test_planner_study_section_is_rendered_from_the_result_files():
-    from benchmarks import planner_study as study
+    from experiments import planner_study as study
 
     assert study.render(*study.load_results()) == committed_section(study.START, study.END)

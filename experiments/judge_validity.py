@@ -11,9 +11,9 @@ turn; the contrast side only gives the LLM judge the two-candidate format it was
 FailedESConv uses some non-canonical strategy names; they are mapped to the eight ESConv
 strategies by the table ``FAILED_STRATEGY`` below before the strategy check.
 
-    python -m benchmarks.judge_validity --esconv-dir ../shared/data/esconv --out results.json
+    python -m experiments.judge_validity --esconv-dir ../shared/data/esconv --out results.json
     # the LLM judge (any OpenAI-compatible endpoint; the key only from the environment):
-    OPENAI_API_KEY=... python -m benchmarks.judge_validity --backend openai \\
+    OPENAI_API_KEY=... python -m experiments.judge_validity --backend openai \\
         --model gpt-4o-mini --base-url https://api.openai.com/v1 --max-turns 500 --out llm.json
 """
 

@@ -6,8 +6,8 @@ baseline -- the converted base model as planner and as generator, prompted with 
 planner and generator prompts as the trained systems, no fine-tuning -- on the same test turns
 and decodes, and scores the four systems, the zero-shot baseline and three label baselines
 (majority, random by train prior, bag-of-words logistic regression; see
-``benchmarks/mini_replication.py``) under the paper's protocol. As soon as a seed is scored its
-numbers go to ``benchmarks/results/mini_smol/seed-K.json`` (commit it: run directories do not
+``experiments/mini_replication.py``) under the paper's protocol. As soon as a seed is scored its
+numbers go to ``experiments/results/mini_smol/seed-K.json`` (commit it: run directories do not
 survive a move to another machine).
 
 Variants, each on one seed (``--variant-seed``, default the first seed), reusing that seed's SFT
@@ -22,17 +22,17 @@ when current, so a variant also runs on a seed whose run directory is gone):
   judge and DPO, and Decoupled-SFT and Decoupled-DPO inferred and scored again with the seed's
   own generators (the generator's prompt never shows strategy tags, so they are unchanged).
 
-Their numbers go to ``benchmarks/results/mini_smol/variant-NAME-seed-K.json``. The pipeline's
+Their numbers go to ``experiments/results/mini_smol/variant-NAME-seed-K.json``. The pipeline's
 stages resume by their keys; the steps of this script (zero-shot, variants) are skipped when
 their output is complete, whatever the recipe: after changing the recipe, delete ``RUN/extra``.
 
 The report (every run of the script ends with it, and ``--report-only`` runs nothing else) is
-built from the committed result files alone: ``benchmarks/results/mini_smol.json`` (mean and
-sample std over seeds), the per-strategy preference plots ``benchmarks/results/mini_smol/*.png``,
-the section between the ``mini-smol`` markers of ``benchmarks/RESULTS.md`` and the short table
+built from the committed result files alone: ``experiments/results/mini_smol.json`` (mean and
+sample std over seeds), the per-strategy preference plots ``experiments/results/mini_smol/*.png``,
+the section between the ``mini-smol`` markers of ``experiments/RESULTS.md`` and the short table
 between the ``mini-smol-summary`` markers of the README.
 
-Usage: python -m benchmarks.smol_replication [--seeds 0,1,2] [--variants balanced,no-tags]
+Usage: python -m experiments.smol_replication [--seeds 0,1,2] [--variants balanced,no-tags]
        [--variant-seed 0] [--report-only]
 """
 
@@ -46,13 +46,6 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.mini_replication import (
-    ROOT,
-    launch,
-    mean_std,
-    stage_seconds,
-    write_section,
-)
 from esc_dist.config import load_recipe
 from esc_dist.constants import SYSTEM_TITLES, SYSTEMS
 from esc_dist.eval.baselines import BASELINES, strategy_baselines
@@ -64,10 +57,12 @@ from esc_dist.io import COMPLETED, atomic_write_json, read_json
 from esc_dist.layout import RunLayout, work_dir
 from esc_dist.psych.names import ERROR_TYPES
 from esc_dist.strategies import STRATEGIES
+from experiments import common
+from experiments.common import ROOT, launch, mean_std, stage_seconds, write_section
 
 CONFIG = ROOT / "configs" / "mini-smol.yaml"
-RESULTS = ROOT / "benchmarks" / "results" / "mini_smol"
-OUT_JSON = ROOT / "benchmarks" / "results" / "mini_smol.json"
+RESULTS = common.RESULTS / "mini_smol"
+OUT_JSON = common.RESULTS / "mini_smol.json"
 START, END = "<!-- mini-smol:start -->", "<!-- mini-smol:end -->"
 README = ROOT / "README.md"
 SUMMARY_START, SUMMARY_END = "<!-- mini-smol-summary:start -->", "<!-- mini-smol-summary:end -->"
@@ -674,8 +669,8 @@ def render(seeds: dict[int, dict], variants: dict[str, dict], agg: dict) -> str:
         START,
         "## Mini-replication on SmolLM2-135M (CPU): does Decoupled-DPO lower preference bias?",
         "",
-        f"Produced by `python -m benchmarks.smol_replication` from the result files in "
-        "`benchmarks/results/mini_smol/` (last seed scored "
+        f"Produced by `python -m experiments.smol_replication` from the result files in "
+        "`experiments/results/mini_smol/` (last seed scored "
         f"{max(r['date'] for r in seeds.values())}, "
         f"{first['machine']}); recipe `{first['config']}`, {len(seeds)} seed"
         f"{'s' * (len(seeds) > 1)} ({', '.join(map(str, seeds))}; `run.seed`). Test: the "
@@ -688,7 +683,7 @@ def render(seeds: dict[int, dict], variants: dict[str, dict], agg: dict) -> str:
         "some strategy never predicted). *Strategies used*: how many of the 8 the first "
         "decode predicts at all. Error rates (offline rules, the same rules the IPM judge "
         "keeps pairs by) and adherence are of the first decode. Every number is in "
-        "`benchmarks/results/mini_smol.json`.",
+        "`experiments/results/mini_smol.json`.",
         "",
         "**Strategy**",
         "",
@@ -791,8 +786,8 @@ def render_summary(seeds: dict[int, dict], agg: dict) -> str:
         [
             SUMMARY_START,
             f"Mean ± sample std over seeds {', '.join(map(str, seeds))}, as in "
-            "`benchmarks/RESULTS.md` (written there and here by "
-            "`python -m benchmarks.smol_replication`):",
+            "`experiments/RESULTS.md` (written there and here by "
+            "`python -m experiments.smol_replication`):",
             "",
             *table(
                 agg,

@@ -10,31 +10,31 @@ base model as planner, same prompts; on the first seed only: it has no training)
 :func:`esc_dist.eval.strategy.strategy_metrics` (unparseable as *Others*): Q, weighted-F1,
 accuracy, B converged and B of the released 20-sweep fit, and each strategy's share of the
 predictions; with the majority, random-by-prior and bag-of-words baselines of
-``benchmarks/mini_replication.py`` trained on the study's training turns.
+``experiments/mini_replication.py`` trained on the study's training turns.
 
 Pieces, each written as soon as it is done (commit them: run directories do not survive a move
 to another machine):
 
-- ``benchmarks/results/planner_study/seed-K.mining.json`` -- after mining: the pairs, what
+- ``experiments/results/planner_study/seed-K.mining.json`` -- after mining: the pairs, what
   they teach (chosen minus rejected per strategy), the SFT and mining times;
-- ``benchmarks/results/planner_study/seed-K.dpo.json`` -- after DPO: its time and the
+- ``experiments/results/planner_study/seed-K.dpo.json`` -- after DPO: its time and the
   validation guard's trajectory (B, Q, shares every ``dpo.validation_every`` steps);
-- ``benchmarks/results/planner_study/seed-K.json`` -- after the test predictions;
-- ``benchmarks/results/planner_study/variant-judged-seed-K.json`` -- ``--variant judged``: the
+- ``experiments/results/planner_study/seed-K.json`` -- after the test predictions;
+- ``experiments/results/planner_study/variant-judged-seed-K.json`` -- ``--variant judged``: the
   same seed's mined pairs through the offline judge (``ipm.planner_pairs: judged``), its DPO
   and test predictions, side by side with the mismatch pairs;
-- ``benchmarks/results/planner_study/samples-probe-seed-K.json`` -- ``--samples-probe``: 4
+- ``experiments/results/planner_study/samples-probe-seed-K.json`` -- ``--samples-probe``: 4
   samples on each of the first 300 training turns, and the pairs 1, 2 and 4 samples make.
 
 ``--through mine`` stops each seed after mining (and the planner pairs built from it). The
 checkpoints of a training stage are deleted once its export is complete. The report
 (``--report-only`` runs nothing else) is rendered from the committed result files alone into
-the section between the ``planner-study`` markers of ``benchmarks/RESULTS.md``.
+the section between the ``planner-study`` markers of ``experiments/RESULTS.md``.
 
-- ``benchmarks/results/planner_study/sweep-seed-K-lrX.json`` -- ``--sweep X,...``: the
+- ``experiments/results/planner_study/sweep-seed-K-lrX.json`` -- ``--sweep X,...``: the
   DPO-strength sweep on validation (the guard's trajectory at each learning rate).
 
-Usage: python -m benchmarks.planner_study [--seeds 0,1,2] [--through mine|all]
+Usage: python -m experiments.planner_study [--seeds 0,1,2] [--through mine|all]
        [--variant judged] [--samples-probe] [--variant-seed 0] [--report-only]
        [--sweep LR,... [--sweep-steps 60] [--sweep-every 10]]
 """
@@ -49,13 +49,6 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.mini_replication import (
-    ROOT,
-    launch,
-    mean_std,
-    stage_seconds,
-    write_section,
-)
 from esc_dist.config import load_recipe
 from esc_dist.dist import resolve_precision
 from esc_dist.eval.baselines import BASELINES, strategy_baselines
@@ -64,11 +57,19 @@ from esc_dist.eval.strategy import strategy_metrics
 from esc_dist.io import COMPLETED, atomic_write_json, read_json
 from esc_dist.layout import RunLayout, training_work, work_dir
 from esc_dist.strategies import STRATEGIES
+from experiments import common
+from experiments.common import ROOT, Study, launch, mean_std, stage_seconds, write_section
 
-CONFIG = ROOT / "configs" / "planner-smol.yaml"
-RESULTS = ROOT / "benchmarks" / "results" / "planner_study"
+RESULTS = common.RESULTS / "planner_study"
 START, END = "<!-- planner-study:start -->", "<!-- planner-study:end -->"
-STAGES = ("prepare", "base-model", "sft-planner", "mine-planner", "judge-planner", "dpo-planner")
+STUDY = Study(
+    recipe=ROOT / "configs" / "planner-smol.yaml",
+    seeds=(0, 1, 2),
+    stages=("prepare", "base-model", "sft-planner", "mine-planner", "judge-planner", "dpo-planner"),
+    # the same seed's run with the offline judge's planner pairs; data, SFT and mining reused
+    variants={"judged": ("ipm.planner_pairs=judged",)},
+)
+CONFIG, STAGES = STUDY.recipe, STUDY.stages
 THROUGH_MINE = STAGES[:5]  # through the (unjudged) planner pairs
 SYSTEMS = {"sft": "SFT planner", "dpo": "DPO planner", "zero_shot": "SmolLM2 zero-shot"}
 KEYS = ("Q", "weighted_f1", "accuracy", "B", "B_kang")
@@ -450,7 +451,7 @@ def variant_judged(config: Path, seed: int, runs: Path) -> dict:
     the seed's run for every stage the setting does not touch (data, SFT, mining)."""
     run = RunLayout(runs / f"seed-{seed}")
     var = RunLayout(work_dir(run.root, "judged"))
-    extra = ("ipm.planner_pairs=judged",)
+    extra = STUDY.variants["judged"]
     t0 = time.time()
     pipeline(config, seed, runs, STAGES, (*extra, f"run.output_dir={var.root}"), reuse=run.root)
     drop_checkpoints(var)
@@ -592,8 +593,8 @@ def render(
     first = next(iter(mining.values()))
     m = first["machine"]
     lines += [
-        f"Produced by `python -m benchmarks.planner_study` from the result files in "
-        "`benchmarks/results/planner_study/`; recipe `configs/planner-smol.yaml` "
+        f"Produced by `python -m experiments.planner_study` from the result files in "
+        "`experiments/results/planner_study/`; recipe `configs/planner-smol.yaml` "
         f"(SmolLM2-135M-Instruct planner, {first['train_turns']} training turns, "
         "transcript prompt of the last 6 messages, mismatch pairs); machine: "
         f"{m['cpu']}, {m['cores']} cores, "
@@ -709,9 +710,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", type=Path, default=CONFIG)
     ap.add_argument("--runs", type=Path, default=Path("runs") / "planner-smol")
-    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--seeds", default=",".join(map(str, STUDY.seeds)))
     ap.add_argument("--through", choices=("mine", "all"), default="all")
-    ap.add_argument("--variant", choices=("judged",))
+    ap.add_argument("--variant", choices=tuple(STUDY.variants))
     ap.add_argument("--variant-seed", type=int, default=0)
     ap.add_argument(
         "--samples-probe",

@@ -175,7 +175,7 @@ def plan(recipe: Recipe) -> list[Stage]:
             str(run.model("dpo", role)),
         ]
         inputs = [run.pairs(role), run.model("sft", role)]
-        if role == "planner" and recipe.dpo.validation_every > 0:  # the guard's validation turns
+        if role == "planner" and recipe.for_role(role).dpo.validation_every > 0:  # guard data
             args, inputs = args + ["--data", str(data)], inputs + [data]
         stages.append(
             Stage(
@@ -304,6 +304,8 @@ def content_of(manifest):
 
 
 def stage_key(stage: Stage, recipe: Recipe) -> str:
+    if stage.args[0] in TRAINING:  # a role's own settings (sft.roles, dpo.roles) only
+        recipe = recipe.for_role(stage.args[stage.args.index("--role") + 1])
     cfg = key_view(recipe)
     inputs = []
     for path in stage.inputs:

@@ -120,7 +120,37 @@ def _build(cls: type, raw: Any, prefix: str, source: str):
     check = getattr(obj, "validate", None)
     if check is not None:
         check(source)
+    if getattr(obj, "roles", None):
+        obj = _role_settings(obj, prefix, source)
     return obj
+
+
+def _role_settings(obj, prefix: str, source: str):
+    """A training section's ``roles``: each role one of the three, each key one of the
+    section's (but lora and roles) and typed as it, each role's resulting settings valid."""
+    from ..constants import ROLES
+
+    hints = typing.get_type_hints(type(obj))
+    typed_roles = {}
+    for role, over in obj.roles.items():
+        where = f"{prefix}.roles.{role}"
+        if role not in ROLES:
+            raise ConfigError(f"{source}: unknown role '{where}' (roles: {', '.join(ROLES)})")
+        if not isinstance(over, dict):
+            raise ConfigError(f"{source}: '{where}' must be a mapping of settings, got {over!r}")
+        typed = {}
+        for k, v in over.items():
+            if k in ("roles", "lora"):
+                raise ConfigError(f"{source}: '{where}.{k}' cannot be set per role")
+            if k not in hints:
+                raise _unknown_key(type(obj), str(k), f"{where}.{k}", source)
+            typed[k] = _coerce(v, hints[k], f"{where}.{k}", source)
+        try:
+            dataclasses.replace(obj, **typed, roles={}).validate(source)
+        except ConfigError as e:
+            raise ConfigError(f"{e} (the settings of {where})") from None
+        typed_roles[role] = typed
+    return dataclasses.replace(obj, roles=typed_roles)
 
 
 def _leaf_type(cls: type, dotted: str, source: str) -> Any:

@@ -278,6 +278,15 @@ class TrainConfig:
     keep_checkpoints: bool = False  # false: a stage's checkpoints are removed once it exported
     dataloader_num_workers: int = 0
     lora: LoraConfig = field(default_factory=LoraConfig)
+    # Settings of one role only, over the section's: e.g. dpo.roles: {planner: {learning_rate:
+    # 1.0e-6, validation_every: 10}} trains the planner's DPO at its own strength and the
+    # generator's and vanilla model's at the section's. Any key of the section but lora and
+    # roles; each role's resulting settings are checked like the section's.
+    roles: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def for_role(self, role: str):
+        """The settings ``role`` trains with: the section's, with its ``roles`` entry over them."""
+        return dataclasses.replace(self, **self.roles.get(role, {}), roles={})
 
     def validate(self, source: str, section: str = "train") -> None:
         _require(
@@ -613,6 +622,11 @@ class Recipe:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def for_role(self, role: str) -> Recipe:
+        """The recipe as ``role``'s training stages see it: ``sft`` and ``dpo`` with their
+        ``roles`` entry for it applied."""
+        return dataclasses.replace(self, sft=self.sft.for_role(role), dpo=self.dpo.for_role(role))
+
     def validate(self, source: str) -> None:
         """Checks that span sections (each section checks its own keys)."""
         for section in ("mine", "infer"):
@@ -664,6 +678,8 @@ NEUTRAL_KEYS = {
     ("dpo", "liger"): None,
     ("sft", "padding_free"): None,
     ("dpo", "padding_free"): None,
+    ("sft", "roles"): {},
+    ("dpo", "roles"): {},
 }
 # Keys that never change a stage's outputs (only what is kept beside them).
 NOT_IN_KEYS = (

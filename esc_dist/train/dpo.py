@@ -221,6 +221,7 @@ def build_dpo_trainer(
     """The configured DPO trainer for one role, and the tokenization stats of its pairs."""
     from trl import DPOConfig
 
+    recipe = recipe.for_role(role)
     cfg = recipe.dpo
     losses, weights = [cfg.loss_type], [1.0]
     if cfg.sft_weight > 0:
@@ -303,6 +304,7 @@ def train_dpo(
 
     ``data_dir`` (default: the run's ``data``) and ``score`` (strategy metrics of gold and
     predicted labels) serve the planner's validation guard (``dpo.validation_every``)."""
+    recipe = recipe.for_role(role)  # dpo.roles: this role's own settings
     cfg = recipe.dpo
     start_stage(recipe, cfg, role)
     run = RunLayout.of(recipe)

@@ -125,6 +125,7 @@ def build_sft_trainer(
     """The configured trainer for one role, and the tokenization stats of its data."""
     from trl import SFTConfig
 
+    recipe = recipe.for_role(role)
     cfg = recipe.sft
     attn = attention(recipe.model.attn_implementation)
     flash = attn in PADDING_FREE_ATTENTION
@@ -219,6 +220,7 @@ def train_sft(
     out: str | None = None,
 ) -> dict | None:
     """Train one role and export it; returns the export manifest (None if preempted)."""
+    recipe = recipe.for_role(role)  # sft.roles: this role's own settings
     cfg = recipe.sft
     start_stage(recipe, cfg, role)
     data_dir = data_dir or str(RunLayout.of(recipe).data)

@@ -185,7 +185,7 @@ def test_export_loads_without_deepspeed(zero3_run):
 
 
 def in_process_trainer(
-    setup, tmp_path, monkeypatch, reference, cpu_head=True, shared=False, padding_free=False
+    setup, tmp_path, monkeypatch, reference, cpu_head=True, shared=False, padding_free=False, *extra
 ):
     """A DPO trainer built in this process (one rank, no DeepSpeed, batch 4 pairs), not trained;
     ``cpu_head=False`` keeps TRL's fused LM head (what the GPU runs); ``shared``: shared-prompt
@@ -206,6 +206,7 @@ def in_process_trainer(
             "dpo.sft_weight=0.5",
             f"dpo.shared_prompt={str(shared).lower()}",
             f"dpo.padding_free={str(padding_free).lower()}",
+            *extra,
         ],
     )
     with monkeypatch.context() as m:
@@ -371,3 +372,12 @@ def test_planner_guard_logs_validation_and_exports_the_best_step(setup):
     assert [r["guard/B"] for r in rows] == [h["B"] for h in guard["history"]]
     assert all(r["guard/sft_B"] == guard["reference"]["B"] for r in rows)
     assert all(f"guard/share/{s}" in rows[0] for s in STRATEGIES)
+
+
+def test_a_roles_own_settings_reach_its_trainer(setup, tmp_path, monkeypatch):
+    """dpo.roles.planner: the planner's DPO trains with its own learning rate and beta."""
+    trainer = in_process_trainer(
+        setup, tmp_path, monkeypatch, "precomputed", True, True, False,
+        "dpo.roles.planner.learning_rate=2e-6", "dpo.roles.generator.beta=0.9",
+    )  # fmt: skip
+    assert trainer.args.learning_rate == 2e-6 and trainer.args.beta == 0.1

@@ -126,3 +126,36 @@ def test_recipe_round_trips_through_yaml(tmp_path):
 def test_generation_budgets_are_checked(override, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_recipe(None, [override])
+
+
+def test_a_role_trains_with_its_own_settings(tmp_path):
+    """sft.roles / dpo.roles: one role's settings over the section's, typed and checked like
+    them; a change to one role's entry changes only that role's training stage key."""
+    from esc_dist.pipeline import plan, stage_key
+
+    base = [f"run.output_dir={tmp_path}"]
+    r = load_recipe(
+        None, [*base, "dpo.roles.planner.learning_rate=1e-6", "dpo.roles.planner.beta=0.3"]
+    )
+    assert r.dpo.roles == {"planner": {"learning_rate": 1e-6, "beta": 0.3}}  # "1e-6": a float
+    assert (r.for_role("planner").dpo.learning_rate, r.for_role("planner").dpo.beta) == (1e-6, 0.3)
+    assert r.for_role("generator").dpo == dataclasses.replace(r.dpo, roles={})
+    assert r.for_role("planner").sft == r.sft  # no sft.roles: the section's
+    for bad, message in (
+        ("dpo.roles.planer.beta=1", "unknown role 'dpo.roles.planer'"),
+        ("dpo.roles.planner.bta=1", "did you mean 'dpo.roles.planner.beta'"),
+        ("dpo.roles.planner.learning_rate=-1", "(the settings of dpo.roles.planner)"),
+        ("sft.roles.vanilla.max_length=many", "'sft.roles.vanilla.max_length' must be int"),
+    ):
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            load_recipe(None, [*base, bad])
+    keys = {}
+    for over in ([], ["dpo.roles.planner.learning_rate=1e-6"]):
+        recipe = load_recipe(None, [*base, *over])
+        keys[tuple(over)] = {s.name: stage_key(s, recipe) for s in plan(recipe)}
+    before, after = keys.values()
+    changed = {name for name in before if before[name] != after[name]}
+    assert changed == {"dpo-planner"}  # the stages it feeds see a new model only once it is made
+    # the planner's validation guard set for the planner alone still gives its DPO the data
+    guard = load_recipe(None, [*base, "dpo.roles.planner.validation_every=5"])
+    assert "--data" in next(s for s in plan(guard) if s.name == "dpo-planner").args

@@ -3,7 +3,8 @@
 These libraries' public APIs do not yet offer what these names do (a DPO collator to wrap, the
 fused LM head to extend, a reference engine to offload, DeepSpeed's universal checkpoint
 conversion and its CPU shared-memory build, a cache layer's type, the chat template renderer of
-the GGUF conversion, two trainer methods overridden). They were checked against the versions in
+the GGUF conversion, two trainer methods overridden, the attention implementation a loaded model
+resolved). They were checked against the versions in
 ``CHECKED`` (``constraints/cpu.txt``); a GPU node may have another stack. So:
 
 - on a version not checked, one warning per library and process names both versions;
@@ -11,8 +12,8 @@ the GGUF conversion, two trainer methods overridden). They were checked against 
   and what to install, instead of an ``AttributeError`` deep in a stage.
 
 Use :func:`internal` to get a name, :func:`patched` to swap one for the length of a block,
-:func:`set_internal` to replace one for good, and :func:`require_method` before relying on a
-private method an esc-dist class overrides.
+:func:`set_internal` to replace one for good, :func:`require_method` before relying on a
+private method an esc-dist class overrides, and :func:`attention_of` for a model's attention.
 """
 
 from __future__ import annotations
@@ -100,6 +101,16 @@ def patched(path: str, name: str, make) -> Iterator[None]:
         yield
     finally:
         setattr(module, name, original)
+
+
+def attention_of(model) -> str | None:
+    """The attention implementation a loaded transformers model runs: the private
+    ``config._attn_implementation`` (no public name says which one was resolved)."""
+    config = model.config
+    if not hasattr(config, "_attn_implementation"):
+        raise _missing("transformers.configuration_utils", "PretrainedConfig._attn_implementation")
+    check_version("transformers")
+    return config._attn_implementation
 
 
 def require_method(cls: type, name: str) -> None:

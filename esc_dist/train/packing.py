@@ -163,7 +163,9 @@ def packed_mask(model, sequences):
     """What the model's attention takes for a packed batch: the boolean 4D mask for SDPA (any
     query dtype, autocast included), an additive one in the weights' dtype for eager, None for
     FlashAttention (its variable-length kernels read the sequences from the position ids)."""
-    attn = getattr(model.config, "_attn_implementation", None)
+    from ..internals import attention_of
+
+    attn = attention_of(model)
     if not takes_mask(attn):
         return None
     dtype = model.get_input_embeddings().weight.dtype if attn == "eager" else None

@@ -35,6 +35,18 @@ def test_the_pinned_versions_are_the_checked_ones():
         assert pins[package] == version == internals.installed(package)
 
 
+def test_the_attention_a_model_runs_is_read_behind_the_door():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+        vocab_size=32,
+    )  # fmt: skip
+    for attn in ("sdpa", "eager"):
+        model = LlamaForCausalLM._from_config(config, attn_implementation=attn)
+        assert internals.attention_of(model) == attn
+
+
 def test_overridden_private_methods_exist():
     from transformers import Trainer
     from trl import DPOTrainer, SFTTrainer

@@ -32,8 +32,16 @@ sample std over seeds), the per-strategy preference plots ``experiments/results/
 the section between the ``mini-smol`` markers of ``experiments/RESULTS.md`` and the short table
 between the ``mini-smol-summary`` markers of the README.
 
+``--pairs mismatch`` runs the paper's planner pairs on every seed given (the ``mismatch`` arm:
+``ipm.planner_pairs: mismatch``, the planner's DPO at the strength the planner study chose on
+validation, under its guard) as a variant of the seed's run that reuses every stage it does not
+change (``esc-dist pipeline --reuse``): the seed's judged run first, then the planner's pairs,
+its DPO, Decoupled-DPO's inference and the scores again. Its numbers go to
+``experiments/results/mini_smol_ipm/seed-K.json`` and its own section (``mini-smol-ipm``); the
+README's table shows it once it covers every seed of the judged arm.
+
 Usage: python -m experiments.smol_replication [--seeds 0,1,2] [--variants balanced,no-tags]
-       [--variant-seed 0] [--report-only]
+       [--variant-seed 0] [--pairs judged|mismatch] [--report-only]
 """
 
 from __future__ import annotations
@@ -44,6 +52,7 @@ import platform
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from esc_dist.config import load_recipe
@@ -55,17 +64,65 @@ from esc_dist.eval.predictions import load_predictions
 from esc_dist.eval.strategy import strategy_metrics
 from esc_dist.io import COMPLETED, atomic_write_json, read_json
 from esc_dist.layout import RunLayout, work_dir
+from esc_dist.pipeline import plan_reusing, resolve
 from esc_dist.psych.names import ERROR_TYPES
 from esc_dist.strategies import STRATEGIES
 from experiments import common
 from experiments.common import ROOT, launch, mean_std, stage_seconds, write_section
 
 CONFIG = ROOT / "configs" / "mini-smol.yaml"
-RESULTS = common.RESULTS / "mini_smol"
-OUT_JSON = common.RESULTS / "mini_smol.json"
-START, END = "<!-- mini-smol:start -->", "<!-- mini-smol:end -->"
 README = ROOT / "README.md"
 SUMMARY_START, SUMMARY_END = "<!-- mini-smol-summary:start -->", "<!-- mini-smol-summary:end -->"
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One way of building the planner's preference pairs, run over every seed: its overrides
+    (on the seed's run, every stage they do not change reused: ``esc-dist pipeline --reuse``),
+    result files and section of experiments/RESULTS.md."""
+
+    name: str
+    title: str
+    overrides: tuple[str, ...]
+    results: Path
+    out_json: Path
+    start: str
+    end: str
+
+
+ARMS = {
+    "judged": Arm(
+        "judged",
+        "Mini-replication on SmolLM2-135M (CPU): does Decoupled-DPO lower preference bias?",
+        (),  # the recipe's: the planner's pairs judged like the others'
+        common.RESULTS / "mini_smol",
+        common.RESULTS / "mini_smol.json",
+        "<!-- mini-smol:start -->",
+        "<!-- mini-smol:end -->",
+    ),
+    "mismatch": Arm(
+        "mismatch",
+        "Mini-replication on SmolLM2-135M (CPU) with the paper's planner pairs",
+        # every mined mismatch a pair, unjudged; the planner's DPO at the strength chosen on
+        # validation in the planner study, under the validation guard (best step exported);
+        # the generator's and vanilla model's DPO as in the judged arm
+        (
+            "ipm.planner_pairs=mismatch",
+            "dpo.roles.planner.learning_rate=1e-6",
+            "dpo.roles.planner.max_steps=60",
+            "dpo.roles.planner.per_device_train_batch_size=8",
+            "dpo.roles.planner.validation_every=10",
+            "dpo.roles.planner.validation_turns=200",
+            "dpo.roles.planner.export_best=true",
+        ),
+        common.RESULTS / "mini_smol_ipm",
+        common.RESULTS / "mini_smol_ipm.json",
+        "<!-- mini-smol-ipm:start -->",
+        "<!-- mini-smol-ipm:end -->",
+    ),
+}
+JUDGED = ARMS["judged"]
+RESULTS, OUT_JSON, START, END = JUDGED.results, JUDGED.out_json, JUDGED.start, JUDGED.end
 ZERO_SHOT = "zero-shot"
 LABEL_BASELINES = BASELINES
 TITLES = {**SYSTEM_TITLES, ZERO_SHOT: "SmolLM2 zero-shot", **LABEL_BASELINES}
@@ -111,7 +168,9 @@ def esc(args: list[str], log: Path) -> None:
         )
 
 
-def run_pipeline(config: Path, overrides: list[str], only: tuple[str, ...] = ()) -> None:
+def run_pipeline(
+    config: Path, overrides: list[str], only: tuple[str, ...] = (), reuse: Path | None = None
+) -> None:
     cmd = [
         sys.executable,
         "-m",
@@ -120,6 +179,7 @@ def run_pipeline(config: Path, overrides: list[str], only: tuple[str, ...] = ())
         "--config",
         str(config),
         *(["--only", ",".join(only)] if only else []),
+        *(["--reuse", str(reuse)] if reuse else []),
         *overrides,
     ]
     print(" ".join(cmd[3:]), flush=True)
@@ -436,9 +496,15 @@ def extra_seconds(run: Path) -> float:
 
 
 def seed_result(
-    config: Path, runs: Path, seed: int, reports: dict[str, Path], variant: str | None = None
+    config: Path,
+    runs: Path,
+    seed: int,
+    reports: dict[str, Path],
+    variant: str | None = None,
+    pairs: dict[str, Path] | None = None,
 ) -> dict:
-    """The numbers of one finished seed (or variant): every system and the baselines."""
+    """The numbers of one finished seed (or variant): every system and the baselines;
+    ``pairs``: each role's pairs directory (default: the seed run's, or the variant's)."""
     run = RunLayout(runs / f"seed-{seed}")
     rows = {s: scores_of_report(load_report(p / "report.json")) for s, p in reports.items()}
     recipe = load_recipe(config, seed_overrides(seed, runs))
@@ -465,6 +531,8 @@ def seed_result(
         stats = run.pairs(role) / "stats.json"
         if variant is not None:
             stats = work_dir(run.root, variant) / f"prefdial-{role}" / "stats.json"
+        if pairs is not None:
+            stats = pairs[role] / "stats.json"
         if stats.is_file():
             st = read_json(stats)
             judged[role] = {
@@ -480,24 +548,38 @@ def seed_result(
     return out
 
 
-def result_path(seed: int, variant: str | None = None) -> Path:
+def result_path(seed: int, variant: str | None = None, arm: Arm = JUDGED) -> Path:
     name = f"seed-{seed}" if variant is None else f"variant-{variant}-seed-{seed}"
-    return RESULTS / f"{name}.json"
+    return arm.results / f"{name}.json"
 
 
-def save_result(result: dict, seed: int, variant: str | None = None) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(result_path(seed, variant), result)
-    print(f"wrote {result_path(seed, variant)}", flush=True)
+def save_result(result: dict, seed: int, variant: str | None = None, arm: Arm = JUDGED) -> None:
+    arm.results.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(result_path(seed, variant, arm), result)
+    print(f"wrote {result_path(seed, variant, arm)}", flush=True)
 
 
-def run_seed(config: Path, runs: Path, seed: int) -> None:
+def run_seed(config: Path, runs: Path, seed: int, arm: Arm = JUDGED) -> None:
+    """A seed's run (the recipe's, judged pairs) and its zero-shot baseline; for another arm,
+    then the arm's overrides as a variant of that run into RUN/extra/ARM, reusing every stage
+    they leave unchanged, and its four systems scored from where the plan put them."""
     overrides = seed_overrides(seed, runs)
     run_pipeline(config, overrides)
     run = RunLayout(runs / f"seed-{seed}")
     reports = {s: run.report(s) for s in SYSTEMS}
     reports[ZERO_SHOT] = zero_shot(config, overrides, run.root)
-    save_result(seed_result(config, runs, seed, reports), seed)
+    pairs = None
+    if arm.overrides:
+        own = [*overrides, *arm.overrides, f"run.output_dir={work_dir(run.root, arm.name)}"]
+        run_pipeline(config, own, reuse=run.root)
+        stages, _ = plan_reusing(resolve(load_recipe(config, own)), run.root)
+        out = {st.name: st.out for st in stages}
+        reports.update({s: out[f"eval-{s}"] for s in SYSTEMS})
+        pairs = {role: out[f"judge-{role}"] for role in ("planner", "generator", "vanilla")}
+    result = seed_result(config, runs, seed, reports, pairs=pairs)
+    if arm.overrides:
+        result["pairs"], result["overrides"] = arm.name, list(arm.overrides)
+    save_result(result, seed, arm=arm)
 
 
 def run_variant(config: Path, runs: Path, seed: int, variant: str) -> None:
@@ -516,9 +598,9 @@ def run_variant(config: Path, runs: Path, seed: int, variant: str) -> None:
 # Report (from the committed result files only)
 
 
-def load_results() -> tuple[dict[int, dict], dict[str, dict]]:
+def load_results(arm: Arm = JUDGED) -> tuple[dict[int, dict], dict[str, dict]]:
     seeds, variants = {}, {}
-    for path in sorted(RESULTS.glob("*.json")):
+    for path in sorted(arm.results.glob("*.json")):
         r = read_json(path)
         if r.get("variant"):
             variants[f"{r['variant']}-seed-{r['seed']}"] = r
@@ -637,11 +719,11 @@ def per_seed_lines(seeds: dict[int, dict]) -> list[str]:
     return out
 
 
-def plot_all(seeds: dict[int, dict], agg: dict) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
+def plot_all(seeds: dict[int, dict], agg: dict, arm: Arm = JUDGED) -> None:
+    arm.results.mkdir(parents=True, exist_ok=True)
     plot_preferences(
         {TITLES[s]: agg[s]["preferences"] for s in agg if agg[s]["preferences"]},
-        RESULTS / "preferences_all.png",
+        arm.results / "preferences_all.png",
         "Strategy preferences (converged fit), mean over seeds (ideal 1.0)",
     )
     for s in (*SYSTEMS, ZERO_SHOT):
@@ -653,24 +735,26 @@ def plot_all(seeds: dict[int, dict], agg: dict) -> None:
         if series:
             plot_preferences(
                 series,
-                RESULTS / f"preferences_{s}.png",
+                arm.results / f"preferences_{s}.png",
                 f"{TITLES[s]}: strategy preferences per seed",
             )
 
 
-def render(seeds: dict[int, dict], variants: dict[str, dict], agg: dict) -> str:
+def render(seeds: dict[int, dict], variants: dict[str, dict], agg: dict, arm: Arm = JUDGED) -> str:
     first = next(iter(seeds.values()))
+    folder = arm.results.relative_to(common.RESULTS.parent)  # results/mini_smol...
     turns = int(first["systems"]["decoupled-sft"]["turns"])
     decodes = first["systems"]["decoupled-sft"]["decodes"]
     times = {
         k: r.get("pipeline_seconds", 0) + r.get("zero_shot_seconds", 0) for k, r in seeds.items()
     }
     lines = [
-        START,
-        "## Mini-replication on SmolLM2-135M (CPU): does Decoupled-DPO lower preference bias?",
+        arm.start,
+        f"## {arm.title}",
         "",
-        f"Produced by `python -m experiments.smol_replication` from the result files in "
-        "`experiments/results/mini_smol/` (last seed scored "
+        f"Produced by `python -m experiments.smol_replication"
+        f"{'' if arm is JUDGED else f' --pairs {arm.name}'}` from the result files in "
+        f"`experiments/{folder}/` (last seed scored "
         f"{max(r['date'] for r in seeds.values())}, "
         f"{first['machine']}); recipe `{first['config']}`, {len(seeds)} seed"
         f"{'s' * (len(seeds) > 1)} ({', '.join(map(str, seeds))}; `run.seed`). Test: the "
@@ -683,7 +767,13 @@ def render(seeds: dict[int, dict], variants: dict[str, dict], agg: dict) -> str:
         "some strategy never predicted). *Strategies used*: how many of the 8 the first "
         "decode predicts at all. Error rates (offline rules, the same rules the IPM judge "
         "keeps pairs by) and adherence are of the first decode. Every number is in "
-        "`experiments/results/mini_smol.json`.",
+        f"`experiments/{arm.out_json.relative_to(common.RESULTS.parent)}`."
+        + (
+            ""
+            if arm is JUDGED
+            else " The arm's overrides, on each seed's run (every stage they leave unchanged "
+            "reused from it): " + ", ".join(f"`{o}`" for o in arm.overrides) + "."
+        ),
         "",
         "**Strategy**",
         "",
@@ -702,10 +792,8 @@ def render(seeds: dict[int, dict], variants: dict[str, dict], agg: dict) -> str:
         *per_seed_lines(seeds),
         "",
         "Per-strategy preferences (converged Bradley-Terry fit, ideal 1.0 each), mean over "
-        "seeds: ![preferences](results/mini_smol/preferences_all.png); per seed: "
-        + ", ".join(
-            f"[{TITLES[s]}](results/mini_smol/preferences_{s}.png)" for s in (*SYSTEMS, ZERO_SHOT)
-        )
+        f"seeds: ![preferences]({folder}/preferences_all.png); per seed: "
+        + ", ".join(f"[{TITLES[s]}]({folder}/preferences_{s}.png)" for s in (*SYSTEMS, ZERO_SHOT))
         + ".",
         "",
         "Time per seed (pipeline stages + zero-shot inference): "
@@ -775,17 +863,18 @@ def render(seeds: dict[int, dict], variants: dict[str, dict], agg: dict) -> str:
             + ".",
             "",
         ]
-    lines.append(END)
+    lines.append(arm.end)
     return "\n".join(lines)
 
 
-def render_summary(seeds: dict[int, dict], agg: dict) -> str:
+def render_summary(seeds: dict[int, dict], agg: dict, arm: Arm = JUDGED) -> str:
     """The README's short table: the headline columns of the four systems, the zero-shot and
     bag-of-words baselines."""
+    pairs = "" if arm is JUDGED else ", with the paper's planner pairs"
     return "\n".join(
         [
             SUMMARY_START,
-            f"Mean ± sample std over seeds {', '.join(map(str, seeds))}, as in "
+            f"Mean ± sample std over seeds {', '.join(map(str, seeds))}{pairs}, as in "
             "`experiments/RESULTS.md` (written there and here by "
             "`python -m experiments.smol_replication`):",
             "",
@@ -801,19 +890,39 @@ def render_summary(seeds: dict[int, dict], agg: dict) -> str:
 
 
 def report() -> str:
-    seeds, variants = load_results()
-    if not seeds:
-        raise SystemExit(f"no seed result in {RESULTS} yet")
-    agg = aggregate(seeds)
-    atomic_write_json(
-        OUT_JSON,
-        {"seeds": {str(k): r for k, r in seeds.items()}, "variants": variants, "aggregate": agg},
+    """Each arm's section from its committed result files; the README's short table from the
+    judged arm (the paper's pairs once every seed of the judged arm has them)."""
+    texts = []
+    for arm in ARMS.values():
+        seeds, variants = load_results(arm)
+        if not seeds:
+            continue
+        agg = aggregate(seeds)
+        atomic_write_json(
+            arm.out_json,
+            {
+                "seeds": {str(k): r for k, r in seeds.items()},
+                "variants": variants,
+                "aggregate": agg,
+            },
+        )
+        plot_all(seeds, agg, arm)
+        texts.append(render(seeds, variants, agg, arm))
+        write_section(texts[-1], arm.start, arm.end)
+    if not texts:
+        raise SystemExit(f"no seed result in {JUDGED.results} yet")
+    write_section(render_summary(*summary_source()), SUMMARY_START, SUMMARY_END, README)
+    return "\n\n".join(texts)
+
+
+def summary_source() -> tuple[dict[int, dict], dict, Arm]:
+    """The arm the README's table shows: the paper's pairs once they cover every judged seed."""
+    judged = load_results(JUDGED)[0]
+    paper = load_results(ARMS["mismatch"])[0]
+    arm, seeds = (
+        (ARMS["mismatch"], paper) if paper and set(judged) <= set(paper) else (JUDGED, judged)
     )
-    plot_all(seeds, agg)
-    text = render(seeds, variants, agg)
-    write_section(text, START, END)
-    write_section(render_summary(seeds, agg), SUMMARY_START, SUMMARY_END, README)
-    return text
+    return seeds, aggregate(seeds), arm
 
 
 def main() -> None:
@@ -829,6 +938,13 @@ def main() -> None:
     ap.add_argument("--variants", default="", help=f"comma-separated, of {', '.join(VARIANTS)}")
     ap.add_argument("--variant-seed", type=int, default=None)
     ap.add_argument(
+        "--pairs",
+        choices=tuple(ARMS),
+        default="judged",
+        help="the planner's pairs of the seeds run: judged (the recipe's) or mismatch (the "
+        "paper's, a variant of each seed's run)",
+    )
+    ap.add_argument(
         "--report-only",
         action="store_true",
         help="run nothing; rebuild the report from the committed result files",
@@ -843,7 +959,7 @@ def main() -> None:
             raise SystemExit(f"unknown variant {v!r} (expected {', '.join(VARIANTS)})")
     if not args.report_only:
         for seed in seeds:
-            run_seed(args.config, args.runs, seed)
+            run_seed(args.config, args.runs, seed, ARMS[args.pairs])
         vseed = args.variant_seed if args.variant_seed is not None else (seeds or [0])[0]
         for v in variants:
             run_variant(args.config, args.runs, vseed, v)

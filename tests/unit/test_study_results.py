@@ -21,9 +21,14 @@ def test_mini_smol_section_is_rendered_from_the_result_files():
     assert seeds, f"no committed seed result in {smol.RESULTS}"
     agg = smol.aggregate(seeds)
     assert smol.render(seeds, variants, agg) == committed_section(smol.START, smol.END)
-    assert smol.render_summary(seeds, agg) == committed_section(
+    assert smol.render_summary(*smol.summary_source()) == committed_section(
         smol.SUMMARY_START, smol.SUMMARY_END, smol.README
     )
+    paper, paper_variants = smol.load_results(smol.ARMS["mismatch"])
+    if paper:  # the paper's pairs, once run: their own section
+        arm = smol.ARMS["mismatch"]
+        text = smol.render(paper, paper_variants, smol.aggregate(paper), arm)
+        assert text == committed_section(arm.start, arm.end)
 
 
 def test_mini_smol_json_holds_the_committed_results():
@@ -55,3 +60,20 @@ def test_planner_study_section_is_rendered_from_the_result_files():
     from experiments import planner_study as study
 
     assert study.render(*study.load_results()) == committed_section(study.START, study.END)
+
+
+def test_the_paper_pairs_arm_changes_only_the_planners_pairs_and_dpo(tmp_path):
+    """The mismatch arm runs as a variant of each seed's run: its overrides are a valid recipe
+    and change the settings of the planner's judge and DPO stages only, so everything else
+    (data, SFT, mining, the other roles' pairs and DPO) is reused from the seed's run."""
+    from esc_dist.pipeline import plan, stage_key
+
+    over = [f"run.output_dir={tmp_path}", "run.seed=0"]
+    base = smol.load_recipe(smol.CONFIG, over)
+    arm = smol.load_recipe(smol.CONFIG, [*over, *smol.ARMS["mismatch"].overrides])
+    assert arm.for_role("planner").dpo.learning_rate == 1e-6
+    assert arm.for_role("generator").dpo == base.for_role("generator").dpo
+    before = {s.name: stage_key(s, base) for s in plan(base)}
+    after = {s.name: stage_key(s, arm) for s in plan(arm)}
+    assert before.keys() == after.keys()
+    assert {n for n in before if before[n] != after[n]} == {"judge-planner", "dpo-planner"}

@@ -114,6 +114,57 @@ def test_up_to_date_stages_are_skipped_and_changes_rerun(tmp_path):
     assert r.stdout.count("done in") == 2, r.stdout
     # the resolved recipe every stage reads, secrets redacted
     assert "split_seed: 5" in (run / "recipe.yaml").read_text()
+    _a_variant_reuses_what_it_shares(tmp_path, ["tiny_model.seed=3", "data.split_seed=5"])
+
+
+def _a_variant_reuses_what_it_shares(tmp_path, settings):
+    """`pipeline --reuse BASE` (here the run above, with ``settings``): stages whose settings
+    and inputs a variant shares with a finished run are read from it; the first changed stage
+    runs into the variant's directory, and so does everything downstream of it, reading the
+    base run's outputs."""
+    from dataclasses import replace
+
+    from esc_dist.pipeline import plan_reusing, resolve
+
+    base, var = tmp_path / "run", tmp_path / "var"
+    # another tiny model over the same data: prepare is reused, tiny-model runs
+    r = _pipeline(
+        tmp_path, "--only", "prepare,tiny-model", "--reuse", str(base), *settings,
+        "tiny_model.seed=4", out=var,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = r.stdout.splitlines()
+    assert f"reused from {base}" in next(x for x in lines if "prepare" in x)
+    assert "done in" in next(x for x in lines if "tiny-model" in x), r.stdout
+    assert not (var / "data").exists() and (var / "models" / "tiny" / "COMPLETED").is_file()
+    tiny_log = (var / "logs" / "tiny-model.log").read_text().splitlines()[0]
+    assert f"--corpus {base / 'data'} " in tiny_log  # it read the base's data
+    overrides = [
+        f"run.output_dir={var}",
+        f"data.esconv={TEST_DATA / 'tiny_esconv.json'}",
+        "data.split=seeded",
+        "data.split_fractions=[0.34,0.33,0.33]",
+        "tiny_model.vocab_size=600",
+        *settings,
+    ]
+    # the variant's plan: SFT reads the base's data and the variant's model
+    recipe = resolve(
+        load_recipe(ROOT / "configs" / "tiny-cpu.yaml", [*overrides, "tiny_model.seed=4"])
+    )
+    stages, reused = plan_reusing(recipe, base)
+    assert reused == {"prepare"}
+    sft = next(s for s in stages if s.name == "sft-planner")
+    assert sft.inputs == [base / "data", var / "models" / "tiny"]
+    assert str(base / "data") in sft.args and sft.out == var / "models/sft-planner"
+    # the base's own settings: both stages reused
+    same = resolve(load_recipe(ROOT / "configs" / "tiny-cpu.yaml", overrides))
+    stages, reused = plan_reusing(same, base)
+    assert reused == {"prepare", "tiny-model"}
+    sft = next(s for s in stages if s.name == "sft-planner")
+    assert sft.inputs[1] == base / "models" / "tiny"
+    # a changed data setting: nothing is reused
+    data = replace(recipe, data=replace(recipe.data, split_seed=recipe.data.split_seed + 1))
+    assert plan_reusing(data, base)[1] == set()
 
 
 def test_the_run_directory_spelling_does_not_make_stages_stale(tmp_path):
@@ -219,53 +270,3 @@ def test_failed_stage_stops_and_names_its_log(tmp_path):
 def test_unknown_stage_is_an_error(tmp_path):
     r = _pipeline(tmp_path, "--only", "sft-plannerr")
     assert r.returncode != 0 and "unknown stage" in r.stderr
-
-
-def test_a_variant_reuses_what_it_shares_with_its_base_run(tmp_path):
-    """`pipeline --reuse BASE`: stages whose settings and inputs a variant shares with a
-    finished run are read from it; the first changed stage runs into the variant's directory,
-    and so does everything downstream of it, reading the base run's outputs."""
-    from dataclasses import replace
-
-    from esc_dist.pipeline import plan_reusing, resolve
-
-    r = _pipeline(tmp_path, "--only", "prepare,tiny-model", out=tmp_path / "base")
-    assert r.returncode == 0 and r.stdout.count("done in") == 2, r.stdout + r.stderr
-    # another tiny model over the same data: prepare is reused, tiny-model runs
-    var = tmp_path / "var"
-    r = _pipeline(
-        tmp_path, "--only", "prepare,tiny-model", "--reuse", str(tmp_path / "base"),
-        "tiny_model.seed=3", out=var,
-    )  # fmt: skip
-    assert r.returncode == 0, r.stdout + r.stderr
-    lines = r.stdout.splitlines()
-    assert f"reused from {tmp_path / 'base'}" in next(x for x in lines if "prepare" in x)
-    assert "done in" in next(x for x in lines if "tiny-model" in x), r.stdout
-    assert not (var / "data").exists() and (var / "models" / "tiny" / "COMPLETED").is_file()
-    tiny_log = (var / "logs" / "tiny-model.log").read_text().splitlines()[0]
-    assert f"--corpus {tmp_path / 'base' / 'data'} " in tiny_log  # it read the base's data
-    # the variant's plan: SFT reads the base's data and the variant's model
-    overrides = [
-        f"run.output_dir={var}",
-        f"data.esconv={TEST_DATA / 'tiny_esconv.json'}",
-        "data.split=seeded",
-        "data.split_fractions=[0.34,0.33,0.33]",
-        "tiny_model.vocab_size=600",
-        "tiny_model.seed=3",
-    ]
-    recipe = resolve(load_recipe(ROOT / "configs" / "tiny-cpu.yaml", overrides))
-    stages, reused = plan_reusing(recipe, tmp_path / "base")
-    assert reused == {"prepare"}
-    sft = next(s for s in stages if s.name == "sft-planner")
-    assert sft.inputs == [tmp_path / "base" / "data", var / "models" / "tiny"]
-    assert str(tmp_path / "base" / "data") in sft.args and sft.out == var / "models/sft-planner"
-    # the same settings as the base: both stages reused
-    same = resolve(load_recipe(ROOT / "configs" / "tiny-cpu.yaml", overrides[:-1]))
-    stages, reused = plan_reusing(same, tmp_path / "base")
-    assert reused == {"prepare", "tiny-model"}
-    assert next(s for s in stages if s.name == "sft-planner").inputs[1] == (
-        tmp_path / "base" / "models" / "tiny"
-    )
-    # a changed data setting: nothing is reused
-    data = replace(recipe, data=replace(recipe.data, split_seed=recipe.data.split_seed + 1))
-    assert plan_reusing(data, tmp_path / "base")[1] == set()

@@ -19,6 +19,7 @@ of a completion token's and a pair's log-prob between the shared and the two-seq
 computation, beside bf16's own error against fp32 (the tolerance docs/training.md states).
 
 Usage: python -m benchmarks.dpo_shared_prompt [--esconv DIR] [--base SMOL_DIR] [--steps 4]
+       [--batch 8] [--kinds esc-dist,...]
 """
 
 from __future__ import annotations
@@ -185,6 +186,7 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--max-length", type=int, default=320)
+    ap.add_argument("--kinds", default=",".join(KINDS), help="comma-separated, of the kinds above")
     ap.add_argument("--render-only", action="store_true")
     args = ap.parse_args()
     if args.render_only:
@@ -248,7 +250,7 @@ def main() -> int:
         pairs = work / f"pairs-{role}"
         if not (pairs / "COMPLETED").is_file():
             make_pairs(data, pairs, args.batch * total, role)
-        for kind in KINDS:
+        for kind in (k for k in KINDS if k in args.kinds.split(",")):
             res[f"{role}/{kind}"] = run(kind, recipe, pairs, base, work / role, args.steps, 1, role)
             print(role, kind, json.dumps(res[f"{role}/{kind}"]), flush=True)
             RESULT.write_text(json.dumps(res, indent=2) + "\n")

@@ -11,8 +11,11 @@ baselines on the same test split:
   history the planner sees), word 1-2-grams, scikit-learn's ``LogisticRegression``.
 
 With ``--sweep`` it also trains the planner's DPO for a grid of (beta, learning rate, SFT-loss
-weight) from the first seed's SFT planner and judged pairs, and scores Decoupled inference with
-each (the first seed's SFT generator writes the replies) on the test split.
+weight) from the first seed's SFT planner and judged pairs: each point a variant of the seed's
+run that changes only ``dpo.roles.planner`` (``esc-dist pipeline --reuse``), scored as
+Decoupled-DPO (with the seed's DPO generator) by the pipeline's own inference and eval stages
+on the test split. (The committed sweep rows were made before, with the SFT generator writing
+the replies; the strategy metrics in the table are the planner's either way.)
 
 Writes ``experiments/results/mini_replication.json`` (every number, per seed), the per-strategy
 preference plots ``experiments/results/mini_replication/*.png``, and the section between the
@@ -40,16 +43,14 @@ from esc_dist.eval.baselines import BASELINES, strategy_baselines
 from esc_dist.eval.compare import load_report
 from esc_dist.eval.plots import plot_preferences
 from esc_dist.eval.predictions import load_predictions
-from esc_dist.eval.report import evaluate
 from esc_dist.eval.strategy import strategy_metrics
-from esc_dist.io import COMPLETED, atomic_write_json, read_json
+from esc_dist.io import atomic_write_json, read_json
 from esc_dist.layout import RunLayout, work_dir
-from esc_dist.pipeline import plan
+from esc_dist.pipeline import plan, plan_reusing, resolve
 from esc_dist.strategies import STRATEGIES
 from experiments.common import (
     RESULTS,
     ROOT,
-    launch,
     mean_std,
     stage_seconds,
     write_section,
@@ -138,67 +139,40 @@ def seed_results(runs: Path, seed: int) -> dict | None:
     return out
 
 
+def sweep_overrides(seed: int, runs: Path, beta: float, lr: float, sft_weight: float) -> list[str]:
+    """A sweep point: the seed's run with the planner's DPO settings only (``dpo.roles``), into
+    RUN/extra/sweep-TAG."""
+    tag = f"beta{beta:g}-lr{lr:g}-sft{sft_weight:g}"
+    return [
+        *seed_overrides(seed, runs),
+        f"dpo.roles.planner.beta={beta}",
+        f"dpo.roles.planner.learning_rate={lr}",
+        f"dpo.roles.planner.sft_weight={sft_weight}",
+        f"run.output_dir={work_dir(runs / f'seed-{seed}', f'sweep-{tag}')}",
+    ]
+
+
+SWEEP_STAGES = ("dpo-planner", "infer-decoupled-dpo", "eval-decoupled-dpo")
+
+
 def sweep(config: Path, runs: Path, seed: int, points) -> list[dict]:
-    """Planner DPO for each (beta, lr, sft_weight) from the seed's SFT planner and pairs."""
+    """Planner DPO for each (beta, lr, sft_weight): a variant of the seed's run (``esc-dist
+    pipeline --reuse``) that changes the planner's DPO settings only, so everything else is
+    read from the seed's run; Decoupled-DPO (the point's planner, the seed's DPO generator)
+    inferred and scored by the pipeline's own stages (error rates, adherence, W&B included)."""
     base = RunLayout(runs / f"seed-{seed}")
     results = []
     for beta, lr, sft_weight in points:
         tag = f"beta{beta:g}-lr{lr:g}-sft{sft_weight:g}"
-        var = RunLayout(work_dir(base.root, f"sweep-{tag}"))  # the point's own layout
-        planner, pred = var.model("dpo", "planner"), var.predictions("decoupled-dpo")
-        var.logs.mkdir(parents=True, exist_ok=True)
-        overrides = [
-            *seed_overrides(seed, runs),
-            f"dpo.beta={beta}",
-            f"dpo.learning_rate={lr}",
-            f"dpo.sft_weight={sft_weight}",
-        ]
-        recipe = load_recipe(config, overrides)
+        own = sweep_overrides(seed, runs, beta, lr, sft_weight)
         t0 = time.time()
-        if not (planner / COMPLETED).is_file():
-            launch(
-                recipe,
-                [
-                    "dpo",
-                    "--role",
-                    "planner",
-                    "--pairs",
-                    str(base.pairs("planner")),
-                    "--model",
-                    str(base.model("sft", "planner")),
-                    "--out",
-                    str(planner),
-                    "--config",
-                    str(config),
-                    *overrides,
-                ],
-                var.log("dpo-planner"),
-            )
-        if not (pred / COMPLETED).is_file():
-            launch(
-                recipe,
-                [
-                    "infer",
-                    "--mode",
-                    "decoupled",
-                    "--planner",
-                    str(planner),
-                    "--generator",
-                    str(base.model("sft", "generator")),
-                    "--data",
-                    str(base.data),
-                    "--split",
-                    "test",
-                    "--out",
-                    str(pred),
-                    "--config",
-                    str(config),
-                    *overrides,
-                ],
-                var.log("infer-decoupled-dpo"),
-            )
-        report = evaluate(pred / "predictions.jsonl", var.report("decoupled-dpo"), name=tag)
-        manifest = read_json(planner / "manifest.json")
+        cmd = [sys.executable, "-m", "esc_dist", "pipeline", "--config", str(config)]
+        cmd += ["--reuse", str(base.root), "--only", ",".join(SWEEP_STAGES), *own]
+        subprocess.run(cmd, check=True, cwd=ROOT)
+        stages, _ = plan_reusing(resolve(load_recipe(config, own)), base.root)
+        out = {st.name: st.out for st in stages}
+        report = load_report(out["eval-decoupled-dpo"] / "report.json")
+        manifest = read_json(out["dpo-planner"] / "manifest.json")
         results.append(
             {
                 "beta": beta,
@@ -308,8 +282,8 @@ def render(results: dict) -> str:
     if results.get("sweep"):
         lines += [
             f"**Planner DPO sensitivity** (seed {results['sweep_seed']}: its SFT planner "
-            "and judged planner pairs; Decoupled inference on the test split with its SFT "
-            "generator; one run per point). The first row is the SFT planner itself.",
+            "and judged planner pairs; Decoupled inference on the test split; one run per "
+            "point). The first row is the SFT planner itself.",
             "",
             "| beta | lr | sft_weight | steps | reward acc. | Q % | weighted-F1 % | B | "
             "accuracy % | unparseable |",

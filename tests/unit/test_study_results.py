@@ -77,3 +77,24 @@ def test_the_paper_pairs_arm_changes_only_the_planners_pairs_and_dpo(tmp_path):
     after = {s.name: stage_key(s, arm) for s in plan(arm)}
     assert before.keys() == after.keys()
     assert {n for n in before if before[n] != after[n]} == {"judge-planner", "dpo-planner"}
+
+
+def test_a_sweep_point_changes_only_the_planners_dpo(tmp_path):
+    """The mini-replication's sweep points are variants of the seed's run that change the
+    planner's DPO settings alone: every other stage is reused, scored by the pipeline's own
+    inference and eval stages."""
+    from esc_dist.config import load_recipe
+    from esc_dist.pipeline import plan, stage_key
+    from experiments import mini_replication as mini
+
+    runs = tmp_path / "runs"
+    base = load_recipe(mini.CONFIG, mini.seed_overrides(0, runs))
+    for point in mini.SWEEP:
+        over = mini.sweep_overrides(0, runs, *point)
+        point_recipe = load_recipe(mini.CONFIG, [*over[:-1], f"run.output_dir={runs / 'seed-0'}"])
+        before = {s.name: stage_key(s, base) for s in plan(base)}
+        after = {s.name: stage_key(s, point_recipe) for s in plan(point_recipe)}
+        own = (base.dpo.beta, base.dpo.learning_rate, base.dpo.sft_weight) == point
+        changed = {n for n in before if before[n] != after[n]}
+        assert changed == (set() if own else {"dpo-planner"}), point  # the recipe's own: reused
+        assert set(mini.SWEEP_STAGES) <= set(after)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +34,20 @@ class Study:
 def write_section(text: str, start: str, end: str, path: Path = RESULTS_MD) -> None:
     """Replace a study's marked section of ``experiments/RESULTS.md`` (or ``path``)."""
     _write_section(text, start, end, path)
+
+
+def run_pipeline(
+    config: Path, overrides: list[str], only: tuple[str, ...] = (), reuse: Path | None = None
+) -> None:
+    """``esc-dist pipeline`` of ``config`` with ``overrides`` (``only`` these stages; ``reuse``:
+    the run this one is a variant of), its output on this terminal; stops the study on failure
+    (the failing stage's log is named)."""
+    cmd = [sys.executable, "-m", "esc_dist", "pipeline", "--config", str(config)]
+    cmd += ["--only", ",".join(only)] if only else []
+    cmd += ["--reuse", str(reuse)] if reuse else []
+    print(" ".join(cmd[3:] + overrides), flush=True)
+    if subprocess.run(cmd + overrides, cwd=ROOT).returncode != 0:
+        raise SystemExit(f"the pipeline failed ({' '.join(overrides)}); see its stage log")
 
 
 def launch(recipe, args: list[str], log: Path) -> None:

@@ -30,8 +30,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -52,6 +50,7 @@ from experiments.common import (
     RESULTS,
     ROOT,
     mean_std,
+    run_pipeline,
     stage_seconds,
     write_section,
 )
@@ -85,17 +84,7 @@ def seed_overrides(seed: int, runs: Path) -> list[str]:
 
 def run_seed(config: Path, seed: int, runs: Path) -> None:
     """Run (or resume) one seed's pipeline."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "esc_dist",
-        "pipeline",
-        "--config",
-        str(config),
-        *seed_overrides(seed, runs),
-    ]
-    print(f"seed {seed}: {' '.join(cmd[3:])}", flush=True)
-    subprocess.run(cmd, check=True, cwd=ROOT)
+    run_pipeline(config, seed_overrides(seed, runs))
 
 
 def scores_of_report(report: dict) -> dict:
@@ -166,9 +155,7 @@ def sweep(config: Path, runs: Path, seed: int, points) -> list[dict]:
         tag = f"beta{beta:g}-lr{lr:g}-sft{sft_weight:g}"
         own = sweep_overrides(seed, runs, beta, lr, sft_weight)
         t0 = time.time()
-        cmd = [sys.executable, "-m", "esc_dist", "pipeline", "--config", str(config)]
-        cmd += ["--reuse", str(base.root), "--only", ",".join(SWEEP_STAGES), *own]
-        subprocess.run(cmd, check=True, cwd=ROOT)
+        run_pipeline(config, own, SWEEP_STAGES, reuse=base.root)
         stages, _ = plan_reusing(resolve(load_recipe(config, own)), base.root)
         out = {st.name: st.out for st in stages}
         report = load_report(out["eval-decoupled-dpo"] / "report.json")

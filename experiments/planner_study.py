@@ -44,8 +44,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -58,7 +56,15 @@ from esc_dist.io import COMPLETED, atomic_write_json, read_json
 from esc_dist.layout import RunLayout, training_work, work_dir
 from esc_dist.strategies import STRATEGIES
 from experiments import common
-from experiments.common import ROOT, Study, launch, mean_std, stage_seconds, write_section
+from experiments.common import (
+    ROOT,
+    Study,
+    launch,
+    mean_std,
+    run_pipeline,
+    stage_seconds,
+    write_section,
+)
 
 RESULTS = common.RESULTS / "planner_study"
 START, END = "<!-- planner-study:start -->", "<!-- planner-study:end -->"
@@ -116,23 +122,7 @@ def pipeline(
 ) -> None:
     """``stages`` of the seed's run (``extra``: more overrides; ``reuse``: the run this one is
     a variant of, see ``esc-dist pipeline --reuse``)."""
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "esc_dist",
-            "pipeline",
-            "--config",
-            str(config),
-            "--only",
-            ",".join(stages),
-            *(["--reuse", str(reuse)] if reuse else []),
-            *overrides(seed, runs, extra),
-        ],
-        cwd=ROOT,
-    )
-    if r.returncode != 0:
-        raise SystemExit(f"seed {seed}: the pipeline failed (see its stage logs)")
+    run_pipeline(config, overrides(seed, runs, extra), stages, reuse)
 
 
 def predict(

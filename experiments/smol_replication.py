@@ -68,7 +68,7 @@ from esc_dist.pipeline import plan_reusing, resolve
 from esc_dist.psych.names import ERROR_TYPES
 from esc_dist.strategies import STRATEGIES
 from experiments import common
-from experiments.common import ROOT, launch, mean_std, stage_seconds, write_section
+from experiments.common import ROOT, launch, mean_std, run_pipeline, stage_seconds, write_section
 
 CONFIG = ROOT / "configs" / "mini-smol.yaml"
 README = ROOT / "README.md"
@@ -166,24 +166,6 @@ def esc(args: list[str], log: Path) -> None:
             stdout=f,
             stderr=subprocess.STDOUT,
         )
-
-
-def run_pipeline(
-    config: Path, overrides: list[str], only: tuple[str, ...] = (), reuse: Path | None = None
-) -> None:
-    cmd = [
-        sys.executable,
-        "-m",
-        "esc_dist",
-        "pipeline",
-        "--config",
-        str(config),
-        *(["--only", ",".join(only)] if only else []),
-        *(["--reuse", str(reuse)] if reuse else []),
-        *overrides,
-    ]
-    print(" ".join(cmd[3:]), flush=True)
-    subprocess.run(cmd, check=True, cwd=ROOT)
 
 
 def infer_and_eval(

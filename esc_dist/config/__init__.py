@@ -6,6 +6,7 @@ from .loader import dump_recipe, load_recipe, parse_override, redact
 from .sections import (
     AUTO_ATTENTION,
     FLASH_ATTENTION,
+    MASK_ATTENTION,
     NEUTRAL_KEYS,
     PADDING_FREE_ATTENTION,
     DataConfig,
@@ -43,6 +44,7 @@ __all__ = [
     "MineConfig",
     "ModelConfig",
     "NEUTRAL_KEYS",
+    "MASK_ATTENTION",
     "PADDING_FREE_ATTENTION",
     "PipelineConfig",
     "Recipe",

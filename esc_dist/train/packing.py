@@ -34,18 +34,16 @@ precomputed and live reference run unchanged.
 
 from __future__ import annotations
 
+from ..config import MASK_ATTENTION
+
 PACKED_KEYS = ("packed_input_ids", "packed_position_ids", "packed_sequences", "packed_source")
 PROMPT, CHOSEN, REJECTED = 0, 1, 2  # the part of a sequence a token belongs to
 PAD = -1
-MASK_BACKENDS = ("sdpa", "eager")  # attention implementations that take a 4D mask
 
 
 def takes_mask(attn_implementation: str | None) -> bool:
-    return attn_implementation in MASK_BACKENDS
-
-
-def supports_shared_prompt(attn_implementation: str | None) -> bool:
-    return takes_mask(attn_implementation)
+    """Whether the attention implementation takes a 4D mask (config.MASK_ATTENTION)."""
+    return attn_implementation in MASK_ATTENTION
 
 
 def _tag(sequence: int, part: int) -> int:

@@ -1,7 +1,9 @@
 """Fixtures shared by every test group (tests/unit, tests/distributed, tests/slurm); the helpers
 and paths they use are in tests/helpers.py."""
 
+import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,17 @@ def pytest_configure(config):
     from esc_dist.log import quiet_libraries
 
     quiet_libraries()
+
+
+def pytest_runtest_logreport(report):
+    """ESC_DIST_TEST_TIMES=FILE: each test's setup, call and teardown seconds appended to FILE as
+    it finishes (a JSON line each), so that even a run cut short shows where the time went;
+    ``python -m tests.times FILE`` sums them per file and lists the slowest."""
+    path = os.environ.get("ESC_DIST_TEST_TIMES")
+    if path:
+        with open(path, "a") as f:
+            line = {"test": report.nodeid, "phase": report.when, "seconds": report.duration}
+            f.write(json.dumps({**line, "outcome": report.outcome, "at": time.time()}) + "\n")
 
 
 @pytest.fixture(autouse=True)

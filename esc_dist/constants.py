@@ -5,6 +5,8 @@ from __future__ import annotations
 # The three models the method trains: planner (strategy), generator (reply given a strategy),
 # vanilla (joint "[Strategy] reply" baseline).
 ROLES: tuple[str, ...] = ("planner", "generator", "vanilla")
+# the roles whose pairs oppose two strategies (judge.balance caps them per strategy)
+BALANCED_ROLES: tuple[str, ...] = ("planner", "vanilla")
 
 # Inference modes: planner then generator, the joint model, the generator alone conditioned on the
 # gold strategies (how well it realises a strategy it is given), or the planner alone (strategies,

@@ -22,6 +22,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 from .config import Recipe, dump_recipe, key_view
 from .constants import GOLD_SYSTEMS, ROLES, SYSTEM_TITLES, SYSTEMS
@@ -304,7 +305,7 @@ def content_of(manifest):
 
 
 def stage_key(stage: Stage, recipe: Recipe) -> str:
-    if stage.args[0] in TRAINING:  # a role's own settings (sft.roles, dpo.roles) only
+    if stage.args[0] in (*TRAINING, "judge"):  # the settings that apply to the role only
         recipe = recipe.for_role(stage.args[stage.args.index("--role") + 1])
     cfg = key_view(recipe)
     inputs = []
@@ -595,6 +596,22 @@ def plan_reusing(recipe: Recipe, base: str | Path) -> tuple[list[Stage], set[str
         else:
             stages.append(stage)
     return stages, reused
+
+
+def needed_stages(stages: list[Stage], reused: set[str], targets: Sequence[str]) -> tuple[str, ...]:
+    """The names, in plan order, of the stages a variant (``plan_reusing``'s answer) must run
+    itself for ``targets``: the targets and every stage whose output they read, directly or
+    not, that is not reused."""
+    by_name = {s.name: s for s in stages}
+    made_by = {s.out: s.name for s in stages}
+    todo, needed = list(targets), set()
+    while todo:
+        name = todo.pop()
+        if name in reused or name in needed:
+            continue
+        needed.add(name)
+        todo += [made_by[p] for p in by_name[name].inputs if p in made_by]
+    return tuple(s.name for s in stages if s.name in needed)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -64,7 +64,7 @@ RECORDED: dict[str, str] = {
     "base-model": "787719e828f1e741",
     "sft": "b61e8838c3b95b14",
     "mine": "b868cd3442397f17",
-    "judge": "3714b1f7b8f1c2df",
+    "judge": "d4675c1594f4e781",
     "dpo": "6c90e3e7b651bbd4",
     "infer": "c0eeb5621c60eb8e",
     "eval": "ad780342593250ca",

@@ -14,16 +14,20 @@ Variants, each on one seed (``--variant-seed``, default the first seed), reusing
 models and mined pairs where they can (the seed's stages a variant reads run first and are skipped
 when current, so a variant also runs on a seed whose run directory is gone):
 
-- ``balanced``: the planner and vanilla pairs judged again with ``judge.balance: true`` (kept
-  pairs capped per chosen and per rejected strategy), their DPO, and Decoupled-DPO (with the
-  seed's DPO generator) and Vanilla-DPO inferred and scored again;
+- ``balanced``: the override ``judge.balance=true`` on the seed's run, as a pipeline variant
+  (``esc-dist pipeline --reuse``): the planner and vanilla pairs judged again (kept pairs
+  capped per chosen and per rejected strategy), their DPO, and Decoupled-DPO (with the seed's
+  DPO generator, reused) and Vanilla-DPO inferred and scored again;
 - ``no-tags``: the planner without past strategies in its prompts
   (``data.history_strategy_tags: false``): the data prepared again, the planner's SFT, mining,
   judge and DPO, and Decoupled-SFT and Decoupled-DPO inferred and scored again with the seed's
   own generators (the generator's prompt never shows strategy tags, so they are unchanged).
+  Built by hand, stage by stage: as a recipe override the setting would change the joint
+  model's data as well, and the prepared data's key covers every role, so the pipeline would
+  train every model again.
 
 Their numbers go to ``experiments/results/mini_smol/variant-NAME-seed-K.json``. The pipeline's
-stages resume by their keys; the steps of this script (zero-shot, variants) are skipped when
+stages resume by their keys; the zero-shot baseline and the ``no-tags`` steps are skipped when
 their output is complete, whatever the recipe: after changing the recipe, delete ``RUN/extra``.
 
 The report (every run of the script ends with it, and ``--report-only`` runs nothing else) is
@@ -56,7 +60,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from esc_dist.config import load_recipe
-from esc_dist.constants import SYSTEM_TITLES, SYSTEMS
+from esc_dist.constants import ROLES, SYSTEM_TITLES, SYSTEMS
 from esc_dist.eval.baselines import BASELINES, strategy_baselines
 from esc_dist.eval.compare import load_report
 from esc_dist.eval.plots import plot_preferences
@@ -64,7 +68,7 @@ from esc_dist.eval.predictions import load_predictions
 from esc_dist.eval.strategy import strategy_metrics
 from esc_dist.io import COMPLETED, atomic_write_json, read_json
 from esc_dist.layout import RunLayout, work_dir
-from esc_dist.pipeline import plan_reusing, resolve
+from esc_dist.pipeline import needed_stages, plan_reusing, resolve
 from esc_dist.psych.names import ERROR_TYPES
 from esc_dist.strategies import STRATEGIES
 from experiments import common
@@ -135,6 +139,11 @@ VARIANT_SYSTEMS = {
     "balanced": ("vanilla-dpo", "decoupled-dpo"),
     "no-tags": ("decoupled-sft", "decoupled-dpo"),
 }
+# variants declared as overrides of the seed's run: a pipeline run into RUN/extra/NAME that
+# reuses every stage whose key they leave unchanged (esc-dist pipeline --reuse) and runs the
+# pipeline's stages of VARIANT_SYSTEMS only. judge.balance changes the planner's and the joint
+# model's judge stages alone (the generator's verdicts do not depend on it: JudgeConfig.for_role)
+DECLARED = {"balanced": ("judge.balance=true",)}
 # the seed's pipeline stages a variant reads (it runs them first; current ones are skipped)
 _GENERATOR = ("sft-generator", "mine-generator", "judge-generator", "dpo-generator")
 VARIANT_STAGES = {
@@ -233,78 +242,6 @@ def zero_shot(config: Path, overrides: list[str], run: Path) -> Path:
         ZERO_SHOT,
         ["--mode", "decoupled", "--planner", str(base), "--generator", str(base)],
     )
-
-
-def balanced_variant(config: Path, runs: Path, seed: int) -> dict[str, Path]:
-    """Judge the seed's planner and vanilla pairs with judge.balance, DPO them, and infer and
-    score Vanilla-DPO and Decoupled-DPO with them; returns the report directory per system."""
-    overrides = [*seed_overrides(seed, runs), "judge.balance=true"]
-    recipe = load_recipe(config, overrides)
-    run = RunLayout(runs / f"seed-{seed}")
-    extra = work_dir(run.root, "balanced")
-    extra.mkdir(parents=True, exist_ok=True)
-    for role in ("planner", "vanilla"):
-        kept, model = extra / f"prefdial-{role}", extra / f"dpo-{role}"
-        if not (kept / COMPLETED).is_file():
-            esc(
-                [
-                    "judge",
-                    "--role",
-                    role,
-                    "--pairs",
-                    str(run.mined(role) / "pairs.jsonl"),
-                    "--out",
-                    str(kept),
-                    "--config",
-                    str(config),
-                    *overrides,
-                ],
-                extra / f"judge-{role}.log",
-            )
-        if not (model / COMPLETED).is_file():
-            launch(
-                recipe,
-                [
-                    "dpo",
-                    "--role",
-                    role,
-                    "--pairs",
-                    str(kept),
-                    "--model",
-                    str(run.model("sft", role)),
-                    "--out",
-                    str(model),
-                    "--config",
-                    str(config),
-                    *overrides,
-                ],
-                extra / f"dpo-{role}.log",
-            )
-    return {
-        "vanilla-dpo": infer_and_eval(
-            recipe,
-            config,
-            overrides,
-            run.root,
-            "balanced/vanilla-dpo",
-            ["--mode", "vanilla", "--model", str(extra / "dpo-vanilla")],
-        ),
-        "decoupled-dpo": infer_and_eval(
-            recipe,
-            config,
-            overrides,
-            run.root,
-            "balanced/decoupled-dpo",
-            [
-                "--mode",
-                "decoupled",
-                "--planner",
-                str(extra / "dpo-planner"),
-                "--generator",
-                str(run.model("dpo", "generator")),
-            ],
-        ),
-    }
 
 
 def no_tags_variant(config: Path, runs: Path, seed: int) -> dict[str, Path]:
@@ -570,10 +507,34 @@ def run_variant(config: Path, runs: Path, seed: int, variant: str) -> None:
     the variant's own steps; its time counts the latter only."""
     run_pipeline(config, seed_overrides(seed, runs), VARIANT_STAGES[variant])
     t0 = time.time()
-    reports = (balanced_variant if variant == "balanced" else no_tags_variant)(config, runs, seed)
-    result = seed_result(config, runs, seed, reports, variant)
+    if variant in DECLARED:
+        reports, pairs = declared_variant(config, runs, seed, variant)
+    else:
+        reports, pairs = no_tags_variant(config, runs, seed), None
+    result = seed_result(config, runs, seed, reports, variant, pairs)
     result["seconds_this_run"] = round(time.time() - t0, 1)  # 0-ish when all was done before
     save_result(result, seed, variant)
+
+
+def declared_variant(
+    config: Path, runs: Path, seed: int, variant: str
+) -> tuple[dict[str, Path], dict[str, Path]]:
+    """A variant of :data:`DECLARED` on the seed's run: the pipeline with its overrides into
+    RUN/extra/VARIANT, through the stages of its systems, every unchanged stage reused; the
+    report directory per system and the pairs directory per role (the variant's or reused)."""
+    run = RunLayout(runs / f"seed-{seed}")
+    own = [
+        *seed_overrides(seed, runs),
+        *DECLARED[variant],
+        f"run.output_dir={work_dir(run.root, variant)}",
+    ]
+    recipe = resolve(load_recipe(config, own))
+    systems = VARIANT_SYSTEMS[variant]
+    needed = needed_stages(*plan_reusing(recipe, run.root), [f"eval-{s}" for s in systems])
+    run_pipeline(config, own, only=needed, reuse=run.root)
+    stages, _ = plan_reusing(recipe, run.root)
+    out = {st.name: st.out for st in stages}
+    return {s: out[f"eval-{s}"] for s in systems}, {r: out[f"judge-{r}"] for r in ROLES}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ..constants import BALANCED_ROLES
 from ..errors import ConfigError
 from ..names import check_name
 from ..redaction import looks_secret
@@ -473,6 +474,17 @@ class JudgeConfig:
     # failing the stage; 0: any request that never succeeded fails it.
     max_failed_share: float = 0.0
 
+    def for_role(self, role: str) -> JudgeConfig:
+        """The settings that decide ``role``'s verdicts: ``keep_unparseable`` only judges planner
+        samples and ``balance`` only caps the pairs of :data:`BALANCED_ROLES`; for the other
+        roles they are at their defaults, so that changing them leaves those roles' judge
+        stages current."""
+        if role != "planner":
+            self = dataclasses.replace(self, keep_unparseable=JudgeConfig.keep_unparseable)
+        if role not in BALANCED_ROLES:
+            self = dataclasses.replace(self, balance=JudgeConfig.balance)
+        return self
+
     def validate(self, source: str) -> None:
         _env_names(source, "judge", self)
         _require(
@@ -623,9 +635,14 @@ class Recipe:
         return dataclasses.asdict(self)
 
     def for_role(self, role: str) -> Recipe:
-        """The recipe as ``role``'s training stages see it: ``sft`` and ``dpo`` with their
-        ``roles`` entry for it applied."""
-        return dataclasses.replace(self, sft=self.sft.for_role(role), dpo=self.dpo.for_role(role))
+        """The recipe as ``role``'s stages see it: ``sft`` and ``dpo`` with their ``roles``
+        entry for it applied, ``judge`` without the settings that do not apply to it."""
+        return dataclasses.replace(
+            self,
+            sft=self.sft.for_role(role),
+            dpo=self.dpo.for_role(role),
+            judge=self.judge.for_role(role),
+        )
 
     def validate(self, source: str) -> None:
         """Checks that span sections (each section checks its own keys)."""

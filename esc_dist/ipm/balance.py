@@ -20,9 +20,7 @@ import statistics
 from collections import Counter
 from typing import Any, Mapping, Sequence
 
-from ..constants import UNPARSEABLE
-
-BALANCED_ROLES = ("planner", "vanilla")
+from ..constants import BALANCED_ROLES, UNPARSEABLE
 
 
 def _sides(pair: Mapping[str, Any]) -> tuple[str, str]:

@@ -27,7 +27,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 from .. import __version__
 from ..config import JudgeConfig, Recipe, redact
-from ..constants import ROLES, UNPARSEABLE
+from ..constants import BALANCED_ROLES, ROLES, UNPARSEABLE
 from ..errors import PairsError
 from ..io import (
     atomic_write_json,
@@ -331,7 +331,7 @@ def decide(
             cache_dir = cache_dir or default_cache_dir(out_dir)
             client = LLMClient.from_config(cfg, cache_dir, PROMPT_VERSION)
         found = judge_pairs(subset, cfg, cache_dir, client=client)
-        if cfg.balance:
+        if cfg.balance and any(p["role"] in BALANCED_ROLES for p in subset):
             found, balanced = balance(subset, found, seed)
         for i, v in zip(judged, found):
             verdicts[i] = v

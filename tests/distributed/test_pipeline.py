@@ -124,7 +124,7 @@ def _a_variant_reuses_what_it_shares(tmp_path, settings):
     base run's outputs."""
     from dataclasses import replace
 
-    from esc_dist.pipeline import plan_reusing, resolve
+    from esc_dist.pipeline import needed_stages, plan_reusing, resolve
 
     base, var = tmp_path / "run", tmp_path / "var"
     # another tiny model over the same data: prepare is reused, tiny-model runs
@@ -156,6 +156,11 @@ def _a_variant_reuses_what_it_shares(tmp_path, settings):
     sft = next(s for s in stages if s.name == "sft-planner")
     assert sft.inputs == [base / "data", var / "models" / "tiny"]
     assert str(base / "data") in sft.args and sft.out == var / "models/sft-planner"
+    # what the variant runs for its planner's DPO: the chain from its own tiny model, not the
+    # reused data, not the other roles' stages
+    assert needed_stages(stages, reused, ["dpo-planner"]) == (
+        "tiny-model", "sft-planner", "mine-planner", "judge-planner", "dpo-planner",
+    )  # fmt: skip
     # the base's own settings: both stages reused
     same = resolve(load_recipe(ROOT / "configs" / "tiny-cpu.yaml", overrides))
     stages, reused = plan_reusing(same, base)

@@ -589,3 +589,16 @@ def test_balanced_build(tmp_path):
         == after["drop_reasons"]["balance"]
     )
     assert max(bal["rejected_after"].values()) <= bal["caps"]["rejected"]
+
+
+def test_generator_pairs_are_judged_the_same_with_or_without_balance(tmp_path):
+    """judge.balance does not touch a generator pairs file: same kept pairs and statistics (no
+    balancing report), which is why the generator's judge stage key leaves it out."""
+    pairs = [gen(f"g{i}-t001#s0", KIND, "Ok.") for i in range(5)]
+    pairs_file = write_pairs(tmp_path / "g.jsonl", pairs)
+    plain, bal = tmp_path / "plain", tmp_path / "balanced"
+    build_prefdial(pairs_file, plain, JudgeConfig(), role="generator")
+    build_prefdial(pairs_file, bal, JudgeConfig(balance=True), role="generator")
+    assert read_json(bal / "stats.json") == read_json(plain / "stats.json")
+    assert (bal / "pairs.jsonl").read_text() == (plain / "pairs.jsonl").read_text()
+    assert JudgeConfig(balance=True, keep_unparseable=False).for_role("generator") == JudgeConfig()

@@ -98,3 +98,18 @@ def test_a_sweep_point_changes_only_the_planners_dpo(tmp_path):
         changed = {n for n in before if before[n] != after[n]}
         assert changed == (set() if own else {"dpo-planner"}), point  # the recipe's own: reused
         assert set(mini.SWEEP_STAGES) <= set(after)
+
+
+def test_the_balanced_variant_changes_only_the_judge_of_the_strategy_pairs(tmp_path):
+    """``balanced`` is a declared variant of the seed's run: ``judge.balance`` changes the keys
+    of the planner's and the joint model's judge stages alone (the generator's verdicts do not
+    depend on it), so the seed's generator, its pairs and every SFT model are reused; the
+    stages it runs itself are those its two systems' scores read and that change."""
+    from esc_dist.pipeline import plan, stage_key
+
+    over = [f"run.output_dir={tmp_path}", "run.seed=0"]
+    base = smol.load_recipe(smol.CONFIG, over)
+    variant = smol.load_recipe(smol.CONFIG, [*over, *smol.DECLARED["balanced"]])
+    before = {s.name: stage_key(s, base) for s in plan(base)}
+    after = {s.name: stage_key(s, variant) for s in plan(variant)}
+    assert {n for n in before if before[n] != after[n]} == {"judge-planner", "judge-vanilla"}

@@ -16,6 +16,13 @@ cd "$root"
 "$venv/bin/ruff" check --quiet . || { echo "launch/test.sh: ruff check failed (see above)" >&2; exit 1; }
 "$venv/bin/ruff" format --check --quiet . ||
   { echo "launch/test.sh: files need ruff format (listed above)" >&2; exit 1; }
-# --durations: the 40 slowest tests at the end, where the suite's time goes (CI must stay under 60
-# minutes: see docs/development.md)
-exec "$venv/bin/python" -m pytest -q --durations=40 "$@"
+# Where the suite's time goes (CI must stay under 60 minutes: see docs/development.md): each
+# test's seconds are written to test-artifacts/test-times.jsonl as it finishes (kept after a run
+# cut short), and summed per file after the run, with the 40 slowest tests.
+mkdir -p "$root/test-artifacts"
+times="${ESC_DIST_TEST_TIMES:-$root/test-artifacts/test-times.jsonl}"
+rm -f "$times"
+rc=0
+ESC_DIST_TEST_TIMES="$times" "$venv/bin/python" -m pytest -q "$@" || rc=$?
+[[ -s "$times" ]] && "$venv/bin/python" -m tests.times "$times" 40
+exit "$rc"

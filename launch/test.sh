@@ -24,5 +24,5 @@ times="${ESC_DIST_TEST_TIMES:-$root/test-artifacts/test-times.jsonl}"
 rm -f "$times"
 rc=0
 ESC_DIST_TEST_TIMES="$times" "$venv/bin/python" -m pytest -q "$@" || rc=$?
-[[ -s "$times" ]] && "$venv/bin/python" -m tests.times "$times" 40
+[[ -s "$times" ]] && { "$venv/bin/python" -m tests.times "$times" 40 || true; }
 exit "$rc"

@@ -13,7 +13,10 @@ def main(argv: list[str]) -> None:
     per_test: dict[str, float] = defaultdict(float)
     with open(path) as f:
         for line in f:
-            r = json.loads(line)
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError:  # the line a run cut short was writing
+                continue
             per_test[r["test"]] += r["seconds"]
     per_file: dict[str, float] = defaultdict(float)
     for test, s in per_test.items():

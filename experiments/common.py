@@ -11,9 +11,10 @@ from pathlib import Path
 
 from benchmarks.report import ROOT
 from benchmarks.report import write_section as _write_section
+from esc_dist.config import load_recipe
 from esc_dist.dist import free_port
 from esc_dist.io import read_json
-from esc_dist.pipeline import launcher_cmd, plan
+from esc_dist.pipeline import launcher_cmd, needed_stages, plan, plan_reusing, resolve
 
 RESULTS_MD = ROOT / "experiments" / "RESULTS.md"  # every study's section and its reading
 RESULTS = ROOT / "experiments" / "results"  # the committed result files they render from
@@ -48,6 +49,21 @@ def run_pipeline(
     print(" ".join(cmd[3:] + overrides), flush=True)
     if subprocess.run(cmd + overrides, cwd=ROOT).returncode != 0:
         raise SystemExit(f"the pipeline failed ({' '.join(overrides)}); see its stage log")
+
+
+def run_reusing(
+    config: Path, overrides: list[str], base: Path, targets: tuple[str, ...] = ()
+) -> dict[str, Path]:
+    """A variant of the run in ``base``: ``esc-dist pipeline --reuse base`` of ``config`` with
+    ``overrides`` (its own ``run.output_dir`` among them), through the stages ``targets`` need
+    (``pipeline.needed_stages``; none given: every stage; nothing runs when ``base`` holds them
+    all). Returns each stage's output directory, in ``base`` for the stages it reused."""
+    stages, reused = plan_reusing(resolve(load_recipe(config, overrides)), base)
+    if not targets:
+        run_pipeline(config, overrides, reuse=base)
+    elif only := needed_stages(stages, reused, targets):
+        run_pipeline(config, overrides, only=only, reuse=base)
+    return {st.name: st.out for st in stages}
 
 
 def launch(recipe, args: list[str], log: Path) -> None:

@@ -44,13 +44,14 @@ from esc_dist.eval.predictions import load_predictions
 from esc_dist.eval.strategy import strategy_metrics
 from esc_dist.io import atomic_write_json, read_json
 from esc_dist.layout import RunLayout, work_dir
-from esc_dist.pipeline import plan, plan_reusing, resolve
+from esc_dist.pipeline import plan
 from esc_dist.strategies import STRATEGIES
 from experiments.common import (
     RESULTS,
     ROOT,
     mean_std,
     run_pipeline,
+    run_reusing,
     stage_seconds,
     write_section,
 )
@@ -155,9 +156,7 @@ def sweep(config: Path, runs: Path, seed: int, points) -> list[dict]:
         tag = f"beta{beta:g}-lr{lr:g}-sft{sft_weight:g}"
         own = sweep_overrides(seed, runs, beta, lr, sft_weight)
         t0 = time.time()
-        run_pipeline(config, own, SWEEP_STAGES, reuse=base.root)
-        stages, _ = plan_reusing(resolve(load_recipe(config, own)), base.root)
-        out = {st.name: st.out for st in stages}
+        out = run_reusing(config, own, base.root, SWEEP_STAGES)
         report = load_report(out["eval-decoupled-dpo"] / "report.json")
         manifest = read_json(out["dpo-planner"] / "manifest.json")
         results.append(

@@ -68,11 +68,18 @@ from esc_dist.eval.predictions import load_predictions
 from esc_dist.eval.strategy import strategy_metrics
 from esc_dist.io import COMPLETED, atomic_write_json, read_json
 from esc_dist.layout import RunLayout, work_dir
-from esc_dist.pipeline import needed_stages, plan_reusing, resolve
 from esc_dist.psych.names import ERROR_TYPES
 from esc_dist.strategies import STRATEGIES
 from experiments import common
-from experiments.common import ROOT, launch, mean_std, run_pipeline, stage_seconds, write_section
+from experiments.common import (
+    ROOT,
+    launch,
+    mean_std,
+    run_pipeline,
+    run_reusing,
+    stage_seconds,
+    write_section,
+)
 
 CONFIG = ROOT / "configs" / "mini-smol.yaml"
 README = ROOT / "README.md"
@@ -490,11 +497,9 @@ def run_seed(config: Path, runs: Path, seed: int, arm: Arm = JUDGED) -> None:
     pairs = None
     if arm.overrides:
         own = [*overrides, *arm.overrides, f"run.output_dir={work_dir(run.root, arm.name)}"]
-        run_pipeline(config, own, reuse=run.root)
-        stages, _ = plan_reusing(resolve(load_recipe(config, own)), run.root)
-        out = {st.name: st.out for st in stages}
+        out = run_reusing(config, own, run.root)
         reports.update({s: out[f"eval-{s}"] for s in SYSTEMS})
-        pairs = {role: out[f"judge-{role}"] for role in ("planner", "generator", "vanilla")}
+        pairs = {role: out[f"judge-{role}"] for role in ROLES}
     result = seed_result(config, runs, seed, reports, pairs=pairs)
     if arm.overrides:
         result["pairs"], result["overrides"] = arm.name, list(arm.overrides)
@@ -528,12 +533,8 @@ def declared_variant(
         *DECLARED[variant],
         f"run.output_dir={work_dir(run.root, variant)}",
     ]
-    recipe = resolve(load_recipe(config, own))
     systems = VARIANT_SYSTEMS[variant]
-    needed = needed_stages(*plan_reusing(recipe, run.root), [f"eval-{s}" for s in systems])
-    run_pipeline(config, own, only=needed, reuse=run.root)
-    stages, _ = plan_reusing(recipe, run.root)
-    out = {st.name: st.out for st in stages}
+    out = run_reusing(config, own, run.root, tuple(f"eval-{s}" for s in systems))
     return {s: out[f"eval-{s}"] for s in systems}, {r: out[f"judge-{r}"] for r in ROLES}
 
 

@@ -223,6 +223,11 @@ def shutdown(ok: bool = True) -> None:
             td.barrier()
     finally:
         td.destroy_process_group()
+        # accelerate's state still describes the destroyed group: a later command in this
+        # process would start its first barrier on it
+        from .internals import forget_accelerate_state
+
+        forget_accelerate_state()
 
 
 def all_gather_object(obj: Any) -> list[Any]:

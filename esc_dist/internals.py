@@ -1,10 +1,10 @@
-"""Every private name of TRL, transformers and DeepSpeed that esc-dist uses, behind one door.
+"""Every private name of TRL, transformers, DeepSpeed and accelerate esc-dist uses, in one place.
 
 These libraries' public APIs do not yet offer what these names do (a DPO collator to wrap, the
 fused LM head to extend, a reference engine to offload, DeepSpeed's universal checkpoint
 conversion and its CPU shared-memory build, a cache layer's type, the chat template renderer of
 the GGUF conversion, two trainer methods overridden, the attention implementation a loaded model
-resolved). They were checked against the versions in
+resolved, accelerate's state reset). They were checked against the versions in
 ``CHECKED`` (``constraints/cpu.txt``); a GPU node may have another stack. So:
 
 - on a version not checked, one warning per library and process names both versions;
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import sys
 from contextlib import contextmanager
 from typing import Any, Iterator
 
@@ -28,7 +29,12 @@ from .log import get_logger
 
 log = get_logger(__name__)
 
-CHECKED = {"transformers": "5.24.0", "trl": "1.16.0", "deepspeed": "0.19.8"}
+CHECKED = {
+    "transformers": "5.24.0",
+    "trl": "1.16.0",
+    "deepspeed": "0.19.8",
+    "accelerate": "1.15.0",
+}
 _warned: set[str] = set()
 
 
@@ -111,6 +117,20 @@ def attention_of(model) -> str | None:
         raise _missing("transformers.configuration_utils", "PretrainedConfig._attn_implementation")
     check_version("transformers")
     return config._attn_implementation
+
+
+def forget_accelerate_state() -> None:
+    """Make accelerate forget its process-wide state (``AcceleratorState`` and
+    ``PartialState``, through their private ``_reset_state``) once the process group it
+    describes is destroyed: otherwise a later command in the same process (a notebook, a test)
+    finds a multi-process state without a group, and its first barrier fails. No public name
+    resets it."""
+    accel_state = sys.modules.get("accelerate.state")
+    if accel_state is None:  # never imported: nothing to forget
+        return
+    cls = accel_state.AcceleratorState
+    require_method(cls, "_reset_state")
+    cls._reset_state(reset_partial_state=True)
 
 
 def require_method(cls: type, name: str) -> None:

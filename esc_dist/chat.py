@@ -77,6 +77,7 @@ class _Model:
             trust,
             recipe.model.attn_implementation,
             precision=recipe.infer.precision,
+            decode=recipe.infer.decode,
         )
         self.context = model_context(model_dir, self.tok)
 

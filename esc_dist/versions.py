@@ -63,10 +63,10 @@ RECORDED: dict[str, str] = {
     "tiny-model": "1e2ea46eb1dacf70",
     "base-model": "787719e828f1e741",
     "sft": "b61e8838c3b95b14",
-    "mine": "b868cd3442397f17",
+    "mine": "b1fadef226ebe24b",
     "judge": "d4675c1594f4e781",
     "dpo": "6c90e3e7b651bbd4",
-    "infer": "c0eeb5621c60eb8e",
+    "infer": "3c1e1b7236916e7e",
     "eval": "ad780342593250ca",
     "compare": "6d55ba185f70d7a7",
 }

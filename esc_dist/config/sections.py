@@ -432,6 +432,9 @@ class MineConfig:
     planner_max_new_tokens: int | None = 8  # planner samples are short; null: max_new_tokens
     min_new_tokens: int = 1  # no stop token before this many new tokens (no empty samples)
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # as sft.precision
+    # the decoding steps' KV cache: auto (= dynamic) | dynamic (grows by a token a step) |
+    # static (allocated once, fixed shapes) | compiled (static, run as CUDA graphs: GPU only)
+    decode: Literal["auto", "dynamic", "static", "compiled"] = "auto"
 
     def validate(self, source: str) -> None:
         _check_lengths("mine", self, source)
@@ -518,6 +521,7 @@ class InferConfig:
     # greedy decoding is decoded once
     decode_seeds: int = 3
     backend: Literal["hf", "vllm"] = "hf"  # vllm: the server of the vllm section
+    decode: Literal["auto", "dynamic", "static", "compiled"] = "auto"  # as mine.decode
 
     def validate(self, source: str) -> None:
         _check_lengths("infer", self, source)
@@ -687,6 +691,8 @@ MASK_ATTENTION = ("sdpa", "eager")  # take a 4D mask (shared prompts, padding-fr
 # stage stale and no checkpoint unresumable.
 NEUTRAL_KEYS = {
     ("infer", "backend"): "hf",
+    ("mine", "decode"): "auto",
+    ("infer", "decode"): "auto",
     ("judge", "max_tokens"): 512,
     ("model", "revision"): None,
     ("sft", "global_batch_size"): None,

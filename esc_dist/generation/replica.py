@@ -7,6 +7,11 @@ in one call instead; see :func:`resolve_prefill`). Decoding stops at the
 tokenizer's eos, the pad token and any eos id of the model's generation config, or after the
 item's ``max_new_tokens``; the text is decoded without special tokens. On CUDA the replica turns
 on PyTorch's deterministic algorithms (:func:`deterministic_cuda`).
+
+The decoding steps keep their keys and values in a cache that grows by a token per step
+(``decode="dynamic"``, the default), or in one allocated for the whole batch up front, with an
+attention mask of fixed width (``static``), whose every step has the same shapes, so that it
+can run compiled, as CUDA graphs on a GPU (``compiled``); see :func:`resolve_decode`.
 """
 
 from __future__ import annotations
@@ -20,9 +25,12 @@ from .. import dist
 from ..data.fitting import HistoryFitter
 from ..errors import DataError
 from ..internals import internal
+from ..log import get_logger
 from ..models import loading
 from .sampling import choose_tokens
 from .work import WorkItem, messages_sha
+
+log = get_logger(__name__)
 
 
 def load_tokenizer(model_dir: str | Path, trust_remote_code: bool = False):
@@ -90,11 +98,13 @@ class Replica:
         attn_implementation: str | None = None,
         prefill: str = "auto",
         precision: str = "auto",
+        decode: str = "auto",
     ):
         import torch
 
         self.device, self.dtype = device_and_dtype(precision)
         self.prefill = resolve_prefill(prefill)
+        self.decode = resolve_decode(decode, self.device.type == "cuda")
         deterministic_cuda()
         self.model = loading.load_causal_lm(
             model_dir, self.dtype, trust_remote_code, attn_implementation
@@ -109,6 +119,11 @@ class Replica:
         params = inspect.signature(self.model.forward).parameters
         self.cache_kw = "cache" if "cache" in params else "past_key_values"
         self.first_kw = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+        # the decoding step's forward: compiled once (per shape) when decode is "compiled"
+        self._step = self.model
+        if self.decode == "compiled":
+            self._step = torch.compile(self.model, **COMPILE_OPTIONS)
+        self._fallback_logged = False
 
     def _forward(self, ids, mask, pos, cache, first: bool):
         kw = dict(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
@@ -116,7 +131,7 @@ class Replica:
             kw[self.cache_kw] = cache
         if first:
             kw.update(self.first_kw)
-        out = self.model(**kw)
+        out = (self.model if first else self._step)(**kw)
         new_cache = getattr(out, "cache", None)
         if new_cache is None:
             new_cache = getattr(out, "past_key_values", None)
@@ -151,6 +166,29 @@ class Replica:
                 vs.append(torch.nn.functional.pad(v, (0, 0, pad, 0)))
             merged.update(torch.cat(ks), torch.cat(vs), layer)
         return torch.cat(logits), merged
+
+    def _static_cache(self, cache, length: int):
+        """The prefilled ``cache`` copied into a StaticCache of ``length`` positions, or None
+        (the caller decodes with the growing cache) when the model's cache is not made of plain
+        full-attention layers (sliding windows, linear attention, other cache classes)."""
+        from transformers import StaticCache
+
+        kv = _plain_kv(cache)
+        static = StaticCache(config=self.model.config, max_cache_len=length)
+        StaticLayer = internal("transformers.cache_utils", "StaticLayer")
+        layers = getattr(static, "layers", None)
+        if kv is None or not layers or any(type(layer) is not StaticLayer for layer in layers):
+            if not self._fallback_logged:
+                self._fallback_logged = True
+                log.warning(
+                    "decode %s: this model's cache is not plain full attention; its decoding "
+                    "steps use the growing cache (decode: dynamic)",
+                    self.decode,
+                )
+            return None
+        for i, (k, v) in enumerate(kv):
+            static.update(k, v, i)
+        return static
 
     def generate_batch(
         self, items: Sequence[WorkItem], ids_list: Sequence[list[int]], seeds: Sequence[int]
@@ -200,6 +238,15 @@ class Replica:
             done if done is not None else self._forward(ids, mask, pos, None, first=True)
         )
         next_pos = pos[:, -1:] + 1
+        static = None
+        if self.decode != "dynamic" and steps > 1:
+            # one mask of fixed width for every step: the prompt's, then a column set per token
+            length = -(-(width + steps) // STATIC_BUCKET) * STATIC_BUCKET
+            static = self._static_cache(cache, length)
+        if static is not None:
+            cache = static
+            full = torch.zeros((n, length), dtype=mask.dtype, device=dev)
+            full[:, :width] = mask
         finished = torch.zeros(n, dtype=torch.bool, device=dev)
         if bar_steps:
             stop_vocab = torch.zeros(logits.shape[-1], dtype=torch.bool, device=dev)
@@ -215,7 +262,11 @@ class Replica:
             finished |= torch.isin(tok, self.stop_ids) | (step + 1 >= limit)
             if step + 1 == steps or bool(finished.all()):
                 break
-            mask = torch.cat([mask, torch.ones((n, 1), dtype=mask.dtype, device=dev)], dim=1)
+            if static is not None:
+                full[:, width + step] = 1
+                mask = full
+            else:
+                mask = torch.cat([mask, torch.ones((n, 1), dtype=mask.dtype, device=dev)], dim=1)
             logits, cache = self._forward(tok.unsqueeze(1), mask, next_pos, cache, first=False)
             next_pos = next_pos + 1
         gen = torch.stack(out_tokens, dim=1).tolist()
@@ -266,6 +317,29 @@ def resolve_prefill(prefill: str) -> str:
     if prefill not in ("auto", "batched", "per_row"):
         raise ValueError(f"prefill must be auto, batched or per_row, got {prefill!r}")
     return "per_row" if prefill == "auto" else prefill
+
+
+DECODES = ("auto", "dynamic", "static", "compiled")
+# A static cache's length is rounded up to a multiple of this, so that batches of similar
+# lengths share one compiled step (each new shape compiles again).
+STATIC_BUCKET = 64
+# how the decoding step is compiled under decode="compiled": CUDA graphs of fixed shapes
+COMPILE_OPTIONS = {"mode": "reduce-overhead", "dynamic": False}
+
+
+def resolve_decode(decode: str, cuda: bool) -> str:
+    """``auto`` is ``dynamic``: the growing cache, measured on CPU and on an H200; ``static``
+    gave the same tokens (tests/unit/test_generation.py) but has not been measured faster on a
+    GPU yet, so it stays a choice, with ``compiled`` (``benchmarks/gpu_proof.py`` times the
+    three). ``compiled`` needs CUDA: a :class:`ValueError` otherwise."""
+    if decode not in DECODES:
+        raise ValueError(f"decode must be one of {', '.join(DECODES)}, got {decode!r}")
+    if decode == "compiled" and not cuda:
+        raise ValueError(
+            "decode: compiled runs the decoding steps as CUDA graphs and needs a CUDA GPU; "
+            "this node has none (use dynamic or static)"
+        )
+    return "dynamic" if decode == "auto" else decode
 
 
 def deterministic_cuda() -> None:

@@ -39,6 +39,7 @@ from .replica import (
     device_and_dtype,
     fit_prompts,
     load_tokenizer,
+    resolve_decode,
     resolve_prefill,
 )
 from .sampling import row_seed
@@ -232,6 +233,9 @@ def generate(
     lengths = [len(p) for p in plist]
     chunks = plan_layout(items, lengths, cfg.batch_size, cfg.chunk_size)
     device, dtype = device_and_dtype(cfg.precision)
+    decode = (
+        "dynamic" if cfg.backend == "vllm" else resolve_decode(cfg.decode, device.type == "cuda")
+    )
     fingerprint = sha256_json(
         {
             "engine": ENGINE_VERSION,
@@ -247,6 +251,9 @@ def generate(
             "prefill": resolve_prefill(cfg.prefill),
             # the vLLM backend samples with its own random numbers (.server)
             **({"backend": "vllm"} if cfg.backend == "vllm" else {}),
+            # a static cache decodes the same tokens on CPU, but kernels differ: no chunks of
+            # both in one output (the growing cache's plans, made before, stay as they were)
+            **({"decode": decode} if decode != "dynamic" else {}),
         }
     )
     layout_sha = sha256_json([[c.name, [ids[i] for i in c.indices]] for c in chunks])
@@ -263,6 +270,7 @@ def generate(
         "device": device.type,
         "dtype": str(dtype).replace("torch.", ""),
         "prefill": resolve_prefill(cfg.prefill),
+        "decode": decode,
         "layout_sha256": layout_sha,
         "chunks": [
             {"name": c.name, "ids": [ids[i] for i in c.indices], "cost": c.cost} for c in chunks
@@ -332,6 +340,7 @@ def generate(
                 cfg.attn_implementation,
                 cfg.prefill,
                 cfg.precision,
+                cfg.decode,
             )
             load = time.perf_counter() - t_load
         elif todo:

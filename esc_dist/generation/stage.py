@@ -27,9 +27,11 @@ from typing import Any, Callable, Iterator, Sequence
 from .. import __version__, dist, tracking
 from ..config import NEUTRAL_KEYS, Recipe
 from ..errors import ConfigError, EscError
+from ..hardware import has_cuda
 from ..io import mark_completed, model_fingerprint, read_manifest, sha256_json, write_manifest
 from ..log import get_logger
 from .output import claim_output, finalize_on_main
+from .replica import resolve_decode
 from .shards import generate, merge, throughput_summary
 from .work import EngineConfig, WorkItem, items_fingerprint
 
@@ -89,6 +91,8 @@ def settings_errors(stage: str) -> Iterator[None]:
 
 
 def engine_config(recipe: Recipe, settings: Any, stream: str) -> EngineConfig:
+    if settings.backend == "hf":  # refused here, before any model loads, on a node without
+        resolve_decode(settings.decode, has_cuda())  # what the setting needs
     return EngineConfig(
         batch_size=settings.batch_size,
         chunk_size=settings.chunk_size,
@@ -97,6 +101,7 @@ def engine_config(recipe: Recipe, settings: Any, stream: str) -> EngineConfig:
         trust_remote_code=recipe.model.trust_remote_code,
         attn_implementation=recipe.model.attn_implementation,
         precision=settings.precision,
+        decode=settings.decode,
         backend=settings.backend,
         server=asdict(recipe.vllm) if settings.backend == "vllm" else None,
     )

@@ -33,6 +33,7 @@ class EngineConfig:
     attn_implementation: str | None = None
     prefill: str = "auto"  # auto (= per_row) | batched | per_row: see resolve_prefill
     precision: str = "auto"  # auto | bf16 | fp16 | fp32: see device_and_dtype
+    decode: str = "auto"  # auto (= dynamic) | dynamic | static | compiled: see resolve_decode
     backend: str = "hf"  # hf (a model replica per rank) | vllm (.server)
     # the recipe's vllm section (url | python, args, timeouts) when backend is vllm
     server: dict | None = None

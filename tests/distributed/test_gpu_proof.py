@@ -55,6 +55,8 @@ def test_the_gpu_proof_runs_every_part_at_toy_shapes(tmp_path, esconv_dir):
     for name in ("sft ZeRO-3 padding-free (4D mask)", "dpo ZeRO-3 padding-free (4D mask)"):
         assert rows[name]["non_pad_fraction"] == 1.0  # nothing padded was computed
     assert rows["mine 0.5B shape"]["new_tokens_per_s"] > 0
+    assert rows["mine 0.5B shape, static cache"]["new_tokens_per_s"] > 0
+    assert "CUDA" in rows["mine 0.5B shape, compiled decoding"]["skipped"]
     recipe = rows["qwen2.5-7b recipe, first SFT steps"]
     assert recipe["steps"] == 2 and recipe["final_loss"] > 0
     assert "| part | tokens/s | MFU | peak memory GB | s | note |" in r.stdout

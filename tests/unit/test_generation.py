@@ -1,6 +1,7 @@
 """The batched generation engine in one process: token choice, decoding, chunks, plan, merge."""
 
 import json
+import logging
 import shutil
 
 import pytest
@@ -20,7 +21,7 @@ from esc_dist.generation import (
     prompt_ids,
     row_seed,
 )
-from tests.helpers import gen_setup
+from tests.helpers import LogCapture, gen_setup
 
 pytestmark = pytest.mark.usefixtures("one_process")
 
@@ -101,6 +102,95 @@ def test_greedy_batch_equals_transformers_generate(setup, prefill):
     for r, row in zip(ours, ref):
         assert r["text"] == tok.decode(row[enc["input_ids"].shape[1] :], skip_special_tokens=True)
     assert len({r["text"] for r in ours}) == len(ours)
+
+
+def _sharp_replica(model_dir, tok, **kw) -> Replica:
+    rep = Replica(model_dir, tok, **kw)
+    with torch.no_grad():  # a sharper model than the random init, so greedy paths vary
+        for p in rep.model.parameters():
+            p.mul_(3.0)
+    return rep
+
+
+def _mixed_items(setup, n=6):
+    """Greedy and sampled items of several prompt lengths and token budgets."""
+    prompts = _prompts(setup, n)
+    greedy = Sampling(max_new_tokens=9)
+    sampled = Sampling(max_new_tokens=12, do_sample=True, temperature=0.8, top_p=0.9)
+    return [WorkItem(i, m, greedy if k % 2 else sampled) for k, (i, m) in enumerate(prompts)]
+
+
+@pytest.mark.parametrize("prefill", ["batched", "per_row"])
+def test_static_decode_gives_the_dynamic_tokens(setup, prefill):
+    """The static cache (fixed-width mask, a cache allocated once) decodes the very tokens of
+    the growing cache, greedy and sampled, from either prefill."""
+    tok = load_tokenizer(setup / "tiny")
+    items = _mixed_items(setup)
+    ids = [prompt_ids(tok, it.messages) for it in items]
+    seeds = [row_seed(3, "s", it.seed_key, 0) for it in items]
+    dynamic = _sharp_replica(setup / "tiny", tok, prefill=prefill, decode="dynamic")
+    static = _sharp_replica(setup / "tiny", tok, prefill=prefill, decode="static")
+    assert static.decode == "static" and Replica(setup / "tiny", tok).decode == "dynamic"
+    used = []
+    real = static._static_cache
+    static._static_cache = lambda *a: used.append(real(*a)) or used[-1]
+    want = dynamic.generate_batch(items, ids, seeds)
+    assert static.generate_batch(items, ids, seeds) == want
+    assert used and all(c is not None for c in used)  # the static path ran, no fallback
+    assert len({r["text"] for r in want}) > 1
+
+
+def test_the_static_step_traces_as_one_graph(setup):
+    """What ``decode: compiled`` compiles (one decoding step over the static cache) traces
+    without a graph break, as CUDA graphs need, and decodes the same tokens. On CPU it is traced
+    by TorchDynamo alone (no code generated); on a GPU ``compiled`` runs it as CUDA graphs."""
+    tok = load_tokenizer(setup / "tiny")
+    items = _mixed_items(setup, 4)
+    ids = [prompt_ids(tok, it.messages) for it in items]
+    seeds = [row_seed(3, "s", it.seed_key, 0) for it in items]
+    want = _sharp_replica(setup / "tiny", tok).generate_batch(items, ids, seeds)
+    rep = _sharp_replica(setup / "tiny", tok, decode="static")
+    torch._dynamo.reset()
+    rep._step = torch.compile(rep.model, backend="eager", fullgraph=True, dynamic=False)
+    assert rep.generate_batch(items, ids, seeds) == want
+    torch._dynamo.reset()
+
+
+def test_compiled_decode_is_refused_without_cuda(setup):
+    from esc_dist.config import load_recipe
+    from esc_dist.errors import ConfigError
+    from esc_dist.generation.stage import engine_config, settings_errors
+
+    with pytest.raises(ValueError, match="needs a CUDA GPU"):
+        Replica(setup / "tiny", load_tokenizer(setup / "tiny"), decode="compiled")
+    recipe = load_recipe(None, ["mine.decode=compiled"])
+    with pytest.raises(ConfigError, match=r"^mine: decode: compiled .* needs a CUDA GPU"):
+        with settings_errors("mine"):
+            engine_config(recipe, recipe.mine, "x")
+
+
+def test_a_sliding_window_model_decodes_with_the_growing_cache(setup, tmp_path):
+    """A cache that is not plain full attention (here Mistral's sliding window) cannot be made
+    static: ``decode: static`` says so once and decodes as ``dynamic`` does."""
+    cfg = json.loads((setup / "tiny" / "config.json").read_text())
+    model = tmp_path / "sliding"
+    shutil.copytree(setup / "tiny", model)
+    cfg.update(model_type="mistral", architectures=["MistralForCausalLM"], sliding_window=8)
+    (model / "config.json").write_text(json.dumps(cfg))
+    tok = load_tokenizer(model)
+    items = _mixed_items(setup, 4)
+    ids = [prompt_ids(tok, it.messages) for it in items]
+    seeds = [row_seed(3, "s", it.seed_key, 0) for it in items]
+    want = _sharp_replica(model, tok).generate_batch(items, ids, seeds)
+    cap = LogCapture()
+    logging.getLogger("esc_dist").addHandler(cap)
+    try:
+        rep = _sharp_replica(model, tok, decode="static")
+        assert rep.generate_batch(items, ids, seeds) == want
+        assert rep.generate_batch(items, ids, seeds) == want
+    finally:
+        logging.getLogger("esc_dist").removeHandler(cap)
+    assert len([x for x in cap.lines if "growing cache" in x]) == 1
 
 
 def test_min_new_tokens_bars_stop_tokens_like_transformers(setup):

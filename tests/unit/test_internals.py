@@ -15,6 +15,7 @@ USED = [
     ("trl.trainer.dpo_trainer", "add_fused_lm_head"),
     ("trl.trainer.utils", "FusedCausalLMOutput"),
     ("transformers.cache_utils", "DynamicLayer"),
+    ("transformers.cache_utils", "StaticLayer"),
     ("transformers.utils.chat_template_utils", "render_jinja_template"),
     ("deepspeed.checkpoint.ds_to_universal", "main"),
     ("deepspeed.comm.torch", "build_shm_op"),

@@ -15,23 +15,9 @@ from pathlib import Path
 from .config import Recipe
 from .constants import ROLES
 from .layout import RunLayout
+from .models.shape import parameters_of_shape
 
 GB = 1e9
-
-
-def parameters_of_shape(shape: dict) -> int:
-    """Parameters of a Llama/Qwen-style decoder from its config fields."""
-    h, layers, inter = shape["hidden_size"], shape["num_hidden_layers"], shape["intermediate_size"]
-    heads = shape["num_attention_heads"]
-    kv = shape.get("num_key_value_heads", heads)
-    head_dim = shape.get("head_dim") or h // heads
-    vocab = shape["vocab_size"]
-    attention = h * heads * head_dim * 2 + h * kv * head_dim * 2
-    if shape.get("attention_bias"):  # Qwen2: biases on q, k, v
-        attention += heads * head_dim + 2 * kv * head_dim
-    per_layer = attention + 3 * h * inter + 2 * h
-    embeddings = vocab * h * (1 if shape.get("tie_word_embeddings") else 2)
-    return layers * per_layer + embeddings + h
 
 
 def model_shape(recipe: Recipe) -> tuple[dict | None, str]:

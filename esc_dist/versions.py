@@ -63,10 +63,10 @@ RECORDED: dict[str, str] = {
     "tiny-model": "1e2ea46eb1dacf70",
     "base-model": "787719e828f1e741",
     "sft": "b61e8838c3b95b14",
-    "mine": "b1fadef226ebe24b",
+    "mine": "1dfde0c15ca227dd",
     "judge": "d4675c1594f4e781",
     "dpo": "6c90e3e7b651bbd4",
-    "infer": "3c1e1b7236916e7e",
+    "infer": "d38b8f8ad092fac0",
     "eval": "ad780342593250ca",
     "compare": "6d55ba185f70d7a7",
 }

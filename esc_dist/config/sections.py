@@ -60,15 +60,18 @@ def _env_names(source: str, section: str, obj: Any) -> None:
 
 
 def _batches(source: str, section: str, cfg: Any) -> None:
-    """Generation batch settings (mine, infer): a chunk is a whole number of batches."""
-    _at_least(source, section, cfg, 1, "batch_size", "chunk_size")
-    _require(
-        cfg.chunk_size % cfg.batch_size == 0,
-        source,
-        f"{section}.chunk_size",
-        f"a multiple of {section}.batch_size ({cfg.batch_size})",
-        cfg.chunk_size,
-    )
+    """Generation batch settings (mine, infer): a chunk is a whole number of batches (under
+    ``batch_size: auto`` the chunk is rounded down to one when the size is known)."""
+    _at_least(source, section, cfg, 1, "chunk_size")
+    if cfg.batch_size != "auto":
+        _at_least(source, section, cfg, 1, "batch_size")
+        _require(
+            cfg.chunk_size % cfg.batch_size == 0,
+            source,
+            f"{section}.chunk_size",
+            f"a multiple of {section}.batch_size ({cfg.batch_size})",
+            cfg.chunk_size,
+        )
     _at_least(source, section, cfg, 0, "top_k")
     _probability(source, f"{section}.top_p", cfg.top_p)
 
@@ -424,7 +427,8 @@ class MineConfig:
     temperature: float = 0.7
     top_p: float = 0.95
     max_new_tokens: int = 32
-    batch_size: int = 16
+    # rows per batch; auto: as many as the GPU's free memory holds (esc_dist/generation/memory.py)
+    batch_size: int | Literal["auto"] = 16
     chunk_size: int = 64  # turns per atomic commit of a shard file
     backend: Literal["hf", "vllm"] = "hf"  # vllm: the server of the vllm section
     max_turns: int | None = None  # mine only the first N training turns (by id order); null: all
@@ -506,7 +510,7 @@ class JudgeConfig:
 @dataclass
 class InferConfig:
     split: str = "test"
-    batch_size: int = 32
+    batch_size: int | Literal["auto"] = 32  # as mine.batch_size
     max_new_tokens: int = 32
     do_sample: bool = False
     temperature: float = 0.7

@@ -33,6 +33,8 @@ from ..io import (
 )
 from ..log import get_logger
 from ..models.loading import model_context
+from ..models.shape import shape_of
+from .memory import AUTO_CPU_ROWS, AUTO_SERVER_ROWS, free_bytes, rows_that_fit
 from .replica import (
     Replica,
     deterministic_cuda,
@@ -151,6 +153,46 @@ def _progress(total: int, desc: str):
     return update, lambda: None
 
 
+def batch_sizes(
+    cfg: EngineConfig,
+    work_dir: Path,
+    model_dir: str | Path,
+    device,
+    dtype,
+    items: Sequence[WorkItem],
+    lengths: Sequence[int],
+) -> tuple[int, int]:
+    """The batch and chunk sizes of a run: ``cfg``'s, or under ``batch_size: auto`` the rows
+    that fit the free memory of the rank with the least (:mod:`.memory`; a fixed size on a CPU
+    and for a server), or the size a plan of this output already chose (a resumed run keeps its
+    layout). The chunk then holds as many whole batches as fit ``chunk_size`` (at least one)."""
+    if cfg.batch_size != "auto":
+        return cfg.batch_size, cfg.chunk_size
+    fit = AUTO_SERVER_ROWS if cfg.backend == "vllm" else AUTO_CPU_ROWS
+    free = None if cfg.backend == "vllm" or not items else free_bytes(device)
+    if free is not None:
+        longest, new = max(lengths), max(it.sampling.max_new_tokens for it in items)
+        fit = rows_that_fit(shape_of(model_dir), dtype.itemsize, free, longest, new)
+    fits = _agree(fit)
+    chosen = min(fits)
+    if dist.is_main():
+        plan = Path(work_dir) / PLAN
+        prev = (
+            load_json(plan, PLAN, lambda p, problem: PlanMismatch(problem, path=p))
+            if (plan.is_file())
+            else None
+        )
+        if isinstance(prev, dict) and prev.get("batch_size_auto"):
+            chosen = prev.get("batch_size", chosen)
+    batch = _agree(chosen)[0]
+    log.info(
+        "batch_size auto: %d rows (%s)",
+        batch,
+        "the output's plan" if batch != min(fits) else f"fits of the ranks: {fits}",
+    )
+    return batch, max(1, cfg.chunk_size // batch) * batch
+
+
 def _agree(value: Any) -> list[Any]:
     return dist.all_gather_object(value)
 
@@ -231,8 +273,9 @@ def generate(
             context,
         )
     lengths = [len(p) for p in plist]
-    chunks = plan_layout(items, lengths, cfg.batch_size, cfg.chunk_size)
     device, dtype = device_and_dtype(cfg.precision)
+    batch_size, chunk_size = batch_sizes(cfg, work_dir, model_dir, device, dtype, items, lengths)
+    chunks = plan_layout(items, lengths, batch_size, chunk_size)
     decode = (
         "dynamic" if cfg.backend == "vllm" else resolve_decode(cfg.decode, device.type == "cuda")
     )
@@ -241,8 +284,8 @@ def generate(
             "engine": ENGINE_VERSION,
             "items": items_fingerprint(items),
             "model": model_fp,
-            "batch_size": cfg.batch_size,
-            "chunk_size": cfg.chunk_size,
+            "batch_size": batch_size,
+            "chunk_size": chunk_size,
             "seed": cfg.seed,
             "stream": cfg.stream,
             "device": device.type,
@@ -263,8 +306,9 @@ def generate(
         "label": label,
         "model": str(model_dir),
         "items": len(items),
-        "batch_size": cfg.batch_size,
-        "chunk_size": cfg.chunk_size,
+        "batch_size": batch_size,
+        "chunk_size": chunk_size,
+        **({"batch_size_auto": True} if cfg.batch_size == "auto" else {}),
         "seed": cfg.seed,
         "stream": cfg.stream,
         "device": device.type,

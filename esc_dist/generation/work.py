@@ -25,8 +25,8 @@ class WorkItem:
 
 @dataclass
 class EngineConfig:
-    batch_size: int
-    chunk_size: int  # items per chunk file; a multiple of batch_size
+    batch_size: int | str  # rows per batch, or "auto": from free memory (.memory)
+    chunk_size: int  # items per chunk file; a multiple of batch_size (auto: rounded down)
     seed: int = 0
     stream: str = ""  # mixed into the seeds, so that two phases of one job draw independently
     trust_remote_code: bool = False
@@ -39,7 +39,11 @@ class EngineConfig:
     server: dict | None = None
 
     def __post_init__(self):
-        if self.batch_size < 1:
+        if self.batch_size == "auto":
+            if self.chunk_size < 1:
+                raise ValueError(f"chunk_size must be >= 1, got {self.chunk_size}")
+            return
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.chunk_size < self.batch_size or self.chunk_size % self.batch_size:
             raise ValueError(

@@ -121,11 +121,21 @@ def test_recipe_round_trips_through_yaml(tmp_path):
         ("mine.min_new_tokens=-1", "'mine.min_new_tokens' must be >= 0"),
         ("infer.max_new_tokens=0", "'infer.max_new_tokens' must be >= 1"),
         ("infer.planner_max_new_tokens=0", "'infer.planner_max_new_tokens' must be >= 1"),
+        ("mine.batch_size=big", "'mine.batch_size' must be int | 'auto', got 'big'"),
+        ("mine.batch_size=0", "'mine.batch_size' must be >= 1"),
+        ("infer.decode=fast", "'infer.decode' must be 'auto' | 'dynamic' | 'static' | 'compiled'"),
     ],
 )
 def test_generation_budgets_are_checked(override, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_recipe(None, [override])
+
+
+def test_an_auto_batch_takes_any_chunk_size():
+    r = load_recipe(None, ["mine.batch_size=auto", "mine.chunk_size=7", "infer.batch_size=auto"])
+    assert (r.mine.batch_size, r.mine.chunk_size, r.infer.batch_size) == ("auto", 7, "auto")
+    with pytest.raises(ConfigError, match="a multiple of mine.batch_size"):
+        load_recipe(None, ["mine.batch_size=4", "mine.chunk_size=7"])
 
 
 def test_a_role_trains_with_its_own_settings(tmp_path):

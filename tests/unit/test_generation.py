@@ -295,6 +295,69 @@ def test_generate_chunks_resume_and_merge_errors(setup, tmp_path):
         merge(broken)
 
 
+QWEN25_7B = dict(  # Qwen2.5-7B's config.json fields
+    hidden_size=3584,
+    num_hidden_layers=28,
+    intermediate_size=18944,
+    num_attention_heads=28,
+    num_key_value_heads=4,
+    vocab_size=152064,
+    tie_word_embeddings=False,
+    attention_bias=True,
+)
+
+
+def test_rows_that_fit_a_gpu_by_hand():
+    from esc_dist.generation.memory import AUTO_MAX_ROWS, rows_that_fit
+    from esc_dist.models.shape import kv_bytes_per_token, parameters_of_shape
+
+    assert parameters_of_shape(QWEN25_7B) == 7_615_616_512  # the model card's 7.61B
+    assert kv_bytes_per_token(QWEN25_7B, 2) == 57_344  # 28 layers x (k, v) x 4 heads x 128 x 2
+    # bf16 on 80 GB free, prompts of 1,024 tokens and 128 new ones:
+    # 0.85 x 80e9 - 15,231,233,024 (weights) - 145,752,064 (one prompt's prefill:
+    # 1,024 x (4 x 3,584 + 3 x 18,944) x 2) = 52,623,014,912 bytes for rows of
+    # 2 x 57,344 x 1,152 + 16 x 152,064 = 134,553,600 bytes each: 391 rows
+    assert rows_that_fit(QWEN25_7B, 2, 80 * 10**9, 1024, 128) == 391
+    assert rows_that_fit(QWEN25_7B, 2, 16 * 10**9, 1024, 128) == 1  # the weights barely fit
+    small = {**QWEN25_7B, "num_hidden_layers": 2, "hidden_size": 256, "intermediate_size": 512}
+    assert rows_that_fit(small, 2, 80 * 10**9, 1024, 128) == AUTO_MAX_ROWS
+
+
+def test_auto_batch_writes_what_a_fixed_batch_writes_and_a_resume_keeps_its_plan(
+    setup, tmp_path, monkeypatch
+):
+    """``batch_size: auto``: on a CPU the fixed size; from a (stand-in) free memory, the rows
+    that fit; the samples are those of any other batch size (per-row seeds), and a resumed run
+    keeps the size its plan chose although the memory free now would fit more."""
+    from esc_dist.generation import shards
+    from esc_dist.generation.memory import AUTO_CPU_ROWS
+
+    items = _items(setup)
+    fixed = tmp_path / "fixed"
+    generate(items, setup / "tiny", fixed, EngineConfig(batch_size=1, chunk_size=1, seed=7))
+    want = merge(fixed)
+
+    cpu = tmp_path / "cpu"
+    generate(items, setup / "tiny", cpu, EngineConfig(batch_size="auto", chunk_size=4, seed=7))
+    plan = json.loads((cpu / "plan.json").read_text())
+    assert plan["batch_size"] == AUTO_CPU_ROWS and plan["chunk_size"] == AUTO_CPU_ROWS
+    assert merge(cpu) == want
+
+    fits = iter([3, 5])
+    monkeypatch.setattr(shards, "free_bytes", lambda device: 10**9)
+    monkeypatch.setattr(shards, "rows_that_fit", lambda *a: next(fits))
+    gpu = tmp_path / "gpu"
+    cfg = EngineConfig(batch_size="auto", chunk_size=7, seed=7)
+    generate(items, setup / "tiny", gpu, cfg)
+    plan = json.loads((gpu / "plan.json").read_text())
+    assert (plan["batch_size"], plan["chunk_size"], len(plan["chunks"])) == (3, 6, 2)
+    assert merge(gpu) == want
+    (gpu / "chunk-000001.jsonl").unlink()
+    again = generate(items, setup / "tiny", gpu, cfg)  # 5 rows fit now: the plan's 3 stay
+    assert again["chunks_reused"] == 1 and again["chunks_computed"] == 1
+    assert merge(gpu) == want
+
+
 def test_claim_output_refuses_other_inputs(tmp_path):
     from esc_dist.errors import ConfigError
     from esc_dist.generation import claim_output

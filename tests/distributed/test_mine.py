@@ -156,8 +156,8 @@ def two_ranks(setup):
 @pytest.mark.distributed
 def test_two_ranks_equal_one_rank(setup, two_ranks):
     one = setup / "mine" / "one"
-    launch(
-        mine_args(setup, one),
+    launch(  # batch_size auto (16 rows on a CPU, not the two ranks' 4): the same samples
+        mine_args(setup, one, extra=["mine.batch_size=auto"]),
         nproc=1,
         launcher="python",
         env=ONE_THREAD,
@@ -167,6 +167,7 @@ def test_two_ranks_equal_one_rank(setup, two_ranks):
     assert a == b and a
     m1, m2 = (json.loads((d / "manifest.json").read_text()) for d in (one, two_ranks))
     assert m1["world_size"] == 1 and m2["world_size"] == 2
+    assert json.loads((one / "chunks" / "plan.json").read_text())["batch_size"] == 16
     assert all(r["items"] > 0 for r in m2["generation"]["per_rank"])  # both ranks worked
     assert sum(r["items"] for r in m2["generation"]["per_rank"]) == ITEMS
     assert m2["generation"]["items_per_s"] > 0 and m2["generation"]["tokens_per_s"] > 0

@@ -63,10 +63,10 @@ RECORDED: dict[str, str] = {
     "tiny-model": "1e2ea46eb1dacf70",
     "base-model": "787719e828f1e741",
     "sft": "b61e8838c3b95b14",
-    "mine": "1dfde0c15ca227dd",
+    "mine": "843d0fb83bf7c7a2",
     "judge": "d4675c1594f4e781",
     "dpo": "6c90e3e7b651bbd4",
-    "infer": "d38b8f8ad092fac0",
+    "infer": "2508f08df3e83287",
     "eval": "ad780342593250ca",
     "compare": "6d55ba185f70d7a7",
 }

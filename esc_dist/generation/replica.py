@@ -124,6 +124,7 @@ class Replica:
         if self.decode == "compiled":
             self._step = torch.compile(self.model, **COMPILE_OPTIONS)
         self._fallback_logged = False
+        self._static = None  # ((rows, length), the StaticCache of the last batch)
 
     def _forward(self, ids, mask, pos, cache, first: bool):
         kw = dict(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
@@ -167,17 +168,26 @@ class Replica:
             merged.update(torch.cat(ks), torch.cat(vs), layer)
         return torch.cat(logits), merged
 
-    def _static_cache(self, cache, length: int):
-        """The prefilled ``cache`` copied into a StaticCache of ``length`` positions, or None
-        (the caller decodes with the growing cache) when the model's cache is not made of plain
-        full-attention layers (sliding windows, linear attention, other cache classes)."""
+    def _static_cache(self, cache, rows: int, length: int):
+        """The prefilled ``cache`` copied into a StaticCache of ``rows`` x ``length`` positions,
+        or None (the caller decodes with the growing cache) when the model's cache is not made
+        of plain full-attention layers (sliding windows, linear attention, other cache classes).
+        The StaticCache of the last batch is reset and reused when its shape is the same: its
+        tensors keep their addresses, which CUDA graphs need to replay rather than record."""
         from transformers import StaticCache
 
         kv = _plain_kv(cache)
-        static = StaticCache(config=self.model.config, max_cache_len=length)
-        StaticLayer = internal("transformers.cache_utils", "StaticLayer")
-        layers = getattr(static, "layers", None)
-        if kv is None or not layers or any(type(layer) is not StaticLayer for layer in layers):
+        if kv is not None and self._static is not None and self._static[0] == (rows, length):
+            static = self._static[1]
+            static.reset()
+        else:
+            self._static = None
+            static = StaticCache(config=self.model.config, max_cache_len=length)
+            StaticLayer = internal("transformers.cache_utils", "StaticLayer")
+            layers = getattr(static, "layers", None)
+            if not layers or any(type(layer) is not StaticLayer for layer in layers):
+                kv = None
+        if kv is None:
             if not self._fallback_logged:
                 self._fallback_logged = True
                 log.warning(
@@ -188,6 +198,7 @@ class Replica:
             return None
         for i, (k, v) in enumerate(kv):
             static.update(k, v, i)
+        self._static = ((rows, length), static)
         return static
 
     def generate_batch(
@@ -242,7 +253,7 @@ class Replica:
         if self.decode != "dynamic" and steps > 1:
             # one mask of fixed width for every step: the prompt's, then a column set per token
             length = -(-(width + steps) // STATIC_BUCKET) * STATIC_BUCKET
-            static = self._static_cache(cache, length)
+            static = self._static_cache(cache, n, length)
         if static is not None:
             cache = static
             full = torch.zeros((n, length), dtype=mask.dtype, device=dev)

@@ -138,6 +138,10 @@ def test_static_decode_gives_the_dynamic_tokens(setup, prefill):
     assert static.generate_batch(items, ids, seeds) == want
     assert used and all(c is not None for c in used)  # the static path ran, no fallback
     assert len({r["text"] for r in want}) > 1
+    # the next batch of the same shape decodes in the same (reset) cache, as CUDA graphs need
+    assert static.generate_batch(items, ids, seeds) == want and used[-1] is used[0]
+    assert static.generate_batch(items[1:], ids[1:], seeds[1:]) == want[1:]
+    assert used[-1] is not used[0]
 
 
 def test_the_static_step_traces_as_one_graph(setup):

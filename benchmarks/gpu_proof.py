@@ -253,6 +253,8 @@ def run_part(part: str, spec: dict, args) -> dict:
 
 
 MINE_DECODES = {"dynamic": "", "static": ", static cache", "compiled": ", compiled decoding"}
+# compiling the decoding step for each new batch shape must not eat the proof's 5 minutes
+MINE_TIMEOUT_S = 180
 
 
 def mining(args, work: Path, shape: dict, decode: str) -> dict:
@@ -265,32 +267,32 @@ def mining(args, work: Path, shape: dict, decode: str) -> dict:
     model = build_model(work, "mine", shape["mine"], None)
     out = work / "parts" / f"mine-{decode}"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "disabled"}
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "esc_dist",
-            "mine",
-            "--role",
-            "generator",
-            "--data",
-            str(work / "data"),
-            "--model",
-            str(model),
-            "--out",
-            str(out),
-            f"run.output_dir={work}",
-            f"mine.max_turns={shape['turns']}",
-            "mine.max_new_tokens=64",
-            "mine.min_new_tokens=64",
-            "mine.batch_size=64",
-            f"mine.decode={decode}",
-        ],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
+    argv = [
+        sys.executable,
+        "-m",
+        "esc_dist",
+        "mine",
+        "--role",
+        "generator",
+        "--data",
+        str(work / "data"),
+        "--model",
+        str(model),
+        "--out",
+        str(out),
+        f"run.output_dir={work}",
+        f"mine.max_turns={shape['turns']}",
+        "mine.max_new_tokens=64",
+        "mine.min_new_tokens=64",
+        "mine.batch_size=64",
+        f"mine.decode={decode}",
+    ]
+    try:
+        r = subprocess.run(
+            argv, env=env, cwd=ROOT, capture_output=True, text=True, timeout=MINE_TIMEOUT_S
+        )
+    except subprocess.TimeoutExpired:
+        return {"name": name, "error": f"not done in {MINE_TIMEOUT_S} s"}
     if r.returncode != 0:
         return {"name": name, "error": r.stderr.strip().splitlines()[-1][:300]}
     g = json.loads((out / "manifest.json").read_text())["generation"]

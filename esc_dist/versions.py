@@ -63,10 +63,10 @@ RECORDED: dict[str, str] = {
     "tiny-model": "1e2ea46eb1dacf70",
     "base-model": "787719e828f1e741",
     "sft": "b61e8838c3b95b14",
-    "mine": "843d0fb83bf7c7a2",
+    "mine": "4f999c308b5f2318",
     "judge": "d4675c1594f4e781",
     "dpo": "6c90e3e7b651bbd4",
-    "infer": "2508f08df3e83287",
+    "infer": "6ea187b99f2613fa",
     "eval": "ad780342593250ca",
     "compare": "6d55ba185f70d7a7",
 }

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .. import dist
-from ..errors import MergeError, PlanMismatch
+from ..errors import ConfigError, MergeError, PlanMismatch
 from ..io import (
     atomic_write_json,
     atomic_write_text,
@@ -172,18 +172,25 @@ def batch_sizes(
     free = None if cfg.backend == "vllm" or not items else free_bytes(device)
     if free is not None:
         longest, new = max(lengths), max(it.sampling.max_new_tokens for it in items)
-        fit = rows_that_fit(shape_of(model_dir), dtype.itemsize, free, longest, new)
+        try:
+            fit = rows_that_fit(shape_of(model_dir), dtype.itemsize, free, longest, new)
+        except KeyError as e:  # every rank reads the same config: every rank stops here
+            raise ConfigError(
+                f"batch_size: auto sizes a batch from {Path(model_dir) / 'config.json'}, which "
+                f"has no {e}: set batch_size to a number"
+            ) from None
     fits = _agree(fit)
     chosen = min(fits)
     if dist.is_main():
         plan = Path(work_dir) / PLAN
-        prev = (
-            load_json(plan, PLAN, lambda p, problem: PlanMismatch(problem, path=p))
-            if (plan.is_file())
-            else None
-        )
-        if isinstance(prev, dict) and prev.get("batch_size_auto"):
-            chosen = prev.get("batch_size", chosen)
+        try:
+            prev = load_json(plan, PLAN, lambda p, problem: PlanMismatch(problem, path=p))
+        except (OSError, PlanMismatch):  # none yet, or broken: the plan check below says so
+            prev = None
+        if isinstance(prev, dict) and prev.get("batch_size_auto") is True:
+            size = prev.get("batch_size")
+            if isinstance(size, int) and size >= 1:
+                chosen = size
     batch = _agree(chosen)[0]
     log.info(
         "batch_size auto: %d rows (%s)",

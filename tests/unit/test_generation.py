@@ -333,8 +333,9 @@ def test_auto_batch_writes_what_a_fixed_batch_writes_and_a_resume_keeps_its_plan
     """``batch_size: auto``: on a CPU the fixed size; from a (stand-in) free memory, the rows
     that fit; the samples are those of any other batch size (per-row seeds), and a resumed run
     keeps the size its plan chose although the memory free now would fit more."""
+    from esc_dist.errors import ConfigError
     from esc_dist.generation import shards
-    from esc_dist.generation.memory import AUTO_CPU_ROWS
+    from esc_dist.generation.memory import AUTO_CPU_ROWS, rows_that_fit
 
     items = _items(setup)
     fixed = tmp_path / "fixed"
@@ -347,7 +348,7 @@ def test_auto_batch_writes_what_a_fixed_batch_writes_and_a_resume_keeps_its_plan
     assert plan["batch_size"] == AUTO_CPU_ROWS and plan["chunk_size"] == AUTO_CPU_ROWS
     assert merge(cpu) == want
 
-    fits = iter([3, 5])
+    fits = iter([3, 5, 4])
     monkeypatch.setattr(shards, "free_bytes", lambda device: 10**9)
     monkeypatch.setattr(shards, "rows_that_fit", lambda *a: next(fits))
     gpu = tmp_path / "gpu"
@@ -360,6 +361,22 @@ def test_auto_batch_writes_what_a_fixed_batch_writes_and_a_resume_keeps_its_plan
     again = generate(items, setup / "tiny", gpu, cfg)  # 5 rows fit now: the plan's 3 stay
     assert again["chunks_reused"] == 1 and again["chunks_computed"] == 1
     assert merge(gpu) == want
+
+    # a broken plan is refused by the plan check, as with a fixed size
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "plan.json").write_text("{not json")
+    with pytest.raises(PlanMismatch):
+        generate(items, setup / "tiny", broken, cfg)
+    # a config without a field the sizing needs: one line saying to set a number
+    monkeypatch.setattr(shards, "rows_that_fit", rows_that_fit)
+    bare = tmp_path / "bare"
+    shutil.copytree(setup / "tiny", bare)
+    config = json.loads((bare / "config.json").read_text())
+    del config["intermediate_size"]
+    (bare / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ConfigError, match=r"config\.json, which has no 'intermediate_size'"):
+        generate(items, bare, tmp_path / "bare-out", cfg)
 
 
 def test_claim_output_refuses_other_inputs(tmp_path):

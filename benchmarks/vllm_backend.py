@@ -29,9 +29,11 @@ RESULT = ROOT / "benchmarks" / "results" / "vllm_backend-cpu-smol.json"
 START, END = "<!-- vllm-backend:start -->", "<!-- vllm-backend:end -->"
 
 
-def mine(work: Path, base: Path, data: Path, backend: str, args) -> dict:
-    out = work / f"mine-{backend}"
+def mine(work: Path, base: Path, data: Path, backend: str, args, more: tuple = ()) -> dict:
+    """Mine with ``backend`` (and the overrides ``more``, which name the output too)."""
+    out = work / "-".join(["mine", backend, *(m.split("=")[1] for m in more)])
     extra = ["mine.backend=vllm", f"vllm.python={args.vllm_python}"] if backend == "vllm" else []
+    extra += list(more)
     cmd = [
         sys.executable, "-m", "esc_dist", "mine", "--role", "generator", "--model", str(base),
         "--data", str(data), "--out", str(out), "mine.n_samples=1",
@@ -56,6 +58,31 @@ def mine(work: Path, base: Path, data: Path, backend: str, args) -> dict:
         "wall_s": round(wall, 1),
     }
     return row
+
+
+def inputs(args) -> tuple[Path, Path, Path]:
+    """The work directory, SmolLM2 converted from its GGUF file and the prepared data (the
+    first 40 training dialogues), made once under ``args.work``."""
+    from esc_dist.config import DataConfig
+    from esc_dist.data.tasks import prepare
+    from esc_dist.models.gguf import SMOLLM2, convert_gguf
+
+    work = Path(args.work)
+    base, data = work / "base", work / "data"
+    if not (base / "config.json").is_file():
+        convert_gguf(SMOLLM2, base)
+    if not (data / "manifest.json").is_file():
+        esconv = Path(args.esconv)
+        prepare(
+            DataConfig(
+                esconv=str(esconv / "esconv.json"),
+                split=str(esconv / "splits" / "decoupledesc_split.json"),
+                max_dialogues={"train": 40, "validation": 1, "test": 1},
+                max_history_messages=6,
+            ),
+            data,
+        )
+    return work, base, data
 
 
 def render(r: dict) -> str:
@@ -108,25 +135,8 @@ def main() -> None:
 
     from benchmarks.smol_cpu import cpu_name
     from esc_dist import dist
-    from esc_dist.config import DataConfig
-    from esc_dist.data.tasks import prepare
-    from esc_dist.models.gguf import SMOLLM2, convert_gguf
 
-    work = Path(args.work)
-    base, data = work / "base", work / "data"
-    if not (base / "config.json").is_file():
-        convert_gguf(SMOLLM2, base)
-    if not (data / "manifest.json").is_file():
-        esconv = Path(args.esconv)
-        prepare(
-            DataConfig(
-                esconv=str(esconv / "esconv.json"),
-                split=str(esconv / "splits" / "decoupledesc_split.json"),
-                max_dialogues={"train": 40, "validation": 1, "test": 1},
-                max_history_messages=6,
-            ),
-            data,
-        )
+    work, base, data = inputs(args)
     rows = [mine(work, base, data, b, args) for b in ("hf", "vllm")]
     version = subprocess.run(
         [args.vllm_python, "-c", "import vllm; print(vllm.__version__)"],

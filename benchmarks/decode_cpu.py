@@ -14,13 +14,10 @@ Usage: python -m benchmarks.decode_cpu [--esconv DIR] [--turns 128] [--max-new-t
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import time
 
 from benchmarks.report import ROOT, write_section
-from benchmarks.vllm_backend import inputs, mine
+from benchmarks.vllm_backend import inputs, mine, mining_parser, run_facts
 
 RESULT = ROOT / "benchmarks" / "results" / "decode_cpu-smol.json"
 START, END = "<!-- decode-cpu:start -->", "<!-- decode-cpu:end -->"
@@ -53,20 +50,10 @@ def render(r: dict) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--esconv", default=str(ROOT.parent / "shared" / "data" / "esconv"))
-    ap.add_argument("--work", default="/tmp/esc-decode-bench")
-    ap.add_argument("--turns", type=int, default=128)
-    ap.add_argument("--max-new-tokens", type=int, default=32)
-    ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--render-only", action="store_true")
-    args = ap.parse_args()
+    args = mining_parser(__doc__, "/tmp/esc-decode-bench", 128).parse_args()
     if args.render_only:
         write_section(render(json.loads(RESULT.read_text())), START, END)
         return
-
-    from benchmarks.smol_cpu import cpu_name
-    from esc_dist import dist
 
     work, base, data = inputs(args)
     rows = []
@@ -75,13 +62,7 @@ def main() -> None:
         rows.append({"decode": decode, **row})
     pairs = [(work / f"mine-hf-{d}" / "pairs.jsonl").read_bytes() for d in DECODES]
     result = {
-        "date": time.strftime("%Y-%m-%d"),
-        "cpu": cpu_name(),
-        "cores": os.cpu_count(),
-        "native_bf16": dist.cpu_has_bf16(),
-        "turns": args.turns,
-        "max_new_tokens": args.max_new_tokens,
-        "batch": args.batch,
+        **run_facts(args),
         "same_samples": pairs[0] == pairs[1],
         "rows": rows,
     }

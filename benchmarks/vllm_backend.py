@@ -119,22 +119,41 @@ def render(r: dict) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def mining_parser(doc: str, work: str, turns: int) -> argparse.ArgumentParser:
+    """The options of a SmolLM2 mining benchmark (this one and ``decode_cpu``)."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     ap.add_argument("--esconv", default=str(ROOT.parent / "shared" / "data" / "esconv"))
-    ap.add_argument("--work", default="/tmp/esc-vllm-bench")
-    ap.add_argument("--turns", type=int, default=256)
+    ap.add_argument("--work", default=work)
+    ap.add_argument("--turns", type=int, default=turns)
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--vllm-python", default=str(ROOT / ".venv-vllm" / "bin" / "python"))
     ap.add_argument("--render-only", action="store_true")
+    return ap
+
+
+def run_facts(args) -> dict:
+    """When and where a mining benchmark ran, and its settings."""
+    from benchmarks.smol_cpu import cpu_name
+    from esc_dist import dist
+
+    return {
+        "date": time.strftime("%Y-%m-%d"),
+        "cpu": cpu_name(),
+        "cores": os.cpu_count(),
+        "native_bf16": dist.cpu_has_bf16(),
+        "turns": args.turns,
+        "max_new_tokens": args.max_new_tokens,
+        "batch": args.batch,
+    }
+
+
+def main() -> None:
+    ap = mining_parser(__doc__, "/tmp/esc-vllm-bench", 256)
+    ap.add_argument("--vllm-python", default=str(ROOT / ".venv-vllm" / "bin" / "python"))
     args = ap.parse_args()
     if args.render_only:
         write_section(render(json.loads(RESULT.read_text())), START, END)
         return
-
-    from benchmarks.smol_cpu import cpu_name
-    from esc_dist import dist
 
     work, base, data = inputs(args)
     rows = [mine(work, base, data, b, args) for b in ("hf", "vllm")]
@@ -144,13 +163,7 @@ def main() -> None:
         text=True,
     ).stdout.strip()
     result = {
-        "date": time.strftime("%Y-%m-%d"),
-        "cpu": cpu_name(),
-        "cores": os.cpu_count(),
-        "native_bf16": dist.cpu_has_bf16(),
-        "turns": args.turns,
-        "max_new_tokens": args.max_new_tokens,
-        "batch": args.batch,
+        **run_facts(args),
         "vllm_version": version.splitlines()[-1] if version else None,
         "rows": rows,
     }

@@ -26,6 +26,7 @@ from typing import Sequence
 
 from .config import Recipe, dump_recipe, key_view
 from .constants import GOLD_SYSTEMS, ROLES, SYSTEM_TITLES, SYSTEMS
+from .data.tasks import settings_view
 from .dist import free_port
 from .errors import ConfigError, MissingInput, StageError
 from .io import (
@@ -568,20 +569,65 @@ def _moved(stage: Stage, moved: dict[Path, Path]) -> Stage:
     )
 
 
+# the prepared tasks each mode of inference reads (besides the turns every stage may read)
+INFER_TASKS = {
+    "vanilla": ("vanilla",),
+    "decoupled": ("planner", "generator"),
+    "generator-gold": ("generator",),
+}
+
+
+def data_tasks(stage: Stage) -> tuple[str, ...] | None:
+    """The tasks of the prepared data ``stage`` reads (a role's training, mining and DPO data;
+    the roles an inference mode prompts), or None: all of it (the tiny model's tokenizer, the
+    evaluation, anything not listed)."""
+    command, args = stage.args[0], stage.args
+    if command in ("sft", "mine", "dpo"):
+        return (args[args.index("--role") + 1],)
+    if command == "infer":
+        return INFER_TASKS.get(args[args.index("--mode") + 1])
+    return None
+
+
+def _base_data_settings(theirs_recipe: Recipe, prepare: Stage):
+    """The data settings the base run's finished ``prepare`` stage was made with, or None
+    when it is not current for them (unfinished, changed since, or made by other code)."""
+    manifest = prepare.out / "manifest.json"
+    try:
+        settings = type(theirs_recipe.data)(**read_json(manifest)["config"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    mine = dataclasses.replace(theirs_recipe, data=settings)
+    return settings if is_current(prepare, stage_key(prepare, mine)) else None
+
+
 def plan_reusing(recipe: Recipe, base: str | Path) -> tuple[list[Stage], set[str]]:
     """The plan of ``recipe`` over the run in ``base``: a stage whose inputs are all reused
     (or outside both runs) and whose key, computed with the base run's paths, is the key the
     base run finished it with is not run again: later stages read its output in ``base``.
+    A stage that reads only some tasks of the prepared data (:func:`data_tasks`) reads the
+    base run's data when the settings those tasks depend on are the same in both runs
+    (``data.tasks.PROMPT_SETTINGS``), even if the two runs prepare other tasks differently.
     Returns the stages (reused ones pointing into ``base``) and the names of those reused."""
     theirs_recipe = dataclasses.replace(
         recipe, run=dataclasses.replace(recipe.run, output_dir=canonical_output_dir(str(base)))
     )
     ours, theirs = plan(recipe), {s.name: s for s in plan(theirs_recipe)}
     ours_root = RunLayout.of(recipe).root
+    our_data, their_data = RunLayout.of(recipe).data, theirs["prepare"].out
+    base_data = _base_data_settings(theirs_recipe, theirs["prepare"])
     moved: dict[Path, Path] = {}
     stages, reused = [], set()
     for stage in ours:
         stage = _moved(stage, moved)
+        tasks = data_tasks(stage)
+        if (
+            our_data in stage.inputs
+            and tasks is not None
+            and base_data is not None
+            and settings_view(recipe.data, tasks) == settings_view(base_data, tasks)
+        ):
+            stage = _moved(stage, {our_data: their_data})
         other = theirs.get(stage.name)
         inside = [p for p in stage.inputs if p == ours_root or ours_root in p.parents]
         if (

@@ -10,25 +10,24 @@ and decodes, and scores the four systems, the zero-shot baseline and three label
 numbers go to ``experiments/results/mini_smol/seed-K.json`` (commit it: run directories do not
 survive a move to another machine).
 
-Variants, each on one seed (``--variant-seed``, default the first seed), reusing that seed's SFT
-models and mined pairs where they can (the seed's stages a variant reads run first and are skipped
-when current, so a variant also runs on a seed whose run directory is gone):
+Variants, each on one seed (``--variant-seed``, default the first seed), declared as overrides
+of the seed's run (:data:`DECLARED`) and run as pipeline variants (``esc-dist pipeline
+--reuse``) into RUN/extra/NAME through the stages of the systems they change, every stage whose
+key they leave unchanged read from the seed's run (the seed's stages a variant reads run first
+and are skipped when current, so a variant also runs on a seed whose run directory is gone):
 
-- ``balanced``: the override ``judge.balance=true`` on the seed's run, as a pipeline variant
-  (``esc-dist pipeline --reuse``): the planner and vanilla pairs judged again (kept pairs
+- ``balanced``: ``judge.balance=true``: the planner and vanilla pairs judged again (kept pairs
   capped per chosen and per rejected strategy), their DPO, and Decoupled-DPO (with the seed's
   DPO generator, reused) and Vanilla-DPO inferred and scored again;
-- ``no-tags``: the planner without past strategies in its prompts
-  (``data.history_strategy_tags: false``): the data prepared again, the planner's SFT, mining,
-  judge and DPO, and Decoupled-SFT and Decoupled-DPO inferred and scored again with the seed's
-  own generators (the generator's prompt never shows strategy tags, so they are unchanged).
-  Built by hand, stage by stage: as a recipe override the setting would change the joint
-  model's data as well, and the prepared data's key covers every role, so the pipeline would
-  train every model again.
+- ``no-tags``: ``data.history_strategy_tags=false``, the planner without past strategies in its
+  prompts: the data prepared again, the planner's SFT, mining, judge and DPO, and
+  Decoupled-SFT and Decoupled-DPO inferred and scored again with the seed's own generators
+  (the generator's prompt never shows strategy tags, so its stages read the seed's prepared
+  data and are reused: ``pipeline.data_tasks``).
 
 Their numbers go to ``experiments/results/mini_smol/variant-NAME-seed-K.json``. The pipeline's
-stages resume by their keys; the zero-shot baseline and the ``no-tags`` steps are skipped when
-their output is complete, whatever the recipe: after changing the recipe, delete ``RUN/extra``.
+stages resume by their keys; the zero-shot baseline is skipped when its output is complete,
+whatever the recipe: after changing the recipe, delete ``RUN/extra``.
 
 The report (every run of the script ends with it, and ``--report-only`` runs nothing else) is
 built from the committed result files alone: ``experiments/results/mini_smol.json`` (mean and
@@ -149,8 +148,12 @@ VARIANT_SYSTEMS = {
 # variants declared as overrides of the seed's run: a pipeline run into RUN/extra/NAME that
 # reuses every stage whose key they leave unchanged (esc-dist pipeline --reuse) and runs the
 # pipeline's stages of VARIANT_SYSTEMS only. judge.balance changes the planner's and the joint
-# model's judge stages alone (the generator's verdicts do not depend on it: JudgeConfig.for_role)
-DECLARED = {"balanced": ("judge.balance=true",)}
+# model's judge stages alone (the generator's verdicts do not depend on it: JudgeConfig.for_role);
+# the tags change the planner's and the joint model's data alone (data.tasks.PROMPT_SETTINGS)
+DECLARED = {
+    "balanced": ("judge.balance=true",),
+    "no-tags": ("data.history_strategy_tags=false",),
+}
 # the seed's pipeline stages a variant reads (it runs them first; current ones are skipped)
 _GENERATOR = ("sft-generator", "mine-generator", "judge-generator", "dpo-generator")
 VARIANT_STAGES = {
@@ -249,107 +252,6 @@ def zero_shot(config: Path, overrides: list[str], run: Path) -> Path:
         ZERO_SHOT,
         ["--mode", "decoupled", "--planner", str(base), "--generator", str(base)],
     )
-
-
-def no_tags_variant(config: Path, runs: Path, seed: int) -> dict[str, Path]:
-    """The planner without strategy tags in its prompts: data, SFT, mining, judge and DPO of the
-    planner again, and Decoupled-SFT/-DPO with the seed's generators; the report per system."""
-    overrides = [*seed_overrides(seed, runs), "data.history_strategy_tags=false"]
-    recipe = load_recipe(config, overrides)
-    run = RunLayout(runs / f"seed-{seed}")
-    extra = work_dir(run.root, "no-tags")
-    data, sft, mined = extra / "data", extra / "sft-planner", extra / "mine-planner"
-    kept, dpo = extra / "prefdial-planner", extra / "dpo-planner"
-    extra.mkdir(parents=True, exist_ok=True)
-    common = ["--config", str(config), *overrides]
-    if not (data / COMPLETED).is_file():
-        esc(["prepare", "--out", str(data), *common], extra / "prepare.log")
-    steps = [
-        (
-            sft,
-            [
-                "sft",
-                "--role",
-                "planner",
-                "--data",
-                str(data),
-                "--model",
-                str(run.base),
-                "--out",
-                str(sft),
-            ],
-        ),
-        (
-            mined,
-            [
-                "mine",
-                "--role",
-                "planner",
-                "--data",
-                str(data),
-                "--model",
-                str(sft),
-                "--out",
-                str(mined),
-            ],
-        ),
-    ]
-    for out, args in steps:
-        if not (out / COMPLETED).is_file():
-            launch(recipe, [*args, *common], extra / f"{out.name}.log")
-    if not (kept / COMPLETED).is_file():
-        esc(
-            [
-                "judge",
-                "--role",
-                "planner",
-                "--pairs",
-                str(mined / "pairs.jsonl"),
-                "--out",
-                str(kept),
-                *common,
-            ],
-            extra / "judge-planner.log",
-        )
-    if not (dpo / COMPLETED).is_file():
-        launch(
-            recipe,
-            [
-                "dpo",
-                "--role",
-                "planner",
-                "--pairs",
-                str(kept),
-                "--model",
-                str(sft),
-                "--out",
-                str(dpo),
-                *common,
-            ],
-            extra / "dpo-planner.log",
-        )
-    return {
-        stage_name: infer_and_eval(
-            recipe,
-            config,
-            overrides,
-            run.root,
-            f"no-tags/{stage_name}",
-            [
-                "--mode",
-                "decoupled",
-                "--planner",
-                str(planner),
-                "--generator",
-                str(run.model(stage, "generator")),
-            ],
-            data=data,
-        )
-        for stage_name, stage, planner in (
-            ("decoupled-sft", "sft", sft),
-            ("decoupled-dpo", "dpo", dpo),
-        )
-    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -512,10 +414,7 @@ def run_variant(config: Path, runs: Path, seed: int, variant: str) -> None:
     the variant's own steps; its time counts the latter only."""
     run_pipeline(config, seed_overrides(seed, runs), VARIANT_STAGES[variant])
     t0 = time.time()
-    if variant in DECLARED:
-        reports, pairs = declared_variant(config, runs, seed, variant)
-    else:
-        reports, pairs = no_tags_variant(config, runs, seed), None
+    reports, pairs = declared_variant(config, runs, seed, variant)
     result = seed_result(config, runs, seed, reports, variant, pairs)
     result["seconds_this_run"] = round(time.time() - t0, 1)  # 0-ish when all was done before
     save_result(result, seed, variant)

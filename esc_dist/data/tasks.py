@@ -37,6 +37,16 @@ TASKS = ("vanilla", "planner", "generator")
 # turns (seeker = user, supporter = assistant, tagged or not); ``transcript`` -- the paper's form,
 # the whole dialogue in one user message of "seeker: ..." / "supporter: ..." lines, untagged.
 PLANNER_PROMPTS = ("chat", "transcript")
+# The data settings that shape only some tasks' prompts (every other setting -- the source, the
+# split, the dialogue counts -- shapes every task and the raw turns alike). A stage that reads
+# only some tasks of a prepared directory depends on those tasks' settings alone, so a run that
+# changes, say, history_strategy_tags can read another run's generator data (pipeline --reuse).
+PROMPT_SETTINGS = {
+    "vanilla": ("max_history_messages", "history_strategy_tags"),
+    "planner": ("max_history_messages", "history_strategy_tags", "planner_prompt"),
+    "generator": ("max_history_messages",),
+    "turns": (),
+}
 
 _STRATEGY_LIST = ", ".join(f"[{s}]" for s in STRATEGIES)
 
@@ -279,6 +289,15 @@ def prepare(cfg: DataConfig, out: str | Path) -> dict:
         write_manifest(tmp, manifest)
         mark_completed(tmp)
     return manifest
+
+
+def settings_view(cfg: DataConfig, tasks: Iterable[str]) -> dict:
+    """The settings of ``cfg`` that the ``tasks`` of a prepared directory (and its turns)
+    depend on: two configs with the same view prepare those tasks the same way."""
+    tasks = set(tasks)
+    prompt_only = {k for keys in PROMPT_SETTINGS.values() for k in keys}
+    wanted = {k for t in tasks for k in PROMPT_SETTINGS[t]}
+    return {k: v for k, v in asdict(cfg).items() if k not in prompt_only or k in wanted}
 
 
 class PromptSettings(NamedTuple):

@@ -227,3 +227,37 @@ def test_history_without_strategy_tags(tmp_path, esconv_dir):
         assert plain["completion"] == tagged["completion"]
         rebuilt = items(turns, None, cfg.max_history_messages, False)
         assert [it.messages for it in rebuilt] == plain["prompt"]
+
+
+def test_each_task_depends_on_its_settings_only(tmp_path):
+    """``PROMPT_SETTINGS`` is complete: a data setting outside a task's view leaves that task
+    (and the raw turns) exactly as they were, so a run that changes it can read another run's
+    copy of that task (``pipeline --reuse``). A setting the view misses would fail here."""
+    from esc_dist.data.tasks import PROMPT_SETTINGS, settings_view
+
+    base = DataConfig(
+        esconv=str(TEST_DATA / "tiny_esconv.json"),
+        split="seeded",
+        split_fractions=[0.34, 0.33, 0.33],
+        max_history_messages=4,
+    )
+    changes = {
+        "history_strategy_tags": False,
+        "planner_prompt": "transcript",
+        "max_history_messages": 2,
+    }
+    assert set(changes) == {k for keys in PROMPT_SETTINGS.values() for k in keys}
+    prepare(base, tmp_path / "base")
+
+    def rows(out, task):
+        ds = load_from_disk(str(out / task))
+        return {split: ds[split].to_list() for split in ds}
+
+    for key, value in changes.items():
+        other = DataConfig(**{**base.__dict__, key: value})
+        prepare(other, tmp_path / key)
+        for task in (*TASKS, "turns"):
+            same = rows(tmp_path / "base", task) == rows(tmp_path / key, task)
+            in_view = settings_view(base, [task]) != settings_view(other, [task])
+            # outside the view: the same rows; inside: the setting shows in this data
+            assert same != in_view, (key, task)

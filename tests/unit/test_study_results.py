@@ -113,3 +113,20 @@ def test_the_balanced_variant_changes_only_the_judge_of_the_strategy_pairs(tmp_p
     before = {s.name: stage_key(s, base) for s in plan(base)}
     after = {s.name: stage_key(s, variant) for s in plan(variant)}
     assert {n for n in before if before[n] != after[n]} == {"judge-planner", "judge-vanilla"}
+
+
+def test_the_no_tags_variant_changes_the_planners_and_joint_models_data_only(tmp_path):
+    """``no-tags`` is a declared variant too: it changes one data setting, which the planner's
+    and the joint model's prompts show and the generator's do not, so the variant reads the
+    seed's prepared data for the generator's stages and reuses them (tests/unit/test_variants)."""
+    from dataclasses import replace
+
+    from esc_dist.data.tasks import settings_view
+
+    over = [f"run.output_dir={tmp_path}", "run.seed=0"]
+    base = smol.load_recipe(smol.CONFIG, over)
+    variant = smol.load_recipe(smol.CONFIG, [*over, *smol.DECLARED["no-tags"]])
+    assert replace(variant, data=base.data) == base
+    for task, changed in (("generator", False), ("planner", True), ("vanilla", True)):
+        assert (settings_view(variant.data, [task]) != settings_view(base.data, [task])) == changed
+    assert set(smol.VARIANT_SYSTEMS["no-tags"]) == {"decoupled-sft", "decoupled-dpo"}

@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 from benchmarks.report import ROOT, write_section
+from esc_dist.layout import RunLayout
 
 RESULT = ROOT / "benchmarks" / "results" / "dpo_shared_prompt-cpu-smol.json"
 START, END = "<!-- dpo-shared-prompt:start -->", "<!-- dpo-shared-prompt:end -->"
@@ -232,7 +233,7 @@ def main() -> int:
         ],
     )
     dist.init(3600)
-    data = work / "data"
+    data = RunLayout(work).data
     if not (data / "COMPLETED").is_file():
         prepare(recipe.data, data)
     res = {

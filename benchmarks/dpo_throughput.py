@@ -28,6 +28,7 @@ from pathlib import Path
 
 from benchmarks.sft_throughput import SIZES
 from benchmarks.timing import TrainerMeter
+from esc_dist.layout import RunLayout
 
 
 def make_pairs(data_dir: Path, out: Path, n: int, role: str = "generator") -> None:
@@ -160,7 +161,11 @@ def main() -> int:
         ],
     )
     dist.init(600)
-    data_dir, model_dir, pairs_dir = work / "data", work / f"model-{args.size}", work / "pairs"
+    data_dir, model_dir, pairs_dir = (
+        RunLayout(work).data,
+        work / f"model-{args.size}",
+        work / "pairs",
+    )
     if not (data_dir / "COMPLETED").is_file():
         prepare(recipe.data, data_dir)
     if not (model_dir / "config.json").is_file():

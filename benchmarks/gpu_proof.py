@@ -36,6 +36,8 @@ import sys
 import time
 from pathlib import Path
 
+from esc_dist.layout import RunLayout
+
 ROOT = Path(__file__).resolve().parents[1]
 SHAPES = {
     "gpu": {
@@ -171,7 +173,7 @@ def measure(part: str, spec: dict, args) -> dict:
         trainer, _, _ = build_sft_trainer(
             recipe,
             "vanilla",
-            str(work / "data"),
+            str(RunLayout(work).data),
             str(model),
             stage_paths(recipe, "sft", "x", str(out)),
             _ds(recipe.sft),
@@ -275,7 +277,7 @@ def mining(args, work: Path, shape: dict, decode: str) -> dict:
         "--role",
         "generator",
         "--data",
-        str(work / "data"),
+        str(RunLayout(work).data),
         "--model",
         str(model),
         "--out",
@@ -320,7 +322,7 @@ def recipe_steps(args, work: Path, shape: dict) -> dict:
             "--config",
             str(ROOT / "configs" / "qwen2.5-7b.yaml"),
             "--data",
-            str(work / "data"),
+            str(RunLayout(work).data),
             "--model",
             str(work / "model-sft"),
             "--out",
@@ -462,13 +464,13 @@ def main() -> int:
             "data.max_history_messages=8",
         ],
     )
-    if not (work / "data" / "COMPLETED").is_file():
-        prepare(recipe.data, work / "data")
+    if not (RunLayout(work).data / "COMPLETED").is_file():
+        prepare(recipe.data, RunLayout(work).data)
     if not (work / "tiny" / "config.json").is_file():
         build_tiny_model(recipe.tiny_model, esconv / "esconv.json", work / "tiny")
     build_model(work, "sft", {**shape["sft"], "num_hidden_layers": 0}, args.layers)
     if not (work / "pairs" / "COMPLETED").is_file():
-        make_pairs(work / "data", work / "pairs", 64, "generator")
+        make_pairs(RunLayout(work).data, work / "pairs", 64, "generator")
     t0 = time.time()
     rows = []
     for part, spec in variants(args):

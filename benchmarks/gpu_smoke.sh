@@ -10,11 +10,13 @@ py="${PYTHON:-python3}"
 export WANDB_MODE="${WANDB_MODE:-offline}" TOKENIZERS_PARALLELISM=false
 split="$(dirname "$esconv")/splits/decoupledesc_split.json"
 rm -rf "$run"
-$py -m esc_dist prepare --esconv "$esconv" --split "$split" --out "$run/data" \
+common=(run.output_dir="$run" run.dist_timeout_s=300)
+# where a stage writes: the run layout's answer (esc-dist stage out), not a path spelled here
+out() { $py -m esc_dist stage out "$1" "${common[@]}"; }
+$py -m esc_dist prepare --esconv "$esconv" --split "$split" --out "$(out prepare)" \
   data.max_dialogues.train=40 data.max_dialogues.validation=4 data.max_dialogues.test=4 \
   data.max_history_messages=8
-$py -m esc_dist tiny-model --corpus "$esconv" --out "$run/models/tiny"
-common=(run.output_dir="$run" run.dist_timeout_s=300)
+$py -m esc_dist tiny-model --corpus "$esconv" --out "$(out tiny-model)"
 torchrun --nproc_per_node="$nproc" --master_port=29731 -m esc_dist sft --role planner "${common[@]}" \
   sft.deepspeed="$root/esc_dist/ds_configs/zero3.json" sft.max_steps=20 sft.save_steps=10 sft.logging_steps=5
 $py - "$run" <<'PY'
@@ -23,13 +25,14 @@ from pathlib import Path
 from datasets import load_from_disk
 from esc_dist.io import mark_completed
 from esc_dist.ipm.prefdial import save_dataset
-run = Path(sys.argv[1])
-rows = load_from_disk(str(run / "data" / "planner"))["train"].select(range(128))
+from esc_dist.layout import RunLayout
+run = RunLayout(Path(sys.argv[1]))
+rows = load_from_disk(str(run.data / "planner"))["train"].select(range(128))
 pairs = [{"id": r["id"] + "#s0", "turn_id": r["id"], "role": "planner", "prompt": r["prompt"],
           "chosen": r["strategy"], "rejected": r["strategy"][::-1].lower(),
           "gold_strategy": r["strategy"], "sampled_strategy": None} for r in rows]
-save_dataset(pairs, run / "prefdial" / "planner" / "dataset")
-mark_completed(run / "prefdial" / "planner")
+save_dataset(pairs, run.pairs("planner") / "dataset")
+mark_completed(run.pairs("planner"))
 PY
 torchrun --nproc_per_node="$nproc" --master_port=29732 -m esc_dist dpo --role planner "${common[@]}" \
   dpo.deepspeed="$root/esc_dist/ds_configs/zero3.json" dpo.max_steps=16 dpo.save_steps=8 dpo.logging_steps=4 \
@@ -39,10 +42,11 @@ import json, sys
 from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
-run = Path(sys.argv[1])
+from esc_dist.layout import RunLayout
+run = RunLayout(Path(sys.argv[1]))
 out = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"}
 for stage in ("sft", "dpo"):
-    d = run / "models" / f"{stage}-planner"
+    d = run.model(stage, "planner")
     m = json.loads((d / "manifest.json").read_text())
     model = AutoModelForCausalLM.from_pretrained(d)
     tok = AutoTokenizer.from_pretrained(d)

@@ -31,6 +31,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from esc_dist.layout import RunLayout
+
 ROOT = Path(__file__).resolve().parents[1]
 
 SECTION = "## Mining throughput"
@@ -191,7 +193,7 @@ def main() -> None:
     quiet_libraries()
     esconv = Path(args.esconv)
     work = Path(tempfile.mkdtemp(prefix="esc-mining-bench-"))
-    data, model_dir = work / "data", work / "tiny"
+    data, model_dir = RunLayout(work).data, work / "tiny"
     counts = prepare(
         DataConfig(
             esconv=str(esconv / "esconv.json"),

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from benchmarks.timing import TrainerMeter
+from esc_dist.layout import RunLayout
 
 SIZES = {  # Llama-architecture shapes, random init; vocabulary = the ESConv tokenizer's
     "tiny": dict(hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=2, intermediate_size=352),
@@ -113,7 +114,7 @@ def main() -> int:
         ],
     )
     dist.init(600)
-    data_dir, model_dir = work / "data", work / f"model-{args.size}"
+    data_dir, model_dir = RunLayout(work).data, work / f"model-{args.size}"
     if not (data_dir / "COMPLETED").is_file():
         prepare(recipe.data, data_dir)
     if not (model_dir / "config.json").is_file():

@@ -31,6 +31,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from benchmarks.mining import ROOT, write_section
+from esc_dist.layout import RunLayout
 
 SECTION = "## SmolLM2-135M on CPU: bf16 vs fp32, esc-dist vs TRL, distance to the matmul peak"
 
@@ -156,7 +157,7 @@ def main() -> int:
     if not (base / "config.json").is_file():
         convert_gguf(SMOLLM2, base)
     dist.init(3600)
-    data, pairs = work / "data", work / "pairs"
+    data, pairs = RunLayout(work).data, work / "pairs"
     recipe = recipe_for(args, work, "fp32", args.steps, 2, args.batch)
     if not (data / "COMPLETED").is_file():
         prepare(recipe.data, data)

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from benchmarks.report import ROOT, write_section
+from esc_dist.layout import RunLayout
 
 RESULT = ROOT / "benchmarks" / "results" / "vllm_backend-cpu-smol.json"
 START, END = "<!-- vllm-backend:start -->", "<!-- vllm-backend:end -->"
@@ -68,7 +69,7 @@ def inputs(args) -> tuple[Path, Path, Path]:
     from esc_dist.models.gguf import SMOLLM2, convert_gguf
 
     work = Path(args.work)
-    base, data = work / "base", work / "data"
+    base, data = work / "base", RunLayout(work).data
     if not (base / "config.json").is_file():
         convert_gguf(SMOLLM2, base)
     if not (data / "manifest.json").is_file():

@@ -17,6 +17,8 @@ import gc
 import json
 from pathlib import Path
 
+from esc_dist.layout import RunLayout
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -77,8 +79,8 @@ def main() -> int:
     )
     dist.init(300, deepspeed=args.zero != "none")
     if dist.is_main():
-        if not (work / "data" / "COMPLETED").is_file():
-            prepare(recipe.data, work / "data")
+        if not (RunLayout(work).data / "COMPLETED").is_file():
+            prepare(recipe.data, RunLayout(work).data)
         if not (work / "tiny" / "config.json").is_file():
             build_tiny_model(recipe.tiny_model, args.esconv, work / "tiny")
     dist.barrier()
@@ -86,7 +88,7 @@ def main() -> int:
     trainer, _, _ = build_sft_trainer(
         recipe,
         "vanilla",
-        str(work / "data"),
+        str(RunLayout(work).data),
         str(work / "tiny"),
         paths,
         deepspeed_config(recipe.sft),

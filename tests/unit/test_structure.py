@@ -107,7 +107,7 @@ def test_the_run_layout_is_spelled_in_one_place():
         for f in sorted((ROOT / d).rglob("*.py"))
         if f != PKG / "layout.py"
     ]
-    sh = [f for d in ("slurm", "launch") for f in sorted((ROOT / d).glob("*.sh"))]
+    sh = [f for d in ("slurm", "launch", "benchmarks") for f in sorted((ROOT / d).glob("*.sh"))]
     sh += sorted((ROOT / "slurm").glob("*.sbatch"))
     found = run_path_spellings(py, _RUN_PATH_PY) + run_path_spellings(sh, _RUN_PATH_SH)
     assert not found, "run paths spelled outside esc_dist/layout.py:\n" + "\n".join(found)

@@ -25,6 +25,9 @@ GOLD_SYSTEMS: dict[str, tuple[str, str]] = {
     "generator-gold-sft": ("generator-gold", "sft"),
     "generator-gold-dpo": ("generator-gold", "dpo"),
 }
+# The base model itself as planner and generator, untrained (eval.zero_shot): the baseline that
+# shows what training added. name -> (mode, "base").
+ZERO_SHOT_SYSTEMS: dict[str, tuple[str, str]] = {"zero-shot": ("decoupled", "base")}
 SYSTEM_TITLES: dict[str, str] = {
     "vanilla-sft": "Vanilla-SFT",
     "vanilla-dpo": "Vanilla-DPO",
@@ -32,6 +35,7 @@ SYSTEM_TITLES: dict[str, str] = {
     "decoupled-dpo": "Decoupled-DPO",
     "generator-gold-sft": "Generator-SFT-on-gold",
     "generator-gold-dpo": "Generator-DPO-on-gold",
+    "zero-shot": "Zero-shot",
 }
 
 # Evaluation protocols: "paper" = the DecoupledESC paper's (sampled decoding over several seeds,

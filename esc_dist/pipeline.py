@@ -2,7 +2,8 @@
 
 prepare → tiny model (unless ``model.base``; a GGUF ``model.base`` is converted instead) →
 SFT ×3 → mine ×3 → judge ×3 → DPO ×3 → infer (Vanilla-SFT, Vanilla-DPO, Decoupled-SFT,
-Decoupled-DPO, and with ``eval.generator_gold`` the SFT and DPO generators on gold strategies) →
+Decoupled-DPO, with ``eval.generator_gold`` the SFT and DPO generators on gold strategies, with
+``eval.zero_shot`` the base model untrained as planner and generator) →
 eval of each → compare, into one run directory (``run.output_dir``). Training,
 mining and inference run on ``pipeline.nproc`` ranks with ``pipeline.launcher``; the others run
 as one process.
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .config import Recipe, dump_recipe, key_view
-from .constants import GOLD_SYSTEMS, ROLES, SYSTEM_TITLES, SYSTEMS
+from .constants import GOLD_SYSTEMS, ROLES, SYSTEM_TITLES, SYSTEMS, ZERO_SHOT_SYSTEMS
 from .data.tasks import settings_view
 from .dist import free_port
 from .errors import ConfigError, MissingInput, StageError
@@ -60,9 +61,13 @@ class Stage:
 
 
 def evaluated_systems(recipe: Recipe) -> dict[str, tuple[str, str]]:
-    """The systems a run infers and evaluates: the four of the paper, and the generators on gold
-    strategies when ``eval.generator_gold``."""
-    return {**SYSTEMS, **(GOLD_SYSTEMS if recipe.eval.generator_gold else {})}
+    """The systems a run infers and evaluates: the four of the paper, the generators on gold
+    strategies when ``eval.generator_gold``, the base model untrained when ``eval.zero_shot``."""
+    return {
+        **SYSTEMS,
+        **(GOLD_SYSTEMS if recipe.eval.generator_gold else {}),
+        **(ZERO_SHOT_SYSTEMS if recipe.eval.zero_shot else {}),
+    }
 
 
 def plan(recipe: Recipe) -> list[Stage]:
@@ -192,7 +197,10 @@ def plan(recipe: Recipe) -> list[Stage]:
     systems = evaluated_systems(recipe)
     for system, (mode, stage) in systems.items():
         pred = run.predictions(system)
-        if mode == "vanilla":
+        if stage == "base":  # zero-shot: the base model in both roles
+            inputs = list(base_inputs)
+            model_args = ["--planner", str(base_dir), "--generator", str(base_dir)]
+        elif mode == "vanilla":
             inputs = [run.model(stage, "vanilla")]
             model_args = ["--model", str(inputs[0])]
         elif mode == "generator-gold":
@@ -685,7 +693,7 @@ def job_of(stage: Stage) -> tuple[str, str, dict[str, str]]:
         return name, "train", {"STAGE": kind, "ROLE": rest}
     if kind == "mine" and stage.distributed:
         return name, "mine", {"ROLE": rest}
-    if kind in ("infer", "eval") and (rest in SYSTEMS or rest in GOLD_SYSTEMS):
+    if kind in ("infer", "eval") and rest in {**SYSTEMS, **GOLD_SYSTEMS, **ZERO_SHOT_SYSTEMS}:
         return f"infer-{rest}", "infer_eval", {"SYSTEM": rest}
     # anything else (judge, compare, stages added later): one job per stage
     return name, ("stage" if stage.distributed else "single"), {}

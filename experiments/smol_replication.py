@@ -1,10 +1,11 @@
 """Mini-replication on SmolLM2: does Decoupled-DPO lower preference bias from a pretrained model?
 
 For each seed, runs ``configs/mini-smol.yaml`` through ``esc-dist pipeline`` (``run.seed`` set to
-the seed; a seed whose stages already finished resumes from them), then the SmolLM2 zero-shot
-baseline -- the converted base model as planner and as generator, prompted with the same
-planner and generator prompts as the trained systems, no fine-tuning -- on the same test turns
-and decodes, and scores the four systems, the zero-shot baseline and three label baselines
+the seed; a seed whose stages already finished resumes from them), the SmolLM2 zero-shot
+baseline among its systems (``eval.zero_shot``: the converted base model as planner and as
+generator, prompted with the same planner and generator prompts as the trained systems, no
+fine-tuning, on the same test turns and decodes), and scores the four systems, the zero-shot
+baseline and three label baselines
 (majority, random by train prior, bag-of-words logistic regression; see
 ``experiments/mini_replication.py``) under the paper's protocol. As soon as a seed is scored its
 numbers go to ``experiments/results/mini_smol/seed-K.json`` (commit it: run directories do not
@@ -26,8 +27,7 @@ and are skipped when current, so a variant also runs on a seed whose run directo
   data and are reused: ``pipeline.data_tasks``).
 
 Their numbers go to ``experiments/results/mini_smol/variant-NAME-seed-K.json``. The pipeline's
-stages resume by their keys; the zero-shot baseline is skipped when its output is complete,
-whatever the recipe: after changing the recipe, delete ``RUN/extra``.
+stages resume by their keys.
 
 The report (every run of the script ends with it, and ``--report-only`` runs nothing else) is
 built from the committed result files alone: ``experiments/results/mini_smol.json`` (mean and
@@ -52,27 +52,24 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from esc_dist.config import load_recipe
-from esc_dist.constants import ROLES, SYSTEM_TITLES, SYSTEMS
+from esc_dist.constants import ROLES, SYSTEM_TITLES, SYSTEMS, ZERO_SHOT_SYSTEMS
 from esc_dist.eval.baselines import BASELINES, strategy_baselines
 from esc_dist.eval.compare import load_report
 from esc_dist.eval.plots import plot_preferences
 from esc_dist.eval.predictions import load_predictions
 from esc_dist.eval.strategy import strategy_metrics
-from esc_dist.io import COMPLETED, atomic_write_json, read_json
+from esc_dist.io import atomic_write_json, read_json
 from esc_dist.layout import RunLayout, work_dir
 from esc_dist.psych.names import ERROR_TYPES
 from esc_dist.strategies import STRATEGIES
 from experiments import common
 from experiments.common import (
     ROOT,
-    launch,
     mean_std,
     run_pipeline,
     run_reusing,
@@ -133,7 +130,7 @@ ARMS = {
 }
 JUDGED = ARMS["judged"]
 RESULTS, OUT_JSON, START, END = JUDGED.results, JUDGED.out_json, JUDGED.start, JUDGED.end
-ZERO_SHOT = "zero-shot"
+ZERO_SHOT = next(iter(ZERO_SHOT_SYSTEMS))  # the pipeline's system (eval.zero_shot)
 LABEL_BASELINES = BASELINES
 TITLES = {**SYSTEM_TITLES, ZERO_SHOT: "SmolLM2 zero-shot", **LABEL_BASELINES}
 ROWS = (*SYSTEMS, ZERO_SHOT, *LABEL_BASELINES)
@@ -173,85 +170,6 @@ VARIANT_STAGES = {
 def seed_overrides(seed: int, runs: Path) -> list[str]:
     name = f"seed-{seed}"
     return [f"run.seed={seed}", f"run.output_dir={runs / name}", f"run.name=mini-smol-{name}"]
-
-
-def esc(args: list[str], log: Path) -> None:
-    """One single-process esc-dist command, its output to ``log``."""
-    with open(log, "w") as f:
-        subprocess.run(
-            [sys.executable, "-m", "esc_dist", *args],
-            check=True,
-            cwd=ROOT,
-            stdout=f,
-            stderr=subprocess.STDOUT,
-        )
-
-
-def infer_and_eval(
-    recipe,
-    config: Path,
-    overrides: list[str],
-    run: Path,
-    name: str,
-    mode_args: list[str],
-    data: Path | None = None,
-) -> Path:
-    """Infer one system on the test turns of ``data`` (default: the run's; the pipeline's
-    decoding) and evaluate it, unless done; returns its report directory. Outputs go to
-    RUN/extra/NAME, laid out as a run of its own."""
-    var, system = RunLayout(work_dir(run, name)), Path(name).name
-    pred, report = var.predictions(system), var.report(system)
-    data = data or RunLayout(run).data
-    var.logs.mkdir(parents=True, exist_ok=True)
-    if not (pred / COMPLETED).is_file():
-        launch(
-            recipe,
-            [
-                "infer",
-                *mode_args,
-                "--data",
-                str(data),
-                "--split",
-                recipe.infer.split,
-                "--out",
-                str(pred),
-                "--config",
-                str(config),
-                *overrides,
-            ],
-            var.log(f"infer-{system}"),
-        )
-    if not (report / "report.json").is_file():
-        esc(
-            [
-                "eval",
-                str(pred / "predictions.jsonl"),
-                "--out",
-                str(report),
-                "--name",
-                name,
-                "--data",
-                str(data),
-                "--config",
-                str(config),
-                *overrides,
-            ],
-            var.log(f"eval-{system}"),
-        )
-    return report
-
-
-def zero_shot(config: Path, overrides: list[str], run: Path) -> Path:
-    recipe = load_recipe(config, overrides)
-    base = RunLayout(run).base
-    return infer_and_eval(
-        recipe,
-        config,
-        overrides,
-        run,
-        ZERO_SHOT,
-        ["--mode", "decoupled", "--planner", str(base), "--generator", str(base)],
-    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -317,12 +235,6 @@ def scores_of_labels(gold: list[str], pred: list[str]) -> dict:
     }
 
 
-def extra_seconds(run: Path) -> float:
-    """The seconds the zero-shot baseline's inference took (its manifest's run facts)."""
-    manifest = RunLayout(work_dir(run, ZERO_SHOT)).predictions(ZERO_SHOT) / "manifest.json"
-    return float(read_json(manifest).get("seconds") or 0) if manifest.is_file() else 0.0
-
-
 def seed_result(
     config: Path,
     runs: Path,
@@ -348,9 +260,10 @@ def seed_result(
     }
     if variant is None:
         stages = stage_seconds(recipe)
-        out["stage_seconds"] = stages
-        out["pipeline_seconds"] = round(sum(v or 0 for v in stages.values()), 1)
-        out["zero_shot_seconds"] = round(extra_seconds(run.root), 1)
+        zero = {f"infer-{ZERO_SHOT}", f"eval-{ZERO_SHOT}"}
+        out["stage_seconds"] = {k: v for k, v in stages.items() if k not in zero}
+        out["pipeline_seconds"] = round(sum(v or 0 for v in out["stage_seconds"].values()), 1)
+        out["zero_shot_seconds"] = round(stages.get(f"infer-{ZERO_SHOT}") or 0, 1)
         pred = run.predictions("decoupled-sft") / "predictions.jsonl"
         gold, preds = strategy_baselines(run.data, seed, {p.id for p in load_predictions(pred)})
         out["systems"].update({k: scores_of_labels(gold, v) for k, v in preds.items()})
@@ -394,8 +307,7 @@ def run_seed(config: Path, runs: Path, seed: int, arm: Arm = JUDGED) -> None:
     overrides = seed_overrides(seed, runs)
     run_pipeline(config, overrides)
     run = RunLayout(runs / f"seed-{seed}")
-    reports = {s: run.report(s) for s in SYSTEMS}
-    reports[ZERO_SHOT] = zero_shot(config, overrides, run.root)
+    reports = {s: run.report(s) for s in (*SYSTEMS, ZERO_SHOT)}  # eval.zero_shot in the recipe
     pairs = None
     if arm.overrides:
         own = [*overrides, *arm.overrides, f"run.output_dir={work_dir(run.root, arm.name)}"]

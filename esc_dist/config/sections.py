@@ -579,6 +579,9 @@ class EvalConfig:
     llm_judge: bool = False
     adherence: bool = True  # strategy adherence of the replies (a classifier on gold replies)
     generator_gold: bool = True  # the pipeline also evaluates the generators on gold strategies
+    # the pipeline also evaluates the base model untrained as planner and generator (decoupled,
+    # the same prompts): the zero-shot baseline
+    zero_shot: bool = False
 
 
 @dataclass

@@ -336,6 +336,7 @@ PIPELINE = [
     "infer.max_new_tokens=16",
     "run.dist_timeout_s=300",
     "pipeline.signal_lead_s=60",  # CPU jobs of 15 minutes
+    "eval.zero_shot=true",  # the untrained base model as a system of its own (a job too)
 ]
 
 
@@ -418,6 +419,7 @@ def test_submit_pipeline_runs_every_stage_on_slurm(slurm, tmp_path):
         "Decoupled-DPO",
         "Generator-SFT-on-gold",
         "Generator-DPO-on-gold",
+        "Zero-shot",
     ):
         assert system in table
     assert "**Paper protocol** (`paper`)" in table and "mean ± sample std over 3 decodes" in table
@@ -429,7 +431,11 @@ def test_submit_pipeline_runs_every_stage_on_slurm(slurm, tmp_path):
     assert 0 <= report["adherence"]["adherence"] <= 1
     gold = json.loads((run / "reports" / "generator-gold-dpo" / "report.json").read_text())
     assert gold["headline"]["Q_as_others"] == 1.0  # the strategies are the gold ones
-    assert len(list((run / "logs" / "slurm").glob("tiny-cpu-*.out"))) == 20  # one per job
+    zero = json.loads((run / "reports" / "zero-shot" / "report.json").read_text())
+    assert zero["decodes"] == 3 and zero["counts"]["turns"] == report["counts"]["turns"]
+    used = json.loads((run / "predictions" / "zero-shot" / "manifest.json").read_text())["inputs"]
+    assert Path(used["planner"]["path"]) == Path(used["generator"]["path"]) == run / "models/tiny"
+    assert len(list((run / "logs" / "slurm").glob("tiny-cpu-*.out"))) == 21  # one per job
     assert "every stage is finished" in r.stdout
 
     # the jobs recorded their stages the way `esc-dist pipeline` does: nothing left to run
@@ -451,4 +457,4 @@ def test_submit_pipeline_runs_every_stage_on_slurm(slurm, tmp_path):
         timeout=300,
     )
     assert local.returncode == 0, local.stderr[-3000:]
-    assert local.stdout.count("up to date, skipped") == 27, local.stdout
+    assert local.stdout.count("up to date, skipped") == 29, local.stdout

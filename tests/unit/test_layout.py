@@ -67,3 +67,31 @@ def test_the_layout_is_documented_as_it_is():
     for rel in set(EXPECTED.values()) - {"models/tiny", "data"}:
         head = rel.split("/")[0]
         assert f"RUN/{head}/" in doc, rel
+
+
+def test_the_zero_shot_system_is_the_base_model_in_both_roles(tmp_path):
+    """``eval.zero_shot``: one more system, the untrained base model as planner and generator,
+    inferred and evaluated like the others, in the comparison, a Slurm job of its own that
+    waits for the base model only."""
+    from esc_dist.pipeline import plan, slurm_jobs
+
+    recipe = load_recipe(None, [f"run.output_dir={tmp_path}", "eval.zero_shot=true"])
+    run = RunLayout.of(recipe)
+    stages = {s.name: s for s in plan(recipe)}
+    infer = stages["infer-zero-shot"]
+    assert infer.inputs == [run.data, run.tiny] and infer.out == run.predictions("zero-shot")
+    args = infer.args
+    assert args[args.index("--mode") + 1] == "decoupled"
+    assert args[args.index("--planner") + 1] == args[args.index("--generator") + 1] == str(run.tiny)
+    assert stages["eval-zero-shot"].inputs == [run.predictions("zero-shot"), run.data]
+    assert run.report("zero-shot") in stages["compare"].inputs
+    assert "Zero-shot" in stages["compare"].args[stages["compare"].args.index("--names") + 1]
+    jobs = {j.name: j for j in slurm_jobs(recipe)}
+    assert jobs["infer-zero-shot"].template == "infer_eval"
+    assert jobs["infer-zero-shot"].deps == {"prepare"}  # data and the tiny model: one job
+    assert jobs["infer-zero-shot"].env == {"SYSTEM": "zero-shot"}
+    # off by default; a real base model is named as it is
+    assert "infer-zero-shot" not in {s.name for s in plan(load_recipe(None))}
+    real = load_recipe(None, [f"run.output_dir={tmp_path}", "eval.zero_shot=true", "model.base=/m"])
+    zero = next(s for s in plan(real) if s.name == "infer-zero-shot")
+    assert zero.inputs == [RunLayout.of(real).data] and "/m" in zero.args

@@ -67,9 +67,10 @@ def run_reusing(
 
 
 def launch(recipe, args: list[str], log: Path) -> None:
-    """One esc-dist command on the recipe's launcher and ranks, its output to ``log``."""
+    """One esc-dist command on the recipe's launcher and ranks, its output added to ``log``
+    (a command run again, to resume or to find its output complete, keeps the earlier log)."""
     cmd = launcher_cmd(recipe.pipeline.launcher, recipe.pipeline.nproc, free_port()) + args
-    with open(log, "w") as f:
+    with open(log, "a") as f:
         r = subprocess.run(
             cmd,
             stdout=f,

@@ -128,31 +128,32 @@ def pipeline(
 def predict(
     config: Path, seed: int, runs: Path, planner: Path, out: Path, extra: tuple[str, ...] = ()
 ) -> Path:
-    """Planner-only predictions of every test turn (skipped when complete)."""
+    """Planner-only predictions of every test turn (``esc-dist infer --mode planner``, which
+    returns at once when ``out`` is complete for the same planner, data and settings, and
+    refuses an output made from others)."""
     run = RunLayout(runs / f"seed-{seed}")
-    if not (out / COMPLETED).is_file():
-        out.parent.mkdir(parents=True, exist_ok=True)
-        ov = overrides(seed, runs, extra)
-        launch(
-            load_recipe(config, ov),
-            [
-                "infer",
-                "--mode",
-                "planner",
-                "--planner",
-                str(planner),
-                "--data",
-                str(run.data),
-                "--split",
-                "test",
-                "--out",
-                str(out),
-                "--config",
-                str(config),
-                *ov,
-            ],
-            out.parent / f"{out.name}.log",
-        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    ov = overrides(seed, runs, extra)
+    launch(
+        load_recipe(config, ov),
+        [
+            "infer",
+            "--mode",
+            "planner",
+            "--planner",
+            str(planner),
+            "--data",
+            str(run.data),
+            "--split",
+            "test",
+            "--out",
+            str(out),
+            "--config",
+            str(config),
+            *ov,
+        ],
+        out.parent / f"{out.name}.log",
+    )
     return out / "predictions.jsonl"
 
 
@@ -394,27 +395,26 @@ def samples_probe(config: Path, seed: int, runs: Path, turns: int = 300, n: int 
     run = RunLayout(runs / f"seed-{seed}")
     out = work_dir(run.root, f"mine-probe-n{n}")
     ov = overrides(seed, runs, (f"mine.n_samples={n}", f"mine.max_turns={turns}"))
-    t0 = time.time()
-    if not (out / COMPLETED).is_file():
-        out.parent.mkdir(parents=True, exist_ok=True)
-        launch(
-            load_recipe(config, ov),
-            [
-                "mine",
-                "--role",
-                "planner",
-                "--data",
-                str(run.data),
-                "--model",
-                str(run.model("sft", "planner")),
-                "--out",
-                str(out),
-                "--config",
-                str(config),
-                *ov,
-            ],
-            out.parent / f"mine-probe-n{n}.log",
-        )
+    t0 = time.time()  # the mining command returns at once when the probe is complete
+    out.parent.mkdir(parents=True, exist_ok=True)
+    launch(
+        load_recipe(config, ov),
+        [
+            "mine",
+            "--role",
+            "planner",
+            "--data",
+            str(run.data),
+            "--model",
+            str(run.model("sft", "planner")),
+            "--out",
+            str(out),
+            "--config",
+            str(config),
+            *ov,
+        ],
+        out.parent / f"mine-probe-n{n}.log",
+    )
     pairs = read_pairs(out / "pairs.jsonl", "planner")
     per_k = {}
     for k in sorted({1, 2, n}):

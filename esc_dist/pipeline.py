@@ -582,6 +582,7 @@ INFER_TASKS = {
     "vanilla": ("vanilla",),
     "decoupled": ("planner", "generator"),
     "generator-gold": ("generator",),
+    "planner": ("planner",),
 }
 
 

@@ -119,3 +119,12 @@ def test_the_same_settings_reuse_the_data_stage_itself(base_run):
     tmp, model = base_run
     stages, reused = plan_reusing(_recipe(tmp / "var4", model), tmp / "base")
     assert reused == {"prepare"} and set(_data_read(stages).values()) == {"base"}
+
+
+def test_every_inference_mode_names_the_tasks_it_prompts():
+    from esc_dist.constants import MODES
+    from esc_dist.data.tasks import PROMPT_SETTINGS
+    from esc_dist.pipeline import INFER_TASKS
+
+    assert set(INFER_TASKS) == set(MODES)
+    assert all(set(tasks) <= set(PROMPT_SETTINGS) for tasks in INFER_TASKS.values())

@@ -606,8 +606,8 @@ def _base_data_settings(theirs_recipe: Recipe, prepare: Stage):
         settings = type(theirs_recipe.data)(**read_json(manifest)["config"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    mine = dataclasses.replace(theirs_recipe, data=settings)
-    return settings if is_current(prepare, stage_key(prepare, mine)) else None
+    as_made = dataclasses.replace(theirs_recipe, data=settings)
+    return settings if is_current(prepare, stage_key(prepare, as_made)) else None
 
 
 def plan_reusing(recipe: Recipe, base: str | Path) -> tuple[list[Stage], set[str]]:

@@ -308,15 +308,23 @@ def run_seed(config: Path, runs: Path, seed: int, arm: Arm = JUDGED) -> None:
     run_pipeline(config, overrides)
     run = RunLayout(runs / f"seed-{seed}")
     reports = {s: run.report(s) for s in (*SYSTEMS, ZERO_SHOT)}  # eval.zero_shot in the recipe
-    pairs = None
+    pairs, replaced = None, {}
     if arm.overrides:
         own = [*overrides, *arm.overrides, f"run.output_dir={work_dir(run.root, arm.name)}"]
         out = run_reusing(config, own, run.root)
-        reports.update({s: out[f"eval-{s}"] for s in SYSTEMS})
+        ours = {s: out[f"eval-{s}"] for s in SYSTEMS}
+        # the systems the arm made again, as the seed's own run (judged pairs) made them here
+        replaced = {
+            s: scores_of_report(load_report(reports[s] / "report.json"))
+            for s in SYSTEMS
+            if ours[s] != reports[s]
+        }
+        reports.update(ours)
         pairs = {role: out[f"judge-{role}"] for role in ROLES}
     result = seed_result(config, runs, seed, reports, pairs=pairs)
     if arm.overrides:
         result["pairs"], result["overrides"] = arm.name, list(arm.overrides)
+        result["judged_systems"] = replaced
     save_result(result, seed, arm=arm)
 
 
@@ -474,6 +482,34 @@ def per_seed_lines(seeds: dict[int, dict]) -> list[str]:
     return out
 
 
+def judged_lines(seeds: dict[int, dict]) -> list[str]:
+    """For an arm: per seed, the systems it made again beside the same run's own (judged pairs,
+    the same machine and SFT models), and that run's SFT system for reference."""
+    if not any(r.get("judged_systems") for r in seeds.values()):
+        return []
+    cols = ("Q", "accuracy", "B", "B_converged", "used", "any_error")
+    out = [
+        "**Beside the judged pairs of the same run** (per seed: the arm's system, the same "
+        "seed's run with the judged planner pairs -- same machine, same SFT models -- and "
+        "their SFT system)",
+        "",
+        "| seed | system | " + " | ".join(NAMES.get(c, c) for c in cols) + " |",
+        "|---" * (len(cols) + 2) + "|",
+    ]
+    for k, r in seeds.items():
+        for s, judged in (r.get("judged_systems") or {}).items():
+            sft = s.replace("-dpo", "-sft")
+            for title, row in (
+                (f"{TITLES[s]} (paper pairs)", r["systems"][s]),
+                (f"{TITLES[s]} (judged pairs)", judged),
+                (TITLES[sft], r["systems"].get(sft)),
+            ):
+                if row:
+                    cells = " | ".join(fmt(c, row.get(c)) for c in cols)
+                    out.append(f"| {k} | {title} | {cells} |")
+    return [*out, ""]
+
+
 def plot_all(seeds: dict[int, dict], agg: dict, arm: Arm = JUDGED) -> None:
     arm.results.mkdir(parents=True, exist_ok=True)
     plot_preferences(
@@ -546,6 +582,7 @@ def render(seeds: dict[int, dict], variants: dict[str, dict], agg: dict, arm: Ar
         "",
         *per_seed_lines(seeds),
         "",
+        *judged_lines(seeds),
         "Per-strategy preferences (converged Bradley-Terry fit, ideal 1.0 each), mean over "
         f"seeds: ![preferences]({folder}/preferences_all.png); per seed: "
         + ", ".join(f"[{TITLES[s]}]({folder}/preferences_{s}.png)" for s in (*SYSTEMS, ZERO_SHOT))

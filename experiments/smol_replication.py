@@ -642,7 +642,12 @@ def render(seeds: dict[int, dict], variants: dict[str, dict], agg: dict, arm: Ar
         lines.append("")
     if seeds:
         lines += [
-            "Pairs the judge kept (seed: planner / generator / vanilla of the pairs mined): "
+            (
+                "Pairs the judge kept (seed: planner / generator / vanilla of the pairs mined): "
+                if arm is JUDGED
+                else "Preference pairs (seed: planner -- every mined mismatch, not judged -- / "
+                "generator / vanilla kept by the judge, of the pairs mined): "
+            )
             + "; ".join(
                 f"seed {k}: "
                 + " / ".join(

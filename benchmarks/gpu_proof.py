@@ -464,13 +464,14 @@ def main() -> int:
             "data.max_history_messages=8",
         ],
     )
-    if not (RunLayout(work).data / "COMPLETED").is_file():
-        prepare(recipe.data, RunLayout(work).data)
+    data = RunLayout(work).data
+    if not (data / "COMPLETED").is_file():
+        prepare(recipe.data, data)
     if not (work / "tiny" / "config.json").is_file():
         build_tiny_model(recipe.tiny_model, esconv / "esconv.json", work / "tiny")
     build_model(work, "sft", {**shape["sft"], "num_hidden_layers": 0}, args.layers)
     if not (work / "pairs" / "COMPLETED").is_file():
-        make_pairs(RunLayout(work).data, work / "pairs", 64, "generator")
+        make_pairs(data, work / "pairs", 64, "generator")
     t0 = time.time()
     rows = []
     for part, spec in variants(args):

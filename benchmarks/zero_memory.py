@@ -78,9 +78,10 @@ def main() -> int:
         ],
     )
     dist.init(300, deepspeed=args.zero != "none")
+    data = RunLayout(work).data
     if dist.is_main():
-        if not (RunLayout(work).data / "COMPLETED").is_file():
-            prepare(recipe.data, RunLayout(work).data)
+        if not (data / "COMPLETED").is_file():
+            prepare(recipe.data, data)
         if not (work / "tiny" / "config.json").is_file():
             build_tiny_model(recipe.tiny_model, args.esconv, work / "tiny")
     dist.barrier()
@@ -88,7 +89,7 @@ def main() -> int:
     trainer, _, _ = build_sft_trainer(
         recipe,
         "vanilla",
-        str(RunLayout(work).data),
+        str(data),
         str(work / "tiny"),
         paths,
         deepspeed_config(recipe.sft),

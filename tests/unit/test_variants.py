@@ -12,22 +12,24 @@ from esc_dist.config import load_recipe
 from esc_dist.pipeline import needed_stages, plan_reusing, resolve
 from tests.helpers import ROOT, TEST_DATA
 
+CONFIG = ROOT / "configs" / "tiny-cpu.yaml"
+
+
+def _overrides(out, base_model, *extra) -> list[str]:
+    """The recipe's overrides of the base run and its variants (another ``out``, ``extra``)."""
+    return [
+        f"run.output_dir={out}",
+        f"data.esconv={TEST_DATA / 'tiny_esconv.json'}",
+        "data.split=seeded",
+        "data.split_fractions=[0.34,0.33,0.33]",
+        f"model.base={base_model}",
+        "eval.generator_gold=true",
+        *extra,
+    ]
+
 
 def _recipe(out, base_model, *extra):
-    return resolve(
-        load_recipe(
-            ROOT / "configs" / "tiny-cpu.yaml",
-            [
-                f"run.output_dir={out}",
-                f"data.esconv={TEST_DATA / 'tiny_esconv.json'}",
-                "data.split=seeded",
-                "data.split_fractions=[0.34,0.33,0.33]",
-                f"model.base={base_model}",
-                "eval.generator_gold=true",
-                *extra,
-            ],
-        )
-    )
+    return resolve(load_recipe(CONFIG, _overrides(out, base_model, *extra)))
 
 
 def _prepared_base(tmp):
@@ -36,13 +38,8 @@ def _prepared_base(tmp):
     model = tmp / "model"
     model.mkdir()
     r = subprocess.run(
-        [
-            sys.executable, "-m", "esc_dist", "pipeline", "--config",
-            str(ROOT / "configs" / "tiny-cpu.yaml"), "--only", "prepare",
-            f"run.output_dir={tmp / 'base'}", f"data.esconv={TEST_DATA / 'tiny_esconv.json'}",
-            "data.split=seeded", "data.split_fractions=[0.34,0.33,0.33]",
-            f"model.base={model}", "eval.generator_gold=true",
-        ],
+        [sys.executable, "-m", "esc_dist", "pipeline", "--config", str(CONFIG), "--only", "prepare",
+         *_overrides(tmp / "base", model)],
         capture_output=True, text=True, timeout=300, cwd=ROOT,
     )  # fmt: skip
     assert r.returncode == 0, r.stdout + r.stderr
